@@ -1,0 +1,338 @@
+//! The client side of a connection: a cloneable handle whose calls are multiplexed on one
+//! full-duplex connection.
+//!
+//! A call takes a slot from the window (waiting if all are taken), records itself in the call
+//! table, hands its request frame to the writer task through a crossfire channel, and waits for
+//! the reader task (reply), the timer task (deadline) or the connection's end to resolve it.
+
+mod config;
+mod driver;
+
+use std::{
+    fmt,
+    future::poll_fn,
+    sync::Arc,
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use crossfire::{mpmc, mpsc, MAsyncRx, MAsyncTx, MRx, MTx};
+use parking_lot::Mutex;
+
+pub use self::config::{
+    ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT,
+    MAX_WINDOW,
+};
+use crate::{
+    call::CallTable,
+    error::{CallError, ConnectError, ConnectionError},
+    frame::{FrameHeader, FrameKind},
+    io::{Outgoing, Stop},
+    runtime::Runtime,
+    transport::Transport,
+};
+
+/// A connection to a Flumen server. Cheap to clone; every clone shares the connection.
+///
+/// Calls from many tasks (or threads, with the `_blocking` methods) are in flight at once, up to
+/// the window; replies may come back in any order. Dropping the last clone closes the
+/// connection, failing calls still in flight with a connection error.
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle>,
+}
+
+/// Closes the connection when the last `Client` clone goes.
+struct Handle {
+    conn: Arc<Conn>,
+}
+
+/// State shared by a connection's callers and its reader, writer and timer tasks.
+pub(crate) struct Conn {
+    table: Mutex<CallTable>,
+    /// Free slots: receiving one is acquiring a unit of window.
+    free: MAsyncRx<mpmc::Array<u32>>,
+    free_blocking: MRx<mpmc::Array<u32>>,
+    release: MTx<mpmc::Array<u32>>,
+    /// Frames for the writer task.
+    out: MAsyncTx<mpsc::Array<Outgoing>>,
+    out_blocking: MTx<mpsc::Array<Outgoing>>,
+    stop: Stop,
+    timer: driver::TimerGate,
+    clock: Clock,
+    default_timeout: Option<Duration>,
+    /// The server's limit on request bodies.
+    peer_max_frame_len: u32,
+    window: usize,
+}
+
+/// Converts instants to deadline ticks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    epoch: Instant,
+    tick: Duration,
+}
+
+impl Clock {
+    pub(crate) fn now_tick(&self) -> u64 {
+        self.ticks_at(Instant::now())
+    }
+
+    /// Ticks elapsed at `at`, rounded down.
+    pub(crate) fn ticks_at(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.epoch).as_nanos() / self.tick.as_nanos()) as u64
+    }
+
+    /// The tick at which a call made now with `timeout` expires (rounded up, so never early).
+    fn deadline(&self, timeout: Duration) -> u64 {
+        let at = Instant::now().saturating_duration_since(self.epoch) + timeout;
+        at.as_nanos().div_ceil(self.tick.as_nanos()) as u64
+    }
+
+    /// The instant tick `tick` begins.
+    pub(crate) fn instant_of(&self, tick: u64) -> Instant {
+        self.epoch + self.tick * u32::try_from(tick).unwrap_or(u32::MAX)
+    }
+}
+
+impl Client {
+    /// Connects to `addr` over `transport`, runs the handshake, and starts the connection's
+    /// tasks on `rt`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`] if the transport fails, the peer is not a compatible Flumen server,
+    /// the server refuses the connection, or it all takes longer than the connect timeout.
+    pub async fn connect<R: Runtime, T: Transport>(
+        rt: &R,
+        transport: &T,
+        addr: &T::Addr,
+        config: ClientConfig,
+    ) -> Result<Self, ConnectError> {
+        driver::connect(rt, transport, addr, config).await
+    }
+
+    /// Calls `method` with `body` and the default timeout; resolves to the reply body.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: timeout, connection failure, a request over the server's size limit, or
+    /// an error answered by the server.
+    pub async fn call(&self, method: u32, body: Bytes) -> Result<Bytes, CallError> {
+        self.call_with_timeout(method, body, self.handle.conn.default_timeout)
+            .await
+    }
+
+    /// Calls `method` with `body`; `timeout` of `None` waits until the reply or the end of the
+    /// connection. Dropping the future before it resolves cancels the call (a `Cancel` frame
+    /// tells the server).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_with_timeout(
+        &self,
+        method: u32,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, CallError> {
+        let conn = &*self.handle.conn;
+        conn.check_request(&body)?;
+        let slot = match conn.free.recv().await {
+            Ok(slot) => slot,
+            Err(_) => return Err(conn.not_sent()),
+        };
+        let mut guard = SlotGuard {
+            conn,
+            slot,
+            begun: false,
+        };
+        let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
+        let seq =
+            poll_fn(|cx| Poll::Ready(conn.begin(slot, deadline, Some(cx.waker().clone())))).await?;
+        guard.begun = true;
+        // The writer only goes away with the connection, which then fails the call for us.
+        let _ = conn
+            .out
+            .send(conn.request(method, seq, timeout, body))
+            .await;
+        let outcome = poll_fn(|cx| conn.table.lock().poll(slot, cx)).await;
+        guard.begun = false;
+        outcome
+    }
+
+    /// [`call`](Self::call) from a plain thread, blocking it until the call resolves. Needs no
+    /// runtime in the calling thread; do not call it from inside an async task.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub fn call_blocking(&self, method: u32, body: Bytes) -> Result<Bytes, CallError> {
+        self.call_blocking_with_timeout(method, body, self.handle.conn.default_timeout)
+    }
+
+    /// [`call_with_timeout`](Self::call_with_timeout) from a plain thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub fn call_blocking_with_timeout(
+        &self,
+        method: u32,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, CallError> {
+        let conn = &*self.handle.conn;
+        conn.check_request(&body)?;
+        let slot = conn.free_blocking.recv().map_err(|_| conn.not_sent())?;
+        let mut guard = SlotGuard {
+            conn,
+            slot,
+            begun: false,
+        };
+        let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
+        let seq = conn.begin(slot, deadline, None)?;
+        guard.begun = true;
+        let _ = conn
+            .out_blocking
+            .send(conn.request(method, seq, timeout, body));
+        let outcome =
+            futures_lite::future::block_on(poll_fn(|cx| conn.table.lock().poll(slot, cx)));
+        guard.begun = false;
+        outcome
+    }
+
+    /// The number of calls this connection keeps in flight at most.
+    pub fn window(&self) -> usize {
+        self.handle.conn.window
+    }
+
+    /// Whether the connection has ended or is draining (new calls fail at once).
+    pub fn is_closed(&self) -> bool {
+        self.handle.conn.table.lock().refusing().is_some()
+    }
+
+    /// Closes the connection now: calls in flight fail with [`ConnectionError::Closed`].
+    pub fn close(&self) {
+        self.handle.conn.close(ConnectionError::Closed);
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("window", &self.window())
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.conn.close(ConnectionError::Closed);
+    }
+}
+
+impl Conn {
+    fn check_request(&self, body: &Bytes) -> Result<(), CallError> {
+        if body.len() > self.peer_max_frame_len as usize {
+            return Err(CallError::RequestTooLarge {
+                len: body.len(),
+                max: self.peer_max_frame_len,
+            });
+        }
+        Ok(())
+    }
+
+    fn not_sent(&self) -> CallError {
+        let error = self
+            .table
+            .lock()
+            .refusing()
+            .cloned()
+            .unwrap_or(ConnectionError::Closed);
+        CallError::NotSent(error)
+    }
+
+    fn begin(
+        &self,
+        slot: u32,
+        deadline: Option<(u64, Duration)>,
+        waker: Option<std::task::Waker>,
+    ) -> Result<u64, CallError> {
+        let seq = self.table.lock().begin(slot, deadline, waker)?;
+        if deadline.is_some() {
+            self.timer.arm();
+        }
+        Ok(seq)
+    }
+
+    fn request(&self, method: u32, seq: u64, timeout: Option<Duration>, body: Bytes) -> Outgoing {
+        let mut header = FrameHeader::new(FrameKind::Request, seq);
+        header.method = method;
+        header.aux = timeout.map_or(0, timeout_millis);
+        Outgoing::frame(header, body)
+    }
+
+    /// Ends the connection with `error`: fails pending calls and stops the tasks.
+    pub(crate) fn close(&self, error: ConnectionError) {
+        let mut wakers = Vec::new();
+        self.table.lock().fail_all(&error, &mut wakers);
+        wakers.into_iter().for_each(std::task::Waker::wake);
+        self.stop.stop();
+    }
+}
+
+/// The request's timeout on the wire: whole milliseconds, rounded up, at least 1.
+fn timeout_millis(timeout: Duration) -> u32 {
+    let millis = timeout.as_nanos().div_ceil(1_000_000);
+    u32::try_from(millis).unwrap_or(u32::MAX).max(1)
+}
+
+/// Owns a slot of the window for one call: returns it on every path, and cancels the call if
+/// its future is dropped while it is still pending.
+struct SlotGuard<'a> {
+    conn: &'a Conn,
+    slot: u32,
+    begun: bool,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.begun {
+            if let Some(seq) = self.conn.table.lock().abandon(self.slot) {
+                // Best effort: if the queue is full the server's deadline ends the call.
+                let _ = self.conn.out.try_send(Outgoing::frame(
+                    FrameHeader::new(FrameKind::Cancel, seq),
+                    Bytes::new(),
+                ));
+            }
+        }
+        // The channel holds exactly the window, so a returned slot always fits.
+        let _ = self.conn.release.try_send(self.slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_timeout_rounds_up() {
+        assert_eq!(timeout_millis(Duration::from_nanos(1)), 1);
+        assert_eq!(timeout_millis(Duration::from_micros(1500)), 2);
+        assert_eq!(timeout_millis(Duration::from_secs(2)), 2000);
+        assert_eq!(timeout_millis(Duration::from_secs(u64::MAX)), u32::MAX);
+    }
+
+    #[test]
+    fn deadline_ticks_never_expire_early() {
+        let clock = Clock {
+            epoch: Instant::now(),
+            tick: Duration::from_millis(10),
+        };
+        let deadline = clock.deadline(Duration::from_millis(25));
+        assert!(clock.instant_of(deadline) >= clock.epoch + Duration::from_millis(25));
+    }
+}

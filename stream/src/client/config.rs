@@ -1,0 +1,83 @@
+//! Client settings.
+
+use std::time::Duration;
+
+use crate::frame::DEFAULT_MAX_FRAME_LEN;
+
+/// Default window: calls one connection keeps in flight before callers wait.
+///
+/// Bounds the client's memory per connection (one slot per call) and the load one client can put
+/// on a server; the server's own limit (sent in its hello) caps it further.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// Hard cap on the window, whatever is configured: sequence ids carry the slot in 32 bits and
+/// the slot table is allocated up front.
+pub const MAX_WINDOW: usize = 1 << 16;
+
+/// Default timeout of a call that names none (30 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default granularity of call deadlines (10 ms). A call resolves no later than its deadline
+/// plus one tick; a shorter tick wakes the timer task more often while calls are pending.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
+
+/// Default limit on connecting plus the handshake (10 s).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of a client connection. Build with [`ClientConfig::default`] and the setters.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_frame_len: u32,
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) tick: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            default_timeout: Some(DEFAULT_TIMEOUT),
+            tick: DEFAULT_TICK,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Most calls in flight on the connection; callers past it wait (async) or block.
+    /// Default [`DEFAULT_MAX_IN_FLIGHT`]; clamped to `1..=`[`MAX_WINDOW`] and to the server's
+    /// announced limit.
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.max_in_flight = calls.clamp(1, MAX_WINDOW);
+        self
+    }
+
+    /// Largest reply body accepted; a longer one closes the connection with a protocol error.
+    /// Default [`DEFAULT_MAX_FRAME_LEN`] (16 MiB).
+    pub fn max_frame_len(mut self, bytes: u32) -> Self {
+        self.max_frame_len = bytes.max(1);
+        self
+    }
+
+    /// Timeout of calls that name none; `None` lets them wait forever (until the connection
+    /// ends). Default [`DEFAULT_TIMEOUT`] (30 s).
+    pub fn default_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// Deadline granularity. Default [`DEFAULT_TICK`] (10 ms); at least 1 ms.
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Limit on connecting and the handshake. Default [`DEFAULT_CONNECT_TIMEOUT`] (10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}

@@ -1,0 +1,291 @@
+//! The client connection's tasks: handshake, reader, writer and deadline timer.
+
+use std::{
+    future::poll_fn,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll, Waker},
+    time::Instant,
+};
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use crossfire::{mpmc, mpsc};
+use futures_io::AsyncRead;
+use futures_lite::FutureExt;
+use parking_lot::Mutex;
+
+use super::{Client, ClientConfig, Clock, Conn, Handle};
+use crate::{
+    call::CallTable,
+    error::{CallError, ConnectError, ConnectionError, ErrorCode},
+    frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
+    hello::{Hello, HelloError, HELLO_LEN},
+    io::{read_at_least, write_all, write_loop, Outgoing, ReadBuffer, READER, TIMER},
+    runtime::Runtime,
+    transport::Transport,
+};
+
+/// Lets the timer task sleep while no call has a deadline, and wakes it when one appears.
+#[derive(Debug, Default)]
+pub(super) struct TimerGate {
+    idle: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl TimerGate {
+    /// Called after a call with a deadline entered the table.
+    pub(super) fn arm(&self) {
+        // A relaxed load suffices: the table's mutex orders it after the timer's check.
+        if self.idle.load(Ordering::Relaxed) && self.idle.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Ready once `has_work` holds; otherwise parks the timer until `arm`.
+    fn park(&self, cx: &mut Context<'_>, has_work: impl Fn() -> bool) -> Poll<()> {
+        self.waker.register(cx.waker());
+        self.idle.store(true, Ordering::SeqCst);
+        if has_work() {
+            self.idle.store(false, Ordering::Relaxed);
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+pub(super) async fn connect<R: Runtime, T: Transport>(
+    rt: &R,
+    transport: &T,
+    addr: &T::Addr,
+    config: ClientConfig,
+) -> Result<Client, ConnectError> {
+    let deadline = Instant::now() + config.connect_timeout;
+    let handshake = async {
+        let (mut reader, mut writer) = transport.connect(addr).await?;
+        let hello = Hello::new(config.max_frame_len, config.max_in_flight as u32);
+        write_all(&mut writer, &hello.encode()).await?;
+        let mut read = ReadBuffer::new();
+        read_at_least(&mut reader, &mut read.buf, HELLO_LEN).await?;
+        let head = read.buf.split_to(HELLO_LEN);
+        let hello = Hello::decode(head.first_chunk().ok_or(HelloError::ZeroLimit)?)?;
+        if hello.max_frame_len == 0 {
+            return Err(HelloError::ZeroLimit.into());
+        }
+        if hello.max_in_flight == 0 {
+            return Err(refusal(&mut reader, &mut read, config.max_frame_len).await);
+        }
+        Ok((reader, writer, read, hello))
+    };
+    let timeout = async {
+        rt.sleep_until(deadline).await;
+        Err(ConnectError::Timeout(config.connect_timeout))
+    };
+    let (reader, writer, read, hello) = handshake.or(timeout).await?;
+
+    let window = config
+        .max_in_flight
+        .min(hello.max_in_flight as usize)
+        .max(1);
+    let (release, free) = mpmc::bounded_async::<u32>(window);
+    for slot in 0..window as u32 {
+        let _ = release.try_send(slot);
+    }
+    let (out, out_rx) = mpsc::bounded_async::<Outgoing>(2 * window + 16);
+    let clock = Clock {
+        epoch: Instant::now(),
+        tick: config.tick,
+    };
+    let conn = Arc::new(Conn {
+        table: Mutex::new(CallTable::new(window, 0)),
+        free_blocking: free.clone().into(),
+        free,
+        release: release.into(),
+        out_blocking: out.clone().into(),
+        out,
+        stop: Default::default(),
+        timer: TimerGate::default(),
+        clock,
+        default_timeout: config.default_timeout,
+        peer_max_frame_len: hello.max_frame_len,
+        window,
+    });
+
+    rt.spawn(read_task(conn.clone(), reader, read, config.max_frame_len));
+    let writer_conn = conn.clone();
+    rt.spawn(async move {
+        if let Err(e) = write_loop(out_rx, writer, &writer_conn.stop, None).await {
+            writer_conn.close(e.into());
+        }
+    });
+    rt.spawn(timer_task(rt.clone(), conn.clone()));
+    Ok(Client {
+        handle: Arc::new(Handle { conn }),
+    })
+}
+
+/// Reads the `GoAway` a refusing server sends after its hello.
+async fn refusal<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    read: &mut ReadBuffer,
+    max_frame_len: u32,
+) -> ConnectError {
+    let mut decoder = FrameDecoder::new(max_frame_len);
+    loop {
+        match decoder.decode(&mut read.buf) {
+            Ok(Some(frame)) if frame.header.kind == FrameKind::GoAway => {
+                let (code, reason) = go_away_parts(&frame);
+                return ConnectError::Refused { code, reason };
+            }
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) => match read.read_from(reader, &decoder).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            },
+        }
+    }
+    ConnectError::Refused {
+        code: ErrorCode::PROTOCOL_ERROR,
+        reason: "refused without a reason".into(),
+    }
+}
+
+fn go_away_parts(frame: &Frame) -> (ErrorCode, Arc<str>) {
+    (
+        ErrorCode::from_u32(frame.header.aux),
+        String::from_utf8_lossy(&frame.body).into(),
+    )
+}
+
+async fn read_task<R: AsyncRead + Unpin>(
+    conn: Arc<Conn>,
+    mut reader: R,
+    mut read: ReadBuffer,
+    max_frame_len: u32,
+) {
+    let mut decoder = FrameDecoder::new(max_frame_len);
+    let mut frames = Vec::with_capacity(64);
+    let mut wakers = Vec::with_capacity(64);
+    // A GoAway with an error names the reason the stream will end.
+    let mut going_away = None;
+    let error = 'conn: loop {
+        loop {
+            match decoder.decode(&mut read.buf) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    let goaway = FrameHeader {
+                        aux: e.code().as_u32(),
+                        ..FrameHeader::new(FrameKind::GoAway, 0)
+                    };
+                    let _ = conn
+                        .out
+                        .try_send(Outgoing::frame(goaway, Bytes::from(e.to_string())));
+                    let _ = conn.out.try_send(Outgoing::Close);
+                    break 'conn ConnectionError::Protocol(e);
+                }
+            }
+        }
+        if !frames.is_empty() {
+            if let Err(e) = on_frames(&conn, &mut frames, &mut wakers, &mut going_away) {
+                break e;
+            }
+            wakers.drain(..).for_each(Waker::wake);
+        }
+        match conn
+            .stop
+            .guard(READER, read.read_from(&mut reader, &decoder))
+            .await
+        {
+            None => break ConnectionError::Closed,
+            Some(Ok(0)) => break going_away.take().unwrap_or(ConnectionError::Eof),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break going_away.take().unwrap_or_else(|| e.into()),
+        }
+    };
+    conn.close(error);
+}
+
+/// Applies a batch of frames from the server under one lock of the call table.
+fn on_frames(
+    conn: &Conn,
+    frames: &mut Vec<Frame>,
+    wakers: &mut Vec<Waker>,
+    going_away: &mut Option<ConnectionError>,
+) -> Result<(), ConnectionError> {
+    let mut table = conn.table.lock();
+    for frame in frames.drain(..) {
+        let header = frame.header;
+        match header.kind {
+            FrameKind::Response => {
+                table.complete(header.seq, Ok(frame.body), wakers);
+            }
+            FrameKind::Error => {
+                let error = CallError::Remote {
+                    code: ErrorCode::from_u32(header.aux),
+                    message: String::from_utf8_lossy(&frame.body).into(),
+                };
+                table.complete(header.seq, Err(error), wakers);
+            }
+            FrameKind::GoAway => {
+                let (code, reason) = go_away_parts(&frame);
+                let error = ConnectionError::GoAway { code, reason };
+                if code != ErrorCode::NO_ERROR {
+                    *going_away = Some(error.clone());
+                }
+                table.drain(error);
+            }
+            FrameKind::Ping => {
+                let pong = FrameHeader::new(FrameKind::Pong, header.seq);
+                let _ = conn.out.try_send(Outgoing::frame(pong, frame.body));
+            }
+            FrameKind::Request => {
+                return Err(ConnectionError::Protocol(
+                    crate::frame::FrameError::UnknownKind(FrameKind::Request as u8),
+                ));
+            }
+            // Replies to pings we did not send, cancels, and stream frames for streams this
+            // client never opened are ignored, like late replies.
+            FrameKind::Pong
+            | FrameKind::Cancel
+            | FrameKind::StreamItem
+            | FrameKind::StreamEnd
+            | FrameKind::Credit => {}
+        }
+    }
+    Ok(())
+}
+
+async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
+    let mut wakers = Vec::new();
+    let mut expired = Vec::new();
+    loop {
+        let work = poll_fn(|cx| conn.timer.park(cx, || conn.table.lock().has_deadlines()));
+        if conn.stop.guard(TIMER, work).await.is_none() {
+            return;
+        }
+        loop {
+            let next = conn.clock.instant_of(conn.clock.now_tick() + 1);
+            if conn.stop.guard(TIMER, rt.sleep_until(next)).await.is_none() {
+                return;
+            }
+            let now = conn.clock.now_tick();
+            let more = {
+                let mut table = conn.table.lock();
+                table.expire(now, &mut wakers, &mut expired);
+                table.has_deadlines()
+            };
+            wakers.drain(..).for_each(Waker::wake);
+            for seq in expired.drain(..) {
+                let cancel = FrameHeader::new(FrameKind::Cancel, seq);
+                let _ = conn.out.try_send(Outgoing::frame(cancel, Bytes::new()));
+            }
+            if !more {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The thin async layer shared by client and server drivers: the outgoing queue's message, the
+//! batch writer, buffered reads, and the stop signal that ends a connection's tasks.
+
+use std::{
+    collections::VecDeque,
+    future::{poll_fn, Future},
+    io::{self, IoSlice},
+    pin::Pin,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    task::Poll,
+};
+
+use atomic_waker::AtomicWaker;
+use bytes::{Buf, Bytes, BytesMut};
+use crossfire::{mpsc, AsyncRx};
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::FutureExt;
+
+use crate::frame::{Frame, FrameDecoder, FrameHeader, HEADER_LEN};
+
+/// Bodies up to this size are copied into the batch buffer; larger ones are written in place
+/// with vectored writes (no copy).
+const COPY_MAX: usize = 4 * 1024;
+
+/// A batch stops taking queued frames once it holds this many bytes, so one flush never
+/// buffers without bound while producers keep the queue full.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Most `IoSlice`s handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Smallest and largest amount a single read asks for. The read size adapts between the two:
+/// it doubles when a read fills it and halves when reads come back small.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
+
+/// What a connection's writer task takes from its queue.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A frame; `header.len` equals `body.len()`.
+    Frame(FrameHeader, Bytes),
+    /// Write everything queued before this, close the write half, and stop the connection.
+    Close,
+}
+
+impl Outgoing {
+    /// A frame message for `body`, with the header's length set. The caller has checked the
+    /// body against the peer's limit, which is a `u32`.
+    pub(crate) fn frame(mut header: FrameHeader, body: Bytes) -> Self {
+        header.len = body.len() as u32;
+        Self::Frame(header, body)
+    }
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Self {
+        Self::Frame(frame.header, frame.body)
+    }
+}
+
+/// Roles of the tasks that wait on a [`Stop`].
+pub(crate) const READER: usize = 0;
+pub(crate) const WRITER: usize = 1;
+pub(crate) const TIMER: usize = 2;
+
+/// A one-way latch that tells a connection's tasks to end, waking each wherever it waits.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    stopped: AtomicBool,
+    wakers: [AtomicWaker; 3],
+}
+
+impl Stop {
+    /// Sets the latch and wakes every task. Returns `true` for the call that set it.
+    pub(crate) fn stop(&self) -> bool {
+        let first = !self.stopped.swap(true, Ordering::AcqRel);
+        if first {
+            self.wakers.iter().for_each(AtomicWaker::wake);
+        }
+        first
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Completes once the latch is set; `role` says which task waits.
+    pub(crate) fn wait(&self, role: usize) -> impl Future<Output = ()> + '_ {
+        poll_fn(move |cx| {
+            if self.is_stopped() {
+                return Poll::Ready(());
+            }
+            self.wakers[role].register(cx.waker());
+            if self.is_stopped() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Runs `fut` unless the latch is set first; `None` means stopped.
+    pub(crate) async fn guard<T>(&self, role: usize, fut: impl Future<Output = T>) -> Option<T> {
+        async { Some(fut.await) }
+            .or(async {
+                self.wait(role).await;
+                None
+            })
+            .await
+    }
+}
+
+/// Frames gathered for one write: small ones copied into a buffer, large bodies kept as their
+/// own chunks and written with vectored I/O (sans-IO: the driver does the writing).
+#[derive(Debug, Default)]
+pub(crate) struct WriteBatch {
+    chunks: VecDeque<Bytes>,
+    buf: BytesMut,
+    len: usize,
+}
+
+impl WriteBatch {
+    pub(crate) fn new() -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            buf: BytesMut::with_capacity(64 * 1024),
+            len: 0,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the batch should be flushed before taking more frames.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len >= MAX_BATCH_BYTES
+    }
+
+    /// Appends one frame.
+    pub(crate) fn push(&mut self, header: &FrameHeader, body: Bytes) {
+        self.len += HEADER_LEN + body.len();
+        header.put(&mut self.buf);
+        if body.len() <= COPY_MAX {
+            self.buf.extend_from_slice(&body);
+        } else {
+            self.chunks.push_back(self.buf.split().freeze());
+            self.chunks.push_back(body);
+        }
+    }
+
+    /// Fills `out` with the next bytes to write, in order; returns how many slices it used.
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+        let mut n = 0;
+        for chunk in self.chunks.iter().filter(|c| !c.is_empty()) {
+            if n == MAX_IOVECS {
+                return n;
+            }
+            out[n] = IoSlice::new(chunk);
+            n += 1;
+        }
+        if n < MAX_IOVECS && !self.buf.is_empty() {
+            out[n] = IoSlice::new(&self.buf);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops the first `n` bytes, which were written.
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let step = n.min(front.len());
+            front.advance(step);
+            n -= step;
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        self.buf.advance(n);
+        if self.len == 0 {
+            self.chunks.clear();
+            self.buf.clear();
+        }
+    }
+
+    /// Writes the whole batch to `w`.
+    pub(crate) async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        while !self.is_empty() {
+            let written = poll_fn(|cx| {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = self.slices(&mut slices);
+                Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n])
+            })
+            .await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.advance(written);
+        }
+        poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)).await
+    }
+}
+
+/// A connection's read buffer with an adaptive read size.
+#[derive(Debug)]
+pub(crate) struct ReadBuffer {
+    pub(crate) buf: BytesMut,
+    read_size: usize,
+}
+
+impl ReadBuffer {
+    pub(crate) fn new() -> Self {
+        Self {
+            buf: BytesMut::with_capacity(MAX_READ),
+            read_size: MIN_READ,
+        }
+    }
+
+    /// Reads once from `r`, asking for at least what `decoder` still needs for its current
+    /// frame (already checked against the frame limit). Returns the number of bytes read;
+    /// zero means end of stream.
+    pub(crate) async fn read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        decoder: &FrameDecoder,
+    ) -> io::Result<usize> {
+        let want = self.read_size.max(decoder.needed());
+        let start = self.buf.len();
+        let mut guard = Filled {
+            buf: &mut self.buf,
+            start,
+            filled: 0,
+        };
+        guard.buf.resize(start + want, 0);
+        let n = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut guard.buf[start..])).await?;
+        guard.filled = n;
+        drop(guard);
+        self.read_size = if n == want {
+            (self.read_size * 2).min(MAX_READ)
+        } else if n < self.read_size / 4 {
+            (self.read_size / 2).max(MIN_READ)
+        } else {
+            self.read_size
+        };
+        Ok(n)
+    }
+}
+
+/// Trims the zeroed read window back to what the read filled, even if the read is cancelled.
+struct Filled<'a> {
+    buf: &'a mut BytesMut,
+    start: usize,
+    filled: usize,
+}
+
+impl Drop for Filled<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.start + self.filled);
+    }
+}
+
+/// Lets a server's watchdog see a flush that makes no progress.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteWatch<'a> {
+    /// The watchdog's coarse clock.
+    pub(crate) clock: &'a AtomicU64,
+    /// The clock value when the current flush started, 0 when the writer is idle.
+    pub(crate) flush_started: &'a AtomicU64,
+}
+
+/// The writer task: takes everything queued, encodes it into one batch, writes it with as few
+/// (vectored) syscalls as the socket allows, and parks when the queue is drained.
+///
+/// Returns `Ok` when told to stop, when the queue closes, or after writing an
+/// [`Outgoing::Close`] (then the write half is closed and `stop` is set).
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
+    rx: AsyncRx<mpsc::Array<Outgoing>>,
+    mut w: W,
+    stop: &Stop,
+    watch: Option<WriteWatch<'_>>,
+) -> io::Result<()> {
+    let mut batch = WriteBatch::new();
+    let mut closing = false;
+    while !closing {
+        let first = match stop.guard(WRITER, rx.recv()).await {
+            None | Some(Err(_)) => return Ok(()),
+            Some(Ok(first)) => first,
+        };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Outgoing::Frame(header, body) => batch.push(&header, body),
+                Outgoing::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+            if !batch.is_full() {
+                next = rx.try_recv().ok();
+            }
+        }
+        if let Some(watch) = watch {
+            watch
+                .flush_started
+                .store(watch.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        match stop.guard(WRITER, batch.flush(&mut w)).await {
+            None => return Ok(()),
+            Some(result) => result?,
+        }
+        if let Some(watch) = watch {
+            watch.flush_started.store(0, Ordering::Relaxed);
+        }
+    }
+    let _ = stop
+        .guard(WRITER, poll_fn(|cx| Pin::new(&mut w).poll_close(cx)))
+        .await;
+    stop.stop();
+    Ok(())
+}
+
+/// Reads until `buf` holds at least `n` bytes.
+pub(crate) async fn read_at_least<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    n: usize,
+) -> io::Result<()> {
+    let mut scratch = [0u8; 1024];
+    while buf.len() < n {
+        let got = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut scratch)).await?;
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&scratch[..got]);
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes`.
+pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    let mut batch = WriteBatch::new();
+    batch.buf.extend_from_slice(bytes);
+    batch.len = bytes.len();
+    batch.flush(w).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameKind;
+
+    fn drain(batch: &mut WriteBatch, step: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !batch.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = batch.slices(&mut slices);
+            let mut take = step;
+            for s in &slices[..n] {
+                let k = s.len().min(take);
+                out.extend_from_slice(&s[..k]);
+                take -= k;
+                if take == 0 {
+                    break;
+                }
+            }
+            let wrote = step.min(batch.len);
+            batch.advance(wrote);
+        }
+        out
+    }
+
+    #[test]
+    fn batch_keeps_frame_order_across_small_and_large_bodies() {
+        let bodies = [
+            vec![1u8; 10],
+            vec![2u8; COPY_MAX + 1],
+            vec![3u8; 5],
+            vec![4u8; 3 * COPY_MAX],
+        ];
+        for step in [1, 7, 4096, 1 << 20] {
+            let mut batch = WriteBatch::new();
+            let mut expected = BytesMut::new();
+            for (i, body) in bodies.iter().enumerate() {
+                let frame = Frame::new(
+                    FrameHeader::new(FrameKind::Request, i as u64),
+                    Bytes::from(body.clone()),
+                );
+                frame.encode(&mut expected);
+                batch.push(&frame.header, frame.body);
+            }
+            assert_eq!(batch.len, expected.len());
+            assert_eq!(
+                drain(&mut batch, step),
+                expected.to_vec(),
+                "write step {step}"
+            );
+        }
+    }
+}

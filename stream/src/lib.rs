@@ -1,0 +1,42 @@
+//! Flumen's multiplexed full-duplex RPC core.
+//!
+//! The protocol core is sans-IO: [`frame`] and [`hello`] encode and decode bytes, [`wheel`] keeps
+//! deadlines in integer ticks, and the call table matches replies to calls. Around it sit thin
+//! async drivers, written against two small traits so that no runtime or socket type is named
+//! here: [`Runtime`] (spawn, sleep) and [`Transport`] (connect, accept, read and write halves).
+//!
+//! - [`Client`]: calls multiplexed on one connection, batched writes, a sliding window of calls
+//!   in flight, deadlines on a timing wheel, async and blocking callers.
+//! - [`Server`]: an accept loop and per-connection reader/writer tasks that hand requests to a
+//!   [`Dispatch`] implementation and write replies in batches, within configured limits.
+//!
+//! The wire format is specified in `PROTOCOL.md` at the repository root.
+#![warn(missing_docs)]
+
+mod call;
+mod client;
+pub mod error;
+pub mod frame;
+pub mod hello;
+mod io;
+mod runtime;
+mod server;
+mod transport;
+pub mod wheel;
+
+pub use bytes::Bytes;
+
+pub use crate::{
+    client::{
+        Client, ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK,
+        DEFAULT_TIMEOUT, MAX_WINDOW,
+    },
+    error::{CallError, ConnectError, ConnectionError, ErrorCode},
+    runtime::Runtime,
+    server::{
+        Dispatch, Request, Server, ServerConfig, ServerHandle, ServerStats, Status,
+        DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,
+        DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,
+    },
+    transport::{Listener, Transport},
+};

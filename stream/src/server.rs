@@ -1,0 +1,424 @@
+//! The server side: an accept loop, per-connection reader and writer tasks, a watchdog that
+//! enforces timeouts, and graceful shutdown. Requests go to a user's [`Dispatch`].
+
+mod config;
+mod conn;
+
+use std::{
+    borrow::Cow,
+    fmt,
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use slab::Slab;
+
+pub use self::config::{
+    ServerConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,
+    DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,
+};
+use self::conn::ConnState;
+use crate::{
+    error::ErrorCode,
+    io::{Stop, READER, TIMER},
+    runtime::Runtime,
+    transport::{Listener, Transport},
+};
+
+/// Routes requests to handlers. Implemented by generated service servers, or by hand for
+/// proxies, routers and gateways that work on raw method ids and payload bytes.
+///
+/// # Examples
+///
+/// ```
+/// use std::future::{ready, Ready};
+/// use flumen_stream::{Bytes, Dispatch, ErrorCode, Request, Status};
+///
+/// /// Echoes method 1, refuses everything else.
+/// struct Echo;
+///
+/// impl Dispatch for Echo {
+///     type Future = Ready<Result<Bytes, Status>>;
+///
+///     fn dispatch(&self, request: Request) -> Self::Future {
+///         ready(match request.method() {
+///             1 => Ok(request.into_body()),
+///             _ => Err(Status::new(ErrorCode::UNKNOWN_METHOD, "no such method")),
+///         })
+///     }
+/// }
+/// ```
+pub trait Dispatch: Send + Sync + 'static {
+    /// The handler's future; resolves to the reply body or an error status.
+    type Future: Future<Output = Result<Bytes, Status>> + Send + 'static;
+
+    /// Starts handling `request`. Many calls of one connection run at once; a panic while
+    /// polling the future fails that call with `HANDLER_PANIC` and nothing else.
+    fn dispatch(&self, request: Request) -> Self::Future;
+}
+
+/// One incoming call, as the server hands it to [`Dispatch`].
+#[derive(Clone, Debug)]
+pub struct Request {
+    method: u32,
+    seq: u64,
+    body: Bytes,
+    timeout: Option<Duration>,
+}
+
+impl Request {
+    /// A request (for tests of `Dispatch` implementations).
+    pub fn new(method: u32, body: Bytes, timeout: Option<Duration>) -> Self {
+        Self {
+            method,
+            seq: 0,
+            body,
+            timeout,
+        }
+    }
+
+    /// The method id.
+    pub fn method(&self) -> u32 {
+        self.method
+    }
+
+    /// The sequence id the client chose (unique among its calls in flight).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The request body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Takes the body.
+    pub fn into_body(self) -> Bytes {
+        self.body
+    }
+
+    /// The timeout the caller set, counted from when the request was sent.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
+/// A failed reply: an error code and a message for the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    code: ErrorCode,
+    message: Cow<'static, str>,
+}
+
+impl Status {
+    /// A status with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// An application error (`APPLICATION`) with `message`.
+    pub fn application(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::APPLICATION, message)
+    }
+
+    /// The error code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn into_body(self) -> Bytes {
+        match self.message {
+            Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
+            Cow::Owned(s) => Bytes::from(s),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Status {}
+
+/// A server waiting to be started on a listener.
+#[derive(Debug)]
+pub struct Server<D> {
+    dispatch: Arc<D>,
+    config: ServerConfig,
+}
+
+impl<D: Dispatch> Server<D> {
+    /// A server that hands requests to `dispatch`, with default limits.
+    pub fn new(dispatch: D) -> Self {
+        Self {
+            dispatch: Arc::new(dispatch),
+            config: ServerConfig::default(),
+        }
+    }
+
+    /// Replaces the limits.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Binds `addr` on `transport` and starts serving on `rt`.
+    ///
+    /// # Errors
+    ///
+    /// If the transport cannot bind the address.
+    pub async fn bind<R: Runtime, T: Transport>(
+        self,
+        rt: &R,
+        transport: &T,
+        addr: &T::Addr,
+    ) -> io::Result<ServerHandle<T::Addr>> {
+        let listener = transport.bind(addr).await?;
+        self.serve(rt, listener)
+    }
+
+    /// Starts serving connections from `listener` on `rt`.
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot tell its local address.
+    pub fn serve<R: Runtime, L: Listener>(
+        self,
+        rt: &R,
+        listener: L,
+    ) -> io::Result<ServerHandle<L::Addr>> {
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config: self.config,
+            conns: Mutex::new(Slab::new()),
+            accepting: Stop::default(),
+            halted: Stop::default(),
+            clock: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        rt.spawn(accept_loop(
+            rt.clone(),
+            shared.clone(),
+            listener,
+            self.dispatch,
+        ));
+        rt.spawn(watchdog(rt.clone(), shared.clone()));
+        let sleeper = rt.clone();
+        let sleep: Sleep = Arc::new(move |at| Box::pin(sleeper.sleep_until(at)));
+        Ok(ServerHandle {
+            shared,
+            local_addr,
+            sleep,
+        })
+    }
+}
+
+type Sleep = Arc<dyn Fn(Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Controls a running server. Dropping it aborts the server.
+pub struct ServerHandle<A> {
+    shared: Arc<Shared>,
+    local_addr: A,
+    sleep: Sleep,
+}
+
+/// Counters of a running server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Connections accepted (including refused ones).
+    pub accepted: u64,
+    /// Connections open now.
+    pub active: usize,
+    /// Connections refused at the connection limit.
+    pub refused: u64,
+    /// Connections closed because the peer broke the protocol (bad magic, version, frame).
+    pub protocol_errors: u64,
+    /// Connections closed by the idle, read or write timeout.
+    pub timeouts: u64,
+    /// Handler panics (each failed one call).
+    pub panics: u64,
+}
+
+impl<A> ServerHandle<A> {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> &A {
+        &self.local_addr
+    }
+
+    /// A snapshot of the server's counters.
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.shared.counters;
+        ServerStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            active: self.shared.conns.lock().len(),
+            refused: c.refused.load(Ordering::Relaxed),
+            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            panics: c.panics.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops gracefully: stops accepting, tells every peer `GoAway` (their new calls fail
+    /// without running), lets calls in flight finish for up to `grace`, then closes whatever
+    /// is left. Resolves when every connection is closed.
+    pub async fn shutdown(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.accepting.stop();
+        let conns: Vec<_> = self
+            .shared
+            .conns
+            .lock()
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect();
+        conns.iter().for_each(|conn| conn.drain());
+        while !self.shared.conns.lock().is_empty() && Instant::now() < deadline {
+            let step = (Instant::now() + Duration::from_millis(5)).min(deadline);
+            (self.sleep)(step).await;
+        }
+        self.abort();
+    }
+
+    /// Stops at once: closes the listener and every connection; calls in flight are lost and
+    /// their callers see a connection error.
+    pub fn abort(&self) {
+        self.shared.accepting.stop();
+        self.shared.halted.stop();
+        for (_, conn) in self.shared.conns.lock().iter() {
+            conn.stop.stop();
+        }
+    }
+}
+
+impl<A: fmt::Debug> fmt::Debug for ServerHandle<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A> Drop for ServerHandle<A> {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// State shared by a server's tasks and its handle.
+pub(crate) struct Shared {
+    config: ServerConfig,
+    conns: Mutex<Slab<Arc<ConnState>>>,
+    /// Ends the accept loop.
+    accepting: Stop,
+    /// Ends the watchdog.
+    halted: Stop,
+    /// The watchdog's coarse clock: periods since start, from 1.
+    clock: AtomicU64,
+    draining: AtomicBool,
+    counters: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    protocol_errors: AtomicU64,
+    timeouts: AtomicU64,
+    panics: AtomicU64,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
+    rt: R,
+    shared: Arc<Shared>,
+    mut listener: L,
+    dispatch: Arc<D>,
+) {
+    loop {
+        let accepted = match shared.accepting.guard(READER, listener.accept()).await {
+            None => return,
+            Some(accepted) => accepted,
+        };
+        let (reader, writer, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                let later = Instant::now() + Duration::from_millis(10);
+                if shared
+                    .accepting
+                    .guard(READER, rt.sleep_until(later))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        Shared::count(&shared.counters.accepted);
+        tracing::debug!(?peer, "accepted connection");
+        conn::start(&rt, &shared, &dispatch, reader, writer);
+    }
+}
+
+async fn watchdog<R: Runtime>(rt: R, shared: Arc<Shared>) {
+    let config = &shared.config;
+    let period = config.watchdog_period();
+    let periods = |d: Duration| (d.as_nanos().div_ceil(period.as_nanos()) as u64).max(1);
+    let (idle, read, write) = (
+        periods(config.idle_timeout),
+        periods(config.read_timeout),
+        periods(config.write_timeout),
+    );
+    let mut next = Instant::now();
+    loop {
+        next += period;
+        if shared
+            .halted
+            .guard(TIMER, rt.sleep_until(next))
+            .await
+            .is_none()
+        {
+            return;
+        }
+        let now = shared.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        for (_, conn) in shared.conns.lock().iter() {
+            if let Some(code) = conn.overdue(now, idle, read, write) {
+                tracing::debug!(%code, "closing connection");
+                Shared::count(&shared.counters.timeouts);
+            }
+        }
+    }
+}

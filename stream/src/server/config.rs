@@ -1,0 +1,114 @@
+//! Server settings: every limit a server enforces.
+
+use std::time::Duration;
+
+use crate::frame::DEFAULT_MAX_FRAME_LEN;
+
+/// Default limit on open connections (10 000). Past it a new connection is told
+/// `TOO_MANY_CONNECTIONS` and closed, so a connection flood cannot exhaust memory or sockets.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Default limit on calls running at once per connection (1024). It is announced in the hello
+/// (clients size their window to it); a request past it is answered `OVERLOADED` without
+/// running, so one client cannot queue unbounded work.
+pub const DEFAULT_SERVER_MAX_IN_FLIGHT: usize = 1024;
+
+/// Default idle timeout (5 min): a connection with no call running and nothing received for
+/// this long is closed with `IDLE_TIMEOUT`, so abandoned connections do not pile up.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Default read timeout (30 s): the hello, and every frame once its first byte has arrived, must
+/// be complete within it, or the connection is closed with `READ_TIMEOUT`. Stops a peer that
+/// sends one byte a minute from holding a connection and its partial buffer forever.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default write timeout (30 s): a flush that makes no progress for this long (the peer stopped
+/// reading) closes the connection, so replies for a dead reader do not pin memory.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings of a server. Build with [`ServerConfig::default`] and the setters.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub(crate) max_connections: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_frame_len: u32,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) inline_dispatch: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight: DEFAULT_SERVER_MAX_IN_FLIGHT,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            inline_dispatch: true,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Most open connections. Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
+    /// Most calls running at once per connection; at least 1, at most 65 536.
+    /// Default [`DEFAULT_SERVER_MAX_IN_FLIGHT`].
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.max_in_flight = calls.clamp(1, crate::client::MAX_WINDOW);
+        self
+    }
+
+    /// Largest request body accepted; a longer frame closes the connection with
+    /// `FRAME_TOO_LARGE` before any of its body is buffered.
+    /// Default [`DEFAULT_MAX_FRAME_LEN`](crate::frame::DEFAULT_MAX_FRAME_LEN) (16 MiB).
+    pub fn max_frame_len(mut self, bytes: u32) -> Self {
+        self.max_frame_len = bytes.max(1);
+        self
+    }
+
+    /// Idle timeout. Default [`DEFAULT_IDLE_TIMEOUT`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Read timeout. Default [`DEFAULT_READ_TIMEOUT`].
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Write timeout. Default [`DEFAULT_WRITE_TIMEOUT`].
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Whether the connection's reader polls each new handler once itself before giving it a
+    /// task of its own. Default `true`: handlers that finish at once (most) cost no task, no
+    /// allocation and no wake-up; handlers that wait are moved to their own task, so a slow
+    /// call never blocks the connection. Turn it off when handlers burn CPU before their first
+    /// `.await`, so that a multi-threaded runtime spreads that work over its threads.
+    pub fn inline_dispatch(mut self, inline: bool) -> Self {
+        self.inline_dispatch = inline;
+        self
+    }
+
+    /// How often the watchdog looks at connections: a quarter of the shortest timeout, between
+    /// 5 ms and 1 s. Timeouts fire within one period of their due time.
+    pub(crate) fn watchdog_period(&self) -> Duration {
+        let shortest = self
+            .idle_timeout
+            .min(self.read_timeout)
+            .min(self.write_timeout);
+        (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
+    }
+}

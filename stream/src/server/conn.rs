@@ -1,0 +1,546 @@
+//! One server connection: its reader task (handshake, decoding, dispatch) and writer task.
+
+use std::{
+    future::{poll_fn, Future},
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use atomic_waker::AtomicWaker;
+use bytes::{Bytes, BytesMut};
+use crossfire::{mpsc, AsyncRx, MAsyncTx};
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::FutureExt;
+
+use super::{Dispatch, Request, Shared, Status};
+use crate::{
+    error::ErrorCode,
+    frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
+    hello::{Hello, HELLO_LEN},
+    io::{
+        read_at_least, write_all, write_loop, Outgoing, ReadBuffer, Stop, WriteWatch, READER,
+        WRITER,
+    },
+    runtime::Runtime,
+};
+
+/// Spare handler boxes a connection keeps for reuse.
+const SPARE_FUTURES: usize = 16;
+
+/// What the server's tasks and watchdog know about one connection.
+pub(crate) struct ConnState {
+    pub(super) stop: Stop,
+    out: MAsyncTx<mpsc::Array<Outgoing>>,
+    /// Calls running in their own task.
+    in_flight: AtomicUsize,
+    reader_done: AtomicBool,
+    draining: AtomicBool,
+    drain_waker: AtomicWaker,
+    /// Set once a `Close` was queued or the connection was told to go away.
+    closing: AtomicBool,
+    /// Watchdog clock at the last successful read.
+    last_read: AtomicU64,
+    /// Watchdog clock when the frame now partly buffered began, 0 if none.
+    partial_since: AtomicU64,
+    /// Watchdog clock when the current flush began, 0 if none.
+    flush_started: AtomicU64,
+}
+
+impl ConnState {
+    /// Starts draining: `GoAway(NO_ERROR)`, then close once no call runs.
+    pub(super) fn drain(&self) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let goaway = FrameHeader::new(FrameKind::GoAway, 0);
+        let _ = self.out.try_send(Outgoing::frame(
+            goaway,
+            Bytes::from_static(b"server shutting down"),
+        ));
+        self.drain_waker.wake();
+    }
+
+    /// Queues a `GoAway` with `code` and closes the connection after it.
+    fn go_away(&self, code: ErrorCode, reason: String) {
+        if self.closing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::debug!(%code, %reason, "closing connection");
+        let header = FrameHeader {
+            aux: code.as_u32(),
+            ..FrameHeader::new(FrameKind::GoAway, 0)
+        };
+        let queued = self
+            .out
+            .try_send(Outgoing::frame(header, Bytes::from(reason)))
+            .is_ok()
+            && self.out.try_send(Outgoing::Close).is_ok();
+        if !queued {
+            self.stop.stop();
+        }
+    }
+
+    /// Closes the connection once nothing runs, if the reader ended or the server drains.
+    fn close_if_idle(&self) {
+        let done = self.reader_done.load(Ordering::SeqCst) || self.draining.load(Ordering::SeqCst);
+        if done
+            && self.in_flight.load(Ordering::SeqCst) == 0
+            && !self.closing.swap(true, Ordering::SeqCst)
+            && self.out.try_send(Outgoing::Close).is_err()
+        {
+            self.stop.stop();
+        }
+    }
+
+    /// Applies the timeouts at watchdog clock `now` (all limits in watchdog periods); returns
+    /// the code if it closed the connection.
+    pub(super) fn overdue(&self, now: u64, idle: u64, read: u64, write: u64) -> Option<ErrorCode> {
+        if self.stop.is_stopped() {
+            return None;
+        }
+        let since = |at: &AtomicU64| match at.load(Ordering::Relaxed) {
+            0 => 0,
+            at => now.saturating_sub(at),
+        };
+        if since(&self.flush_started) >= write {
+            // The writer is stuck: a GoAway would queue behind it, so just close.
+            self.stop.stop();
+            return Some(ErrorCode::WRITE_TIMEOUT);
+        }
+        if self.closing.load(Ordering::Relaxed) {
+            return None;
+        }
+        if since(&self.partial_since) >= read {
+            self.go_away(
+                ErrorCode::READ_TIMEOUT,
+                "frame not completed within the read timeout".into(),
+            );
+            return Some(ErrorCode::READ_TIMEOUT);
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0 && since(&self.last_read) >= idle {
+            self.go_away(ErrorCode::IDLE_TIMEOUT, "connection idle".into());
+            return Some(ErrorCode::IDLE_TIMEOUT);
+        }
+        None
+    }
+
+    /// Completes when the server starts draining.
+    fn drained(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| {
+            if self.draining.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            self.drain_waker.register(cx.waker());
+            if self.draining.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// Removes the connection from the server's table when its last task ends.
+struct Registration {
+    shared: Arc<Shared>,
+    key: usize,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.conns.lock().try_remove(self.key);
+    }
+}
+
+/// Registers an accepted connection and spawns its tasks, or refuses it at the limit.
+pub(super) fn start<R, D, Rd, Wr>(
+    rt: &R,
+    shared: &Arc<Shared>,
+    dispatch: &Arc<D>,
+    reader: Rd,
+    writer: Wr,
+) where
+    R: Runtime,
+    D: Dispatch,
+    Rd: AsyncRead + Unpin + Send + 'static,
+    Wr: AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let (out, rx) = mpsc::bounded_async::<Outgoing>(config.max_in_flight + 16);
+    let now = shared.now();
+    let conn = Arc::new(ConnState {
+        stop: Stop::default(),
+        out,
+        in_flight: AtomicUsize::new(0),
+        reader_done: AtomicBool::new(false),
+        draining: AtomicBool::new(shared.draining.load(Ordering::SeqCst)),
+        drain_waker: AtomicWaker::new(),
+        closing: AtomicBool::new(false),
+        last_read: AtomicU64::new(now),
+        partial_since: AtomicU64::new(now),
+        flush_started: AtomicU64::new(0),
+    });
+    let key = {
+        let mut conns = shared.conns.lock();
+        if conns.len() >= config.max_connections {
+            None
+        } else {
+            Some(conns.insert(conn.clone()))
+        }
+    };
+    let Some(key) = key else {
+        Shared::count(&shared.counters.refused);
+        rt.spawn(refuse(writer, config.max_frame_len));
+        return;
+    };
+    let registration = Arc::new(Registration {
+        shared: shared.clone(),
+        key,
+    });
+    rt.spawn(write_task(
+        shared.clone(),
+        conn.clone(),
+        registration.clone(),
+        writer,
+        rx,
+    ));
+    let reader_task = ReadTask {
+        rt: rt.clone(),
+        shared: shared.clone(),
+        conn,
+        dispatch: dispatch.clone(),
+        spare: Vec::new(),
+        peer_max_frame_len: 0,
+    };
+    rt.spawn(reader_task.run(reader, registration));
+}
+
+async fn write_task<W: AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+    _registration: Arc<Registration>,
+    mut writer: W,
+    rx: AsyncRx<mpsc::Array<Outgoing>>,
+) {
+    let config = &shared.config;
+    let hello = Hello::new(config.max_frame_len, config.max_in_flight as u32).encode();
+    if let Some(Ok(())) = conn
+        .stop
+        .guard(WRITER, write_all(&mut writer, &hello))
+        .await
+    {
+        let watch = WriteWatch {
+            clock: &shared.clock,
+            flush_started: &conn.flush_started,
+        };
+        if let Err(e) = write_loop(rx, writer, &conn.stop, Some(watch)).await {
+            tracing::debug!(error = %e, "connection write failed");
+        }
+    }
+    conn.stop.stop();
+}
+
+/// Tells a peer over the connection limit why it is refused, then closes.
+async fn refuse<W: AsyncWrite + Unpin>(mut writer: W, max_frame_len: u32) {
+    let mut bytes = BytesMut::from(&Hello::new(max_frame_len, 0).encode()[..]);
+    let header = FrameHeader {
+        aux: ErrorCode::TOO_MANY_CONNECTIONS.as_u32(),
+        ..FrameHeader::new(FrameKind::GoAway, 0)
+    };
+    Frame::new(
+        header,
+        Bytes::from_static(b"server is at its connection limit"),
+    )
+    .encode(&mut bytes);
+    let _ = write_all(&mut writer, &bytes).await;
+    let _ = poll_fn(|cx| Pin::new(&mut writer).poll_close(cx)).await;
+}
+
+/// What wakes the reader.
+enum Event {
+    Read(std::io::Result<usize>),
+    Drain,
+}
+
+/// The reader task of one connection: decodes frames and dispatches requests.
+struct ReadTask<R, D: Dispatch> {
+    rt: R,
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+    dispatch: Arc<D>,
+    /// Boxes of finished handler futures, reused so that inline calls allocate nothing.
+    spare: Vec<Pin<Box<D::Future>>>,
+    /// The client's limit on reply bodies.
+    peer_max_frame_len: u32,
+}
+
+impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
+    async fn run<Rd: AsyncRead + Unpin>(mut self, mut reader: Rd, registration: Arc<Registration>) {
+        self.serve(&mut reader).await;
+        self.conn.reader_done.store(true, Ordering::SeqCst);
+        self.conn.close_if_idle();
+        drop(registration);
+    }
+
+    async fn serve<Rd: AsyncRead + Unpin>(&mut self, reader: &mut Rd) {
+        let conn = self.conn.clone();
+        let mut read = ReadBuffer::new();
+        match conn
+            .stop
+            .guard(READER, read_at_least(reader, &mut read.buf, HELLO_LEN))
+            .await
+        {
+            Some(Ok(())) => {}
+            _ => return,
+        }
+        let head = read.buf.split_to(HELLO_LEN);
+        let Some(head) = head.first_chunk::<HELLO_LEN>() else {
+            return;
+        };
+        match Hello::decode(head) {
+            Ok(hello) => self.peer_max_frame_len = hello.max_frame_len,
+            Err(e) => {
+                Shared::count(&self.shared.counters.protocol_errors);
+                conn.go_away(e.code(), e.to_string());
+                return;
+            }
+        }
+        conn.partial_since.store(0, Ordering::Relaxed);
+        let mut decoder = FrameDecoder::new(self.shared.config.max_frame_len);
+        let mut drain_seen = false;
+        loop {
+            let mut progressed = false;
+            loop {
+                match decoder.decode(&mut read.buf) {
+                    Ok(Some(frame)) => {
+                        progressed = true;
+                        if !self.on_frame(frame).await {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        Shared::count(&self.shared.counters.protocol_errors);
+                        conn.go_away(e.code(), e.to_string());
+                        return;
+                    }
+                }
+            }
+            // A frame must complete within the read timeout of its first byte.
+            if read.buf.is_empty() {
+                conn.partial_since.store(0, Ordering::Relaxed);
+            } else if progressed || conn.partial_since.load(Ordering::Relaxed) == 0 {
+                conn.partial_since
+                    .store(self.shared.now(), Ordering::Relaxed);
+            }
+            let read_more = async { Event::Read(read.read_from(reader, &decoder).await) };
+            let event = if drain_seen {
+                conn.stop.guard(READER, read_more).await
+            } else {
+                let drained = async {
+                    conn.drained().await;
+                    Event::Drain
+                };
+                conn.stop.guard(READER, read_more.or(drained)).await
+            };
+            match event {
+                None | Some(Event::Read(Ok(0) | Err(_))) => return,
+                Some(Event::Read(Ok(_))) => {
+                    conn.last_read.store(self.shared.now(), Ordering::Relaxed)
+                }
+                Some(Event::Drain) => {
+                    drain_seen = true;
+                    conn.close_if_idle();
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; `false` ends the connection.
+    async fn on_frame(&mut self, frame: Frame) -> bool {
+        let header = frame.header;
+        match header.kind {
+            FrameKind::Request => self.on_request(header, frame.body).await,
+            FrameKind::Ping => {
+                let pong = FrameHeader::new(FrameKind::Pong, header.seq);
+                send(&self.conn, Outgoing::frame(pong, frame.body)).await
+            }
+            // v1 servers run no streams, and a running handler is not interrupted by a cancel:
+            // its reply is dropped by the client. A client's GoAway means it is leaving.
+            FrameKind::Cancel
+            | FrameKind::Pong
+            | FrameKind::GoAway
+            | FrameKind::StreamItem
+            | FrameKind::StreamEnd
+            | FrameKind::Credit => true,
+            FrameKind::Response | FrameKind::Error => {
+                Shared::count(&self.shared.counters.protocol_errors);
+                let reason = format!("unexpected {:?} frame from a client", header.kind);
+                self.conn.go_away(ErrorCode::PROTOCOL_ERROR, reason);
+                false
+            }
+        }
+    }
+
+    async fn on_request(&mut self, header: FrameHeader, body: Bytes) -> bool {
+        let conn = &*self.conn;
+        if conn.draining.load(Ordering::Relaxed) {
+            let status = Status::new(ErrorCode::SHUTTING_DOWN, "server is shutting down");
+            return send(
+                &self.conn,
+                error_reply(&header, status, self.peer_max_frame_len),
+            )
+            .await;
+        }
+        if conn.in_flight.load(Ordering::Relaxed) >= self.shared.config.max_in_flight {
+            let status = Status::new(
+                ErrorCode::OVERLOADED,
+                "too many calls in flight on this connection",
+            );
+            return send(
+                &self.conn,
+                error_reply(&header, status, self.peer_max_frame_len),
+            )
+            .await;
+        }
+        let timeout = (header.aux != 0).then(|| Duration::from_millis(header.aux.into()));
+        let request = Request {
+            method: header.method,
+            seq: header.seq,
+            body,
+            timeout,
+        };
+        let dispatch = &self.dispatch;
+        let Ok(future) = catch_unwind(AssertUnwindSafe(|| dispatch.dispatch(request))) else {
+            return self.panicked(&header).await;
+        };
+        let mut future = match self.spare.pop() {
+            Some(mut spare) => {
+                spare.as_mut().set(future);
+                spare
+            }
+            None => Box::pin(future),
+        };
+        if !self.shared.config.inline_dispatch {
+            self.spawn_handler(header, future);
+            return true;
+        }
+        let polled = {
+            let mut cx = Context::from_waker(Waker::noop());
+            catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))).map_err(drop)
+        };
+        match polled {
+            Ok(Poll::Ready(result)) => {
+                if self.spare.len() < SPARE_FUTURES {
+                    self.spare.push(future);
+                }
+                send(&self.conn, reply(&header, result, self.peer_max_frame_len)).await
+            }
+            Ok(Poll::Pending) => {
+                // It waits on something: give it a task of its own. Its next poll registers
+                // the task's waker, so nothing it waits for is missed.
+                self.spawn_handler(header, future);
+                true
+            }
+            Err(_) => self.panicked(&header).await,
+        }
+    }
+
+    fn spawn_handler(&self, header: FrameHeader, future: Pin<Box<D::Future>>) {
+        let conn = self.conn.clone();
+        let shared = self.shared.clone();
+        let peer_max_frame_len = self.peer_max_frame_len;
+        conn.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.rt.spawn(async move {
+            let result = match (CatchUnwind { future }).await {
+                Some(result) => result,
+                None => {
+                    Shared::count(&shared.counters.panics);
+                    Err(Status::new(ErrorCode::HANDLER_PANIC, "handler panicked"))
+                }
+            };
+            let _ = conn
+                .out
+                .send(reply(&header, result, peer_max_frame_len))
+                .await;
+            if conn.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+                conn.close_if_idle();
+            }
+        });
+    }
+
+    async fn panicked(&mut self, header: &FrameHeader) -> bool {
+        Shared::count(&self.shared.counters.panics);
+        let status = Status::new(ErrorCode::HANDLER_PANIC, "handler panicked");
+        send(
+            &self.conn,
+            error_reply(header, status, self.peer_max_frame_len),
+        )
+        .await
+    }
+}
+
+/// Queues `message` for the writer; `false` once the writer is gone.
+async fn send(conn: &ConnState, message: Outgoing) -> bool {
+    conn.out.send(message).await.is_ok()
+}
+
+/// Polls a handler, turning a panic into `None`.
+struct CatchUnwind<F> {
+    future: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.future.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(poll) => poll.map(Some),
+            Err(_) => Poll::Ready(None),
+        }
+    }
+}
+
+/// The frame that answers `request` with `result`.
+fn reply(
+    request: &FrameHeader,
+    result: Result<Bytes, Status>,
+    peer_max_frame_len: u32,
+) -> Outgoing {
+    let status = match result {
+        Ok(body) if body.len() <= peer_max_frame_len as usize => {
+            let header = FrameHeader {
+                method: request.method,
+                ..FrameHeader::new(FrameKind::Response, request.seq)
+            };
+            return Outgoing::frame(header, body);
+        }
+        Ok(body) => Status::new(
+            ErrorCode::RESPONSE_TOO_LARGE,
+            format!(
+                "reply of {} bytes exceeds the caller's limit of {peer_max_frame_len} bytes",
+                body.len()
+            ),
+        ),
+        Err(status) => status,
+    };
+    error_reply(request, status, peer_max_frame_len)
+}
+
+fn error_reply(request: &FrameHeader, status: Status, peer_max_frame_len: u32) -> Outgoing {
+    let header = FrameHeader {
+        method: request.method,
+        aux: status.code().as_u32(),
+        ..FrameHeader::new(FrameKind::Error, request.seq)
+    };
+    let mut message = status.into_body();
+    message.truncate(peer_max_frame_len as usize);
+    Outgoing::frame(header, message)
+}
