@@ -7,6 +7,9 @@ use std::{future::Future, time::Instant};
 /// Implemented for tokio and smol in the `flumen-rt` crate. The core never names a runtime's
 /// types, so a user can bring any executor that can spawn `Send` futures and keep time.
 pub trait Runtime: Clone + Send + Sync + 'static {
+    /// The future [`sleep_until`](Self::sleep_until) returns.
+    type Sleep: Future<Output = ()> + Send + 'static;
+
     /// Runs `future` to completion in the background. The core drops no handle to it: tasks end
     /// by themselves when their connection closes.
     fn spawn<F>(&self, future: F)
@@ -14,5 +17,5 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         F: Future<Output = ()> + Send + 'static;
 
     /// A future that completes at `deadline` (at once if it has passed).
-    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static;
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep;
 }

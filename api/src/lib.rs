@@ -1,0 +1,58 @@
+//! Flumen: fast multiplexed RPC for internal services.
+//!
+//! Many calls share one full-duplex connection; requests are written in batches, a window
+//! bounds the calls in flight, deadlines sit on a timing wheel, and the same client works from
+//! async tasks and from plain threads. Pick the runtime (`tokio`, `smol`) and the transport
+//! (`tcp`) with cargo features; MessagePack is the default codec.
+//!
+//! # Examples
+//!
+//! ```
+//! use flumen::{rt::TokioRuntime, tcp::TokioTcp, Client, Router, Server, Status};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = TokioRuntime::current();
+//! let router = Router::new().route("add", |(a, b): (u64, u64)| async move { Ok::<_, Status>(a + b) });
+//! let server = Server::new(router).bind(&rt, &TokioTcp, &"127.0.0.1:0".parse()?).await?;
+//!
+//! let client = Client::connect(&rt, &TokioTcp, server.local_addr()).await?;
+//! let sum: u64 = client.call("add", &(2u64, 3u64)).await?;
+//! assert_eq!(sum, 5);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+mod method;
+mod router;
+
+pub use bytes::Bytes;
+pub use flumen_codec::{Codec, CodecError, MsgPack};
+/// The multiplexed core, for raw calls and custom [`Dispatch`] implementations.
+pub use flumen_stream as stream;
+pub use flumen_stream::{
+    ClientConfig, Dispatch, Request, Server, ServerConfig, ServerHandle, ServerStats, Status,
+};
+
+pub use crate::{
+    client::Client,
+    error::{CallError, ConnectError, ConnectionError, Error, ErrorCode},
+    method::MethodId,
+    router::{RouteError, Router, RouterFuture},
+};
+
+/// Runtimes: [`TokioRuntime`](rt::TokioRuntime) (feature `tokio`) and
+/// [`SmolRuntime`](rt::SmolRuntime) (feature `smol`).
+pub mod rt {
+    pub use flumen_rt::*;
+    pub use flumen_stream::Runtime;
+}
+
+/// TCP transports: [`TokioTcp`](tcp::TokioTcp) (features `tcp` + `tokio`) and
+/// [`SmolTcp`](tcp::SmolTcp) (features `tcp` + `smol`).
+#[cfg(feature = "tcp")]
+pub mod tcp {
+    pub use flumen_tcp::*;
+}

@@ -1,0 +1,279 @@
+//! A [`Dispatch`] that routes method ids to typed handlers.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use flumen_codec::{Codec, MsgPack};
+use flumen_stream::{Dispatch, ErrorCode, Request, Status};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::MethodId;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Bytes, Status>> + Send>>;
+type Handler = Arc<dyn Fn(Request) -> RouterFuture + Send + Sync>;
+
+/// Routes requests by method id to handlers registered with [`route`](Self::route) (typed,
+/// decoded and encoded with codec `C`) or [`route_raw`](Self::route_raw) (raw bodies).
+///
+/// # Examples
+///
+/// ```
+/// use flumen::{Router, Status};
+///
+/// let router = Router::new()
+///     .route("add", |(a, b): (u64, u64)| async move { Ok::<_, Status>(a + b) })
+///     .route("shout", |text: String| async move { Ok::<_, Status>(text.to_uppercase()) });
+/// assert_eq!(router.len(), 2);
+/// ```
+pub struct Router<C = MsgPack> {
+    codec: C,
+    routes: HashMap<u32, (String, Handler)>,
+}
+
+impl Router<MsgPack> {
+    /// An empty router using MessagePack.
+    pub fn new() -> Self {
+        Self::with_codec(MsgPack::default())
+    }
+}
+
+impl Default for Router<MsgPack> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Codec> Router<C> {
+    /// An empty router using `codec`.
+    pub fn with_codec(codec: C) -> Self {
+        Self {
+            codec,
+            routes: HashMap::new(),
+        }
+    }
+
+    /// Registers `handler` for `method`: the request body is decoded as `Req`, the handler's
+    /// `Ok` value encoded as the reply. An undecodable request is answered `BAD_REQUEST`
+    /// without calling the handler.
+    ///
+    /// # Panics
+    ///
+    /// If `method` (or another name with the same id) is already registered: a collision is a
+    /// programming error that must not mis-route calls. Use [`try_route`](Self::try_route) to
+    /// handle it instead.
+    pub fn route<Req, Resp, F, Fut>(self, method: &str, handler: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        match self.try_route(method, handler) {
+            Ok(router) => router,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`route`](Self::route) that reports a method id collision as an error.
+    ///
+    /// # Errors
+    ///
+    /// [`RouteError`] if the method id is taken.
+    pub fn try_route<Req, Resp, F, Fut>(self, method: &str, handler: F) -> Result<Self, RouteError>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        let codec = self.codec.clone();
+        let handler: Handler = Arc::new(move |request: Request| {
+            let decoded: Req = match codec.decode(request.body()) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    return RouterFuture::ready(Err(Status::new(
+                        ErrorCode::BAD_REQUEST,
+                        e.to_string(),
+                    )))
+                }
+            };
+            let reply = handler(decoded);
+            let codec = codec.clone();
+            RouterFuture::boxed(Box::pin(async move {
+                let reply = reply.await?;
+                codec
+                    .encode(&reply)
+                    .map_err(|e| Status::new(ErrorCode::INTERNAL, e.to_string()))
+            }))
+        });
+        self.insert(method, handler)
+    }
+
+    /// Registers a raw handler for `method`: it gets the whole [`Request`] (body untouched) and
+    /// returns the reply body.
+    ///
+    /// # Panics
+    ///
+    /// If the method id is taken, as [`route`](Self::route).
+    pub fn route_raw<F, Fut>(self, method: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    {
+        let handler: Handler =
+            Arc::new(move |request| RouterFuture::boxed(Box::pin(handler(request))));
+        match self.insert(method, handler) {
+            Ok(router) => router,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Number of registered methods.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether no method is registered.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    fn insert(mut self, method: &str, handler: Handler) -> Result<Self, RouteError> {
+        let id = MethodId::from_name(method);
+        if let Some((existing, _)) = self.routes.get(&id.as_u32()) {
+            return Err(RouteError {
+                method: method.to_owned(),
+                existing: existing.clone(),
+                id,
+            });
+        }
+        self.routes
+            .insert(id.as_u32(), (method.to_owned(), handler));
+        Ok(self)
+    }
+}
+
+impl<C: Codec> Dispatch for Router<C> {
+    type Future = RouterFuture;
+
+    fn dispatch(&self, request: Request) -> RouterFuture {
+        match self.routes.get(&request.method()) {
+            Some((_, handler)) => handler(request),
+            None => RouterFuture::ready(Err(Status::new(
+                ErrorCode::UNKNOWN_METHOD,
+                format!("no method with id {:#010x}", request.method()),
+            ))),
+        }
+    }
+}
+
+impl<C> fmt::Debug for Router<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self
+            .routes
+            .values()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        names.sort_unstable();
+        f.debug_struct("Router").field("methods", &names).finish()
+    }
+}
+
+/// Two method names map to the same id.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("method {method:?} has id {id:?}, already taken by {existing:?}")]
+pub struct RouteError {
+    method: String,
+    existing: String,
+    id: MethodId,
+}
+
+/// The future of a [`Router`] call: ready at once for refused requests, boxed otherwise.
+pub struct RouterFuture(Inner);
+
+enum Inner {
+    Ready(Option<Result<Bytes, Status>>),
+    Boxed(BoxFuture),
+}
+
+impl RouterFuture {
+    fn ready(result: Result<Bytes, Status>) -> Self {
+        Self(Inner::Ready(Some(result)))
+    }
+
+    fn boxed(future: BoxFuture) -> Self {
+        Self(Inner::Boxed(future))
+    }
+}
+
+impl Future for RouterFuture {
+    type Output = Result<Bytes, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Inner::Ready(result) => match result.take() {
+                Some(result) => Poll::Ready(result),
+                None => Poll::Ready(Err(Status::new(
+                    ErrorCode::INTERNAL,
+                    "polled after completion",
+                ))),
+            },
+            Inner::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for RouterFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouterFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        futures_lite::future::block_on(future)
+    }
+
+    #[test]
+    fn routes_typed_calls_and_refuses_the_rest() {
+        let router =
+            Router::new().route(
+                "add",
+                |(a, b): (u32, u32)| async move { Ok::<_, Status>(a + b) },
+            );
+        let codec = MsgPack::default();
+        let add = MethodId::from_name("add").as_u32();
+
+        let reply = block_on(router.dispatch(Request::new(
+            add,
+            codec.encode(&(2u32, 3u32)).unwrap(),
+            None,
+        )));
+        assert_eq!(codec.decode::<u32>(&reply.unwrap()).unwrap(), 5);
+
+        let bad = block_on(router.dispatch(Request::new(add, Bytes::from_static(b"\xc1"), None)));
+        assert_eq!(bad.unwrap_err().code(), ErrorCode::BAD_REQUEST);
+
+        let unknown = block_on(router.dispatch(Request::new(add + 1, Bytes::new(), None)));
+        assert_eq!(unknown.unwrap_err().code(), ErrorCode::UNKNOWN_METHOD);
+    }
+
+    #[test]
+    fn duplicate_method_is_an_error() {
+        let router = Router::new().route_raw("echo", |r: Request| async move { Ok(r.into_body()) });
+        let err = router
+            .try_route("echo", |x: u8| async move { Ok::<_, Status>(x) })
+            .unwrap_err();
+        assert!(err.to_string().contains("already taken"), "{err}");
+    }
+}

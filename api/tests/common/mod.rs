@@ -1,0 +1,160 @@
+//! The harness the end-to-end suites share: one `Env` per runtime, and the `e2e!` macro that
+//! generates every test once for tokio and once for smol.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use flumen::{
+    rt::{Runtime, SmolRuntime, TokioRuntime},
+    stream::Transport,
+    tcp::{SmolTcp, TokioTcp},
+    ClientConfig, Dispatch, Server, ServerConfig, ServerHandle,
+};
+use futures_lite::FutureExt;
+
+/// A runtime plus a transport, as the tests see them.
+pub trait Env: Clone + Send + Sync + 'static {
+    type Rt: Runtime;
+    type Tr: Transport<Addr = SocketAddr> + Default;
+
+    fn rt(&self) -> Self::Rt;
+
+    fn transport(&self) -> Self::Tr {
+        Self::Tr::default()
+    }
+
+    fn sleep(&self, duration: Duration) -> <Self::Rt as Runtime>::Sleep {
+        self.rt().sleep_until(Instant::now() + duration)
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, future: F) {
+        self.rt().spawn(future)
+    }
+}
+
+#[derive(Clone)]
+pub struct TokioEnv(TokioRuntime);
+
+impl Env for TokioEnv {
+    type Rt = TokioRuntime;
+    type Tr = TokioTcp;
+
+    fn rt(&self) -> TokioRuntime {
+        self.0.clone()
+    }
+}
+
+#[derive(Clone)]
+pub struct SmolEnv(SmolRuntime);
+
+impl Env for SmolEnv {
+    type Rt = SmolRuntime;
+    type Tr = SmolTcp;
+
+    fn rt(&self) -> SmolRuntime {
+        self.0.clone()
+    }
+}
+
+/// No test may hang: each one fails after this long.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `test` on a two-thread tokio runtime.
+pub fn run_tokio<F, Fut>(test: F)
+where
+    F: FnOnce(TokioEnv) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let env = TokioEnv(TokioRuntime::new(runtime.handle().clone()));
+    let limit = env.sleep(TEST_LIMIT);
+    let test = test(env);
+    runtime.block_on(test.or(async move {
+        limit.await;
+        panic!("test did not finish within {TEST_LIMIT:?}");
+    }));
+}
+
+/// Runs `test` on a smol executor driven by two threads.
+pub fn run_smol<F, Fut>(test: F)
+where
+    F: FnOnce(SmolEnv) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let executor = Arc::new(smol::Executor::<'static>::new());
+    let (done, finished) = smol::channel::bounded::<()>(1);
+    let helper = {
+        let executor = executor.clone();
+        std::thread::spawn(move || smol::block_on(executor.run(finished.recv())))
+    };
+    let env = SmolEnv(SmolRuntime::new(executor.clone()));
+    let limit = env.sleep(TEST_LIMIT);
+    let test = test(env);
+    smol::block_on(executor.run(test.or(async move {
+        limit.await;
+        panic!("test did not finish within {TEST_LIMIT:?}");
+    })));
+    drop(done);
+    let _ = helper.join();
+}
+
+/// Generates each listed `async fn name<E: Env>(env: E)` as a test on tokio and on smol.
+#[macro_export]
+macro_rules! e2e {
+    ($($name:ident),* $(,)?) => {
+        mod tokio_rt {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioEnv>) })*
+        }
+        mod smol_rt {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolEnv>) })*
+        }
+    };
+}
+
+pub fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Starts `dispatch` on loopback with `config`.
+pub async fn serve<E: Env, D: Dispatch>(
+    env: &E,
+    dispatch: D,
+    config: ServerConfig,
+) -> ServerHandle<SocketAddr> {
+    Server::new(dispatch)
+        .config(config)
+        .bind(&env.rt(), &env.transport(), &loopback())
+        .await
+        .unwrap()
+}
+
+/// A typed client to `addr`.
+pub async fn connect<E: Env>(env: &E, addr: SocketAddr, config: ClientConfig) -> flumen::Client {
+    flumen::Client::connect_with(
+        &env.rt(),
+        &env.transport(),
+        &addr,
+        config,
+        flumen::MsgPack::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until `cond` holds, checking every 5 ms, for at most 10 s.
+pub async fn eventually<E: Env>(env: &E, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        env.sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,413 @@
+//! Unary calls end to end, on tokio and smol over TCP.
+
+mod common;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use common::{connect, eventually, serve, Env};
+use flumen::{
+    Bytes, CallError, ClientConfig, Codec, ErrorCode, MethodId, Request, Router, ServerConfig,
+    Status,
+};
+use serde_bytes::ByteBuf;
+
+e2e!(
+    out_of_order_completion,
+    ten_thousand_calls_512_in_flight,
+    timeout_resolves_while_others_succeed,
+    window_is_never_exceeded,
+    server_limit_caps_the_window,
+    unknown_method_is_a_clear_error,
+    handler_panic_fails_only_that_call,
+    request_too_large_is_not_sent,
+    blocking_callers_from_plain_threads,
+    raw_bodies_pass_through,
+);
+
+/// Handlers shared by the tests.
+fn router<E: Env>(env: &E, concurrency: Arc<Gauge>) -> Router {
+    let sleeper = env.clone();
+    let slow = env.clone();
+    let gauge_env = env.clone();
+    Router::new()
+        .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
+        .route("sleep_echo", move |(millis, id): (u64, u64)| {
+            let sleep = sleeper.sleep(Duration::from_millis(millis));
+            async move {
+                sleep.await;
+                Ok::<_, Status>(id)
+            }
+        })
+        .route("slow", move |()| {
+            let sleep = slow.sleep(Duration::from_secs(20));
+            async move {
+                sleep.await;
+                Ok::<_, Status>(())
+            }
+        })
+        .route("gauge", move |()| {
+            let gauge = concurrency.clone();
+            let sleep = gauge_env.sleep(Duration::from_millis(5));
+            async move {
+                gauge.enter();
+                sleep.await;
+                gauge.leave();
+                Ok::<_, Status>(())
+            }
+        })
+        .route("panic", |fail: bool| async move {
+            assert!(!fail, "handler asked to panic");
+            Ok::<_, Status>(())
+        })
+        .route_raw(
+            "raw",
+            |request: Request| async move { Ok(request.into_body()) },
+        )
+}
+
+/// Counts handlers running at once and remembers the most.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Gauge {
+    fn enter(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn start<E: Env>(
+    env: &E,
+    config: ServerConfig,
+) -> (flumen::ServerHandle<std::net::SocketAddr>, Arc<Gauge>) {
+    let gauge = Arc::new(Gauge::default());
+    (serve(env, router(env, gauge.clone()), config).await, gauge)
+}
+
+async fn out_of_order_completion<E: Env>(env: E) {
+    let (server, _) = start(&env, ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let (done, finished) = smol::channel::unbounded();
+    // Earlier calls sleep longer, so replies come back in reverse order on one connection.
+    const CALLS: u64 = 16;
+    for id in 0..CALLS {
+        let client = client.clone();
+        let done = done.clone();
+        env.spawn(async move {
+            let millis = (CALLS - id) * 25;
+            let got: u64 = client.call("sleep_echo", &(millis, id)).await.unwrap();
+            done.send((id, got)).await.unwrap();
+        });
+        // Let each request reach the server before the next one.
+        env.sleep(Duration::from_millis(1)).await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..CALLS {
+        let (id, got) = finished.recv().await.unwrap();
+        assert_eq!(id, got, "reply matched to the wrong call");
+        order.push(id);
+    }
+    assert_eq!(
+        order.first(),
+        Some(&(CALLS - 1)),
+        "the shortest call finished first: {order:?}"
+    );
+    assert_eq!(
+        order.last(),
+        Some(&0),
+        "the longest call finished last: {order:?}"
+    );
+}
+
+async fn ten_thousand_calls_512_in_flight<E: Env>(env: E) {
+    let (server, _) = start(&env, ServerConfig::default()).await;
+    let client = connect(
+        &env,
+        *server.local_addr(),
+        ClientConfig::default().max_in_flight(512),
+    )
+    .await;
+    assert_eq!(client.raw().window(), 512);
+    const CALLS: usize = 10_000;
+    const TASKS: usize = 512;
+    let (done, finished) = smol::channel::unbounded();
+    for task in 0..TASKS {
+        let client = client.clone();
+        let done = done.clone();
+        env.spawn(async move {
+            let mut ok = 0;
+            for i in (task..CALLS).step_by(TASKS) {
+                let body = ByteBuf::from(format!("call {i}").into_bytes());
+                let reply: ByteBuf = client.call("echo", &body).await.unwrap();
+                assert_eq!(reply, body);
+                ok += 1;
+            }
+            done.send(ok).await.unwrap();
+        });
+    }
+    let mut total = 0;
+    for _ in 0..TASKS {
+        total += finished.recv().await.unwrap();
+    }
+    assert_eq!(total, CALLS);
+}
+
+async fn timeout_resolves_while_others_succeed<E: Env>(env: E) {
+    let (server, _) = start(&env, ServerConfig::default()).await;
+    let tick = Duration::from_millis(10);
+    let client = connect(
+        &env,
+        *server.local_addr(),
+        ClientConfig::default().tick(tick),
+    )
+    .await;
+    let timeout = Duration::from_millis(150);
+    let slow = {
+        let client = client.clone();
+        async move {
+            let started = Instant::now();
+            let result = client
+                .call_with_timeout::<_, ()>("slow", &(), Some(timeout))
+                .await;
+            (result, started.elapsed())
+        }
+    };
+    let fast = async {
+        for i in 0..200u64 {
+            let got: u64 = client.call("sleep_echo", &(0u64, i)).await.unwrap();
+            assert_eq!(got, i);
+        }
+    };
+    let ((result, elapsed), ()) = futures_lite::future::zip(slow, fast).await;
+    let err = result.unwrap_err();
+    assert!(err.is_timeout(), "expected a timeout, got {err}");
+    assert!(elapsed >= timeout, "resolved early: {elapsed:?}");
+    // Deadline plus one tick, plus slack for a loaded CI machine's scheduler.
+    assert!(
+        elapsed < timeout + tick + Duration::from_secs(2),
+        "resolved late: {elapsed:?}"
+    );
+    // The connection is still good after the late reply would arrive.
+    let got: u64 = client.call("sleep_echo", &(0u64, 7u64)).await.unwrap();
+    assert_eq!(got, 7);
+}
+
+async fn window_is_never_exceeded<E: Env>(env: E) {
+    let (server, gauge) = start(&env, ServerConfig::default()).await;
+    let client = connect(
+        &env,
+        *server.local_addr(),
+        ClientConfig::default().max_in_flight(8),
+    )
+    .await;
+    let (done, finished) = smol::channel::unbounded();
+    for _ in 0..200 {
+        let client = client.clone();
+        let done = done.clone();
+        env.spawn(async move {
+            let result: Result<(), _> = client.call("gauge", &()).await;
+            done.send(result.is_ok()).await.unwrap();
+        });
+    }
+    for _ in 0..200 {
+        assert!(finished.recv().await.unwrap());
+    }
+    let max = gauge.max.load(Ordering::SeqCst);
+    assert!(
+        max <= 8,
+        "server saw {max} calls at once with a window of 8"
+    );
+    assert!(max >= 2, "calls did not overlap at all ({max})");
+}
+
+async fn server_limit_caps_the_window<E: Env>(env: E) {
+    let (server, gauge) = start(&env, ServerConfig::default().max_in_flight(4)).await;
+    let client = connect(
+        &env,
+        *server.local_addr(),
+        ClientConfig::default().max_in_flight(100),
+    )
+    .await;
+    assert_eq!(client.raw().window(), 4);
+    let calls = (0..40).map(|_| client.call::<_, ()>("gauge", &()));
+    for result in join_all(calls).await {
+        result.unwrap();
+    }
+    assert!(gauge.max.load(Ordering::SeqCst) <= 4);
+}
+
+async fn unknown_method_is_a_clear_error<E: Env>(env: E) {
+    let (server, _) = start(&env, ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let err = client
+        .call::<_, ()>("no_such_method", &())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UNKNOWN_METHOD), "{err}");
+    assert!(!err.is_connection());
+    // A request the handler cannot decode is refused without running it.
+    let err = client
+        .call::<_, u64>("sleep_echo", &"not a pair")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BAD_REQUEST), "{err}");
+    // A reply of the wrong type is a decode error on the client.
+    let err = client
+        .call::<_, String>("sleep_echo", &(0u64, 1u64))
+        .await
+        .unwrap_err();
+    assert!(err.is_codec(), "{err}");
+    let got: u64 = client.call("sleep_echo", &(0u64, 9u64)).await.unwrap();
+    assert_eq!(got, 9);
+}
+
+async fn handler_panic_fails_only_that_call<E: Env>(env: E) {
+    let (server, _) = start(&env, ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let err = client.call::<_, ()>("panic", &true).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::HANDLER_PANIC), "{err}");
+    client.call::<_, ()>("panic", &false).await.unwrap();
+    assert_eq!(server.stats().panics, 1);
+    assert!(!client.is_closed());
+}
+
+async fn request_too_large_is_not_sent<E: Env>(env: E) {
+    let (server, _) = start(&env, ServerConfig::default().max_frame_len(1024)).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let err = client
+        .raw()
+        .call(
+            MethodId::from_name("raw").as_u32(),
+            Bytes::from(vec![0u8; 2048]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::RequestTooLarge {
+                len: 2048,
+                max: 1024
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_not_sent());
+    let reply = client
+        .raw()
+        .call(
+            MethodId::from_name("raw").as_u32(),
+            Bytes::from(vec![1u8; 1000]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.len(), 1000);
+}
+
+async fn blocking_callers_from_plain_threads<E: Env>(env: E) {
+    let (server, _) = start(&env, ServerConfig::default()).await;
+    let client = connect(
+        &env,
+        *server.local_addr(),
+        ClientConfig::default().max_in_flight(4),
+    )
+    .await;
+    // Eight threads share a window of four: some of them block on it.
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    let id = t * 1000 + i;
+                    let got: u64 = client.call_blocking("sleep_echo", &(0u64, id)).unwrap();
+                    assert_eq!(got, id);
+                }
+                let raw = client.raw().call_blocking(
+                    MethodId::from_name("raw").as_u32(),
+                    Bytes::from_static(b"hi"),
+                );
+                assert_eq!(raw.unwrap(), Bytes::from_static(b"hi"));
+            })
+        })
+        .collect();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let watcher = finished.clone();
+    std::thread::spawn(move || {
+        for thread in threads {
+            thread.join().expect("a blocking caller failed");
+            watcher.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    eventually(&env, "blocking callers finish", || {
+        finished.load(Ordering::SeqCst) == 8
+    })
+    .await;
+    // A blocking call's timeout works without a runtime in the caller too.
+    let unit = flumen::MsgPack::default().encode(&()).unwrap();
+    let timed_out = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            client.raw().call_blocking_with_timeout(
+                MethodId::from_name("slow").as_u32(),
+                unit,
+                Some(Duration::from_millis(50)),
+            )
+        })
+    };
+    eventually(&env, "blocking call times out", || timed_out.is_finished()).await;
+    assert!(timed_out.join().unwrap().unwrap_err().is_timeout());
+}
+
+async fn raw_bodies_pass_through<E: Env>(env: E) {
+    let (server, _) = start(&env, ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let raw = MethodId::from_name("raw").as_u32();
+    for len in [0usize, 1, 4096, 4097, 64 * 1024, 1 << 20] {
+        let body = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>());
+        assert_eq!(
+            client.raw().call(raw, body.clone()).await.unwrap(),
+            body,
+            "len {len}"
+        );
+    }
+}
+
+/// Polls all futures to completion, concurrently.
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}

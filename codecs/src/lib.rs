@@ -1,0 +1,54 @@
+//! Turns serde values into message bodies and back.
+//!
+//! [`Codec`] is what Flumen's typed layer needs; [`MsgPack`] (rmp-serde, feature `msgpack`, on by
+//! default) is the default implementation. A raw [`bytes::Bytes`] body needs no codec at all:
+//! `Dispatch` implementations and raw client calls pass it through untouched.
+#![warn(missing_docs)]
+
+#[cfg(feature = "msgpack")]
+mod msgpack;
+
+use std::error::Error as StdError;
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+
+#[cfg(feature = "msgpack")]
+pub use crate::msgpack::{MsgPack, DEFAULT_MAX_DEPTH};
+
+/// Encodes and decodes message bodies.
+///
+/// Decoding reads bytes from the network: implementations bound the work and memory it takes
+/// (nesting depth, declared lengths checked against the input) and return an error, never panic.
+pub trait Codec: Clone + Send + Sync + 'static {
+    /// Encodes `value` into a new body.
+    ///
+    /// # Errors
+    ///
+    /// If `value` cannot be represented (for example a map with non-string keys in a format
+    /// that needs them).
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, CodecError>;
+
+    /// Decodes a value from `body`.
+    ///
+    /// # Errors
+    ///
+    /// If `body` is not a valid encoding of `T`, nests deeper than the codec allows, or has
+    /// trailing bytes.
+    fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, CodecError>;
+}
+
+/// A value that could not be encoded, or bytes that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// Encoding failed.
+    #[error("encode failed: {0}")]
+    Encode(#[source] Box<dyn StdError + Send + Sync>),
+    /// Decoding failed.
+    #[error("decode failed: {0}")]
+    Decode(#[source] Box<dyn StdError + Send + Sync>),
+    /// The body had bytes left over after the value.
+    #[error("{0} trailing bytes after the value")]
+    TrailingBytes(usize),
+}

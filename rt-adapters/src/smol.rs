@@ -1,0 +1,85 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use flumen_stream::Runtime;
+use smol::{Executor, Timer};
+
+/// Runs Flumen's tasks on smol: on smol's global executor, or on an executor of your own;
+/// timers come from `async-io`'s reactor either way.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// // One executor, run by the thread that blocks on it.
+/// let executor = Arc::new(smol::Executor::new());
+/// let rt = flumen_rt::SmolRuntime::new(executor.clone());
+/// smol::block_on(executor.run(async move {
+///     let _ = rt;
+/// }));
+/// ```
+#[derive(Clone)]
+pub struct SmolRuntime {
+    executor: Option<Arc<Executor<'static>>>,
+}
+
+impl SmolRuntime {
+    /// Spawns on `executor`; someone must run it (for example `smol::block_on(executor.run(..))`
+    /// on one or more threads).
+    pub fn new(executor: Arc<Executor<'static>>) -> Self {
+        Self {
+            executor: Some(executor),
+        }
+    }
+
+    /// Spawns on smol's global executor (`smol::spawn`), which runs on its own threads
+    /// (`SMOL_THREADS`, default 1).
+    pub fn global() -> Self {
+        Self { executor: None }
+    }
+}
+
+impl fmt::Debug for SmolRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmolRuntime")
+            .field("global", &self.executor.is_none())
+            .finish()
+    }
+}
+
+impl Runtime for SmolRuntime {
+    type Sleep = SmolSleep;
+
+    fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.executor {
+            Some(executor) => executor.spawn(future).detach(),
+            None => smol::spawn(future).detach(),
+        }
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> SmolSleep {
+        SmolSleep(Timer::at(deadline))
+    }
+}
+
+/// A sleep on `async-io`'s timer.
+#[derive(Debug)]
+pub struct SmolSleep(Timer);
+
+impl Future for SmolSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(drop)
+    }
+}

@@ -1,0 +1,107 @@
+use std::{
+    io::{self, IoSlice},
+    net::SocketAddr,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use flumen_stream::{Listener, Transport};
+use futures_io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead as _, AsyncWrite as _, ReadBuf},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpListener, TcpStream,
+    },
+};
+
+/// TCP on tokio. Must be used from within a tokio runtime.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioTcp;
+
+/// The receiving half of a tokio TCP connection.
+#[derive(Debug)]
+pub struct TokioTcpReader(OwnedReadHalf);
+
+/// The sending half of a tokio TCP connection; closing it sends `FIN`.
+#[derive(Debug)]
+pub struct TokioTcpWriter(OwnedWriteHalf);
+
+/// A tokio TCP listener.
+#[derive(Debug)]
+pub struct TokioTcpListener(TcpListener);
+
+fn split(stream: TcpStream) -> io::Result<(TokioTcpReader, TokioTcpWriter)> {
+    stream.set_nodelay(true)?;
+    let (reader, writer) = stream.into_split();
+    Ok((TokioTcpReader(reader), TokioTcpWriter(writer)))
+}
+
+impl Transport for TokioTcp {
+    type Addr = SocketAddr;
+    type Reader = TokioTcpReader;
+    type Writer = TokioTcpWriter;
+    type Listener = TokioTcpListener;
+
+    async fn connect(&self, addr: &SocketAddr) -> io::Result<(TokioTcpReader, TokioTcpWriter)> {
+        split(TcpStream::connect(addr).await?)
+    }
+
+    async fn bind(&self, addr: &SocketAddr) -> io::Result<TokioTcpListener> {
+        Ok(TokioTcpListener(TcpListener::bind(addr).await?))
+    }
+}
+
+impl Listener for TokioTcpListener {
+    type Addr = SocketAddr;
+    type Reader = TokioTcpReader;
+    type Writer = TokioTcpWriter;
+
+    async fn accept(&mut self) -> io::Result<(TokioTcpReader, TokioTcpWriter, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        let (reader, writer) = split(stream)?;
+        Ok((reader, writer, peer))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl AsyncRead for TokioTcpReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut buf = ReadBuf::new(buf);
+        ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(buf.filled().len()))
+    }
+}
+
+impl AsyncWrite for TokioTcpWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
