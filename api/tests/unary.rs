@@ -10,11 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{connect, eventually, serve, Env};
-use flumen::{
-    Bytes, CallError, ClientConfig, Codec, ErrorCode, MethodId, Request, Router, ServerConfig,
-    Status,
-};
+use common::{connect, eventually, router, serve, Env, Gauge};
+use flumen::{Bytes, CallError, ClientConfig, Codec, ErrorCode, MethodId, ServerConfig};
 use serde_bytes::ByteBuf;
 
 e2e!(
@@ -29,65 +26,6 @@ e2e!(
     blocking_callers_from_plain_threads,
     raw_bodies_pass_through,
 );
-
-/// Handlers shared by the tests.
-fn router<E: Env>(env: &E, concurrency: Arc<Gauge>) -> Router {
-    let sleeper = env.clone();
-    let slow = env.clone();
-    let gauge_env = env.clone();
-    Router::new()
-        .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
-        .route("sleep_echo", move |(millis, id): (u64, u64)| {
-            let sleep = sleeper.sleep(Duration::from_millis(millis));
-            async move {
-                sleep.await;
-                Ok::<_, Status>(id)
-            }
-        })
-        .route("slow", move |()| {
-            let sleep = slow.sleep(Duration::from_secs(20));
-            async move {
-                sleep.await;
-                Ok::<_, Status>(())
-            }
-        })
-        .route("gauge", move |()| {
-            let gauge = concurrency.clone();
-            let sleep = gauge_env.sleep(Duration::from_millis(5));
-            async move {
-                gauge.enter();
-                sleep.await;
-                gauge.leave();
-                Ok::<_, Status>(())
-            }
-        })
-        .route("panic", |fail: bool| async move {
-            assert!(!fail, "handler asked to panic");
-            Ok::<_, Status>(())
-        })
-        .route_raw(
-            "raw",
-            |request: Request| async move { Ok(request.into_body()) },
-        )
-}
-
-/// Counts handlers running at once and remembers the most.
-#[derive(Default)]
-struct Gauge {
-    now: AtomicUsize,
-    max: AtomicUsize,
-}
-
-impl Gauge {
-    fn enter(&self) {
-        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max.fetch_max(now, Ordering::SeqCst);
-    }
-
-    fn leave(&self) {
-        self.now.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 async fn start<E: Env>(
     env: &E,

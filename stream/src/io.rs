@@ -64,10 +64,14 @@ pub(crate) const WRITER: usize = 1;
 pub(crate) const TIMER: usize = 2;
 
 /// A one-way latch that tells a connection's tasks to end, waking each wherever it waits.
+///
+/// The reader, writer and timer each have a waker slot (no allocation to wait); any number of
+/// other tasks (running handlers) can wait through [`Stop::ended`].
 #[derive(Debug, Default)]
 pub(crate) struct Stop {
     stopped: AtomicBool,
     wakers: [AtomicWaker; 3],
+    others: event_listener::Event,
 }
 
 impl Stop {
@@ -76,8 +80,20 @@ impl Stop {
         let first = !self.stopped.swap(true, Ordering::AcqRel);
         if first {
             self.wakers.iter().for_each(AtomicWaker::wake);
+            self.others.notify(usize::MAX);
         }
         first
+    }
+
+    /// Completes once the latch is set; for tasks without a waker slot of their own.
+    pub(crate) async fn ended(&self) {
+        while !self.is_stopped() {
+            let listener = self.others.listen();
+            if self.is_stopped() {
+                return;
+            }
+            listener.await;
+        }
     }
 
     pub(crate) fn is_stopped(&self) -> bool {

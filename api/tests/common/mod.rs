@@ -9,13 +9,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use flumen::{
     rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::Transport,
     tcp::{SmolTcp, TokioTcp},
-    ClientConfig, Dispatch, Server, ServerConfig, ServerHandle,
+    ClientConfig, Dispatch, Request, Router, Server, ServerConfig, ServerHandle, Status,
 };
 use futures_lite::FutureExt;
+use serde_bytes::ByteBuf;
 
 /// A runtime plus a transport, as the tests see them.
 pub trait Env: Clone + Send + Sync + 'static {
@@ -156,5 +159,90 @@ pub async fn eventually<E: Env>(env: &E, what: &str, mut cond: impl FnMut() -> b
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         env.sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Handlers shared by the tests.
+pub fn router<E: Env>(env: &E, concurrency: Arc<Gauge>) -> Router {
+    let sleeper = env.clone();
+    let slow = env.clone();
+    let gauge_env = env.clone();
+    Router::new()
+        .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
+        .route("sleep_echo", move |(millis, id): (u64, u64)| {
+            let sleep = sleeper.sleep(Duration::from_millis(millis));
+            async move {
+                sleep.await;
+                Ok::<_, Status>(id)
+            }
+        })
+        .route("slow", move |()| {
+            let sleep = slow.sleep(Duration::from_secs(20));
+            async move {
+                sleep.await;
+                Ok::<_, Status>(())
+            }
+        })
+        .route("gauge", {
+            let concurrency = concurrency.clone();
+            move |()| {
+                let gauge = concurrency.clone();
+                let sleep = gauge_env.sleep(Duration::from_millis(5));
+                async move {
+                    gauge.enter();
+                    sleep.await;
+                    gauge.leave();
+                    Ok::<_, Status>(())
+                }
+            }
+        })
+        .route("gauge_hold", {
+            let gauge = concurrency.clone();
+            let env = env.clone();
+            move |()| {
+                let gauge = gauge.clone();
+                let sleep = env.sleep(Duration::from_secs(20));
+                async move {
+                    gauge.enter();
+                    let _leave = Leave(gauge);
+                    sleep.await;
+                    Ok::<_, Status>(())
+                }
+            }
+        })
+        .route("panic", |fail: bool| async move {
+            assert!(!fail, "handler asked to panic");
+            Ok::<_, Status>(())
+        })
+        .route_raw(
+            "raw",
+            |request: Request| async move { Ok(request.into_body()) },
+        )
+}
+
+/// Counts handlers running at once and remembers the most.
+#[derive(Default)]
+pub struct Gauge {
+    pub now: AtomicUsize,
+    pub max: AtomicUsize,
+}
+
+/// Leaves the gauge when the handler ends or is dropped.
+struct Leave(Arc<Gauge>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+impl Gauge {
+    pub fn enter(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+    }
+
+    pub fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
     }
 }

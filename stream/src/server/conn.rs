@@ -39,7 +39,6 @@ pub(crate) struct ConnState {
     out: MAsyncTx<mpsc::Array<Outgoing>>,
     /// Calls running in their own task.
     in_flight: AtomicUsize,
-    reader_done: AtomicBool,
     draining: AtomicBool,
     drain_waker: AtomicWaker,
     /// Set once a `Close` was queued or the connection was told to go away.
@@ -86,13 +85,17 @@ impl ConnState {
         }
     }
 
-    /// Closes the connection once nothing runs, if the reader ended or the server drains.
+    /// While draining, closes the connection once no call runs.
     fn close_if_idle(&self) {
-        let done = self.reader_done.load(Ordering::SeqCst) || self.draining.load(Ordering::SeqCst);
-        if done
-            && self.in_flight.load(Ordering::SeqCst) == 0
-            && !self.closing.swap(true, Ordering::SeqCst)
-            && self.out.try_send(Outgoing::Close).is_err()
+        if self.draining.load(Ordering::SeqCst) && self.in_flight.load(Ordering::SeqCst) == 0 {
+            self.close();
+        }
+    }
+
+    /// Closes after what is queued has been written. Handlers still running are cancelled
+    /// when the writer stops.
+    fn close(&self) {
+        if !self.closing.swap(true, Ordering::SeqCst) && self.out.try_send(Outgoing::Close).is_err()
         {
             self.stop.stop();
         }
@@ -178,7 +181,6 @@ pub(super) fn start<R, D, Rd, Wr>(
         stop: Stop::default(),
         out,
         in_flight: AtomicUsize::new(0),
-        reader_done: AtomicBool::new(false),
         draining: AtomicBool::new(shared.draining.load(Ordering::SeqCst)),
         drain_waker: AtomicWaker::new(),
         closing: AtomicBool::new(false),
@@ -283,8 +285,9 @@ struct ReadTask<R, D: Dispatch> {
 impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
     async fn run<Rd: AsyncRead + Unpin>(mut self, mut reader: Rd, registration: Arc<Registration>) {
         self.serve(&mut reader).await;
-        self.conn.reader_done.store(true, Ordering::SeqCst);
-        self.conn.close_if_idle();
+        // The peer left, broke the protocol, or the connection was stopped: nobody will read
+        // replies to calls still running.
+        self.conn.close();
         drop(registration);
     }
 
@@ -458,11 +461,21 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         let peer_max_frame_len = self.peer_max_frame_len;
         conn.in_flight.fetch_add(1, Ordering::SeqCst);
         self.rt.spawn(async move {
-            let result = match (CatchUnwind { future }).await {
-                Some(result) => result,
-                None => {
+            let handler = async { Ok(CatchUnwind { future }.await) };
+            let ended = async {
+                conn.stop.ended().await;
+                Err(())
+            };
+            let result = match handler.or(ended).await {
+                Ok(Some(result)) => result,
+                Ok(None) => {
                     Shared::count(&shared.counters.panics);
                     Err(Status::new(ErrorCode::HANDLER_PANIC, "handler panicked"))
+                }
+                // The connection is gone: drop the handler (its drop guards run), no reply.
+                Err(()) => {
+                    conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    return;
                 }
             };
             let _ = conn

@@ -1,0 +1,228 @@
+//! How connections end: server killed, graceful shutdown, idle and write timeouts, client close,
+//! and replies that arrive after their call gave up.
+
+mod common;
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use common::{connect, eventually, router, serve, Env, Gauge};
+use flumen::{
+    stream::{
+        frame::{FrameHeader, FrameKind, HEADER_LEN},
+        hello::Hello,
+        Transport,
+    },
+    CallError, ClientConfig, ConnectionError, ErrorCode, MethodId, ServerConfig,
+};
+use futures_lite::AsyncWriteExt;
+
+e2e!(
+    server_killed_mid_load_fails_every_pending_call,
+    graceful_shutdown_finishes_calls_in_flight,
+    shutdown_grace_expires,
+    idle_connection_is_closed_but_busy_one_is_not,
+    peer_that_stops_reading_is_closed,
+    client_close_fails_pending_calls,
+    late_reply_after_timeout_is_dropped,
+);
+
+/// Spawns `calls` calls of `method` and returns a channel of their results.
+fn spawn_calls<E: Env, Req: serde::Serialize + Send + Sync + Clone + 'static>(
+    env: &E,
+    client: &flumen::Client,
+    calls: usize,
+    method: &'static str,
+    request: Req,
+) -> smol::channel::Receiver<Result<serde::de::IgnoredAny, flumen::Error>> {
+    let (done, results) = smol::channel::unbounded();
+    for _ in 0..calls {
+        let (client, done, request) = (client.clone(), done.clone(), request.clone());
+        env.spawn(async move {
+            let _ = done.send(client.call(method, &request).await).await;
+        });
+    }
+    results
+}
+
+async fn server_killed_mid_load_fails_every_pending_call<E: Env>(env: E) {
+    let gauge = Arc::new(Gauge::default());
+    let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let results = spawn_calls(&env, &client, 50, "slow", ());
+    // Some quick calls complete first, so the connection is known good under load.
+    for i in 0..100u64 {
+        let got: u64 = client.call("sleep_echo", &(0u64, i)).await.unwrap();
+        assert_eq!(got, i);
+    }
+    server.abort();
+    for _ in 0..50 {
+        let err = results.recv().await.unwrap().unwrap_err();
+        assert!(
+            err.is_connection(),
+            "expected a connection error, got {err}"
+        );
+    }
+    let err = client
+        .call::<_, u64>("sleep_echo", &(0u64, 1u64))
+        .await
+        .unwrap_err();
+    assert!(err.is_connection() && err.is_not_sent(), "{err}");
+}
+
+async fn graceful_shutdown_finishes_calls_in_flight<E: Env>(env: E) {
+    let gauge = Arc::new(Gauge::default());
+    let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let (done, results) = smol::channel::unbounded();
+    for id in 0..10u64 {
+        let (client, done) = (client.clone(), done.clone());
+        env.spawn(async move {
+            let _ = done
+                .send((id, client.call::<_, u64>("sleep_echo", &(200u64, id)).await))
+                .await;
+        });
+    }
+    env.sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    server.shutdown(Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        let (id, result) = results.recv().await.unwrap();
+        assert_eq!(
+            result.unwrap(),
+            id,
+            "calls in flight finish during a graceful shutdown"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited out its grace"
+    );
+    assert_eq!(server.stats().active, 0);
+    // The client saw the GoAway: new calls fail before they are sent, safe to retry elsewhere.
+    let err = client
+        .call::<_, u64>("sleep_echo", &(0u64, 1u64))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_sent(), "{err}");
+}
+
+async fn shutdown_grace_expires<E: Env>(env: E) {
+    let gauge = Arc::new(Gauge::default());
+    let server = serve(&env, router(&env, gauge), ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let results = spawn_calls(&env, &client, 3, "slow", ());
+    env.sleep(Duration::from_millis(50)).await;
+    server.shutdown(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let err = results.recv().await.unwrap().unwrap_err();
+        assert!(err.is_connection(), "{err}");
+    }
+}
+
+async fn idle_connection_is_closed_but_busy_one_is_not<E: Env>(env: E) {
+    let gauge = Arc::new(Gauge::default());
+    let config = ServerConfig::default().idle_timeout(Duration::from_millis(100));
+    let server = serve(&env, router(&env, gauge), config).await;
+    // A call that runs longer than the idle timeout keeps its connection open.
+    let busy = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let got: u64 = busy.call("sleep_echo", &(400u64, 5u64)).await.unwrap();
+    assert_eq!(got, 5);
+    // A quiet one is closed, and its client learns why.
+    let idle = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    eventually(&env, "idle connection closed", || idle.is_closed()).await;
+    match idle
+        .call::<_, u64>("sleep_echo", &(0u64, 1u64))
+        .await
+        .unwrap_err()
+    {
+        flumen::Error::Call(CallError::NotSent(ConnectionError::GoAway { code, .. })) => {
+            assert_eq!(code, ErrorCode::IDLE_TIMEOUT)
+        }
+        other => panic!("expected an idle GoAway, got {other}"),
+    }
+    assert!(server.stats().timeouts >= 1);
+}
+
+async fn peer_that_stops_reading_is_closed<E: Env>(env: E) {
+    let gauge = Arc::new(Gauge::default());
+    let config = ServerConfig::default().write_timeout(Duration::from_millis(100));
+    let server = serve(&env, router(&env, gauge), config).await;
+    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    // Ask for 32 MiB of echoes and never read a byte of them.
+    let (reader, mut writer) = env.transport().connect(server.local_addr()).await.unwrap();
+    let body = vec![7u8; 1 << 20];
+    let raw = MethodId::from_name("raw").as_u32();
+    writer
+        .write_all(&Hello::new(u32::MAX, 64).encode())
+        .await
+        .unwrap();
+    let mut header = [0u8; HEADER_LEN];
+    for seq in 0..32 {
+        let request = FrameHeader {
+            method: raw,
+            len: body.len() as u32,
+            ..FrameHeader::new(FrameKind::Request, seq)
+        };
+        request.encode(&mut header);
+        if writer.write_all(&header).await.is_err() || writer.write_all(&body).await.is_err() {
+            break; // The server already gave up on us.
+        }
+    }
+    eventually(&env, "write timeout fires", || server.stats().timeouts >= 1).await;
+    eventually(&env, "connection closed", || server.stats().active == 1).await;
+    drop((reader, writer));
+    let got: u64 = good.call("sleep_echo", &(0u64, 3u64)).await.unwrap();
+    assert_eq!(got, 3);
+}
+
+async fn client_close_fails_pending_calls<E: Env>(env: E) {
+    let gauge = Arc::new(Gauge::default());
+    let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let results = spawn_calls(&env, &client, 5, "gauge_hold", ());
+    eventually(&env, "calls reach the server", || {
+        gauge.now.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    client.close();
+    for _ in 0..5 {
+        match results.recv().await.unwrap().unwrap_err() {
+            flumen::Error::Call(CallError::Connection(ConnectionError::Closed)) => {}
+            other => panic!("expected a local close, got {other}"),
+        }
+    }
+    // The server notices the client left.
+    eventually(&env, "server drops the connection", || {
+        server.stats().active == 0
+    })
+    .await;
+}
+
+async fn late_reply_after_timeout_is_dropped<E: Env>(env: E) {
+    let gauge = Arc::new(Gauge::default());
+    let server = serve(&env, router(&env, gauge), ServerConfig::default()).await;
+    // One slot, so the next call reuses the slot of the timed-out one.
+    let client = connect(
+        &env,
+        *server.local_addr(),
+        ClientConfig::default().max_in_flight(1),
+    )
+    .await;
+    let err = client
+        .call_with_timeout::<_, u64>(
+            "sleep_echo",
+            &(150u64, 1u64),
+            Some(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // This call is in flight when the late reply for call 1 arrives; it must get its own reply.
+    let got: u64 = client.call("sleep_echo", &(300u64, 2u64)).await.unwrap();
+    assert_eq!(got, 2);
+    let got: u64 = client.call("sleep_echo", &(0u64, 3u64)).await.unwrap();
+    assert_eq!(got, 3);
+}
