@@ -33,8 +33,7 @@ pub trait Codec: Clone + Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// If `body` is not a valid encoding of `T`, nests deeper than the codec allows, or has
-    /// trailing bytes.
+    /// If `body` is not a valid encoding of `T` or nests deeper than the codec allows.
     fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, CodecError>;
 }
 
@@ -48,7 +47,4 @@ pub enum CodecError {
     /// Decoding failed.
     #[error("decode failed: {0}")]
     Decode(#[source] Box<dyn StdError + Send + Sync>),
-    /// The body had bytes left over after the value.
-    #[error("{0} trailing bytes after the value")]
-    TrailingBytes(usize),
 }
