@@ -62,7 +62,9 @@ const ECHO_RAW: &str = "echo_raw";
 fn router() -> Router {
     Router::new()
         .route(ECHO, |body: ByteBuf| async move { Ok::<_, Status>(body) })
-        .route_raw(ECHO_RAW, |request| async move { Ok(flumen::Request::into_body(request)) })
+        .route_raw(ECHO_RAW, |request| async move {
+            Ok(flumen::Request::into_body(request))
+        })
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -70,7 +72,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match (args.serve, args.connect) {
         (Some(addr), _) => {
             let (_server, local) = start_server(args.runtime, addr)?;
-            println!("serving echo on {local} ({:?}); Ctrl-C to stop", args.runtime);
+            println!(
+                "serving echo on {local} ({:?}); Ctrl-C to stop",
+                args.runtime
+            );
             loop {
                 std::thread::park();
             }
@@ -101,7 +106,10 @@ impl Drop for ServerThread {
     }
 }
 
-fn start_server(rt: Rt, addr: SocketAddr) -> Result<(ServerThread, SocketAddr), Box<dyn std::error::Error>> {
+fn start_server(
+    rt: Rt,
+    addr: SocketAddr,
+) -> Result<(ServerThread, SocketAddr), Box<dyn std::error::Error>> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let (ready, bound) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
@@ -110,11 +118,19 @@ fn start_server(rt: Rt, addr: SocketAddr) -> Result<(ServerThread, SocketAddr), 
         };
         match rt {
             Rt::Tokio => {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, async {
                     let server = serve(TokioRuntime::current(), TokioTcp, addr).await;
-                    let _ = ready.send(server.as_ref().map(|s| *s.local_addr()).map_err(|e| e.to_string()));
+                    let _ = ready.send(
+                        server
+                            .as_ref()
+                            .map(|s| *s.local_addr())
+                            .map_err(|e| e.to_string()),
+                    );
                     let stop = tokio::task::spawn_blocking(wait);
                     let _ = stop.await;
                     drop(server);
@@ -124,7 +140,12 @@ fn start_server(rt: Rt, addr: SocketAddr) -> Result<(ServerThread, SocketAddr), 
                 let executor = Arc::new(smol::Executor::new());
                 smol::block_on(executor.run(async {
                     let server = serve(SmolRuntime::new(executor.clone()), SmolTcp, addr).await;
-                    let _ = ready.send(server.as_ref().map(|s| *s.local_addr()).map_err(|e| e.to_string()));
+                    let _ = ready.send(
+                        server
+                            .as_ref()
+                            .map(|s| *s.local_addr())
+                            .map_err(|e| e.to_string()),
+                    );
                     smol::unblock(wait).await;
                     drop(server);
                 }));
@@ -132,7 +153,13 @@ fn start_server(rt: Rt, addr: SocketAddr) -> Result<(ServerThread, SocketAddr), 
         }
     });
     let local = bound.recv()??;
-    Ok((ServerThread { stop: Some(stop), thread: Some(thread) }, local))
+    Ok((
+        ServerThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        },
+        local,
+    ))
 }
 
 async fn serve<R: Runtime, T: Transport<Addr = SocketAddr>>(
@@ -140,14 +167,24 @@ async fn serve<R: Runtime, T: Transport<Addr = SocketAddr>>(
     transport: T,
     addr: SocketAddr,
 ) -> std::io::Result<ServerHandle<SocketAddr>> {
-    Server::new(router()).config(ServerConfig::default()).bind(&rt, &transport, &addr).await
+    Server::new(router())
+        .config(ServerConfig::default())
+        .bind(&rt, &transport, &addr)
+        .await
 }
 
 fn run_client(args: &Args, addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     let report = match args.runtime {
         Rt::Tokio => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(load(TokioRuntime::new(runtime.handle().clone()), TokioTcp, addr, args.clone()))?
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(load(
+                TokioRuntime::new(runtime.handle().clone()),
+                TokioTcp,
+                addr,
+                args.clone(),
+            ))?
         }
         Rt::Smol => {
             let executor = Arc::new(smol::Executor::new());
@@ -186,7 +223,8 @@ async fn load<R: Runtime, T: Transport<Addr = SocketAddr>>(
     args: Args,
 ) -> Result<Report, Box<dyn std::error::Error>> {
     let config = ClientConfig::default().max_in_flight(args.in_flight);
-    let client = Client::connect_with(&rt, &transport, &addr, config, flumen::MsgPack::default()).await?;
+    let client =
+        Client::connect_with(&rt, &transport, &addr, config, flumen::MsgPack::default()).await?;
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.duration);
     let (done, results) = std::sync::mpsc::channel();
@@ -205,9 +243,18 @@ async fn load<R: Runtime, T: Transport<Addr = SocketAddr>>(
                     break Ok(calls);
                 }
                 let ok = if raw {
-                    client.raw().call(echo_raw, raw_body.clone()).await.map(|r| r == raw_body).map_err(|e| e.to_string())
+                    client
+                        .raw()
+                        .call(echo_raw, raw_body.clone())
+                        .await
+                        .map(|r| r == raw_body)
+                        .map_err(|e| e.to_string())
                 } else {
-                    client.call::<_, ByteBuf>(ECHO, &body).await.map(|r| r == body).map_err(|e| e.to_string())
+                    client
+                        .call::<_, ByteBuf>(ECHO, &body)
+                        .await
+                        .map(|r| r == body)
+                        .map_err(|e| e.to_string())
                 };
                 match ok {
                     Ok(true) => calls += 1,

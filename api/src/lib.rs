@@ -43,15 +43,14 @@ pub use crate::{
     router::{RouteError, Router, RouterFuture},
 };
 
-/// Runtimes: [`TokioRuntime`](rt::TokioRuntime) (feature `tokio`) and
-/// [`SmolRuntime`](rt::SmolRuntime) (feature `smol`).
+/// Runtimes: `TokioRuntime` (feature `tokio`) and `SmolRuntime` (feature `smol`).
 pub mod rt {
     pub use flumen_rt::*;
     pub use flumen_stream::Runtime;
 }
 
-/// TCP transports: [`TokioTcp`](tcp::TokioTcp) (features `tcp` + `tokio`) and
-/// [`SmolTcp`](tcp::SmolTcp) (features `tcp` + `smol`).
+/// TCP transports: `TokioTcp` (features `tcp` + `tokio`) and `SmolTcp` (features `tcp` +
+/// `smol`).
 #[cfg(feature = "tcp")]
 pub mod tcp {
     pub use flumen_tcp::*;

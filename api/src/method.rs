@@ -13,7 +13,7 @@ use std::fmt;
 ///
 /// const ECHO: MethodId = MethodId::from_name("echo");
 /// assert_eq!(ECHO, MethodId::from("echo"));
-/// assert_eq!(ECHO.as_u32(), 0x0b6b_5b85);
+/// assert_eq!(ECHO.as_u32(), 0xd49d_d484);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MethodId(u32);

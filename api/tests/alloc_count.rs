@@ -64,8 +64,14 @@ fn allocations_per_call() {
     run_smol(|env| async move { report.send(measure(env, "smol").await).unwrap() });
     for (runtime, raw, typed) in results.try_iter() {
         println!("{runtime}: {raw:.2} allocations per raw call, {typed:.2} per typed call");
-        assert!(raw <= RAW_MAX, "{runtime}: {raw:.2} allocations per raw call, limit {RAW_MAX}");
-        assert!(typed <= TYPED_MAX, "{runtime}: {typed:.2} allocations per typed call, limit {TYPED_MAX}");
+        assert!(
+            raw <= RAW_MAX,
+            "{runtime}: {raw:.2} allocations per raw call, limit {RAW_MAX}"
+        );
+        assert!(
+            typed <= TYPED_MAX,
+            "{runtime}: {typed:.2} allocations per typed call, limit {TYPED_MAX}"
+        );
     }
 }
 

@@ -1,5 +1,5 @@
-//! [`Runtime`](flumen_stream::Runtime) implementations: [`TokioRuntime`] behind the `tokio`
-//! feature and [`SmolRuntime`] behind the `smol` feature.
+//! [`Runtime`](flumen_stream::Runtime) implementations: `TokioRuntime` behind the `tokio`
+//! feature and `SmolRuntime` behind the `smol` feature.
 #![warn(missing_docs)]
 
 #[cfg(feature = "smol")]

@@ -357,6 +357,21 @@ mod tests {
     }
 
     #[test]
+    fn golden_response_from_the_protocol_document() {
+        let header = FrameHeader {
+            method: 0xA1B2_C3D4,
+            ..FrameHeader::new(FrameKind::Response, 0x0000_0001_0000_0007)
+        };
+        let mut buf = BytesMut::new();
+        Frame::new(header, Bytes::from_static(b"ping")).encode(&mut buf);
+        let expected: &[u8] = &[
+            0x02, 0, 0, 0, 0xD4, 0xC3, 0xB2, 0xA1, 7, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0,
+            0x70, 0x69, 0x6E, 0x67,
+        ];
+        assert_eq!(&buf[..], expected);
+    }
+
+    #[test]
     fn golden_error_and_goaway() {
         let mut header = FrameHeader::new(FrameKind::Error, 3);
         header.method = 9;

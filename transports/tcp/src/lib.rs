@@ -1,4 +1,4 @@
-//! TCP for Flumen: [`TokioTcp`] behind the `tokio` feature, [`SmolTcp`] behind the `smol`
+//! TCP for Flumen: `TokioTcp` behind the `tokio` feature, `SmolTcp` behind the `smol`
 //! feature. Both turn Nagle's algorithm off (`TCP_NODELAY`): Flumen batches writes itself.
 #![warn(missing_docs)]
 
