@@ -45,15 +45,15 @@ static GLOBAL: Counting = Counting;
 
 /// Raw calls: the client copies its 32-byte payload into a fresh `Bytes` (1 allocation, the
 /// payload buffer). The request frame, write batch, reply slice, server dispatch (inline, in a
-/// reused box) and reply take none. What remains is per batch, not per call: crossfire
-/// allocates a waker each time a writer parks on its empty queue (client and server, once per
-/// flushed batch), and a read buffer is replaced when replies still hold its memory.
-const RAW_MAX: f64 = 1.5;
+/// reused box), reply, and the writers' parking take none: measured 1.00 on tokio. On smol,
+/// about 0.2 more per call come from the executor's unbounded run queue, which allocates a
+/// segment every 31 task wake-ups.
+const RAW_MAX: f64 = 1.3;
 
 /// Typed calls add three: the request's `ByteBuf` decoded on the server, the router's boxed
 /// handler future, and the reply's `ByteBuf` decoded on the client. Encoding takes none (bodies
 /// are split off a per-thread buffer); the payload the caller builds is not counted.
-const TYPED_MAX: f64 = 3.6;
+const TYPED_MAX: f64 = 3.3;
 
 /// The only test in this binary: the counter is global, so nothing may run beside it.
 #[test]

@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use crossfire::{mpmc, mpsc, MAsyncRx, MAsyncTx, MRx, MTx};
+use crossfire::{mpmc, MAsyncRx, MRx, MTx};
 use parking_lot::Mutex;
 
 pub use self::config::{
@@ -28,7 +28,7 @@ use crate::{
     call::CallTable,
     error::{CallError, ConnectError, ConnectionError},
     frame::{FrameHeader, FrameKind},
-    io::{Outgoing, Stop},
+    io::{Outbox, Outgoing, Stop},
     runtime::Runtime,
     transport::Transport,
 };
@@ -56,8 +56,7 @@ pub(crate) struct Conn {
     free_blocking: MRx<mpmc::Array<u32>>,
     release: MTx<mpmc::Array<u32>>,
     /// Frames for the writer task.
-    out: MAsyncTx<mpsc::Array<Outgoing>>,
-    out_blocking: MTx<mpsc::Array<Outgoing>>,
+    out: Outbox,
     stop: Stop,
     timer: driver::TimerGate,
     clock: Clock,
@@ -92,7 +91,8 @@ impl Clock {
 
     /// The instant tick `tick` begins.
     pub(crate) fn instant_of(&self, tick: u64) -> Instant {
-        self.epoch + self.tick * u32::try_from(tick).unwrap_or(u32::MAX)
+        let nanos = u64::try_from(self.tick.as_nanos()).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(tick.saturating_mul(nanos))
     }
 }
 
@@ -195,8 +195,8 @@ impl Client {
         let seq = conn.begin(slot, deadline, None)?;
         guard.begun = true;
         let _ = conn
-            .out_blocking
-            .send(conn.request(method, seq, timeout, body));
+            .out
+            .send_blocking(conn.request(method, seq, timeout, body));
         let outcome =
             futures_lite::future::block_on(poll_fn(|cx| conn.table.lock().poll(slot, cx)));
         guard.begun = false;
@@ -303,7 +303,7 @@ impl Drop for SlotGuard<'_> {
         if self.begun {
             if let Some(seq) = self.conn.table.lock().abandon(self.slot) {
                 // Best effort: if the queue is full the server's deadline ends the call.
-                let _ = self.conn.out.try_send(Outgoing::frame(
+                self.conn.out.try_send(Outgoing::frame(
                     FrameHeader::new(FrameKind::Cancel, seq),
                     Bytes::new(),
                 ));

@@ -12,7 +12,7 @@ use std::{
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use crossfire::{mpmc, mpsc};
+use crossfire::mpmc;
 use futures_io::AsyncRead;
 use futures_lite::FutureExt;
 use parking_lot::Mutex;
@@ -23,7 +23,7 @@ use crate::{
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
     hello::{Hello, HelloError, HELLO_LEN},
-    io::{read_at_least, write_all, write_loop, Outgoing, ReadBuffer, READER, TIMER},
+    io::{outbox, read_at_least, write_all, write_loop, Outgoing, ReadBuffer, READER, TIMER},
     runtime::Runtime,
     transport::Transport,
 };
@@ -94,7 +94,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     for slot in 0..window as u32 {
         let _ = release.try_send(slot);
     }
-    let (out, out_rx) = mpsc::bounded_async::<Outgoing>(2 * window + 16);
+    let (out, out_rx) = outbox(2 * window + 16);
     let clock = Clock {
         epoch: Instant::now(),
         tick: config.tick,
@@ -104,7 +104,6 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         free_blocking: free.clone().into(),
         free,
         release: release.into(),
-        out_blocking: out.clone().into(),
         out,
         stop: Default::default(),
         timer: TimerGate::default(),
@@ -184,7 +183,7 @@ async fn read_task<R: AsyncRead + Unpin>(
                     let _ = conn
                         .out
                         .try_send(Outgoing::frame(goaway, Bytes::from(e.to_string())));
-                    let _ = conn.out.try_send(Outgoing::Close);
+                    conn.out.try_send(Outgoing::Close);
                     break 'conn ConnectionError::Protocol(e);
                 }
             }
@@ -240,7 +239,7 @@ fn on_frames(
             }
             FrameKind::Ping => {
                 let pong = FrameHeader::new(FrameKind::Pong, header.seq);
-                let _ = conn.out.try_send(Outgoing::frame(pong, frame.body));
+                conn.out.try_send(Outgoing::frame(pong, frame.body));
             }
             FrameKind::Request => {
                 return Err(ConnectionError::Protocol(
@@ -281,7 +280,7 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
             wakers.drain(..).for_each(Waker::wake);
             for seq in expired.drain(..) {
                 let cancel = FrameHeader::new(FrameKind::Cancel, seq);
-                let _ = conn.out.try_send(Outgoing::frame(cancel, Bytes::new()));
+                conn.out.try_send(Outgoing::frame(cancel, Bytes::new()));
             }
             if !more {
                 break;

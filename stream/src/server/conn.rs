@@ -14,7 +14,6 @@ use std::{
 
 use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
-use crossfire::{mpsc, AsyncRx, MAsyncTx};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 
@@ -24,8 +23,8 @@ use crate::{
     frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
     hello::{Hello, HELLO_LEN},
     io::{
-        read_at_least, write_all, write_loop, Outgoing, ReadBuffer, Stop, WriteWatch, READER,
-        WRITER,
+        outbox, read_at_least, write_all, write_loop, Inbox, Outbox, Outgoing, ReadBuffer, Stop,
+        WriteWatch, READER, WRITER,
     },
     runtime::Runtime,
 };
@@ -36,7 +35,7 @@ const SPARE_FUTURES: usize = 16;
 /// What the server's tasks and watchdog know about one connection.
 pub(crate) struct ConnState {
     pub(super) stop: Stop,
-    out: MAsyncTx<mpsc::Array<Outgoing>>,
+    out: Outbox,
     /// Calls running in their own task.
     in_flight: AtomicUsize,
     draining: AtomicBool,
@@ -58,7 +57,7 @@ impl ConnState {
             return;
         }
         let goaway = FrameHeader::new(FrameKind::GoAway, 0);
-        let _ = self.out.try_send(Outgoing::frame(
+        self.out.try_send(Outgoing::frame(
             goaway,
             Bytes::from_static(b"server shutting down"),
         ));
@@ -78,8 +77,7 @@ impl ConnState {
         let queued = self
             .out
             .try_send(Outgoing::frame(header, Bytes::from(reason)))
-            .is_ok()
-            && self.out.try_send(Outgoing::Close).is_ok();
+            && self.out.try_send(Outgoing::Close);
         if !queued {
             self.stop.stop();
         }
@@ -95,8 +93,7 @@ impl ConnState {
     /// Closes after what is queued has been written. Handlers still running are cancelled
     /// when the writer stops.
     fn close(&self) {
-        if !self.closing.swap(true, Ordering::SeqCst) && self.out.try_send(Outgoing::Close).is_err()
-        {
+        if !self.closing.swap(true, Ordering::SeqCst) && !self.out.try_send(Outgoing::Close) {
             self.stop.stop();
         }
     }
@@ -175,7 +172,7 @@ pub(super) fn start<R, D, Rd, Wr>(
     Wr: AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
-    let (out, rx) = mpsc::bounded_async::<Outgoing>(config.max_in_flight + 16);
+    let (out, rx) = outbox(config.max_in_flight + 16);
     let now = shared.now();
     let conn = Arc::new(ConnState {
         stop: Stop::default(),
@@ -228,7 +225,7 @@ async fn write_task<W: AsyncWrite + Unpin>(
     conn: Arc<ConnState>,
     _registration: Arc<Registration>,
     mut writer: W,
-    rx: AsyncRx<mpsc::Array<Outgoing>>,
+    rx: Inbox,
 ) {
     let config = &shared.config;
     let hello = Hello::new(config.max_frame_len, config.max_in_flight as u32).encode();
@@ -501,7 +498,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
 
 /// Queues `message` for the writer; `false` once the writer is gone.
 async fn send(conn: &ConnState, message: Outgoing) -> bool {
-    conn.out.send(message).await.is_ok()
+    conn.out.send(message).await
 }
 
 /// Polls a handler, turning a panic into `None`.
