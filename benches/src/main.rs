@@ -1,0 +1,430 @@
+//! `flumen-bench`: the load generator. `serve` starts a server of any measured system, `load`
+//! runs callers against one, and `compare` runs every system side by side (each server in its
+//! own process) and reports each against `pipe`, the socket ceiling.
+
+mod measure;
+#[cfg(feature = "peers")]
+mod peers;
+mod pipe;
+mod plot;
+mod system;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Args, Parser, Subcommand};
+use measure::{print_table, Report, Tally, Window};
+use system::{Load, Rt, System};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flumen-bench",
+    about = "Flumen's load generator: serve, load, compare"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve one system until standard input closes.
+    Serve {
+        #[arg(long, value_enum, default_value_t = System::Flumen)]
+        system: System,
+        #[arg(long, value_enum, default_value_t = Rt::Tokio)]
+        runtime: Rt,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: SocketAddr,
+    },
+    /// Run callers against a server and report.
+    Load {
+        #[arg(long, value_enum, default_value_t = System::Flumen)]
+        system: System,
+        #[arg(long, value_enum, default_value_t = Rt::Tokio)]
+        runtime: Rt,
+        /// The server's address.
+        #[arg(long)]
+        connect: SocketAddr,
+        /// The server's process id, to report its CPU time per call (Linux).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Payload bytes per call.
+        #[arg(long, default_value_t = 32)]
+        payload: usize,
+        /// Calls in flight per connection.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+    },
+    /// Run several systems side by side, each server in its own process.
+    Compare {
+        /// Systems to run (pipe is always run first: every figure is a ratio to it).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = default_systems())]
+        systems: Vec<System>,
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Rt::Tokio])]
+        runtimes: Vec<Rt>,
+        #[arg(long, value_delimiter = ',', default_values_t = [32])]
+        payloads: Vec<usize>,
+        /// Calls in flight per connection.
+        #[arg(long, value_delimiter = ',', default_values_t = [64])]
+        in_flight: Vec<usize>,
+        /// Every payload (32 B, 1 KiB, 64 KiB) at every in-flight count (1, 64, 512).
+        #[arg(long)]
+        suite: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Warm-up seconds before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write a latency-percentile plot (SVG) to this file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn default_systems() -> Vec<System> {
+    let mut systems = vec![System::Pipe, System::Flumen, System::FlumenRaw];
+    if cfg!(feature = "peers") {
+        systems.extend([System::Razor, System::Tarpc, System::Tonic]);
+    }
+    systems
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve {
+            system,
+            runtime,
+            addr,
+        } => serve(system, runtime, addr),
+        Cmd::Load {
+            system,
+            runtime,
+            connect,
+            server_pid,
+            run,
+            payload,
+            in_flight,
+        } => {
+            let load = Load {
+                payload,
+                in_flight,
+                connections: run.connections,
+            };
+            run_load(system, runtime, connect, load, &run, server_pid)
+                .map(|report| emit(&[report], &run))
+        }
+        Cmd::Compare {
+            systems,
+            runtimes,
+            payloads,
+            in_flight,
+            suite,
+            run,
+        } => {
+            let (payloads, in_flight) = if suite {
+                (vec![32, 1024, 64 * 1024], vec![1, 64, 512])
+            } else {
+                (payloads, in_flight)
+            };
+            compare(&systems, &runtimes, &payloads, &in_flight, &run)
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("flumen-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(system: System, runtime: Rt, addr: SocketAddr) -> Result<(), String> {
+    // The parent closes our standard input to stop us.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    runtime
+        .block_on(move |spawner| {
+            Box::pin(async move {
+                system::serve(system, spawner, addr, |bound| {
+                    println!("listening on {bound}");
+                    let _ = std::io::stdout().flush();
+                })
+                .await
+            })
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Runs one load and measures it.
+fn run_load(
+    system: System,
+    runtime: Rt,
+    addr: SocketAddr,
+    load: Load,
+    run: &RunArgs,
+    server_pid: Option<u32>,
+) -> Result<Report, String> {
+    let progress = Arc::new(AtomicU64::new(0));
+    let (warmup, duration) = (
+        Duration::from_secs_f64(run.warmup),
+        Duration::from_secs_f64(run.duration),
+    );
+    let (window_tx, window_rx) = std::sync::mpsc::channel::<Window>();
+    // Samples CPU time at the start and the end of the measured window.
+    let sampler = std::thread::spawn(move || {
+        let window = window_rx.recv().ok()?;
+        std::thread::sleep(window.warm.saturating_duration_since(Instant::now()));
+        let (client0, server0) = (
+            measure::own_cpu(),
+            server_pid.and_then(measure::process_cpu),
+        );
+        std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
+        let (client1, server1) = (
+            measure::own_cpu(),
+            server_pid.and_then(measure::process_cpu),
+        );
+        let server = server0.zip(server1).map(|(a, b)| b.saturating_sub(a));
+        Some((client1.saturating_sub(client0), server))
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let bar = (!run.quiet && !run.json).then(|| {
+        let (progress, done) = (progress.clone(), done.clone());
+        let label = format!(
+            "{} {} {}B x{}",
+            system.name(),
+            runtime.name(),
+            load.payload,
+            load.in_flight
+        );
+        std::thread::spawn(move || progress_bar(&label, warmup + duration, &progress, &done))
+    });
+    let counter = progress.clone();
+    let tallies = runtime.block_on(move |spawner| {
+        Box::pin(async move {
+            let make_window = move || {
+                let window = Window::new(warmup, duration);
+                let _ = window_tx.send(window);
+                window
+            };
+            system::load(system, spawner, addr, load, make_window, counter).await
+        })
+    });
+    done.store(true, Ordering::SeqCst);
+    if let Some(bar) = bar {
+        let _ = bar.join();
+    }
+    let tallies = tallies?;
+    let (client_cpu, server_cpu) = sampler
+        .join()
+        .ok()
+        .flatten()
+        .ok_or("the load never started")?;
+    let tally = Tally::merge(tallies).ok_or("no callers ran")?;
+    Ok(Report::new(
+        system.name(),
+        runtime.name(),
+        load.payload,
+        load.in_flight,
+        load.connections,
+        &tally,
+        duration.as_secs_f64(),
+        client_cpu,
+        server_cpu,
+    ))
+}
+
+fn progress_bar(label: &str, total: Duration, progress: &AtomicU64, done: &AtomicBool) {
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:28} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_owned());
+    let started = Instant::now();
+    let mut last = (started, 0);
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        let calls = progress.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (calls - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        last = (now, calls);
+        bar.set_position(started.elapsed().as_millis() as u64);
+        bar.set_message(format!("{rate:.0} calls/s"));
+    }
+    bar.finish_and_clear();
+}
+
+/// A server process of `system`, stopped when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    fn start(system: System, runtime: Rt) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args([
+                "serve",
+                "--system",
+                system_arg(system),
+                "--runtime",
+                runtime.name(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("{} server did not start: {line:?}", system.name()))?;
+        Ok(Self { child, addr })
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn system_arg(system: System) -> &'static str {
+    match system {
+        System::Pipe => "pipe",
+        System::Flumen | System::FlumenRaw => "flumen",
+        System::Tarpc => "tarpc",
+        System::Tonic => "tonic",
+        System::Razor => "razor",
+    }
+}
+
+fn compare(
+    systems: &[System],
+    runtimes: &[Rt],
+    payloads: &[usize],
+    in_flights: &[usize],
+    run: &RunArgs,
+) -> Result<(), String> {
+    let mut systems = systems.to_vec();
+    systems.retain(|s| *s != System::Pipe);
+    systems.insert(0, System::Pipe);
+    let mut all = Vec::new();
+    for &runtime in runtimes {
+        for &payload in payloads {
+            for &in_flight in in_flights {
+                let load = Load {
+                    payload,
+                    in_flight,
+                    connections: run.connections,
+                };
+                let mut reports: Vec<Report> = Vec::new();
+                for &system in &systems {
+                    if system.tokio_only() && runtime != Rt::Tokio {
+                        continue;
+                    }
+                    let server = ServerProcess::start(system.server(), runtime)?;
+                    let report = run_load(
+                        system,
+                        runtime,
+                        server.addr,
+                        load,
+                        run,
+                        Some(server.child.id()),
+                    )?;
+                    drop(server);
+                    reports.push(report);
+                }
+                let pipe = reports.first().map(|r| r.calls_per_s);
+                for r in &mut reports {
+                    r.ratio_to_pipe = pipe.map(|p| r.calls_per_s / p);
+                }
+                if let Some(path) = &run.plot {
+                    let many = runtimes.len() * payloads.len() * in_flights.len() > 1;
+                    let path = if many {
+                        let stem = path
+                            .file_stem()
+                            .and_then(|s| s.to_str())
+                            .unwrap_or("latency");
+                        path.with_file_name(format!(
+                            "{stem}-{}-{payload}B-{in_flight}.svg",
+                            runtime.name()
+                        ))
+                    } else {
+                        path.clone()
+                    };
+                    let title = format!(
+                        "Latency, {payload} B, {in_flight} in flight, {}",
+                        runtime.name()
+                    );
+                    std::fs::write(&path, plot::svg(&title, &reports))
+                        .map_err(|e| e.to_string())?;
+                }
+                if !run.json {
+                    print_table(&reports);
+                    println!();
+                }
+                all.extend(reports);
+            }
+        }
+    }
+    if run.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).map_err(|e| e.to_string())?
+        );
+    }
+    Ok(())
+}
+
+fn emit(reports: &[Report], run: &RunArgs) {
+    if let Some(path) = &run.plot {
+        if let Err(e) = std::fs::write(path, plot::svg("Latency", reports)) {
+            eprintln!("flumen-bench: cannot write {}: {e}", path.display());
+        }
+    }
+    if run.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(reports).unwrap_or_default()
+        );
+    } else {
+        print_table(reports);
+    }
+}

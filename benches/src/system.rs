@@ -1,0 +1,360 @@
+//! The systems under test: how each one serves, and how its callers call.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{atomic::AtomicU64, Arc},
+};
+
+use clap::ValueEnum;
+use flumen::{
+    rt::{Runtime, SmolRuntime, TokioRuntime},
+    stream::{Listener, Transport},
+    tcp::{SmolTcp, TokioTcp},
+    Bytes, Client, ClientConfig, MethodId, Router, Server, ServerConfig, Status,
+};
+use serde_bytes::ByteBuf;
+
+use crate::{
+    measure::{Tally, Window},
+    pipe,
+};
+
+/// What is measured.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum System {
+    /// The socket ceiling: no RPC layer at all.
+    Pipe,
+    /// Flumen, typed calls (MessagePack-encoded byte string).
+    Flumen,
+    /// Flumen, raw `Bytes` calls (no codec), same server as `flumen`.
+    FlumenRaw,
+    /// tarpc 0.38, bincode over TCP (feature `peers`).
+    Tarpc,
+    /// tonic 0.14, gRPC unary over HTTP/2 (feature `peers`).
+    Tonic,
+    /// razor-rpc 0.9, msgpack over TCP on orb-tokio, window = in-flight (feature `peers`).
+    Razor,
+}
+
+impl System {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Pipe => "pipe",
+            Self::Flumen => "flumen",
+            Self::FlumenRaw => "flumen-raw",
+            Self::Tarpc => "tarpc",
+            Self::Tonic => "tonic",
+            Self::Razor => "razor-rpc",
+        }
+    }
+
+    /// The server process that serves this system (`flumen-raw` shares `flumen`'s).
+    pub(crate) fn server(self) -> Self {
+        match self {
+            Self::FlumenRaw => Self::Flumen,
+            other => other,
+        }
+    }
+
+    /// Peers run on tokio only.
+    pub(crate) fn tokio_only(self) -> bool {
+        matches!(self, Self::Tarpc | Self::Tonic | Self::Razor)
+    }
+}
+
+/// Which async runtime a side runs on.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rt {
+    Tokio,
+    Smol,
+}
+
+impl Rt {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Tokio => "tokio",
+            Self::Smol => "smol",
+        }
+    }
+
+    /// Runs `make(rt)` to completion on one runtime thread: a current-thread tokio runtime, or a
+    /// smol executor driven by this thread.
+    pub(crate) fn block_on<T: Send + 'static>(
+        self,
+        make: impl FnOnce(Spawner) -> BoxFuture<T>,
+    ) -> T {
+        match self {
+            Self::Tokio => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                let spawner = Spawner::Tokio(TokioRuntime::new(runtime.handle().clone()));
+                runtime.block_on(make(spawner))
+            }
+            Self::Smol => {
+                let executor = Arc::new(smol::Executor::new());
+                let spawner = Spawner::Smol(SmolRuntime::new(executor.clone()));
+                smol::block_on(executor.run(make(spawner)))
+            }
+        }
+    }
+}
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A runtime handle the load and serve code can spawn on, whichever runtime it is.
+#[derive(Clone, Debug)]
+pub(crate) enum Spawner {
+    Tokio(TokioRuntime),
+    Smol(SmolRuntime),
+}
+
+impl Spawner {
+    pub(crate) fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
+        match self {
+            Self::Tokio(rt) => rt.spawn(future),
+            Self::Smol(rt) => rt.spawn(future),
+        }
+    }
+}
+
+pub(crate) const ECHO: MethodId = MethodId::from_name("echo");
+pub(crate) const ECHO_RAW: MethodId = MethodId::from_name("echo_raw");
+
+fn router() -> Router {
+    Router::new()
+        .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
+        .route_raw("echo_raw", |request| async move {
+            Ok(flumen::Request::into_body(request))
+        })
+}
+
+/// Binds `addr`, reports the bound address through `bound`, and serves `system` forever.
+pub(crate) async fn serve(
+    system: System,
+    spawner: Spawner,
+    addr: SocketAddr,
+    bound: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    match (system, &spawner) {
+        (System::Pipe, Spawner::Tokio(_)) => serve_pipe(TokioTcp, spawner, addr, bound).await,
+        (System::Pipe, Spawner::Smol(_)) => serve_pipe(SmolTcp, spawner, addr, bound).await,
+        (System::Flumen | System::FlumenRaw, Spawner::Tokio(rt)) => {
+            let server = Server::new(router())
+                .config(ServerConfig::default())
+                .bind(rt, &TokioTcp, &addr)
+                .await?;
+            bound(*server.local_addr());
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        (System::Flumen | System::FlumenRaw, Spawner::Smol(rt)) => {
+            let server = Server::new(router())
+                .config(ServerConfig::default())
+                .bind(rt, &SmolTcp, &addr)
+                .await?;
+            bound(*server.local_addr());
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        #[cfg(feature = "peers")]
+        (System::Tarpc | System::Tonic | System::Razor, Spawner::Tokio(_)) => {
+            crate::peers::serve(system, addr, bound).await
+        }
+        _ => Err(std::io::Error::other(format!(
+            "{} does not run on this runtime or build",
+            system.name()
+        ))),
+    }
+}
+
+async fn serve_pipe<T: Transport<Addr = SocketAddr>>(
+    transport: T,
+    spawner: Spawner,
+    addr: SocketAddr,
+    bound: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let mut listener = transport.bind(&addr).await?;
+    bound(listener.local_addr()?);
+    loop {
+        let (reader, writer, _) = listener.accept().await?;
+        spawner.spawn(async move {
+            let _ = pipe::serve(reader, writer).await;
+        });
+    }
+}
+
+/// The load of one run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Load {
+    pub(crate) payload: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) connections: usize,
+}
+
+/// Runs the callers of `system` against `addr` until `window` ends; returns their tallies.
+/// `ready` is called once every connection is open, with the window to use.
+pub(crate) async fn load(
+    system: System,
+    spawner: Spawner,
+    addr: SocketAddr,
+    load: Load,
+    make_window: impl FnOnce() -> Window,
+    progress: Arc<AtomicU64>,
+) -> Result<Vec<Tally>, String> {
+    match system {
+        System::Pipe => match &spawner {
+            Spawner::Tokio(_) => {
+                load_pipe(TokioTcp, spawner, addr, load, make_window, progress).await
+            }
+            Spawner::Smol(_) => {
+                load_pipe(SmolTcp, spawner, addr, load, make_window, progress).await
+            }
+        },
+        System::Flumen | System::FlumenRaw => {
+            let raw = system == System::FlumenRaw;
+            let config = ClientConfig::default().max_in_flight(load.in_flight);
+            let mut clients = Vec::new();
+            for _ in 0..load.connections {
+                let client = match &spawner {
+                    Spawner::Tokio(rt) => {
+                        Client::connect_with(
+                            rt,
+                            &TokioTcp,
+                            &addr,
+                            config.clone(),
+                            flumen::MsgPack::default(),
+                        )
+                        .await
+                    }
+                    Spawner::Smol(rt) => {
+                        Client::connect_with(
+                            rt,
+                            &SmolTcp,
+                            &addr,
+                            config.clone(),
+                            flumen::MsgPack::default(),
+                        )
+                        .await
+                    }
+                };
+                clients.push(client.map_err(|e| e.to_string())?);
+            }
+            let window = make_window();
+            let body: Vec<u8> = (0..load.payload).map(|i| i as u8).collect();
+            let (typed, bytes) = (ByteBuf::from(body.clone()), Bytes::from(body));
+            let mut tasks: Vec<BoxFuture<Tally>> = Vec::new();
+            for client in clients {
+                for _ in 0..load.in_flight {
+                    let (client, typed, bytes) = (client.clone(), typed.clone(), bytes.clone());
+                    let tally = Tally::new(progress.clone());
+                    tasks.push(Box::pin(async move {
+                        if raw {
+                            call_loop!(window, tally, {
+                                client
+                                    .raw()
+                                    .call(ECHO_RAW.as_u32(), bytes.clone())
+                                    .await
+                                    .is_ok_and(|r| r == bytes)
+                            })
+                        } else {
+                            call_loop!(window, tally, {
+                                client
+                                    .call::<_, ByteBuf>(ECHO, &typed)
+                                    .await
+                                    .is_ok_and(|r| r == typed)
+                            })
+                        }
+                    }));
+                }
+            }
+            Ok(run_tasks(&spawner, tasks).await)
+        }
+        #[cfg(feature = "peers")]
+        System::Tarpc | System::Tonic | System::Razor => {
+            crate::peers::load(system, spawner, addr, load, make_window, progress).await
+        }
+        #[cfg(not(feature = "peers"))]
+        System::Tarpc | System::Tonic | System::Razor => Err(format!(
+            "{} needs flumen-bench built with --features peers",
+            system.name()
+        )),
+    }
+}
+
+async fn load_pipe<T: Transport<Addr = SocketAddr>>(
+    transport: T,
+    spawner: Spawner,
+    addr: SocketAddr,
+    load: Load,
+    make_window: impl FnOnce() -> Window,
+    progress: Arc<AtomicU64>,
+) -> Result<Vec<Tally>, String> {
+    let mut conns = Vec::new();
+    for _ in 0..load.connections {
+        conns.push(transport.connect(&addr).await.map_err(|e| e.to_string())?);
+    }
+    let window = make_window();
+    let (done, results) = smol::channel::unbounded();
+    for (reader, writer) in conns {
+        let (done, progress) = (done.clone(), progress.clone());
+        spawner.spawn(async move {
+            let mut tally = Tally::new(progress);
+            let result = pipe::load(
+                reader,
+                writer,
+                load.payload,
+                load.in_flight,
+                window,
+                &mut tally,
+            )
+            .await;
+            let _ = done
+                .send(result.map(|()| tally).map_err(|e| e.to_string()))
+                .await;
+        });
+    }
+    drop(done);
+    let mut tallies = Vec::new();
+    while let Ok(result) = results.recv().await {
+        tallies.push(result?);
+    }
+    Ok(tallies)
+}
+
+/// One caller's loop: makes calls with `$call` (an expression that awaits one call and yields
+/// whether its reply was right) until the window ends, and returns the tally.
+macro_rules! call_loop {
+    ($window:expr, $tally:expr, $call:block) => {{
+        let (window, mut tally) = ($window, $tally);
+        loop {
+            let start = std::time::Instant::now();
+            if start >= window.end {
+                break tally;
+            }
+            let ok: bool = async { $call }.await;
+            tally.record(&window, start, ok);
+        }
+    }};
+}
+pub(crate) use call_loop;
+
+/// Spawns each caller on its own task and collects the tallies.
+pub(crate) async fn run_tasks(spawner: &Spawner, tasks: Vec<BoxFuture<Tally>>) -> Vec<Tally> {
+    let (done, results) = smol::channel::unbounded();
+    for task in tasks {
+        let done = done.clone();
+        spawner.spawn(async move {
+            let _ = done.send(task.await).await;
+        });
+    }
+    drop(done);
+    let mut tallies = Vec::new();
+    while let Ok(tally) = results.recv().await {
+        tallies.push(tally);
+    }
+    tallies
+}
