@@ -2,7 +2,6 @@
 //! same payloads, K caller tasks per connection, one runtime thread per side (tokio).
 
 use std::{
-    future::Future,
     net::SocketAddr,
     sync::{atomic::AtomicU64, Arc},
 };
@@ -65,13 +64,8 @@ enum Conn {
 }
 
 impl Conn {
-    fn run(
-        self,
-        window: Window,
-        tally: Tally,
-        body: Vec<u8>,
-    ) -> impl Future<Output = Tally> + Send {
-        async move {
+    async fn run(self, window: Window, tally: Tally, body: Vec<u8>) -> Tally {
+        {
             match self {
                 Conn::Tarpc(client) => {
                     call_loop!(window, tally, {
@@ -269,8 +263,10 @@ pub(crate) mod razor_side {
     }
 
     pub(crate) fn connect(addr: SocketAddr, in_flight: usize) -> Client {
-        let mut config = ClientConfig::default();
-        config.thresholds = in_flight.max(1);
+        let config = ClientConfig {
+            thresholds: in_flight.max(1),
+            ..ClientConfig::default()
+        };
         let pool = APIFact::<MsgpCodec>::new(config)
             .new_conn_pool::<TcpClient<Rt>>(None, &addr.to_string());
         std::sync::Arc::new(EchoClient::new(pool))
