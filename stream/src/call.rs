@@ -1,5 +1,7 @@
 //! The client's table of in-flight calls: slots, sequence ids and deadlines (sans-IO).
 //!
+//! Public for custom drivers and benchmarks; [`Client`](crate::Client) is built on it.
+//!
 //! The table has one slot per unit of window. A caller owns a free slot (handed out by the
 //! driver's window), `begin`s a call in it, and later takes the outcome with `poll`. The reader
 //! `complete`s calls by sequence id, the timer `expire`s them by tick, and a dead connection
@@ -23,11 +25,24 @@ use crate::{
 const WHEEL_BUCKETS: usize = 256;
 
 /// A call's outcome: the reply body or why there is none.
-pub(crate) type Outcome = Result<Bytes, CallError>;
+pub type Outcome = Result<Bytes, CallError>;
 
 /// In-flight calls of one connection.
+///
+/// # Examples
+///
+/// ```
+/// use std::task::{Context, Waker};
+/// use flumen_stream::{call::CallTable, Bytes};
+///
+/// let mut table = CallTable::new(8, 0);
+/// let seq = table.begin(3, None, None).unwrap();
+/// assert!(table.complete(seq, Ok(Bytes::from_static(b"hi")), &mut Vec::new()));
+/// let reply = table.poll(3, &mut Context::from_waker(Waker::noop()));
+/// assert!(reply.is_ready());
+/// ```
 #[derive(Debug)]
-pub(crate) struct CallTable {
+pub struct CallTable {
     slots: Box<[Slot]>,
     wheel: Wheel<u32>,
     /// Set once the connection drains or dies: new calls fail with this error.
@@ -52,7 +67,7 @@ enum State {
 
 impl CallTable {
     /// A table with `window` slots whose clock starts at tick `now`.
-    pub(crate) fn new(window: usize, now: u64) -> Self {
+    pub fn new(window: usize, now: u64) -> Self {
         let slots = (0..window).map(|_| Slot::default()).collect();
         Self {
             slots,
@@ -69,7 +84,11 @@ impl CallTable {
     /// # Errors
     ///
     /// [`CallError::NotSent`] once the connection drains or is closed.
-    pub(crate) fn begin(
+    ///
+    /// # Panics
+    ///
+    /// If `slot` is not below the window (the driver hands out slots `0..window`).
+    pub fn begin(
         &mut self,
         slot: u32,
         deadline: Option<(u64, Duration)>,
@@ -90,18 +109,18 @@ impl CallTable {
     }
 
     /// Refuses new calls with `error`; pending calls go on.
-    pub(crate) fn drain(&mut self, error: ConnectionError) {
+    pub fn drain(&mut self, error: ConnectionError) {
         self.refusing.get_or_insert(error);
     }
 
     /// The error new calls fail with, if the table refuses them.
-    pub(crate) fn refusing(&self) -> Option<&ConnectionError> {
+    pub fn refusing(&self) -> Option<&ConnectionError> {
         self.refusing.as_ref()
     }
 
     /// Resolves the call `seq` with `outcome`. Returns `false` (and drops `outcome`) if no
     /// such call is pending: a late, duplicate or forged reply.
-    pub(crate) fn complete(&mut self, seq: u64, outcome: Outcome, wakers: &mut Vec<Waker>) -> bool {
+    pub fn complete(&mut self, seq: u64, outcome: Outcome, wakers: &mut Vec<Waker>) -> bool {
         let slot = (seq & u64::from(u32::MAX)) as usize;
         let generation = (seq >> 32) as u32;
         let Some(entry) = self.slots.get_mut(slot) else {
@@ -122,7 +141,11 @@ impl CallTable {
     }
 
     /// Takes the outcome of the call in `slot` (freeing the slot), or registers `cx`'s waker.
-    pub(crate) fn poll(&mut self, slot: u32, cx: &mut Context<'_>) -> Poll<Outcome> {
+    ///
+    /// # Panics
+    ///
+    /// If `slot` is not below the window.
+    pub fn poll(&mut self, slot: u32, cx: &mut Context<'_>) -> Poll<Outcome> {
         let entry = &mut self.slots[slot as usize];
         match &mut entry.state {
             State::Pending(waker) => {
@@ -142,7 +165,11 @@ impl CallTable {
 
     /// Frees `slot` whatever its state. Returns the sequence id if the call was still pending,
     /// so that the driver can tell the server to cancel it.
-    pub(crate) fn abandon(&mut self, slot: u32) -> Option<u64> {
+    ///
+    /// # Panics
+    ///
+    /// If `slot` is not below the window.
+    pub fn abandon(&mut self, slot: u32) -> Option<u64> {
         let entry = &mut self.slots[slot as usize];
         if let Some(key) = entry.timer.take() {
             self.wheel.remove(key);
@@ -155,7 +182,7 @@ impl CallTable {
 
     /// Times out every call whose deadline is `<= now`, pushing the wakers to wake and the
     /// sequence ids to cancel on the server.
-    pub(crate) fn expire(&mut self, now: u64, wakers: &mut Vec<Waker>, expired: &mut Vec<u64>) {
+    pub fn expire(&mut self, now: u64, wakers: &mut Vec<Waker>, expired: &mut Vec<u64>) {
         let slots = &mut self.slots;
         self.wheel.poll(now, |slot| {
             let entry = &mut slots[slot as usize];
@@ -170,7 +197,7 @@ impl CallTable {
     }
 
     /// Fails every pending call with `error` and refuses new ones.
-    pub(crate) fn fail_all(&mut self, error: &ConnectionError, wakers: &mut Vec<Waker>) {
+    pub fn fail_all(&mut self, error: &ConnectionError, wakers: &mut Vec<Waker>) {
         self.refusing = Some(error.clone());
         for entry in self.slots.iter_mut() {
             if !matches!(entry.state, State::Pending(_)) {
@@ -189,7 +216,7 @@ impl CallTable {
     }
 
     /// Whether any call has a deadline (the timer has work).
-    pub(crate) fn has_deadlines(&self) -> bool {
+    pub fn has_deadlines(&self) -> bool {
         !self.wheel.is_empty()
     }
 

@@ -13,7 +13,7 @@
 //! The wire format is specified in `PROTOCOL.md` at the repository root.
 #![warn(missing_docs)]
 
-mod call;
+pub mod call;
 mod client;
 pub mod error;
 pub mod frame;
