@@ -128,8 +128,9 @@ where
             if out_pos == out.len() {
                 out.clear();
                 out_pos = 0;
-            } else if out_pos >= 1 << 20 {
-                // The socket never drains the whole queue at high load: drop what was written.
+            } else if out_pos >= 1 << 16 && out_pos * 2 >= out.len() {
+                // The socket may never drain the whole queue at high load: drop what was
+                // written once it is most of the queue (each byte moves at most once).
                 out.drain(..out_pos);
                 out_pos = 0;
             }

@@ -327,9 +327,17 @@ impl WriteBatch {
 }
 
 /// A connection's read buffer with an adaptive read size.
+///
+/// `futures-io` reads into initialised memory, so fresh buffer space must be zero-filled
+/// before a read. To zero each byte of capacity once (not once per read), the initialised space
+/// after the received bytes is kept as `spare` and read into directly; what a read fills is
+/// joined back onto `buf` without copying (the two are contiguous halves of one allocation).
 #[derive(Debug)]
 pub(crate) struct ReadBuffer {
+    /// Received bytes not yet decoded.
     pub(crate) buf: BytesMut,
+    /// Zero-filled memory right after `buf`; the next read lands here.
+    spare: BytesMut,
     read_size: usize,
 }
 
@@ -337,30 +345,28 @@ impl ReadBuffer {
     pub(crate) fn new() -> Self {
         Self {
             buf: BytesMut::with_capacity(MAX_READ),
+            spare: BytesMut::new(),
             read_size: MIN_READ,
         }
     }
 
-    /// Reads once from `r`, asking for at least what `decoder` still needs for its current
+    /// Reads once from `r`, with room for at least what `decoder` still needs for its current
     /// frame (already checked against the frame limit). Returns the number of bytes read;
-    /// zero means end of stream.
+    /// zero means end of stream. Cancel-safe: nothing changes unless the read completes.
     pub(crate) async fn read_from<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
         decoder: &FrameDecoder,
     ) -> io::Result<usize> {
         let want = self.read_size.max(decoder.needed());
-        let start = self.buf.len();
-        let mut guard = Filled {
-            buf: &mut self.buf,
-            start,
-            filled: 0,
-        };
-        guard.buf.resize(start + want, 0);
-        let n = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut guard.buf[start..])).await?;
-        guard.filled = n;
-        drop(guard);
-        self.read_size = if n == want {
+        if self.spare.len() < want {
+            self.grow(want);
+        }
+        let spare = &mut self.spare;
+        let n = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut spare[..])).await?;
+        let filled = self.spare.split_to(n);
+        self.buf.unsplit(filled);
+        self.read_size = if n >= self.read_size {
             (self.read_size * 2).min(MAX_READ)
         } else if n < self.read_size / 4 {
             (self.read_size / 2).max(MIN_READ)
@@ -369,18 +375,15 @@ impl ReadBuffer {
         };
         Ok(n)
     }
-}
 
-/// Trims the zeroed read window back to what the read filled, even if the read is cancelled.
-struct Filled<'a> {
-    buf: &'a mut BytesMut,
-    start: usize,
-    filled: usize,
-}
-
-impl Drop for Filled<'_> {
-    fn drop(&mut self) {
-        self.buf.truncate(self.start + self.filled);
+    /// Makes `spare` at least `want` bytes, zero-filling only memory that was never filled.
+    fn grow(&mut self, want: usize) {
+        let len = self.buf.len();
+        self.buf.unsplit(std::mem::take(&mut self.spare));
+        if self.buf.len() < len + want {
+            self.buf.resize(len + want, 0);
+        }
+        self.spare = self.buf.split_off(len);
     }
 }
 
