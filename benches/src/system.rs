@@ -143,22 +143,10 @@ pub(crate) async fn serve(
         (System::Pipe, Spawner::Tokio(_)) => serve_pipe(TokioTcp, spawner, addr, bound).await,
         (System::Pipe, Spawner::Smol(_)) => serve_pipe(SmolTcp, spawner, addr, bound).await,
         (System::Flumen | System::FlumenRaw, Spawner::Tokio(rt)) => {
-            let server = Server::new(router())
-                .config(ServerConfig::default())
-                .bind(rt, &TokioTcp, &addr)
-                .await?;
-            bound(*server.local_addr());
-            std::future::pending::<()>().await;
-            Ok(())
+            serve_flumen(rt, TokioTcp, addr, bound).await
         }
         (System::Flumen | System::FlumenRaw, Spawner::Smol(rt)) => {
-            let server = Server::new(router())
-                .config(ServerConfig::default())
-                .bind(rt, &SmolTcp, &addr)
-                .await?;
-            bound(*server.local_addr());
-            std::future::pending::<()>().await;
-            Ok(())
+            serve_flumen(rt, SmolTcp, addr, bound).await
         }
         #[cfg(feature = "peers")]
         (System::Tarpc | System::Tonic | System::Razor, Spawner::Tokio(_)) => {
@@ -169,6 +157,21 @@ pub(crate) async fn serve(
             system.name()
         ))),
     }
+}
+
+async fn serve_flumen<R: Runtime, T: Transport<Addr = SocketAddr>>(
+    rt: &R,
+    transport: T,
+    addr: SocketAddr,
+    bound: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let server = Server::new(router())
+        .config(ServerConfig::default())
+        .bind(rt, &transport, &addr)
+        .await?;
+    bound(*server.local_addr());
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
 async fn serve_pipe<T: Transport<Addr = SocketAddr>>(
@@ -195,8 +198,8 @@ pub(crate) struct Load {
     pub(crate) connections: usize,
 }
 
-/// Runs the callers of `system` against `addr` until `window` ends; returns their tallies.
-/// `ready` is called once every connection is open, with the window to use.
+/// Runs the callers of `system` against `addr` until the window ends; returns their tallies.
+/// `make_window` is called once every connection is open.
 pub(crate) async fn load(
     system: System,
     spawner: Spawner,
