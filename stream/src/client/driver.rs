@@ -94,6 +94,8 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     for slot in 0..window as u32 {
         let _ = release.try_send(slot);
     }
+    // Room for every call's request and its cancel, plus control frames: requests never wait
+    // for room unless the writer is stuck, and then callers wait (backpressure).
     let (out, out_rx) = outbox(2 * window + 16);
     let clock = Clock {
         epoch: Instant::now(),

@@ -172,6 +172,8 @@ pub(super) fn start<R, D, Rd, Wr>(
     Wr: AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
+    // Room for a reply to every call the client may have in flight, plus control frames; when
+    // the peer stops reading, the reader waits here and stops reading too (backpressure).
     let (out, rx) = outbox(config.max_in_flight + 16);
     let now = shared.now();
     let conn = Arc::new(ConnState {
