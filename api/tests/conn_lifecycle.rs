@@ -12,12 +12,12 @@ use common::{connect, eventually, router, serve, Env, Gauge};
 use flumen::{
     stream::{
         frame::{FrameHeader, FrameKind, HEADER_LEN},
-        hello::Hello,
+        hello::{Hello, HELLO_LEN},
         Transport,
     },
     CallError, ClientConfig, ConnectionError, ErrorCode, MethodId, ServerConfig,
 };
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 
 e2e!(
     server_killed_mid_load_fails_every_pending_call,
@@ -27,6 +27,8 @@ e2e!(
     peer_that_stops_reading_is_closed,
     client_close_fails_pending_calls,
     late_reply_after_timeout_is_dropped,
+    dropping_a_call_stops_its_handler,
+    server_enforces_the_callers_deadline,
 );
 
 /// Spawns `calls` calls of `method` and returns a channel of their results.
@@ -225,4 +227,61 @@ async fn late_reply_after_timeout_is_dropped<E: Env>(env: E) {
     assert_eq!(got, 2);
     let got: u64 = client.call("sleep_echo", &(0u64, 3u64)).await.unwrap();
     assert_eq!(got, 3);
+}
+
+async fn dropping_a_call_stops_its_handler<E: Env>(env: E) {
+    let gauge = Arc::new(Gauge::default());
+    let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    // The call runs for 20 s unless stopped; give up on it as soon as the server runs it.
+    let call = async { Some(client.call::<_, ()>("gauge_hold", &()).await) };
+    let give_up = async {
+        eventually(&env, "handler runs", || {
+            gauge.now.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        None
+    };
+    assert!(
+        call.or(give_up).await.is_none(),
+        "the call cannot finish first"
+    );
+    // The Cancel frame reaches the server, which drops the handler: its drop guard runs.
+    eventually(&env, "handler dropped", || {
+        gauge.now.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    let got: u64 = client.call("sleep_echo", &(0u64, 4u64)).await.unwrap();
+    assert_eq!(got, 4);
+}
+
+async fn server_enforces_the_callers_deadline<E: Env>(env: E) {
+    let gauge = Arc::new(Gauge::default());
+    let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
+    // A raw peer that never cancels: only the deadline in the request can stop the handler.
+    let (mut reader, mut writer) = env.transport().connect(server.local_addr()).await.unwrap();
+    let unit = [0xc0u8]; // MessagePack nil: the handler's `()` argument
+    let request = FrameHeader {
+        method: MethodId::from_name("gauge_hold").as_u32(),
+        len: unit.len() as u32,
+        aux: 100, // ms
+        ..FrameHeader::new(FrameKind::Request, 42)
+    };
+    let mut header = [0u8; HEADER_LEN];
+    request.encode(&mut header);
+    writer
+        .write_all(&Hello::new(1 << 20, 8).encode())
+        .await
+        .unwrap();
+    writer.write_all(&header).await.unwrap();
+    writer.write_all(&unit).await.unwrap();
+    let mut reply = [0u8; HELLO_LEN + HEADER_LEN];
+    reader.read_exact(&mut reply).await.unwrap();
+    let reply = FrameHeader::decode(reply[HELLO_LEN..].try_into().unwrap(), u32::MAX).unwrap();
+    assert_eq!((reply.kind, reply.seq), (FrameKind::Error, 42));
+    assert_eq!(ErrorCode::from_u32(reply.aux), ErrorCode::DEADLINE_EXCEEDED);
+    eventually(&env, "handler dropped", || {
+        gauge.now.load(Ordering::SeqCst) == 0
+    })
+    .await;
 }

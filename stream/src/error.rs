@@ -169,9 +169,14 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// The call timed out.
+    /// The call timed out: here, or on the server (`DEADLINE_EXCEEDED`), whichever noticed
+    /// first.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Self::Timeout(_))
+        match self {
+            Self::Timeout(_) => true,
+            Self::Remote { code, .. } => *code == ErrorCode::DEADLINE_EXCEEDED,
+            _ => false,
+        }
     }
 
     /// The connection failed or was closed (before or during the call).

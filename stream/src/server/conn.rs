@@ -1,6 +1,7 @@
 //! One server connection: its reader task (handshake, decoding, dispatch) and writer task.
 
 use std::{
+    collections::HashMap,
     future::{poll_fn, Future},
     panic::{catch_unwind, AssertUnwindSafe},
     pin::Pin,
@@ -9,13 +10,14 @@ use std::{
         Arc,
     },
     task::{Context, Poll, Waker},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
+use parking_lot::Mutex;
 
 use super::{Dispatch, Request, Shared, Status};
 use crate::{
@@ -38,6 +40,8 @@ pub(crate) struct ConnState {
     out: Outbox,
     /// Calls running in their own task.
     in_flight: AtomicUsize,
+    /// Cancel signals of the calls running in their own task, by sequence id.
+    running: Mutex<HashMap<u64, Arc<CancelSignal>>>,
     draining: AtomicBool,
     drain_waker: AtomicWaker,
     /// Set once a `Close` was queued or the connection was told to go away.
@@ -180,6 +184,7 @@ pub(super) fn start<R, D, Rd, Wr>(
         stop: Stop::default(),
         out,
         in_flight: AtomicUsize::new(0),
+        running: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(shared.draining.load(Ordering::SeqCst)),
         drain_waker: AtomicWaker::new(),
         closing: AtomicBool::new(false),
@@ -373,10 +378,15 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 let pong = FrameHeader::new(FrameKind::Pong, header.seq);
                 send(&self.conn, Outgoing::frame(pong, frame.body)).await
             }
-            // v1 servers run no streams, and a running handler is not interrupted by a cancel:
-            // its reply is dropped by the client. A client's GoAway means it is leaving.
-            FrameKind::Cancel
-            | FrameKind::Pong
+            FrameKind::Cancel => {
+                // A call that already finished (or never ran in a task) has nothing to stop.
+                if let Some(cancel) = self.conn.running.lock().get(&header.seq) {
+                    cancel.cancel();
+                }
+                true
+            }
+            // v1 servers run no streams. A client's GoAway means it is leaving.
+            FrameKind::Pong
             | FrameKind::GoAway
             | FrameKind::StreamItem
             | FrameKind::StreamEnd
@@ -412,6 +422,8 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             .await;
         }
         let timeout = (header.aux != 0).then(|| Duration::from_millis(header.aux.into()));
+        // Counted from when the request was read: the caller's clock is not ours.
+        let deadline = timeout.map(|t| Instant::now() + t);
         let request = Request {
             method: header.method,
             seq: header.seq,
@@ -430,7 +442,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             None => Box::pin(future),
         };
         if !self.shared.config.inline_dispatch {
-            self.spawn_handler(header, future);
+            self.spawn_handler(header, future, deadline);
             return true;
         }
         let polled = {
@@ -447,40 +459,70 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             Ok(Poll::Pending) => {
                 // It waits on something: give it a task of its own. Its next poll registers
                 // the task's waker, so nothing it waits for is missed.
-                self.spawn_handler(header, future);
+                self.spawn_handler(header, future, deadline);
                 true
             }
             Err(_) => self.panicked(&header).await,
         }
     }
 
-    fn spawn_handler(&self, header: FrameHeader, future: Pin<Box<D::Future>>) {
+    /// Runs a handler that waits on something in a task of its own, until it finishes, the
+    /// client cancels the call, its deadline passes, or the connection ends.
+    fn spawn_handler(
+        &self,
+        header: FrameHeader,
+        future: Pin<Box<D::Future>>,
+        deadline: Option<Instant>,
+    ) {
         let conn = self.conn.clone();
         let shared = self.shared.clone();
         let peer_max_frame_len = self.peer_max_frame_len;
+        let cancel = Arc::new(CancelSignal::default());
+        conn.running.lock().insert(header.seq, cancel.clone());
         conn.in_flight.fetch_add(1, Ordering::SeqCst);
+        let expiry = deadline.map(|at| self.rt.sleep_until(at));
         self.rt.spawn(async move {
-            let handler = async { Ok(CatchUnwind { future }.await) };
+            let handler = async { End::Done(CatchUnwind { future }.await) };
+            let cancelled = async {
+                cancel.wait().await;
+                End::Cancelled
+            };
             let ended = async {
                 conn.stop.ended().await;
-                Err(())
+                End::ConnectionEnded
             };
-            let result = match handler.or(ended).await {
-                Ok(Some(result)) => result,
-                Ok(None) => {
+            let expired = async {
+                match expiry {
+                    Some(expiry) => expiry.await,
+                    None => std::future::pending().await,
+                }
+                End::Expired
+            };
+            // Whatever ends first drops the others: a stopped handler's drop guards run here.
+            let end = handler.or(cancelled).or(ended).or(expired).await;
+            conn.running.lock().remove(&header.seq);
+            let result = match end {
+                End::Done(Some(result)) => Some(result),
+                End::Done(None) => {
                     Shared::count(&shared.counters.panics);
-                    Err(Status::new(ErrorCode::HANDLER_PANIC, "handler panicked"))
+                    Some(Err(Status::new(
+                        ErrorCode::HANDLER_PANIC,
+                        "handler panicked",
+                    )))
                 }
-                // The connection is gone: drop the handler (its drop guards run), no reply.
-                Err(()) => {
-                    conn.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    return;
-                }
+                End::Expired => Some(Err(Status::new(
+                    ErrorCode::DEADLINE_EXCEEDED,
+                    "the call's deadline passed on the server",
+                ))),
+                // The caller gave up, or nobody is left to read a reply.
+                End::Cancelled | End::ConnectionEnded => None,
             };
-            let _ = conn
-                .out
-                .send(reply(&header, result, peer_max_frame_len))
-                .await;
+            if let Some(result) = result {
+                let _ = conn
+                    .out
+                    .send(reply(&header, result, peer_max_frame_len))
+                    .await;
+            }
             if conn.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
                 conn.close_if_idle();
             }
@@ -501,6 +543,43 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
 /// Queues `message` for the writer; `false` once the writer is gone.
 async fn send(conn: &ConnState, message: Outgoing) -> bool {
     conn.out.send(message).await
+}
+
+/// How a spawned handler's task ended.
+enum End {
+    /// The handler finished (`None`: it panicked).
+    Done(Option<Result<Bytes, Status>>),
+    Cancelled,
+    Expired,
+    ConnectionEnded,
+}
+
+/// Lets a `Cancel` frame stop one running handler.
+#[derive(Debug, Default)]
+struct CancelSignal {
+    cancelled: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl CancelSignal {
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| {
+            if self.cancelled.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.cancelled.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
 }
 
 /// Polls a handler, turning a panic into `None`.
