@@ -61,8 +61,12 @@ const TYPED_MAX: f64 = 3.3;
 fn allocations_per_call() {
     let (report, results) = std::sync::mpsc::channel();
     let tokio_report = report.clone();
-    run_tokio(|env| async move { tokio_report.send(measure(env, "tokio").await).unwrap() });
-    run_smol(|env| async move { report.send(measure(env, "smol").await).unwrap() });
+    run_tokio(|env: common::TokioEnv| async move {
+        tokio_report.send(measure(env, "tokio").await).unwrap()
+    });
+    run_smol(
+        |env: common::SmolEnv| async move { report.send(measure(env, "smol").await).unwrap() },
+    );
     for (runtime, raw, typed) in results.try_iter() {
         println!("{runtime}: {raw:.2} allocations per raw call, {typed:.2} per typed call");
         assert!(

@@ -175,7 +175,7 @@ async fn non_flumen_server_fails_the_handshake<E: Env>(env: E) {
     env.spawn(async move {
         let (_reader, mut writer, _) = listener.accept().await.unwrap();
         let _ = writer.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
-        let _ = writer.flush().await;
+        let _ = writer.close().await;
     });
     let err = flumen::Client::connect(&env.rt(), &env.transport(), &addr)
         .await

@@ -17,19 +17,18 @@ use flumen::{
     tcp::{SmolTcp, TokioTcp},
     ClientConfig, Dispatch, Request, Router, Server, ServerConfig, ServerHandle, Status,
 };
+use flumen_quic::{DevCert, QuicTransport};
 use futures_lite::FutureExt;
 use serde_bytes::ByteBuf;
 
 /// A runtime plus a transport, as the tests see them.
 pub trait Env: Clone + Send + Sync + 'static {
     type Rt: Runtime;
-    type Tr: Transport<Addr = SocketAddr> + Default;
+    type Tr: Transport<Addr = SocketAddr> + Clone;
 
     fn rt(&self) -> Self::Rt;
 
-    fn transport(&self) -> Self::Tr {
-        Self::Tr::default()
-    }
+    fn transport(&self) -> Self::Tr;
 
     fn sleep(&self, duration: Duration) -> <Self::Rt as Runtime>::Sleep {
         self.rt().sleep_until(Instant::now() + duration)
@@ -40,27 +39,55 @@ pub trait Env: Clone + Send + Sync + 'static {
     }
 }
 
+/// A runtime and a transport.
 #[derive(Clone)]
-pub struct TokioEnv(TokioRuntime);
+pub struct With<R, T> {
+    rt: R,
+    transport: T,
+}
 
-impl Env for TokioEnv {
-    type Rt = TokioRuntime;
-    type Tr = TokioTcp;
+impl<R: Runtime, T: Transport<Addr = SocketAddr> + Clone> Env for With<R, T> {
+    type Rt = R;
+    type Tr = T;
 
-    fn rt(&self) -> TokioRuntime {
-        self.0.clone()
+    fn rt(&self) -> R {
+        self.rt.clone()
+    }
+
+    fn transport(&self) -> T {
+        self.transport.clone()
     }
 }
 
-#[derive(Clone)]
-pub struct SmolEnv(SmolRuntime);
+pub type TokioEnv = With<TokioRuntime, TokioTcp>;
+pub type SmolEnv = With<SmolRuntime, SmolTcp>;
+pub type TokioQuicEnv = With<TokioRuntime, QuicTransport>;
+pub type SmolQuicEnv = With<SmolRuntime, QuicTransport>;
 
-impl Env for SmolEnv {
-    type Rt = SmolRuntime;
-    type Tr = SmolTcp;
+/// Makes the transport of an environment.
+pub trait MakeTransport: Sized {
+    fn make(quic: fn() -> QuicTransport) -> Self;
+}
 
-    fn rt(&self) -> SmolRuntime {
-        self.0.clone()
+impl MakeTransport for TokioTcp {
+    fn make(_: fn() -> QuicTransport) -> Self {
+        TokioTcp
+    }
+}
+
+impl MakeTransport for SmolTcp {
+    fn make(_: fn() -> QuicTransport) -> Self {
+        SmolTcp
+    }
+}
+
+impl MakeTransport for QuicTransport {
+    fn make(base: fn() -> QuicTransport) -> Self {
+        // A fresh throw-away certificate per test, trusted for "localhost".
+        DevCert::generate(&["localhost"])
+            .unwrap()
+            .transport(base(), "localhost")
+            .unwrap()
     }
 }
 
@@ -68,9 +95,10 @@ impl Env for SmolEnv {
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs `test` on a two-thread tokio runtime.
-pub fn run_tokio<F, Fut>(test: F)
+pub fn run_tokio<T, F, Fut>(test: F)
 where
-    F: FnOnce(TokioEnv) -> Fut,
+    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    F: FnOnce(With<TokioRuntime, T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -78,7 +106,11 @@ where
         .enable_all()
         .build()
         .unwrap();
-    let env = TokioEnv(TokioRuntime::new(runtime.handle().clone()));
+    let _guard = runtime.enter();
+    let env = With {
+        rt: TokioRuntime::new(runtime.handle().clone()),
+        transport: T::make(QuicTransport::tokio),
+    };
     let limit = env.sleep(TEST_LIMIT);
     let test = test(env);
     runtime.block_on(test.or(async move {
@@ -88,9 +120,10 @@ where
 }
 
 /// Runs `test` on a smol executor driven by two threads.
-pub fn run_smol<F, Fut>(test: F)
+pub fn run_smol<T, F, Fut>(test: F)
 where
-    F: FnOnce(SmolEnv) -> Fut,
+    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    F: FnOnce(With<SmolRuntime, T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let executor = Arc::new(smol::Executor::<'static>::new());
@@ -99,7 +132,10 @@ where
         let executor = executor.clone();
         std::thread::spawn(move || smol::block_on(executor.run(finished.recv())))
     };
-    let env = SmolEnv(SmolRuntime::new(executor.clone()));
+    let env = With {
+        rt: SmolRuntime::new(executor.clone()),
+        transport: T::make(QuicTransport::smol),
+    };
     let limit = env.sleep(TEST_LIMIT);
     let test = test(env);
     smol::block_on(executor.run(test.or(async move {
@@ -110,15 +146,22 @@ where
     let _ = helper.join();
 }
 
-/// Generates each listed `async fn name<E: Env>(env: E)` as a test on tokio and on smol.
+/// Generates each listed `async fn name<E: Env>(env: E)` as a test on tokio and on smol, over
+/// TCP and over QUIC.
 #[macro_export]
 macro_rules! e2e {
     ($($name:ident),* $(,)?) => {
-        mod tokio_rt {
+        mod tokio_tcp {
             $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioEnv>) })*
         }
-        mod smol_rt {
+        mod smol_tcp {
             $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolEnv>) })*
+        }
+        mod tokio_quic {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioQuicEnv>) })*
+        }
+        mod smol_quic {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolQuicEnv>) })*
         }
     };
 }
