@@ -44,6 +44,11 @@ enum Cmd {
         runtime: Rt,
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
+        #[arg(long, value_enum, default_value_t = Wire::Tcp)]
+        transport: Wire,
+        /// With QUIC: where to write the server's throw-away certificate (DER) for clients.
+        #[arg(long, default_value = "flumen-bench-cert.der")]
+        cert_out: std::path::PathBuf,
     },
     /// Run callers against a server and report.
     Load {
@@ -86,8 +91,21 @@ enum Cmd {
     },
 }
 
+/// The transport between load generator and server.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    Tcp,
+    /// QUIC (quinn, TLS 1.3) with a throw-away certificate made by the server.
+    Quic,
+}
+
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
+    #[arg(long, value_enum, default_value_t = Wire::Tcp)]
+    transport: Wire,
+    /// With QUIC: the server's certificate (DER) to trust, as written by `serve --cert-out`.
+    #[arg(long, default_value = "flumen-bench-cert.der")]
+    cert: std::path::PathBuf,
     /// Connections.
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -123,7 +141,9 @@ fn main() {
             system,
             runtime,
             addr,
-        } => serve(system, runtime, addr),
+            transport,
+            cert_out,
+        } => serve(system, runtime, addr, transport, &cert_out),
         Cmd::Load {
             system,
             runtime,
@@ -163,7 +183,51 @@ fn main() {
     }
 }
 
-fn serve(system: System, runtime: Rt, addr: SocketAddr) -> Result<(), String> {
+/// A QUIC transport for `runtime`: a server's, with a fresh certificate written to `cert`, or a
+/// client's, trusting the certificate in `cert`.
+fn quic(runtime: Rt, cert: &std::path::Path, serving: bool) -> Result<system::Net, String> {
+    let base = match runtime {
+        Rt::Tokio => flumen_quic::QuicTransport::tokio(),
+        Rt::Smol => flumen_quic::QuicTransport::smol(),
+    };
+    let transport = if serving {
+        let dev = flumen_quic::DevCert::generate(&["localhost"]).map_err(|e| e.to_string())?;
+        std::fs::write(cert, &dev.cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+        dev.transport(base, "localhost")
+            .map_err(|e| e.to_string())?
+    } else {
+        let der = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let mut roots = rustls_roots();
+        roots.add(der.into()).map_err(|e| e.to_string())?;
+        base.client(roots, "localhost").map_err(|e| e.to_string())?
+    };
+    Ok(system::Net::Quic(Box::new(transport)))
+}
+
+fn rustls_roots() -> flumen_quic::RootCertStore {
+    flumen_quic::RootCertStore::empty()
+}
+
+fn net(
+    wire: Wire,
+    runtime: Rt,
+    cert: &std::path::Path,
+    serving: bool,
+) -> Result<system::Net, String> {
+    match wire {
+        Wire::Tcp => Ok(system::Net::Tcp),
+        Wire::Quic => quic(runtime, cert, serving),
+    }
+}
+
+fn serve(
+    system: System,
+    runtime: Rt,
+    addr: SocketAddr,
+    wire: Wire,
+    cert: &std::path::Path,
+) -> Result<(), String> {
+    let net = net(wire, runtime, cert, true)?;
     // The parent closes our standard input to stop us.
     std::thread::spawn(|| {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
@@ -172,7 +236,7 @@ fn serve(system: System, runtime: Rt, addr: SocketAddr) -> Result<(), String> {
     runtime
         .block_on(move |spawner| {
             Box::pin(async move {
-                system::serve(system, spawner, addr, |bound| {
+                system::serve(system, &net, spawner, addr, |bound| {
                     println!("listening on {bound}");
                     let _ = std::io::stdout().flush();
                 })
@@ -226,6 +290,7 @@ fn run_load(
         std::thread::spawn(move || progress_bar(&label, warmup + duration, &progress, &done))
     });
     let counter = progress.clone();
+    let net = net(run.transport, runtime, &run.cert, false)?;
     let tallies = runtime.block_on(move |spawner| {
         Box::pin(async move {
             let make_window = move || {
@@ -233,7 +298,7 @@ fn run_load(
                 let _ = window_tx.send(window);
                 window
             };
-            system::load(system, spawner, addr, load, make_window, counter).await
+            system::load(system, &net, spawner, addr, load, make_window, counter).await
         })
     });
     done.store(true, Ordering::SeqCst);
@@ -289,8 +354,12 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(system: System, runtime: Rt) -> Result<Self, String> {
+    fn start(system: System, runtime: Rt, run: &RunArgs) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let wire = match run.transport {
+            Wire::Tcp => "tcp",
+            Wire::Quic => "quic",
+        };
         let mut child = Command::new(exe)
             .args([
                 "serve",
@@ -299,6 +368,8 @@ impl ServerProcess {
                 "--runtime",
                 runtime.name(),
             ])
+            .args(["--transport", wire, "--cert-out"])
+            .arg(&run.cert)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -359,7 +430,10 @@ fn compare(
                     if system.tokio_only() && runtime != Rt::Tokio {
                         continue;
                     }
-                    let server = ServerProcess::start(system.server(), runtime)?;
+                    if system.tokio_only() && run.transport != Wire::Tcp {
+                        continue;
+                    }
+                    let server = ServerProcess::start(system.server(), runtime, run)?;
                     let report = run_load(
                         system,
                         runtime,

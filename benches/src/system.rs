@@ -14,6 +14,7 @@ use flumen::{
     tcp::{SmolTcp, TokioTcp},
     Bytes, Client, ClientConfig, MethodId, Router, Server, ServerConfig, Status,
 };
+use flumen_quic::QuicTransport;
 use serde_bytes::ByteBuf;
 
 use crate::{
@@ -62,6 +63,38 @@ impl System {
     pub(crate) fn tokio_only(self) -> bool {
         matches!(self, Self::Tarpc | Self::Tonic | Self::Razor)
     }
+}
+
+/// The transport between the two sides.
+#[derive(Clone, Debug)]
+pub(crate) enum Net {
+    Tcp,
+    /// QUIC, configured for this process's runtime (certificate, trust).
+    Quic(Box<QuicTransport>),
+}
+
+/// Calls `$body` with the runtime handle and the transport for `$net` on `$spawner`.
+macro_rules! with_transport {
+    ($net:expr, $spawner:expr, |$rt:ident, $transport:ident| $body:expr) => {
+        match ($net, $spawner) {
+            (Net::Tcp, Spawner::Tokio($rt)) => {
+                let $transport = TokioTcp;
+                $body
+            }
+            (Net::Tcp, Spawner::Smol($rt)) => {
+                let $transport = SmolTcp;
+                $body
+            }
+            (Net::Quic(quic), Spawner::Tokio($rt)) => {
+                let $transport = (**quic).clone();
+                $body
+            }
+            (Net::Quic(quic), Spawner::Smol($rt)) => {
+                let $transport = (**quic).clone();
+                $body
+            }
+        }
+    };
 }
 
 /// Which async runtime a side runs on.
@@ -135,18 +168,26 @@ fn router() -> Router {
 /// Binds `addr`, reports the bound address through `bound`, and serves `system` forever.
 pub(crate) async fn serve(
     system: System,
+    net: &Net,
     spawner: Spawner,
     addr: SocketAddr,
     bound: impl FnOnce(SocketAddr),
 ) -> std::io::Result<()> {
     match (system, &spawner) {
-        (System::Pipe, Spawner::Tokio(_)) => serve_pipe(TokioTcp, spawner, addr, bound).await,
-        (System::Pipe, Spawner::Smol(_)) => serve_pipe(SmolTcp, spawner, addr, bound).await,
-        (System::Flumen | System::FlumenRaw, Spawner::Tokio(rt)) => {
-            serve_flumen(rt, TokioTcp, addr, bound).await
+        (System::Pipe, _) => {
+            with_transport!(net, &spawner, |_rt, transport| serve_pipe(
+                transport,
+                spawner.clone(),
+                addr,
+                bound
+            )
+            .await)
         }
-        (System::Flumen | System::FlumenRaw, Spawner::Smol(rt)) => {
-            serve_flumen(rt, SmolTcp, addr, bound).await
+        (System::Flumen | System::FlumenRaw, _) => {
+            with_transport!(net, &spawner, |rt, transport| serve_flumen(
+                rt, transport, addr, bound
+            )
+            .await)
         }
         #[cfg(feature = "peers")]
         (System::Tarpc | System::Tonic | System::Razor, Spawner::Tokio(_)) => {
@@ -202,6 +243,7 @@ pub(crate) struct Load {
 /// `make_window` is called once every connection is open.
 pub(crate) async fn load(
     system: System,
+    net: &Net,
     spawner: Spawner,
     addr: SocketAddr,
     load: Load,
@@ -209,41 +251,34 @@ pub(crate) async fn load(
     progress: Arc<AtomicU64>,
 ) -> Result<Vec<Tally>, String> {
     match system {
-        System::Pipe => match &spawner {
-            Spawner::Tokio(_) => {
-                load_pipe(TokioTcp, spawner, addr, load, make_window, progress).await
-            }
-            Spawner::Smol(_) => {
-                load_pipe(SmolTcp, spawner, addr, load, make_window, progress).await
-            }
-        },
+        System::Pipe => {
+            with_transport!(net, &spawner, |_rt, transport| {
+                load_pipe(
+                    transport,
+                    spawner.clone(),
+                    addr,
+                    load,
+                    make_window,
+                    progress,
+                )
+                .await
+            })
+        }
         System::Flumen | System::FlumenRaw => {
             let raw = system == System::FlumenRaw;
             let config = ClientConfig::default().max_in_flight(load.in_flight);
             let mut clients = Vec::new();
             for _ in 0..load.connections {
-                let client = match &spawner {
-                    Spawner::Tokio(rt) => {
-                        Client::connect_with(
-                            rt,
-                            &TokioTcp,
-                            &addr,
-                            config.clone(),
-                            flumen::MsgPack::default(),
-                        )
-                        .await
-                    }
-                    Spawner::Smol(rt) => {
-                        Client::connect_with(
-                            rt,
-                            &SmolTcp,
-                            &addr,
-                            config.clone(),
-                            flumen::MsgPack::default(),
-                        )
-                        .await
-                    }
-                };
+                let client = with_transport!(net, &spawner, |rt, transport| {
+                    Client::connect_with(
+                        rt,
+                        &transport,
+                        &addr,
+                        config.clone(),
+                        flumen::MsgPack::default(),
+                    )
+                    .await
+                });
                 clients.push(client.map_err(|e| e.to_string())?);
             }
             let window = make_window();

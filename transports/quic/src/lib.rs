@@ -23,6 +23,8 @@ use quinn::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+pub use rustls::RootCertStore;
+
 /// The ALPN protocol id of Flumen v1.
 pub const ALPN: &[u8] = b"flumen/1";
 
