@@ -41,9 +41,8 @@ pub(crate) struct ConnState {
     /// Calls running in their own task.
     in_flight: AtomicUsize,
     /// Cancel signals of the calls running in their own task, by sequence id.
-    running: Mutex<HashMap<u64, Arc<CancelSignal>>>,
-    draining: AtomicBool,
-    drain_waker: AtomicWaker,
+    running: Mutex<HashMap<u64, Arc<Signal>>>,
+    draining: Signal,
     /// Set once a `Close` was queued or the connection was told to go away.
     closing: AtomicBool,
     /// Watchdog clock at the last successful read.
@@ -57,7 +56,7 @@ pub(crate) struct ConnState {
 impl ConnState {
     /// Starts draining: `GoAway(NO_ERROR)`, then close once no call runs.
     pub(super) fn drain(&self) {
-        if self.draining.swap(true, Ordering::SeqCst) {
+        if !self.draining.set() {
             return;
         }
         let goaway = FrameHeader::new(FrameKind::GoAway, 0);
@@ -65,7 +64,6 @@ impl ConnState {
             goaway,
             Bytes::from_static(b"server shutting down"),
         ));
-        self.drain_waker.wake();
     }
 
     /// Queues a `GoAway` with `code` and closes the connection after it.
@@ -89,7 +87,7 @@ impl ConnState {
 
     /// While draining, closes the connection once no call runs.
     fn close_if_idle(&self) {
-        if self.draining.load(Ordering::SeqCst) && self.in_flight.load(Ordering::SeqCst) == 0 {
+        if self.draining.is_set() && self.in_flight.load(Ordering::SeqCst) == 0 {
             self.close();
         }
     }
@@ -133,21 +131,6 @@ impl ConnState {
         }
         None
     }
-
-    /// Completes when the server starts draining.
-    fn drained(&self) -> impl Future<Output = ()> + '_ {
-        poll_fn(|cx| {
-            if self.draining.load(Ordering::SeqCst) {
-                return Poll::Ready(());
-            }
-            self.drain_waker.register(cx.waker());
-            if self.draining.load(Ordering::SeqCst) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-    }
 }
 
 /// Removes the connection from the server's table when its last task ends.
@@ -185,8 +168,7 @@ pub(super) fn start<R, D, Rd, Wr>(
         out,
         in_flight: AtomicUsize::new(0),
         running: Mutex::new(HashMap::new()),
-        draining: AtomicBool::new(shared.draining.load(Ordering::SeqCst)),
-        drain_waker: AtomicWaker::new(),
+        draining: Signal::new(shared.draining.load(Ordering::SeqCst)),
         closing: AtomicBool::new(false),
         last_read: AtomicU64::new(now),
         partial_since: AtomicU64::new(now),
@@ -351,7 +333,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 conn.stop.guard(READER, read_more).await
             } else {
                 let drained = async {
-                    conn.drained().await;
+                    conn.draining.wait().await;
                     Event::Drain
                 };
                 conn.stop.guard(READER, read_more.or(drained)).await
@@ -381,7 +363,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             FrameKind::Cancel => {
                 // A call that already finished (or never ran in a task) has nothing to stop.
                 if let Some(cancel) = self.conn.running.lock().get(&header.seq) {
-                    cancel.cancel();
+                    cancel.set();
                 }
                 true
             }
@@ -402,7 +384,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
 
     async fn on_request(&mut self, header: FrameHeader, body: Bytes) -> bool {
         let conn = &*self.conn;
-        if conn.draining.load(Ordering::Relaxed) {
+        if conn.draining.is_set() {
             let status = Status::new(ErrorCode::SHUTTING_DOWN, "server is shutting down");
             return send(
                 &self.conn,
@@ -477,7 +459,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         let conn = self.conn.clone();
         let shared = self.shared.clone();
         let peer_max_frame_len = self.peer_max_frame_len;
-        let cancel = Arc::new(CancelSignal::default());
+        let cancel = Arc::new(Signal::default());
         conn.running.lock().insert(header.seq, cancel.clone());
         conn.in_flight.fetch_add(1, Ordering::SeqCst);
         let expiry = deadline.map(|at| self.rt.sleep_until(at));
@@ -554,26 +536,40 @@ enum End {
     ConnectionEnded,
 }
 
-/// Lets a `Cancel` frame stop one running handler.
+/// A one-way flag a task can wait on: a connection starting to drain, a call being cancelled.
 #[derive(Debug, Default)]
-struct CancelSignal {
-    cancelled: AtomicBool,
+struct Signal {
+    set: AtomicBool,
     waker: AtomicWaker,
 }
 
-impl CancelSignal {
-    fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.waker.wake();
+impl Signal {
+    fn new(set: bool) -> Self {
+        Self {
+            set: AtomicBool::new(set),
+            waker: AtomicWaker::new(),
+        }
     }
 
+    /// Sets the flag and wakes the waiter; `true` for the call that set it.
+    fn set(&self) -> bool {
+        let first = !self.set.swap(true, Ordering::SeqCst);
+        self.waker.wake();
+        first
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the flag is set (one waiting task at a time).
     fn wait(&self) -> impl Future<Output = ()> + '_ {
         poll_fn(|cx| {
-            if self.cancelled.load(Ordering::SeqCst) {
+            if self.is_set() {
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
-            if self.cancelled.load(Ordering::SeqCst) {
+            if self.is_set() {
                 Poll::Ready(())
             } else {
                 Poll::Pending
