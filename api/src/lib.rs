@@ -3,7 +3,7 @@
 //! Many calls share one full-duplex connection; requests are written in batches, a window
 //! bounds the calls in flight, deadlines sit on a timing wheel, and the same client works from
 //! async tasks and from plain threads. Pick the runtime (`tokio`, `smol`) and the transport
-//! (`tcp`) with cargo features; MessagePack is the default codec.
+//! (`tcp`, `tls`, `quic`) with cargo features; MessagePack is the default codec.
 //!
 //! # Examples
 //!
@@ -54,4 +54,19 @@ pub mod rt {
 #[cfg(feature = "tcp")]
 pub mod tcp {
     pub use flumen_tcp::*;
+}
+
+/// TLS (feature `tls`): `ServerTls` / `ClientTls` from PEM files, mutual TLS, `TlsTransport`
+/// over any byte transport (`TlsTransport<TokioTcp>`), typed `HandshakeError`s, and `DevCa`
+/// for tests and examples.
+#[cfg(feature = "tls")]
+pub mod tls {
+    pub use flumen_tls::*;
+}
+
+/// QUIC (feature `quic`): `QuicTransport` on quinn, for tokio and smol, with the TLS settings
+/// of [`tls`].
+#[cfg(feature = "quic")]
+pub mod quic {
+    pub use flumen_quic::*;
 }

@@ -173,7 +173,8 @@ async fn non_flumen_server_fails_the_handshake<E: Env>(env: E) {
     let mut listener = env.transport().bind(&common::loopback()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     env.spawn(async move {
-        let (_reader, mut writer, _) = listener.accept().await.unwrap();
+        let (connecting, _) = listener.accept().await.unwrap();
+        let (_reader, mut writer) = connecting.await.unwrap();
         let _ = writer.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         let _ = writer.close().await;
     });

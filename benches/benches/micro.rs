@@ -342,15 +342,16 @@ impl Listener for MemListener {
     type Addr = u32;
     type Reader = MemReader;
     type Writer = MemWriter;
+    type Connecting = std::future::Ready<io::Result<(MemReader, MemWriter)>>;
 
-    fn accept(&mut self) -> impl Future<Output = io::Result<(MemReader, MemWriter, u32)>> + Send {
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Connecting, u32)>> + Send {
         let rx = self.0.clone();
         async move {
-            let (reader, writer) = rx
+            let halves = rx
                 .recv()
                 .await
                 .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-            Ok((reader, writer, 0))
+            Ok((std::future::ready(Ok(halves)), 0))
         }
     }
 

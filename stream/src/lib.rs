@@ -35,8 +35,9 @@ pub use crate::{
     runtime::Runtime,
     server::{
         Dispatch, Request, Server, ServerConfig, ServerHandle, ServerStats, Status,
-        DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,
-        DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,
+        DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+        DEFAULT_MAX_HANDSHAKES, DEFAULT_READ_TIMEOUT, DEFAULT_SERVER_MAX_IN_FLIGHT,
+        DEFAULT_WRITE_TIMEOUT,
     },
     transport::{Listener, Transport},
 };

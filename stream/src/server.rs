@@ -11,19 +11,21 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use futures_lite::FutureExt;
 use parking_lot::Mutex;
 use slab::Slab;
 
 pub use self::config::{
-    ServerConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,
-    DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,
+    ServerConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HANDSHAKES, DEFAULT_READ_TIMEOUT, DEFAULT_SERVER_MAX_IN_FLIGHT,
+    DEFAULT_WRITE_TIMEOUT,
 };
 use self::conn::ConnState;
 use crate::{
@@ -213,6 +215,7 @@ impl<D: Dispatch> Server<D> {
             halted: Stop::default(),
             clock: AtomicU64::new(1),
             draining: AtomicBool::new(false),
+            handshakes: AtomicUsize::new(0),
             counters: Counters::default(),
         });
         rt.spawn(accept_loop(
@@ -249,8 +252,10 @@ pub struct ServerStats {
     pub accepted: u64,
     /// Connections open now.
     pub active: usize,
-    /// Connections refused at the connection limit.
+    /// Connections refused at the connection limit, or dropped at the handshake limit.
     pub refused: u64,
+    /// Transport handshakes (TLS, QUIC) that failed or timed out.
+    pub handshake_failures: u64,
     /// Connections closed because the peer broke the protocol (bad magic, version, frame).
     pub protocol_errors: u64,
     /// Connections closed by the idle, read or write timeout.
@@ -272,6 +277,7 @@ impl<A> ServerHandle<A> {
             accepted: c.accepted.load(Ordering::Relaxed),
             active: self.shared.conns.lock().len(),
             refused: c.refused.load(Ordering::Relaxed),
+            handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
             protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
             timeouts: c.timeouts.load(Ordering::Relaxed),
             panics: c.panics.load(Ordering::Relaxed),
@@ -337,6 +343,8 @@ pub(crate) struct Shared {
     /// The watchdog's coarse clock: periods since start, from 1.
     clock: AtomicU64,
     draining: AtomicBool,
+    /// Transport handshakes in progress.
+    handshakes: AtomicUsize,
     counters: Counters,
 }
 
@@ -344,6 +352,7 @@ pub(crate) struct Shared {
 struct Counters {
     accepted: AtomicU64,
     refused: AtomicU64,
+    handshake_failures: AtomicU64,
     protocol_errors: AtomicU64,
     timeouts: AtomicU64,
     panics: AtomicU64,
@@ -352,6 +361,11 @@ struct Counters {
 impl Shared {
     fn now(&self) -> u64 {
         self.clock.load(Ordering::Relaxed)
+    }
+
+    fn handshake_failed(&self, error: &io::Error) {
+        Self::count(&self.counters.handshake_failures);
+        tracing::debug!(%error, "transport handshake failed");
     }
 
     fn count(counter: &AtomicU64) {
@@ -370,8 +384,8 @@ async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
             None => return,
             Some(accepted) => accepted,
         };
-        let (reader, writer, peer) = match accepted {
-            Ok(conn) => conn,
+        let (connecting, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -389,7 +403,62 @@ async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
         };
         Shared::count(&shared.counters.accepted);
         tracing::debug!(?peer, "accepted connection");
-        conn::start(&rt, &shared, &dispatch, reader, writer);
+        let mut connecting = Box::pin(connecting);
+        // Transports without a handshake (TCP) are ready now: no task, no timer.
+        match futures_lite::future::poll_once(connecting.as_mut()).await {
+            Some(Ok((reader, writer))) => conn::start(&rt, &shared, &dispatch, reader, writer),
+            Some(Err(e)) => shared.handshake_failed(&e),
+            None => {
+                if shared.handshakes.fetch_add(1, Ordering::SeqCst) >= shared.config.max_handshakes
+                {
+                    shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+                    Shared::count(&shared.counters.refused);
+                    tracing::debug!(?peer, "dropped at the handshake limit");
+                    continue;
+                }
+                rt.spawn(handshake(
+                    rt.clone(),
+                    shared.clone(),
+                    dispatch.clone(),
+                    connecting,
+                ));
+            }
+        }
+    }
+}
+
+/// Finishes one transport handshake within the handshake timeout, then serves the connection.
+async fn handshake<R, D, Rd, Wr>(
+    rt: R,
+    shared: Arc<Shared>,
+    dispatch: Arc<D>,
+    connecting: Pin<Box<impl Future<Output = io::Result<(Rd, Wr)>>>>,
+) where
+    R: Runtime,
+    D: Dispatch,
+    Rd: futures_io::AsyncRead + Unpin + Send + 'static,
+    Wr: futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let timeout = async {
+        rt.sleep_until(deadline).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "transport handshake timed out",
+        ))
+    };
+    let stopped = async {
+        shared.accepting.ended().await;
+        Err(io::Error::other("server stopped"))
+    };
+    let outcome = connecting.or(timeout).or(stopped).await;
+    shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+    match outcome {
+        Ok((reader, writer)) if !shared.accepting.is_stopped() => {
+            conn::start(&rt, &shared, &dispatch, reader, writer);
+        }
+        Ok(_) => {}
+        Err(e) => shared.handshake_failed(&e),
     }
 }
 

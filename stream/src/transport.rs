@@ -30,6 +30,14 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// Accepts incoming connections.
+///
+/// Accepting is split in two so that a slow or hostile peer cannot hold up the accept loop:
+/// [`accept`](Listener::accept) returns as soon as a peer arrives, with a [`Connecting`]
+/// future that finishes the transport's own handshake (TLS, QUIC). The server runs each
+/// `Connecting` in its own task under its handshake timeout and limit. Transports without a
+/// handshake return a future that is already ready.
+///
+/// [`Connecting`]: Listener::Connecting
 pub trait Listener: Send + 'static {
     /// The address type.
     type Addr: Clone + Debug + Send + Sync + 'static;
@@ -37,11 +45,15 @@ pub trait Listener: Send + 'static {
     type Reader: AsyncRead + Unpin + Send + 'static;
     /// The sending half of an accepted connection.
     type Writer: AsyncWrite + Unpin + Send + 'static;
+    /// Finishes the transport's handshake with an accepted peer.
+    type Connecting: Future<Output = io::Result<(Self::Reader, Self::Writer)>> + Send + 'static;
 
-    /// Waits for the next connection and returns its halves and the peer's address.
-    fn accept(
-        &mut self,
-    ) -> impl Future<Output = io::Result<(Self::Reader, Self::Writer, Self::Addr)>> + Send;
+    /// Waits for the next peer and returns its handshake and address.
+    ///
+    /// An error here is about the listener (for example, out of file descriptors); a peer
+    /// that fails its handshake fails its `Connecting` instead.
+    fn accept(&mut self)
+        -> impl Future<Output = io::Result<(Self::Connecting, Self::Addr)>> + Send;
 
     /// The address this listener is bound to.
     ///

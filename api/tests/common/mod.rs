@@ -17,7 +17,8 @@ use flumen::{
     tcp::{SmolTcp, TokioTcp},
     ClientConfig, Dispatch, Request, Router, Server, ServerConfig, ServerHandle, Status,
 };
-use flumen_quic::{DevCert, QuicTransport};
+use flumen_quic::QuicTransport;
+use flumen_tls::{DevCa, TlsTransport};
 use futures_lite::FutureExt;
 use serde_bytes::ByteBuf;
 
@@ -63,6 +64,8 @@ pub type TokioEnv = With<TokioRuntime, TokioTcp>;
 pub type SmolEnv = With<SmolRuntime, SmolTcp>;
 pub type TokioQuicEnv = With<TokioRuntime, QuicTransport>;
 pub type SmolQuicEnv = With<SmolRuntime, QuicTransport>;
+pub type TokioTlsEnv = With<TokioRuntime, TlsTransport<TokioTcp>>;
+pub type SmolTlsEnv = With<SmolRuntime, TlsTransport<SmolTcp>>;
 
 /// Makes the transport of an environment.
 pub trait MakeTransport: Sized {
@@ -83,10 +86,35 @@ impl MakeTransport for SmolTcp {
 
 impl MakeTransport for QuicTransport {
     fn make(base: fn() -> QuicTransport) -> Self {
-        // A fresh throw-away certificate per test, trusted for "localhost".
-        DevCert::generate(&["localhost"])
+        // A fresh throw-away CA per test; the server's certificate is for "localhost".
+        let ca = DevCa::new().unwrap();
+        base()
+            .server(ca.server_tls(&["localhost"]).unwrap())
             .unwrap()
-            .transport(base(), "localhost")
+            .client(ca.client_tls("localhost").unwrap())
+            .unwrap()
+    }
+}
+
+impl<T: MakeTransport> MakeTransport for TlsTransport<T> {
+    fn make(base: fn() -> QuicTransport) -> Self {
+        // Mutual TLS: the server requires a client certificate from the test's CA.
+        let ca = DevCa::new().unwrap();
+        let client = ca.issue(&["client.test"]).unwrap();
+        TlsTransport::new(T::make(base))
+            .server(
+                ca.server_tls(&["localhost"])
+                    .unwrap()
+                    .require_client_certs(ca.roots())
+                    .unwrap(),
+            )
+            .unwrap()
+            .client(
+                ca.client_tls("localhost")
+                    .unwrap()
+                    .identity(client.chain().to_vec(), client.key())
+                    .unwrap(),
+            )
             .unwrap()
     }
 }
@@ -147,7 +175,7 @@ where
 }
 
 /// Generates each listed `async fn name<E: Env>(env: E)` as a test on tokio and on smol, over
-/// TCP and over QUIC.
+/// TCP, over TLS-TCP (mutual TLS) and over QUIC.
 #[macro_export]
 macro_rules! e2e {
     ($($name:ident),* $(,)?) => {
@@ -162,6 +190,12 @@ macro_rules! e2e {
         }
         mod smol_quic {
             $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolQuicEnv>) })*
+        }
+        mod tokio_tls {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioTlsEnv>) })*
+        }
+        mod smol_tls {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolTlsEnv>) })*
         }
     };
 }

@@ -26,6 +26,15 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// reading) closes the connection, so replies for a dead reader do not pin memory.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default handshake timeout (10 s): a transport handshake (TLS, QUIC) that has not finished
+/// this long after the peer arrived is abandoned, so half-open peers cannot pile up.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default limit on transport handshakes in progress at once (256). A peer arriving past it is
+/// dropped before any handshake work, so a flood of new connections costs bounded CPU and
+/// memory while established connections keep being served.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+
 /// Settings of a server. Build with [`ServerConfig::default`] and the setters.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -36,6 +45,8 @@ pub struct ServerConfig {
     pub(crate) read_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) inline_dispatch: bool,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_handshakes: usize,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +59,8 @@ impl Default for ServerConfig {
             read_timeout: DEFAULT_READ_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             inline_dispatch: true,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
         }
     }
 }
@@ -89,6 +102,19 @@ impl ServerConfig {
     /// Write timeout. Default [`DEFAULT_WRITE_TIMEOUT`].
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;
+        self
+    }
+
+    /// Handshake timeout. Default [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Most transport handshakes in progress at once; at least 1.
+    /// Default [`DEFAULT_MAX_HANDSHAKES`].
+    pub fn max_handshakes(mut self, handshakes: usize) -> Self {
+        self.max_handshakes = handshakes.max(1);
         self
     }
 

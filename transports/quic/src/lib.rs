@@ -4,6 +4,10 @@
 //! A Flumen connection is one QUIC connection carrying one bidirectional stream: the core's
 //! framing, sequence ids and batched writes run on that stream unchanged, so one QUIC
 //! connection multiplexes every call as a TCP connection does. ALPN is [`ALPN`].
+//!
+//! TLS comes from [`flumen_tls`]: the same [`ServerTls`] / [`ClientTls`] as TLS over TCP,
+//! mutual TLS included. A failed handshake is an `io::Error` carrying a [`HandshakeError`],
+//! on the side that detects it and, through the TLS alert, on the other side.
 #![warn(missing_docs)]
 
 use std::{
@@ -14,37 +18,60 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use flumen_stream::{Listener, Transport};
-use futures_io::AsyncWrite;
-use quinn::{
-    crypto::rustls::QuicClientConfig, crypto::rustls::QuicServerConfig, Endpoint, EndpointConfig,
+use flumen_tls::{
+    rustls::AlertDescription, ClientTls, HandshakeError, ServerTls, TlsError, Verdict,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use futures_io::{AsyncRead, AsyncWrite};
+use quinn::{
+    crypto::rustls::{QuicClientConfig, QuicServerConfig},
+    ConnectionError, Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt,
+};
 
-pub use rustls::RootCertStore;
+pub use flumen_tls::ALPN;
 
-/// The ALPN protocol id of Flumen v1.
-pub const ALPN: &[u8] = b"flumen/1";
+/// Default keep-alive interval (10 s): an idle connection sends a QUIC PING this often, so
+/// NAT bindings and the peer's idle timer stay fresh while a client holds the connection.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// A QUIC transport: a client side (trusted roots, server name) and, to listen, a server side
-/// (certificate chain and key).
+/// Default QUIC idle timeout (30 s): a connection that hears nothing from its peer for this
+/// long (not even keep-alives) is dead, and every call on it fails with a connection error.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A QUIC transport: a client side (what it trusts, [`ClientTls`]) to connect, a server side
+/// ([`ServerTls`]) to listen, and the connection's keep-alive and idle timeout.
+///
+/// ```no_run
+/// # fn main() -> Result<(), flumen_tls::TlsError> {
+/// use flumen_quic::QuicTransport;
+/// use flumen_tls::{ClientTls, ServerTls};
+///
+/// let server = QuicTransport::tokio().server(ServerTls::from_pem_files("cert.pem", "key.pem")?)?;
+/// let client = QuicTransport::tokio()
+///     .client(ClientTls::from_ca_file("ca.pem", "rpc.internal")?)?
+///     .keep_alive(Some(std::time::Duration::from_secs(5)));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct QuicTransport {
     runtime: Arc<dyn quinn::Runtime>,
-    client: Option<quinn::ClientConfig>,
-    server: Option<quinn::ServerConfig>,
-    server_name: String,
+    client: Option<ClientTls>,
+    server: Option<Arc<QuicServerConfig>>,
+    keep_alive: Option<Duration>,
+    idle_timeout: Duration,
     endpoint: Arc<Mutex<Option<Endpoint>>>,
 }
 
 impl fmt::Debug for QuicTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QuicTransport")
-            .field("client", &self.client.is_some())
+            .field("client", &self.client)
             .field("server", &self.server.is_some())
-            .field("server_name", &self.server_name)
+            .field("keep_alive", &self.keep_alive)
+            .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -67,51 +94,61 @@ impl QuicTransport {
             runtime,
             client: None,
             server: None,
-            server_name: "localhost".into(),
+            keep_alive: Some(DEFAULT_KEEP_ALIVE),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             endpoint: Default::default(),
         }
     }
 
-    /// Connects trusting the certificates in `roots` and expecting `server_name` in the server's
+    /// Connects as `tls` says: the CAs it trusts, the server name, an optional client
     /// certificate.
     ///
     /// # Errors
     ///
-    /// If rustls cannot build a TLS 1.3 configuration from them.
-    pub fn client(
-        mut self,
-        roots: rustls::RootCertStore,
-        server_name: &str,
-    ) -> Result<Self, TlsError> {
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-        self.client = Some(quinn::ClientConfig::new(Arc::new(crypto)));
-        self.server_name = server_name.to_owned();
+    /// If rustls or quinn refuse the configuration.
+    pub fn client(mut self, tls: ClientTls) -> Result<Self, TlsError> {
+        client_crypto(&tls)?;
+        self.client = Some(tls);
         Ok(self)
     }
 
-    /// Listens with `chain` (leaf first) and its private `key`.
+    /// Listens as `tls` says: certificate and key, and optionally the CAs whose client
+    /// certificates it requires.
     ///
     /// # Errors
     ///
-    /// If the key does not match the certificate or rustls refuses them.
-    pub fn server(
-        mut self,
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
-    ) -> Result<Self, TlsError> {
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-        self.server = Some(quinn::ServerConfig::with_crypto(Arc::new(crypto)));
+    /// If rustls or quinn refuse the configuration.
+    pub fn server(mut self, tls: ServerTls) -> Result<Self, TlsError> {
+        let crypto = QuicServerConfig::try_from(tls.to_rustls()?)
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
+        self.server = Some(Arc::new(crypto));
         Ok(self)
+    }
+
+    /// How often an idle connection sends a keep-alive; `None` sends none.
+    /// Default [`DEFAULT_KEEP_ALIVE`].
+    pub fn keep_alive(mut self, interval: Option<Duration>) -> Self {
+        self.keep_alive = interval;
+        self
+    }
+
+    /// How long a connection may hear nothing from its peer before it is declared dead; at
+    /// most about 146 years. Default [`DEFAULT_IDLE_TIMEOUT`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// QUIC settings of one connection. A Flumen connection uses one bidirectional stream,
+    /// opened by the client: the server accepts one, the client none.
+    fn transport_config(&self, peer_streams: u32) -> Arc<TransportConfig> {
+        let mut config = TransportConfig::default();
+        config
+            .keep_alive_interval(self.keep_alive)
+            .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok())
+            .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(0));
+        Arc::new(config)
     }
 
     fn endpoint(
@@ -147,35 +184,90 @@ impl QuicTransport {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The client's QUIC crypto for one connection and the verdict of its certificate check.
+fn client_crypto(tls: &ClientTls) -> Result<(QuicClientConfig, Verdict), TlsError> {
+    let (rustls, verdict) = tls.to_rustls_with_verdict()?;
+    let crypto = QuicClientConfig::try_from(rustls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok((crypto, verdict))
+}
+
+/// The handshake failure behind a lost connection, if it was one: our own certificate check
+/// (`verdict`) or the TLS alert the peer closed the connection with.
+fn handshake_failure(error: &ConnectionError, verdict: Option<&Verdict>) -> Option<HandshakeError> {
+    if let Some(rejected) = verdict.and_then(Verdict::rejected) {
+        return Some(HandshakeError::from_rustls(&rejected));
+    }
+    let code = match error {
+        ConnectionError::ConnectionClosed(close) => close.error_code,
+        ConnectionError::TransportError(error) => error.code,
+        _ => return None,
+    };
+    // QUIC carries a TLS alert as transport error 0x100 + alert (RFC 9001, section 4.8).
+    let alert = u64::from(code).checked_sub(0x100).filter(|a| *a < 0x100)?;
+    Some(HandshakeError::from_alert(AlertDescription::from(
+        alert as u8,
+    )))
+}
+
+fn connection_error(error: ConnectionError, verdict: Option<&Verdict>) -> io::Error {
+    match handshake_failure(&error, verdict) {
+        Some(failure) => failure.into_io(),
+        None => io::Error::new(io::ErrorKind::ConnectionAborted, error),
+    }
+}
+
+/// Reports a stream error caused by a failed handshake (a server rejecting the client's
+/// certificate closes the connection after the client thinks it is up) as that failure.
+fn stream_error(error: io::Error) -> io::Error {
+    let lost = error.get_ref().and_then(|inner| {
+        if let Some(quinn::ReadError::ConnectionLost(lost)) = inner.downcast_ref() {
+            Some(lost)
+        } else if let Some(quinn::WriteError::ConnectionLost(lost)) = inner.downcast_ref() {
+            Some(lost)
+        } else {
+            None
+        }
+    });
+    match lost.and_then(|lost| handshake_failure(lost, None)) {
+        Some(failure) => failure.into_io(),
+        None => error,
+    }
 }
 
 impl Transport for QuicTransport {
     type Addr = SocketAddr;
-    type Reader = quinn::RecvStream;
+    type Reader = QuicReader;
     type Writer = QuicWriter;
     type Listener = QuicListener;
 
-    async fn connect(&self, addr: &SocketAddr) -> io::Result<(quinn::RecvStream, QuicWriter)> {
-        let config = self
-            .client
-            .clone()
-            .ok_or_else(|| io::Error::other("no client TLS configuration"))?;
+    async fn connect(&self, addr: &SocketAddr) -> io::Result<(QuicReader, QuicWriter)> {
+        let tls = self.client.as_ref().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no client TLS configuration")
+        })?;
+        let (crypto, verdict) = client_crypto(tls).map_err(io::Error::other)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(self.transport_config(0));
         let endpoint = self.client_endpoint(*addr)?;
+        let name = tls.server_name().to_str();
         let connecting = endpoint
-            .connect_with(config, *addr, &self.server_name)
-            .map_err(io::Error::other)?;
-        let connection = connecting.await.map_err(io::Error::other)?;
-        let (send, recv) = connection.open_bi().await.map_err(io::Error::other)?;
-        Ok((recv, QuicWriter::new(send)))
+            .connect_with(config, *addr, &name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let connection = connecting
+            .await
+            .map_err(|e| connection_error(e, Some(&verdict)))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| connection_error(e, None))?;
+        Ok((QuicReader(recv), QuicWriter::new(send)))
     }
 
     async fn bind(&self, addr: &SocketAddr) -> io::Result<QuicListener> {
-        let config = self
-            .server
-            .clone()
-            .ok_or_else(|| io::Error::other("no server TLS configuration"))?;
+        let crypto = self.server.clone().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no server TLS configuration")
+        })?;
+        let mut config = quinn::ServerConfig::with_crypto(crypto);
+        config.transport_config(self.transport_config(1));
         Ok(QuicListener {
             endpoint: self.endpoint(Some(config), *addr)?,
         })
@@ -188,31 +280,50 @@ pub struct QuicListener {
     endpoint: Endpoint,
 }
 
+/// The server side of one QUIC handshake and the client's first stream.
+pub type QuicConnecting =
+    Pin<Box<dyn Future<Output = io::Result<(QuicReader, QuicWriter)>> + Send>>;
+
 impl Listener for QuicListener {
     type Addr = SocketAddr;
-    type Reader = quinn::RecvStream;
+    type Reader = QuicReader;
     type Writer = QuicWriter;
+    type Connecting = QuicConnecting;
 
-    async fn accept(&mut self) -> io::Result<(quinn::RecvStream, QuicWriter, SocketAddr)> {
-        loop {
-            let incoming = self
-                .endpoint
-                .accept()
+    async fn accept(&mut self) -> io::Result<(QuicConnecting, SocketAddr)> {
+        let incoming = self
+            .endpoint
+            .accept()
+            .await
+            .ok_or_else(|| io::Error::other("endpoint closed"))?;
+        let peer = incoming.remote_address();
+        let connecting = async move {
+            let connection = incoming.await.map_err(|e| connection_error(e, None))?;
+            let (send, recv) = connection
+                .accept_bi()
                 .await
-                .ok_or_else(|| io::Error::other("endpoint closed"))?;
-            // A peer that fails the handshake or opens no stream is skipped, not fatal.
-            let Ok(connection) = incoming.await else {
-                continue;
-            };
-            let Ok((send, recv)) = connection.accept_bi().await else {
-                continue;
-            };
-            return Ok((recv, QuicWriter::new(send), connection.remote_address()));
-        }
+                .map_err(|e| connection_error(e, None))?;
+            Ok((QuicReader(recv), QuicWriter::new(send)))
+        };
+        Ok((Box::pin(connecting), peer))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+}
+
+/// The receiving half of a Flumen connection over QUIC.
+#[derive(Debug)]
+pub struct QuicReader(quinn::RecvStream);
+
+impl AsyncRead for QuicReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncRead::poll_read(Pin::new(&mut self.0), cx, buf).map_err(stream_error)
     }
 }
 
@@ -249,7 +360,7 @@ impl AsyncWrite for QuicWriter {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf).map_err(stream_error)
     }
 
     fn poll_write_vectored(
@@ -257,7 +368,7 @@ impl AsyncWrite for QuicWriter {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write_vectored(Pin::new(&mut self.send), cx, bufs)
+        AsyncWrite::poll_write_vectored(Pin::new(&mut self.send), cx, bufs).map_err(stream_error)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -278,73 +389,4 @@ impl AsyncWrite for QuicWriter {
             None => Poll::Ready(Ok(())),
         }
     }
-}
-
-/// A throw-away self-signed certificate for tests and examples (rcgen). Never use in production.
-#[derive(Debug)]
-pub struct DevCert {
-    /// The certificate (DER).
-    pub cert: CertificateDer<'static>,
-    /// Its private key (PKCS#8 DER).
-    pub key: PrivatePkcs8KeyDer<'static>,
-}
-
-impl DevCert {
-    /// A self-signed certificate for `names` (for example `localhost`).
-    ///
-    /// # Errors
-    ///
-    /// If rcgen cannot generate a key or certificate.
-    pub fn generate(names: &[&str]) -> Result<Self, TlsError> {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let certified =
-            rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Cert(e.to_string()))?;
-        Ok(Self {
-            cert: certified.cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
-        })
-    }
-
-    /// A root store that trusts this certificate.
-    ///
-    /// # Errors
-    ///
-    /// If rustls refuses the certificate as a trust anchor.
-    pub fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert.clone())?;
-        Ok(roots)
-    }
-
-    /// Both sides of a transport using this certificate: `base` configured to serve with it and
-    /// to trust it for `server_name`.
-    ///
-    /// # Errors
-    ///
-    /// As [`QuicTransport::client`] and [`QuicTransport::server`].
-    pub fn transport(
-        &self,
-        base: QuicTransport,
-        server_name: &str,
-    ) -> Result<QuicTransport, TlsError> {
-        base.client(self.roots()?, server_name)?.server(
-            vec![self.cert.clone()],
-            PrivateKeyDer::Pkcs8(self.key.clone_key()),
-        )
-    }
-}
-
-/// A TLS configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-    /// quinn refused the rustls configuration (for example, no TLS 1.3).
-    #[error("QUIC TLS configuration: {0}")]
-    Quic(String),
-    /// A certificate could not be generated.
-    #[error("certificate generation: {0}")]
-    Cert(String),
 }

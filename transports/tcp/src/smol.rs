@@ -1,4 +1,5 @@
 use std::{
+    future::{ready, Ready},
     io::{self, IoSlice},
     net::{SocketAddr, TcpListener, TcpStream},
     pin::Pin,
@@ -51,11 +52,11 @@ impl Listener for SmolTcpListener {
     type Addr = SocketAddr;
     type Reader = SmolTcpReader;
     type Writer = SmolTcpWriter;
+    type Connecting = Ready<io::Result<(SmolTcpReader, SmolTcpWriter)>>;
 
-    async fn accept(&mut self) -> io::Result<(SmolTcpReader, SmolTcpWriter, SocketAddr)> {
+    async fn accept(&mut self) -> io::Result<(Self::Connecting, SocketAddr)> {
         let (stream, peer) = self.0.accept().await?;
-        let (reader, writer) = split(stream)?;
-        Ok((reader, writer, peer))
+        Ok((ready(split(stream)), peer))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

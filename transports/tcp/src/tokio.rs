@@ -1,4 +1,5 @@
 use std::{
+    future::{ready, Ready},
     io::{self, IoSlice},
     net::SocketAddr,
     pin::Pin,
@@ -56,11 +57,11 @@ impl Listener for TokioTcpListener {
     type Addr = SocketAddr;
     type Reader = TokioTcpReader;
     type Writer = TokioTcpWriter;
+    type Connecting = Ready<io::Result<(TokioTcpReader, TokioTcpWriter)>>;
 
-    async fn accept(&mut self) -> io::Result<(TokioTcpReader, TokioTcpWriter, SocketAddr)> {
+    async fn accept(&mut self) -> io::Result<(Self::Connecting, SocketAddr)> {
         let (stream, peer) = self.0.accept().await?;
-        let (reader, writer) = split(stream)?;
-        Ok((reader, writer, peer))
+        Ok((ready(split(stream)), peer))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
