@@ -46,8 +46,9 @@ enum Cmd {
         addr: SocketAddr,
         #[arg(long, value_enum, default_value_t = Wire::Tcp)]
         transport: Wire,
-        /// With QUIC: where to write the server's throw-away certificate (DER) for clients.
-        #[arg(long, default_value = "flumen-bench-cert.der")]
+        /// With QUIC or TLS: where to write the throw-away CA (PEM) that signed the server's
+        /// certificate, for clients to trust.
+        #[arg(long, default_value = "flumen-bench-ca.pem")]
         cert_out: std::path::PathBuf,
     },
     /// Run callers against a server and report.
@@ -97,14 +98,16 @@ enum Wire {
     Tcp,
     /// QUIC (quinn, TLS 1.3) with a throw-away certificate made by the server.
     Quic,
+    /// TLS 1.3 over TCP (rustls) with a throw-away certificate made by the server.
+    Tls,
 }
 
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
     #[arg(long, value_enum, default_value_t = Wire::Tcp)]
     transport: Wire,
-    /// With QUIC: the server's certificate (DER) to trust, as written by `serve --cert-out`.
-    #[arg(long, default_value = "flumen-bench-cert.der")]
+    /// With QUIC or TLS: the CA (PEM) to trust, as written by `serve --cert-out`.
+    #[arg(long, default_value = "flumen-bench-ca.pem")]
     cert: std::path::PathBuf,
     /// Connections.
     #[arg(long, default_value_t = 1)]
@@ -183,40 +186,59 @@ fn main() {
     }
 }
 
-/// A QUIC transport for `runtime`: a server's, with a fresh certificate written to `cert`, or a
-/// client's, trusting the certificate in `cert`.
-fn quic(runtime: Rt, cert: &std::path::Path, serving: bool) -> Result<system::Net, String> {
-    let base = match runtime {
-        Rt::Tokio => flumen_quic::QuicTransport::tokio(),
-        Rt::Smol => flumen_quic::QuicTransport::smol(),
-    };
-    let transport = if serving {
-        let dev = flumen_quic::DevCert::generate(&["localhost"]).map_err(|e| e.to_string())?;
-        std::fs::write(cert, &dev.cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-        dev.transport(base, "localhost")
-            .map_err(|e| e.to_string())?
-    } else {
-        let der = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-        let mut roots = rustls_roots();
-        roots.add(der.into()).map_err(|e| e.to_string())?;
-        base.client(roots, "localhost").map_err(|e| e.to_string())?
-    };
-    Ok(system::Net::Quic(Box::new(transport)))
+/// TLS settings for one side: a server's, with a fresh CA written to `ca` and a certificate
+/// for "localhost", or a client's, trusting the CA in `ca`.
+enum Side {
+    Server(flumen::tls::ServerTls),
+    Client(flumen::tls::ClientTls),
 }
 
-fn rustls_roots() -> flumen_quic::RootCertStore {
-    flumen_quic::RootCertStore::empty()
+fn side(ca: &std::path::Path, serving: bool) -> Result<Side, String> {
+    use flumen::tls::{ClientTls, DevCa};
+    if serving {
+        let dev = DevCa::new().map_err(|e| e.to_string())?;
+        std::fs::write(ca, dev.pem()).map_err(|e| format!("{}: {e}", ca.display()))?;
+        Ok(Side::Server(
+            dev.server_tls(&["localhost"]).map_err(|e| e.to_string())?,
+        ))
+    } else {
+        Ok(Side::Client(
+            ClientTls::from_ca_file(ca, "localhost").map_err(|e| e.to_string())?,
+        ))
+    }
 }
 
 fn net(
     wire: Wire,
     runtime: Rt,
-    cert: &std::path::Path,
+    ca: &std::path::Path,
     serving: bool,
 ) -> Result<system::Net, String> {
+    let tls = |side: Side, tls: flumen::tls::TlsTransport<()>| match side {
+        Side::Server(server) => tls.server(server),
+        Side::Client(client) => tls.client(client),
+    };
     match wire {
         Wire::Tcp => Ok(system::Net::Tcp),
-        Wire::Quic => quic(runtime, cert, serving),
+        Wire::Tls => {
+            let transport = tls(side(ca, serving)?, flumen::tls::TlsTransport::new(()));
+            Ok(system::Net::Tls(Box::new(
+                transport.map_err(|e| e.to_string())?,
+            )))
+        }
+        Wire::Quic => {
+            let base = match runtime {
+                Rt::Tokio => flumen_quic::QuicTransport::tokio(),
+                Rt::Smol => flumen_quic::QuicTransport::smol(),
+            };
+            let transport = match side(ca, serving)? {
+                Side::Server(server) => base.server(server),
+                Side::Client(client) => base.client(client),
+            };
+            Ok(system::Net::Quic(Box::new(
+                transport.map_err(|e| e.to_string())?,
+            )))
+        }
     }
 }
 
@@ -359,6 +381,7 @@ impl ServerProcess {
         let wire = match run.transport {
             Wire::Tcp => "tcp",
             Wire::Quic => "quic",
+            Wire::Tls => "tls",
         };
         let mut child = Command::new(exe)
             .args([

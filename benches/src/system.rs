@@ -8,6 +8,7 @@ use std::{
 };
 
 use clap::ValueEnum;
+use flumen::tls::TlsTransport;
 use flumen::{
     rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::{Listener, Transport},
@@ -71,6 +72,8 @@ pub(crate) enum Net {
     Tcp,
     /// QUIC, configured for this process's runtime (certificate, trust).
     Quic(Box<QuicTransport>),
+    /// TLS over TCP (certificate, trust).
+    Tls(Box<TlsTransport<()>>),
 }
 
 /// Calls `$body` with the runtime handle and the transport for `$net` on `$spawner`.
@@ -91,6 +94,14 @@ macro_rules! with_transport {
             }
             (Net::Quic(quic), Spawner::Smol($rt)) => {
                 let $transport = (**quic).clone();
+                $body
+            }
+            (Net::Tls(tls), Spawner::Tokio($rt)) => {
+                let $transport = tls.with_inner(TokioTcp);
+                $body
+            }
+            (Net::Tls(tls), Spawner::Smol($rt)) => {
+                let $transport = tls.with_inner(SmolTcp);
                 $body
             }
         }
@@ -224,9 +235,11 @@ async fn serve_pipe<T: Transport<Addr = SocketAddr>>(
     let mut listener = transport.bind(&addr).await?;
     bound(listener.local_addr()?);
     loop {
-        let (reader, writer, _) = listener.accept().await?;
+        let (connecting, _) = listener.accept().await?;
         spawner.spawn(async move {
-            let _ = pipe::serve(reader, writer).await;
+            if let Ok((reader, writer)) = connecting.await {
+                let _ = pipe::serve(reader, writer).await;
+            }
         });
     }
 }

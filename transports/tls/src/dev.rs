@@ -47,13 +47,18 @@ impl DevCa {
     ///
     /// [`TlsError::Generate`] if rcgen fails.
     pub fn new() -> Result<Self, TlsError> {
+        let key = KeyPair::generate().map_err(generate)?;
+        // A name of its own (from its key), so that two CAs are never mistaken for each other.
+        let id: String = key.public_key_raw()[1..9]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(DnType::CommonName, "Flumen development CA");
+            .push(DnType::CommonName, format!("Flumen development CA {id}"));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().map_err(generate)?;
         let issuer = CertifiedIssuer::self_signed(params, key).map_err(generate)?;
         Ok(Self { issuer })
     }

@@ -59,6 +59,16 @@ impl<T> TlsTransport<T> {
         }
     }
 
+    /// The same TLS settings over another byte transport.
+    pub fn with_inner<U>(&self, inner: U) -> TlsTransport<U> {
+        TlsTransport {
+            inner,
+            client: self.client.clone(),
+            connector: self.connector.clone(),
+            acceptor: self.acceptor.clone(),
+        }
+    }
+
     /// Connects as `tls` says (trusted CAs, server name, optional client certificate).
     ///
     /// # Errors
