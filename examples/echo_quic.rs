@@ -110,7 +110,7 @@ fn try_main(args: Args) -> Result<(), Error> {
             std::thread::spawn(move || smol::block_on(worker.run(stopped.recv())));
             smol::block_on(executor.run(async {
                 match args.transport {
-                    Wire::Quic => run(&args, &rt, QuicTransport::smol).await,
+                    Wire::Quic => run(&args, &rt, || QuicTransport::smol_on(rt.clone())).await,
                     Wire::Tls => run(&args, &rt, || TlsTransport::new(SmolTcp)).await,
                 }
             }))

@@ -93,7 +93,7 @@ macro_rules! with_transport {
                 $body
             }
             (Net::Quic(quic), Spawner::Smol($rt)) => {
-                let $transport = (**quic).clone();
+                let $transport = (**quic).clone().spawn_on($rt.clone());
                 $body
             }
             (Net::Tls(tls), Spawner::Tokio($rt)) => {

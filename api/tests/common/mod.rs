@@ -69,27 +69,26 @@ pub type SmolTlsEnv = With<SmolRuntime, TlsTransport<SmolTcp>>;
 
 /// Makes the transport of an environment.
 pub trait MakeTransport: Sized {
-    fn make(quic: fn() -> QuicTransport) -> Self;
+    fn make(quic: QuicTransport) -> Self;
 }
 
 impl MakeTransport for TokioTcp {
-    fn make(_: fn() -> QuicTransport) -> Self {
+    fn make(_: QuicTransport) -> Self {
         TokioTcp
     }
 }
 
 impl MakeTransport for SmolTcp {
-    fn make(_: fn() -> QuicTransport) -> Self {
+    fn make(_: QuicTransport) -> Self {
         SmolTcp
     }
 }
 
 impl MakeTransport for QuicTransport {
-    fn make(base: fn() -> QuicTransport) -> Self {
+    fn make(base: QuicTransport) -> Self {
         // A fresh throw-away CA per test; the server's certificate is for "localhost".
         let ca = DevCa::new().unwrap();
-        base()
-            .server(ca.server_tls(&["localhost"]).unwrap())
+        base.server(ca.server_tls(&["localhost"]).unwrap())
             .unwrap()
             .client(ca.client_tls("localhost").unwrap())
             .unwrap()
@@ -97,7 +96,7 @@ impl MakeTransport for QuicTransport {
 }
 
 impl<T: MakeTransport> MakeTransport for TlsTransport<T> {
-    fn make(base: fn() -> QuicTransport) -> Self {
+    fn make(base: QuicTransport) -> Self {
         // Mutual TLS: the server requires a client certificate from the test's CA.
         let ca = DevCa::new().unwrap();
         let client = ca.issue(&["client.test"]).unwrap();
@@ -137,7 +136,7 @@ where
     let _guard = runtime.enter();
     let env = With {
         rt: TokioRuntime::new(runtime.handle().clone()),
-        transport: T::make(QuicTransport::tokio),
+        transport: T::make(QuicTransport::tokio()),
     };
     let limit = env.sleep(TEST_LIMIT);
     let test = test(env);
@@ -162,7 +161,7 @@ where
     };
     let env = With {
         rt: SmolRuntime::new(executor.clone()),
-        transport: T::make(QuicTransport::smol),
+        transport: T::make(QuicTransport::smol_on(SmolRuntime::new(executor.clone()))),
     };
     let limit = env.sleep(TEST_LIMIT);
     let test = test(env);
