@@ -194,7 +194,8 @@ mod tests {
                 let mut listener = SmolTcp.bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
                 let addr = listener.local_addr().unwrap();
                 let server = smol::spawn(async move {
-                    let (r, w, _) = listener.accept().await.unwrap();
+                    let (connecting, _) = listener.accept().await.unwrap();
+                    let (r, w) = connecting.await.unwrap();
                     serve(r, w).await
                 });
                 let (r, w) = SmolTcp.connect(&addr).await.unwrap();

@@ -5,6 +5,11 @@
 //! framing, sequence ids and batched writes run on that stream unchanged, so one QUIC
 //! connection multiplexes every call as a TCP connection does. ALPN is [`ALPN`].
 //!
+//! Why not a QUIC stream per call: measured side by side (`flumen-bench`'s `quic-mapping`), a
+//! stream per call with no RPC layer at all reaches 0.17 x Flumen's calls/s for 32-byte calls
+//! at 64 in flight, 0.30 x at 1 KiB and 0.73 x at 64 KiB; opening, flow-controlling and
+//! finishing a stream costs more than a 24-byte frame header.
+//!
 //! TLS comes from [`flumen_tls`]: the same [`ServerTls`] / [`ClientTls`] as TLS over TCP,
 //! mutual TLS included. A failed handshake is an `io::Error` carrying a [`HandshakeError`],
 //! on the side that detects it and, through the TLS alert, on the other side.
