@@ -7,11 +7,13 @@
 
 mod config;
 mod driver;
+mod stream;
 
 use std::{
+    collections::HashMap,
     fmt,
     future::poll_fn,
-    sync::Arc,
+    sync::{atomic::AtomicUsize, Arc},
     task::Poll,
     time::{Duration, Instant},
 };
@@ -20,16 +22,18 @@ use bytes::Bytes;
 use crossfire::{mpmc, MAsyncRx, MRx, MTx};
 use parking_lot::Mutex;
 
+pub use self::stream::{ReplyStream, RequestSender, StreamMode};
 pub use self::config::{
     ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT,
     MAX_WINDOW,
 };
 use crate::{
     call::CallTable,
-    error::{CallError, ConnectError, ConnectionError},
+    error::{CallError, ConnectError, ConnectionError, ErrorCode},
     frame::{FrameHeader, FrameKind},
     io::{Outbox, Outgoing, Stop},
     runtime::Runtime,
+    streaming::StreamState,
     transport::Transport,
 };
 
@@ -64,6 +68,12 @@ pub(crate) struct Conn {
     /// The server's limit on request bodies.
     peer_max_frame_len: u32,
     window: usize,
+    /// Open streaming calls by sequence id, for the reader to route stream frames.
+    streams: Mutex<HashMap<u64, Arc<StreamState>>>,
+    /// How many entries `streams` has: replies to unary calls skip its lock while it is 0.
+    open_streams: AtomicUsize,
+    /// Receive window of each streaming call, in bytes.
+    stream_window: u32,
 }
 
 /// Converts instants to deadline ticks.
@@ -275,12 +285,30 @@ impl Conn {
         Outgoing::frame(header, body)
     }
 
-    /// Ends the connection with `error`: fails pending calls and stops the tasks.
+    /// Ends the connection with `error`: fails pending calls and streams, and stops the tasks.
     pub(crate) fn close(&self, error: ConnectionError) {
         let mut wakers = Vec::new();
         self.table.lock().fail_all(&error, &mut wakers);
         wakers.into_iter().for_each(std::task::Waker::wake);
+        for state in self.streams.lock().values() {
+            crate::streaming::wake(state.close(ErrorCode::CANCELLED));
+        }
         self.stop.stop();
+    }
+
+    /// The call `seq` ended (reply, timeout): its stream, if it has one, takes no more items.
+    pub(crate) fn end_stream(&self, seq: u64, code: ErrorCode) {
+        if self.open_streams.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(state) = self.streams.lock().get(&seq) {
+            crate::streaming::wake(state.close(code));
+        }
+    }
+
+    /// The stream `seq`, if it is open.
+    pub(crate) fn stream(&self, seq: u64) -> Option<Arc<StreamState>> {
+        self.streams.lock().get(&seq).cloned()
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::{fmt, io, sync::Arc, time::Duration};
 
+use bytes::Bytes;
+
 use crate::{frame::FrameError, hello::HelloError};
 
 /// A 32-bit error code carried by `Error` and `GoAway` frames.
@@ -65,6 +67,8 @@ codes! {
     APPLICATION = 17;
     /// An internal server error.
     INTERNAL = 18;
+    /// A stream item arrived without credit (a peer ignoring flow control).
+    FLOW_CONTROL = 19;
 }
 
 impl ErrorCode {
@@ -158,6 +162,10 @@ pub enum CallError {
         /// The server's limit.
         max: u32,
     },
+    /// The handler failed with the method's own error: its value, encoded by the server's
+    /// codec (an `Error` frame with `APPLICATION`).
+    #[error("application error: {}", String::from_utf8_lossy(.0))]
+    Application(Bytes),
     /// The server answered with an error.
     #[error("server error {code}: {message}")]
     Remote {
@@ -199,6 +207,7 @@ impl CallError {
     pub fn remote_code(&self) -> Option<ErrorCode> {
         match self {
             Self::Remote { code, .. } => Some(*code),
+            Self::Application(_) => Some(ErrorCode::APPLICATION),
             _ => None,
         }
     }

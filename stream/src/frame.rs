@@ -66,10 +66,17 @@ impl FrameKind {
 
 /// Frame flag bits defined by protocol v1. Every other bit must be zero.
 pub mod flags {
-    /// Last frame of a stream (reserved for streaming calls, valid on `StreamItem`).
+    /// On `StreamItem`: the last item of the sender's stream (as if a `StreamEnd` with
+    /// `NO_ERROR` followed).
     pub const END: u8 = 0x01;
+    /// On `Request`: the client will send `StreamItem`s for this call, ending with `StreamEnd`
+    /// (client-streaming and bidirectional methods).
+    pub const STREAM_REQUEST: u8 = 0x02;
+    /// On `Request`: the client accepts `StreamItem`s before the final `Response` or `Error`
+    /// (server-streaming and bidirectional methods).
+    pub const STREAM_REPLY: u8 = 0x04;
     /// All bits a v1 peer accepts.
-    pub const KNOWN: u8 = END;
+    pub const KNOWN: u8 = END | STREAM_REQUEST | STREAM_REPLY;
 }
 
 /// The fixed-size part of every frame.
@@ -310,7 +317,7 @@ mod tests {
     fn frames() -> impl Strategy<Value = Frame> {
         (
             kinds(),
-            prop_oneof![Just(0u8), Just(flags::END)],
+            prop_oneof![Just(0u8), Just(flags::END), Just(flags::STREAM_REQUEST | flags::STREAM_REPLY)],
             any::<u32>(),
             any::<u64>(),
             any::<u32>(),

@@ -67,7 +67,7 @@ impl From<Frame> for Outgoing {
 /// The writer parks on the doorbell rather than in crossfire's `recv`, which allocates a waker
 /// each time it parks (once per batch): with the doorbell a batch costs no allocation. A
 /// producer that finds the queue full still waits in crossfire's `send` (backpressure).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     tx: MAsyncTx<mpsc::Array<Outgoing>>,
     tx_blocking: MTx<mpsc::Array<Outgoing>>,
@@ -85,6 +85,11 @@ pub(crate) struct Inbox {
 struct Doorbell {
     parked: AtomicBool,
     waker: AtomicWaker,
+    /// Control frames (stream credit) that must never wait behind a full queue; the writer
+    /// takes them first. Bounded by construction: a stream queues a grant only after its
+    /// application consumed half a window, which its peer could only send with credit.
+    control: parking_lot::Mutex<Vec<FrameHeader>>,
+    has_control: AtomicBool,
 }
 
 /// A queue of `capacity` messages for a connection's writer.
@@ -124,6 +129,13 @@ impl Outbox {
         sent
     }
 
+    /// Queues a bodiless control frame ahead of everything else, without ever waiting.
+    pub(crate) fn send_control(&self, header: FrameHeader) {
+        self.bell.control.lock().push(header);
+        self.bell.has_control.store(true, Ordering::Release);
+        self.ring();
+    }
+
     fn ring(&self) {
         // Pairs with the fence in `Inbox::recv`: either the writer sees the new message, or
         // this sees that it parked.
@@ -139,7 +151,21 @@ impl Outbox {
 impl Inbox {
     /// The next message, without waiting.
     pub(crate) fn try_recv(&mut self) -> Option<Outgoing> {
+        if self.bell.has_control.load(Ordering::Acquire) {
+            if let Some(control) = self.take_control() {
+                return Some(control);
+            }
+        }
         self.rx.try_recv().ok()
+    }
+
+    fn take_control(&mut self) -> Option<Outgoing> {
+        let mut control = self.bell.control.lock();
+        let header = control.pop();
+        if control.is_empty() {
+            self.bell.has_control.store(false, Ordering::Release);
+        }
+        header.map(|header| Outgoing::frame(header, Bytes::new()))
     }
 
     /// The next message, parking while the queue is empty; `None` once every producer is gone.
@@ -151,6 +177,12 @@ impl Inbox {
             self.bell.waker.register(cx.waker());
             self.bell.parked.store(true, Ordering::Relaxed);
             fence(Ordering::SeqCst);
+            if self.bell.has_control.load(Ordering::Acquire) {
+                if let Some(control) = self.take_control() {
+                    self.bell.parked.store(false, Ordering::Relaxed);
+                    return Poll::Ready(Some(control));
+                }
+            }
             match self.rx.try_recv() {
                 Ok(message) => {
                     self.bell.parked.store(false, Ordering::Relaxed);

@@ -16,11 +16,13 @@
 pub mod call;
 mod client;
 pub mod error;
+pub mod flow;
 pub mod frame;
 pub mod hello;
 mod io;
 mod runtime;
 mod server;
+mod streaming;
 mod transport;
 pub mod wheel;
 
@@ -28,13 +30,13 @@ pub use bytes::Bytes;
 
 pub use crate::{
     client::{
-        Client, ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK,
+        Client, ClientConfig, ReplyStream, RequestSender, StreamMode, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK,
         DEFAULT_TIMEOUT, MAX_WINDOW,
     },
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     runtime::Runtime,
     server::{
-        Dispatch, Request, Server, ServerConfig, ServerHandle, ServerStats, Status,
+        Dispatch, ReplySink, Request, RequestStream, Server, ServerConfig, ServerHandle, ServerStats, Status,
         DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
         DEFAULT_MAX_HANDSHAKES, DEFAULT_READ_TIMEOUT, DEFAULT_SERVER_MAX_IN_FLIGHT,
         DEFAULT_WRITE_TIMEOUT,

@@ -3,6 +3,7 @@
 
 mod config;
 mod conn;
+mod stream;
 
 use std::{
     borrow::Cow,
@@ -28,6 +29,7 @@ pub use self::config::{
     DEFAULT_WRITE_TIMEOUT,
 };
 use self::conn::ConnState;
+pub use self::stream::{ReplySink, RequestStream};
 use crate::{
     error::ErrorCode,
     io::{Stop, READER, TIMER},
@@ -74,6 +76,7 @@ pub struct Request {
     seq: u64,
     body: Bytes,
     timeout: Option<Duration>,
+    stream: Option<stream::CallStream>,
 }
 
 impl Request {
@@ -84,6 +87,7 @@ impl Request {
             seq: 0,
             body,
             timeout,
+            stream: None,
         }
     }
 
@@ -110,6 +114,17 @@ impl Request {
     /// The timeout the caller set, counted from when the request was sent.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// The client's items, for a client-streaming or bidirectional call (`None` otherwise).
+    /// Take it once: clones share the same items.
+    pub fn items(&self) -> Option<RequestStream> {
+        self.stream.as_ref().and_then(stream::CallStream::items)
+    }
+
+    /// Where to send items, for a server-streaming or bidirectional call (`None` otherwise).
+    pub fn sink(&self) -> Option<ReplySink> {
+        self.stream.as_ref().and_then(stream::CallStream::sink)
     }
 }
 

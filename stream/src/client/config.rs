@@ -32,6 +32,7 @@ pub struct ClientConfig {
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) tick: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) stream_window: u32,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +43,7 @@ impl Default for ClientConfig {
             default_timeout: Some(DEFAULT_TIMEOUT),
             tick: DEFAULT_TICK,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            stream_window: crate::flow::DEFAULT_STREAM_WINDOW,
         }
     }
 }
@@ -72,6 +74,16 @@ impl ClientConfig {
     /// Deadline granularity. Default [`DEFAULT_TICK`] (10 ms); at least 1 ms.
     pub fn tick(mut self, tick: Duration) -> Self {
         self.tick = tick.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Bytes of items each streaming call may have received and not yet consumed, per
+    /// direction this side receives (plus one item, which may be larger); the peer is granted
+    /// no more credit than that, so a consumer that stops reading costs at most this much
+    /// memory. At least [`INITIAL_STREAM_CREDIT`](crate::flow::INITIAL_STREAM_CREDIT).
+    /// Default [`DEFAULT_STREAM_WINDOW`](crate::flow::DEFAULT_STREAM_WINDOW) (256 KiB).
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = bytes.max(crate::flow::INITIAL_STREAM_CREDIT);
         self
     }
 

@@ -113,6 +113,9 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         default_timeout: config.default_timeout,
         peer_max_frame_len: hello.max_frame_len,
         window,
+        streams: Mutex::new(Default::default()),
+        open_streams: Default::default(),
+        stream_window: config.stream_window,
     });
 
     rt.spawn(read_task(conn.clone(), reader, read, config.max_frame_len));
@@ -222,14 +225,44 @@ fn on_frames(
         let header = frame.header;
         match header.kind {
             FrameKind::Response => {
+                conn.end_stream(header.seq, ErrorCode::NO_ERROR);
                 table.complete(header.seq, Ok(frame.body), wakers);
             }
             FrameKind::Error => {
-                let error = CallError::Remote {
-                    code: ErrorCode::from_u32(header.aux),
-                    message: String::from_utf8_lossy(&frame.body).into(),
+                let code = ErrorCode::from_u32(header.aux);
+                conn.end_stream(header.seq, code);
+                let error = if code == ErrorCode::APPLICATION {
+                    CallError::Application(frame.body)
+                } else {
+                    CallError::Remote {
+                        code,
+                        message: String::from_utf8_lossy(&frame.body).into(),
+                    }
                 };
                 table.complete(header.seq, Err(error), wakers);
+            }
+            FrameKind::StreamItem | FrameKind::StreamEnd | FrameKind::Credit => {
+                // Frames for streams this client no longer has are dropped, like late replies.
+                let Some(state) = conn.stream(header.seq) else {
+                    continue;
+                };
+                let waker = match header.kind {
+                    FrameKind::StreamItem => {
+                        let end = header.flags & crate::frame::flags::END != 0;
+                        state.on_item(frame.body, end).map_err(|e| {
+                            ConnectionError::GoAway {
+                                code: ErrorCode::FLOW_CONTROL,
+                                reason: e.to_string().into(),
+                            }
+                        })?
+                    }
+                    FrameKind::StreamEnd => {
+                        let message = String::from_utf8_lossy(&frame.body).into_owned();
+                        state.on_end(ErrorCode::from_u32(header.aux), message)
+                    }
+                    _ => state.on_credit(header.aux),
+                };
+                wakers.extend(waker);
             }
             FrameKind::GoAway => {
                 let (code, reason) = go_away_parts(&frame);
@@ -248,13 +281,8 @@ fn on_frames(
                     crate::frame::FrameError::UnknownKind(FrameKind::Request as u8),
                 ));
             }
-            // Replies to pings we did not send, cancels, and stream frames for streams this
-            // client never opened are ignored, like late replies.
-            FrameKind::Pong
-            | FrameKind::Cancel
-            | FrameKind::StreamItem
-            | FrameKind::StreamEnd
-            | FrameKind::Credit => {}
+            // Replies to pings we did not send, and cancels, are ignored.
+            FrameKind::Pong | FrameKind::Cancel => {}
         }
     }
     Ok(())
@@ -281,6 +309,7 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
             };
             wakers.drain(..).for_each(Waker::wake);
             for seq in expired.drain(..) {
+                conn.end_stream(seq, ErrorCode::DEADLINE_EXCEEDED);
                 let cancel = FrameHeader::new(FrameKind::Cancel, seq);
                 conn.out.try_send(Outgoing::frame(cancel, Bytes::new()));
             }

@@ -47,6 +47,7 @@ pub struct ServerConfig {
     pub(crate) inline_dispatch: bool,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_handshakes: usize,
+    pub(crate) stream_window: u32,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +62,7 @@ impl Default for ServerConfig {
             inline_dispatch: true,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            stream_window: crate::flow::DEFAULT_STREAM_WINDOW,
         }
     }
 }
@@ -115,6 +117,16 @@ impl ServerConfig {
     /// Default [`DEFAULT_MAX_HANDSHAKES`].
     pub fn max_handshakes(mut self, handshakes: usize) -> Self {
         self.max_handshakes = handshakes.max(1);
+        self
+    }
+
+    /// Bytes of items each streaming call may have received and not yet consumed, per
+    /// direction this side receives (plus one item, which may be larger); the peer is granted
+    /// no more credit than that, so a consumer that stops reading costs at most this much
+    /// memory. At least [`INITIAL_STREAM_CREDIT`](crate::flow::INITIAL_STREAM_CREDIT).
+    /// Default [`DEFAULT_STREAM_WINDOW`](crate::flow::DEFAULT_STREAM_WINDOW) (256 KiB).
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = bytes.max(crate::flow::INITIAL_STREAM_CREDIT);
         self
     }
 

@@ -19,7 +19,10 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 use parking_lot::Mutex;
 
-use super::{Dispatch, Request, Shared, Status};
+use super::{
+    stream::{CallStream, StreamRegistration},
+    Dispatch, Request, Shared, Status,
+};
 use crate::{
     error::ErrorCode,
     frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
@@ -29,6 +32,7 @@ use crate::{
         WriteWatch, READER, WRITER,
     },
     runtime::Runtime,
+    streaming::{self, StreamState},
 };
 
 /// Spare handler boxes a connection keeps for reuse.
@@ -42,6 +46,8 @@ pub(crate) struct ConnState {
     in_flight: AtomicUsize,
     /// Cancel signals of the calls running in their own task, by sequence id.
     running: Mutex<HashMap<u64, Arc<Signal>>>,
+    /// Streams of the streaming calls running, by sequence id.
+    streams: Mutex<HashMap<u64, Arc<StreamState>>>,
     draining: Signal,
     /// Set once a `Close` was queued or the connection was told to go away.
     closing: AtomicBool,
@@ -83,6 +89,11 @@ impl ConnState {
         if !queued {
             self.stop.stop();
         }
+    }
+
+    /// Removes stream `seq`.
+    pub(super) fn forget_stream(&self, seq: u64) {
+        self.streams.lock().remove(&seq);
     }
 
     /// While draining, closes the connection once no call runs.
@@ -168,6 +179,7 @@ pub(super) fn start<R, D, Rd, Wr>(
         out,
         in_flight: AtomicUsize::new(0),
         running: Mutex::new(HashMap::new()),
+        streams: Mutex::new(HashMap::new()),
         draining: Signal::new(shared.draining.load(Ordering::SeqCst)),
         closing: AtomicBool::new(false),
         last_read: AtomicU64::new(now),
@@ -367,12 +379,11 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 }
                 true
             }
-            // v1 servers run no streams. A client's GoAway means it is leaving.
-            FrameKind::Pong
-            | FrameKind::GoAway
-            | FrameKind::StreamItem
-            | FrameKind::StreamEnd
-            | FrameKind::Credit => true,
+            FrameKind::StreamItem | FrameKind::StreamEnd | FrameKind::Credit => {
+                self.on_stream_frame(frame)
+            }
+            // A client's GoAway means it is leaving.
+            FrameKind::Pong | FrameKind::GoAway => true,
             FrameKind::Response | FrameKind::Error => {
                 Shared::count(&self.shared.counters.protocol_errors);
                 let reason = format!("unexpected {:?} frame from a client", header.kind);
@@ -380,6 +391,55 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 false
             }
         }
+    }
+
+    /// Routes a stream frame to its call; frames for calls that ended are dropped.
+    fn on_stream_frame(&mut self, frame: Frame) -> bool {
+        let header = frame.header;
+        let Some(state) = self.conn.streams.lock().get(&header.seq).cloned() else {
+            return true;
+        };
+        let waker = match header.kind {
+            FrameKind::StreamItem => {
+                let end = header.flags & crate::frame::flags::END != 0;
+                match state.on_item(frame.body, end) {
+                    Ok(waker) => waker,
+                    Err(e) => {
+                        Shared::count(&self.shared.counters.protocol_errors);
+                        self.conn.go_away(ErrorCode::FLOW_CONTROL, e.to_string());
+                        return false;
+                    }
+                }
+            }
+            FrameKind::StreamEnd => {
+                let message = String::from_utf8_lossy(&frame.body).into_owned();
+                state.on_end(ErrorCode::from_u32(header.aux), message)
+            }
+            _ => state.on_credit(header.aux),
+        };
+        streaming::wake([waker]);
+        true
+    }
+
+    /// Opens the stream of a streaming request; grants the client its initial window.
+    fn open_stream(&self, header: &FrameHeader) -> (CallStream, StreamRegistration) {
+        let (state, grant) = StreamState::new(header.seq, self.shared.config.stream_window);
+        let state = Arc::new(state);
+        self.conn.streams.lock().insert(header.seq, state.clone());
+        if grant > 0 && header.flags & crate::frame::flags::STREAM_REQUEST != 0 {
+            self.conn.out.send_control(streaming::credit(header.seq, grant));
+        }
+        let stream = CallStream {
+            state: state.clone(),
+            out: self.conn.out.clone(),
+            flags: header.flags,
+            peer_max_frame_len: self.peer_max_frame_len,
+        };
+        let registration = StreamRegistration {
+            conn: self.conn.clone(),
+            state,
+        };
+        (stream, registration)
     }
 
     async fn on_request(&mut self, header: FrameHeader, body: Bytes) -> bool {
@@ -406,11 +466,22 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         let timeout = (header.aux != 0).then(|| Duration::from_millis(header.aux.into()));
         // Counted from when the request was read: the caller's clock is not ours.
         let deadline = timeout.map(|t| Instant::now() + t);
+        let streaming = header.flags
+            & (crate::frame::flags::STREAM_REQUEST | crate::frame::flags::STREAM_REPLY)
+            != 0;
+        let (stream, registration) = match streaming {
+            true => {
+                let (stream, registration) = self.open_stream(&header);
+                (Some(stream), Some(registration))
+            }
+            false => (None, None),
+        };
         let request = Request {
             method: header.method,
             seq: header.seq,
             body,
             timeout,
+            stream,
         };
         let dispatch = &self.dispatch;
         let Ok(future) = catch_unwind(AssertUnwindSafe(|| dispatch.dispatch(request))) else {
@@ -424,7 +495,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             None => Box::pin(future),
         };
         if !self.shared.config.inline_dispatch {
-            self.spawn_handler(header, future, deadline);
+            self.spawn_handler(header, future, deadline, registration);
             return true;
         }
         let polled = {
@@ -436,12 +507,13 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 if self.spare.len() < SPARE_FUTURES {
                     self.spare.push(future);
                 }
+                drop(registration);
                 send(&self.conn, reply(&header, result, self.peer_max_frame_len)).await
             }
             Ok(Poll::Pending) => {
                 // It waits on something: give it a task of its own. Its next poll registers
                 // the task's waker, so nothing it waits for is missed.
-                self.spawn_handler(header, future, deadline);
+                self.spawn_handler(header, future, deadline, registration);
                 true
             }
             Err(_) => self.panicked(&header).await,
@@ -455,6 +527,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         header: FrameHeader,
         future: Pin<Box<D::Future>>,
         deadline: Option<Instant>,
+        registration: Option<StreamRegistration>,
     ) {
         let conn = self.conn.clone();
         let shared = self.shared.clone();
@@ -483,6 +556,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             // Whatever ends first drops the others: a stopped handler's drop guards run here.
             let end = handler.or(cancelled).or(ended).or(expired).await;
             conn.running.lock().remove(&header.seq);
+            drop(registration);
             let result = match end {
                 End::Done(Some(result)) => Some(result),
                 End::Done(None) => {

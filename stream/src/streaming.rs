@@ -1,0 +1,197 @@
+//! The state both ends keep for one streaming call: items received and not yet taken, the
+//! credit in each direction, and who waits for what.
+//!
+//! The connection's reader pushes items in without ever waiting (a slow consumer of one stream
+//! never stalls the connection: its peer simply runs out of credit), the application takes them
+//! out and grants credit back; a sender waits for credit, then queues its item for the writer.
+
+use std::{
+    collections::VecDeque,
+    task::{Context, Poll, Waker},
+};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::{
+    error::ErrorCode,
+    flow::{FlowError, RecvWindow, SendCredit},
+    frame::{FrameHeader, FrameKind},
+    io::{Outbox, Outgoing},
+};
+
+/// How the peer's item stream ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Normally (`StreamEnd` with `NO_ERROR`).
+    Done,
+    /// With an error code: the peer aborted, or the call is over.
+    Failed(ErrorCode, String),
+}
+
+#[derive(Debug)]
+struct Inner {
+    items: VecDeque<Bytes>,
+    recv: RecvWindow,
+    /// Set once no more items will arrive.
+    ended: Option<End>,
+    recv_waker: Option<Waker>,
+    send: SendCredit,
+    /// Set once this side may send no more items: the call is over.
+    closed: Option<ErrorCode>,
+    send_waker: Option<Waker>,
+}
+
+/// One streaming call's shared state, on either side.
+#[derive(Debug)]
+pub(crate) struct StreamState {
+    seq: u64,
+    inner: Mutex<Inner>,
+}
+
+impl StreamState {
+    /// A new stream `seq` receiving into a window of `window` bytes; returns it and the credit
+    /// to grant the peer at once (sent by the caller).
+    pub(crate) fn new(seq: u64, window: u32) -> (Self, u32) {
+        let (recv, grant) = RecvWindow::new(window);
+        let state = Self {
+            seq,
+            inner: Mutex::new(Inner {
+                items: VecDeque::new(),
+                recv,
+                ended: None,
+                recv_waker: None,
+                send: SendCredit::default(),
+                closed: None,
+                send_waker: None,
+            }),
+        };
+        (state, grant)
+    }
+
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The reader got an item (with `end`, the last one). Returns the waker to wake.
+    pub(crate) fn on_item(&self, item: Bytes, end: bool) -> Result<Option<Waker>, FlowError> {
+        let mut inner = self.inner.lock();
+        if inner.ended.is_some() {
+            // Items after the end (or after the call closed here) are dropped.
+            return Ok(None);
+        }
+        inner.recv.receive(item.len())?;
+        inner.items.push_back(item);
+        if end {
+            inner.ended = Some(End::Done);
+        }
+        Ok(inner.recv_waker.take())
+    }
+
+    /// The peer ended its items, with `code` (`NO_ERROR` for a normal end).
+    pub(crate) fn on_end(&self, code: ErrorCode, message: String) -> Option<Waker> {
+        let mut inner = self.inner.lock();
+        inner.ended.get_or_insert(if code == ErrorCode::NO_ERROR {
+            End::Done
+        } else {
+            End::Failed(code, message)
+        });
+        inner.recv_waker.take()
+    }
+
+    /// The peer granted `bytes` of credit.
+    pub(crate) fn on_credit(&self, bytes: u32) -> Option<Waker> {
+        let mut inner = self.inner.lock();
+        inner.send.grant(bytes);
+        inner.send_waker.take()
+    }
+
+    /// The call is over: senders fail with `code`, receivers end after what is buffered.
+    /// Returns the wakers to wake.
+    pub(crate) fn close(&self, code: ErrorCode) -> [Option<Waker>; 2] {
+        let mut inner = self.inner.lock();
+        inner.closed.get_or_insert(code);
+        inner
+            .ended
+            .get_or_insert_with(|| End::Failed(code, "call ended".into()));
+        [inner.recv_waker.take(), inner.send_waker.take()]
+    }
+
+    /// Takes the next item, granting credit through `out` as items are consumed. `Ready(None)`
+    /// once the peer's items ended normally; `Ready(Some(Err))` once they ended otherwise.
+    pub(crate) fn poll_item(
+        &self,
+        cx: &mut Context<'_>,
+        out: &Outbox,
+    ) -> Poll<Option<Result<Bytes, (ErrorCode, String)>>> {
+        let mut inner = self.inner.lock();
+        if let Some(item) = inner.items.pop_front() {
+            if let Some(grant) = inner.recv.consume(item.len()) {
+                if inner.ended.is_none() {
+                    out.send_control(credit(self.seq, grant));
+                }
+            }
+            return Poll::Ready(Some(Ok(item)));
+        }
+        match &inner.ended {
+            Some(End::Done) => Poll::Ready(None),
+            Some(End::Failed(code, message)) => Poll::Ready(Some(Err((*code, message.clone())))),
+            None => {
+                inner.recv_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Bytes received and not yet taken.
+    pub(crate) fn buffered(&self) -> usize {
+        self.inner.lock().recv.buffered()
+    }
+
+    /// Waits for credit to send one item of `len` bytes and spends it. `Err` with the code the
+    /// call closed with.
+    pub(crate) fn poll_send(&self, cx: &mut Context<'_>, len: usize) -> Poll<Result<(), ErrorCode>> {
+        let mut inner = self.inner.lock();
+        if let Some(code) = inner.closed {
+            return Poll::Ready(Err(code));
+        }
+        if inner.send.can_send() {
+            inner.send.spend(len);
+            return Poll::Ready(Ok(()));
+        }
+        inner.send_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Whether this side may still send.
+    pub(crate) fn closed(&self) -> Option<ErrorCode> {
+        self.inner.lock().closed
+    }
+}
+
+/// A `Credit` frame header granting `bytes` on stream `seq`.
+pub(crate) fn credit(seq: u64, bytes: u32) -> FrameHeader {
+    FrameHeader {
+        aux: bytes,
+        ..FrameHeader::new(FrameKind::Credit, seq)
+    }
+}
+
+/// A `StreamItem` frame for stream `seq`.
+pub(crate) fn item(seq: u64, body: Bytes) -> Outgoing {
+    Outgoing::frame(FrameHeader::new(FrameKind::StreamItem, seq), body)
+}
+
+/// A `StreamEnd` frame for stream `seq` with `code` and `message`.
+pub(crate) fn end(seq: u64, code: ErrorCode, message: &str) -> Outgoing {
+    let header = FrameHeader {
+        aux: code.as_u32(),
+        ..FrameHeader::new(FrameKind::StreamEnd, seq)
+    };
+    Outgoing::frame(header, Bytes::copy_from_slice(message.as_bytes()))
+}
+
+/// Wakes what `close` or the `on_*` calls returned.
+pub(crate) fn wake(wakers: impl IntoIterator<Item = Option<Waker>>) {
+    wakers.into_iter().flatten().for_each(Waker::wake);
+}
