@@ -22,11 +22,11 @@ use bytes::Bytes;
 use crossfire::{mpmc, MAsyncRx, MRx, MTx};
 use parking_lot::Mutex;
 
-pub use self::stream::{ReplyStream, RequestSender, StreamMode};
 pub use self::config::{
     ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT,
     MAX_WINDOW,
 };
+pub use self::stream::{ReplyStream, RequestSender, StreamMode};
 use crate::{
     call::CallTable,
     error::{CallError, ConnectError, ConnectionError, ErrorCode},

@@ -317,7 +317,11 @@ mod tests {
     fn frames() -> impl Strategy<Value = Frame> {
         (
             kinds(),
-            prop_oneof![Just(0u8), Just(flags::END), Just(flags::STREAM_REQUEST | flags::STREAM_REPLY)],
+            prop_oneof![
+                Just(0u8),
+                Just(flags::END),
+                Just(flags::STREAM_REQUEST | flags::STREAM_REPLY)
+            ],
             any::<u32>(),
             any::<u64>(),
             any::<u32>(),

@@ -30,16 +30,16 @@ pub use bytes::Bytes;
 
 pub use crate::{
     client::{
-        Client, ClientConfig, ReplyStream, RequestSender, StreamMode, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK,
-        DEFAULT_TIMEOUT, MAX_WINDOW,
+        Client, ClientConfig, ReplyStream, RequestSender, StreamMode, DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
     },
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     runtime::Runtime,
     server::{
-        Dispatch, ReplySink, Request, RequestStream, Server, ServerConfig, ServerHandle, ServerStats, Status,
-        DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-        DEFAULT_MAX_HANDSHAKES, DEFAULT_READ_TIMEOUT, DEFAULT_SERVER_MAX_IN_FLIGHT,
-        DEFAULT_WRITE_TIMEOUT,
+        Dispatch, ReplySink, Request, RequestStream, Server, ServerConfig, ServerHandle,
+        ServerStats, Status, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+        DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, DEFAULT_READ_TIMEOUT,
+        DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,
     },
     transport::{Listener, Transport},
 };

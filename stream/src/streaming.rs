@@ -150,7 +150,11 @@ impl StreamState {
 
     /// Waits for credit to send one item of `len` bytes and spends it. `Err` with the code the
     /// call closed with.
-    pub(crate) fn poll_send(&self, cx: &mut Context<'_>, len: usize) -> Poll<Result<(), ErrorCode>> {
+    pub(crate) fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        len: usize,
+    ) -> Poll<Result<(), ErrorCode>> {
         let mut inner = self.inner.lock();
         if let Some(code) = inner.closed {
             return Poll::Ready(Err(code));

@@ -249,12 +249,12 @@ fn on_frames(
                 let waker = match header.kind {
                     FrameKind::StreamItem => {
                         let end = header.flags & crate::frame::flags::END != 0;
-                        state.on_item(frame.body, end).map_err(|e| {
-                            ConnectionError::GoAway {
+                        state
+                            .on_item(frame.body, end)
+                            .map_err(|e| ConnectionError::GoAway {
                                 code: ErrorCode::FLOW_CONTROL,
                                 reason: e.to_string().into(),
-                            }
-                        })?
+                            })?
                     }
                     FrameKind::StreamEnd => {
                         let message = String::from_utf8_lossy(&frame.body).into_owned();

@@ -61,7 +61,9 @@ impl Drop for OpenCall {
         streaming::wake(self.state.close(ErrorCode::CANCELLED));
         if let Some(seq) = self.conn.table.lock().abandon(self.slot) {
             let cancel = FrameHeader::new(FrameKind::Cancel, seq);
-            self.conn.out.try_send(Outgoing::frame(cancel, Bytes::new()));
+            self.conn
+                .out
+                .try_send(Outgoing::frame(cancel, Bytes::new()));
         }
         let _ = self.conn.release.try_send(self.slot);
     }

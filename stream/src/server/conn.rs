@@ -427,7 +427,9 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         let state = Arc::new(state);
         self.conn.streams.lock().insert(header.seq, state.clone());
         if grant > 0 && header.flags & crate::frame::flags::STREAM_REQUEST != 0 {
-            self.conn.out.send_control(streaming::credit(header.seq, grant));
+            self.conn
+                .out
+                .send_control(streaming::credit(header.seq, grant));
         }
         let stream = CallStream {
             state: state.clone(),

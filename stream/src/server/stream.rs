@@ -157,7 +157,10 @@ impl ReplySink {
         if stream.out.send(streaming::item(seq, item)).await {
             Ok(())
         } else {
-            Err(Status::new(ErrorCode::CANCELLED, "the connection is closed"))
+            Err(Status::new(
+                ErrorCode::CANCELLED,
+                "the connection is closed",
+            ))
         }
     }
 
