@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{connect, eventually, serve, Env};
-use flumen::{stream::StreamMode, Bytes, ClientConfig, ErrorCode, Router, ServerConfig, Status};
+use flumen::{
+    stream::{CallOptions, StreamMode},
+    Bytes, ClientConfig, ErrorCode, Router, ServerConfig, Status,
+};
 use futures_lite::StreamExt;
 
 const TICKS: u32 = 200;
@@ -76,7 +79,7 @@ async fn server_streaming_delivers_every_item_in_order<E: Env>(env: E) {
             method("ticks"),
             Bytes::from(TICKS.to_le_bytes().to_vec()),
             StreamMode::ServerStreaming,
-            None,
+            &CallOptions::new(),
         )
         .await
         .unwrap();
@@ -97,7 +100,7 @@ async fn client_streaming_gets_one_reply<E: Env>(env: E) {
             method("count"),
             Bytes::new(),
             StreamMode::ClientStreaming,
-            None,
+            &CallOptions::new(),
         )
         .await
         .unwrap();
@@ -126,7 +129,7 @@ async fn bidirectional_echoes_while_sending<E: Env>(env: E) {
             method("echo"),
             Bytes::new(),
             StreamMode::Bidirectional,
-            None,
+            &CallOptions::new(),
         )
         .await
         .unwrap();
@@ -153,7 +156,7 @@ async fn stalled_consumer_is_bounded_and_stalls_nothing_else<E: Env>(env: E) {
             method("flood"),
             Bytes::new(),
             StreamMode::ServerStreaming,
-            None,
+            &CallOptions::new(),
         )
         .await
         .unwrap();
@@ -182,7 +185,7 @@ async fn dropping_the_stream_cancels_the_handler<E: Env>(env: E) {
             method("flood"),
             Bytes::new(),
             StreamMode::ServerStreaming,
-            None,
+            &CallOptions::new(),
         )
         .await
         .unwrap();
@@ -203,7 +206,7 @@ async fn stream_deadline_ends_it_on_both_sides<E: Env>(env: E) {
             method("flood"),
             Bytes::new(),
             StreamMode::ServerStreaming,
-            Some(Duration::from_millis(200)),
+            &CallOptions::new().timeout(Some(Duration::from_millis(200))),
         )
         .await
         .unwrap();

@@ -27,11 +27,13 @@ pub use self::config::{
     MAX_WINDOW,
 };
 pub use self::stream::{ReplyStream, RequestSender, StreamMode};
+// `CallOptions` is defined below.
 use crate::{
     call::CallTable,
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     frame::{FrameHeader, FrameKind},
     io::{Outbox, Outgoing, Stop},
+    metadata::{Metadata, MetadataError},
     runtime::Runtime,
     streaming::StreamState,
     transport::Transport,
@@ -106,6 +108,44 @@ impl Clock {
     }
 }
 
+/// Per-call settings beyond method and body: the timeout and the metadata that travel with
+/// the request.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    timeout: Option<Option<Duration>>,
+    metadata: Option<Bytes>,
+}
+
+impl CallOptions {
+    /// Options that change nothing: the client's default timeout, no metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The call's timeout (`None`: no deadline) instead of the client's default.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sends `metadata` with the call (the server reads it from the request).
+    ///
+    /// # Errors
+    ///
+    /// If the metadata exceeds [`MAX_METADATA_ENTRIES`](crate::metadata::MAX_METADATA_ENTRIES)
+    /// or [`MAX_METADATA_LEN`](crate::metadata::MAX_METADATA_LEN).
+    pub fn metadata(mut self, metadata: &Metadata) -> Result<Self, MetadataError> {
+        self.metadata = (!metadata.is_empty())
+            .then(|| metadata.encode())
+            .transpose()?;
+        Ok(self)
+    }
+
+    fn timeout_or(&self, default: Option<Duration>) -> Option<Duration> {
+        self.timeout.unwrap_or(default)
+    }
+}
+
 impl Client {
     /// Connects to `addr` over `transport`, runs the handshake, and starts the connection's
     /// tasks on `rt`.
@@ -147,8 +187,23 @@ impl Client {
         body: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Bytes, CallError> {
+        self.call_with(method, body, &CallOptions::new().timeout(timeout))
+            .await
+    }
+
+    /// Calls `method` with `body` and `options` (timeout, metadata).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_with(
+        &self,
+        method: u32,
+        body: Bytes,
+        options: &CallOptions,
+    ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
-        conn.check_request(&body)?;
+        conn.check_request(&body, options)?;
         let slot = match conn.free.recv().await {
             Ok(slot) => slot,
             Err(_) => return Err(conn.not_sent()),
@@ -158,6 +213,7 @@ impl Client {
             slot,
             begun: false,
         };
+        let timeout = options.timeout_or(conn.default_timeout);
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
         let seq =
             poll_fn(|cx| Poll::Ready(conn.begin(slot, deadline, Some(cx.waker().clone())))).await?;
@@ -165,7 +221,7 @@ impl Client {
         // The writer only goes away with the connection, which then fails the call for us.
         let _ = conn
             .out
-            .send(conn.request(method, seq, timeout, body))
+            .send(conn.request(method, seq, timeout, 0, body, options))
             .await;
         let outcome = poll_fn(|cx| conn.table.lock().poll(slot, cx)).await;
         guard.begun = false;
@@ -179,7 +235,7 @@ impl Client {
     ///
     /// As [`call`](Self::call).
     pub fn call_blocking(&self, method: u32, body: Bytes) -> Result<Bytes, CallError> {
-        self.call_blocking_with_timeout(method, body, self.handle.conn.default_timeout)
+        self.call_blocking_with(method, body, &CallOptions::new())
     }
 
     /// [`call_with_timeout`](Self::call_with_timeout) from a plain thread.
@@ -193,20 +249,35 @@ impl Client {
         body: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Bytes, CallError> {
+        self.call_blocking_with(method, body, &CallOptions::new().timeout(timeout))
+    }
+
+    /// [`call_with`](Self::call_with) from a plain thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub fn call_blocking_with(
+        &self,
+        method: u32,
+        body: Bytes,
+        options: &CallOptions,
+    ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
-        conn.check_request(&body)?;
+        conn.check_request(&body, options)?;
         let slot = conn.free_blocking.recv().map_err(|_| conn.not_sent())?;
         let mut guard = SlotGuard {
             conn,
             slot,
             begun: false,
         };
+        let timeout = options.timeout_or(conn.default_timeout);
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
         let seq = conn.begin(slot, deadline, None)?;
         guard.begun = true;
         let _ = conn
             .out
-            .send_blocking(conn.request(method, seq, timeout, body));
+            .send_blocking(conn.request(method, seq, timeout, 0, body, options));
         let outcome =
             futures_lite::future::block_on(poll_fn(|cx| conn.table.lock().poll(slot, cx)));
         guard.begun = false;
@@ -245,10 +316,11 @@ impl Drop for Handle {
 }
 
 impl Conn {
-    fn check_request(&self, body: &Bytes) -> Result<(), CallError> {
-        if body.len() > self.peer_max_frame_len as usize {
+    fn check_request(&self, body: &Bytes, options: &CallOptions) -> Result<(), CallError> {
+        let len = body.len() + options.metadata.as_ref().map_or(0, Bytes::len);
+        if len > self.peer_max_frame_len as usize {
             return Err(CallError::RequestTooLarge {
-                len: body.len(),
+                len,
                 max: self.peer_max_frame_len,
             });
         }
@@ -278,11 +350,28 @@ impl Conn {
         Ok(seq)
     }
 
-    fn request(&self, method: u32, seq: u64, timeout: Option<Duration>, body: Bytes) -> Outgoing {
+    /// The request frame of call `seq`, with `flags` and the options' metadata.
+    fn request(
+        &self,
+        method: u32,
+        seq: u64,
+        timeout: Option<Duration>,
+        flags: u8,
+        body: Bytes,
+        options: &CallOptions,
+    ) -> Outgoing {
         let mut header = FrameHeader::new(FrameKind::Request, seq);
         header.method = method;
+        header.flags = flags;
         header.aux = timeout.map_or(0, timeout_millis);
-        Outgoing::frame(header, body)
+        match &options.metadata {
+            None => Outgoing::frame(header, body),
+            Some(metadata) => {
+                header.flags |= crate::frame::flags::METADATA;
+                header.len = (metadata.len() + body.len()) as u32;
+                Outgoing::Parts(header, metadata.clone(), body)
+            }
+        }
     }
 
     /// Ends the connection with `error`: fails pending calls and streams, and stops the tasks.

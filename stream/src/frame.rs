@@ -75,8 +75,11 @@ pub mod flags {
     /// On `Request`: the client accepts `StreamItem`s before the final `Response` or `Error`
     /// (server-streaming and bidirectional methods).
     pub const STREAM_REPLY: u8 = 0x04;
+    /// On `Request`: the body starts with a metadata block (see
+    /// [`Metadata`](crate::metadata::Metadata)); the payload follows it.
+    pub const METADATA: u8 = 0x08;
     /// All bits a v1 peer accepts.
-    pub const KNOWN: u8 = END | STREAM_REQUEST | STREAM_REPLY;
+    pub const KNOWN: u8 = END | STREAM_REQUEST | STREAM_REPLY | METADATA;
 }
 
 /// The fixed-size part of every frame.

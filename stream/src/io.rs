@@ -42,6 +42,9 @@ const MAX_READ: usize = 64 * 1024;
 pub(crate) enum Outgoing {
     /// A frame; `header.len` equals `body.len()`.
     Frame(FrameHeader, Bytes),
+    /// A frame whose body is two parts written back to back (metadata and payload), so that
+    /// neither is copied to join them; `header.len` is their total length.
+    Parts(FrameHeader, Bytes, Bytes),
     /// Write everything queued before this, close the write half, and stop the connection.
     Close,
 }
@@ -292,8 +295,14 @@ impl WriteBatch {
 
     /// Appends one frame.
     pub(crate) fn push(&mut self, header: &FrameHeader, body: Bytes) {
-        self.len += HEADER_LEN + body.len();
+        self.len += HEADER_LEN;
         header.put(&mut self.buf);
+        self.push_body(body);
+    }
+
+    /// Appends more body bytes to the frame pushed last.
+    pub(crate) fn push_body(&mut self, body: Bytes) {
+        self.len += body.len();
         if body.len() <= COPY_MAX {
             self.buf.extend_from_slice(&body);
         } else {
@@ -450,6 +459,10 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         while let Some(msg) = next.take() {
             match msg {
                 Outgoing::Frame(header, body) => batch.push(&header, body),
+                Outgoing::Parts(header, head, body) => {
+                    batch.push(&header, head);
+                    batch.push_body(body);
+                }
                 Outgoing::Close => {
                     closing = true;
                     break;

@@ -20,6 +20,7 @@ pub mod flow;
 pub mod frame;
 pub mod hello;
 mod io;
+pub mod metadata;
 mod runtime;
 mod server;
 mod streaming;
@@ -30,10 +31,11 @@ pub use bytes::Bytes;
 
 pub use crate::{
     client::{
-        Client, ClientConfig, ReplyStream, RequestSender, StreamMode, DEFAULT_CONNECT_TIMEOUT,
-        DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
+        CallOptions, Client, ClientConfig, ReplyStream, RequestSender, StreamMode,
+        DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
     },
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
+    metadata::Metadata,
     runtime::Runtime,
     server::{
         Dispatch, ReplySink, Request, RequestStream, Server, ServerConfig, ServerHandle,

@@ -33,6 +33,7 @@ pub use self::stream::{ReplySink, RequestStream};
 use crate::{
     error::ErrorCode,
     io::{Stop, READER, TIMER},
+    metadata::Metadata,
     runtime::Runtime,
     transport::{Listener, Transport},
 };
@@ -77,6 +78,7 @@ pub struct Request {
     body: Bytes,
     timeout: Option<Duration>,
     stream: Option<stream::CallStream>,
+    metadata: Metadata,
 }
 
 impl Request {
@@ -88,7 +90,19 @@ impl Request {
             body,
             timeout,
             stream: None,
+            metadata: Metadata::new(),
         }
+    }
+
+    /// The same request carrying `metadata` (for tests of `Dispatch` implementations).
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The metadata the caller sent (empty if none).
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
     }
 
     /// The method id.

@@ -7,13 +7,12 @@ use std::{
     pin::Pin,
     sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
 use futures_lite::Stream;
 
-use super::{timeout_millis, Client, Conn};
+use super::{CallOptions, Client, Conn};
 use crate::{
     error::{CallError, ConnectionError, ErrorCode},
     frame::{flags, FrameHeader, FrameKind},
@@ -74,8 +73,10 @@ impl Client {
     /// its final reply) come through the [`ReplyStream`]; with a mode that sends, the
     /// [`RequestSender`] sends the client's items.
     ///
-    /// `timeout` bounds the whole call (`None`: no deadline); it travels to the server, which
-    /// stops the handler when it passes. Dropping both halves before the call ends cancels it.
+    /// The options' timeout bounds the whole call; unlike unary calls, a stream has no deadline
+    /// unless the options set one (the client's default timeout does not apply). The deadline
+    /// travels to the server, which stops the handler when it passes. Dropping both halves
+    /// before the call ends cancels it.
     ///
     /// # Errors
     ///
@@ -85,10 +86,12 @@ impl Client {
         method: u32,
         body: Bytes,
         mode: StreamMode,
-        timeout: Option<Duration>,
+        options: &CallOptions,
     ) -> Result<(Option<RequestSender>, ReplyStream), CallError> {
         let conn = &self.handle.conn;
-        conn.check_request(&body)?;
+        conn.check_request(&body, options)?;
+        // Streams run until they end: they get a deadline only when the options set one.
+        let timeout = options.timeout.flatten();
         let slot = conn.free.recv().await.map_err(|_| conn.not_sent())?;
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
         let seq = match conn.begin(slot, deadline, None) {
@@ -107,11 +110,8 @@ impl Client {
             slot,
             state,
         });
-        let mut header = FrameHeader::new(FrameKind::Request, seq);
-        header.method = method;
-        header.flags = mode.flags();
-        header.aux = timeout.map_or(0, timeout_millis);
-        let _ = conn.out.send(Outgoing::frame(header, body)).await;
+        let request = conn.request(method, seq, timeout, mode.flags(), body, options);
+        let _ = conn.out.send(request).await;
         if grant > 0 {
             conn.out.send_control(streaming::credit(seq, grant));
         }
@@ -163,7 +163,7 @@ impl RequestSender {
     /// or the connection ended).
     pub async fn send(&mut self, item: Bytes) -> Result<(), CallError> {
         let conn = &self.call.conn;
-        conn.check_request(&item)?;
+        conn.check_request(&item, &CallOptions::new())?;
         let state = &self.call.state;
         if let Err(code) = poll_fn(|cx| state.poll_send(cx, item.len())).await {
             return Err(closed(conn, code));

@@ -31,6 +31,7 @@ use crate::{
         outbox, read_at_least, write_all, write_loop, Inbox, Outbox, Outgoing, ReadBuffer, Stop,
         WriteWatch, READER, WRITER,
     },
+    metadata::Metadata,
     runtime::Runtime,
     streaming::{self, StreamState},
 };
@@ -44,6 +45,10 @@ pub(crate) struct ConnState {
     out: Outbox,
     /// Calls running in their own task.
     in_flight: AtomicUsize,
+    /// Calls counted against `max_in_flight`: like `in_flight`, but a call leaves it before its
+    /// reply is queued, so a client that sends its next call as soon as a reply arrives is
+    /// never refused for a call that is in fact over.
+    admitted: AtomicUsize,
     /// Cancel signals of the calls running in their own task, by sequence id.
     running: Mutex<HashMap<u64, Arc<Signal>>>,
     /// Streams of the streaming calls running, by sequence id.
@@ -178,6 +183,7 @@ pub(super) fn start<R, D, Rd, Wr>(
         stop: Stop::default(),
         out,
         in_flight: AtomicUsize::new(0),
+        admitted: AtomicUsize::new(0),
         running: Mutex::new(HashMap::new()),
         streams: Mutex::new(HashMap::new()),
         draining: Signal::new(shared.draining.load(Ordering::SeqCst)),
@@ -444,7 +450,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         (stream, registration)
     }
 
-    async fn on_request(&mut self, header: FrameHeader, body: Bytes) -> bool {
+    async fn on_request(&mut self, header: FrameHeader, mut body: Bytes) -> bool {
         let conn = &*self.conn;
         if conn.draining.is_set() {
             let status = Status::new(ErrorCode::SHUTTING_DOWN, "server is shutting down");
@@ -454,7 +460,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             )
             .await;
         }
-        if conn.in_flight.load(Ordering::Relaxed) >= self.shared.config.max_in_flight {
+        if conn.admitted.load(Ordering::SeqCst) >= self.shared.config.max_in_flight {
             let status = Status::new(
                 ErrorCode::OVERLOADED,
                 "too many calls in flight on this connection",
@@ -465,6 +471,18 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             )
             .await;
         }
+        let metadata = if header.flags & crate::frame::flags::METADATA != 0 {
+            match Metadata::decode(&mut body) {
+                Ok(metadata) => metadata,
+                Err(e) => {
+                    let status = Status::new(ErrorCode::BAD_REQUEST, e.to_string());
+                    let reply = error_reply(&header, status, self.peer_max_frame_len);
+                    return send(&self.conn, reply).await;
+                }
+            }
+        } else {
+            Metadata::new()
+        };
         let timeout = (header.aux != 0).then(|| Duration::from_millis(header.aux.into()));
         // Counted from when the request was read: the caller's clock is not ours.
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -484,6 +502,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             body,
             timeout,
             stream,
+            metadata,
         };
         let dispatch = &self.dispatch;
         let Ok(future) = catch_unwind(AssertUnwindSafe(|| dispatch.dispatch(request))) else {
@@ -537,6 +556,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         let cancel = Arc::new(Signal::default());
         conn.running.lock().insert(header.seq, cancel.clone());
         conn.in_flight.fetch_add(1, Ordering::SeqCst);
+        conn.admitted.fetch_add(1, Ordering::SeqCst);
         let expiry = deadline.map(|at| self.rt.sleep_until(at));
         self.rt.spawn(async move {
             let handler = async { End::Done(CatchUnwind { future }.await) };
@@ -559,6 +579,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             let end = handler.or(cancelled).or(ended).or(expired).await;
             conn.running.lock().remove(&header.seq);
             drop(registration);
+            conn.admitted.fetch_sub(1, Ordering::SeqCst);
             let result = match end {
                 End::Done(Some(result)) => Some(result),
                 End::Done(None) => {
