@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(
             &encoded[..],
             &[
-                13, 0, 0, 0, // block length
+                15, 0, 0, 0, // block length: 2 + 2 + 5 + 4 + 2
                 1, 0, // one entry
                 5, 0, b't', b'r', b'a', b'c', b'e', // key
                 2, 0, 0, 0, b'a', b'b', // value
