@@ -75,6 +75,11 @@ impl<C: Codec> Client<C> {
         Self { raw, codec }
     }
 
+    /// The codec.
+    pub fn codec(&self) -> &C {
+        &self.codec
+    }
+
     /// The raw client underneath (calls with `Bytes` bodies, no codec).
     pub fn raw(&self) -> &flumen_stream::Client {
         &self.raw

@@ -27,13 +27,15 @@ mod client;
 mod error;
 mod method;
 mod router;
+mod service;
 
 pub use bytes::Bytes;
 pub use flumen_codec::{Codec, CodecError, MsgPack};
 /// The multiplexed core, for raw calls and custom [`Dispatch`] implementations.
 pub use flumen_stream as stream;
 pub use flumen_stream::{
-    ClientConfig, Dispatch, Request, Server, ServerConfig, ServerHandle, ServerStats, Status,
+    CallOptions, ClientConfig, Dispatch, Metadata, Request, Server, ServerConfig, ServerHandle,
+    ServerStats, Status,
 };
 
 pub use crate::{
@@ -41,7 +43,12 @@ pub use crate::{
     error::{CallError, ConnectError, ConnectionError, Error, ErrorCode},
     method::MethodId,
     router::{RouteError, Router, RouterFuture},
+    service::{BoxStream, Context, NoError, ReplyItems, RpcError, Service, Streaming},
 };
+
+#[doc(hidden)]
+pub use crate::service::__private;
+pub use flumen_macros::service;
 
 /// Runtimes: `TokioRuntime` (feature `tokio`) and `SmolRuntime` (feature `smol`).
 pub mod rt {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{connect, eventually, router, serve, Env, Gauge};
+use common::{connect, eventually, join_all, router, serve, Env, Gauge};
 use flumen::{Bytes, CallError, ClientConfig, Codec, ErrorCode, MethodId, ServerConfig};
 use serde_bytes::ByteBuf;
 
@@ -321,31 +321,4 @@ async fn raw_bodies_pass_through<E: Env>(env: E) {
             "len {len}"
         );
     }
-}
-
-/// Polls all futures to completion, concurrently.
-async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut futures: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().map(Option::unwrap).collect()
 }

@@ -147,6 +147,8 @@ impl Request {
 pub struct Status {
     code: ErrorCode,
     message: Cow<'static, str>,
+    /// The body sent instead of the message (an encoded application error value).
+    details: Option<Bytes>,
 }
 
 impl Status {
@@ -155,12 +157,22 @@ impl Status {
         Self {
             code,
             message: message.into(),
+            details: None,
         }
     }
 
     /// An application error (`APPLICATION`) with `message`.
     pub fn application(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorCode::APPLICATION, message)
+    }
+
+    /// An application error (`APPLICATION`) whose wire body is `value`, the method's own
+    /// error encoded by the codec; `message` is for logs on this side.
+    pub fn application_value(message: impl Into<Cow<'static, str>>, value: Bytes) -> Self {
+        Self {
+            details: Some(value),
+            ..Self::new(ErrorCode::APPLICATION, message)
+        }
     }
 
     /// The error code.
@@ -174,6 +186,9 @@ impl Status {
     }
 
     pub(crate) fn into_body(self) -> Bytes {
+        if let Some(details) = self.details {
+            return details;
+        }
         match self.message {
             Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
             Cow::Owned(s) => Bytes::from(s),

@@ -113,7 +113,10 @@ impl Client {
         let request = conn.request(method, seq, timeout, mode.flags(), body, options);
         let _ = conn.out.send(request).await;
         if grant > 0 {
-            conn.out.send_control(streaming::credit(seq, grant));
+            // Through the ordered queue: a control frame could overtake the request, and the
+            // server drops credit for a stream it does not know yet.
+            let credit = Outgoing::frame(streaming::credit(seq, grant), Bytes::new());
+            let _ = conn.out.send(credit).await;
         }
         let sender = mode.sends().then(|| RequestSender {
             call: call.clone(),

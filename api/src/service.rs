@@ -1,0 +1,734 @@
+//! What `#[flumen::service]` builds on: the call context, the per-method error type, typed
+//! streams in both directions, and the glue the generated code calls (`__private`).
+
+use std::{
+    fmt,
+    future::Future,
+    marker::PhantomData,
+    pin::Pin,
+    task::{Context as TaskContext, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use flumen_codec::{Codec, CodecError, MsgPack};
+use flumen_stream::{ErrorCode, Metadata, Request, RequestStream, Status};
+use futures_lite::Stream;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::{Error, RouteError, Router};
+
+/// What a handler knows about its call: when the caller stops waiting, and the caller's
+/// metadata. Declare a first parameter of this type on a service method to receive it.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    deadline: Option<Instant>,
+    metadata: Metadata,
+}
+
+impl Context {
+    /// The context of `request`: its deadline counted from now (when the server got it).
+    pub fn from_request(request: &Request) -> Self {
+        Self {
+            deadline: request.timeout().map(|t| Instant::now() + t),
+            metadata: request.metadata().clone(),
+        }
+    }
+
+    /// A context with `deadline` and `metadata` (for calling handlers directly in tests).
+    pub fn new(deadline: Option<Instant>, metadata: Metadata) -> Self {
+        Self { deadline, metadata }
+    }
+
+    /// When the caller stops waiting, if it set a deadline. The server also stops the handler
+    /// then, answering `DEADLINE_EXCEEDED`.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline (zero once it passed); `None` without a deadline.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// The metadata the caller sent.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+}
+
+/// What a streaming service method's implementation returns: its items as a boxed stream
+/// (`Box::pin(stream)`). The trait declares `-> impl Stream<Item = ...>`; the implementation
+/// returns `BoxStream<...>` of the same item type, so the stream may outlive `&self`.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
+
+/// The error type of a service method declared without one (it returns `T`, not
+/// `Result<T, E>`): it has no values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoError {}
+
+impl fmt::Display for NoError {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {}
+    }
+}
+
+impl std::error::Error for NoError {}
+
+/// How a typed service call fails: with the method's own error `E` (as the handler returned
+/// it), or in the framework (connection, timeout, cancelled, overloaded, codec, unknown method,
+/// protocol), as a [`flumen::Error`](Error) with its `is_*` predicates.
+#[derive(Debug)]
+pub enum RpcError<E> {
+    /// The handler returned this error.
+    Method(E),
+    /// The call failed in the framework.
+    Rpc(Error),
+}
+
+impl<E> RpcError<E> {
+    /// The method's error, if that is why the call failed.
+    pub fn method(&self) -> Option<&E> {
+        match self {
+            Self::Method(e) => Some(e),
+            Self::Rpc(_) => None,
+        }
+    }
+
+    /// Takes the method's error, if that is why the call failed.
+    pub fn into_method(self) -> Option<E> {
+        match self {
+            Self::Method(e) => Some(e),
+            Self::Rpc(_) => None,
+        }
+    }
+
+    /// The framework error, if that is why the call failed.
+    pub fn rpc(&self) -> Option<&Error> {
+        match self {
+            Self::Rpc(e) => Some(e),
+            Self::Method(_) => None,
+        }
+    }
+
+    /// No reply before the deadline (here or on the server).
+    pub fn is_timeout(&self) -> bool {
+        self.rpc().is_some_and(Error::is_timeout)
+    }
+
+    /// The connection failed or was closed.
+    pub fn is_connection(&self) -> bool {
+        self.rpc().is_some_and(Error::is_connection)
+    }
+
+    /// The call provably did not run on the server: safe to retry.
+    pub fn is_not_sent(&self) -> bool {
+        self.rpc().is_some_and(Error::is_not_sent)
+    }
+
+    /// The call was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.code() == Some(ErrorCode::CANCELLED)
+    }
+
+    /// The server was at its in-flight limit; the call did not run.
+    pub fn is_overloaded(&self) -> bool {
+        self.code() == Some(ErrorCode::OVERLOADED)
+    }
+
+    /// The server has no such method (or service).
+    pub fn is_unknown_method(&self) -> bool {
+        self.code() == Some(ErrorCode::UNKNOWN_METHOD)
+    }
+
+    /// A codec failed on either side.
+    pub fn is_codec(&self) -> bool {
+        self.rpc().is_some_and(Error::is_codec)
+            || matches!(self.code(), Some(ErrorCode::BAD_REQUEST))
+    }
+
+    /// The error code the server answered with, for framework failures.
+    pub fn code(&self) -> Option<ErrorCode> {
+        self.rpc().and_then(Error::code)
+    }
+}
+
+impl<E> From<Error> for RpcError<E> {
+    fn from(error: Error) -> Self {
+        Self::Rpc(error)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for RpcError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Method(e) => write!(f, "{e}"),
+            Self::Rpc(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for RpcError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Method(e) => Some(e),
+            Self::Rpc(e) => Some(e),
+        }
+    }
+}
+
+/// The client's items of a client-streaming or bidirectional call, decoded, as the handler
+/// sees them. Ends when the client finishes; yields an error status if the client abandoned
+/// the stream or sent an item that does not decode.
+pub struct Streaming<T> {
+    items: RequestStream,
+    decode: Decoder<T>,
+}
+
+type Decoder<T> = std::sync::Arc<dyn Fn(&[u8]) -> Result<T, CodecError> + Send + Sync>;
+
+impl<T> fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streaming")
+            .field("items", &self.items)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: DeserializeOwned> Streaming<T> {
+    /// Decodes `items` with `codec`.
+    pub fn new<C: Codec>(items: RequestStream, codec: C) -> Self {
+        Self {
+            items,
+            decode: std::sync::Arc::new(move |body| codec.decode(body)),
+        }
+    }
+}
+
+impl<T> Streaming<T> {
+    /// Bytes received and not yet taken (bounded by the server's stream window).
+    pub fn buffered(&self) -> usize {
+        self.items.buffered()
+    }
+}
+
+impl<T> Stream for Streaming<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        Pin::new(&mut this.items).poll_next(cx).map(|item| {
+            item.map(|item| {
+                item.and_then(|body| {
+                    (this.decode)(&body)
+                        .map_err(|e| Status::new(ErrorCode::BAD_REQUEST, e.to_string()))
+                })
+            })
+        })
+    }
+}
+
+type Pump = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+/// The server's items of a server-streaming or bidirectional call, decoded, as the caller
+/// sees them: each item, then the end; or an error (the method's own, or the framework's) and
+/// then the end. For bidirectional calls, polling this stream also sends the caller's items.
+pub struct ReplyItems<T, E, C = MsgPack> {
+    replies: flumen_stream::ReplyStream,
+    codec: C,
+    /// The caller's items still being sent (bidirectional calls). In a `Mutex` only so that
+    /// the stream is `Sync`; it is reached through `get_mut`, never locked.
+    pump: Option<std::sync::Mutex<Pump>>,
+    done: bool,
+    types: PhantomData<fn() -> (T, E)>,
+}
+
+impl<T, E, C> fmt::Debug for ReplyItems<T, E, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyItems")
+            .field("replies", &self.replies)
+            .field("sending", &self.pump.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, E, C> ReplyItems<T, E, C> {
+    /// Bytes received and not yet taken (bounded by the client's stream window).
+    pub fn buffered(&self) -> usize {
+        self.replies.buffered()
+    }
+}
+
+// No field is pinned structurally.
+impl<T, E, C> Unpin for ReplyItems<T, E, C> {}
+
+impl<T: DeserializeOwned, E: DeserializeOwned, C: Codec> Stream for ReplyItems<T, E, C> {
+    type Item = Result<T, RpcError<E>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(pump) = this.pump.as_mut() {
+            let pump = match pump.get_mut() {
+                Ok(pump) => pump,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Poll::Ready(sent) = pump.as_mut().poll(cx) {
+                this.pump = None;
+                if let Err(e) = sent {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(RpcError::Rpc(e))));
+                }
+            }
+        }
+        let polled = Pin::new(&mut this.replies).poll_next(cx);
+        polled.map(|item| match item {
+            None => {
+                this.done = true;
+                None
+            }
+            Some(Ok(body)) => Some(
+                this.codec
+                    .decode(&body)
+                    .map_err(|e| RpcError::Rpc(Error::Decode(e))),
+            ),
+            Some(Err(e)) => {
+                this.done = true;
+                Some(Err(rpc_error(&this.codec, e)))
+            }
+        })
+    }
+}
+
+/// A call error as the typed caller sees it: an `APPLICATION` error decodes as `E`.
+fn rpc_error<E: DeserializeOwned, C: Codec>(
+    codec: &C,
+    error: flumen_stream::CallError,
+) -> RpcError<E> {
+    match error {
+        flumen_stream::CallError::Application(body) => match codec.decode(&body) {
+            Ok(e) => RpcError::Method(e),
+            Err(e) => RpcError::Rpc(Error::Decode(e)),
+        },
+        other => RpcError::Rpc(Error::Call(other)),
+    }
+}
+
+/// A set of methods that registers itself on a [`Router`]; generated by
+/// `#[flumen::service]` for each service's server type. Several services share one router,
+/// so one server and port.
+pub trait Service<C: Codec> {
+    /// Adds the service's methods to `router`.
+    ///
+    /// # Errors
+    ///
+    /// [`RouteError`] if a method id is already taken on `router` (two services whose
+    /// `Service.method` names hash alike): a collision is never a silent mis-route.
+    fn register(self, router: Router<C>) -> Result<Router<C>, RouteError>;
+}
+
+/// The glue `#[flumen::service]` expands to. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    use std::sync::Arc;
+
+    use flumen_stream::{CallOptions, StreamMode};
+    use futures_lite::{FutureExt, StreamExt};
+
+    use super::*;
+    use crate::{Client, MethodId};
+
+    pub use futures_lite::Stream;
+    pub use serde::{de::DeserializeOwned, Serialize};
+
+    /// Re-exported for generated code: `core`/`std` items it names by absolute path.
+    pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
+
+    fn bad_request(error: flumen_codec::CodecError) -> Status {
+        Status::new(ErrorCode::BAD_REQUEST, error.to_string())
+    }
+
+    fn internal(error: flumen_codec::CodecError) -> Status {
+        Status::new(ErrorCode::INTERNAL, error.to_string())
+    }
+
+    /// The reply to a handler's result: the value, or the method's error as `APPLICATION`.
+    fn reply<T: Serialize, E: Serialize + fmt::Display, C: Codec>(
+        codec: &C,
+        result: Result<T, E>,
+    ) -> Result<Bytes, Status> {
+        match result {
+            Ok(value) => codec.encode(&value).map_err(internal),
+            Err(error) => Err(application(codec, &error)),
+        }
+    }
+
+    fn application<E: Serialize + fmt::Display, C: Codec>(codec: &C, error: &E) -> Status {
+        match codec.encode(error) {
+            Ok(body) => Status::application_value(error.to_string(), body),
+            Err(e) => internal(e),
+        }
+    }
+
+    fn stream_parts<C: Codec, I: DeserializeOwned>(
+        request: &Request,
+        codec: &C,
+    ) -> Result<Streaming<I>, Status> {
+        request
+            .items()
+            .map(|items| Streaming::new(items, codec.clone()))
+            .ok_or_else(|| Status::new(ErrorCode::BAD_REQUEST, "expected a client stream"))
+    }
+
+    /// Registers a unary method: decode the arguments, run, encode the result.
+    pub fn unary<S, A, T, E, C, F, Fut>(
+        router: Router<C>,
+        name: &str,
+        service: Arc<S>,
+        handler: F,
+    ) -> Result<Router<C>, RouteError>
+    where
+        S: Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Serialize + fmt::Display + Send + 'static,
+        C: Codec,
+        F: Fn(Arc<S>, Context, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let codec = router.codec().clone();
+        router.try_route_raw(name, move |request: Request| {
+            let args = codec.decode::<A>(request.body()).map_err(bad_request);
+            let context = Context::from_request(&request);
+            let codec = codec.clone();
+            let call = args.map(|args| handler(service.clone(), context, args));
+            async move { reply(&codec, call?.await) }
+        })
+    }
+
+    /// Registers a server-streaming method: each item the handler's stream yields is sent as
+    /// the client grants credit; its first error ends the call with that error.
+    pub fn server_streaming<S, A, T, E, C, F, Fut, St>(
+        router: Router<C>,
+        name: &str,
+        service: Arc<S>,
+        handler: F,
+    ) -> Result<Router<C>, RouteError>
+    where
+        S: Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Serialize + fmt::Display + Send + 'static,
+        C: Codec,
+        F: Fn(Arc<S>, Context, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = St> + Send + 'static,
+        St: Stream<Item = Result<T, E>> + Send + 'static,
+    {
+        streaming_route(router, name, move |request, codec| {
+            let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
+            Ok(handler(
+                service.clone(),
+                Context::from_request(request),
+                args,
+            ))
+        })
+    }
+
+    /// Registers a bidirectional method: as [`server_streaming`], with the client's items
+    /// handed to the handler as a [`Streaming`].
+    pub fn bidirectional<S, A, I, T, E, C, F, Fut, St>(
+        router: Router<C>,
+        name: &str,
+        service: Arc<S>,
+        handler: F,
+    ) -> Result<Router<C>, RouteError>
+    where
+        S: Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        I: DeserializeOwned + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Serialize + fmt::Display + Send + 'static,
+        C: Codec,
+        F: Fn(Arc<S>, Context, A, Streaming<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = St> + Send + 'static,
+        St: Stream<Item = Result<T, E>> + Send + 'static,
+    {
+        streaming_route(router, name, move |request, codec| {
+            let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
+            let items = stream_parts(request, codec)?;
+            Ok(handler(
+                service.clone(),
+                Context::from_request(request),
+                args,
+                items,
+            ))
+        })
+    }
+
+    fn streaming_route<T, E, C, F, Fut, St>(
+        router: Router<C>,
+        name: &str,
+        start: F,
+    ) -> Result<Router<C>, RouteError>
+    where
+        T: Serialize + Send + 'static,
+        E: Serialize + fmt::Display + Send + 'static,
+        C: Codec,
+        F: Fn(&Request, &C) -> Result<Fut, Status> + Send + Sync + 'static,
+        Fut: Future<Output = St> + Send + 'static,
+        St: Stream<Item = Result<T, E>> + Send + 'static,
+    {
+        let codec = router.codec().clone();
+        router.try_route_raw(name, move |request: Request| {
+            let codec = codec.clone();
+            let started = request
+                .sink()
+                .ok_or_else(|| Status::new(ErrorCode::BAD_REQUEST, "expected a stream"))
+                .and_then(|sink| Ok((sink, start(&request, &codec)?)));
+            async move {
+                let (sink, stream) = started?;
+                let mut stream = std::pin::pin!(stream.await);
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(value) => sink.send(codec.encode(&value).map_err(internal)?).await?,
+                        Err(error) => return Err(application(&codec, &error)),
+                    }
+                }
+                Ok(Bytes::new())
+            }
+        })
+    }
+
+    /// Items of a stream declared without an error type, as `Ok`s.
+    pub fn ok_items<T, St: Stream<Item = T>>(stream: St) -> impl Stream<Item = Result<T, NoError>> {
+        stream.map(Ok)
+    }
+
+    /// Registers a client-streaming method: the handler gets the client's items as a
+    /// [`Streaming`] and returns one result.
+    pub fn client_streaming<S, A, I, T, E, C, F, Fut>(
+        router: Router<C>,
+        name: &str,
+        service: Arc<S>,
+        handler: F,
+    ) -> Result<Router<C>, RouteError>
+    where
+        S: Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        I: DeserializeOwned + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Serialize + fmt::Display + Send + 'static,
+        C: Codec,
+        F: Fn(Arc<S>, Context, A, Streaming<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let codec = router.codec().clone();
+        router.try_route_raw(name, move |request: Request| {
+            let codec = codec.clone();
+            let started = (|| {
+                let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
+                let items = stream_parts(&request, &codec)?;
+                let context = Context::from_request(&request);
+                Ok(handler(service.clone(), context, args, items))
+            })();
+            async move { reply(&codec, started?.await) }
+        })
+    }
+
+    /// The client's per-call settings, as a generated client keeps them.
+    pub fn options(
+        timeout: Option<Option<Duration>>,
+        metadata: &Metadata,
+    ) -> Result<CallOptions, Error> {
+        let mut options = CallOptions::new()
+            .metadata(metadata)
+            .map_err(|e| Error::Encode(flumen_codec::CodecError::Encode(Box::new(e))))?;
+        if let Some(timeout) = timeout {
+            options = options.timeout(timeout);
+        }
+        Ok(options)
+    }
+
+    /// A unary call.
+    pub async fn call<A, T, E, C>(
+        client: &Client<C>,
+        options: &CallOptions,
+        method: MethodId,
+        args: &A,
+    ) -> Result<T, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+        C: Codec,
+    {
+        let body = client.codec().encode(args).map_err(Error::Encode)?;
+        match client.raw().call_with(method.as_u32(), body, options).await {
+            Ok(reply) => client
+                .codec()
+                .decode(&reply)
+                .map_err(|e| Error::Decode(e).into()),
+            Err(e) => Err(rpc_error(client.codec(), e)),
+        }
+    }
+
+    /// A unary call from a plain thread.
+    pub fn call_blocking<A, T, E, C>(
+        client: &Client<C>,
+        options: &CallOptions,
+        method: MethodId,
+        args: &A,
+    ) -> Result<T, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+        C: Codec,
+    {
+        let body = client.codec().encode(args).map_err(Error::Encode)?;
+        match client
+            .raw()
+            .call_blocking_with(method.as_u32(), body, options)
+        {
+            Ok(reply) => client
+                .codec()
+                .decode(&reply)
+                .map_err(|e| Error::Decode(e).into()),
+            Err(e) => Err(rpc_error(client.codec(), e)),
+        }
+    }
+
+    /// Opens a server-streaming call.
+    pub async fn server_stream<A, T, E, C>(
+        client: &Client<C>,
+        options: &CallOptions,
+        method: MethodId,
+        args: &A,
+    ) -> Result<ReplyItems<T, E, C>, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+        C: Codec,
+    {
+        let body = client.codec().encode(args).map_err(Error::Encode)?;
+        let (_, replies) = client
+            .raw()
+            .open_stream(method.as_u32(), body, StreamMode::ServerStreaming, options)
+            .await
+            .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
+        Ok(ReplyItems {
+            replies,
+            codec: client.codec().clone(),
+            pump: None,
+            done: false,
+            types: PhantomData,
+        })
+    }
+
+    /// Sends every item of `items`, then ends the client's stream.
+    fn pump<I, S, C>(mut sender: flumen_stream::RequestSender, items: S, codec: C) -> Pump
+    where
+        I: Serialize + Send,
+        S: Stream<Item = I> + Send + 'static,
+        C: Codec,
+    {
+        Box::pin(async move {
+            let mut items = std::pin::pin!(items);
+            while let Some(item) = items.next().await {
+                let body = codec.encode(&item).map_err(Error::Encode)?;
+                if sender.send(body).await.is_err() {
+                    // The call is over (the server answered early, or it failed): the reply
+                    // says why.
+                    return Ok(());
+                }
+            }
+            sender.finish().await;
+            Ok(())
+        })
+    }
+
+    /// A client-streaming call: sends `items`, returns the server's one reply (which may come
+    /// before every item was sent).
+    pub async fn client_stream<A, I, S, T, E, C>(
+        client: &Client<C>,
+        options: &CallOptions,
+        method: MethodId,
+        args: &A,
+        items: S,
+    ) -> Result<T, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+        I: Serialize + Send,
+        S: Stream<Item = I> + Send + 'static,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+        C: Codec,
+    {
+        let codec = client.codec();
+        let body = codec.encode(args).map_err(Error::Encode)?;
+        let (sender, replies) = client
+            .raw()
+            .open_stream(method.as_u32(), body, StreamMode::ClientStreaming, options)
+            .await
+            .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
+        let sender = sender.ok_or(RpcError::Rpc(Error::Call(
+            flumen_stream::CallError::NotSent(flumen_stream::ConnectionError::Closed),
+        )))?;
+        let pump = pump(sender, items, codec.clone());
+        let sending = async move {
+            match pump.await {
+                Ok(()) => std::future::pending().await,
+                Err(e) => Err(RpcError::Rpc(e)),
+            }
+        };
+        let reply = async move {
+            match replies.response().await {
+                Ok(body) => codec
+                    .decode(&body)
+                    .map_err(|e| RpcError::Rpc(Error::Decode(e))),
+                Err(e) => Err(rpc_error(codec, e)),
+            }
+        };
+        reply.or(sending).await
+    }
+
+    /// Opens a bidirectional call: `items` are sent as the returned stream is polled.
+    pub async fn bidi_stream<A, I, S, T, E, C>(
+        client: &Client<C>,
+        options: &CallOptions,
+        method: MethodId,
+        args: &A,
+        items: S,
+    ) -> Result<ReplyItems<T, E, C>, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+        I: Serialize + Send,
+        S: Stream<Item = I> + Send + 'static,
+        C: Codec,
+    {
+        let codec = client.codec();
+        let body = codec.encode(args).map_err(Error::Encode)?;
+        let (sender, replies) = client
+            .raw()
+            .open_stream(method.as_u32(), body, StreamMode::Bidirectional, options)
+            .await
+            .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
+        Ok(ReplyItems {
+            replies,
+            codec: codec.clone(),
+            pump: sender.map(|sender| std::sync::Mutex::new(pump(sender, items, codec.clone()))),
+            done: false,
+            types: PhantomData,
+        })
+    }
+
+    /// Registers `service` on `router`.
+    pub fn register<C: Codec, S: Service<C>>(
+        router: Router<C>,
+        service: S,
+    ) -> Result<Router<C>, RouteError> {
+        service.register(router)
+    }
+}

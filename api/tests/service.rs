@@ -1,0 +1,321 @@
+//! `#[flumen::service]` end to end, on every runtime and transport: every call shape, method
+//! errors as their declared type, deadlines and cancellation reaching the handler, metadata,
+//! flow control, several services on one server.
+
+mod common;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::{connect, eventually, serve, Env};
+use flumen::{
+    BoxStream, ClientConfig, Context, Metadata, Router, RpcError, ServerConfig, Streaming,
+};
+use futures_lite::{stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+/// The error every `Lab` method may fail with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum LabError {
+    /// No value under the key.
+    #[error("no such key: {0}")]
+    Missing(String),
+    /// A stream failed on purpose.
+    #[error("failed after {0} items")]
+    FailedAfter(u32),
+}
+
+/// A service with one method of each kind.
+#[flumen::service]
+pub trait Lab {
+    /// Adds two numbers.
+    async fn add(&self, a: u64, b: u64) -> u64;
+    /// Looks a key up.
+    async fn get(&self, key: String) -> Result<String, LabError>;
+    /// Sleeps, then answers; counts handlers dropped before they finished.
+    async fn sleep(&self, ctx: Context, millis: u64) -> Result<Option<u64>, LabError>;
+    /// The caller's `user` metadata.
+    async fn whoami(&self, ctx: Context) -> Option<String>;
+    /// `0..n`.
+    async fn count(&self, n: u32) -> impl Stream<Item = Result<u32, LabError>>;
+    /// `0..n`, then an error.
+    async fn fail_after(&self, n: u32) -> impl Stream<Item = Result<u32, LabError>>;
+    /// 16 KiB items forever.
+    async fn flood(&self) -> impl Stream<Item = serde_bytes::ByteBuf>;
+    /// Sums the items.
+    async fn sum(&self, items: Streaming<u64>) -> Result<u64, LabError>;
+    /// Echoes each item, upper-cased, after `prefix`.
+    async fn shout(
+        &self,
+        prefix: String,
+        items: Streaming<String>,
+    ) -> impl Stream<Item = Result<String, LabError>>;
+}
+
+#[derive(Clone, Default)]
+struct LabImpl {
+    dropped: Arc<AtomicUsize>,
+}
+
+/// Counts itself when dropped before `defuse`.
+struct DropGuard(Option<Arc<AtomicUsize>>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0.take() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Lab for LabImpl {
+    async fn add(&self, a: u64, b: u64) -> u64 {
+        a + b
+    }
+
+    async fn get(&self, key: String) -> Result<String, LabError> {
+        match key.as_str() {
+            "answer" => Ok("42".into()),
+            _ => Err(LabError::Missing(key)),
+        }
+    }
+
+    async fn sleep(&self, ctx: Context, millis: u64) -> Result<Option<u64>, LabError> {
+        let mut guard = DropGuard(Some(self.dropped.clone()));
+        let remaining = ctx.remaining().map(|d| d.as_millis() as u64);
+        async_io::Timer::after(Duration::from_millis(millis)).await;
+        guard.0 = None;
+        Ok(remaining)
+    }
+
+    async fn whoami(&self, ctx: Context) -> Option<String> {
+        ctx.metadata()
+            .get("user")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    async fn count(&self, n: u32) -> BoxStream<Result<u32, LabError>> {
+        Box::pin(stream::iter((0..n).map(Ok)))
+    }
+
+    async fn fail_after(&self, n: u32) -> BoxStream<Result<u32, LabError>> {
+        let items = (0..n).map(Ok).chain([Err(LabError::FailedAfter(n))]);
+        Box::pin(stream::iter(items))
+    }
+
+    async fn flood(&self) -> BoxStream<serde_bytes::ByteBuf> {
+        let item = serde_bytes::ByteBuf::from(vec![7u8; 16 * 1024]);
+        Box::pin(stream::repeat(item))
+    }
+
+    async fn sum(&self, mut items: Streaming<u64>) -> Result<u64, LabError> {
+        let mut total = 0;
+        while let Some(item) = items.next().await {
+            total += item.map_err(|_| LabError::Missing("item".into()))?;
+        }
+        Ok(total)
+    }
+
+    async fn shout(
+        &self,
+        prefix: String,
+        items: Streaming<String>,
+    ) -> BoxStream<Result<String, LabError>> {
+        Box::pin(items.map(move |item| {
+            item.map(|text| format!("{prefix}{}", text.to_uppercase()))
+                .map_err(|status| LabError::Missing(status.to_string()))
+        }))
+    }
+}
+
+/// A service the test server does not serve.
+#[flumen::service]
+pub trait Elsewhere {
+    /// Never served.
+    async fn ping(&self) -> String;
+}
+
+async fn lab<E: Env>(
+    env: &E,
+) -> (
+    flumen::ServerHandle<std::net::SocketAddr>,
+    LabClient,
+    LabImpl,
+) {
+    let service = LabImpl::default();
+    let router = Router::new()
+        .service(LabServer::new(service.clone()))
+        .unwrap();
+    let server = serve(env, router, ServerConfig::default()).await;
+    let client = connect(env, *server.local_addr(), ClientConfig::default()).await;
+    (server, LabClient::new(client), service)
+}
+
+async fn unary_calls_and_their_errors<E: Env>(env: E) {
+    let (_server, lab, _) = lab(&env).await;
+    assert_eq!(lab.add(2, 3).await.unwrap(), 5);
+    assert_eq!(lab.get("answer".into()).await.unwrap(), "42");
+    match lab.get("nope".into()).await {
+        Err(RpcError::Method(LabError::Missing(key))) => assert_eq!(key, "nope"),
+        other => panic!("expected the method's error, got {other:?}"),
+    }
+    // From a plain thread, on the same connection (the test task awaits, never blocks).
+    let blocking = lab.clone();
+    let (done, result) = smol::channel::bounded(1);
+    std::thread::spawn(move || done.send_blocking(blocking.add_blocking(40, 2)));
+    let sum = result.recv().await.unwrap().unwrap();
+    assert_eq!(sum, 42);
+}
+
+async fn unknown_service_is_a_clear_error<E: Env>(env: E) {
+    let (_server, lab, _) = lab(&env).await;
+    let elsewhere = ElsewhereClient::new(lab.client().clone());
+    let err = elsewhere.ping().await.unwrap_err();
+    assert!(err.is_unknown_method(), "{err}");
+}
+
+async fn hundred_streams_each_in_order<E: Env>(env: E) {
+    let (_server, lab, _) = lab(&env).await;
+    let streams = (0..100u32).map(|i| {
+        let lab = lab.clone();
+        async move {
+            let items: Vec<u32> = lab
+                .count(50 + i)
+                .await
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+                .await;
+            assert_eq!(items, (0..50 + i).collect::<Vec<_>>());
+        }
+    });
+    common::join_all(streams).await;
+}
+
+async fn error_mid_stream_arrives_typed<E: Env>(env: E) {
+    let (_server, lab, _) = lab(&env).await;
+    let items: Vec<_> = lab.fail_after(3).await.unwrap().collect().await;
+    assert_eq!(items.len(), 4);
+    assert!(items[..3].iter().all(Result::is_ok));
+    match &items[3] {
+        Err(RpcError::Method(LabError::FailedAfter(3))) => {}
+        other => panic!("expected the typed error, got {other:?}"),
+    }
+}
+
+async fn client_streaming_and_bidirectional<E: Env>(env: E) {
+    let (_server, lab, _) = lab(&env).await;
+    let total = lab.sum(stream::iter(1..=1000u64)).await.unwrap();
+    assert_eq!(total, 500_500);
+    let words = stream::iter(["a", "b", "c"].map(String::from));
+    let shouted: Vec<String> = lab
+        .shout("> ".into(), words)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(shouted, ["> A", "> B", "> C"]);
+}
+
+/// A consumer that never reads holds at most its window plus one item, and unary calls on the
+/// same connection go on.
+async fn unread_stream_is_bounded_and_blocks_nothing<E: Env>(env: E) {
+    let (_server, lab, _) = lab(&env).await;
+    let flood = lab.flood().await.unwrap();
+    let window = flumen::stream::flow::DEFAULT_STREAM_WINDOW as usize;
+    eventually(&env, "window filled", || flood.buffered() >= window).await;
+    for i in 0..100 {
+        assert_eq!(lab.add(i, 1).await.unwrap(), i + 1);
+    }
+    // msgpack adds a few bytes of framing to each 16 KiB item.
+    let bound = window + 16 * 1024 + 16;
+    assert!(flood.buffered() <= bound, "{} > {bound}", flood.buffered());
+}
+
+async fn dropped_call_runs_the_handlers_drop_guard<E: Env>(env: E) {
+    let (_server, lab, service) = lab(&env).await;
+    let call = lab.sleep(10_000);
+    let gave_up = async {
+        env.sleep(Duration::from_millis(50)).await;
+        Err(RpcError::Rpc(flumen::Error::Call(
+            flumen::CallError::Timeout(Duration::ZERO),
+        )))
+    };
+    assert!(futures_lite::future::or(call, gave_up).await.is_err());
+    eventually(&env, "handler dropped", || {
+        service.dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+async fn deadline_reaches_the_handler<E: Env>(env: E) {
+    let (_server, lab, service) = lab(&env).await;
+    let remaining = lab
+        .with_timeout(Some(Duration::from_secs(5)))
+        .sleep(1)
+        .await
+        .unwrap()
+        .expect("the handler sees the deadline");
+    assert!(remaining > 1000 && remaining <= 5000, "{remaining} ms");
+    let err = lab
+        .with_timeout(Some(Duration::from_millis(50)))
+        .sleep(10_000)
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    eventually(&env, "handler stopped at its deadline", || {
+        service.dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+async fn metadata_reaches_the_handler<E: Env>(env: E) {
+    let (_server, lab, _) = lab(&env).await;
+    assert_eq!(lab.whoami().await.unwrap(), None);
+    let mut metadata = Metadata::new();
+    metadata.insert("user", "ada");
+    let ada = lab.with_metadata(&metadata).unwrap();
+    assert_eq!(ada.whoami().await.unwrap().as_deref(), Some("ada"));
+}
+
+async fn two_services_one_port_and_collisions_refused<E: Env>(env: E) {
+    struct Here;
+    impl Elsewhere for Here {
+        async fn ping(&self) -> String {
+            "pong".into()
+        }
+    }
+    let router = Router::new()
+        .service(LabServer::new(LabImpl::default()))
+        .unwrap()
+        .service(ElsewhereServer::new(Here))
+        .unwrap();
+    let twice = Router::new()
+        .service(ElsewhereServer::new(Here))
+        .unwrap()
+        .service(ElsewhereServer::new(Here));
+    assert!(twice.is_err(), "a duplicate method id must be refused");
+    let server = serve(&env, router, ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    assert_eq!(LabClient::new(client.clone()).add(1, 1).await.unwrap(), 2);
+    assert_eq!(ElsewhereClient::new(client).ping().await.unwrap(), "pong");
+}
+
+e2e!(
+    unary_calls_and_their_errors,
+    unknown_service_is_a_clear_error,
+    hundred_streams_each_in_order,
+    error_mid_stream_arrives_typed,
+    client_streaming_and_bidirectional,
+    unread_stream_is_bounded_and_blocks_nothing,
+    dropped_call_runs_the_handlers_drop_guard,
+    deadline_reaches_the_handler,
+    metadata_reaches_the_handler,
+    two_services_one_port_and_collisions_refused,
+);
