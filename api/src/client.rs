@@ -1,6 +1,6 @@
 //! The typed client.
 
-use std::time::Duration;
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use flumen_codec::Codec;
@@ -29,6 +29,31 @@ use crate::{Error, MethodId};
 pub struct Client<C = MsgPack> {
     raw: flumen_stream::Client,
     codec: C,
+    spawner: Option<Spawner>,
+}
+
+/// Spawns tasks on the runtime a client was connected with (to send a bidirectional call's
+/// items while the caller reads replies).
+#[derive(Clone)]
+pub(crate) struct Spawner(Arc<dyn Fn(BoxFuture) + Send + Sync>);
+
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Spawner {
+    fn new<R: Runtime>(rt: &R) -> Self {
+        let rt = rt.clone();
+        Self(Arc::new(move |future| rt.spawn(future)))
+    }
+
+    pub(crate) fn spawn(&self, future: BoxFuture) {
+        (self.0)(future);
+    }
+}
+
+impl fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Spawner")
+    }
 }
 
 impl Client<MsgPack> {
@@ -67,12 +92,32 @@ impl<C: Codec> Client<C> {
         codec: C,
     ) -> Result<Self, ConnectError> {
         let raw = flumen_stream::Client::connect(rt, transport, addr, config).await?;
-        Ok(Self { raw, codec })
+        Ok(Self {
+            raw,
+            codec,
+            spawner: Some(Spawner::new(rt)),
+        })
     }
 
-    /// Wraps a raw client.
+    /// Wraps a raw client. Without a runtime to spawn on, a bidirectional call sends its
+    /// items only while its reply stream is polled; [`with_runtime`](Self::with_runtime)
+    /// lifts that.
     pub fn from_raw(raw: flumen_stream::Client, codec: C) -> Self {
-        Self { raw, codec }
+        Self {
+            raw,
+            codec,
+            spawner: None,
+        }
+    }
+
+    /// The same client, spawning the sending side of bidirectional calls on `rt`.
+    pub fn with_runtime<R: Runtime>(mut self, rt: &R) -> Self {
+        self.spawner = Some(Spawner::new(rt));
+        self
+    }
+
+    pub(crate) fn spawner(&self) -> Option<&Spawner> {
+        self.spawner.as_ref()
     }
 
     /// The codec.

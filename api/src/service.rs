@@ -233,7 +233,8 @@ type Pump = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
 /// The server's items of a server-streaming or bidirectional call, decoded, as the caller
 /// sees them: each item, then the end; or an error (the method's own, or the framework's) and
-/// then the end. For bidirectional calls, polling this stream also sends the caller's items.
+/// then the end. A bidirectional call's items are sent by a task of their own on the client's
+/// runtime (or, for a client made with `Client::from_raw`, as this stream is polled).
 pub struct ReplyItems<T, E, C = MsgPack> {
     replies: flumen_stream::ReplyStream,
     codec: C,
@@ -636,7 +637,16 @@ pub mod __private {
     {
         Box::pin(async move {
             let mut items = std::pin::pin!(items);
-            while let Some(item) = items.next().await {
+            loop {
+                // Stop waiting for the caller's next item once the call is over.
+                let next = async { Some(items.next().await) };
+                let over = async {
+                    sender.closed().await;
+                    None
+                };
+                let Some(Some(item)) = next.or(over).await else {
+                    break;
+                };
                 let body = codec.encode(&item).map_err(Error::Encode)?;
                 if sender.send(body).await.is_err() {
                     // The call is over (the server answered early, or it failed): the reply
@@ -644,7 +654,9 @@ pub mod __private {
                     return Ok(());
                 }
             }
-            sender.finish().await;
+            if sender.is_open() {
+                sender.finish().await;
+            }
             Ok(())
         })
     }
@@ -715,10 +727,18 @@ pub mod __private {
             .open_stream(method.as_u32(), body, StreamMode::Bidirectional, options)
             .await
             .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
+        let mut pump = sender.map(|sender| pump(sender, items, codec.clone()));
+        if let (Some(spawner), Some(sending)) = (client.spawner(), pump.take()) {
+            // An item that does not encode drops the sender unfinished: the server sees the
+            // stream abandoned and ends the call with an error.
+            spawner.spawn(Box::pin(async move {
+                let _ = sending.await;
+            }));
+        }
         Ok(ReplyItems {
             replies,
             codec: codec.clone(),
-            pump: sender.map(|sender| std::sync::Mutex::new(pump(sender, items, codec.clone()))),
+            pump: pump.map(std::sync::Mutex::new),
             done: false,
             types: PhantomData,
         })

@@ -167,6 +167,17 @@ impl StreamState {
         Poll::Pending
     }
 
+    /// Ready once the call is over (this side may send no more). Shares the sender's waker
+    /// slot: one task sends and waits here, never both at once.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.inner.lock();
+        if inner.closed.is_some() {
+            return Poll::Ready(());
+        }
+        inner.send_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
     /// Whether this side may still send.
     pub(crate) fn closed(&self) -> Option<ErrorCode> {
         self.inner.lock().closed

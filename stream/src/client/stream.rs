@@ -178,6 +178,17 @@ impl RequestSender {
         }
     }
 
+    /// Whether the call still takes items.
+    pub fn is_open(&self) -> bool {
+        self.call.state.closed().is_none()
+    }
+
+    /// Completes once the call is over (the server answered, the call was cancelled or timed
+    /// out, or the connection ended): items sent from then on fail.
+    pub async fn closed(&self) {
+        poll_fn(|cx| self.call.state.poll_closed(cx)).await;
+    }
+
     /// Ends the client's items normally; the server then sends its reply.
     pub async fn finish(mut self) {
         self.finished = true;
