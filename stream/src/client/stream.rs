@@ -248,21 +248,24 @@ impl ReplyStream {
     /// The next item; `Ready(None)` once the items ended and the final reply arrived (kept for
     /// [`response`](Self::response)).
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, CallError>>> {
-        if self.outcome.is_some() || self.done {
+        if self.done {
             return Poll::Ready(None);
         }
         let call = &*self.call;
-        match call.state.poll_item(cx, &call.conn.out) {
-            Poll::Ready(Some(Ok(item))) => return Poll::Ready(Some(Ok(item))),
-            Poll::Ready(Some(Err(_)) | None) | Poll::Pending => {}
-        }
-        // No item buffered: the call may be over (items always arrive before the reply).
-        match call.conn.table.lock().poll(call.slot, cx) {
-            Poll::Ready(outcome) => {
-                self.outcome = Some(outcome);
-                Poll::Ready(None)
+        loop {
+            if let Poll::Ready(Some(Ok(item))) = call.state.poll_item(cx, &call.conn.out) {
+                return Poll::Ready(Some(Ok(item)));
             }
-            Poll::Pending => Poll::Pending,
+            // The queue was empty after the reply arrived: every item has been taken (the
+            // reader queues a call's items before completing it).
+            if self.outcome.is_some() {
+                return Poll::Ready(None);
+            }
+            match call.conn.table.lock().poll(call.slot, cx) {
+                // Items may have arrived between the two looks: look at the queue again.
+                Poll::Ready(outcome) => self.outcome = Some(outcome),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 
@@ -292,9 +295,6 @@ impl Stream for ReplyStream {
     type Item = Result<Bytes, CallError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
         match self.poll_item(cx) {
             Poll::Ready(None) => {
                 self.done = true;
