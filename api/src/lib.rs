@@ -48,6 +48,84 @@ pub use crate::{
 
 #[doc(hidden)]
 pub use crate::service::__private;
+/// Defines a service from a trait of `async fn`s: a typed client, a server adapter and stable
+/// method ids.
+///
+/// For `trait Kv` it generates:
+///
+/// - the trait itself, for the server's implementation (`Send + Sync + 'static`, each method
+///   returning a `Send` future);
+/// - `KvClient<C = MsgPack>`: cloneable, usable from many tasks at once; one `async fn` per
+///   method (and `name_blocking` for unary methods, for plain threads), with
+///   [`with_timeout`](crate::CallOptions::timeout) / `with_metadata` builders; method ids as
+///   constants (`KvClient::GET`, the FNV-1a hash of `"Kv.get"`); a compile-time error if two
+///   methods of one service hash alike;
+/// - `KvServer<S>`: registers an implementation on a [`Router`] with [`Router::service`]
+///   (several services on one router, so one port; an id taken twice is a [`RouteError`]),
+///   or makes a router of its own with `into_router()`.
+///
+/// Method shapes, told apart by their signature:
+///
+/// | Declared as | Shape | Client method |
+/// |-------------|-------|---------------|
+/// | `async fn m(&self, a: A, b: B) -> Result<T, E>` (or `-> T`) | unary | `m(a, b) -> Result<T, RpcError<E>>` |
+/// | `... -> impl Stream<Item = Result<T, E>>` (or `Item = T`) | server streaming | `m(a) -> Result<ReplyItems<T, E>, RpcError<E>>` |
+/// | `async fn m(&self, a: A, items: Streaming<I>) -> Result<T, E>` | client streaming | `m(a, impl Stream<Item = I>) -> Result<T, RpcError<E>>` |
+/// | `async fn m(&self, items: Streaming<I>) -> impl Stream<...>` | bidirectional | `m(impl Stream<Item = I>) -> Result<ReplyItems<..>, ..>` |
+///
+/// A first parameter of type [`Context`] receives the call's deadline and metadata. Arguments
+/// must be owned (they are decoded from the request); a method's error type `E` must be
+/// `Serialize + DeserializeOwned + Display` and reaches the caller as
+/// [`RpcError::Method`]`(E)`; framework failures are [`RpcError::Rpc`]. An implementation of
+/// a streaming method returns [`BoxStream`]`<Item>` (`Box::pin(stream)`), so its stream may
+/// outlive `&self`.
+///
+/// `#[service(crate = "path")]` names the `flumen` crate if the macro cannot find it (it finds
+/// renamed dependencies on its own).
+///
+/// # Examples
+///
+/// ```
+/// use flumen::{rt::TokioRuntime, tcp::TokioTcp, BoxStream, Client, RpcError, Server};
+/// use futures_lite::StreamExt;
+///
+/// #[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
+/// #[error("division by zero")]
+/// pub struct DivByZero;
+///
+/// #[flumen::service]
+/// pub trait Calc {
+///     /// Divides.
+///     async fn div(&self, a: u64, b: u64) -> Result<u64, DivByZero>;
+///     /// Counts up to `n`.
+///     async fn upto(&self, n: u64) -> impl Stream<Item = u64>;
+/// }
+///
+/// struct Calculator;
+///
+/// impl Calc for Calculator {
+///     async fn div(&self, a: u64, b: u64) -> Result<u64, DivByZero> {
+///         a.checked_div(b).ok_or(DivByZero)
+///     }
+///
+///     async fn upto(&self, n: u64) -> BoxStream<u64> {
+///         Box::pin(futures_lite::stream::iter(1..=n))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = TokioRuntime::current();
+/// let router = CalcServer::new(Calculator).into_router();
+/// let server = Server::new(router).bind(&rt, &TokioTcp, &"127.0.0.1:0".parse()?).await?;
+/// let calc = CalcClient::new(Client::connect(&rt, &TokioTcp, server.local_addr()).await?);
+///
+/// assert_eq!(calc.div(7, 2).await?, 3);
+/// assert!(matches!(calc.div(1, 0).await, Err(RpcError::Method(DivByZero))));
+/// let counted: Vec<u64> = calc.upto(3).await?.map(Result::unwrap).collect().await;
+/// assert_eq!(counted, [1, 2, 3]);
+/// # Ok(()) }
+/// ```
 pub use flumen_macros::service;
 
 /// Runtimes: `TokioRuntime` (feature `tokio`) and `SmolRuntime` (feature `smol`).

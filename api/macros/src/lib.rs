@@ -316,7 +316,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
         let wire_name = format!("{service_name}.{name}");
         let id_const = format_ident!("{}", name.to_string().to_uppercase());
         id_consts.push(quote! {
-            #[doc = concat!("Method id of `", #wire_name, "`.")]
+            #[doc = ::core::concat!("Method id of `", #wire_name, "`.")]
             pub const #id_const: #krate::MethodId = #krate::MethodId::from_name(#wire_name);
         });
         id_names.push(id_const.clone());
@@ -440,7 +440,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     quote!(__flumen_service.#name(#context_arg #(#arg_names),*).await),
                 );
                 quote_spanned! {span=>
-                    #krate::__private::unary(router, #wire_name, self.service.clone(),
+                    #krate::__private::unary(router, #wire_name, ::core::clone::Clone::clone(&self.service),
                         |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern| async move {
                             let _ = &__flumen_context;
                             #body
@@ -454,7 +454,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     quote!(__flumen_service.#name(#context_arg #(#arg_names,)* #items).await),
                 );
                 quote_spanned! {span=>
-                    #krate::__private::client_streaming(router, #wire_name, self.service.clone(),
+                    #krate::__private::client_streaming(router, #wire_name, ::core::clone::Clone::clone(&self.service),
                         |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #items: #krate::Streaming<#item>| async move {
                             let _ = &__flumen_context;
                             #body
@@ -468,7 +468,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     quote!(__flumen_service.#name(#context_arg #(#arg_names),*).await),
                 );
                 quote_spanned! {span=>
-                    #krate::__private::server_streaming(router, #wire_name, self.service.clone(),
+                    #krate::__private::server_streaming(router, #wire_name, ::core::clone::Clone::clone(&self.service),
                         |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern| async move {
                             let _ = &__flumen_context;
                             #body
@@ -482,7 +482,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     quote!(__flumen_service.#name(#context_arg #(#arg_names,)* #items).await),
                 );
                 quote_spanned! {span=>
-                    #krate::__private::bidirectional(router, #wire_name, self.service.clone(),
+                    #krate::__private::bidirectional(router, #wire_name, ::core::clone::Clone::clone(&self.service),
                         |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #items: #krate::Streaming<#item>| async move {
                             let _ = &__flumen_context;
                             #body
@@ -549,7 +549,10 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
             /// The same client, whose calls use `timeout` (`None`: no deadline) instead of the
             /// connection's default. Streaming calls have no deadline unless one is set here.
             pub fn with_timeout(&self, timeout: ::core::option::Option<::core::time::Duration>) -> Self {
-                Self { client: self.client.clone(), options: self.options.clone().timeout(timeout) }
+                Self {
+                    client: ::core::clone::Clone::clone(&self.client),
+                    options: ::core::clone::Clone::clone(&self.options).timeout(timeout),
+                }
             }
 
             /// The same client, whose calls carry `metadata` (tracing ids, auth).
@@ -562,8 +565,8 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                 metadata: &#krate::Metadata,
             ) -> ::core::result::Result<Self, #krate::stream::metadata::MetadataError> {
                 ::core::result::Result::Ok(Self {
-                    client: self.client.clone(),
-                    options: self.options.clone().metadata(metadata)?,
+                    client: ::core::clone::Clone::clone(&self.client),
+                    options: ::core::clone::Clone::clone(&self.options).metadata(metadata)?,
                 })
             }
 

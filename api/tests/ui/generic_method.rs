@@ -1,0 +1,6 @@
+#[flumen::service]
+trait Generic {
+    async fn get<T: serde::Serialize>(&self, key: T) -> String;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[flumen::service]
+trait Mutating {
+    async fn set(&mut self, value: u32);
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[flumen::service]
+trait Borrowing {
+    async fn get(&self, key: &str) -> String;
+}
+
+fn main() {}
