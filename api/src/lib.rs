@@ -43,7 +43,10 @@ pub use crate::{
     error::{CallError, ConnectError, ConnectionError, Error, ErrorCode},
     method::MethodId,
     router::{RouteError, Router, RouterFuture},
-    service::{BoxStream, Context, NoError, ReplyItems, RpcError, Service, Streaming},
+    service::{
+        Attachment, BoxStream, Context, NoError, ReplyItems, RpcError, Service, Streaming,
+        WithAttachment,
+    },
 };
 
 #[doc(hidden)]

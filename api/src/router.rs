@@ -11,12 +11,12 @@ use std::{
 
 use bytes::Bytes;
 use flumen_codec::{Codec, MsgPack};
-use flumen_stream::{Dispatch, ErrorCode, Request, Status};
+use flumen_stream::{Dispatch, ErrorCode, Reply, Request, Status};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::MethodId;
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Bytes, Status>> + Send>>;
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
 type Handler = Arc<dyn Fn(Request) -> RouterFuture + Send + Sync>;
 
 /// Routes requests by method id to handlers registered with [`route`](Self::route) (typed,
@@ -110,6 +110,7 @@ impl<C: Codec> Router<C> {
                 let reply = reply.await?;
                 codec
                     .encode(&reply)
+                    .map(Reply::from)
                     .map_err(|e| Status::new(ErrorCode::INTERNAL, e.to_string()))
             }))
         });
@@ -142,6 +143,23 @@ impl<C: Codec> Router<C> {
     where
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    {
+        self.try_route_reply(method, move |request| {
+            let reply = handler(request);
+            async move { reply.await.map(Reply::from) }
+        })
+    }
+
+    /// [`try_route_raw`](Self::try_route_raw) for a handler that answers with a [`Reply`] in
+    /// two parts (a message and an attachment written without joining them).
+    ///
+    /// # Errors
+    ///
+    /// [`RouteError`] if the method id is taken.
+    pub fn try_route_reply<F, Fut>(self, method: &str, handler: F) -> Result<Self, RouteError>
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply, Status>> + Send + 'static,
     {
         let handler: Handler =
             Arc::new(move |request| RouterFuture::boxed(Box::pin(handler(request))));
@@ -227,12 +245,12 @@ pub struct RouteError {
 pub struct RouterFuture(Inner);
 
 enum Inner {
-    Ready(Option<Result<Bytes, Status>>),
+    Ready(Option<Result<Reply, Status>>),
     Boxed(BoxFuture),
 }
 
 impl RouterFuture {
-    fn ready(result: Result<Bytes, Status>) -> Self {
+    fn ready(result: Result<Reply, Status>) -> Self {
         Self(Inner::Ready(Some(result)))
     }
 
@@ -242,7 +260,7 @@ impl RouterFuture {
 }
 
 impl Future for RouterFuture {
-    type Output = Result<Bytes, Status>;
+    type Output = Result<Reply, Status>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
@@ -287,7 +305,10 @@ mod tests {
             codec.encode(&(2u32, 3u32)).unwrap(),
             None,
         )));
-        assert_eq!(codec.decode::<u32>(&reply.unwrap()).unwrap(), 5);
+        assert_eq!(
+            codec.decode::<u32>(&reply.unwrap().into_parts().0).unwrap(),
+            5
+        );
 
         let bad = block_on(router.dispatch(Request::new(add, Bytes::from_static(b"\xc1"), None)));
         assert_eq!(bad.unwrap_err().code(), ErrorCode::BAD_REQUEST);

@@ -63,6 +63,81 @@ impl Context {
 /// returns `BoxStream<...>` of the same item type, so the stream may outlive `&self`.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 
+/// Raw bytes beside a method's typed message: they bypass the codec, go to the socket by
+/// reference (vectored writes, never copied into the frame) and arrive as a slice of the read
+/// buffer (no copy). Declare a parameter of this type (the last, after the message arguments)
+/// to send one with the request; return [`WithAttachment`] to send one with the reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attachment(pub Bytes);
+
+impl Attachment {
+    /// The bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl From<Bytes> for Attachment {
+    fn from(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+}
+
+impl From<Vec<u8>> for Attachment {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes.into())
+    }
+}
+
+impl std::ops::Deref for Attachment {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A reply value with an [`Attachment`] beside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WithAttachment<T> {
+    /// The typed value.
+    pub value: T,
+    /// The raw bytes.
+    pub attachment: Attachment,
+}
+
+impl<T> WithAttachment<T> {
+    /// `value` with `attachment`.
+    pub fn new(value: T, attachment: impl Into<Attachment>) -> Self {
+        Self {
+            value,
+            attachment: attachment.into(),
+        }
+    }
+}
+
+/// Joins an encoded message and an attachment as methods with attachments lay them out: a
+/// `u32` (little-endian) message length, the message, then the attachment's bytes. Only the
+/// small message is copied; the attachment is written from its own buffer.
+fn attached(message: Bytes, attachment: Attachment) -> (Bytes, Bytes) {
+    let mut head = bytes::BytesMut::with_capacity(4 + message.len());
+    head.extend_from_slice(&(message.len() as u32).to_le_bytes());
+    head.extend_from_slice(&message);
+    (head.freeze(), attachment.0)
+}
+
+/// Splits a body laid out by [`attached`] into message and attachment, without copying.
+fn detach(mut body: Bytes) -> Result<(Bytes, Attachment), CodecError> {
+    let len = body
+        .first_chunk::<4>()
+        .map(|prefix| u32::from_le_bytes(*prefix) as usize)
+        .filter(|len| 4 + len <= body.len())
+        .ok_or_else(|| CodecError::Decode("attachment framing: bad message length".into()))?;
+    let _ = body.split_to(4);
+    let message = body.split_to(len);
+    Ok((message, Attachment(body)))
+}
+
 /// The error type of a service method declared without one (it returns `T`, not
 /// `Result<T, E>`): it has no values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -741,6 +816,116 @@ pub mod __private {
             pump: pump.map(std::sync::Mutex::new),
             done: false,
             types: PhantomData,
+        })
+    }
+
+    /// A reply value as the server sends it: plain, or with an attachment.
+    pub trait ReplyBody: Send + 'static {
+        /// The reply's body.
+        fn into_reply<C: Codec>(self, codec: &C) -> Result<flumen_stream::Reply, CodecError>;
+    }
+
+    /// A plain reply value.
+    #[derive(Debug)]
+    pub struct Plain<T>(pub T);
+
+    impl<T: Serialize + Send + 'static> ReplyBody for Plain<T> {
+        fn into_reply<C: Codec>(self, codec: &C) -> Result<flumen_stream::Reply, CodecError> {
+            codec.encode(&self.0).map(Into::into)
+        }
+    }
+
+    impl<T: Serialize + Send + 'static> ReplyBody for WithAttachment<T> {
+        fn into_reply<C: Codec>(self, codec: &C) -> Result<flumen_stream::Reply, CodecError> {
+            let (head, tail) = attached(codec.encode(&self.value)?, self.attachment);
+            Ok(flumen_stream::Reply::parts(head, tail))
+        }
+    }
+
+    /// Registers a unary method with an attachment on its request (`request_attached`), its
+    /// reply (`R` is [`WithAttachment`]), or both.
+    pub fn unary_attached<S, A, R, E, C, F, Fut>(
+        router: Router<C>,
+        name: &str,
+        service: Arc<S>,
+        request_attached: bool,
+        handler: F,
+    ) -> Result<Router<C>, RouteError>
+    where
+        S: Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        R: ReplyBody,
+        E: Serialize + fmt::Display + Send + 'static,
+        C: Codec,
+        F: Fn(Arc<S>, Context, A, Attachment) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+    {
+        let codec = router.codec().clone();
+        router.try_route_reply(name, move |request: Request| {
+            let context = Context::from_request(&request);
+            let body = request.into_body();
+            let parts = match request_attached {
+                true => detach(body).map_err(bad_request),
+                false => Ok((body, Attachment::default())),
+            };
+            let call = parts.and_then(|(message, attachment)| {
+                let args = codec.decode::<A>(&message).map_err(bad_request)?;
+                Ok(handler(service.clone(), context, args, attachment))
+            });
+            let codec = codec.clone();
+            async move {
+                match call?.await {
+                    Ok(value) => value.into_reply(&codec).map_err(internal),
+                    Err(error) => Err(application(&codec, &error)),
+                }
+            }
+        })
+    }
+
+    /// A unary call with an attachment on the request, the reply, or both: returns the raw
+    /// reply, for [`decode_reply`] or [`detach_reply`].
+    pub async fn call_attached<A, E, C>(
+        client: &Client<C>,
+        options: &CallOptions,
+        method: MethodId,
+        args: &A,
+        attachment: Option<Attachment>,
+    ) -> Result<Bytes, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+        E: DeserializeOwned,
+        C: Codec,
+    {
+        let codec = client.codec();
+        let message = codec.encode(args).map_err(Error::Encode)?;
+        let (head, tail) = match attachment {
+            Some(attachment) => attached(message, attachment),
+            None => (message, Bytes::new()),
+        };
+        client
+            .raw()
+            .call_parts(method.as_u32(), head, tail, options)
+            .await
+            .map_err(|e| rpc_error(codec, e))
+    }
+
+    /// Decodes a plain reply.
+    pub fn decode_reply<T: DeserializeOwned, E, C: Codec>(
+        codec: &C,
+        body: Bytes,
+    ) -> Result<T, RpcError<E>> {
+        codec.decode(&body).map_err(|e| Error::Decode(e).into())
+    }
+
+    /// Decodes a reply laid out with an attachment.
+    pub fn detach_reply<T: DeserializeOwned, E, C: Codec>(
+        codec: &C,
+        body: Bytes,
+    ) -> Result<WithAttachment<T>, RpcError<E>> {
+        let (message, attachment) = detach(body).map_err(Error::Decode)?;
+        Ok(WithAttachment {
+            value: codec.decode(&message).map_err(Error::Decode)?,
+            attachment,
         })
     }
 

@@ -13,7 +13,9 @@ use std::{
 };
 
 use common::{connect, run_smol, run_tokio, serve, Env};
-use flumen::{Bytes, ClientConfig, Dispatch, MethodId, Request, Router, ServerConfig, Status};
+use flumen::{
+    stream::Reply, Bytes, ClientConfig, Dispatch, MethodId, Request, Router, ServerConfig, Status,
+};
 use serde_bytes::ByteBuf;
 
 struct Counting;
@@ -84,10 +86,10 @@ fn allocations_per_call() {
 struct Echo;
 
 impl Dispatch for Echo {
-    type Future = Ready<Result<Bytes, Status>>;
+    type Future = Ready<Result<Reply, Status>>;
 
     fn dispatch(&self, request: Request) -> Self::Future {
-        ready(Ok(request.into_body()))
+        ready(Ok(request.into_body().into()))
     }
 }
 

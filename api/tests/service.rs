@@ -14,7 +14,8 @@ use std::{
 
 use common::{connect, eventually, serve, Env};
 use flumen::{
-    BoxStream, ClientConfig, Context, Metadata, Router, RpcError, ServerConfig, Streaming,
+    Attachment, BoxStream, ClientConfig, Context, Metadata, Router, RpcError, ServerConfig,
+    Streaming, WithAttachment,
 };
 use futures_lite::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,12 @@ pub trait Lab {
     async fn flood(&self) -> impl Stream<Item = serde_bytes::ByteBuf>;
     /// Sums the items.
     async fn sum(&self, items: Streaming<u64>) -> Result<u64, LabError>;
+    /// Echoes `data` back beside its length and `name`.
+    async fn store(
+        &self,
+        name: String,
+        data: Attachment,
+    ) -> Result<WithAttachment<(String, u64)>, LabError>;
     /// Echoes each item, upper-cased, after `prefix`.
     async fn shout(
         &self,
@@ -111,6 +118,18 @@ impl Lab for LabImpl {
     async fn flood(&self) -> BoxStream<serde_bytes::ByteBuf> {
         let item = serde_bytes::ByteBuf::from(vec![7u8; 16 * 1024]);
         Box::pin(stream::repeat(item))
+    }
+
+    async fn store(
+        &self,
+        name: String,
+        data: Attachment,
+    ) -> Result<WithAttachment<(String, u64)>, LabError> {
+        if name.is_empty() {
+            return Err(LabError::Missing("name".into()));
+        }
+        let len = data.len() as u64;
+        Ok(WithAttachment::new((name, len), data))
     }
 
     async fn sum(&self, mut items: Streaming<u64>) -> Result<u64, LabError> {
@@ -307,7 +326,30 @@ async fn two_services_one_port_and_collisions_refused<E: Env>(env: E) {
     assert_eq!(ElsewhereClient::new(client).ping().await.unwrap(), "pong");
 }
 
+/// Raw bytes beside the typed message, both ways, unchanged.
+async fn attachments_travel_beside_the_message<E: Env>(env: E) {
+    let (_server, lab, _) = lab(&env).await;
+    for len in [0usize, 1, 64 * 1024, 1 << 20] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let reply = lab
+            .store("blob".into(), Attachment::from(data.clone()))
+            .await
+            .unwrap();
+        assert_eq!(reply.value, ("blob".to_owned(), len as u64));
+        assert_eq!(&reply.attachment[..], &data[..]);
+    }
+    let err = lab
+        .store(String::new(), Attachment::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RpcError::Method(LabError::Missing(_))),
+        "{err:?}"
+    );
+}
+
 e2e!(
+    attachments_travel_beside_the_message,
     unary_calls_and_their_errors,
     unknown_service_is_a_clear_error,
     hundred_streams_each_in_order,

@@ -202,8 +202,24 @@ impl Client {
         body: Bytes,
         options: &CallOptions,
     ) -> Result<Bytes, CallError> {
+        self.call_parts(method, body, Bytes::new(), options).await
+    }
+
+    /// Calls `method` with a body of `head` followed by `tail`, written back to back without
+    /// being joined (a large `tail`, such as an attachment, is never copied).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_parts(
+        &self,
+        method: u32,
+        head: Bytes,
+        tail: Bytes,
+        options: &CallOptions,
+    ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
-        conn.check_request(&body, options)?;
+        conn.check_len(head.len() + tail.len(), options)?;
         let slot = match conn.free.recv().await {
             Ok(slot) => slot,
             Err(_) => return Err(conn.not_sent()),
@@ -221,7 +237,7 @@ impl Client {
         // The writer only goes away with the connection, which then fails the call for us.
         let _ = conn
             .out
-            .send(conn.request(method, seq, timeout, 0, body, options))
+            .send(conn.request(method, seq, timeout, 0, head, tail, options))
             .await;
         let outcome = poll_fn(|cx| conn.table.lock().poll(slot, cx)).await;
         guard.begun = false;
@@ -263,8 +279,23 @@ impl Client {
         body: Bytes,
         options: &CallOptions,
     ) -> Result<Bytes, CallError> {
+        self.call_blocking_parts(method, body, Bytes::new(), options)
+    }
+
+    /// [`call_parts`](Self::call_parts) from a plain thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub fn call_blocking_parts(
+        &self,
+        method: u32,
+        head: Bytes,
+        tail: Bytes,
+        options: &CallOptions,
+    ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
-        conn.check_request(&body, options)?;
+        conn.check_len(head.len() + tail.len(), options)?;
         let slot = conn.free_blocking.recv().map_err(|_| conn.not_sent())?;
         let mut guard = SlotGuard {
             conn,
@@ -277,7 +308,7 @@ impl Client {
         guard.begun = true;
         let _ = conn
             .out
-            .send_blocking(conn.request(method, seq, timeout, 0, body, options));
+            .send_blocking(conn.request(method, seq, timeout, 0, head, tail, options));
         let outcome =
             futures_lite::future::block_on(poll_fn(|cx| conn.table.lock().poll(slot, cx)));
         guard.begun = false;
@@ -317,7 +348,11 @@ impl Drop for Handle {
 
 impl Conn {
     fn check_request(&self, body: &Bytes, options: &CallOptions) -> Result<(), CallError> {
-        let len = body.len() + options.metadata.as_ref().map_or(0, Bytes::len);
+        self.check_len(body.len(), options)
+    }
+
+    fn check_len(&self, body_len: usize, options: &CallOptions) -> Result<(), CallError> {
+        let len = body_len + options.metadata.as_ref().map_or(0, Bytes::len);
         if len > self.peer_max_frame_len as usize {
             return Err(CallError::RequestTooLarge {
                 len,
@@ -358,6 +393,7 @@ impl Conn {
         timeout: Option<Duration>,
         flags: u8,
         body: Bytes,
+        attachment: Bytes,
         options: &CallOptions,
     ) -> Outgoing {
         let mut header = FrameHeader::new(FrameKind::Request, seq);
@@ -365,11 +401,15 @@ impl Conn {
         header.flags = flags;
         header.aux = timeout.map_or(0, timeout_millis);
         match &options.metadata {
-            None => Outgoing::frame(header, body),
+            None if attachment.is_empty() => Outgoing::frame(header, body),
+            None => {
+                header.len = (body.len() + attachment.len()) as u32;
+                Outgoing::Parts(header, [body, attachment, Bytes::new()])
+            }
             Some(metadata) => {
                 header.flags |= crate::frame::flags::METADATA;
-                header.len = (metadata.len() + body.len()) as u32;
-                Outgoing::Parts(header, metadata.clone(), body)
+                header.len = (metadata.len() + body.len() + attachment.len()) as u32;
+                Outgoing::Parts(header, [metadata.clone(), body, attachment])
             }
         }
     }

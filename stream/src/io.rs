@@ -42,9 +42,9 @@ const MAX_READ: usize = 64 * 1024;
 pub(crate) enum Outgoing {
     /// A frame; `header.len` equals `body.len()`.
     Frame(FrameHeader, Bytes),
-    /// A frame whose body is two parts written back to back (metadata and payload), so that
-    /// neither is copied to join them; `header.len` is their total length.
-    Parts(FrameHeader, Bytes, Bytes),
+    /// A frame whose body is up to three parts written back to back (metadata, message,
+    /// attachment), so that none is copied to join them; `header.len` is their total length.
+    Parts(FrameHeader, [Bytes; 3]),
     /// Write everything queued before this, close the write half, and stop the connection.
     Close,
 }
@@ -302,6 +302,9 @@ impl WriteBatch {
 
     /// Appends more body bytes to the frame pushed last.
     pub(crate) fn push_body(&mut self, body: Bytes) {
+        if body.is_empty() {
+            return;
+        }
         self.len += body.len();
         if body.len() <= COPY_MAX {
             self.buf.extend_from_slice(&body);
@@ -459,9 +462,10 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         while let Some(msg) = next.take() {
             match msg {
                 Outgoing::Frame(header, body) => batch.push(&header, body),
-                Outgoing::Parts(header, head, body) => {
-                    batch.push(&header, head);
-                    batch.push_body(body);
+                Outgoing::Parts(header, [first, second, third]) => {
+                    batch.push(&header, first);
+                    batch.push_body(second);
+                    batch.push_body(third);
                 }
                 Outgoing::Close => {
                     closing = true;

@@ -38,7 +38,7 @@ pub use crate::{
     metadata::Metadata,
     runtime::Runtime,
     server::{
-        Dispatch, ReplySink, Request, RequestStream, Server, ServerConfig, ServerHandle,
+        Dispatch, Reply, ReplySink, Request, RequestStream, Server, ServerConfig, ServerHandle,
         ServerStats, Status, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, DEFAULT_READ_TIMEOUT,
         DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,

@@ -45,25 +45,26 @@ use crate::{
 ///
 /// ```
 /// use std::future::{ready, Ready};
-/// use flumen_stream::{Bytes, Dispatch, ErrorCode, Request, Status};
+/// use flumen_stream::{Bytes, Dispatch, ErrorCode, Reply, Request, Status};
 ///
 /// /// Echoes method 1, refuses everything else.
 /// struct Echo;
 ///
 /// impl Dispatch for Echo {
-///     type Future = Ready<Result<Bytes, Status>>;
+///     type Future = Ready<Result<Reply, Status>>;
 ///
 ///     fn dispatch(&self, request: Request) -> Self::Future {
 ///         ready(match request.method() {
-///             1 => Ok(request.into_body()),
+///             1 => Ok(request.into_body().into()),
 ///             _ => Err(Status::new(ErrorCode::UNKNOWN_METHOD, "no such method")),
 ///         })
 ///     }
 /// }
 /// ```
 pub trait Dispatch: Send + Sync + 'static {
-    /// The handler's future; resolves to the reply body or an error status.
-    type Future: Future<Output = Result<Bytes, Status>> + Send + 'static;
+    /// The handler's future; resolves to the reply body (a [`Reply`]; `Bytes` convert with
+    /// `into()`) or an error status.
+    type Future: Future<Output = Result<Reply, Status>> + Send + 'static;
 
     /// Starts handling `request`. Many calls of one connection run at once; a panic while
     /// polling the future fails that call with `HANDLER_PANIC` and nothing else.
@@ -139,6 +140,45 @@ impl Request {
     /// Where to send items, for a server-streaming or bidirectional call (`None` otherwise).
     pub fn sink(&self) -> Option<ReplySink> {
         self.stream.as_ref().and_then(stream::CallStream::sink)
+    }
+}
+
+/// A successful reply's body: one part, or a message and an attachment that are written to the
+/// socket back to back (vectored) without being joined, so a large attachment is never copied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    head: Bytes,
+    tail: Bytes,
+}
+
+impl Reply {
+    /// A reply of `head` followed by `tail` on the wire.
+    pub fn parts(head: Bytes, tail: Bytes) -> Self {
+        Self { head, tail }
+    }
+
+    /// The body's length.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The two parts.
+    pub fn into_parts(self) -> (Bytes, Bytes) {
+        (self.head, self.tail)
+    }
+}
+
+impl From<Bytes> for Reply {
+    fn from(head: Bytes) -> Self {
+        Self {
+            head,
+            tail: Bytes::new(),
+        }
     }
 }
 

@@ -75,7 +75,17 @@ struct Method {
     args: Vec<(Ident, Type)>,
     /// The client's stream: its parameter name and item type.
     stream_in: Option<(Ident, Type)>,
+    /// The request's attachment parameter.
+    attachment: Option<Ident>,
     output: Output,
+}
+
+impl Method {
+    /// Whether the reply carries an attachment (`WithAttachment<T>`).
+    fn reply_attached(&self) -> bool {
+        self.output.stream.is_none()
+            && last_segment(&self.output.ok).is_some_and(|s| s.ident == "WithAttachment")
+    }
 }
 
 fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
@@ -213,6 +223,7 @@ fn parse_method(method: &TraitItemFn) -> syn::Result<Method> {
     let mut context = None;
     let mut args = Vec::new();
     let mut stream_in = None;
+    let mut attachment = None;
     let count = sig.inputs.len() - 1;
     for (index, input) in inputs.enumerate() {
         let FnArg::Typed(typed) = input else {
@@ -250,7 +261,24 @@ fn parse_method(method: &TraitItemFn) -> syn::Result<Method> {
             stream_in = Some((pat.ident.clone(), item.clone()));
             continue;
         }
+        if segment.is_some_and(|s| s.ident == "Attachment") {
+            if index + 1 != count {
+                return Err(Error::new(
+                    ty.span(),
+                    "the `Attachment` argument must be the method's last",
+                ));
+            }
+            attachment = Some(pat.ident.clone());
+            continue;
+        }
         args.push((pat.ident.clone(), ty.clone()));
+    }
+    let output = parse_output(&sig.output)?;
+    if attachment.is_some() && (stream_in.is_some() || output.stream.is_some()) {
+        return Err(Error::new(
+            sig.ident.span(),
+            "attachments are for unary methods: a streaming method sends raw bytes as items",
+        ));
     }
     Ok(Method {
         name: sig.ident.clone(),
@@ -263,7 +291,8 @@ fn parse_method(method: &TraitItemFn) -> syn::Result<Method> {
         context,
         args,
         stream_in,
-        output: parse_output(&sig.output)?,
+        attachment,
+        output,
     })
 }
 
@@ -328,7 +357,14 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
             .stream_in
             .as_ref()
             .map(|(arg, item)| quote!(#arg: #krate::Streaming<#item>));
-        let params: Vec<_> = arg_params.chain(stream_param).collect();
+        let attachment_param = method
+            .attachment
+            .as_ref()
+            .map(|arg| quote!(#arg: #krate::Attachment));
+        let params: Vec<_> = arg_params
+            .chain(stream_param)
+            .chain(attachment_param)
+            .collect();
         let returns = match &method.output {
             Output {
                 stream: Some(item), ..
@@ -362,7 +398,35 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
             .map(|(arg, ty)| quote!(#arg: #ty))
             .collect();
         let message = quote!(&(#(#arg_names,)*));
+        let attached = method.attachment.is_some() || method.reply_attached();
         match (&method.stream_in, method.output.stream.is_some()) {
+            (None, false) if attached => {
+                let (attachment_param, attachment_arg) = match &method.attachment {
+                    Some(arg) => (
+                        Some(quote!(#arg: #krate::Attachment,)),
+                        quote!(::core::option::Option::Some(#arg)),
+                    ),
+                    None => (None, quote!(::core::option::Option::None)),
+                };
+                let decode = if method.reply_attached() {
+                    quote!(#krate::__private::detach_reply)
+                } else {
+                    quote!(#krate::__private::decode_reply)
+                };
+                client_fns.push(quote! {
+                    #(#docs)*
+                    #[doc = ""]
+                    #[doc = #call_doc]
+                    pub async fn #name(&self, #(#client_params,)* #attachment_param)
+                        -> ::core::result::Result<#ok, #krate::RpcError<#err>>
+                    {
+                        let body = #krate::__private::call_attached::<_, #err, C>(
+                            &self.client, &self.options, #client::#id_const, #message, #attachment_arg,
+                        ).await?;
+                        #decode(self.client.codec(), body)
+                    }
+                });
+            }
             (None, false) => {
                 let blocking = format_ident!("{}_blocking", name);
                 let blocking_doc = format!(
@@ -433,6 +497,33 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
         let span = name.span();
         let has_error = method.output.err.is_some();
         let registration = match (&method.stream_in, method.output.stream.is_some()) {
+            (None, false) if attached => {
+                let (attachment_arg, request_attached) = match &method.attachment {
+                    Some(arg) => (quote!(#arg), true),
+                    None => (quote!(__flumen_attachment), false),
+                };
+                let call_arg = method.attachment.as_ref().map(|arg| quote!(, #arg));
+                let call =
+                    quote!(__flumen_service.#name(#context_arg #(#arg_names),* #call_arg).await);
+                let body = match (has_error, method.reply_attached()) {
+                    (true, true) => call,
+                    (true, false) => quote!(#call.map(#krate::__private::Plain)),
+                    (false, true) => {
+                        quote!(::core::result::Result::<_, #krate::NoError>::Ok(#call))
+                    }
+                    (false, false) => {
+                        quote!(::core::result::Result::<_, #krate::NoError>::Ok(#krate::__private::Plain(#call)))
+                    }
+                };
+                quote_spanned! {span=>
+                    #krate::__private::unary_attached(router, #wire_name, ::core::clone::Clone::clone(&self.service), #request_attached,
+                        |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #attachment_arg: #krate::Attachment| async move {
+                            let _ = &__flumen_context;
+                            let _ = &#attachment_arg;
+                            #body
+                        })?
+                }
+            }
             (None, false) => {
                 let body = wrap_result(
                     &krate,

@@ -110,7 +110,15 @@ impl Client {
             slot,
             state,
         });
-        let request = conn.request(method, seq, timeout, mode.flags(), body, options);
+        let request = conn.request(
+            method,
+            seq,
+            timeout,
+            mode.flags(),
+            body,
+            Bytes::new(),
+            options,
+        );
         let _ = conn.out.send(request).await;
         if grant > 0 {
             // Through the ordered queue: a control frame could overtake the request, and the

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 
 use super::{
     stream::{CallStream, StreamRegistration},
-    Dispatch, Request, Shared, Status,
+    Dispatch, Reply, Request, Shared, Status,
 };
 use crate::{
     error::ErrorCode,
@@ -627,7 +627,7 @@ async fn send(conn: &ConnState, message: Outgoing) -> bool {
 /// How a spawned handler's task ended.
 enum End {
     /// The handler finished (`None`: it panicked).
-    Done(Option<Result<Bytes, Status>>),
+    Done(Option<Result<Reply, Status>>),
     Cancelled,
     Expired,
     ConnectionEnded,
@@ -695,7 +695,7 @@ impl<F: Future> Future for CatchUnwind<F> {
 /// The frame that answers `request` with `result`.
 fn reply(
     request: &FrameHeader,
-    result: Result<Bytes, Status>,
+    result: Result<Reply, Status>,
     peer_max_frame_len: u32,
 ) -> Outgoing {
     let status = match result {
@@ -704,7 +704,15 @@ fn reply(
                 method: request.method,
                 ..FrameHeader::new(FrameKind::Response, request.seq)
             };
-            return Outgoing::frame(header, body);
+            let (head, tail) = body.into_parts();
+            if tail.is_empty() {
+                return Outgoing::frame(header, head);
+            }
+            let header = FrameHeader {
+                len: (head.len() + tail.len()) as u32,
+                ..header
+            };
+            return Outgoing::Parts(header, [head, tail, Bytes::new()]);
         }
         Ok(body) => Status::new(
             ErrorCode::RESPONSE_TOO_LARGE,
