@@ -237,7 +237,7 @@ impl Client {
         // The writer only goes away with the connection, which then fails the call for us.
         let _ = conn
             .out
-            .send(conn.request(method, seq, timeout, 0, head, tail, options))
+            .send(conn.request(method, seq, timeout, 0, (head, tail), options))
             .await;
         let outcome = poll_fn(|cx| conn.table.lock().poll(slot, cx)).await;
         guard.begun = false;
@@ -306,9 +306,9 @@ impl Client {
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
         let seq = conn.begin(slot, deadline, None)?;
         guard.begun = true;
-        let _ = conn
-            .out
-            .send_blocking(conn.request(method, seq, timeout, 0, head, tail, options));
+        let _ =
+            conn.out
+                .send_blocking(conn.request(method, seq, timeout, 0, (head, tail), options));
         let outcome =
             futures_lite::future::block_on(poll_fn(|cx| conn.table.lock().poll(slot, cx)));
         guard.begun = false;
@@ -392,8 +392,7 @@ impl Conn {
         seq: u64,
         timeout: Option<Duration>,
         flags: u8,
-        body: Bytes,
-        attachment: Bytes,
+        (body, attachment): (Bytes, Bytes),
         options: &CallOptions,
     ) -> Outgoing {
         let mut header = FrameHeader::new(FrameKind::Request, seq);
