@@ -115,8 +115,7 @@ impl Client {
             seq,
             timeout,
             mode.flags(),
-            body,
-            Bytes::new(),
+            (body, Bytes::new()),
             options,
         );
         let _ = conn.out.send(request).await;
