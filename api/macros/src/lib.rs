@@ -502,9 +502,9 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     Some(arg) => (quote!(#arg), true),
                     None => (quote!(__flumen_attachment), false),
                 };
-                let call_arg = method.attachment.as_ref().map(|arg| quote!(, #arg));
+                let call_arg = method.attachment.as_ref();
                 let call =
-                    quote!(__flumen_service.#name(#context_arg #(#arg_names),* #call_arg).await);
+                    quote!(__flumen_service.#name(#context_arg #(#arg_names,)* #call_arg).await);
                 let body = match (has_error, method.reply_attached()) {
                     (true, true) => call,
                     (true, false) => quote!(#call.map(#krate::__private::Plain)),

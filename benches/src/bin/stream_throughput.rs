@@ -120,8 +120,7 @@ fn main() -> Result<(), Error> {
         .unwrap_or_else(|| "tokio".into());
     let seconds: f64 = args
         .iter()
-        .filter(|a| a.parse::<f64>().is_ok())
-        .next_back()
+        .rfind(|a| a.parse::<f64>().is_ok())
         .map_or(Ok(2.0), |s| s.parse())?;
     let duration = Duration::from_secs_f64(seconds);
     println!("runtime  item size  streams      items/s      MB/s");
