@@ -210,3 +210,96 @@ pub(crate) fn end(seq: u64, code: ErrorCode, message: &str) -> Outgoing {
 pub(crate) fn wake(wakers: impl IntoIterator<Item = Option<Waker>>) {
     wakers.into_iter().flatten().for_each(Waker::wake);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+    use crate::{flow::INITIAL_STREAM_CREDIT, io::outbox};
+
+    fn cx() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    #[test]
+    fn items_then_end_flag_then_nothing() {
+        let (out, _rx) = outbox(8);
+        let (state, _) = StreamState::new(1, INITIAL_STREAM_CREDIT);
+        state.on_item(Bytes::from_static(b"a"), false).unwrap();
+        state.on_item(Bytes::from_static(b"b"), true).unwrap();
+        // After the END flag, items are dropped, not queued.
+        state.on_item(Bytes::from_static(b"c"), false).unwrap();
+        let mut cx = cx();
+        assert_eq!(
+            state.poll_item(&mut cx, &out),
+            Poll::Ready(Some(Ok(Bytes::from_static(b"a"))))
+        );
+        assert_eq!(
+            state.poll_item(&mut cx, &out),
+            Poll::Ready(Some(Ok(Bytes::from_static(b"b"))))
+        );
+        assert_eq!(state.poll_item(&mut cx, &out), Poll::Ready(None));
+    }
+
+    #[test]
+    fn abort_reports_its_code_after_buffered_items() {
+        let (out, _rx) = outbox(8);
+        let (state, _) = StreamState::new(1, INITIAL_STREAM_CREDIT);
+        state.on_item(Bytes::from_static(b"a"), false).unwrap();
+        state.on_end(ErrorCode::CANCELLED, "gone".into());
+        let mut cx = cx();
+        assert!(matches!(
+            state.poll_item(&mut cx, &out),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert_eq!(
+            state.poll_item(&mut cx, &out),
+            Poll::Ready(Some(Err((ErrorCode::CANCELLED, "gone".into()))))
+        );
+    }
+
+    #[test]
+    fn sender_waits_for_credit_and_fails_once_closed() {
+        let (state, _) = StreamState::new(1, INITIAL_STREAM_CREDIT);
+        let mut cx = cx();
+        // The initial credit lets one large item through, then the sender waits.
+        assert_eq!(state.poll_send(&mut cx, 100_000), Poll::Ready(Ok(())));
+        assert_eq!(state.poll_send(&mut cx, 1), Poll::Pending);
+        state.on_credit(50_000);
+        assert_eq!(state.poll_send(&mut cx, 1), Poll::Ready(Ok(())));
+        assert_eq!(state.poll_closed(&mut cx), Poll::Pending);
+        state.close(ErrorCode::DEADLINE_EXCEEDED);
+        assert_eq!(state.poll_closed(&mut cx), Poll::Ready(()));
+        assert_eq!(
+            state.poll_send(&mut cx, 1),
+            Poll::Ready(Err(ErrorCode::DEADLINE_EXCEEDED))
+        );
+    }
+
+    #[test]
+    fn consuming_grants_credit_through_the_control_queue() {
+        let (out, mut rx) = outbox(8);
+        let (state, grant) = StreamState::new(7, 2 * INITIAL_STREAM_CREDIT);
+        assert_eq!(grant, INITIAL_STREAM_CREDIT);
+        for _ in 0..4 {
+            state
+                .on_item(Bytes::from(vec![0; 32 * 1024]), false)
+                .unwrap();
+        }
+        let mut cx = cx();
+        for _ in 0..4 {
+            assert!(matches!(
+                state.poll_item(&mut cx, &out),
+                Poll::Ready(Some(Ok(_)))
+            ));
+        }
+        let mut granted = 0;
+        while let Some(Outgoing::Frame(header, _)) = rx.try_recv() {
+            assert_eq!((header.kind, header.seq), (FrameKind::Credit, 7));
+            granted += header.aux;
+        }
+        assert_eq!(granted, 4 * 32 * 1024);
+        assert_eq!(state.buffered(), 0);
+    }
+}
