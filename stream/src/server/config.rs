@@ -125,6 +125,10 @@ impl ServerConfig {
     /// no more credit than that, so a consumer that stops reading costs at most this much
     /// memory. At least [`INITIAL_STREAM_CREDIT`](crate::flow::INITIAL_STREAM_CREDIT).
     /// Default [`DEFAULT_STREAM_WINDOW`](crate::flow::DEFAULT_STREAM_WINDOW) (256 KiB).
+    ///
+    /// A connection's streaming calls count against `max_in_flight`, so the client items a
+    /// connection can make the server buffer are bounded by
+    /// `max_in_flight x (stream_window + max_frame_len)`; lower either for many-stream loads.
     pub fn stream_window(mut self, bytes: u32) -> Self {
         self.stream_window = bytes.max(crate::flow::INITIAL_STREAM_CREDIT);
         self
