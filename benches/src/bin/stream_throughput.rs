@@ -3,7 +3,8 @@
 //! own single-threaded runtime (like `flumen-bench`'s processes), every item's length checked.
 //!
 //! ```text
-//! cargo run --release -p flumen-bench --bin stream-throughput -- [--runtime tokio|smol] [SECONDS]
+//! cargo run --release -p flumen-bench --bin stream-throughput -- [--runtime tokio|smol] \
+//!     [--window BYTES] [SECONDS]
 //! ```
 
 use std::{
@@ -58,9 +59,10 @@ async fn measure<R: Runtime, T: Transport<Addr = SocketAddr>>(
     size: usize,
     streams: usize,
     duration: Duration,
+    window: u32,
 ) -> Result<Figures, Error> {
-    let client =
-        flumen::stream::Client::connect(&rt, &transport, &addr, ClientConfig::default()).await?;
+    let config = ClientConfig::default().stream_window(window);
+    let client = flumen::stream::Client::connect(&rt, &transport, &addr, config).await?;
     let items = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (done, finished) = smol::channel::bounded::<Result<(), String>>(streams);
@@ -118,17 +120,27 @@ fn main() -> Result<(), Error> {
         .and_then(|i| args.get(i + 1))
         .cloned()
         .unwrap_or_else(|| "tokio".into());
+    let window: u32 = args
+        .iter()
+        .position(|a| a == "--window")
+        .and_then(|i| args.get(i + 1))
+        .map_or(Ok(flumen::stream::flow::DEFAULT_STREAM_WINDOW), |w| {
+            w.parse()
+        })?;
+    // The one argument that is neither a flag nor a flag's value.
     let seconds: f64 = args
         .iter()
-        .rfind(|a| a.parse::<f64>().is_ok())
-        .map_or(Ok(2.0), |s| s.parse())?;
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--")))
+        .map_or(Ok(2.0), |(_, s)| s.parse())?;
     let duration = Duration::from_secs_f64(seconds);
+    println!("stream window {window} bytes");
     println!("runtime  item size  streams      items/s      MB/s");
     for size in [32usize, 64 * 1024] {
         for streams in [1usize, 16] {
             let figures = match runtime.as_str() {
-                "smol" => on_smol(size, streams, duration)?,
-                _ => on_tokio(size, streams, duration)?,
+                "smol" => on_smol(size, streams, duration, window)?,
+                _ => on_tokio(size, streams, duration, window)?,
             };
             let secs = figures.elapsed.as_secs_f64();
             let per_sec = figures.items as f64 / secs;
@@ -141,7 +153,12 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
-fn on_tokio(size: usize, streams: usize, duration: Duration) -> Result<Figures, Error> {
+fn on_tokio(
+    size: usize,
+    streams: usize,
+    duration: Duration,
+    window: u32,
+) -> Result<Figures, Error> {
     let server_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -170,6 +187,7 @@ fn on_tokio(size: usize, streams: usize, duration: Duration) -> Result<Figures, 
             size,
             streams,
             duration,
+            window,
         )
         .await
     });
@@ -178,7 +196,7 @@ fn on_tokio(size: usize, streams: usize, duration: Duration) -> Result<Figures, 
     figures
 }
 
-fn on_smol(size: usize, streams: usize, duration: Duration) -> Result<Figures, Error> {
+fn on_smol(size: usize, streams: usize, duration: Duration, window: u32) -> Result<Figures, Error> {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     let server = std::thread::spawn(move || {
@@ -196,7 +214,8 @@ fn on_smol(size: usize, streams: usize, duration: Duration) -> Result<Figures, E
     let addr = addr_rx.recv()?;
     let executor = Arc::new(smol::Executor::new());
     let rt = SmolRuntime::new(executor.clone());
-    let figures = smol::block_on(executor.run(measure(rt, SmolTcp, addr, size, streams, duration)));
+    let figures =
+        smol::block_on(executor.run(measure(rt, SmolTcp, addr, size, streams, duration, window)));
     drop(stop_tx);
     let _ = server.join();
     figures
