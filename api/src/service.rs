@@ -420,9 +420,6 @@ pub mod __private {
     pub use futures_lite::Stream;
     pub use serde::{de::DeserializeOwned, Serialize};
 
-    /// Re-exported for generated code: `core`/`std` items it names by absolute path.
-    pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
-
     fn bad_request(error: flumen_codec::CodecError) -> Status {
         Status::new(ErrorCode::BAD_REQUEST, error.to_string())
     }
@@ -612,20 +609,6 @@ pub mod __private {
             })();
             async move { reply(&codec, started?.await) }
         })
-    }
-
-    /// The client's per-call settings, as a generated client keeps them.
-    pub fn options(
-        timeout: Option<Option<Duration>>,
-        metadata: &Metadata,
-    ) -> Result<CallOptions, Error> {
-        let mut options = CallOptions::new()
-            .metadata(metadata)
-            .map_err(|e| Error::Encode(flumen_codec::CodecError::Encode(Box::new(e))))?;
-        if let Some(timeout) = timeout {
-            options = options.timeout(timeout);
-        }
-        Ok(options)
     }
 
     /// A unary call.
