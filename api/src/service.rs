@@ -911,12 +911,4 @@ pub mod __private {
             attachment,
         })
     }
-
-    /// Registers `service` on `router`.
-    pub fn register<C: Codec, S: Service<C>>(
-        router: Router<C>,
-        service: S,
-    ) -> Result<Router<C>, RouteError> {
-        service.register(router)
-    }
 }

@@ -324,6 +324,10 @@ async fn two_services_one_port_and_collisions_refused<E: Env>(env: E) {
     let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
     assert_eq!(LabClient::new(client.clone()).add(1, 1).await.unwrap(), 2);
     assert_eq!(ElsewhereClient::new(client).ping().await.unwrap(), "pong");
+    // A generated server is also a Dispatch of its own.
+    let alone = serve(&env, ElsewhereServer::new(Here), ServerConfig::default()).await;
+    let client = connect(&env, *alone.local_addr(), ClientConfig::default()).await;
+    assert_eq!(ElsewhereClient::new(client).ping().await.unwrap(), "pong");
 }
 
 /// Raw bytes beside the typed message, both ways, unchanged.

@@ -516,7 +516,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     }
                 };
                 quote_spanned! {span=>
-                    #krate::__private::unary_attached(router, #wire_name, ::core::clone::Clone::clone(&self.service), #request_attached,
+                    #krate::__private::unary_attached(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc), #request_attached,
                         |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #attachment_arg: #krate::Attachment| async move {
                             let _ = &__flumen_context;
                             let _ = &#attachment_arg;
@@ -531,7 +531,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     quote!(__flumen_service.#name(#context_arg #(#arg_names),*).await),
                 );
                 quote_spanned! {span=>
-                    #krate::__private::unary(router, #wire_name, ::core::clone::Clone::clone(&self.service),
+                    #krate::__private::unary(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
                         |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern| async move {
                             let _ = &__flumen_context;
                             #body
@@ -545,7 +545,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     quote!(__flumen_service.#name(#context_arg #(#arg_names,)* #items).await),
                 );
                 quote_spanned! {span=>
-                    #krate::__private::client_streaming(router, #wire_name, ::core::clone::Clone::clone(&self.service),
+                    #krate::__private::client_streaming(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
                         |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #items: #krate::Streaming<#item>| async move {
                             let _ = &__flumen_context;
                             #body
@@ -559,7 +559,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     quote!(__flumen_service.#name(#context_arg #(#arg_names),*).await),
                 );
                 quote_spanned! {span=>
-                    #krate::__private::server_streaming(router, #wire_name, ::core::clone::Clone::clone(&self.service),
+                    #krate::__private::server_streaming(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
                         |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern| async move {
                             let _ = &__flumen_context;
                             #body
@@ -573,7 +573,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     quote!(__flumen_service.#name(#context_arg #(#arg_names,)* #items).await),
                 );
                 quote_spanned! {span=>
-                    #krate::__private::bidirectional(router, #wire_name, ::core::clone::Clone::clone(&self.service),
+                    #krate::__private::bidirectional(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
                         |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #items: #krate::Streaming<#item>| async move {
                             let _ = &__flumen_context;
                             #body
@@ -592,9 +592,9 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
          return a client whose calls carry those settings."
     );
     let server_doc = format!(
-        "Serves an implementation of [`{service_name}`]: add it to a `flumen::Router` with \
-         `Router::service` (several services may share one router, so one port), or make a \
-         router of its own with [`into_router`](Self::into_router)."
+        "Serves an implementation of [`{service_name}`]: it is a `flumen::Dispatch` to serve \
+         alone (`Server::new(server)`), or add it to a `flumen::Router` with `Router::service` \
+         (several services may share one router, so one port)."
     );
     let n = id_names.len();
     let collision = format!("two methods of service `{service_name}` have the same method id");
@@ -672,11 +672,16 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
         #[doc = #server_doc]
         #vis struct #server<S> {
             service: ::std::sync::Arc<S>,
+            /// The MessagePack routes, for serving this service alone (`Dispatch`).
+            router: ::std::sync::Arc<#krate::Router>,
         }
 
         impl<S> ::core::clone::Clone for #server<S> {
             fn clone(&self) -> Self {
-                Self { service: ::core::clone::Clone::clone(&self.service) }
+                Self {
+                    service: ::core::clone::Clone::clone(&self.service),
+                    router: ::core::clone::Clone::clone(&self.router),
+                }
             }
         }
 
@@ -689,21 +694,35 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
         impl<S: #service> #server<S> {
             /// Serves `service`.
             pub fn new(service: S) -> Self {
-                Self { service: ::std::sync::Arc::new(service) }
+                Self::from_arc(::std::sync::Arc::new(service))
             }
 
             /// Serves a shared `service`.
             pub fn from_arc(service: ::std::sync::Arc<S>) -> Self {
-                Self { service }
+                let router = Self::routes(#krate::Router::new(), &service);
+                Self { service, router: ::std::sync::Arc::new(router) }
             }
 
-            /// A MessagePack router serving only this service.
+            /// A MessagePack router serving only this service (add others with
+            /// `Router::service`).
             pub fn into_router(self) -> #krate::Router {
-                match #krate::__private::register(#krate::Router::new(), self) {
+                Self::routes(#krate::Router::new(), &self.service)
+            }
+
+            fn routes(router: #krate::Router, service: &::std::sync::Arc<S>) -> #krate::Router {
+                match Self::register_on(router, service) {
                     ::core::result::Result::Ok(router) => router,
-                    // Ids within one service are checked at compile time.
+                    // Ids within one service are checked at compile time, and the router is new.
                     ::core::result::Result::Err(error) => ::core::panic!("{}", error),
                 }
+            }
+
+            fn register_on<C: #krate::Codec>(
+                router: #krate::Router<C>,
+                __flumen_service_arc: &::std::sync::Arc<S>,
+            ) -> ::core::result::Result<#krate::Router<C>, #krate::RouteError> {
+                #(#registrations)*
+                ::core::result::Result::Ok(router)
             }
         }
 
@@ -712,8 +731,16 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                 self,
                 router: #krate::Router<C>,
             ) -> ::core::result::Result<#krate::Router<C>, #krate::RouteError> {
-                #(#registrations)*
-                ::core::result::Result::Ok(router)
+                Self::register_on(router, &self.service)
+            }
+        }
+
+        /// Serves this service alone on a `flumen::Server` (MessagePack).
+        impl<S: #service> #krate::Dispatch for #server<S> {
+            type Future = #krate::RouterFuture;
+
+            fn dispatch(&self, request: #krate::Request) -> #krate::RouterFuture {
+                #krate::Dispatch::dispatch(&*self.router, request)
             }
         }
     })
