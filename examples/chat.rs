@@ -73,6 +73,12 @@ impl Chat for std::sync::Arc<Room> {
             }
             members.push((name.clone(), outbox));
         }
+        // Everyone, the newcomer included, hears who joined: a member knows it is in the room
+        // (and will hear what is said from now on) once it hears its own arrival.
+        self.broadcast(Message {
+            from: "room".into(),
+            text: format!("{name} joined"),
+        });
         // Messages in are broadcast by a task of the room's; the member's stream out is its inbox.
         let room = self.clone();
         let reader = async move {
@@ -105,7 +111,7 @@ impl Example for Demo {
         transport: T,
     ) -> Result<(), Error> {
         let room = std::sync::Arc::new(Room::default());
-        let server = Server::new(ChatServer::new(room).into_router())
+        let server = Server::new(ChatServer::new(room))
             .bind(&rt, &transport, &common::loopback())
             .await?;
         let connect = || async {
@@ -117,15 +123,22 @@ impl Example for Demo {
         // Each member types into a channel; their stream out ends when they leave.
         let (ada_says, ada_lines) = async_channel::bounded::<String>(8);
         let (bob_says, bob_lines) = async_channel::bounded::<String>(8);
+        let hear =
+            |who: &'static str, message: Option<Result<Message, flumen::RpcError<ChatError>>>| {
+                let message = message.ok_or("room closed")??;
+                println!("{who} hears {}: {}", message.from, message.text);
+                Ok::<_, Error>(())
+            };
         let mut ada_hears = ada.join("ada".into(), ada_lines).await?;
+        hear("ada", ada_hears.next().await)?; // ada joined
         let mut bob_hears = bob.join("bob".into(), bob_lines).await?;
+        hear("bob", bob_hears.next().await)?; // bob joined
+        hear("ada", ada_hears.next().await)?; // bob joined
         bob_says.send("hi ada".into()).await?;
         ada_says.send("hello bob".into()).await?;
-        for (who, hears) in [("bob", &mut bob_hears), ("ada", &mut ada_hears)] {
-            for _ in 0..2 {
-                let message = hears.next().await.ok_or("room closed")??;
-                println!("{who} hears {}: {}", message.from, message.text);
-            }
+        for _ in 0..2 {
+            hear("bob", bob_hears.next().await)?;
+            hear("ada", ada_hears.next().await)?;
         }
         // Leaving: closing a member's messages ends their stream.
         drop((ada_says, bob_says));

@@ -84,8 +84,8 @@ impl Example for Demo {
         rt: R,
         transport: T,
     ) -> Result<(), Error> {
-        let router = KvServer::new(Store::default()).into_router();
-        let server = Server::new(router)
+        // A generated server is a Dispatch: serve it alone, or add it to a Router with others.
+        let server = Server::new(KvServer::new(Store::default()))
             .bind(&rt, &transport, &common::loopback())
             .await?;
         let kv = KvClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);

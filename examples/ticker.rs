@@ -74,7 +74,7 @@ impl Example for Demo {
         rt: R,
         transport: T,
     ) -> Result<(), Error> {
-        let server = Server::new(TickerServer::new(Clock).into_router())
+        let server = Server::new(TickerServer::new(Clock))
             .bind(&rt, &transport, &common::loopback())
             .await?;
         let ticker =

@@ -97,7 +97,7 @@ impl Example for Demo {
         rt: R,
         transport: T,
     ) -> Result<(), Error> {
-        let server = Server::new(UploadsServer::new(Sink).into_router())
+        let server = Server::new(UploadsServer::new(Sink))
             .bind(&rt, &transport, &common::loopback())
             .await?;
         let uploads =
