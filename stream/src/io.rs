@@ -37,6 +37,13 @@ const MAX_IOVECS: usize = 64;
 const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 64 * 1024;
 
+/// Size of a fresh read buffer: room for two maximal reads.
+const BUFFER_SIZE: usize = 2 * MAX_READ;
+
+/// Earlier read buffers a connection keeps to reuse once the frames cut from them are dropped
+/// (at most this many, so at most `RETIRED_BUFFERS x BUFFER_SIZE` idle per busy connection).
+const RETIRED_BUFFERS: usize = 4;
+
 /// What a connection's writer task takes from its queue.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
@@ -383,14 +390,22 @@ pub(crate) struct ReadBuffer {
     /// Zero-filled memory right after `buf`; the next read lands here.
     spare: BytesMut,
     read_size: usize,
+    /// Earlier buffers, possibly still referenced by frames the application holds; one is
+    /// reused as soon as nothing references it, instead of allocating (and faulting in) new
+    /// memory while slow consumers pin the current one.
+    retired: Vec<BytesMut>,
 }
 
 impl ReadBuffer {
     pub(crate) fn new() -> Self {
+        let mut spare = BytesMut::with_capacity(MAX_READ);
+        // An empty `buf` in front of `spare`, so the first `grow` keeps this allocation.
+        let buf = spare.split_to(0);
         Self {
-            buf: BytesMut::with_capacity(MAX_READ),
-            spare: BytesMut::new(),
+            buf,
+            spare,
             read_size: MIN_READ,
+            retired: Vec::new(),
         }
     }
 
@@ -424,8 +439,26 @@ impl ReadBuffer {
     fn grow(&mut self, want: usize) {
         let len = self.buf.len();
         self.buf.unsplit(std::mem::take(&mut self.spare));
-        if self.buf.len() < len + want {
-            self.buf.resize(len + want, 0);
+        let needed = len + want;
+        if self.buf.len() < needed {
+            // Room in place (the buffer is free again, or has capacity left): use it.
+            // Otherwise frames still held pin it: move the partial frame to a retired buffer
+            // nobody references any more, or to a new one.
+            if !self.buf.try_reclaim(needed - self.buf.len()) {
+                let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(needed));
+                let mut next = match reusable {
+                    Some(i) => self.retired.swap_remove(i),
+                    None => BytesMut::with_capacity(needed.max(BUFFER_SIZE)),
+                };
+                next.extend_from_slice(&self.buf[..len]);
+                let mut pinned = std::mem::replace(&mut self.buf, next);
+                pinned.clear();
+                if self.retired.len() == RETIRED_BUFFERS {
+                    self.retired.remove(0);
+                }
+                self.retired.push(pinned);
+            }
+            self.buf.resize(needed, 0);
         }
         self.spare = self.buf.split_off(len);
     }
@@ -525,6 +558,39 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) ->
 mod tests {
     use super::*;
     use crate::frame::FrameKind;
+
+    /// Fills the spare room completely, as a read would, and cuts it off as a frame the
+    /// application holds.
+    fn fill_and_hold(read: &mut ReadBuffer) -> Bytes {
+        let len = read.spare.len();
+        let filled = read.spare.split_to(len);
+        read.buf.unsplit(filled);
+        read.buf.split_to(len).freeze()
+    }
+
+    #[test]
+    fn read_buffer_reuses_retired_memory_once_its_frames_are_dropped() {
+        let mut read = ReadBuffer::new();
+        // One maximal read fills the first buffer; its frame is held.
+        read.grow(MAX_READ);
+        let first = fill_and_hold(&mut read);
+        // That buffer is pinned: the next reads go to a new one, whose frames are held too.
+        let second: Vec<Bytes> = (0..BUFFER_SIZE / MAX_READ)
+            .map(|_| {
+                read.grow(MAX_READ);
+                fill_and_hold(&mut read)
+            })
+            .collect();
+        assert!(second.iter().all(|frame| frame.as_ptr() != first.as_ptr()));
+        let start = first.as_ptr();
+        drop(first);
+        // The second buffer is pinned and full; the first is free again: reused, not
+        // allocated, and zeroed where the next read lands.
+        read.grow(MAX_READ);
+        assert_eq!(read.spare.as_ptr(), start);
+        assert!(read.spare.iter().all(|&b| b == 0));
+        drop(second);
+    }
 
     fn drain(batch: &mut WriteBatch, step: usize) -> Vec<u8> {
         let mut out = Vec::new();

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p flumen-bench --bin stream-throughput -- [--runtime tokio|smol] \
-//!     [--window BYTES] [SECONDS]
+//!     [--window BYTES] [--sizes 32,65536] [--streams 1,16] [SECONDS]
 //! ```
 
 use std::{
@@ -136,8 +136,15 @@ fn main() -> Result<(), Error> {
     let duration = Duration::from_secs_f64(seconds);
     println!("stream window {window} bytes");
     println!("runtime  item size  streams      items/s      MB/s");
-    for size in [32usize, 64 * 1024] {
-        for streams in [1usize, 16] {
+    let list = |flag: &str, default: &[usize]| -> Vec<usize> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_else(|| default.to_vec())
+    };
+    for size in list("--sizes", &[32, 64 * 1024]) {
+        for streams in list("--streams", &[1, 16]) {
             let figures = match runtime.as_str() {
                 "smol" => on_smol(size, streams, duration, window)?,
                 _ => on_tokio(size, streams, duration, window)?,
