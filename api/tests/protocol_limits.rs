@@ -25,6 +25,7 @@ e2e!(
     connection_limit_refuses_with_a_reason,
     non_flumen_server_fails_the_handshake,
     flood_of_pings_is_answered_in_order,
+    stream_items_past_their_credit_close_with_flow_control,
 );
 
 async fn echo_server<E: Env>(env: &E, config: ServerConfig) -> ServerHandle<SocketAddr> {
@@ -211,4 +212,43 @@ async fn flood_of_pings_is_answered_in_order<E: Env>(env: E) {
     for (seq, (header, _)) in frames.iter().enumerate() {
         assert_eq!((header.kind, header.seq), (FrameKind::Pong, seq as u64));
     }
+}
+
+/// A client that ignores stream credit is cut off with `FLOW_CONTROL` after at most the stream
+/// window (plus one item) was buffered for it; other clients go on.
+async fn stream_items_past_their_credit_close_with_flow_control<E: Env>(env: E) {
+    let router = Router::new()
+        .route("echo", |n: u64| async move { Ok::<_, Status>(n) })
+        // Takes a client stream and never reads it.
+        .route_raw("hold", |request| async move {
+            let _items = request.items();
+            std::future::pending::<()>().await;
+            Ok(flumen::Bytes::new())
+        });
+    let server = serve(&env, router, ServerConfig::default()).await;
+    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let mut bytes = Hello::new(1 << 20, 8).encode().to_vec();
+    let mut header = [0u8; HEADER_LEN];
+    let request = FrameHeader {
+        method: flumen::MethodId::from_name("hold").as_u32(),
+        flags: frame::flags::STREAM_REQUEST,
+        ..FrameHeader::new(FrameKind::Request, 1)
+    };
+    request.encode(&mut header);
+    bytes.extend_from_slice(&header);
+    // The default window is 256 KiB: the fifth 64 KiB item has no credit.
+    let item = vec![7u8; 64 * 1024];
+    for _ in 0..5 {
+        FrameHeader {
+            len: item.len() as u32,
+            ..FrameHeader::new(FrameKind::StreamItem, 1)
+        }
+        .encode(&mut header);
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&item);
+    }
+    let received = exchange(&env, *server.local_addr(), &bytes).await;
+    assert_go_away(&received, ErrorCode::FLOW_CONTROL);
+    still_serving::<E>(&good).await;
+    assert_eq!(server.stats().protocol_errors, 1);
 }
