@@ -48,6 +48,8 @@ pub trait Lab {
     async fn fail_after(&self, n: u32) -> impl Stream<Item = Result<u32, LabError>>;
     /// 16 KiB items forever.
     async fn flood(&self) -> impl Stream<Item = serde_bytes::ByteBuf>;
+    /// Numbers forever; counts the stream dropped (its drop guard) when the call ends.
+    async fn forever(&self) -> impl Stream<Item = u64>;
     /// Sums the items.
     async fn sum(&self, items: Streaming<u64>) -> Result<u64, LabError>;
     /// Echoes `data` back beside its length and `name`.
@@ -130,6 +132,14 @@ impl Lab for LabImpl {
         }
         let len = data.len() as u64;
         Ok(WithAttachment::new((name, len), data))
+    }
+
+    async fn forever(&self) -> BoxStream<u64> {
+        let guard = DropGuard(Some(self.dropped.clone()));
+        Box::pin(stream::iter(0..).map(move |n| {
+            let _ = &guard;
+            n
+        }))
     }
 
     async fn sum(&self, mut items: Streaming<u64>) -> Result<u64, LabError> {
@@ -273,6 +283,20 @@ async fn dropped_call_runs_the_handlers_drop_guard<E: Env>(env: E) {
     .await;
 }
 
+async fn dropped_stream_drops_the_servers_stream<E: Env>(env: E) {
+    let (_server, lab, service) = lab(&env).await;
+    let mut numbers = lab.forever().await.unwrap();
+    assert_eq!(numbers.next().await.unwrap().unwrap(), 0);
+    assert_eq!(numbers.next().await.unwrap().unwrap(), 1);
+    drop(numbers);
+    eventually(&env, "server dropped the stream", || {
+        service.dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The connection and its window are intact.
+    assert_eq!(lab.add(1, 2).await.unwrap(), 3);
+}
+
 async fn deadline_reaches_the_handler<E: Env>(env: E) {
     let (_server, lab, service) = lab(&env).await;
     let remaining = lab
@@ -361,6 +385,7 @@ e2e!(
     client_streaming_and_bidirectional,
     unread_stream_is_bounded_and_blocks_nothing,
     dropped_call_runs_the_handlers_drop_guard,
+    dropped_stream_drops_the_servers_stream,
     deadline_reaches_the_handler,
     metadata_reaches_the_handler,
     two_services_one_port_and_collisions_refused,
