@@ -119,7 +119,7 @@ impl Client {
             options,
         );
         let _ = conn.out.send(request).await;
-        if grant > 0 {
+        if grant > 0 && mode != StreamMode::ClientStreaming {
             // Through the ordered queue: a control frame could overtake the request, and the
             // server drops credit for a stream it does not know yet.
             let credit = Outgoing::frame(streaming::credit(seq, grant), Bytes::new());
