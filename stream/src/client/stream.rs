@@ -176,12 +176,12 @@ impl RequestSender {
         conn.check_request(&item, &CallOptions::new())?;
         let state = &self.call.state;
         if let Err(code) = poll_fn(|cx| state.poll_send(cx, item.len())).await {
-            return Err(closed(conn, code));
+            return Err(call_over(conn, code));
         }
         if conn.out.send(streaming::item(state.seq(), item)).await {
             Ok(())
         } else {
-            Err(closed(conn, ErrorCode::CANCELLED))
+            Err(call_over(conn, ErrorCode::CANCELLED))
         }
     }
 
@@ -220,13 +220,18 @@ impl Drop for RequestSender {
     }
 }
 
-/// Why a stream operation failed once the call is over.
-fn closed(conn: &Conn, code: ErrorCode) -> CallError {
+/// The error of an item the call no longer takes: the connection's end, or the code the call
+/// ended with (`NO_ERROR` once the server has answered; its reply is on the reply stream).
+fn call_over(conn: &Conn, code: ErrorCode) -> CallError {
     match conn.table.lock().refusing() {
         Some(error) if code == ErrorCode::CANCELLED => CallError::Connection(error.clone()),
+        _ if code == ErrorCode::NO_ERROR => CallError::Remote {
+            code,
+            message: "the server already answered; the item was not sent".into(),
+        },
         _ => CallError::Remote {
             code,
-            message: "the call is over".into(),
+            message: "the call is over; the item was not sent".into(),
         },
     }
 }
