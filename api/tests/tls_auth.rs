@@ -20,32 +20,38 @@ fn router() -> Router {
 
 /// A transport that can be built with either TLS side.
 trait Secure: Transport<Addr = SocketAddr> + Clone + MakeTransport {
-    fn secure(self, client: Option<ClientTls>, server: Option<ServerTls>) -> Self;
+    fn with_client(self, tls: ClientTls) -> Self;
+    fn with_server(self, tls: ServerTls) -> Self;
+
+    fn secure(self, client: Option<ClientTls>, server: Option<ServerTls>) -> Self {
+        let transport = match client {
+            Some(tls) => self.with_client(tls),
+            None => self,
+        };
+        match server {
+            Some(tls) => transport.with_server(tls),
+            None => transport,
+        }
+    }
 }
 
 impl<T: Transport<Addr = SocketAddr> + Clone + MakeTransport> Secure for TlsTransport<T> {
-    fn secure(self, client: Option<ClientTls>, server: Option<ServerTls>) -> Self {
-        let mut transport = self;
-        if let Some(client) = client {
-            transport = transport.client(client).unwrap();
-        }
-        if let Some(server) = server {
-            transport = transport.server(server).unwrap();
-        }
-        transport
+    fn with_client(self, tls: ClientTls) -> Self {
+        self.client(tls).unwrap()
+    }
+
+    fn with_server(self, tls: ServerTls) -> Self {
+        self.server(tls).unwrap()
     }
 }
 
 impl Secure for QuicTransport {
-    fn secure(self, client: Option<ClientTls>, server: Option<ServerTls>) -> Self {
-        let mut transport = self;
-        if let Some(client) = client {
-            transport = transport.client(client).unwrap();
-        }
-        if let Some(server) = server {
-            transport = transport.server(server).unwrap();
-        }
-        transport
+    fn with_client(self, tls: ClientTls) -> Self {
+        self.client(tls).unwrap()
+    }
+
+    fn with_server(self, tls: ServerTls) -> Self {
+        self.server(tls).unwrap()
     }
 }
 
