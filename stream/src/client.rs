@@ -32,9 +32,10 @@ use crate::{
     call::CallTable,
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     frame::{FrameHeader, FrameKind},
-    io::{Outbox, Outgoing, Stop},
+    io::{Outbox, Outgoing, Quiet, Stop},
     metadata::{Metadata, MetadataError},
     runtime::Runtime,
+    stats::ConnectionStats,
     streaming::StreamState,
     transport::Transport,
 };
@@ -64,6 +65,8 @@ pub(crate) struct Conn {
     /// Frames for the writer task.
     out: Outbox,
     stop: Stop,
+    /// Asks the reader and writer to give their buffers back.
+    quiet: Quiet,
     timer: driver::TimerGate,
     clock: Clock,
     default_timeout: Option<Duration>,
@@ -241,6 +244,7 @@ impl Client {
             .await;
         let outcome = poll_fn(|cx| conn.table.lock().poll(slot, cx)).await;
         guard.begun = false;
+        conn.out.arrived();
         outcome
     }
 
@@ -312,12 +316,19 @@ impl Client {
         let outcome =
             futures_lite::future::block_on(poll_fn(|cx| conn.table.lock().poll(slot, cx)));
         guard.begun = false;
+        conn.out.arrived();
         outcome
     }
 
     /// The number of calls this connection keeps in flight at most.
     pub fn window(&self) -> usize {
         self.handle.conn.window
+    }
+
+    /// The connection's counters: frames and writes each way (how well calls are batched),
+    /// and the buffer memory it holds now.
+    pub fn stats(&self) -> ConnectionStats {
+        self.handle.conn.out.counters().into()
     }
 
     /// Whether the connection has ended or is draining (new calls fail at once).

@@ -1,24 +1,23 @@
 //! The thin async layer shared by client and server drivers: the outgoing queue's message, the
 //! batch writer, buffered reads, and the stop signal that ends a connection's tasks.
 
+mod outbox;
+
 use std::{
     collections::VecDeque,
     future::{poll_fn, Future},
     io::{self, IoSlice},
     pin::Pin,
-    sync::{
-        atomic::{fence, AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     task::Poll,
 };
 
 use atomic_waker::AtomicWaker;
 use bytes::{Buf, Bytes, BytesMut};
-use crossfire::{mpsc, AsyncRx, MAsyncTx, MTx};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 
+pub(crate) use self::outbox::{outbox, Inbox, IoCounters, Outbox};
 use crate::frame::{Frame, FrameDecoder, FrameHeader, HEADER_LEN};
 
 /// Bodies up to this size are copied into the batch buffer; larger ones are written in place
@@ -37,11 +36,16 @@ const MAX_IOVECS: usize = 64;
 const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 64 * 1024;
 
-/// Size of a fresh read buffer: room for two maximal reads.
-const BUFFER_SIZE: usize = 2 * MAX_READ;
+/// A fresh read buffer has room for this many reads of the current read size, so a buffer
+/// grows with traffic (8 KiB at first, 128 KiB for bulk) instead of starting at its largest.
+const READS_PER_BUFFER: usize = 2;
+
+/// What a reader without a buffer (a new or quiet connection) reads into first, from memory
+/// it already has; the buffer is allocated once bytes arrive.
+const IDLE_READ: usize = 256;
 
 /// Earlier read buffers a connection keeps to reuse once the frames cut from them are dropped
-/// (at most this many, so at most `RETIRED_BUFFERS x BUFFER_SIZE` idle per busy connection).
+/// (at most this many, so at most `RETIRED_BUFFERS x 2 x MAX_READ` per busy connection).
 const RETIRED_BUFFERS: usize = 4;
 
 /// What a connection's writer task takes from its queue.
@@ -68,140 +72,6 @@ impl Outgoing {
 impl From<Frame> for Outgoing {
     fn from(frame: Frame) -> Self {
         Self::Frame(frame.header, frame.body)
-    }
-}
-
-/// The producing side of a connection's outgoing queue: a bounded crossfire channel, and a
-/// doorbell that wakes the writer when it has parked on the empty queue.
-///
-/// The writer parks on the doorbell rather than in crossfire's `recv`, which allocates a waker
-/// each time it parks (once per batch): with the doorbell a batch costs no allocation. A
-/// producer that finds the queue full still waits in crossfire's `send` (backpressure).
-#[derive(Debug, Clone)]
-pub(crate) struct Outbox {
-    tx: MAsyncTx<mpsc::Array<Outgoing>>,
-    tx_blocking: MTx<mpsc::Array<Outgoing>>,
-    bell: Arc<Doorbell>,
-}
-
-/// The writer's side of the outgoing queue.
-#[derive(Debug)]
-pub(crate) struct Inbox {
-    rx: AsyncRx<mpsc::Array<Outgoing>>,
-    bell: Arc<Doorbell>,
-}
-
-#[derive(Debug, Default)]
-struct Doorbell {
-    parked: AtomicBool,
-    waker: AtomicWaker,
-    /// Control frames (stream credit) that must never wait behind a full queue; the writer
-    /// takes them first. Bounded by construction: a stream queues a grant only after its
-    /// application consumed half a window, which its peer could only send with credit.
-    control: parking_lot::Mutex<Vec<FrameHeader>>,
-    has_control: AtomicBool,
-}
-
-/// A queue of `capacity` messages for a connection's writer.
-pub(crate) fn outbox(capacity: usize) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::bounded_async(capacity);
-    let bell = Arc::new(Doorbell::default());
-    let tx_blocking = tx.clone().into();
-    (
-        Outbox {
-            tx,
-            tx_blocking,
-            bell: bell.clone(),
-        },
-        Inbox { rx, bell },
-    )
-}
-
-impl Outbox {
-    /// Queues `message`, waiting while the queue is full; `false` once the writer is gone.
-    pub(crate) async fn send(&self, message: Outgoing) -> bool {
-        let sent = self.tx.send(message).await.is_ok();
-        self.ring();
-        sent
-    }
-
-    /// [`send`](Self::send) for a thread without a runtime, blocking while the queue is full.
-    pub(crate) fn send_blocking(&self, message: Outgoing) -> bool {
-        let sent = self.tx_blocking.send(message).is_ok();
-        self.ring();
-        sent
-    }
-
-    /// Queues `message` unless the queue is full or the writer is gone.
-    pub(crate) fn try_send(&self, message: Outgoing) -> bool {
-        let sent = self.tx.try_send(message).is_ok();
-        self.ring();
-        sent
-    }
-
-    /// Queues a bodiless control frame ahead of everything else, without ever waiting.
-    pub(crate) fn send_control(&self, header: FrameHeader) {
-        self.bell.control.lock().push(header);
-        self.bell.has_control.store(true, Ordering::Release);
-        self.ring();
-    }
-
-    fn ring(&self) {
-        // Pairs with the fence in `Inbox::recv`: either the writer sees the new message, or
-        // this sees that it parked.
-        fence(Ordering::SeqCst);
-        if self.bell.parked.load(Ordering::Relaxed)
-            && self.bell.parked.swap(false, Ordering::AcqRel)
-        {
-            self.bell.waker.wake();
-        }
-    }
-}
-
-impl Inbox {
-    /// The next message, without waiting.
-    pub(crate) fn try_recv(&mut self) -> Option<Outgoing> {
-        if self.bell.has_control.load(Ordering::Acquire) {
-            if let Some(control) = self.take_control() {
-                return Some(control);
-            }
-        }
-        self.rx.try_recv().ok()
-    }
-
-    fn take_control(&mut self) -> Option<Outgoing> {
-        let mut control = self.bell.control.lock();
-        let header = control.pop();
-        if control.is_empty() {
-            self.bell.has_control.store(false, Ordering::Release);
-        }
-        header.map(|header| Outgoing::frame(header, Bytes::new()))
-    }
-
-    /// The next message, parking while the queue is empty; `None` once every producer is gone.
-    pub(crate) fn recv(&mut self) -> impl Future<Output = Option<Outgoing>> + '_ {
-        poll_fn(move |cx| {
-            if let Some(message) = self.try_recv() {
-                return Poll::Ready(Some(message));
-            }
-            self.bell.waker.register(cx.waker());
-            self.bell.parked.store(true, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            if self.bell.has_control.load(Ordering::Acquire) {
-                if let Some(control) = self.take_control() {
-                    self.bell.parked.store(false, Ordering::Relaxed);
-                    return Poll::Ready(Some(control));
-                }
-            }
-            match self.rx.try_recv() {
-                Ok(message) => {
-                    self.bell.parked.store(false, Ordering::Relaxed);
-                    Poll::Ready(Some(message))
-                }
-                Err(crossfire::TryRecvError::Disconnected) => Poll::Ready(None),
-                Err(crossfire::TryRecvError::Empty) => Poll::Pending,
-            }
-        })
     }
 }
 
@@ -280,15 +150,28 @@ pub(crate) struct WriteBatch {
     chunks: VecDeque<Bytes>,
     buf: BytesMut,
     len: usize,
+    /// Frames pushed since the last flush.
+    frames: u64,
 }
 
 impl WriteBatch {
+    /// An empty batch; its buffer is allocated by the first frame and grows with traffic.
     pub(crate) fn new() -> Self {
-        Self {
-            chunks: VecDeque::new(),
-            buf: BytesMut::with_capacity(64 * 1024),
-            len: 0,
+        Self::default()
+    }
+
+    /// Gives the buffer's memory back if the batch is empty; returns the bytes still held.
+    pub(crate) fn release(&mut self) -> usize {
+        if self.is_empty() {
+            self.buf = BytesMut::new();
+            self.chunks = VecDeque::new();
         }
+        self.held_bytes()
+    }
+
+    /// Bytes of memory the batch holds.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.chunks.capacity() * std::mem::size_of::<Bytes>()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -302,6 +185,7 @@ impl WriteBatch {
 
     /// Appends one frame.
     pub(crate) fn push(&mut self, header: &FrameHeader, body: Bytes) {
+        self.frames += 1;
         self.len += HEADER_LEN;
         header.put(&mut self.buf);
         self.push_body(body);
@@ -359,8 +243,10 @@ impl WriteBatch {
         }
     }
 
-    /// Writes the whole batch to `w`.
-    pub(crate) async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+    /// Writes the whole batch to `w`; returns the number of writes it took.
+    pub(crate) async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<u64> {
+        let mut writes = 0;
+        self.frames = 0;
         while !self.is_empty() {
             let written = poll_fn(|cx| {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -372,8 +258,10 @@ impl WriteBatch {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             self.advance(written);
+            writes += 1;
         }
-        poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)).await
+        poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)).await?;
+        Ok(writes)
     }
 }
 
@@ -397,16 +285,47 @@ pub(crate) struct ReadBuffer {
 }
 
 impl ReadBuffer {
+    /// A buffer that holds no memory until bytes arrive.
     pub(crate) fn new() -> Self {
-        let mut spare = BytesMut::with_capacity(MAX_READ);
-        // An empty `buf` in front of `spare`, so the first `grow` keeps this allocation.
-        let buf = spare.split_to(0);
         Self {
-            buf,
-            spare,
+            buf: BytesMut::new(),
+            spare: BytesMut::new(),
             read_size: MIN_READ,
             retired: Vec::new(),
         }
+    }
+
+    /// Gives the memory back if no partial frame is buffered; returns the bytes still held.
+    /// Frames already cut from the buffer keep their part of it alive until they are dropped.
+    pub(crate) fn release(&mut self) -> usize {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+            self.spare = BytesMut::new();
+            self.retired = Vec::new();
+            self.read_size = MIN_READ;
+        }
+        self.held_bytes()
+    }
+
+    /// Bytes of memory the buffer holds (retired buffers included).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+            + self.spare.capacity()
+            + self.retired.iter().map(BytesMut::capacity).sum::<usize>()
+    }
+
+    /// Reads once from `r` while no memory is held: into a small scratch array, then into a
+    /// buffer sized for what arrived.
+    async fn read_idle<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        let mut scratch = [0u8; IDLE_READ];
+        let n = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut scratch)).await?;
+        if n > 0 {
+            self.grow(self.read_size);
+            self.spare[..n].copy_from_slice(&scratch[..n]);
+            let filled = self.spare.split_to(n);
+            self.buf.unsplit(filled);
+        }
+        Ok(n)
     }
 
     /// Reads once from `r`, with room for at least what `decoder` still needs for its current
@@ -417,6 +336,9 @@ impl ReadBuffer {
         r: &mut R,
         decoder: &FrameDecoder,
     ) -> io::Result<usize> {
+        if self.buf.capacity() == 0 && self.spare.capacity() == 0 && self.retired.is_empty() {
+            return self.read_idle(r).await;
+        }
         let want = self.read_size.max(decoder.needed());
         if self.spare.len() < want {
             self.grow(want);
@@ -448,7 +370,9 @@ impl ReadBuffer {
                 let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(needed));
                 let mut next = match reusable {
                     Some(i) => self.retired.swap_remove(i),
-                    None => BytesMut::with_capacity(needed.max(BUFFER_SIZE)),
+                    None => BytesMut::with_capacity(
+                        needed.max(READS_PER_BUFFER * self.read_size),
+                    ),
                 };
                 next.extend_from_slice(&self.buf[..len]);
                 let mut pinned = std::mem::replace(&mut self.buf, next);
@@ -473,8 +397,19 @@ pub(crate) struct WriteWatch<'a> {
     pub(crate) flush_started: &'a AtomicU64,
 }
 
+/// Yields to the scheduler at most this many times in a row while woken callers are expected
+/// to queue more frames ([`Outbox::expect`]); bounds what a caller that never runs can delay.
+const MAX_COALESCE_YIELDS: usize = 16;
+
 /// The writer task: takes everything queued, encodes it into one batch, writes it with as few
 /// (vectored) syscalls as the socket allows, and parks when the queue is drained.
+///
+/// Coalescing does not rely on the order in which the runtime polls tasks: a batch is held
+/// while a producer says it is adding to it ([`Outbox::hold`], the server's reader while it
+/// dispatches what one read brought), and the writer yields a bounded number of times while
+/// callers woken with their replies have not yet queued their next request
+/// ([`Outbox::expect`]). On a multi-thread runtime the writer is otherwise run the moment the
+/// first of many producers wakes it, and writes one frame per syscall.
 ///
 /// Returns `Ok` when told to stop, when the queue closes, or after writing an
 /// [`Outgoing::Close`] (then the write half is closed and `stop` is set).
@@ -482,42 +417,53 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: Inbox,
     mut w: W,
     stop: &Stop,
+    quiet: &Quiet,
     watch: Option<WriteWatch<'_>>,
 ) -> io::Result<()> {
     let mut batch = WriteBatch::new();
     let mut closing = false;
     while !closing {
-        let first = match stop.guard(WRITER, rx.recv()).await {
-            None | Some(None) => return Ok(()),
-            Some(Some(first)) => first,
-        };
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Outgoing::Frame(header, body) => batch.push(&header, body),
-                Outgoing::Parts(header, [first, second, third]) => {
-                    batch.push(&header, first);
-                    batch.push_body(second);
-                    batch.push_body(third);
+        if quiet.take(WRITER) {
+            let held = batch.release() + rx.release();
+            rx.counters().write_buffered.store(held, Ordering::Relaxed);
+        }
+        if stop.guard(WRITER, rx.ready().or(quiet.wait(WRITER))).await.is_none() {
+            return Ok(());
+        }
+        closing = fill(&mut rx, &mut batch);
+        let mut yields = 0;
+        while !closing && !batch.is_full() {
+            if rx.is_held() {
+                if stop.guard(WRITER, rx.unheld()).await.is_none() {
+                    return Ok(());
                 }
-                Outgoing::Close => {
-                    closing = true;
-                    break;
-                }
+            } else if rx.is_expecting() && yields < MAX_COALESCE_YIELDS {
+                yields += 1;
+                futures_lite::future::yield_now().await;
+            } else {
+                break;
             }
-            if !batch.is_full() {
-                next = rx.try_recv();
-            }
+            closing = fill(&mut rx, &mut batch);
+        }
+        if batch.is_empty() {
+            continue;
         }
         if let Some(watch) = watch {
             watch
                 .flush_started
                 .store(watch.clock.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        match stop.guard(WRITER, batch.flush(&mut w)).await {
+        let frames = batch.frames;
+        let writes = match stop.guard(WRITER, batch.flush(&mut w)).await {
             None => return Ok(()),
             Some(result) => result?,
-        }
+        };
+        let counters = rx.counters();
+        counters.frames_written.fetch_add(frames, Ordering::Relaxed);
+        counters.writes.fetch_add(writes, Ordering::Relaxed);
+        counters
+            .write_buffered
+            .store(batch.held_bytes() + rx.held_bytes(), Ordering::Relaxed);
         if let Some(watch) = watch {
             watch.flush_started.store(0, Ordering::Relaxed);
         }
@@ -527,6 +473,62 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         .await;
     stop.stop();
     Ok(())
+}
+
+/// Moves queued messages into `batch` until it is full; `true` if a `Close` was taken.
+fn fill(rx: &mut Inbox, batch: &mut WriteBatch) -> bool {
+    while !batch.is_full() {
+        match rx.try_recv() {
+            None => return false,
+            Some(Outgoing::Frame(header, body)) => batch.push(&header, body),
+            Some(Outgoing::Parts(header, [first, second, third])) => {
+                batch.push(&header, first);
+                batch.push_body(second);
+                batch.push_body(third);
+            }
+            Some(Outgoing::Close) => return true,
+        }
+    }
+    false
+}
+
+/// Tells a connection's reader and writer that it went quiet, so that they give their buffers
+/// back (to be allocated again, small, when traffic returns).
+#[derive(Debug, Default)]
+pub(crate) struct Quiet {
+    flags: [AtomicBool; 2],
+    wakers: [AtomicWaker; 2],
+}
+
+impl Quiet {
+    /// Asks both tasks to release their buffers.
+    pub(crate) fn signal(&self) {
+        for (flag, waker) in self.flags.iter().zip(&self.wakers) {
+            if !flag.swap(true, Ordering::AcqRel) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Whether `role` was asked to release, clearing the request.
+    pub(crate) fn take(&self, role: usize) -> bool {
+        self.flags[role].load(Ordering::Relaxed) && self.flags[role].swap(false, Ordering::AcqRel)
+    }
+
+    /// Completes once `role` is asked to release (never resolves on its own otherwise).
+    pub(crate) fn wait(&self, role: usize) -> impl Future<Output = ()> + '_ {
+        poll_fn(move |cx| {
+            if self.flags[role].load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.wakers[role].register(cx.waker());
+            if self.flags[role].load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
 }
 
 /// Reads until `buf` holds at least `n` bytes.
@@ -551,7 +553,7 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) ->
     let mut batch = WriteBatch::new();
     batch.buf.extend_from_slice(bytes);
     batch.len = bytes.len();
-    batch.flush(w).await
+    batch.flush(w).await.map(drop)
 }
 
 #[cfg(test)]
@@ -572,10 +574,12 @@ mod tests {
     fn read_buffer_reuses_retired_memory_once_its_frames_are_dropped() {
         let mut read = ReadBuffer::new();
         // One maximal read fills the first buffer; its frame is held.
+        read.read_size = MAX_READ / READS_PER_BUFFER;
         read.grow(MAX_READ);
         let first = fill_and_hold(&mut read);
+        read.read_size = MAX_READ;
         // That buffer is pinned: the next reads go to a new one, whose frames are held too.
-        let second: Vec<Bytes> = (0..BUFFER_SIZE / MAX_READ)
+        let second: Vec<Bytes> = (0..READS_PER_BUFFER)
             .map(|_| {
                 read.grow(MAX_READ);
                 fill_and_hold(&mut read)

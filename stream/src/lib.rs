@@ -23,6 +23,7 @@ mod io;
 pub mod metadata;
 mod runtime;
 mod server;
+mod stats;
 mod streaming;
 mod transport;
 pub mod wheel;
@@ -37,6 +38,7 @@ pub use crate::{
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     metadata::Metadata,
     runtime::Runtime,
+    stats::ConnectionStats,
     server::{
         Dispatch, Reply, ReplySink, Request, RequestStream, Server, ServerConfig, ServerHandle,
         ServerStats, Status, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

@@ -35,6 +35,7 @@ use crate::{
     io::{Stop, READER, TIMER},
     metadata::Metadata,
     runtime::Runtime,
+    stats::ConnectionStats,
     transport::{Listener, Transport},
 };
 
@@ -301,6 +302,7 @@ impl<D: Dispatch> Server<D> {
             draining: AtomicBool::new(false),
             handshakes: AtomicUsize::new(0),
             counters: Counters::default(),
+            closed_io: Mutex::default(),
         });
         rt.spawn(accept_loop(
             rt.clone(),
@@ -346,6 +348,9 @@ pub struct ServerStats {
     pub timeouts: u64,
     /// Handler panics (each failed one call).
     pub panics: u64,
+    /// Frames, reads and writes of every connection since the server started, and the
+    /// buffer memory of the connections open now.
+    pub io: ConnectionStats,
 }
 
 impl<A> ServerHandle<A> {
@@ -357,15 +362,34 @@ impl<A> ServerHandle<A> {
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> ServerStats {
         let c = &self.shared.counters;
+        let active = self.shared.conns.lock().len();
         ServerStats {
             accepted: c.accepted.load(Ordering::Relaxed),
-            active: self.shared.conns.lock().len(),
+            active,
             refused: c.refused.load(Ordering::Relaxed),
             handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
             protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
             timeouts: c.timeouts.load(Ordering::Relaxed),
             panics: c.panics.load(Ordering::Relaxed),
+            io: self.io(),
         }
+    }
+
+    /// The counters of each connection open now.
+    pub fn connection_stats(&self) -> Vec<ConnectionStats> {
+        let conns = self.shared.conns.lock();
+        conns
+            .iter()
+            .map(|(_, conn)| conn.out.counters().into())
+            .collect()
+    }
+
+    fn io(&self) -> ConnectionStats {
+        let mut total = *self.shared.closed_io.lock();
+        for stats in self.connection_stats() {
+            total.add(&stats);
+        }
+        total
     }
 
     /// Stops gracefully: stops accepting, tells every peer `GoAway` (their new calls fail
@@ -430,6 +454,8 @@ pub(crate) struct Shared {
     /// Transport handshakes in progress.
     handshakes: AtomicUsize,
     counters: Counters,
+    /// I/O counters of the connections that have closed.
+    closed_io: Mutex<ConnectionStats>,
 }
 
 #[derive(Debug, Default)]

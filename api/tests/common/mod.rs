@@ -128,11 +128,38 @@ where
     F: FnOnce(With<TokioRuntime, T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    run_tokio_with(Some(2), test)
+}
+
+/// Runs `test` on a current-thread tokio runtime.
+pub fn run_tokio_current<T, F, Fut>(test: F)
+where
+    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    F: FnOnce(With<TokioRuntime, T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    run_tokio_with(None, test)
+}
+
+/// Runs `test` on a multi-thread tokio runtime with `workers` worker threads, or on a
+/// current-thread runtime for `None`.
+pub fn run_tokio_with<T, F, Fut>(workers: Option<usize>, test: F)
+where
+    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    F: FnOnce(With<TokioRuntime, T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let runtime = match workers {
+        Some(workers) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap(),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    };
     let _guard = runtime.enter();
     let env = With {
         rt: TokioRuntime::new(runtime.handle().clone()),
@@ -153,12 +180,24 @@ where
     F: FnOnce(With<SmolRuntime, T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    run_smol_with(2, test)
+}
+
+/// Runs `test` on a smol executor driven by `threads` threads (this one included).
+pub fn run_smol_with<T, F, Fut>(threads: usize, test: F)
+where
+    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    F: FnOnce(With<SmolRuntime, T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let executor = Arc::new(smol::Executor::<'static>::new());
     let (done, finished) = smol::channel::bounded::<()>(1);
-    let helper = {
-        let executor = executor.clone();
-        std::thread::spawn(move || smol::block_on(executor.run(finished.recv())))
-    };
+    let helpers: Vec<_> = (1..threads.max(1))
+        .map(|_| {
+            let (executor, finished) = (executor.clone(), finished.clone());
+            std::thread::spawn(move || smol::block_on(executor.run(finished.recv())))
+        })
+        .collect();
     let env = With {
         rt: SmolRuntime::new(executor.clone()),
         transport: T::make(QuicTransport::smol_on(SmolRuntime::new(executor.clone()))),
@@ -170,16 +209,22 @@ where
         panic!("test did not finish within {TEST_LIMIT:?}");
     })));
     drop(done);
-    let _ = helper.join();
+    for helper in helpers {
+        let _ = helper.join();
+    }
 }
 
-/// Generates each listed `async fn name<E: Env>(env: E)` as a test on tokio and on smol, over
-/// TCP, over TLS-TCP (mutual TLS) and over QUIC.
+/// Generates each listed `async fn name<E: Env>(env: E)` as a test on tokio (a two-worker
+/// multi-thread runtime) and on smol (two executor threads), over TCP, over TLS-TCP (mutual
+/// TLS) and over QUIC; and over TCP on a current-thread tokio runtime.
 #[macro_export]
 macro_rules! e2e {
     ($($name:ident),* $(,)?) => {
         mod tokio_tcp {
             $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioEnv>) })*
+        }
+        mod tokio_current_tcp {
+            $(#[test] fn $name() { $crate::common::run_tokio_current(super::$name::<$crate::common::TokioEnv>) })*
         }
         mod smol_tcp {
             $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolEnv>) })*

@@ -23,7 +23,9 @@ use crate::{
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
     hello::{Hello, HelloError, HELLO_LEN},
-    io::{outbox, read_at_least, write_all, write_loop, Outgoing, ReadBuffer, READER, TIMER},
+    io::{
+        outbox, read_at_least, write_all, write_loop, Outgoing, Quiet, ReadBuffer, READER, TIMER,
+    },
     runtime::Runtime,
     transport::Transport,
 };
@@ -96,7 +98,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     }
     // Room for every call's request and its cancel, plus control frames: requests never wait
     // for room unless the writer is stuck, and then callers wait (backpressure).
-    let (out, out_rx) = outbox(2 * window + 16);
+    let (out, out_rx) = outbox();
     let clock = Clock {
         epoch: Instant::now(),
         tick: config.tick,
@@ -108,6 +110,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         release: release.into(),
         out,
         stop: Default::default(),
+        quiet: Quiet::default(),
         timer: TimerGate::default(),
         clock,
         default_timeout: config.default_timeout,
@@ -121,7 +124,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     rt.spawn(read_task(conn.clone(), reader, read, config.max_frame_len));
     let writer_conn = conn.clone();
     rt.spawn(async move {
-        if let Err(e) = write_loop(out_rx, writer, &writer_conn.stop, None).await {
+        if let Err(e) = write_loop(out_rx, writer, &writer_conn.stop, &writer_conn.quiet, None).await {
             writer_conn.close(e.into());
         }
     });
@@ -175,6 +178,7 @@ async fn read_task<R: AsyncRead + Unpin>(
     let mut wakers = Vec::with_capacity(64);
     // A GoAway with an error names the reason the stream will end.
     let mut going_away = None;
+    let counters = conn.out.counters();
     let error = 'conn: loop {
         loop {
             match decoder.decode(&mut read.buf) {
@@ -187,27 +191,43 @@ async fn read_task<R: AsyncRead + Unpin>(
                     };
                     let _ = conn
                         .out
-                        .try_send(Outgoing::frame(goaway, Bytes::from(e.to_string())));
-                    conn.out.try_send(Outgoing::Close);
+                        .force_send(Outgoing::frame(goaway, Bytes::from(e.to_string())));
+                    conn.out.force_send(Outgoing::Close);
                     break 'conn ConnectionError::Protocol(e);
                 }
             }
         }
         if !frames.is_empty() {
+            counters
+                .frames_read
+                .fetch_add(frames.len() as u64, Ordering::Relaxed);
             if let Err(e) = on_frames(&conn, &mut frames, &mut wakers, &mut going_away) {
                 break e;
             }
+            // Each caller woken with its reply is likely to queue its next request at once:
+            // the writer waits for them before writing a small batch.
+            conn.out.expect(wakers.len());
             wakers.drain(..).for_each(Waker::wake);
         }
-        match conn
-            .stop
-            .guard(READER, read.read_from(&mut reader, &decoder))
-            .await
-        {
+        let read_more = async { Some(read.read_from(&mut reader, &decoder).await) };
+        let quiet = async {
+            conn.quiet.wait(READER).await;
+            None
+        };
+        match conn.stop.guard(READER, read_more.or(quiet)).await {
             None => break ConnectionError::Closed,
-            Some(Ok(0)) => break going_away.take().unwrap_or(ConnectionError::Eof),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => break going_away.take().unwrap_or_else(|| e.into()),
+            Some(None) => {
+                conn.quiet.take(READER);
+                let held = read.release();
+                counters.read_buffered.store(held, Ordering::Relaxed);
+            }
+            Some(Some(Ok(0))) => break going_away.take().unwrap_or(ConnectionError::Eof),
+            Some(Some(Ok(_))) => {
+                counters.reads.fetch_add(1, Ordering::Relaxed);
+                let held = read.held_bytes();
+                counters.read_buffered.store(held, Ordering::Relaxed);
+            }
+            Some(Some(Err(e))) => break going_away.take().unwrap_or_else(|| e.into()),
         }
     };
     conn.close(error);
@@ -314,6 +334,8 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
                 conn.out.try_send(Outgoing::frame(cancel, Bytes::new()));
             }
             if !more {
+                // No call has a deadline any more: the connection went quiet for now.
+                conn.quiet.signal();
                 break;
             }
         }

@@ -28,11 +28,12 @@ use crate::{
     frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
     hello::{Hello, HELLO_LEN},
     io::{
-        outbox, read_at_least, write_all, write_loop, Inbox, Outbox, Outgoing, ReadBuffer, Stop,
-        WriteWatch, READER, WRITER,
+        outbox, read_at_least, write_all, write_loop, Inbox, Outbox, Outgoing, Quiet, ReadBuffer,
+        Stop, WriteWatch, READER, WRITER,
     },
     metadata::Metadata,
     runtime::Runtime,
+    stats::ConnectionStats,
     streaming::{self, StreamState},
 };
 
@@ -42,7 +43,11 @@ const SPARE_FUTURES: usize = 16;
 /// What the server's tasks and watchdog know about one connection.
 pub(crate) struct ConnState {
     pub(super) stop: Stop,
-    out: Outbox,
+    pub(super) out: Outbox,
+    /// Asks the reader and writer to give their buffers back.
+    quiet: Quiet,
+    /// `last_read` when the connection was last told it is quiet.
+    quiet_since: AtomicU64,
     /// Calls running in their own task.
     in_flight: AtomicUsize,
     /// Calls counted against `max_in_flight`: like `in_flight`, but a call leaves it before its
@@ -71,7 +76,7 @@ impl ConnState {
             return;
         }
         let goaway = FrameHeader::new(FrameKind::GoAway, 0);
-        self.out.try_send(Outgoing::frame(
+        self.out.force_send(Outgoing::frame(
             goaway,
             Bytes::from_static(b"server shutting down"),
         ));
@@ -89,8 +94,8 @@ impl ConnState {
         };
         let queued = self
             .out
-            .try_send(Outgoing::frame(header, Bytes::from(reason)))
-            && self.out.try_send(Outgoing::Close);
+            .force_send(Outgoing::frame(header, Bytes::from(reason)))
+            && self.out.force_send(Outgoing::Close);
         if !queued {
             self.stop.stop();
         }
@@ -111,7 +116,7 @@ impl ConnState {
     /// Closes after what is queued has been written. Handlers still running are cancelled
     /// when the writer stops.
     fn close(&self) {
-        if !self.closing.swap(true, Ordering::SeqCst) && !self.out.try_send(Outgoing::Close) {
+        if !self.closing.swap(true, Ordering::SeqCst) && !self.out.force_send(Outgoing::Close) {
             self.stop.stop();
         }
     }
@@ -145,6 +150,14 @@ impl ConnState {
             self.go_away(ErrorCode::IDLE_TIMEOUT, "connection idle".into());
             return Some(ErrorCode::IDLE_TIMEOUT);
         }
+        // Nothing read for a whole period: the buffers go back until traffic returns (once
+        // per quiet spell, so idle connections cost no wake-ups after that).
+        let last_read = self.last_read.load(Ordering::Relaxed);
+        if now.saturating_sub(last_read) >= 2
+            && self.quiet_since.swap(last_read, Ordering::Relaxed) != last_read
+        {
+            self.quiet.signal();
+        }
         None
     }
 }
@@ -157,7 +170,12 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.shared.conns.lock().try_remove(self.key);
+        let removed = self.shared.conns.lock().try_remove(self.key);
+        if let Some(conn) = removed {
+            let mut stats = ConnectionStats::from(conn.out.counters());
+            stats.buffered_bytes = 0;
+            self.shared.closed_io.lock().add(&stats);
+        }
     }
 }
 
@@ -177,11 +195,13 @@ pub(super) fn start<R, D, Rd, Wr>(
     let config = &shared.config;
     // Room for a reply to every call the client may have in flight, plus control frames; when
     // the peer stops reading, the reader waits here and stops reading too (backpressure).
-    let (out, rx) = outbox(config.max_in_flight + 16);
+    let (out, rx) = outbox();
     let now = shared.now();
     let conn = Arc::new(ConnState {
         stop: Stop::default(),
         out,
+        quiet: Quiet::default(),
+        quiet_since: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         admitted: AtomicUsize::new(0),
         running: Mutex::new(HashMap::new()),
@@ -245,7 +265,7 @@ async fn write_task<W: AsyncWrite + Unpin>(
             clock: &shared.clock,
             flush_started: &conn.flush_started,
         };
-        if let Err(e) = write_loop(rx, writer, &conn.stop, Some(watch)).await {
+        if let Err(e) = write_loop(rx, writer, &conn.stop, &conn.quiet, Some(watch)).await {
             tracing::debug!(error = %e, "connection write failed");
         }
     }
@@ -272,6 +292,7 @@ async fn refuse<W: AsyncWrite + Unpin>(mut writer: W, max_frame_len: u32) {
 enum Event {
     Read(std::io::Result<usize>),
     Drain,
+    Quiet,
 }
 
 /// The reader task of one connection: decodes frames and dispatches requests.
@@ -321,12 +342,17 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         conn.partial_since.store(0, Ordering::Relaxed);
         let mut decoder = FrameDecoder::new(self.shared.config.max_frame_len);
         let mut drain_seen = false;
+        let counters = conn.out.counters();
         loop {
             let mut progressed = false;
+            // Replies to what this read brought are written together, however the runtime
+            // schedules the writer.
+            let hold = conn.out.hold();
             loop {
                 match decoder.decode(&mut read.buf) {
                     Ok(Some(frame)) => {
                         progressed = true;
+                        counters.frames_read.fetch_add(1, Ordering::Relaxed);
                         if !self.on_frame(frame).await {
                             return;
                         }
@@ -339,6 +365,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                     }
                 }
             }
+            drop(hold);
             // A frame must complete within the read timeout of its first byte.
             if read.buf.is_empty() {
                 conn.partial_since.store(0, Ordering::Relaxed);
@@ -347,6 +374,11 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                     .store(self.shared.now(), Ordering::Relaxed);
             }
             let read_more = async { Event::Read(read.read_from(reader, &decoder).await) };
+            let quiet = async {
+                conn.quiet.wait(READER).await;
+                Event::Quiet
+            };
+            let read_more = read_more.or(quiet);
             let event = if drain_seen {
                 conn.stop.guard(READER, read_more).await
             } else {
@@ -359,7 +391,17 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             match event {
                 None | Some(Event::Read(Ok(0) | Err(_))) => return,
                 Some(Event::Read(Ok(_))) => {
+                    counters.reads.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .read_buffered
+                        .store(read.held_bytes(), Ordering::Relaxed);
                     conn.last_read.store(self.shared.now(), Ordering::Relaxed)
+                }
+                Some(Event::Quiet) => {
+                    conn.quiet.take(READER);
+                    counters
+                        .read_buffered
+                        .store(read.release(), Ordering::Relaxed);
                 }
                 Some(Event::Drain) => {
                     drain_seen = true;

@@ -1,0 +1,134 @@
+//! Write coalescing on every scheduler: with 64 calls in flight, client requests and server
+//! replies are written many frames per write syscall, on a current-thread tokio runtime, a
+//! multi-thread tokio runtime with one, two and four workers, and smol with one, two and four
+//! executor threads. Read through the connection counters, not timed.
+
+mod common;
+
+use std::future::{ready, Ready};
+
+use common::{connect, run_smol_with, run_tokio_with, serve, Env, SmolEnv, TokioEnv};
+use flumen::{
+    stream::{Bytes, ConnectionStats, Dispatch, Reply, Request, Status},
+    ClientConfig, ServerConfig,
+};
+
+/// Calls in flight, as in the benchmark's headline row.
+const IN_FLIGHT: usize = 64;
+/// Calls each caller makes.
+const CALLS_EACH: usize = 300;
+/// The least average frames per write the test accepts, client and server.
+const MIN_FRAMES_PER_WRITE: f64 = 8.0;
+
+/// Echoes the request body.
+struct Echo;
+
+impl Dispatch for Echo {
+    type Future = Ready<Result<Reply, Status>>;
+
+    fn dispatch(&self, request: Request) -> Self::Future {
+        ready(Ok(request.into_body().into()))
+    }
+}
+
+/// Runs 64 callers in a loop and returns the client's and the server's counters.
+async fn load<E: Env>(env: E) -> (ConnectionStats, ConnectionStats) {
+    let server = serve(&env, Echo, ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let (done, finished) = smol::channel::bounded::<()>(IN_FLIGHT);
+    for task in 0..IN_FLIGHT {
+        let (client, done) = (client.clone(), done.clone());
+        env.spawn(async move {
+            for i in 0..CALLS_EACH {
+                let body = Bytes::from(vec![(task + i) as u8; 32]);
+                let reply = client.raw().call(1, body.clone()).await.unwrap();
+                assert_eq!(reply, body);
+            }
+            let _ = done.send(()).await;
+        });
+    }
+    for _ in 0..IN_FLIGHT {
+        finished.recv().await.unwrap();
+    }
+    let client_stats = client.raw().stats();
+    let server_stats = server.stats().io;
+    (client_stats, server_stats)
+}
+
+fn check(setup: &str, (client, server): (ConnectionStats, ConnectionStats)) {
+    let calls = (IN_FLIGHT * CALLS_EACH) as u64;
+    println!(
+        "{setup}: client {:.1} frames/write ({} writes), server {:.1} frames/write ({} writes)",
+        client.frames_per_write(),
+        client.writes,
+        server.frames_per_write(),
+        server.writes
+    );
+    // Every request and every reply went through the counters.
+    assert_eq!(client.frames_read, calls, "{setup}: replies read");
+    assert!(server.frames_read >= calls, "{setup}: requests read");
+    for (side, stats) in [("client", client), ("server", server)] {
+        assert!(
+            stats.frames_per_write() >= MIN_FRAMES_PER_WRITE,
+            "{setup}: {side} wrote {:.2} frames per write ({} frames, {} writes)",
+            stats.frames_per_write(),
+            stats.frames_written,
+            stats.writes
+        );
+    }
+}
+
+fn tokio(workers: Option<usize>) {
+    let (report, result) = std::sync::mpsc::channel();
+    run_tokio_with(workers, |env: TokioEnv| async move {
+        report.send(load(env).await).unwrap();
+    });
+    let setup = match workers {
+        Some(n) => format!("tokio multi-thread, {n} worker(s)"),
+        None => "tokio current-thread".to_string(),
+    };
+    check(&setup, result.recv().unwrap());
+}
+
+fn smol(threads: usize) {
+    let (report, result) = std::sync::mpsc::channel();
+    run_smol_with(threads, |env: SmolEnv| async move {
+        report.send(load(env).await).unwrap();
+    });
+    check(&format!("smol, {threads} thread(s)"), result.recv().unwrap());
+}
+
+#[test]
+fn tokio_current_thread_batches_writes() {
+    tokio(None);
+}
+
+#[test]
+fn tokio_one_worker_batches_writes() {
+    tokio(Some(1));
+}
+
+#[test]
+fn tokio_two_workers_batch_writes() {
+    tokio(Some(2));
+}
+
+#[test]
+fn tokio_four_workers_batch_writes() {
+    tokio(Some(4));
+}
+
+#[test]
+fn smol_one_thread_batches_writes() {
+    smol(1);
+}
+
+#[test]
+fn smol_two_threads_batch_writes() {
+    smol(2);
+}
+
+#[test]
+fn smol_four_threads_batch_writes() {
+    smol(4);
+}

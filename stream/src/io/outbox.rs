@@ -1,0 +1,443 @@
+//! A connection's outgoing queue: callers, handlers and the reader push frames; the writer task
+//! takes everything queued at once, and holds a small batch while more frames are known to be
+//! on their way (write coalescing that does not depend on the order a scheduler polls tasks).
+//!
+//! The queue is a `VecDeque` behind a short lock that the writer swaps out whole, so one lock
+//! hands over a whole batch and nothing is allocated per frame: both deques keep their
+//! capacity while the connection is busy, and give it back when it goes quiet
+//! ([`Inbox::release`]). A bounded channel would allocate room for its whole capacity up front,
+//! which is what an idle connection must not pay for.
+
+use std::{
+    collections::VecDeque,
+    future::{poll_fn, Future},
+    mem,
+    sync::{
+        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::Poll,
+};
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::Outgoing;
+use crate::frame::{FrameHeader, HEADER_LEN};
+
+/// Bytes of frames queued for the writer before producers wait for it (a message is always
+/// taken when the queue is empty, whatever its size). Bounds what one connection can make its
+/// side buffer when the peer stops reading: producers wait (backpressure) instead of queueing.
+pub(crate) const OUTBOX_LIMIT: usize = 1 << 20;
+
+/// Deques bigger than this (in messages) are shrunk back when the connection goes quiet.
+const KEEP_CAPACITY: usize = 0;
+
+/// The producing side of a connection's outgoing queue. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    queue: Arc<Queue>,
+}
+
+/// The writer's side of the outgoing queue.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    queue: Arc<Queue>,
+    /// Messages taken from the queue that did not fit in the last batch.
+    taken: VecDeque<Outgoing>,
+}
+
+/// What a connection's reader and writer have done, for the stats. Kept beside the queue
+/// because every task of the connection holds it.
+#[derive(Debug, Default)]
+pub(crate) struct IoCounters {
+    /// Frames handed to the transport.
+    pub(crate) frames_written: AtomicU64,
+    /// Writes (one vectored write syscall each) that moved at least one byte.
+    pub(crate) writes: AtomicU64,
+    /// Frames decoded.
+    pub(crate) frames_read: AtomicU64,
+    /// Reads that returned bytes.
+    pub(crate) reads: AtomicU64,
+    /// Bytes of buffer memory the writer holds (batch buffer and deques).
+    pub(crate) write_buffered: AtomicUsize,
+    /// Bytes of buffer memory the reader holds.
+    pub(crate) read_buffered: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<State>,
+    /// The writer parked and must be woken by the next push.
+    parked: AtomicBool,
+    waker: AtomicWaker,
+    /// Producers waiting for the writer to take what is queued.
+    space: event_listener::Event,
+    /// Producers that will push more frames in a moment and asked the writer to wait
+    /// ([`Outbox::hold`]); the writer holds a small batch until this is zero.
+    holds: AtomicUsize,
+    /// Tasks expected to push a frame soon (callers the reader just woke with their replies);
+    /// the writer yields a few times while this is above zero. A hint: it may be stale.
+    expected: AtomicUsize,
+    counters: IoCounters,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outgoing>,
+    /// Control frames (stream credit) that never wait behind a full queue; taken first.
+    /// Bounded by construction: a stream queues a grant only after its application consumed
+    /// half a window, which its peer could only send with credit.
+    control: Vec<FrameHeader>,
+    bytes: usize,
+    /// The writer is gone: pushes fail.
+    closed: bool,
+}
+
+/// Keeps the writer from flushing a small batch until it is dropped.
+#[derive(Debug)]
+pub(crate) struct Hold<'a> {
+    queue: &'a Queue,
+}
+
+/// A queue whose writer holds each batch while producers are known to be adding to it.
+pub(crate) fn outbox() -> (Outbox, Inbox) {
+    let queue = Arc::new(Queue {
+        state: Mutex::new(State::default()),
+        parked: AtomicBool::new(false),
+        waker: AtomicWaker::new(),
+        space: event_listener::Event::new(),
+        holds: AtomicUsize::new(0),
+        expected: AtomicUsize::new(0),
+        counters: IoCounters::default(),
+    });
+    (
+        Outbox {
+            queue: queue.clone(),
+        },
+        Inbox {
+            queue,
+            taken: VecDeque::new(),
+        },
+    )
+}
+
+/// What a message weighs against [`OUTBOX_LIMIT`].
+fn weight(message: &Outgoing) -> usize {
+    HEADER_LEN
+        + match message {
+            Outgoing::Frame(_, body) => body.len(),
+            Outgoing::Parts(header, _) => header.len as usize,
+            Outgoing::Close => 0,
+        }
+}
+
+impl Outbox {
+    /// Queues `message`, waiting while the queue is over its limit; `false` once the writer
+    /// is gone.
+    pub(crate) async fn send(&self, message: Outgoing) -> bool {
+        let mut message = Some(message);
+        loop {
+            match self.push(&mut message, false) {
+                Some(sent) => return sent,
+                None => {
+                    let listener = self.queue.space.listen();
+                    if let Some(sent) = self.push(&mut message, false) {
+                        return sent;
+                    }
+                    listener.await;
+                }
+            }
+        }
+    }
+
+    /// [`send`](Self::send) for a thread without a runtime, blocking while the queue is full.
+    pub(crate) fn send_blocking(&self, message: Outgoing) -> bool {
+        let mut message = Some(message);
+        loop {
+            match self.push(&mut message, false) {
+                Some(sent) => return sent,
+                None => {
+                    let listener = self.queue.space.listen();
+                    if let Some(sent) = self.push(&mut message, false) {
+                        return sent;
+                    }
+                    event_listener::Listener::wait(listener);
+                }
+            }
+        }
+    }
+
+    /// Queues `message` unless the queue is over its limit or the writer is gone.
+    pub(crate) fn try_send(&self, message: Outgoing) -> bool {
+        self.push(&mut Some(message), false).unwrap_or(false)
+    }
+
+    /// Queues `message` whatever the queue holds (a connection's last words: `GoAway`,
+    /// `Close`); `false` once the writer is gone.
+    pub(crate) fn force_send(&self, message: Outgoing) -> bool {
+        self.push(&mut Some(message), true).unwrap_or(false)
+    }
+
+    /// Queues a bodiless control frame ahead of everything else, without ever waiting.
+    pub(crate) fn send_control(&self, header: FrameHeader) {
+        {
+            let mut state = self.queue.state.lock();
+            if state.closed {
+                return;
+            }
+            state.control.push(header);
+        }
+        self.queue.ring();
+    }
+
+    /// Pushes the message out of `slot`: `Some(true)` queued, `Some(false)` the writer is gone,
+    /// `None` over the limit (the message stays in `slot`).
+    fn push(&self, slot: &mut Option<Outgoing>, force: bool) -> Option<bool> {
+        {
+            let mut state = self.queue.state.lock();
+            if state.closed {
+                return Some(false);
+            }
+            let message = slot.take()?;
+            let weight = weight(&message);
+            if !force && state.bytes > 0 && state.bytes + weight > OUTBOX_LIMIT {
+                *slot = Some(message);
+                return None;
+            }
+            state.bytes += weight;
+            state.items.push_back(message);
+        }
+        self.queue.ring();
+        Some(true)
+    }
+
+    /// Asks the writer to hold small batches until the returned guard is dropped: the caller
+    /// is about to push several frames (a reader dispatching what one read brought).
+    pub(crate) fn hold(&self) -> Hold<'_> {
+        self.queue.holds.fetch_add(1, Ordering::SeqCst);
+        Hold { queue: &self.queue }
+    }
+
+    /// Tells the writer that about `n` tasks were just woken and will each push a frame soon.
+    pub(crate) fn expect(&self, n: usize) {
+        self.queue.expected.store(n, Ordering::Relaxed);
+    }
+
+    /// One of the tasks [`expect`](Self::expect) announced has run.
+    pub(crate) fn arrived(&self) {
+        let expected = &self.queue.expected;
+        if expected.load(Ordering::Relaxed) > 0 {
+            let _ = expected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                n.checked_sub(1)
+            });
+        }
+    }
+
+    /// The writer's counters.
+    pub(crate) fn counters(&self) -> &IoCounters {
+        &self.queue.counters
+    }
+}
+
+impl Queue {
+    /// Wakes the writer if it parked.
+    fn ring(&self) {
+        // Pairs with the fence in `Inbox::park`: either the writer sees the new state, or
+        // this sees that it parked.
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if self.queue.holds.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.queue.ring();
+        }
+    }
+}
+
+impl Inbox {
+    /// Whether messages are waiting (taken or queued).
+    fn has_work(&self, state: &State) -> bool {
+        !self.taken.is_empty() || !state.items.is_empty() || !state.control.is_empty()
+    }
+
+    /// Parks until `ready` holds, checking it again after announcing the park so that no
+    /// push is missed.
+    fn park<'a>(
+        &'a mut self,
+        ready: impl Fn(&Self, &State) -> bool + 'a,
+    ) -> impl Future<Output = ()> + 'a {
+        poll_fn(move |cx| {
+            if ready(self, &self.queue.state.lock()) {
+                return Poll::Ready(());
+            }
+            self.queue.waker.register(cx.waker());
+            self.queue.parked.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if ready(self, &self.queue.state.lock()) {
+                self.queue.parked.store(false, Ordering::Relaxed);
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Completes once something is queued.
+    pub(crate) fn ready(&mut self) -> impl Future<Output = ()> + '_ {
+        self.park(|inbox, state| inbox.has_work(state))
+    }
+
+    /// Completes once no producer holds the batch, or something new is queued.
+    pub(crate) fn unheld(&mut self) -> impl Future<Output = ()> + '_ {
+        self.park(|inbox, state| {
+            inbox.queue.holds.load(Ordering::SeqCst) == 0 || inbox.has_work(state)
+        })
+    }
+
+    /// Whether a producer asked to hold the batch.
+    pub(crate) fn is_held(&self) -> bool {
+        self.queue.holds.load(Ordering::SeqCst) > 0
+    }
+
+    /// Whether tasks that will push soon have not run yet.
+    pub(crate) fn is_expecting(&self) -> bool {
+        self.queue.expected.load(Ordering::Relaxed) > 0
+    }
+
+    /// The next message, without waiting: control frames first, then the queue in order.
+    pub(crate) fn try_recv(&mut self) -> Option<Outgoing> {
+        if let Some(message) = self.taken.pop_front() {
+            return Some(message);
+        }
+        {
+            let mut state = self.queue.state.lock();
+            if let Some(header) = state.control.pop() {
+                return Some(Outgoing::frame(header, Bytes::new()));
+            }
+            if state.items.is_empty() {
+                return None;
+            }
+            // Take everything at once; our empty deque (with its capacity) goes back.
+            mem::swap(&mut state.items, &mut self.taken);
+            state.bytes = 0;
+        }
+        self.queue.space.notify(usize::MAX);
+        self.taken.pop_front()
+    }
+
+    /// The writer's counters.
+    pub(crate) fn counters(&self) -> &IoCounters {
+        &self.queue.counters
+    }
+
+    /// Gives back the deques' memory if nothing is queued; returns the bytes still held.
+    pub(crate) fn release(&mut self) -> usize {
+        if self.taken.is_empty() {
+            self.taken.shrink_to(KEEP_CAPACITY);
+        }
+        let mut state = self.queue.state.lock();
+        if state.items.is_empty() {
+            state.items.shrink_to(KEEP_CAPACITY);
+        }
+        if state.control.is_empty() {
+            state.control.shrink_to(KEEP_CAPACITY);
+        }
+        (self.taken.capacity() + state.items.capacity()) * mem::size_of::<Outgoing>()
+            + state.control.capacity() * mem::size_of::<FrameHeader>()
+    }
+
+    /// Bytes the deques hold now.
+    pub(crate) fn held_bytes(&self) -> usize {
+        let items = self.queue.state.lock().items.capacity();
+        (self.taken.capacity() + items) * mem::size_of::<Outgoing>()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let dropped = {
+            let mut state = self.queue.state.lock();
+            state.closed = true;
+            state.bytes = 0;
+            mem::take(&mut state.items)
+        };
+        drop(dropped);
+        self.queue.space.notify(usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameKind;
+
+    fn frame(seq: u64, len: usize) -> Outgoing {
+        Outgoing::frame(
+            FrameHeader::new(FrameKind::Request, seq),
+            Bytes::from(vec![0; len]),
+        )
+    }
+
+    fn seq_of(message: Outgoing) -> u64 {
+        match message {
+            Outgoing::Frame(header, _) | Outgoing::Parts(header, _) => header.seq,
+            Outgoing::Close => u64::MAX,
+        }
+    }
+
+    #[test]
+    fn messages_come_out_in_order_with_control_frames_first() {
+        let (out, mut rx) = outbox();
+        for seq in 0..3 {
+            assert!(out.try_send(frame(seq, 8)));
+        }
+        out.send_control(FrameHeader::new(FrameKind::Credit, 9));
+        let order: Vec<u64> = std::iter::from_fn(|| rx.try_recv()).map(seq_of).collect();
+        assert_eq!(order, [9, 0, 1, 2]);
+    }
+
+    #[test]
+    fn producers_wait_past_the_limit_and_the_first_message_always_fits() {
+        let (out, mut rx) = outbox();
+        assert!(out.try_send(frame(0, 2 * OUTBOX_LIMIT)), "an empty queue takes anything");
+        assert!(!out.try_send(frame(1, 1)), "over the limit");
+        assert!(out.force_send(Outgoing::Close), "last words always fit");
+        assert_eq!(rx.try_recv().map(seq_of), Some(0));
+        assert!(out.try_send(frame(2, 1)), "taking the queue makes room");
+        drop(rx);
+        assert!(!out.try_send(frame(3, 1)), "the writer is gone");
+    }
+
+    #[test]
+    fn hold_and_expect_are_visible_to_the_writer() {
+        let (out, rx) = outbox();
+        {
+            let _hold = out.hold();
+            assert!(rx.is_held());
+        }
+        assert!(!rx.is_held());
+        out.expect(2);
+        out.arrived();
+        assert!(rx.is_expecting());
+        out.arrived();
+        out.arrived();
+        assert!(!rx.is_expecting());
+    }
+
+    #[test]
+    fn release_gives_back_an_empty_queue() {
+        let (out, mut rx) = outbox();
+        for seq in 0..100 {
+            assert!(out.try_send(frame(seq, 1)));
+        }
+        assert!(rx.held_bytes() > 0);
+        while rx.try_recv().is_some() {}
+        assert_eq!(rx.release(), 0);
+    }
+}

@@ -1,0 +1,76 @@
+//! Counters a test or a benchmark can read to see how a connection batches its I/O and how
+//! much buffer memory it holds, without timing anything.
+
+use std::sync::atomic::Ordering;
+
+use crate::io::IoCounters;
+
+/// What one connection (or, in [`ServerStats`](crate::ServerStats), all of a server's) has
+/// done: frames and syscalls each way, and the buffer memory held now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Frames written to the transport.
+    pub frames_written: u64,
+    /// Write calls (one vectored write syscall each on TCP) that moved bytes.
+    pub writes: u64,
+    /// Frames read and decoded.
+    pub frames_read: u64,
+    /// Read calls that returned bytes.
+    pub reads: u64,
+    /// Bytes of read and write buffer memory held now (capacity, not contents).
+    pub buffered_bytes: usize,
+}
+
+impl ConnectionStats {
+    /// Frames per write: how well writes were batched (0 before the first write).
+    pub fn frames_per_write(&self) -> f64 {
+        ratio(self.frames_written, self.writes)
+    }
+
+    /// Frames per read (0 before the first read).
+    pub fn frames_per_read(&self) -> f64 {
+        ratio(self.frames_read, self.reads)
+    }
+
+    /// Adds `other`'s counts to these.
+    pub(crate) fn add(&mut self, other: &Self) {
+        self.frames_written += other.frames_written;
+        self.writes += other.writes;
+        self.frames_read += other.frames_read;
+        self.reads += other.reads;
+        self.buffered_bytes += other.buffered_bytes;
+    }
+
+    /// The change from `earlier` to these counts (buffer memory is taken as it is now).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            frames_written: self.frames_written.saturating_sub(earlier.frames_written),
+            writes: self.writes.saturating_sub(earlier.writes),
+            frames_read: self.frames_read.saturating_sub(earlier.frames_read),
+            reads: self.reads.saturating_sub(earlier.reads),
+            buffered_bytes: self.buffered_bytes,
+        }
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+impl From<&IoCounters> for ConnectionStats {
+    fn from(c: &IoCounters) -> Self {
+        Self {
+            frames_written: c.frames_written.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            frames_read: c.frames_read.load(Ordering::Relaxed),
+            reads: c.reads.load(Ordering::Relaxed),
+            buffered_bytes: c.write_buffered.load(Ordering::Relaxed)
+                + c.read_buffered.load(Ordering::Relaxed),
+        }
+    }
+}
