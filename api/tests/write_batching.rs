@@ -95,7 +95,10 @@ fn smol(threads: usize) {
     run_smol_with(threads, |env: SmolEnv| async move {
         report.send(load(env).await).unwrap();
     });
-    check(&format!("smol, {threads} thread(s)"), result.recv().unwrap());
+    check(
+        &format!("smol, {threads} thread(s)"),
+        result.recv().unwrap(),
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! runs callers against one, and `compare` runs every system side by side (each server in its
 //! own process) and reports each against `pipe`, the socket ceiling.
 
+mod conns;
 mod measure;
 #[cfg(feature = "peers")]
 mod peers;
@@ -50,6 +51,10 @@ enum Cmd {
         /// certificate, for clients to trust.
         #[arg(long, default_value = "flumen-bench-ca.pem")]
         cert_out: std::path::PathBuf,
+        /// Runtime threads: 0 for a current-thread runtime (one thread), N for a multi-thread
+        /// tokio runtime with N workers or a smol executor on N threads.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Run callers against a server and report.
     Load {
@@ -71,6 +76,9 @@ enum Cmd {
         /// Calls in flight per connection.
         #[arg(long, default_value_t = 64)]
         in_flight: usize,
+        /// Runtime threads of the load generator (0: current-thread; see `serve --threads`).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Run several systems side by side, each server in its own process.
     Compare {
@@ -84,11 +92,32 @@ enum Cmd {
         /// Calls in flight per connection.
         #[arg(long, value_delimiter = ',', default_values_t = [64])]
         in_flight: Vec<usize>,
+        /// Runtime threads per side, each a row of its own: 0 for current-thread runtimes
+        /// (the default), N for multi-thread ones with N workers (tokio) or N executor threads
+        /// (smol). `--suite` runs 0, 1 and 2 unless this is given.
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
         /// Every payload (32 B, 1 KiB, 64 KiB) at every in-flight count (1, 64, 512).
         #[arg(long)]
         suite: bool,
         #[command(flatten)]
         run: RunArgs,
+    },
+    /// Open idle connections to a Flumen server and report the memory each one costs, on
+    /// the server and on the client (resident memory before and after, per connection).
+    Conns {
+        /// Connections to open.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, value_enum, default_value_t = Rt::Tokio)]
+        runtime: Rt,
+        /// Runtime threads per side (0: current-thread).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Make one call on each connection (all at once) before measuring, so that buffers
+        /// were used and had to be given back.
+        #[arg(long)]
+        call_first: bool,
     },
 }
 
@@ -139,6 +168,7 @@ fn default_systems() -> Vec<System> {
 
 fn main() {
     let cli = Cli::parse();
+    raise_fd_limit();
     let result = match cli.command {
         Cmd::Serve {
             system,
@@ -146,7 +176,8 @@ fn main() {
             addr,
             transport,
             cert_out,
-        } => serve(system, runtime, addr, transport, &cert_out),
+            threads,
+        } => serve(system, runtime, threads, addr, transport, &cert_out),
         Cmd::Load {
             system,
             runtime,
@@ -155,13 +186,15 @@ fn main() {
             run,
             payload,
             in_flight,
+            threads,
         } => {
             let load = Load {
                 payload,
                 in_flight,
                 connections: run.connections,
             };
-            run_load(system, runtime, connect, load, &run, server_pid)
+            let side = Setup { runtime, threads };
+            run_load(system, side, connect, load, &run, server_pid)
                 .map(|report| emit(&[report], &run))
         }
         Cmd::Compare {
@@ -169,6 +202,7 @@ fn main() {
             runtimes,
             payloads,
             in_flight,
+            threads,
             suite,
             run,
         } => {
@@ -177,8 +211,26 @@ fn main() {
             } else {
                 (payloads, in_flight)
             };
-            compare(&systems, &runtimes, &payloads, &in_flight, &run)
+            let threads = match (threads.is_empty(), suite) {
+                (false, _) => threads,
+                (true, true) => vec![0, 1, 2],
+                (true, false) => vec![0],
+            };
+            let matrix = Matrix {
+                systems: &systems,
+                runtimes: &runtimes,
+                threads: &threads,
+                payloads: &payloads,
+                in_flights: &in_flight,
+            };
+            compare(&matrix, &run)
         }
+        Cmd::Conns {
+            count,
+            runtime,
+            threads,
+            call_first,
+        } => conns::run(Setup { runtime, threads }, count, call_first),
     };
     if let Err(e) = result {
         eprintln!("flumen-bench: {e}");
@@ -242,21 +294,50 @@ fn net(
     }
 }
 
+/// A runtime and its thread count (0: current-thread).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Setup {
+    pub(crate) runtime: Rt,
+    pub(crate) threads: usize,
+}
+
+/// Raises the soft limit on open files to the hard limit, so that runs with thousands of
+/// connections do not fail on the default of 1024 (`ulimit -n` tells the hard limit).
+fn raise_fd_limit() {
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn serve(
     system: System,
     runtime: Rt,
+    threads: usize,
     addr: SocketAddr,
     wire: Wire,
     cert: &std::path::Path,
 ) -> Result<(), String> {
     let net = net(wire, runtime, cert, true)?;
-    // The parent closes our standard input to stop us.
+    // The parent closes our standard input to stop us; a Flumen server reports its I/O
+    // counters first ("stats FRAMES_WRITTEN WRITES").
     std::thread::spawn(|| {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        if let Some(stats) = system::SERVER_STATS.get() {
+            let stats = stats();
+            println!("stats {} {}", stats.frames_written, stats.writes);
+            let _ = std::io::stdout().flush();
+        }
         std::process::exit(0);
     });
     runtime
-        .block_on(move |spawner| {
+        .block_on(threads, move |spawner| {
             Box::pin(async move {
                 system::serve(system, &net, spawner, addr, |bound| {
                     println!("listening on {bound}");
@@ -271,7 +352,7 @@ fn serve(
 /// Runs one load and measures it.
 fn run_load(
     system: System,
-    runtime: Rt,
+    setup: Setup,
     addr: SocketAddr,
     load: Load,
     run: &RunArgs,
@@ -296,8 +377,9 @@ fn run_load(
             measure::own_cpu(),
             server_pid.and_then(measure::process_cpu),
         );
+        let rss = server_pid.and_then(measure::process_rss);
         let server = server0.zip(server1).map(|(a, b)| b.saturating_sub(a));
-        Some((client1.saturating_sub(client0), server))
+        Some((client1.saturating_sub(client0), server, rss))
     });
     let done = Arc::new(AtomicBool::new(false));
     let bar = (!run.quiet && !run.json).then(|| {
@@ -305,15 +387,16 @@ fn run_load(
         let label = format!(
             "{} {} {}B x{}",
             system.name(),
-            runtime.name(),
+            setup.runtime.name(),
             load.payload,
             load.in_flight
         );
         std::thread::spawn(move || progress_bar(&label, warmup + duration, &progress, &done))
     });
     let counter = progress.clone();
+    let runtime = setup.runtime;
     let net = net(run.transport, runtime, &run.cert, false)?;
-    let tallies = runtime.block_on(move |spawner| {
+    let tallies = runtime.block_on(setup.threads, move |spawner| {
         Box::pin(async move {
             let make_window = move || {
                 let window = Window::new(warmup, duration);
@@ -327,14 +410,14 @@ fn run_load(
     if let Some(bar) = bar {
         let _ = bar.join();
     }
-    let tallies = tallies?;
-    let (client_cpu, server_cpu) = sampler
+    let (tallies, client_stats) = tallies?;
+    let (client_cpu, server_cpu, server_rss) = sampler
         .join()
         .ok()
         .flatten()
         .ok_or("the load never started")?;
     let tally = Tally::merge(tallies).ok_or("no callers ran")?;
-    Ok(Report::new(
+    let mut report = Report::new(
         system.name(),
         runtime.name(),
         load.payload,
@@ -344,7 +427,11 @@ fn run_load(
         duration.as_secs_f64(),
         client_cpu,
         server_cpu,
-    ))
+    );
+    report.threads = setup.threads;
+    report.client_frames_per_write = client_stats.map(|s| s.frames_per_write());
+    report.server_rss_mib = server_rss.map(|b| b as f64 / (1024.0 * 1024.0));
+    Ok(report)
 }
 
 fn progress_bar(label: &str, total: Duration, progress: &AtomicU64, done: &AtomicBool) {
@@ -370,13 +457,15 @@ fn progress_bar(label: &str, total: Duration, progress: &AtomicU64, done: &Atomi
 }
 
 /// A server process of `system`, stopped when dropped.
-struct ServerProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
+pub(crate) struct ServerProcess {
+    pub(crate) child: std::process::Child,
+    pub(crate) addr: SocketAddr,
+    stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl ServerProcess {
-    fn start(system: System, runtime: Rt, run: &RunArgs) -> Result<Self, String> {
+    pub(crate) fn start(system: System, setup: Setup, run: &RunArgs) -> Result<Self, String> {
+        let runtime = setup.runtime;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let wire = match run.transport {
             Wire::Tcp => "tcp",
@@ -390,6 +479,8 @@ impl ServerProcess {
                 system_arg(system),
                 "--runtime",
                 runtime.name(),
+                "--threads",
+                &setup.threads.to_string(),
             ])
             .args(["--transport", wire, "--cert-out"])
             .arg(&run.cert)
@@ -398,16 +489,35 @@ impl ServerProcess {
             .spawn()
             .map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
         let addr = line
             .trim()
             .strip_prefix("listening on ")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| format!("{} server did not start: {line:?}", system.name()))?;
-        Ok(Self { child, addr })
+        Ok(Self {
+            child,
+            addr,
+            stdout,
+        })
+    }
+
+    /// Stops the server; returns its frames per write if it reported its counters.
+    fn finish(mut self) -> Option<f64> {
+        drop(self.child.stdin.take());
+        let mut line = String::new();
+        while self.stdout.read_line(&mut line).ok()? > 0 {
+            let mut words = line.split_whitespace();
+            if words.next() == Some("stats") {
+                let frames: f64 = words.next()?.parse().ok()?;
+                let writes: f64 = words.next()?.parse().ok()?;
+                return Some(if writes > 0.0 { frames / writes } else { 0.0 });
+            }
+            line.clear();
+        }
+        None
     }
 }
 
@@ -429,18 +539,29 @@ fn system_arg(system: System) -> &'static str {
     }
 }
 
-fn compare(
-    systems: &[System],
-    runtimes: &[Rt],
-    payloads: &[usize],
-    in_flights: &[usize],
-    run: &RunArgs,
-) -> Result<(), String> {
-    let mut systems = systems.to_vec();
+/// What `compare` runs: every system at every point of the rest.
+struct Matrix<'a> {
+    systems: &'a [System],
+    runtimes: &'a [Rt],
+    threads: &'a [usize],
+    payloads: &'a [usize],
+    in_flights: &'a [usize],
+}
+
+fn compare(matrix: &Matrix<'_>, run: &RunArgs) -> Result<(), String> {
+    let mut systems = matrix.systems.to_vec();
     systems.retain(|s| *s != System::Pipe);
     systems.insert(0, System::Pipe);
+    let (runtimes, payloads, in_flights) = (matrix.runtimes, matrix.payloads, matrix.in_flights);
+    let setups = runtimes.iter().flat_map(|&runtime| {
+        matrix
+            .threads
+            .iter()
+            .map(move |&threads| Setup { runtime, threads })
+    });
     let mut all = Vec::new();
-    for &runtime in runtimes {
+    for setup in setups {
+        let runtime = setup.runtime;
         for &payload in payloads {
             for &in_flight in in_flights {
                 let load = Load {
@@ -456,16 +577,16 @@ fn compare(
                     if system.tokio_only() && run.transport != Wire::Tcp {
                         continue;
                     }
-                    let server = ServerProcess::start(system.server(), runtime, run)?;
-                    let report = run_load(
+                    let server = ServerProcess::start(system.server(), setup, run)?;
+                    let mut report = run_load(
                         system,
-                        runtime,
+                        setup,
                         server.addr,
                         load,
                         run,
                         Some(server.child.id()),
                     )?;
-                    drop(server);
+                    report.server_frames_per_write = server.finish();
                     reports.push(report);
                 }
                 let pipe = reports.first().map(|r| r.calls_per_s);
@@ -473,15 +594,18 @@ fn compare(
                     r.ratio_to_pipe = pipe.map(|p| r.calls_per_s / p);
                 }
                 if let Some(path) = &run.plot {
-                    let many = runtimes.len() * payloads.len() * in_flights.len() > 1;
+                    let many =
+                        runtimes.len() * matrix.threads.len() * payloads.len() * in_flights.len()
+                            > 1;
                     let path = if many {
                         let stem = path
                             .file_stem()
                             .and_then(|s| s.to_str())
                             .unwrap_or("latency");
                         path.with_file_name(format!(
-                            "{stem}-{}-{payload}B-{in_flight}.svg",
-                            runtime.name()
+                            "{stem}-{}-t{}-{payload}B-{in_flight}.svg",
+                            runtime.name(),
+                            setup.threads
                         ))
                     } else {
                         path.clone()

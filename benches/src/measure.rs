@@ -103,6 +103,14 @@ pub(crate) fn own_cpu() -> Duration {
 }
 
 /// CPU time (user + system) process `pid` has used, from `/proc` (10 ms resolution).
+/// The resident memory of process `pid` (`/proc/PID/status`, Linux), in bytes.
+pub(crate) fn process_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at ")".
@@ -141,6 +149,14 @@ pub(crate) struct Report {
     pub(crate) server_cpu_us_per_call: Option<f64>,
     /// Calls/s relative to `pipe` in the same run (compare only).
     pub(crate) ratio_to_pipe: Option<f64>,
+    /// Runtime worker threads per side (0: current-thread).
+    pub(crate) threads: usize,
+    /// Frames per write syscall on the client (Flumen's connection counters).
+    pub(crate) client_frames_per_write: Option<f64>,
+    /// Frames per write syscall on the server (Flumen's connection counters).
+    pub(crate) server_frames_per_write: Option<f64>,
+    /// The server's resident memory at the end of the run, in MiB.
+    pub(crate) server_rss_mib: Option<f64>,
     /// (percentile, microseconds) pairs for plotting.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) spectrum: Vec<(f64, f64)>,
@@ -186,6 +202,10 @@ impl Report {
             client_cpu_us_per_call: client_cpu.as_secs_f64() * 1e6 / calls,
             server_cpu_us_per_call: server_cpu.map(|c| c.as_secs_f64() * 1e6 / calls),
             ratio_to_pipe: None,
+            threads: 0,
+            client_frames_per_write: None,
+            server_frames_per_write: None,
+            server_rss_mib: None,
             spectrum,
         }
     }
@@ -194,10 +214,11 @@ impl Report {
 /// Prints reports as an aligned table.
 pub(crate) fn print_table(reports: &[Report]) {
     println!(
-        "{:<11} {:>5} {:>7} {:>6} {:>11} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>6}",
+        "{:<11} {:>7} {:>7} {:>5} {:>6} {:>11} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>7}",
         "system",
         "rt",
         "payload",
+        "conns",
         "inflt",
         "calls/s",
         "MB/s",
@@ -208,17 +229,26 @@ pub(crate) fn print_table(reports: &[Report]) {
         "cli-cpu",
         "srv-cpu",
         "cpu/call",
-        "x pipe"
+        "x pipe",
+        "fpw-c",
+        "fpw-s",
+        "srv-MiB"
     );
     for r in reports {
         let server = r.server_cpu_us_per_call;
         let total = server.map(|s| s + r.client_cpu_us_per_call);
         let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let opt1 = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        let rt = match r.threads {
+            0 => r.runtime.clone(),
+            n => format!("{}/{n}", r.runtime),
+        };
         println!(
-            "{:<11} {:>5} {:>7} {:>6} {:>11.0} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.2} {:>8} {:>8} {:>6}{}",
+            "{:<11} {:>7} {:>7} {:>5} {:>6} {:>11.0} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.2} {:>8} {:>8} {:>6} {:>6} {:>6} {:>7}{}",
             r.system,
-            r.runtime,
+            rt,
             r.payload,
+            r.connections,
             r.in_flight * r.connections,
             r.calls_per_s,
             r.mb_per_s,
@@ -230,6 +260,9 @@ pub(crate) fn print_table(reports: &[Report]) {
             opt(server),
             opt(total),
             opt(r.ratio_to_pipe),
+            opt1(r.client_frames_per_write),
+            opt1(r.server_frames_per_write),
+            opt1(r.server_rss_mib),
             if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() },
         );
     }

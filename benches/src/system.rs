@@ -11,7 +11,7 @@ use clap::ValueEnum;
 use flumen::tls::TlsTransport;
 use flumen::{
     rt::{Runtime, SmolRuntime, TokioRuntime},
-    stream::{Listener, Transport},
+    stream::{ConnectionStats, Listener, Transport},
     tcp::{SmolTcp, TokioTcp},
     Bytes, Client, ClientConfig, MethodId, Router, Server, ServerConfig, Status,
 };
@@ -123,25 +123,45 @@ impl Rt {
         }
     }
 
-    /// Runs `make(rt)` to completion on one runtime thread: a current-thread tokio runtime, or a
-    /// smol executor driven by this thread.
+    /// Runs `make(rt)` to completion. With `threads` 0, on one runtime thread: a current-thread
+    /// tokio runtime, or a smol executor driven by this thread. Otherwise on a multi-thread
+    /// tokio runtime with `threads` workers, or a smol executor driven by `threads` threads.
     pub(crate) fn block_on<T: Send + 'static>(
         self,
+        threads: usize,
         make: impl FnOnce(Spawner) -> BoxFuture<T>,
     ) -> T {
         match self {
             Self::Tokio => {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime");
+                let runtime = match threads {
+                    0 => tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build(),
+                    n => tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(n)
+                        .enable_all()
+                        .build(),
+                }
+                .expect("tokio runtime");
                 let spawner = Spawner::Tokio(TokioRuntime::new(runtime.handle().clone()));
                 runtime.block_on(make(spawner))
             }
             Self::Smol => {
                 let executor = Arc::new(smol::Executor::new());
+                let (stop, stopped) = smol::channel::bounded::<()>(1);
+                let helpers: Vec<_> = (1..threads)
+                    .map(|_| {
+                        let (executor, stopped) = (executor.clone(), stopped.clone());
+                        std::thread::spawn(move || {
+                            let _ = smol::block_on(executor.run(stopped.recv()));
+                        })
+                    })
+                    .collect();
                 let spawner = Spawner::Smol(SmolRuntime::new(executor.clone()));
-                smol::block_on(executor.run(make(spawner)))
+                let result = smol::block_on(executor.run(make(spawner)));
+                drop(stop);
+                helpers.into_iter().for_each(|h| drop(h.join()));
+                result
             }
         }
     }
@@ -222,7 +242,11 @@ async fn serve_flumen<R: Runtime, T: Transport<Addr = SocketAddr>>(
         .bind(rt, &transport, &addr)
         .await?;
     bound(*server.local_addr());
+    let server = Arc::new(server);
+    let stats = server.clone();
+    let _ = SERVER_STATS.set(Box::new(move || stats.stats().io));
     std::future::pending::<()>().await;
+    drop(server);
     Ok(())
 }
 
@@ -244,6 +268,11 @@ async fn serve_pipe<T: Transport<Addr = SocketAddr>>(
     }
 }
 
+/// The I/O counters of the Flumen server this process serves, if it serves one.
+pub(crate) static SERVER_STATS: std::sync::OnceLock<
+    Box<dyn Fn() -> flumen::stream::ConnectionStats + Send + Sync>,
+> = std::sync::OnceLock::new();
+
 /// The load of one run.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Load {
@@ -262,7 +291,7 @@ pub(crate) async fn load(
     load: Load,
     make_window: impl FnOnce() -> Window,
     progress: Arc<AtomicU64>,
-) -> Result<Vec<Tally>, String> {
+) -> Result<(Vec<Tally>, Option<ConnectionStats>), String> {
     match system {
         System::Pipe => {
             with_transport!(net, &spawner, |_rt, transport| {
@@ -275,6 +304,7 @@ pub(crate) async fn load(
                     progress,
                 )
                 .await
+                .map(|tallies| (tallies, None))
             })
         }
         System::Flumen | System::FlumenRaw => {
@@ -295,6 +325,7 @@ pub(crate) async fn load(
                 clients.push(client.map_err(|e| e.to_string())?);
             }
             let window = make_window();
+            let stats_of = clients.clone();
             let body: Vec<u8> = (0..load.payload).map(|i| i as u8).collect();
             let (typed, bytes) = (ByteBuf::from(body.clone()), Bytes::from(body));
             let mut tasks: Vec<BoxFuture<Tally>> = Vec::new();
@@ -322,11 +353,20 @@ pub(crate) async fn load(
                     }));
                 }
             }
-            Ok(run_tasks(&spawner, tasks).await)
+            let tallies = run_tasks(&spawner, tasks).await;
+            let mut stats = ConnectionStats::default();
+            for client in &stats_of {
+                let one = client.raw().stats();
+                stats.frames_written += one.frames_written;
+                stats.writes += one.writes;
+            }
+            Ok((tallies, Some(stats)))
         }
         #[cfg(feature = "peers")]
         System::Tarpc | System::Tonic | System::Razor => {
-            crate::peers::load(system, spawner, addr, load, make_window, progress).await
+            crate::peers::load(system, spawner, addr, load, make_window, progress)
+                .await
+                .map(|tallies| (tallies, None))
         }
         #[cfg(not(feature = "peers"))]
         System::Tarpc | System::Tonic | System::Razor => Err(format!(

@@ -370,9 +370,7 @@ impl ReadBuffer {
                 let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(needed));
                 let mut next = match reusable {
                     Some(i) => self.retired.swap_remove(i),
-                    None => BytesMut::with_capacity(
-                        needed.max(READS_PER_BUFFER * self.read_size),
-                    ),
+                    None => BytesMut::with_capacity(needed.max(READS_PER_BUFFER * self.read_size)),
                 };
                 next.extend_from_slice(&self.buf[..len]);
                 let mut pinned = std::mem::replace(&mut self.buf, next);
@@ -427,7 +425,11 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             let held = batch.release() + rx.release();
             rx.counters().write_buffered.store(held, Ordering::Relaxed);
         }
-        if stop.guard(WRITER, rx.ready().or(quiet.wait(WRITER))).await.is_none() {
+        if stop
+            .guard(WRITER, rx.ready().or(quiet.wait(WRITER)))
+            .await
+            .is_none()
+        {
             return Ok(());
         }
         closing = fill(&mut rx, &mut batch);

@@ -38,12 +38,12 @@ pub use crate::{
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     metadata::Metadata,
     runtime::Runtime,
-    stats::ConnectionStats,
     server::{
         Dispatch, Reply, ReplySink, Request, RequestStream, Server, ServerConfig, ServerHandle,
         ServerStats, Status, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, DEFAULT_READ_TIMEOUT,
         DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,
     },
+    stats::ConnectionStats,
     transport::{Listener, Transport},
 };

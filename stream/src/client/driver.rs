@@ -124,7 +124,9 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     rt.spawn(read_task(conn.clone(), reader, read, config.max_frame_len));
     let writer_conn = conn.clone();
     rt.spawn(async move {
-        if let Err(e) = write_loop(out_rx, writer, &writer_conn.stop, &writer_conn.quiet, None).await {
+        if let Err(e) =
+            write_loop(out_rx, writer, &writer_conn.stop, &writer_conn.quiet, None).await
+        {
             writer_conn.close(e.into());
         }
     });

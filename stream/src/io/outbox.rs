@@ -229,9 +229,8 @@ impl Outbox {
     pub(crate) fn arrived(&self) {
         let expected = &self.queue.expected;
         if expected.load(Ordering::Relaxed) > 0 {
-            let _ = expected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                n.checked_sub(1)
-            });
+            let _ =
+                expected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
     }
 
@@ -405,7 +404,10 @@ mod tests {
     #[test]
     fn producers_wait_past_the_limit_and_the_first_message_always_fits() {
         let (out, mut rx) = outbox();
-        assert!(out.try_send(frame(0, 2 * OUTBOX_LIMIT)), "an empty queue takes anything");
+        assert!(
+            out.try_send(frame(0, 2 * OUTBOX_LIMIT)),
+            "an empty queue takes anything"
+        );
         assert!(!out.try_send(frame(1, 1)), "over the limit");
         assert!(out.force_send(Outgoing::Close), "last words always fit");
         assert_eq!(rx.try_recv().map(seq_of), Some(0));
