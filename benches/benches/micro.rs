@@ -105,22 +105,18 @@ fn window(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     // One call's bookkeeping: take a slot, begin, complete, take the outcome, return the slot.
     group.bench_function("acquire_call_release", |b| {
-        let (release, free) = crossfire::mpmc::bounded_async::<u32>(64);
-        for slot in 0..64 {
-            release.try_send(slot).unwrap();
-        }
         let mut table = CallTable::new(64, 0);
         let mut wakers = Vec::new();
         let mut cx = Context::from_waker(Waker::noop());
         let body = Bytes::from_static(b"reply");
         b.iter(|| {
-            let slot = free.try_recv().unwrap();
+            let slot = table.acquire().unwrap().unwrap();
             let seq = table
                 .begin(slot, Some((1000, Duration::from_secs(1))), None)
                 .unwrap();
             table.complete(seq, Ok(body.clone()), &mut wakers);
             let _ = std::hint::black_box(table.poll(slot, &mut cx));
-            release.try_send(slot).unwrap();
+            table.release(slot);
         })
     });
     group.finish();

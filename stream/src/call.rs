@@ -2,8 +2,10 @@
 //!
 //! Public for custom drivers and benchmarks; [`Client`](crate::Client) is built on it.
 //!
-//! The table has one slot per unit of window. A caller owns a free slot (handed out by the
-//! driver's window), `begin`s a call in it, and later takes the outcome with `poll`. The reader
+//! The table has up to one slot per unit of window, created as calls need them (an idle
+//! connection with a large window holds only the slots its busiest moment used). A caller
+//! `acquire`s a free slot (none while the window is full), `begin`s a call in it, takes the
+//! outcome with `poll`, and `release`s the slot. The reader
 //! `complete`s calls by sequence id, the timer `expire`s them by tick, and a dead connection
 //! `fail_all`s them. A sequence id is `generation << 32 | slot`, so a reply is matched in O(1)
 //! and a reply for a call that already timed out or was abandoned (its slot's generation moved
@@ -43,7 +45,12 @@ pub type Outcome = Result<Bytes, CallError>;
 /// ```
 #[derive(Debug)]
 pub struct CallTable {
-    slots: Box<[Slot]>,
+    slots: Vec<Slot>,
+    /// Slots handed out and released, ready for the next call.
+    free: Vec<u32>,
+    /// Slots `0..fresh` have been handed out at least once.
+    fresh: u32,
+    window: usize,
     wheel: Wheel<u32>,
     /// Set once the connection drains or dies: new calls fail with this error.
     refusing: Option<ConnectionError>,
@@ -66,14 +73,48 @@ enum State {
 }
 
 impl CallTable {
-    /// A table with `window` slots whose clock starts at tick `now`.
+    /// A table of up to `window` slots whose clock starts at tick `now`. Slots are created
+    /// as calls need them.
     pub fn new(window: usize, now: u64) -> Self {
-        let slots = (0..window).map(|_| Slot::default()).collect();
         Self {
-            slots,
-            wheel: Wheel::with_capacity(WHEEL_BUCKETS, now, window),
+            slots: Vec::new(),
+            free: Vec::new(),
+            fresh: 0,
+            window,
+            wheel: Wheel::new(WHEEL_BUCKETS, now),
             refusing: None,
         }
+    }
+
+    /// Takes a free slot of the window; `None` while every slot is in use.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::NotSent`] once the connection drains or is closed.
+    pub fn acquire(&mut self) -> Result<Option<u32>, CallError> {
+        if let Some(error) = &self.refusing {
+            return Err(CallError::NotSent(error.clone()));
+        }
+        if let Some(slot) = self.free.pop() {
+            return Ok(Some(slot));
+        }
+        if (self.fresh as usize) < self.window {
+            let slot = self.fresh;
+            self.fresh += 1;
+            return Ok(Some(slot));
+        }
+        Ok(None)
+    }
+
+    /// Returns `slot` to the window (after [`abandon`](Self::abandon) or a taken outcome).
+    pub fn release(&mut self, slot: u32) {
+        debug_assert!(!self.free.contains(&slot), "slot {slot} released twice");
+        self.free.push(slot);
+    }
+
+    /// Slots in use now (acquired and not released).
+    pub fn in_use(&self) -> usize {
+        self.fresh as usize - self.free.len()
     }
 
     /// Starts a call in the free `slot` and returns its sequence id.
@@ -87,7 +128,8 @@ impl CallTable {
     ///
     /// # Panics
     ///
-    /// If `slot` is not below the window (the driver hands out slots `0..window`).
+    /// If `slot` is not below the window ([`acquire`](Self::acquire) hands out slots
+    /// `0..window`).
     pub fn begin(
         &mut self,
         slot: u32,
@@ -96,6 +138,13 @@ impl CallTable {
     ) -> Result<u64, CallError> {
         if let Some(error) = &self.refusing {
             return Err(CallError::NotSent(error.clone()));
+        }
+        assert!(
+            (slot as usize) < self.window,
+            "slot {slot} is outside the window"
+        );
+        if self.slots.len() <= slot as usize {
+            self.slots.resize_with(slot as usize + 1, Slot::default);
         }
         let entry = &mut self.slots[slot as usize];
         debug_assert!(matches!(entry.state, State::Free), "slot {slot} is busy");
@@ -141,12 +190,11 @@ impl CallTable {
     }
 
     /// Takes the outcome of the call in `slot` (freeing the slot), or registers `cx`'s waker.
-    ///
-    /// # Panics
-    ///
-    /// If `slot` is not below the window.
+    /// A slot that never held a call reads as a call that was never sent.
     pub fn poll(&mut self, slot: u32, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let entry = &mut self.slots[slot as usize];
+        let Some(entry) = self.slots.get_mut(slot as usize) else {
+            return Poll::Ready(Err(CallError::NotSent(ConnectionError::Closed)));
+        };
         match &mut entry.state {
             State::Pending(waker) => {
                 match waker {
@@ -165,12 +213,8 @@ impl CallTable {
 
     /// Frees `slot` whatever its state. Returns the sequence id if the call was still pending,
     /// so that the driver can tell the server to cancel it.
-    ///
-    /// # Panics
-    ///
-    /// If `slot` is not below the window.
     pub fn abandon(&mut self, slot: u32) -> Option<u64> {
-        let entry = &mut self.slots[slot as usize];
+        let entry = self.slots.get_mut(slot as usize)?;
         if let Some(key) = entry.timer.take() {
             self.wheel.remove(key);
         }

@@ -2,7 +2,7 @@
 //! full-duplex connection.
 //!
 //! A call takes a slot from the window (waiting if all are taken), records itself in the call
-//! table, hands its request frame to the writer task through a crossfire channel, and waits for
+//! table, hands its request frame to the writer task through the connection's outbox, and waits for
 //! the reader task (reply), the timer task (deadline) or the connection's end to resolve it.
 
 mod config;
@@ -19,7 +19,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use crossfire::{mpmc, MAsyncRx, MRx, MTx};
+use event_listener::{Event, IntoNotification, Listener};
 use parking_lot::Mutex;
 
 pub use self::config::{
@@ -58,10 +58,8 @@ struct Handle {
 /// State shared by a connection's callers and its reader, writer and timer tasks.
 pub(crate) struct Conn {
     table: Mutex<CallTable>,
-    /// Free slots: receiving one is acquiring a unit of window.
-    free: MAsyncRx<mpmc::Array<u32>>,
-    free_blocking: MRx<mpmc::Array<u32>>,
-    release: MTx<mpmc::Array<u32>>,
+    /// Callers waiting for a slot of the window (the table hands slots out).
+    window_free: Event,
     /// Frames for the writer task.
     out: Outbox,
     stop: Stop,
@@ -223,10 +221,7 @@ impl Client {
     ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
         conn.check_len(head.len() + tail.len(), options)?;
-        let slot = match conn.free.recv().await {
-            Ok(slot) => slot,
-            Err(_) => return Err(conn.not_sent()),
-        };
+        let slot = conn.acquire().await?;
         let mut guard = SlotGuard {
             conn,
             slot,
@@ -300,7 +295,7 @@ impl Client {
     ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
         conn.check_len(head.len() + tail.len(), options)?;
-        let slot = conn.free_blocking.recv().map_err(|_| conn.not_sent())?;
+        let slot = conn.acquire_blocking()?;
         let mut guard = SlotGuard {
             conn,
             slot,
@@ -373,14 +368,45 @@ impl Conn {
         Ok(())
     }
 
-    fn not_sent(&self) -> CallError {
-        let error = self
-            .table
-            .lock()
-            .refusing()
-            .cloned()
-            .unwrap_or(ConnectionError::Closed);
-        CallError::NotSent(error)
+    /// Takes a slot of the window, waiting while every slot is in use.
+    async fn acquire(&self) -> Result<u32, CallError> {
+        loop {
+            if let Some(slot) = self.table.lock().acquire()? {
+                return Ok(slot);
+            }
+            let listener = self.window_free.listen();
+            if let Some(slot) = self.table.lock().acquire()? {
+                return Ok(slot);
+            }
+            listener.await;
+        }
+    }
+
+    /// [`acquire`](Self::acquire) for a thread without a runtime.
+    fn acquire_blocking(&self) -> Result<u32, CallError> {
+        loop {
+            if let Some(slot) = self.table.lock().acquire()? {
+                return Ok(slot);
+            }
+            let listener = self.window_free.listen();
+            if let Some(slot) = self.table.lock().acquire()? {
+                return Ok(slot);
+            }
+            listener.wait();
+        }
+    }
+
+    /// Gives `slot` back to the window; with `abandon`, first ends its call if it is still
+    /// pending and returns its sequence id, for the server to be told.
+    pub(crate) fn release(&self, slot: u32, abandon: bool) -> Option<u64> {
+        let seq = {
+            let mut table = self.table.lock();
+            let seq = abandon.then(|| table.abandon(slot)).flatten();
+            table.release(slot);
+            seq
+        };
+        self.window_free.notify(1.additional());
+        seq
     }
 
     fn begin(
@@ -429,6 +455,8 @@ impl Conn {
         let mut wakers = Vec::new();
         self.table.lock().fail_all(&error, &mut wakers);
         wakers.into_iter().for_each(std::task::Waker::wake);
+        // Callers waiting for a slot now fail as not sent.
+        self.window_free.notify(usize::MAX);
         for state in self.streams.lock().values() {
             crate::streaming::wake(state.close(ErrorCode::CANCELLED));
         }
@@ -467,17 +495,13 @@ struct SlotGuard<'a> {
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        if self.begun {
-            if let Some(seq) = self.conn.table.lock().abandon(self.slot) {
-                // Best effort: if the queue is full the server's deadline ends the call.
-                self.conn.out.try_send(Outgoing::frame(
-                    FrameHeader::new(FrameKind::Cancel, seq),
-                    Bytes::new(),
-                ));
-            }
+        if let Some(seq) = self.conn.release(self.slot, self.begun) {
+            // Best effort: if the queue is full the server's deadline ends the call.
+            self.conn.out.try_send(Outgoing::frame(
+                FrameHeader::new(FrameKind::Cancel, seq),
+                Bytes::new(),
+            ));
         }
-        // The channel holds exactly the window, so a returned slot always fits.
-        let _ = self.conn.release.try_send(self.slot);
     }
 }
 

@@ -357,6 +357,16 @@ impl ReadBuffer {
         Ok(n)
     }
 
+    /// The size of a new buffer: one small read while traffic is light (a quiet connection
+    /// waking up), room for several reads once reads come back full.
+    fn fresh_size(&self) -> usize {
+        if self.read_size <= MIN_READ {
+            MIN_READ
+        } else {
+            READS_PER_BUFFER * self.read_size
+        }
+    }
+
     /// Makes `spare` at least `want` bytes, zero-filling only memory that was never filled.
     fn grow(&mut self, want: usize) {
         let len = self.buf.len();
@@ -370,7 +380,7 @@ impl ReadBuffer {
                 let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(needed));
                 let mut next = match reusable {
                     Some(i) => self.retired.swap_remove(i),
-                    None => BytesMut::with_capacity(needed.max(READS_PER_BUFFER * self.read_size)),
+                    None => BytesMut::with_capacity(needed.max(self.fresh_size())),
                 };
                 next.extend_from_slice(&self.buf[..len]);
                 let mut pinned = std::mem::replace(&mut self.buf, next);

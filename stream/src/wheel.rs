@@ -17,7 +17,11 @@ pub struct TimerKey(usize);
 #[derive(Debug)]
 pub struct Wheel<T> {
     entries: Slab<Entry<T>>,
+    /// One list head per bucket; allocated by the first insert, so that a connection whose
+    /// calls never had deadlines holds none.
     heads: Box<[usize]>,
+    /// Number of buckets (a power of two).
+    buckets: usize,
     /// Every deadline `<= elapsed` has been expired.
     elapsed: u64,
 }
@@ -36,7 +40,8 @@ impl<T> Wheel<T> {
         let buckets = buckets.max(1).next_power_of_two();
         Self {
             entries: Slab::new(),
-            heads: vec![NIL; buckets].into_boxed_slice(),
+            heads: Box::default(),
+            buckets,
             elapsed: now,
         }
     }
@@ -67,6 +72,9 @@ impl<T> Wheel<T> {
     /// the next `poll`.
     pub fn insert(&mut self, deadline: u64, value: T) -> TimerKey {
         let deadline = deadline.max(self.elapsed + 1);
+        if self.heads.is_empty() {
+            self.heads = vec![NIL; self.buckets].into_boxed_slice();
+        }
         let bucket = self.bucket(deadline);
         let next = self.heads[bucket];
         let key = self.entries.insert(Entry {
@@ -99,7 +107,11 @@ impl<T> Wheel<T> {
         if now <= self.elapsed {
             return;
         }
-        if now - self.elapsed >= self.heads.len() as u64 {
+        if self.heads.is_empty() {
+            self.elapsed = now;
+            return;
+        }
+        if now - self.elapsed >= self.buckets as u64 {
             // A whole revolution (or more) passed: one sweep over every bucket suffices.
             for bucket in 0..self.heads.len() {
                 self.expire_bucket(bucket, now, &mut expire);
@@ -117,7 +129,7 @@ impl<T> Wheel<T> {
         if self.is_empty() {
             return None;
         }
-        for tick in self.elapsed + 1..=self.elapsed + self.heads.len() as u64 {
+        for tick in self.elapsed + 1..=self.elapsed + self.buckets as u64 {
             let mut key = self.heads[self.bucket(tick)];
             while key != NIL {
                 let entry = &self.entries[key];
@@ -131,7 +143,7 @@ impl<T> Wheel<T> {
     }
 
     fn bucket(&self, tick: u64) -> usize {
-        (tick & (self.heads.len() as u64 - 1)) as usize
+        (tick & (self.buckets as u64 - 1)) as usize
     }
 
     fn expire_bucket(&mut self, bucket: usize, now: u64, expire: &mut impl FnMut(T)) {

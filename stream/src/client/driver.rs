@@ -12,7 +12,6 @@ use std::{
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use crossfire::mpmc;
 use futures_io::AsyncRead;
 use futures_lite::FutureExt;
 use parking_lot::Mutex;
@@ -92,10 +91,6 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         .max_in_flight
         .min(hello.max_in_flight as usize)
         .max(1);
-    let (release, free) = mpmc::bounded_async::<u32>(window);
-    for slot in 0..window as u32 {
-        let _ = release.try_send(slot);
-    }
     // Room for every call's request and its cancel, plus control frames: requests never wait
     // for room unless the writer is stuck, and then callers wait (backpressure).
     let (out, out_rx) = outbox();
@@ -105,9 +100,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     };
     let conn = Arc::new(Conn {
         table: Mutex::new(CallTable::new(window, 0)),
-        free_blocking: free.clone().into(),
-        free,
-        release: release.into(),
+        window_free: Default::default(),
         out,
         stop: Default::default(),
         quiet: Quiet::default(),

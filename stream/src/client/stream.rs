@@ -58,13 +58,12 @@ impl Drop for OpenCall {
         let seq = self.state.seq();
         self.conn.forget_stream(seq);
         streaming::wake(self.state.close(ErrorCode::CANCELLED));
-        if let Some(seq) = self.conn.table.lock().abandon(self.slot) {
+        if let Some(seq) = self.conn.release(self.slot, true) {
             let cancel = FrameHeader::new(FrameKind::Cancel, seq);
             self.conn
                 .out
                 .try_send(Outgoing::frame(cancel, Bytes::new()));
         }
-        let _ = self.conn.release.try_send(self.slot);
     }
 }
 
@@ -92,12 +91,12 @@ impl Client {
         conn.check_request(&body, options)?;
         // Streams run until they end: they get a deadline only when the options set one.
         let timeout = options.timeout.flatten();
-        let slot = conn.free.recv().await.map_err(|_| conn.not_sent())?;
+        let slot = conn.acquire().await?;
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
         let seq = match conn.begin(slot, deadline, None) {
             Ok(seq) => seq,
             Err(e) => {
-                let _ = conn.release.try_send(slot);
+                conn.release(slot, false);
                 return Err(e);
             }
         };
