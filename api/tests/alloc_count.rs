@@ -46,17 +46,20 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Raw calls: the client copies its 32-byte payload into a fresh `Bytes` (1 allocation, the
-/// payload buffer). The request frame, write batch, reply slice, server dispatch (inline, in a
-/// reused box), reply, and the writers' parking take none. About 0.1 per call comes from read
-/// buffers replaced while replies still hold their memory (measured 1.13 on tokio). On smol,
-/// about 0.15 more come from the executor's unbounded run queue, which allocates a segment
-/// every 31 task wake-ups.
-const RAW_MAX: f64 = 1.3;
+/// payload buffer). The request frame, the outbox (two deques swapped whole, keeping their
+/// capacity), write batch, reply slice, server dispatch (inline, in a reused box), reply, and
+/// the writers' parking take none (measured 1.00 on tokio). On smol, about 0.2 more come
+/// from the runtime: the executor's unbounded run queue allocates a segment every 31 task
+/// wake-ups, and async-io's reactor allocates a timer-map node (`BTreeMap::split_off` in
+/// `process_timers`) each time an executor thread parks while timers are pending.
+const RAW_MAX: [f64; 2] = [1.1, 1.3];
 
 /// Typed calls add three: the request's `ByteBuf` decoded on the server, the router's boxed
 /// handler future, and the reply's `ByteBuf` decoded on the client. Encoding takes none (bodies
-/// are split off a per-thread buffer); the payload the caller builds is not counted.
-const TYPED_MAX: f64 = 3.3;
+/// are split off a per-thread buffer); the payload the caller builds is not counted. Measured
+/// 3.00 on tokio; on smol 3.2-3.45, the reactor's timer-map nodes above being most of the rest
+/// (seen with a backtrace of the allocations in this size class).
+const TYPED_MAX: [f64; 2] = [3.1, 3.5];
 
 /// The only test in this binary: the counter is global, so nothing may run beside it.
 #[test]
@@ -71,13 +74,15 @@ fn allocations_per_call() {
     );
     for (runtime, raw, typed) in results.try_iter() {
         println!("{runtime}: {raw:.2} allocations per raw call, {typed:.2} per typed call");
+        let i = usize::from(runtime == "smol");
+        let (raw_max, typed_max) = (RAW_MAX[i], TYPED_MAX[i]);
         assert!(
-            raw <= RAW_MAX,
-            "{runtime}: {raw:.2} allocations per raw call, limit {RAW_MAX}"
+            raw <= raw_max,
+            "{runtime}: {raw:.2} allocations per raw call, limit {raw_max}"
         );
         assert!(
-            typed <= TYPED_MAX,
-            "{runtime}: {typed:.2} allocations per typed call, limit {TYPED_MAX}"
+            typed <= typed_max,
+            "{runtime}: {typed:.2} allocations per typed call, limit {typed_max}"
         );
     }
 }
