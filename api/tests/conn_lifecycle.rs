@@ -4,16 +4,19 @@
 mod common;
 
 use std::{
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
-use common::{connect, eventually, router, serve, Env, Gauge};
+use common::{connect, eventually, loopback, router, serve, Env, Gauge};
 use flumen::{
     stream::{
         frame::{FrameHeader, FrameKind, HEADER_LEN},
         hello::{Hello, HELLO_LEN},
-        Transport,
+        Listener, Transport,
     },
     CallError, ClientConfig, ConnectionError, ErrorCode, MethodId, ServerConfig,
 };
@@ -29,6 +32,7 @@ e2e!(
     late_reply_after_timeout_is_dropped,
     dropping_a_call_stops_its_handler,
     server_enforces_the_callers_deadline,
+    client_timer_wakes_for_a_sooner_deadline,
 );
 
 /// Spawns `calls` calls of `method` and returns a channel of their results.
@@ -284,4 +288,59 @@ async fn server_enforces_the_callers_deadline<E: Env>(env: E) {
         gauge.now.load(Ordering::SeqCst) == 0
     })
     .await;
+}
+
+/// The client's timer sleeps until the earliest deadline (up to 100 ticks) while calls are
+/// pending; a call with a sooner deadline must cut that sleep short and time out within its
+/// deadline and a tick. The peer answers the handshake and then nothing, so only the client's
+/// own timer can end either call.
+async fn client_timer_wakes_for_a_sooner_deadline<E: Env>(env: E) {
+    let mut listener = env.transport().bind(&loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let seen = received.clone();
+    env.spawn(async move {
+        let (connecting, _) = listener.accept().await.unwrap();
+        let (mut reader, mut writer) = connecting.await.unwrap();
+        writer
+            .write_all(&Hello::new(1 << 20, 64).encode())
+            .await
+            .unwrap();
+        writer.flush().await.unwrap();
+        let mut sink = [0u8; 1024];
+        while let Ok(n @ 1..) = reader.read(&mut sink).await {
+            seen.fetch_add(n, Ordering::SeqCst);
+        }
+        drop((writer, listener));
+    });
+    // A coarse tick: with only a far deadline pending, the timer sleeps 100 ticks (5 s).
+    let tick = Duration::from_millis(50);
+    let client = connect(&env, addr, ClientConfig::default().tick(tick)).await;
+    let far = client.clone();
+    env.spawn(async move {
+        let _ = far
+            .call_with_timeout::<_, ()>("far", &(), Some(Duration::from_secs(20)))
+            .await;
+    });
+    eventually(&env, "the far call reached the peer", || {
+        received.load(Ordering::SeqCst) >= HELLO_LEN + HEADER_LEN
+    })
+    .await;
+    // Let the timer settle into its long sleep.
+    env.sleep(3 * tick).await;
+    let timeout = Duration::from_millis(100);
+    let started = Instant::now();
+    let err = client
+        .call_with_timeout::<_, ()>("near", &(), Some(timeout))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(err.is_timeout(), "expected a timeout, got {err}");
+    assert!(elapsed >= timeout, "resolved early: {elapsed:?}");
+    // Deadline plus one tick, plus slack for a loaded CI machine's scheduler (well under the
+    // 5 s the timer would sleep if nothing woke it).
+    assert!(
+        elapsed < timeout + tick + Duration::from_secs(2),
+        "resolved late: {elapsed:?}"
+    );
 }

@@ -265,8 +265,7 @@ impl CallTable {
     }
 
     /// The earliest tick at which a call times out.
-    #[cfg(test)]
-    pub(crate) fn next_expiry(&self) -> Option<u64> {
+    pub fn next_expiry(&self) -> Option<u64> {
         self.wheel.next_expiry()
     }
 

@@ -416,8 +416,8 @@ impl Conn {
         waker: Option<std::task::Waker>,
     ) -> Result<u64, CallError> {
         let seq = self.table.lock().begin(slot, deadline, waker)?;
-        if deadline.is_some() {
-            self.timer.arm();
+        if let Some((tick, _)) = deadline {
+            self.timer.arm(tick);
         }
         Ok(seq)
     }

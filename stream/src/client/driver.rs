@@ -3,7 +3,7 @@
 use std::{
     future::poll_fn,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     task::{Context, Poll, Waker},
@@ -29,20 +29,60 @@ use crate::{
     transport::Transport,
 };
 
-/// Lets the timer task sleep while no call has a deadline, and wakes it when one appears.
-#[derive(Debug, Default)]
+/// The longest the timer task sleeps while calls have deadlines, in ticks: it wakes at the
+/// earliest deadline or after this many ticks (1 s at the default tick), whichever is first,
+/// so that a connection with pending calls costs one timer wake-up a second at most instead
+/// of one a tick, and still notices within a second that it went quiet.
+const MAX_TIMER_SLEEP_TICKS: u64 = 100;
+
+/// Lets the timer task sleep while no call has a deadline, and until the earliest deadline
+/// while some have; wakes it when a call needs it sooner.
+#[derive(Debug)]
 pub(super) struct TimerGate {
     idle: AtomicBool,
+    /// The tick the sleeping timer will wake at (`u64::MAX` while idle).
+    target: AtomicU64,
+    /// Set when a deadline earlier than `target` arrived.
+    sooner: AtomicBool,
     waker: AtomicWaker,
 }
 
+impl Default for TimerGate {
+    fn default() -> Self {
+        Self {
+            idle: AtomicBool::new(false),
+            target: AtomicU64::new(u64::MAX),
+            sooner: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        }
+    }
+}
+
 impl TimerGate {
-    /// Called after a call with a deadline entered the table.
-    pub(super) fn arm(&self) {
+    /// Called after a call with deadline tick `deadline` entered the table.
+    pub(super) fn arm(&self, deadline: u64) {
         // A relaxed load suffices: the table's mutex orders it after the timer's check.
         if self.idle.load(Ordering::Relaxed) && self.idle.swap(false, Ordering::AcqRel) {
             self.waker.wake();
+        } else if deadline < self.target.load(Ordering::Relaxed) {
+            self.sooner.store(true, Ordering::Release);
+            self.waker.wake();
         }
+    }
+
+    /// Completes when a deadline earlier than the one the timer sleeps for arrives.
+    fn sooner(&self) -> impl std::future::Future<Output = ()> + '_ {
+        poll_fn(move |cx| {
+            if self.sooner.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.sooner.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     /// Ready once `has_work` holds; otherwise parks the timer until `arm`.
@@ -306,20 +346,38 @@ fn on_frames(
 async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
     let mut wakers = Vec::new();
     let mut expired = Vec::new();
+    let gate = &conn.timer;
     loop {
-        let work = poll_fn(|cx| conn.timer.park(cx, || conn.table.lock().has_deadlines()));
+        gate.target.store(u64::MAX, Ordering::Relaxed);
+        let work = poll_fn(|cx| gate.park(cx, || conn.table.lock().has_deadlines()));
         if conn.stop.guard(TIMER, work).await.is_none() {
             return;
         }
+        let mut next_expiry = None;
         loop {
-            let next = conn.clock.instant_of(conn.clock.now_tick() + 1);
-            if conn.stop.guard(TIMER, rt.sleep_until(next)).await.is_none() {
+            // Sleep until the earliest deadline (at least a tick, at most the cap); a call
+            // with a sooner deadline cuts the sleep short.
+            let now = conn.clock.now_tick();
+            let target = next_expiry
+                .unwrap_or(now + 1)
+                .clamp(now + 1, now + MAX_TIMER_SLEEP_TICKS);
+            gate.target.store(target, Ordering::Relaxed);
+            let sleep = rt.sleep_until(conn.clock.instant_of(target));
+            if conn
+                .stop
+                .guard(TIMER, sleep.or(gate.sooner()))
+                .await
+                .is_none()
+            {
                 return;
             }
             let now = conn.clock.now_tick();
+            // While the next target is worked out, any new deadline wakes the timer again.
+            gate.target.store(0, Ordering::Relaxed);
             let more = {
                 let mut table = conn.table.lock();
                 table.expire(now, &mut wakers, &mut expired);
+                next_expiry = table.next_expiry();
                 table.has_deadlines()
             };
             wakers.drain(..).for_each(Waker::wake);
