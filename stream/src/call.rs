@@ -259,6 +259,11 @@ impl CallTable {
         }
     }
 
+    /// Gives back the deadline wheel's memory if no call has a deadline (a quiet connection).
+    pub fn shrink_if_idle(&mut self) {
+        self.wheel.shrink_if_empty();
+    }
+
     /// Whether any call has a deadline (the timer has work).
     pub fn has_deadlines(&self) -> bool {
         !self.wheel.is_empty()

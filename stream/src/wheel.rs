@@ -53,6 +53,15 @@ impl<T> Wheel<T> {
         wheel
     }
 
+    /// Gives back the wheel's memory if it holds nothing (it is allocated again by the next
+    /// insert).
+    pub fn shrink_if_empty(&mut self) {
+        if self.is_empty() {
+            self.heads = Box::default();
+            self.entries = Slab::new();
+        }
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.entries.len()

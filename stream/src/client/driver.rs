@@ -378,7 +378,11 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
                 let mut table = conn.table.lock();
                 table.expire(now, &mut wakers, &mut expired);
                 next_expiry = table.next_expiry();
-                table.has_deadlines()
+                let more = table.has_deadlines();
+                if !more {
+                    table.shrink_if_idle();
+                }
+                more
             };
             wakers.drain(..).for_each(Waker::wake);
             for seq in expired.drain(..) {
