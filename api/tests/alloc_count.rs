@@ -8,14 +8,11 @@ mod common;
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    future::{ready, Ready},
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use common::{connect, run_smol, run_tokio, serve, Env};
-use flumen::{
-    stream::Reply, Bytes, ClientConfig, Dispatch, MethodId, Request, Router, ServerConfig, Status,
-};
+use common::{connect, run_smol, run_tokio, serve, Echo, Env};
+use flumen::{Bytes, ClientConfig, MethodId, Router, ServerConfig, Status};
 use serde_bytes::ByteBuf;
 
 struct Counting;
@@ -84,17 +81,6 @@ fn allocations_per_call() {
             typed <= typed_max,
             "{runtime}: {typed:.2} allocations per typed call, limit {typed_max}"
         );
-    }
-}
-
-/// Echoes method 1 without allocating.
-struct Echo;
-
-impl Dispatch for Echo {
-    type Future = Ready<Result<Reply, Status>>;
-
-    fn dispatch(&self, request: Request) -> Self::Future {
-        ready(Ok(request.into_body().into()))
     }
 }
 

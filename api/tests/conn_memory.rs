@@ -5,30 +5,13 @@
 
 mod common;
 
-use std::{
-    future::{ready, Ready},
-    time::Duration,
-};
+use std::time::Duration;
 
-use common::{connect, eventually, run_smol, run_tokio, serve, Env, SmolEnv, TokioEnv};
-use flumen::{
-    stream::{Bytes, Dispatch, Reply, Request, Status},
-    ClientConfig, ServerConfig,
-};
+use common::{connect, eventually, run_smol, run_tokio, serve, Echo, Env, SmolEnv, TokioEnv};
+use flumen::{stream::Bytes, ClientConfig, ServerConfig};
 
 /// Connections opened to one server.
 const CONNECTIONS: usize = 300;
-
-/// Echoes the request body.
-struct Echo;
-
-impl Dispatch for Echo {
-    type Future = Ready<Result<Reply, Status>>;
-
-    fn dispatch(&self, request: Request) -> Self::Future {
-        ready(Ok(request.into_body().into()))
-    }
-}
 
 async fn idle_connections_hold_no_buffers<E: Env>(env: E) {
     // A short read timeout makes the watchdog (and so quiet detection) run every 50 ms.

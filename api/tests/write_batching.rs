@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::future::{ready, Ready};
-
-use common::{connect, run_smol_with, run_tokio_with, serve, Env, SmolEnv, TokioEnv};
+use common::{connect, run_smol_with, run_tokio_with, serve, Echo, Env, SmolEnv, TokioEnv};
 use flumen::{
-    stream::{Bytes, ConnectionStats, Dispatch, Reply, Request, Status},
+    stream::{Bytes, ConnectionStats},
     ClientConfig, ServerConfig,
 };
 
@@ -19,17 +17,6 @@ const IN_FLIGHT: usize = 64;
 const CALLS_EACH: usize = 300;
 /// The least average frames per write the test accepts, client and server.
 const MIN_FRAMES_PER_WRITE: f64 = 8.0;
-
-/// Echoes the request body.
-struct Echo;
-
-impl Dispatch for Echo {
-    type Future = Ready<Result<Reply, Status>>;
-
-    fn dispatch(&self, request: Request) -> Self::Future {
-        ready(Ok(request.into_body().into()))
-    }
-}
 
 /// Runs 64 callers in a loop and returns the client's and the server's counters.
 async fn load<E: Env>(env: E) -> (ConnectionStats, ConnectionStats) {

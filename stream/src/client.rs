@@ -32,7 +32,7 @@ use crate::{
     call::CallTable,
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     frame::{FrameHeader, FrameKind},
-    io::{Outbox, Outgoing, Quiet, Stop},
+    io::{attempt_or_listen, Outbox, Outgoing, Quiet, Stop},
     metadata::{Metadata, MetadataError},
     runtime::Runtime,
     stats::ConnectionStats,
@@ -371,29 +371,26 @@ impl Conn {
     /// Takes a slot of the window, waiting while every slot is in use.
     async fn acquire(&self) -> Result<u32, CallError> {
         loop {
-            if let Some(slot) = self.table.lock().acquire()? {
-                return Ok(slot);
+            match attempt_or_listen(&self.window_free, || self.try_acquire()) {
+                Ok(slot) => return slot,
+                Err(listener) => listener.await,
             }
-            let listener = self.window_free.listen();
-            if let Some(slot) = self.table.lock().acquire()? {
-                return Ok(slot);
-            }
-            listener.await;
         }
     }
 
     /// [`acquire`](Self::acquire) for a thread without a runtime.
     fn acquire_blocking(&self) -> Result<u32, CallError> {
         loop {
-            if let Some(slot) = self.table.lock().acquire()? {
-                return Ok(slot);
+            match attempt_or_listen(&self.window_free, || self.try_acquire()) {
+                Ok(slot) => return slot,
+                Err(listener) => listener.wait(),
             }
-            let listener = self.window_free.listen();
-            if let Some(slot) = self.table.lock().acquire()? {
-                return Ok(slot);
-            }
-            listener.wait();
         }
+    }
+
+    /// A slot, an error (the connection refuses calls), or `None` while the window is full.
+    fn try_acquire(&self) -> Option<Result<u32, CallError>> {
+        self.table.lock().acquire().transpose()
     }
 
     /// Gives `slot` back to the window; with `abandon`, first ends its call if it is still

@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 
-pub(crate) use self::outbox::{outbox, Inbox, IoCounters, Outbox};
+pub(crate) use self::outbox::{attempt_or_listen, outbox, Inbox, IoCounters, Outbox};
 use crate::frame::{Frame, FrameDecoder, FrameHeader, HEADER_LEN};
 
 /// Bodies up to this size are copied into the batch buffer; larger ones are written in place

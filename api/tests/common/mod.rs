@@ -244,6 +244,17 @@ macro_rules! e2e {
     };
 }
 
+/// Echoes every request's body, without allocating.
+pub struct Echo;
+
+impl Dispatch for Echo {
+    type Future = std::future::Ready<Result<flumen::stream::Reply, Status>>;
+
+    fn dispatch(&self, request: Request) -> Self::Future {
+        std::future::ready(Ok(request.into_body().into()))
+    }
+}
+
 pub fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }

@@ -123,6 +123,20 @@ pub(crate) fn outbox() -> (Outbox, Inbox) {
     )
 }
 
+/// Tries `attempt`; if it fails, listens to `event` and tries once more, so that a
+/// notification between the two is not missed. `Err` is the listener to wait on (async or
+/// blocking) before the next round.
+pub(crate) fn attempt_or_listen<T>(
+    event: &event_listener::Event,
+    mut attempt: impl FnMut() -> Option<T>,
+) -> Result<T, event_listener::EventListener> {
+    if let Some(done) = attempt() {
+        return Ok(done);
+    }
+    let listener = event.listen();
+    attempt().ok_or(listener)
+}
+
 /// What a message weighs against [`OUTBOX_LIMIT`].
 fn weight(message: &Outgoing) -> usize {
     HEADER_LEN
@@ -139,15 +153,9 @@ impl Outbox {
     pub(crate) async fn send(&self, message: Outgoing) -> bool {
         let mut message = Some(message);
         loop {
-            match self.push(&mut message, false) {
-                Some(sent) => return sent,
-                None => {
-                    let listener = self.queue.space.listen();
-                    if let Some(sent) = self.push(&mut message, false) {
-                        return sent;
-                    }
-                    listener.await;
-                }
+            match attempt_or_listen(&self.queue.space, || self.push(&mut message, false)) {
+                Ok(sent) => return sent,
+                Err(listener) => listener.await,
             }
         }
     }
@@ -156,15 +164,9 @@ impl Outbox {
     pub(crate) fn send_blocking(&self, message: Outgoing) -> bool {
         let mut message = Some(message);
         loop {
-            match self.push(&mut message, false) {
-                Some(sent) => return sent,
-                None => {
-                    let listener = self.queue.space.listen();
-                    if let Some(sent) = self.push(&mut message, false) {
-                        return sent;
-                    }
-                    event_listener::Listener::wait(listener);
-                }
+            match attempt_or_listen(&self.queue.space, || self.push(&mut message, false)) {
+                Ok(sent) => return sent,
+                Err(listener) => event_listener::Listener::wait(listener),
             }
         }
     }
