@@ -97,7 +97,8 @@ enum Cmd {
         /// (smol). `--suite` runs 0, 1 and 2 unless this is given.
         #[arg(long, value_delimiter = ',')]
         threads: Vec<usize>,
-        /// Every payload (32 B, 1 KiB, 64 KiB) at every in-flight count (1, 64, 512).
+        /// Every payload (32 B, 1 KiB, 64 KiB) at every in-flight count (1, 64, 512), plus
+        /// 200 connections x 4 in flight and 1000 x 1 (32 B, current-thread).
         #[arg(long)]
         suite: bool,
         #[command(flatten)]
@@ -217,6 +218,7 @@ fn main() {
                 (true, false) => vec![0],
             };
             let matrix = Matrix {
+                suite,
                 systems: &systems,
                 runtimes: &runtimes,
                 threads: &threads,
@@ -541,6 +543,8 @@ fn system_arg(system: System) -> &'static str {
 
 /// What `compare` runs: every system at every point of the rest.
 struct Matrix<'a> {
+    /// Adds the many-connection rows ([`SUITE_MANY_CONNECTIONS`]).
+    suite: bool,
     systems: &'a [System],
     runtimes: &'a [Rt],
     threads: &'a [usize],
@@ -548,82 +552,79 @@ struct Matrix<'a> {
     in_flights: &'a [usize],
 }
 
+/// The many-connection rows `--suite` adds on each runtime (current-thread, 32 B):
+/// (connections, calls in flight on each).
+const SUITE_MANY_CONNECTIONS: [(usize, usize); 2] = [(200, 4), (1000, 1)];
+
 fn compare(matrix: &Matrix<'_>, run: &RunArgs) -> Result<(), String> {
     let mut systems = matrix.systems.to_vec();
     systems.retain(|s| *s != System::Pipe);
     systems.insert(0, System::Pipe);
-    let (runtimes, payloads, in_flights) = (matrix.runtimes, matrix.payloads, matrix.in_flights);
-    let setups = runtimes.iter().flat_map(|&runtime| {
-        matrix
-            .threads
-            .iter()
-            .map(move |&threads| Setup { runtime, threads })
-    });
-    let mut all = Vec::new();
-    for setup in setups {
-        let runtime = setup.runtime;
-        for &payload in payloads {
-            for &in_flight in in_flights {
-                let load = Load {
-                    payload,
-                    in_flight,
-                    connections: run.connections,
-                };
-                let mut reports: Vec<Report> = Vec::new();
-                for &system in &systems {
-                    if system.tokio_only() && runtime != Rt::Tokio {
-                        continue;
-                    }
-                    if system.tokio_only() && run.transport != Wire::Tcp {
-                        continue;
-                    }
-                    let server = ServerProcess::start(system.server(), setup, run)?;
-                    let mut report = run_load(
-                        system,
-                        setup,
-                        server.addr,
-                        load,
-                        run,
-                        Some(server.child.id()),
-                    )?;
-                    report.server_frames_per_write = server.finish();
-                    reports.push(report);
-                }
-                let pipe = reports.first().map(|r| r.calls_per_s);
-                for r in &mut reports {
-                    r.ratio_to_pipe = pipe.map(|p| r.calls_per_s / p);
-                }
-                if let Some(path) = &run.plot {
-                    let many =
-                        runtimes.len() * matrix.threads.len() * payloads.len() * in_flights.len()
-                            > 1;
-                    let path = if many {
-                        let stem = path
-                            .file_stem()
-                            .and_then(|s| s.to_str())
-                            .unwrap_or("latency");
-                        path.with_file_name(format!(
-                            "{stem}-{}-t{}-{payload}B-{in_flight}.svg",
-                            runtime.name(),
-                            setup.threads
-                        ))
-                    } else {
-                        path.clone()
+    let mut points = Vec::new();
+    for &runtime in matrix.runtimes {
+        for &threads in matrix.threads {
+            for &payload in matrix.payloads {
+                for &in_flight in matrix.in_flights {
+                    let load = Load {
+                        payload,
+                        in_flight,
+                        connections: run.connections,
                     };
-                    let title = format!(
-                        "Latency, {payload} B, {in_flight} in flight, {}",
-                        runtime.name()
-                    );
-                    std::fs::write(&path, plot::svg(&title, &reports))
-                        .map_err(|e| e.to_string())?;
+                    points.push((Setup { runtime, threads }, load));
                 }
-                if !run.json {
-                    print_table(&reports);
-                    println!();
-                }
-                all.extend(reports);
             }
         }
+    }
+    if matrix.suite {
+        for &runtime in matrix.runtimes {
+            for (connections, in_flight) in SUITE_MANY_CONNECTIONS {
+                let load = Load {
+                    payload: 32,
+                    in_flight,
+                    connections,
+                };
+                points.push((
+                    Setup {
+                        runtime,
+                        threads: 0,
+                    },
+                    load,
+                ));
+            }
+        }
+    }
+    let many = points.len() > 1;
+    let mut all = Vec::new();
+    for (setup, load) in points {
+        let mut reports: Vec<Report> = Vec::new();
+        for &system in &systems {
+            if system.tokio_only() && (setup.runtime != Rt::Tokio || run.transport != Wire::Tcp) {
+                continue;
+            }
+            let server = ServerProcess::start(system.server(), setup, run)?;
+            let mut report = run_load(
+                system,
+                setup,
+                server.addr,
+                load,
+                run,
+                Some(server.child.id()),
+            )?;
+            report.server_frames_per_write = server.finish();
+            reports.push(report);
+        }
+        let pipe = reports.first().map(|r| r.calls_per_s);
+        for r in &mut reports {
+            r.ratio_to_pipe = pipe.map(|p| r.calls_per_s / p);
+        }
+        if let Some(path) = &run.plot {
+            plot_point(path, many, setup, &load, &reports)?;
+        }
+        if !run.json {
+            print_table(&reports);
+            println!();
+        }
+        all.extend(reports);
     }
     if run.json {
         println!(
@@ -632,6 +633,34 @@ fn compare(matrix: &Matrix<'_>, run: &RunArgs) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Writes the latency plot of one point of a comparison (one file per point when `many`).
+fn plot_point(
+    path: &std::path::Path,
+    many: bool,
+    setup: Setup,
+    load: &Load,
+    reports: &[Report],
+) -> Result<(), String> {
+    let (runtime, payload, in_flight) = (setup.runtime.name(), load.payload, load.in_flight);
+    let path = if many {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("latency");
+        path.with_file_name(format!(
+            "{stem}-{runtime}-t{}-c{}-{payload}B-{in_flight}.svg",
+            setup.threads, load.connections
+        ))
+    } else {
+        path.to_path_buf()
+    };
+    let title = format!(
+        "Latency, {payload} B, {} x {in_flight} in flight, {runtime}",
+        load.connections
+    );
+    std::fs::write(&path, plot::svg(&title, reports)).map_err(|e| e.to_string())
 }
 
 fn emit(reports: &[Report], run: &RunArgs) {
