@@ -235,6 +235,8 @@ fn pipe() -> (MemWriter, MemReader) {
     (MemWriter(pipe.clone()), MemReader(pipe))
 }
 
+impl flumen::stream::TransportRead for MemReader {}
+
 impl AsyncRead for MemReader {
     fn poll_read(
         self: Pin<&mut Self>,

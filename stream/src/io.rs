@@ -18,7 +18,10 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 
 pub(crate) use self::outbox::{attempt_or_listen, outbox, Inbox, IoCounters, Outbox};
-use crate::frame::{Frame, FrameDecoder, FrameHeader, HEADER_LEN};
+use crate::{
+    frame::{Frame, FrameDecoder, FrameHeader, HEADER_LEN},
+    transport::TransportRead,
+};
 
 /// Bodies up to this size are copied into the batch buffer; larger ones are written in place
 /// with vectored writes (no copy).
@@ -331,7 +334,7 @@ impl ReadBuffer {
     /// Reads once from `r`, with room for at least what `decoder` still needs for its current
     /// frame (already checked against the frame limit). Returns the number of bytes read;
     /// zero means end of stream. Cancel-safe: nothing changes unless the read completes.
-    pub(crate) async fn read_from<R: AsyncRead + Unpin>(
+    pub(crate) async fn read_from<R: TransportRead>(
         &mut self,
         r: &mut R,
         decoder: &FrameDecoder,
@@ -340,13 +343,23 @@ impl ReadBuffer {
             return self.read_idle(r).await;
         }
         let want = self.read_size.max(decoder.needed());
-        if self.spare.len() < want {
-            self.grow(want);
-        }
-        let spare = &mut self.spare;
-        let n = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut spare[..])).await?;
-        let filled = self.spare.split_to(n);
-        self.buf.unsplit(filled);
+        let n = if R::READS_UNINIT {
+            // Straight into spare capacity: nothing to zero-fill. At most `want` bytes, so that
+            // a read of a large frame's rest ends on the frame's boundary and the next buffer
+            // starts without a partial frame to copy over.
+            self.make_room(want);
+            let buf = &mut self.buf;
+            poll_fn(|cx| Pin::new(&mut *r).poll_read_buf(cx, buf, want)).await?
+        } else {
+            if self.spare.len() < want {
+                self.grow(want);
+            }
+            let spare = &mut self.spare;
+            let n = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut spare[..])).await?;
+            let filled = self.spare.split_to(n);
+            self.buf.unsplit(filled);
+            n
+        };
         self.read_size = if n >= self.read_size {
             (self.read_size * 2).min(MAX_READ)
         } else if n < self.read_size / 4 {
@@ -377,22 +390,38 @@ impl ReadBuffer {
             // Otherwise frames still held pin it: move the partial frame to a retired buffer
             // nobody references any more, or to a new one.
             if !self.buf.try_reclaim(needed - self.buf.len()) {
-                let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(needed));
-                let mut next = match reusable {
-                    Some(i) => self.retired.swap_remove(i),
-                    None => BytesMut::with_capacity(needed.max(self.fresh_size())),
-                };
-                next.extend_from_slice(&self.buf[..len]);
-                let mut pinned = std::mem::replace(&mut self.buf, next);
-                pinned.clear();
-                if self.retired.len() == RETIRED_BUFFERS {
-                    self.retired.remove(0);
-                }
-                self.retired.push(pinned);
+                self.move_to_fresh(len, needed);
             }
             self.buf.resize(needed, 0);
         }
         self.spare = self.buf.split_off(len);
+    }
+
+    /// Makes `buf`'s spare capacity at least `want` bytes, without initialising it (for
+    /// transports that read into uninitialised memory).
+    fn make_room(&mut self, want: usize) {
+        let len = self.buf.len();
+        if self.buf.capacity() - len < want && !self.buf.try_reclaim(want) {
+            self.move_to_fresh(len, len + want);
+        }
+    }
+
+    /// Moves the first `len` bytes (a partial frame) to a retired buffer nobody references any
+    /// more, or to a new one, with room for `needed` bytes; the current buffer, pinned by
+    /// frames still held, is retired.
+    fn move_to_fresh(&mut self, len: usize, needed: usize) {
+        let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(needed));
+        let mut next = match reusable {
+            Some(i) => self.retired.swap_remove(i),
+            None => BytesMut::with_capacity(needed.max(self.fresh_size())),
+        };
+        next.extend_from_slice(&self.buf[..len]);
+        let mut pinned = std::mem::replace(&mut self.buf, next);
+        pinned.clear();
+        if self.retired.len() == RETIRED_BUFFERS {
+            self.retired.remove(0);
+        }
+        self.retired.push(pinned);
     }
 }
 
@@ -572,6 +601,90 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) ->
 mod tests {
     use super::*;
     use crate::frame::FrameKind;
+
+    /// A reader over fixed bytes that hands out at most `step` bytes a read; `UNINIT` picks
+    /// the core's read path (into spare capacity, or into zero-filled memory).
+    struct Source<const UNINIT: bool> {
+        bytes: Bytes,
+        step: usize,
+    }
+
+    impl<const UNINIT: bool> AsyncRead for Source<UNINIT> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes.split_to(n));
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl<const UNINIT: bool> TransportRead for Source<UNINIT> {
+        const READS_UNINIT: bool = UNINIT;
+
+        fn poll_read_buf(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut BytesMut,
+            max: usize,
+        ) -> Poll<io::Result<usize>> {
+            assert!(
+                buf.capacity() - buf.len() >= max,
+                "the core makes room first"
+            );
+            let n = max.min(self.step).min(self.bytes.len());
+            buf.extend_from_slice(&self.bytes.split_to(n));
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    /// Decodes every frame of `wire` through `read`, holding all of them (so that buffers
+    /// stay pinned and get retired), and returns their bodies.
+    fn read_all<const UNINIT: bool>(wire: Bytes, step: usize) -> Vec<Bytes> {
+        let mut source = Source::<UNINIT> { bytes: wire, step };
+        let mut read = ReadBuffer::new();
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut frames = Vec::new();
+        loop {
+            while let Some(frame) = decoder.decode(&mut read.buf).unwrap() {
+                frames.push(frame.body);
+            }
+            let n = futures_lite::future::block_on(read.read_from(&mut source, &decoder));
+            if n.unwrap() == 0 {
+                return frames;
+            }
+        }
+    }
+
+    #[test]
+    fn both_read_paths_cut_the_same_frames_across_buffers() {
+        let mut wire = BytesMut::new();
+        let mut bodies = Vec::new();
+        for (i, len) in [0, 1, 31, 4096, 70_000, 5, 200_000, 17]
+            .into_iter()
+            .enumerate()
+        {
+            let body = Bytes::from(vec![i as u8 + 1; len]);
+            Frame::new(FrameHeader::new(FrameKind::Request, i as u64), body.clone())
+                .encode(&mut wire);
+            bodies.push(body);
+        }
+        let wire = wire.freeze();
+        for step in [7, 1000, 65_536, usize::MAX] {
+            assert_eq!(
+                read_all::<true>(wire.clone(), step),
+                bodies,
+                "uninit, step {step}"
+            );
+            assert_eq!(
+                read_all::<false>(wire.clone(), step),
+                bodies,
+                "zeroed, step {step}"
+            );
+        }
+    }
 
     /// Fills the spare room completely, as a read would, and cuts it off as a frame the
     /// application holds.

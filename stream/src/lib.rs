@@ -45,5 +45,5 @@ pub use crate::{
         DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,
     },
     stats::ConnectionStats,
-    transport::{Listener, Transport},
+    transport::{Listener, Transport, TransportRead},
 };

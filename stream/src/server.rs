@@ -546,7 +546,7 @@ async fn handshake<R, D, Rd, Wr>(
 ) where
     R: Runtime,
     D: Dispatch,
-    Rd: futures_io::AsyncRead + Unpin + Send + 'static,
+    Rd: crate::transport::TransportRead,
     Wr: futures_io::AsyncWrite + Unpin + Send + 'static,
 {
     let deadline = Instant::now() + shared.config.handshake_timeout;

@@ -1,7 +1,14 @@
 //! The traits a byte transport implements so that the core can drive it.
 
-use std::{fmt::Debug, future::Future, io};
+use std::{
+    fmt::Debug,
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
+use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
 
 /// A way to open and accept reliable, ordered byte streams (TCP, QUIC streams, Unix sockets...).
@@ -12,7 +19,7 @@ pub trait Transport: Send + Sync + 'static {
     /// The address type (`SocketAddr` for TCP).
     type Addr: Clone + Debug + Send + Sync + 'static;
     /// The receiving half of a connection.
-    type Reader: AsyncRead + Unpin + Send + 'static;
+    type Reader: TransportRead;
     /// The sending half of a connection. Closing it (`poll_close`) must tell the peer that no
     /// more bytes follow (a TCP `FIN`).
     type Writer: AsyncWrite + Unpin + Send + 'static;
@@ -42,7 +49,7 @@ pub trait Listener: Send + 'static {
     /// The address type.
     type Addr: Clone + Debug + Send + Sync + 'static;
     /// The receiving half of an accepted connection.
-    type Reader: AsyncRead + Unpin + Send + 'static;
+    type Reader: TransportRead;
     /// The sending half of an accepted connection.
     type Writer: AsyncWrite + Unpin + Send + 'static;
     /// Finishes the transport's handshake with an accepted peer.
@@ -61,4 +68,44 @@ pub trait Listener: Send + 'static {
     ///
     /// If the operating system cannot tell.
     fn local_addr(&self) -> io::Result<Self::Addr>;
+}
+
+/// The receiving half of a connection: an `AsyncRead`, plus, where the transport can, a read
+/// straight into a buffer's spare capacity.
+///
+/// `futures-io` reads into initialised memory, so the core zero-fills buffer space before it
+/// reads into it: for bulk traffic, one `memset` per byte received. A transport whose runtime
+/// can read into uninitialised memory safely (tokio's `ReadBuf`) says so with
+/// [`READS_UNINIT`](Self::READS_UNINIT) and implements
+/// [`poll_read_buf`](Self::poll_read_buf); the others implement nothing
+/// (`impl TransportRead for MyReader {}`).
+pub trait TransportRead: AsyncRead + Unpin + Send + 'static {
+    /// Whether [`poll_read_buf`](Self::poll_read_buf) fills uninitialised capacity, so that
+    /// the core calls it instead of zero-filling and calling `poll_read`.
+    const READS_UNINIT: bool = false;
+
+    /// Reads once, appending at most `max` bytes to `buf` (which has at least that much spare
+    /// capacity); returns the number of bytes appended, zero at the end of the stream. Nothing
+    /// is appended unless the read completes. The default zero-fills the room and calls
+    /// `poll_read`.
+    ///
+    /// # Errors
+    ///
+    /// What the transport's read returns.
+    fn poll_read_buf(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        let len = buf.len();
+        buf.resize(len + max, 0);
+        let polled = self.as_mut().poll_read(cx, &mut buf[len..]);
+        let n = match &polled {
+            Poll::Ready(Ok(n)) => *n,
+            _ => 0,
+        };
+        buf.truncate(len + n);
+        polled
+    }
 }

@@ -12,7 +12,6 @@ use std::{
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use futures_io::AsyncRead;
 use futures_lite::FutureExt;
 use parking_lot::Mutex;
 
@@ -27,6 +26,7 @@ use crate::{
     },
     runtime::Runtime,
     transport::Transport,
+    transport::TransportRead,
 };
 
 /// The longest the timer task sleeps while calls have deadlines, in ticks: it wakes at the
@@ -170,7 +170,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
 }
 
 /// Reads the `GoAway` a refusing server sends after its hello.
-async fn refusal<R: AsyncRead + Unpin>(
+async fn refusal<R: TransportRead>(
     reader: &mut R,
     read: &mut ReadBuffer,
     max_frame_len: u32,
@@ -202,7 +202,7 @@ fn go_away_parts(frame: &Frame) -> (ErrorCode, Arc<str>) {
     )
 }
 
-async fn read_task<R: AsyncRead + Unpin>(
+async fn read_task<R: TransportRead>(
     conn: Arc<Conn>,
     mut reader: R,
     mut read: ReadBuffer,

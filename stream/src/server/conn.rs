@@ -15,7 +15,7 @@ use std::{
 
 use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
-use futures_io::{AsyncRead, AsyncWrite};
+use futures_io::AsyncWrite;
 use futures_lite::FutureExt;
 use parking_lot::Mutex;
 
@@ -35,6 +35,7 @@ use crate::{
     runtime::Runtime,
     stats::ConnectionStats,
     streaming::{self, StreamState},
+    transport::TransportRead,
 };
 
 /// Spare handler boxes a connection keeps for reuse.
@@ -189,7 +190,7 @@ pub(super) fn start<R, D, Rd, Wr>(
 ) where
     R: Runtime,
     D: Dispatch,
-    Rd: AsyncRead + Unpin + Send + 'static,
+    Rd: TransportRead,
     Wr: AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
@@ -308,7 +309,7 @@ struct ReadTask<R, D: Dispatch> {
 }
 
 impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
-    async fn run<Rd: AsyncRead + Unpin>(mut self, mut reader: Rd, registration: Arc<Registration>) {
+    async fn run<Rd: TransportRead>(mut self, mut reader: Rd, registration: Arc<Registration>) {
         self.serve(&mut reader).await;
         // The peer left, broke the protocol, or the connection was stopped: nobody will read
         // replies to calls still running.
@@ -316,7 +317,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         drop(registration);
     }
 
-    async fn serve<Rd: AsyncRead + Unpin>(&mut self, reader: &mut Rd) {
+    async fn serve<Rd: TransportRead>(&mut self, reader: &mut Rd) {
         let conn = self.conn.clone();
         let mut read = ReadBuffer::new();
         match conn

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use flumen_stream::{Listener, Transport};
+use flumen_stream::{Listener, Transport, TransportRead};
 use flumen_tls::{
     rustls::AlertDescription, ClientTls, HandshakeError, ServerTls, TlsError, Verdict,
 };
@@ -378,6 +378,8 @@ impl Listener for QuicListener {
 /// The receiving half of a Flumen connection over QUIC.
 #[derive(Debug)]
 pub struct QuicReader(quinn::RecvStream);
+
+impl TransportRead for QuicReader {}
 
 impl AsyncRead for QuicReader {
     fn poll_read(

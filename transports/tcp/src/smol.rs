@@ -8,7 +8,7 @@ use std::{
 };
 
 use async_io::Async;
-use flumen_stream::{Listener, Transport};
+use flumen_stream::{Listener, Transport, TransportRead};
 use futures_io::{AsyncRead, AsyncWrite};
 
 /// TCP on smol (`async-io`'s reactor). Works with any executor.
@@ -63,6 +63,8 @@ impl Listener for SmolTcpListener {
         self.0.get_ref().local_addr()
     }
 }
+
+impl TransportRead for SmolTcpReader {}
 
 impl AsyncRead for SmolTcpReader {
     fn poll_read(

@@ -6,7 +6,7 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use flumen_stream::{Listener, Transport};
+use flumen_stream::{Listener, Transport, TransportRead};
 use futures_io::{AsyncRead, AsyncWrite};
 use tokio::{
     io::{AsyncRead as _, AsyncWrite as _, ReadBuf},
@@ -66,6 +66,21 @@ impl Listener for TokioTcpListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
+    }
+}
+
+/// Reads straight into the core's buffer capacity through tokio's `ReadBuf` (no zero-fill).
+impl TransportRead for TokioTcpReader {
+    const READS_UNINIT: bool = true;
+
+    fn poll_read_buf(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        use bytes::BufMut;
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.0), cx, &mut buf.limit(max))
     }
 }
 

@@ -18,7 +18,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use flumen_stream::{Listener, Transport};
+use flumen_stream::{Listener, Transport, TransportRead};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use parking_lot::Mutex;
@@ -238,6 +238,13 @@ impl<R, W> fmt::Debug for TlsWriter<R, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsWriter").finish_non_exhaustive()
     }
+}
+
+impl<R, W> TransportRead for TlsReader<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for TlsReader<R, W> {
