@@ -319,10 +319,17 @@ impl ReadBuffer {
 
     /// Reads once from `r` while no memory is held: into a small scratch array, then into a
     /// buffer sized for what arrived.
-    async fn read_idle<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+    async fn read_idle<R: TransportRead>(&mut self, r: &mut R) -> io::Result<usize> {
         let mut scratch = [0u8; IDLE_READ];
         let n = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut scratch)).await?;
-        if n > 0 {
+        if n == 0 {
+            return Ok(0);
+        }
+        if R::READS_UNINIT {
+            // The buffer's spare capacity stays uninitialised; no zero-filled `spare`.
+            self.make_room(self.read_size);
+            self.buf.extend_from_slice(&scratch[..n]);
+        } else {
             self.grow(self.read_size);
             self.spare[..n].copy_from_slice(&scratch[..n]);
             let filled = self.spare.split_to(n);
@@ -652,6 +659,9 @@ mod tests {
                 frames.push(frame.body);
             }
             let n = futures_lite::future::block_on(read.read_from(&mut source, &decoder));
+            if UNINIT {
+                assert_eq!(read.spare.capacity(), 0, "no zero-filled room on this path");
+            }
             if n.unwrap() == 0 {
                 return frames;
             }
