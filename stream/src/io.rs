@@ -17,6 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 
+pub use self::outbox::DEFAULT_MAX_QUEUED_BYTES;
 pub(crate) use self::outbox::{attempt_or_listen, outbox, Inbox, IoCounters, Outbox};
 use crate::{
     frame::{Frame, FrameDecoder, FrameHeader, HEADER_LEN},

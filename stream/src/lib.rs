@@ -36,6 +36,7 @@ pub use crate::{
         DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
     },
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
+    io::DEFAULT_MAX_QUEUED_BYTES,
     metadata::Metadata,
     runtime::Runtime,
     server::{

@@ -33,6 +33,7 @@ pub struct ClientConfig {
     pub(crate) tick: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) stream_window: u32,
+    pub(crate) max_queued_bytes: usize,
 }
 
 impl Default for ClientConfig {
@@ -44,6 +45,7 @@ impl Default for ClientConfig {
             tick: DEFAULT_TICK,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             stream_window: crate::flow::DEFAULT_STREAM_WINDOW,
+            max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -84,6 +86,14 @@ impl ClientConfig {
     /// Default [`DEFAULT_STREAM_WINDOW`](crate::flow::DEFAULT_STREAM_WINDOW) (256 KiB).
     pub fn stream_window(mut self, bytes: u32) -> Self {
         self.stream_window = bytes.max(crate::flow::INITIAL_STREAM_CREDIT);
+        self
+    }
+
+    /// Bytes of frames queued for the connection's writer before the tasks producing them
+    /// wait (backpressure); a frame is always taken when nothing is queued. Default
+    /// [`DEFAULT_MAX_QUEUED_BYTES`](crate::DEFAULT_MAX_QUEUED_BYTES) (1 MiB).
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
         self
     }
 

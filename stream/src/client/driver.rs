@@ -133,7 +133,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         .max(1);
     // Room for every call's request and its cancel, plus control frames: requests never wait
     // for room unless the writer is stuck, and then callers wait (backpressure).
-    let (out, out_rx) = outbox();
+    let (out, out_rx) = outbox(config.max_queued_bytes);
     let clock = Clock {
         epoch: Instant::now(),
         tick: config.tick,

@@ -26,10 +26,13 @@ use parking_lot::Mutex;
 use super::Outgoing;
 use crate::frame::{FrameHeader, HEADER_LEN};
 
-/// Bytes of frames queued for the writer before producers wait for it (a message is always
-/// taken when the queue is empty, whatever its size). Bounds what one connection can make its
-/// side buffer when the peer stops reading: producers wait (backpressure) instead of queueing.
-pub(crate) const OUTBOX_LIMIT: usize = 1 << 20;
+/// Default limit on the bytes of frames queued for a connection's writer (1 MiB) before the
+/// tasks producing them (callers, handlers, the server's reader) wait for it; a frame is always
+/// taken when nothing is queued, whatever its size. Bounds what one connection can make its
+/// side buffer while the peer does not read: producers wait (backpressure) instead of
+/// queueing, and the server's reader stops reading requests whose replies cannot be written.
+/// Set with `ServerConfig::max_queued_bytes` and `ClientConfig::max_queued_bytes`.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 20;
 
 /// Deques bigger than this (in messages) are shrunk back when the connection goes quiet.
 const KEEP_CAPACITY: usize = 0;
@@ -69,6 +72,8 @@ pub(crate) struct IoCounters {
 #[derive(Debug)]
 struct Queue {
     state: Mutex<State>,
+    /// Bytes queued before producers wait.
+    limit: usize,
     /// The writer parked and must be woken by the next push.
     parked: AtomicBool,
     waker: AtomicWaker,
@@ -101,10 +106,12 @@ pub(crate) struct Hold<'a> {
     queue: &'a Queue,
 }
 
-/// A queue whose writer holds each batch while producers are known to be adding to it.
-pub(crate) fn outbox() -> (Outbox, Inbox) {
+/// A queue of up to `limit` bytes whose writer holds each batch while producers are known to
+/// be adding to it.
+pub(crate) fn outbox(limit: usize) -> (Outbox, Inbox) {
     let queue = Arc::new(Queue {
         state: Mutex::new(State::default()),
+        limit,
         parked: AtomicBool::new(false),
         waker: AtomicWaker::new(),
         space: event_listener::Event::new(),
@@ -137,7 +144,7 @@ pub(crate) fn attempt_or_listen<T>(
     attempt().ok_or(listener)
 }
 
-/// What a message weighs against [`OUTBOX_LIMIT`].
+/// What a message weighs against the queue's limit.
 fn weight(message: &Outgoing) -> usize {
     HEADER_LEN
         + match message {
@@ -204,7 +211,7 @@ impl Outbox {
             }
             let message = slot.take()?;
             let weight = weight(&message);
-            if !force && state.bytes > 0 && state.bytes + weight > OUTBOX_LIMIT {
+            if !force && state.bytes > 0 && state.bytes + weight > self.queue.limit {
                 *slot = Some(message);
                 return None;
             }
@@ -394,7 +401,7 @@ mod tests {
 
     #[test]
     fn messages_come_out_in_order_with_control_frames_first() {
-        let (out, mut rx) = outbox();
+        let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES);
         for seq in 0..3 {
             assert!(out.try_send(frame(seq, 8)));
         }
@@ -405,9 +412,9 @@ mod tests {
 
     #[test]
     fn producers_wait_past_the_limit_and_the_first_message_always_fits() {
-        let (out, mut rx) = outbox();
+        let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES);
         assert!(
-            out.try_send(frame(0, 2 * OUTBOX_LIMIT)),
+            out.try_send(frame(0, 2 * DEFAULT_MAX_QUEUED_BYTES)),
             "an empty queue takes anything"
         );
         assert!(!out.try_send(frame(1, 1)), "over the limit");
@@ -419,8 +426,19 @@ mod tests {
     }
 
     #[test]
+    fn the_configured_limit_counts_headers_and_bodies() {
+        // 24-byte header + 50-byte body = 74 bytes a frame.
+        let (out, mut rx) = outbox(150);
+        assert!(out.try_send(frame(0, 50)));
+        assert!(out.try_send(frame(1, 50)), "148 bytes fit in 150");
+        assert!(!out.try_send(frame(2, 0)), "172 bytes do not");
+        while rx.try_recv().is_some() {}
+        assert!(out.try_send(frame(3, 50)));
+    }
+
+    #[test]
     fn hold_and_expect_are_visible_to_the_writer() {
-        let (out, rx) = outbox();
+        let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES);
         {
             let _hold = out.hold();
             assert!(rx.is_held());
@@ -436,7 +454,7 @@ mod tests {
 
     #[test]
     fn release_gives_back_an_empty_queue() {
-        let (out, mut rx) = outbox();
+        let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES);
         for seq in 0..100 {
             assert!(out.try_send(frame(seq, 1)));
         }

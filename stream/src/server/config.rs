@@ -48,6 +48,7 @@ pub struct ServerConfig {
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_handshakes: usize,
     pub(crate) stream_window: u32,
+    pub(crate) max_queued_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +64,7 @@ impl Default for ServerConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             stream_window: crate::flow::DEFAULT_STREAM_WINDOW,
+            max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -131,6 +133,14 @@ impl ServerConfig {
     /// `max_in_flight x (stream_window + max_frame_len)`; lower either for many-stream loads.
     pub fn stream_window(mut self, bytes: u32) -> Self {
         self.stream_window = bytes.max(crate::flow::INITIAL_STREAM_CREDIT);
+        self
+    }
+
+    /// Bytes of frames queued for the connection's writer before the tasks producing them
+    /// wait (backpressure); a frame is always taken when nothing is queued. Default
+    /// [`DEFAULT_MAX_QUEUED_BYTES`](crate::DEFAULT_MAX_QUEUED_BYTES) (1 MiB).
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
         self
     }
 

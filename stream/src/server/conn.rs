@@ -196,7 +196,7 @@ pub(super) fn start<R, D, Rd, Wr>(
     let config = &shared.config;
     // Room for a reply to every call the client may have in flight, plus control frames; when
     // the peer stops reading, the reader waits here and stops reading too (backpressure).
-    let (out, rx) = outbox();
+    let (out, rx) = outbox(config.max_queued_bytes);
     let now = shared.now();
     let conn = Arc::new(ConnState {
         stop: Stop::default(),
