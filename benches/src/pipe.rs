@@ -10,6 +10,7 @@ use std::{
     future::poll_fn,
     io,
     pin::Pin,
+    sync::atomic::{AtomicU64, Ordering},
     task::{Context, Poll},
     time::Instant,
 };
@@ -19,6 +20,25 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use crate::measure::{Tally, Window};
 
 const HEADER: usize = 12;
+
+/// Frames this process's pipe endpoints wrote, and the writes (syscalls) that carried them,
+/// for the frames-per-write column.
+pub(crate) static FRAMES_WRITTEN: AtomicU64 = AtomicU64::new(0);
+pub(crate) static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// This process's pipe counters as connection stats.
+pub(crate) fn stats() -> flumen::stream::ConnectionStats {
+    let mut stats = flumen::stream::ConnectionStats::default();
+    stats.frames_written = FRAMES_WRITTEN.load(Ordering::Relaxed);
+    stats.writes = WRITES.load(Ordering::Relaxed);
+    stats
+}
+
+fn count_write(n: usize) {
+    if n > 0 {
+        WRITES.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 fn buffer_len(frame: usize) -> usize {
     (256 * 1024).max(4 * frame)
@@ -49,7 +69,10 @@ where
         let mut moved = false;
         if w_start < w_end {
             let poll = Pin::new(&mut writer).poll_write(cx, &buf[w_start..w_end]);
-            moved |= step(poll, |n| w_start += n)?;
+            moved |= step(poll, |n| {
+                count_write(n);
+                w_start += n;
+            })?;
         }
         if w_start == w_end && w_end > 0 {
             buf.copy_within(w_end..filled, 0);
@@ -66,6 +89,7 @@ where
                 break;
             }
             w_end += 4 + len;
+            FRAMES_WRITTEN.fetch_add(1, Ordering::Relaxed);
             moved = true;
         }
         if filled < buf.len() {
@@ -112,6 +136,7 @@ where
     let (mut start, mut filled) = (0, 0);
     let mut sent_at = vec![Instant::now(); in_flight];
     let push = |out: &mut Vec<u8>, id: u64| {
+        FRAMES_WRITTEN.fetch_add(1, Ordering::Relaxed);
         out.extend_from_slice(&((8 + payload) as u32).to_le_bytes());
         out.extend_from_slice(&id.to_le_bytes());
         out.extend_from_slice(&body);
@@ -124,7 +149,10 @@ where
         let mut moved = false;
         if out_pos < out.len() {
             let poll = Pin::new(&mut writer).poll_write(cx, &out[out_pos..]);
-            moved |= step(poll, |n| out_pos += n)?;
+            moved |= step(poll, |n| {
+                count_write(n);
+                out_pos += n;
+            })?;
             if out_pos == out.len() {
                 out.clear();
                 out_pos = 0;

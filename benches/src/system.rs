@@ -258,6 +258,7 @@ async fn serve_pipe<T: Transport<Addr = SocketAddr>>(
 ) -> std::io::Result<()> {
     let mut listener = transport.bind(&addr).await?;
     bound(listener.local_addr()?);
+    let _ = SERVER_STATS.set(Box::new(pipe::stats));
     loop {
         let (connecting, _) = listener.accept().await?;
         spawner.spawn(async move {
@@ -304,7 +305,7 @@ pub(crate) async fn load(
                     progress,
                 )
                 .await
-                .map(|tallies| (tallies, None))
+                .map(|tallies| (tallies, Some(pipe::stats())))
             })
         }
         System::Flumen | System::FlumenRaw => {
