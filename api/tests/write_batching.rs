@@ -1,7 +1,8 @@
 //! Write coalescing on every scheduler: with 64 calls in flight, client requests and server
 //! replies are written many frames per write syscall, on a current-thread tokio runtime, a
 //! multi-thread tokio runtime with one, two and four workers, and smol with one, two and four
-//! executor threads. Read through the connection counters, not timed.
+//! executor threads; with one call in flight nothing waits (no added latency). Read through
+//! the connection counters, not timed.
 
 mod common;
 
@@ -121,4 +122,47 @@ fn smol_two_threads_batch_writes() {
 #[test]
 fn smol_four_threads_batch_writes() {
     smol(4);
+}
+
+/// One caller, one call at a time: each request is written as soon as it is queued. The writer
+/// never yields waiting for more (nothing is expected), so coalescing adds no latency here.
+async fn one_at_a_time<E: Env>(env: E) -> ConnectionStats {
+    let server = serve(&env, Echo, ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    for i in 0..CALLS_EACH {
+        let body = Bytes::from(vec![i as u8; 32]);
+        assert_eq!(client.raw().call(1, body.clone()).await.unwrap(), body);
+    }
+    client.raw().stats()
+}
+
+fn check_one_at_a_time(setup: &str, client: ConnectionStats) {
+    println!(
+        "{setup}, one in flight: {} writes, {} yields",
+        client.writes, client.coalesce_yields
+    );
+    assert_eq!(client.frames_written, CALLS_EACH as u64, "{setup}");
+    assert_eq!(
+        client.writes, CALLS_EACH as u64,
+        "{setup}: one write per call"
+    );
+    assert_eq!(client.coalesce_yields, 0, "{setup}: the writer waited");
+}
+
+#[test]
+fn one_call_in_flight_is_written_at_once_on_tokio() {
+    let (report, result) = std::sync::mpsc::channel();
+    run_tokio_with(Some(2), |env: TokioEnv| async move {
+        report.send(one_at_a_time(env).await).unwrap();
+    });
+    check_one_at_a_time("tokio multi-thread, 2 workers", result.recv().unwrap());
+}
+
+#[test]
+fn one_call_in_flight_is_written_at_once_on_smol() {
+    let (report, result) = std::sync::mpsc::channel();
+    run_smol_with(2, |env: SmolEnv| async move {
+        report.send(one_at_a_time(env).await).unwrap();
+    });
+    check_one_at_a_time("smol, 2 threads", result.recv().unwrap());
 }

@@ -480,6 +480,10 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             return Ok(());
         }
         closing = fill(&mut rx, &mut batch);
+        if batch.is_empty() {
+            // Woken to release buffers, or only a `Close` was queued.
+            continue;
+        }
         let mut yields = 0;
         while !closing && !batch.is_full() {
             if rx.is_held() {
@@ -494,9 +498,9 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             }
             closing = fill(&mut rx, &mut batch);
         }
-        if batch.is_empty() {
-            continue;
-        }
+        rx.counters()
+            .coalesce_yields
+            .fetch_add(yields as u64, Ordering::Relaxed);
         if let Some(watch) = watch {
             watch
                 .flush_started

@@ -18,6 +18,10 @@ pub struct ConnectionStats {
     pub frames_read: u64,
     /// Read calls that returned bytes.
     pub reads: u64,
+    /// Times the writer yielded to the scheduler before writing a small batch, because callers
+    /// it had just woken were expected to queue more (zero with one call in flight: nothing
+    /// is expected then, so nothing waits).
+    pub coalesce_yields: u64,
     /// Bytes of read and write buffer memory held now (capacity, not contents).
     pub buffered_bytes: usize,
 }
@@ -39,6 +43,7 @@ impl ConnectionStats {
         self.writes += other.writes;
         self.frames_read += other.frames_read;
         self.reads += other.reads;
+        self.coalesce_yields += other.coalesce_yields;
         self.buffered_bytes += other.buffered_bytes;
     }
 
@@ -49,6 +54,7 @@ impl ConnectionStats {
             writes: self.writes.saturating_sub(earlier.writes),
             frames_read: self.frames_read.saturating_sub(earlier.frames_read),
             reads: self.reads.saturating_sub(earlier.reads),
+            coalesce_yields: self.coalesce_yields.saturating_sub(earlier.coalesce_yields),
             buffered_bytes: self.buffered_bytes,
         }
     }
@@ -69,6 +75,7 @@ impl From<&IoCounters> for ConnectionStats {
             writes: c.writes.load(Ordering::Relaxed),
             frames_read: c.frames_read.load(Ordering::Relaxed),
             reads: c.reads.load(Ordering::Relaxed),
+            coalesce_yields: c.coalesce_yields.load(Ordering::Relaxed),
             buffered_bytes: c.write_buffered.load(Ordering::Relaxed)
                 + c.read_buffered.load(Ordering::Relaxed),
         }

@@ -63,6 +63,8 @@ pub(crate) struct IoCounters {
     pub(crate) frames_read: AtomicU64,
     /// Reads that returned bytes.
     pub(crate) reads: AtomicU64,
+    /// Times the writer yielded before writing, waiting for frames it was told to expect.
+    pub(crate) coalesce_yields: AtomicU64,
     /// Bytes of buffer memory the writer holds (batch buffer and deques).
     pub(crate) write_buffered: AtomicUsize,
     /// Bytes of buffer memory the reader holds.
