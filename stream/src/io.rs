@@ -275,6 +275,13 @@ impl WriteBatch {
 /// before a read. To zero each byte of capacity once (not once per read), the initialised space
 /// after the received bytes is kept as `spare` and read into directly; what a read fills is
 /// joined back onto `buf` without copying (the two are contiguous halves of one allocation).
+/// A transport that reads into uninitialised memory ([`TransportRead::READS_UNINIT`]) skips
+/// all of that: it appends to `buf`'s spare capacity, and `spare` stays empty.
+///
+/// The buffer holds no memory until bytes arrive, and gives it back on [`release`]
+/// (a quiet connection).
+///
+/// [`release`]: Self::release
 #[derive(Debug)]
 pub(crate) struct ReadBuffer {
     /// Received bytes not yet decoded.
