@@ -239,7 +239,7 @@ impl Client {
             .await;
         let outcome = poll_fn(|cx| conn.table.lock().poll(slot, cx)).await;
         guard.begun = false;
-        conn.out.arrived();
+        conn.out.caller_resumed();
         outcome
     }
 
@@ -311,7 +311,7 @@ impl Client {
         let outcome =
             futures_lite::future::block_on(poll_fn(|cx| conn.table.lock().poll(slot, cx)));
         guard.begun = false;
-        conn.out.arrived();
+        conn.out.caller_resumed();
         outcome
     }
 

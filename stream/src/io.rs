@@ -346,6 +346,38 @@ impl ReadBuffer {
         Ok(n)
     }
 
+    /// Reads once from `r` (as [`read_from`](Self::read_from)), unless the connection is told
+    /// it went quiet first: then gives the memory back and returns `None`. Keeps the
+    /// connection's read counters.
+    pub(crate) async fn read_or_release<R: TransportRead>(
+        &mut self,
+        r: &mut R,
+        decoder: &FrameDecoder,
+        quiet: &Quiet,
+        counters: &IoCounters,
+    ) -> Option<io::Result<usize>> {
+        let read = async { Some(self.read_from(r, decoder).await) };
+        let released = async {
+            quiet.wait(READER).await;
+            None
+        };
+        let outcome = read.or(released).await;
+        match &outcome {
+            None => {
+                quiet.take(READER);
+                self.release();
+            }
+            Some(Ok(n)) if *n > 0 => {
+                counters.reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(_) => {}
+        }
+        counters
+            .read_buffered
+            .store(self.held_bytes(), Ordering::Relaxed);
+        outcome
+    }
+
     /// Reads once from `r`, with room for at least what `decoder` still needs for its current
     /// frame (already checked against the frame limit). Returns the number of bytes read;
     /// zero means end of stream. Cancel-safe: nothing changes unless the read completes.
@@ -450,7 +482,7 @@ pub(crate) struct WriteWatch<'a> {
 }
 
 /// Yields to the scheduler at most this many times in a row while woken callers are expected
-/// to queue more frames ([`Outbox::expect`]); bounds what a caller that never runs can delay.
+/// to queue more frames ([`Outbox::callers_woken`]); bounds what a caller that never runs can delay.
 const MAX_COALESCE_YIELDS: usize = 16;
 
 /// The writer task: takes everything queued, encodes it into one batch, writes it with as few
@@ -460,7 +492,7 @@ const MAX_COALESCE_YIELDS: usize = 16;
 /// while a producer says it is adding to it ([`Outbox::hold`], the server's reader while it
 /// dispatches what one read brought), and the writer yields a bounded number of times while
 /// callers woken with their replies have not yet queued their next request
-/// ([`Outbox::expect`]). On a multi-thread runtime the writer is otherwise run the moment the
+/// ([`Outbox::callers_woken`]). On a multi-thread runtime the writer is otherwise run the moment the
 /// first of many producers wakes it, and writes one frame per syscall.
 ///
 /// Returns `Ok` when told to stop, when the queue closes, or after writing an
@@ -497,7 +529,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 if stop.guard(WRITER, rx.unheld()).await.is_none() {
                     return Ok(());
                 }
-            } else if rx.is_expecting() && yields < MAX_COALESCE_YIELDS {
+            } else if rx.awaits_callers() && yields < MAX_COALESCE_YIELDS {
                 yields += 1;
                 futures_lite::future::yield_now().await;
             } else {

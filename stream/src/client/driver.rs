@@ -131,8 +131,8 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         .max_in_flight
         .min(hello.max_in_flight as usize)
         .max(1);
-    // Room for every call's request and its cancel, plus control frames: requests never wait
-    // for room unless the writer is stuck, and then callers wait (backpressure).
+    // Requests wait for room only once `max_queued_bytes` are queued (the writer is stuck):
+    // callers then wait (backpressure).
     let (out, out_rx) = outbox(config.max_queued_bytes);
     let clock = Clock {
         epoch: Instant::now(),
@@ -241,27 +241,15 @@ async fn read_task<R: TransportRead>(
             }
             // Each caller woken with its reply is likely to queue its next request at once:
             // the writer waits for them before writing a small batch.
-            conn.out.expect(wakers.len());
+            conn.out.callers_woken(wakers.len());
             wakers.drain(..).for_each(Waker::wake);
         }
-        let read_more = async { Some(read.read_from(&mut reader, &decoder).await) };
-        let quiet = async {
-            conn.quiet.wait(READER).await;
-            None
-        };
-        match conn.stop.guard(READER, read_more.or(quiet)).await {
+        let read_more = read.read_or_release(&mut reader, &decoder, &conn.quiet, counters);
+        match conn.stop.guard(READER, read_more).await {
             None => break ConnectionError::Closed,
-            Some(None) => {
-                conn.quiet.take(READER);
-                let held = read.release();
-                counters.read_buffered.store(held, Ordering::Relaxed);
-            }
+            // Quiet: the buffers went back; wait for the next bytes.
+            Some(None) | Some(Some(Ok(1..))) => {}
             Some(Some(Ok(0))) => break going_away.take().unwrap_or(ConnectionError::Eof),
-            Some(Some(Ok(_))) => {
-                counters.reads.fetch_add(1, Ordering::Relaxed);
-                let held = read.held_bytes();
-                counters.read_buffered.store(held, Ordering::Relaxed);
-            }
             Some(Some(Err(e))) => break going_away.take().unwrap_or_else(|| e.into()),
         }
     };

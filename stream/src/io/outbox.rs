@@ -232,12 +232,12 @@ impl Outbox {
     }
 
     /// Tells the writer that about `n` tasks were just woken and will each push a frame soon.
-    pub(crate) fn expect(&self, n: usize) {
+    pub(crate) fn callers_woken(&self, n: usize) {
         self.queue.expected.store(n, Ordering::Relaxed);
     }
 
-    /// One of the tasks [`expect`](Self::expect) announced has run.
-    pub(crate) fn arrived(&self) {
+    /// One of the tasks [`callers_woken`](Self::callers_woken) announced has run.
+    pub(crate) fn caller_resumed(&self) {
         let expected = &self.queue.expected;
         if expected.load(Ordering::Relaxed) > 0 {
             let _ =
@@ -316,7 +316,7 @@ impl Inbox {
     }
 
     /// Whether tasks that will push soon have not run yet.
-    pub(crate) fn is_expecting(&self) -> bool {
+    pub(crate) fn awaits_callers(&self) -> bool {
         self.queue.expected.load(Ordering::Relaxed) > 0
     }
 
@@ -351,21 +351,23 @@ impl Inbox {
         if self.taken.is_empty() {
             self.taken.shrink_to(KEEP_CAPACITY);
         }
-        let mut state = self.queue.state.lock();
-        if state.items.is_empty() {
-            state.items.shrink_to(KEEP_CAPACITY);
+        {
+            let mut state = self.queue.state.lock();
+            if state.items.is_empty() {
+                state.items.shrink_to(KEEP_CAPACITY);
+            }
+            if state.control.is_empty() {
+                state.control.shrink_to(KEEP_CAPACITY);
+            }
         }
-        if state.control.is_empty() {
-            state.control.shrink_to(KEEP_CAPACITY);
-        }
-        (self.taken.capacity() + state.items.capacity()) * mem::size_of::<Outgoing>()
-            + state.control.capacity() * mem::size_of::<FrameHeader>()
+        self.held_bytes()
     }
 
     /// Bytes the deques hold now.
     pub(crate) fn held_bytes(&self) -> usize {
-        let items = self.queue.state.lock().items.capacity();
-        (self.taken.capacity() + items) * mem::size_of::<Outgoing>()
+        let state = self.queue.state.lock();
+        (self.taken.capacity() + state.items.capacity()) * mem::size_of::<Outgoing>()
+            + state.control.capacity() * mem::size_of::<FrameHeader>()
     }
 }
 
@@ -439,19 +441,19 @@ mod tests {
     }
 
     #[test]
-    fn hold_and_expect_are_visible_to_the_writer() {
+    fn holds_and_woken_callers_are_visible_to_the_writer() {
         let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES);
         {
             let _hold = out.hold();
             assert!(rx.is_held());
         }
         assert!(!rx.is_held());
-        out.expect(2);
-        out.arrived();
-        assert!(rx.is_expecting());
-        out.arrived();
-        out.arrived();
-        assert!(!rx.is_expecting());
+        out.callers_woken(2);
+        out.caller_resumed();
+        assert!(rx.awaits_callers());
+        out.caller_resumed();
+        out.caller_resumed();
+        assert!(!rx.awaits_callers());
     }
 
     #[test]

@@ -194,8 +194,8 @@ pub(super) fn start<R, D, Rd, Wr>(
     Wr: AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
-    // Room for a reply to every call the client may have in flight, plus control frames; when
-    // the peer stops reading, the reader waits here and stops reading too (backpressure).
+    // When the peer stops reading, replies queue up to `max_queued_bytes`; then the reader
+    // waits to queue the next one and so stops reading requests too (backpressure).
     let (out, rx) = outbox(config.max_queued_bytes);
     let now = shared.now();
     let conn = Arc::new(ConnState {
@@ -374,12 +374,15 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 conn.partial_since
                     .store(self.shared.now(), Ordering::Relaxed);
             }
-            let read_more = async { Event::Read(read.read_from(reader, &decoder).await) };
-            let quiet = async {
-                conn.quiet.wait(READER).await;
-                Event::Quiet
+            let read_more = async {
+                match read
+                    .read_or_release(reader, &decoder, &conn.quiet, counters)
+                    .await
+                {
+                    Some(result) => Event::Read(result),
+                    None => Event::Quiet,
+                }
             };
-            let read_more = read_more.or(quiet);
             let event = if drain_seen {
                 conn.stop.guard(READER, read_more).await
             } else {
@@ -392,18 +395,10 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             match event {
                 None | Some(Event::Read(Ok(0) | Err(_))) => return,
                 Some(Event::Read(Ok(_))) => {
-                    counters.reads.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .read_buffered
-                        .store(read.held_bytes(), Ordering::Relaxed);
                     conn.last_read.store(self.shared.now(), Ordering::Relaxed)
                 }
-                Some(Event::Quiet) => {
-                    conn.quiet.take(READER);
-                    counters
-                        .read_buffered
-                        .store(read.release(), Ordering::Relaxed);
-                }
+                // The buffers went back; wait for the next bytes.
+                Some(Event::Quiet) => {}
                 Some(Event::Drain) => {
                     drain_seen = true;
                     conn.close_if_idle();
