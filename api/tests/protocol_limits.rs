@@ -26,6 +26,10 @@ e2e!(
     non_flumen_server_fails_the_handshake,
     flood_of_pings_is_answered_in_order,
     stream_items_past_their_credit_close_with_flow_control,
+    client_answers_a_request_frame_with_protocol_error,
+    client_closes_with_flow_control_when_items_pass_its_credit,
+    client_answers_every_ping_of_a_flood,
+    server_lingers_so_its_go_away_survives_unread_input,
 );
 
 async fn echo_server<E: Env>(env: &E, config: ServerConfig) -> ServerHandle<SocketAddr> {
@@ -251,4 +255,168 @@ async fn stream_items_past_their_credit_close_with_flow_control<E: Env>(env: E) 
     assert_go_away(&received, ErrorCode::FLOW_CONTROL);
     still_serving::<E>(&good).await;
     assert_eq!(server.stats().protocol_errors, 1);
+}
+
+/// A fake server: binds, hands the listener's first connection to `script` as a raw peer
+/// after the hellos, and returns its address.
+async fn fake_server<E, F, Fut>(env: &E, script: F) -> SocketAddr
+where
+    E: Env,
+    F: FnOnce(flumen_peer::TransportPeer<E::Tr>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut listener = env.transport().bind(&common::loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    env.spawn(async move {
+        let mut peer = flumen_peer::Peer::accept(&mut listener).await.unwrap();
+        peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+        peer.read_hello().await.unwrap();
+        script(peer).await;
+    });
+    addr
+}
+
+/// A `Request` is a frame only servers receive: the client sends `GoAway PROTOCOL_ERROR`,
+/// fails its pending calls with a protocol error, and closes.
+async fn client_answers_a_request_frame_with_protocol_error<E: Env>(env: E) {
+    let (told, heard) = smol::channel::bounded(1);
+    let addr = fake_server(&env, move |mut peer| async move {
+        // Wait for the client's call, then send it a request of our own.
+        let call = peer.next_frame().await.unwrap().unwrap();
+        assert_eq!(call.header.kind, FrameKind::Request);
+        let request = flumen_peer::request(1, 1);
+        peer.send_frame(request, b"").await.unwrap();
+        told.send(peer.go_away().await.unwrap()).await.unwrap();
+    })
+    .await;
+    let client = connect(&env, addr, ClientConfig::default()).await;
+    let err = client
+        .call::<_, u64>("echo", &1u64)
+        .await
+        .expect_err("the connection failed");
+    let (code, reason) = heard.recv().await.unwrap();
+    assert_eq!(code, ErrorCode::PROTOCOL_ERROR, "{reason}");
+    assert!(
+        err.to_string().contains("Request"),
+        "the error names the frame: {err}"
+    );
+    assert!(client.is_closed());
+}
+
+/// A server that sends stream items past the client's credit gets `GoAway FLOW_CONTROL`, and
+/// the call fails.
+async fn client_closes_with_flow_control_when_items_pass_its_credit<E: Env>(env: E) {
+    let (told, heard) = smol::channel::bounded(1);
+    let addr = fake_server(&env, move |mut peer| async move {
+        let call = peer.next_frame().await.unwrap().unwrap();
+        // The client's window is 64 KiB: the second 60 KB item has no credit.
+        let item = FrameHeader::new(FrameKind::StreamItem, call.header.seq);
+        for _ in 0..3 {
+            if peer.send_frame(item, &[1u8; 60_000]).await.is_err() {
+                break;
+            }
+        }
+        told.send(peer.go_away().await.unwrap()).await.unwrap();
+    })
+    .await;
+    let config = ClientConfig::default().stream_window(64 * 1024);
+    let client = connect(&env, addr, config).await;
+    let (_, mut replies) = client
+        .raw()
+        .open_stream(
+            1,
+            flumen::Bytes::new(),
+            flumen::stream::StreamMode::ServerStreaming,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let (code, reason) = heard.recv().await.unwrap();
+    assert_eq!(code, ErrorCode::FLOW_CONTROL, "{reason}");
+    // Whatever arrived within the credit may be read; then the stream fails.
+    let mut failed = false;
+    while let Some(item) = futures_lite::StreamExt::next(&mut replies).await {
+        if item.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "the stream ends with an error");
+}
+
+/// Every ping is answered, even when the client's queue fills faster than the server reads:
+/// 4,000 pings of 1 KiB against a queue of 2 KiB all come back, in order.
+async fn client_answers_every_ping_of_a_flood<E: Env>(env: E) {
+    const PINGS: u64 = 4_000;
+    let (told, heard) = smol::channel::bounded(1);
+    let addr = fake_server(&env, move |peer| async move {
+        let (reader, mut writer) = peer.into_parts();
+        let mut bytes = Vec::new();
+        for seq in 0..PINGS {
+            bytes.extend(flumen_peer::frame(
+                FrameHeader::new(FrameKind::Ping, seq),
+                &[seq as u8; 1024],
+            ));
+        }
+        // Sent all at once, read as they come (a peer that reads nothing is stopped by the
+        // client's backpressure, as it should be).
+        let writing = async move {
+            writer.write_all(&bytes).await.unwrap();
+            writer.flush().await.unwrap();
+            writer
+        };
+        let mut peer = flumen_peer::Peer::new(reader, futures_lite::io::sink());
+        let reading = async move {
+            let mut seqs = Vec::new();
+            while seqs.len() < PINGS as usize {
+                let frame = peer.next_frame().await.unwrap().expect("a pong");
+                assert_eq!(frame.header.kind, FrameKind::Pong);
+                assert_eq!(frame.body.len(), 1024);
+                seqs.push(frame.header.seq);
+            }
+            seqs
+        };
+        let (_writer, seqs) = futures_lite::future::zip(writing, reading).await;
+        told.send(seqs).await.unwrap();
+    })
+    .await;
+    let config = ClientConfig::default().max_queued_bytes(2048);
+    let client = connect(&env, addr, config).await;
+    let seqs = heard.recv().await.unwrap();
+    assert_eq!(seqs, (0..PINGS).collect::<Vec<_>>());
+    assert!(
+        client.raw().stats().queue_full_waits > 0,
+        "the flood did fill the queue"
+    );
+}
+
+/// A server that closes a connection with unread input (bytes after the violating frame) still
+/// gets its GoAway to the peer: it reads and drops the rest instead of resetting the
+/// connection under the GoAway.
+async fn server_lingers_so_its_go_away_survives_unread_input<E: Env>(env: E) {
+    let server = echo_server(&env, ServerConfig::default()).await;
+    let peer = flumen_peer::connect(&env.transport(), server.local_addr())
+        .await
+        .unwrap();
+    let mut bytes = Hello::new(1024, 8).encode().to_vec();
+    // A Response is a frame only clients receive; then 1 MiB the server will not decode.
+    bytes.extend(flumen_peer::frame(
+        FrameHeader::new(FrameKind::Response, 1),
+        b"",
+    ));
+    bytes.extend(vec![0u8; 1 << 20]);
+    let (reader, mut writer) = peer.into_parts();
+    // Written while the server answers, so that much of it is unread when the server closes.
+    let writing = async move {
+        let _ = writer.write_all(&bytes).await;
+        writer
+    };
+    let mut listening = flumen_peer::Peer::new(reader, futures_lite::io::sink());
+    let reading = async move {
+        listening.read_hello().await.unwrap();
+        listening.go_away().await
+    };
+    let (_writer, go_away) = futures_lite::future::zip(writing, reading).await;
+    let (code, reason) = go_away.expect("the GoAway arrives, not a reset");
+    assert_eq!(code, ErrorCode::PROTOCOL_ERROR, "{reason}");
 }

@@ -449,15 +449,21 @@ impl Conn {
 
     /// Ends the connection with `error`: fails pending calls and streams, and stops the tasks.
     pub(crate) fn close(&self, error: ConnectionError) {
+        self.fail(&error);
+        self.stop.stop();
+    }
+
+    /// Fails pending calls and streams with `error` and refuses new calls; the tasks go on
+    /// (the writer still sends what is queued).
+    pub(crate) fn fail(&self, error: &ConnectionError) {
         let mut wakers = Vec::new();
-        self.table.lock().fail_all(&error, &mut wakers);
+        self.table.lock().fail_all(error, &mut wakers);
         wakers.into_iter().for_each(std::task::Waker::wake);
         // Callers waiting for a slot now fail as not sent.
         self.window_free.notify(usize::MAX);
         for state in self.streams.lock().values() {
             crate::streaming::wake(state.close(ErrorCode::CANCELLED));
         }
-        self.stop.stop();
     }
 
     /// The call `seq` ended (reply, timeout): its stream, if it has one, takes no more items.

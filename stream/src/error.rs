@@ -111,6 +111,9 @@ pub enum ConnectionError {
     /// The peer sent bytes that break the protocol; we closed the connection.
     #[error("peer violated the protocol: {0}")]
     Protocol(#[from] FrameError),
+    /// The peer sent stream items past the credit it was given; we closed the connection.
+    #[error("peer broke stream flow control: {0}")]
+    FlowControl(#[from] crate::flow::FlowError),
     /// The peer closed the connection with an error.
     #[error("peer closed the connection: {code}: {reason}")]
     GoAway {
@@ -125,10 +128,17 @@ pub enum ConnectionError {
 }
 
 impl ConnectionError {
+    /// Whether the peer broke the protocol (this side then closes the connection with a
+    /// `GoAway` naming the violation).
+    pub fn is_violation(&self) -> bool {
+        matches!(self, Self::Protocol(_) | Self::FlowControl(_))
+    }
+
     /// The `GoAway` code that tells the peer about this error.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Protocol(e) => e.code(),
+            Self::FlowControl(_) => ErrorCode::FLOW_CONTROL,
             Self::GoAway { code, .. } => *code,
             _ => ErrorCode::NO_ERROR,
         }

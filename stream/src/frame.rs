@@ -281,6 +281,10 @@ pub enum FrameError {
     /// The kind byte is not one v1 defines.
     #[error("unknown frame kind {0:#04x}")]
     UnknownKind(u8),
+    /// A frame of a kind only the other side receives (a `Request` sent to a client, a
+    /// `Response` sent to a server).
+    #[error("unexpected {0:?} frame: only the other side receives it")]
+    UnexpectedKind(FrameKind),
     /// A flag bit v1 does not define is set.
     #[error("unknown frame flags {0:#04x}")]
     UnknownFlags(u8),

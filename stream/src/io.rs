@@ -17,8 +17,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 
-pub use self::outbox::DEFAULT_MAX_QUEUED_BYTES;
-pub(crate) use self::outbox::{attempt_or_listen, outbox, Inbox, IoCounters, Outbox};
+pub(crate) use self::outbox::{attempt_or_listen, outbox, Budget, Inbox, IoCounters, Outbox};
+pub use self::outbox::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL};
 use crate::{
     frame::{Frame, FrameDecoder, FrameHeader, HEADER_LEN},
     transport::TransportRead,
@@ -638,6 +638,33 @@ pub(crate) async fn read_at_least<R: AsyncRead + Unpin>(
         buf.extend_from_slice(&scratch[..got]);
     }
     Ok(())
+}
+
+/// How long a side that closes a connection after queueing a `GoAway` keeps reading (and
+/// discarding) what the peer still sends. Closing a TCP socket with unread input sends a reset,
+/// which can destroy the `GoAway` before the peer reads it; draining until the peer closes its
+/// side (or this long) lets the `GoAway` arrive. Bounds how long a closed connection keeps its
+/// socket.
+pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The most bytes read and discarded while lingering after a `GoAway`, so that a peer that
+/// keeps sending cannot keep a closed connection busy.
+pub const CLOSE_LINGER_BYTES: usize = 1 << 20;
+
+/// Reads and discards until the peer closes its side, the read fails, [`CLOSE_LINGER_BYTES`]
+/// were read, or `until` completes (the caller's [`CLOSE_LINGER`] timer).
+pub(crate) async fn linger<R: AsyncRead + Unpin>(r: &mut R, until: impl Future<Output = ()>) {
+    let drain = async {
+        let mut scratch = [0u8; 2048];
+        let mut discarded = 0;
+        while discarded < CLOSE_LINGER_BYTES {
+            match poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut scratch)).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    };
+    drain.or(until).await;
 }
 
 /// Writes all of `bytes`.

@@ -36,7 +36,9 @@ pub use crate::{
         DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
     },
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
-    io::DEFAULT_MAX_QUEUED_BYTES,
+    io::{
+        CLOSE_LINGER, CLOSE_LINGER_BYTES, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+    },
     metadata::Metadata,
     runtime::Runtime,
     server::{

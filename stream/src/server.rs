@@ -32,7 +32,7 @@ use self::conn::ConnState;
 pub use self::stream::{ReplySink, RequestStream};
 use crate::{
     error::ErrorCode,
-    io::{Stop, READER, TIMER},
+    io::{Budget, Stop, READER, TIMER},
     metadata::Metadata,
     runtime::Runtime,
     stats::ConnectionStats,
@@ -293,6 +293,7 @@ impl<D: Dispatch> Server<D> {
         listener: L,
     ) -> io::Result<ServerHandle<L::Addr>> {
         let local_addr = listener.local_addr()?;
+        let total_queued = self.config.max_queued_bytes_total;
         let shared = Arc::new(Shared {
             config: self.config,
             conns: Mutex::new(Slab::new()),
@@ -303,6 +304,7 @@ impl<D: Dispatch> Server<D> {
             handshakes: AtomicUsize::new(0),
             counters: Counters::default(),
             closed_io: Mutex::default(),
+            queued: Arc::new(Budget::new(total_queued)),
         });
         rt.spawn(accept_loop(
             rt.clone(),
@@ -351,6 +353,9 @@ pub struct ServerStats {
     /// Frames, reads and writes of every connection since the server started, and the
     /// buffer memory of the connections open now.
     pub io: ConnectionStats,
+    /// Bytes of frames queued for writing on all connections now (within
+    /// [`ServerConfig::max_queued_bytes_total`]).
+    pub queued_bytes: usize,
 }
 
 impl<A> ServerHandle<A> {
@@ -372,6 +377,7 @@ impl<A> ServerHandle<A> {
             timeouts: c.timeouts.load(Ordering::Relaxed),
             panics: c.panics.load(Ordering::Relaxed),
             io: self.io(),
+            queued_bytes: self.shared.queued.used(),
         }
     }
 
@@ -456,6 +462,8 @@ pub(crate) struct Shared {
     counters: Counters,
     /// I/O counters of the connections that have closed.
     closed_io: Mutex<ConnectionStats>,
+    /// Bytes queued for writing on all connections, within `max_queued_bytes_total`.
+    queued: Arc<Budget>,
 }
 
 #[derive(Debug, Default)]
@@ -513,19 +521,23 @@ async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
         };
         Shared::count(&shared.counters.accepted);
         tracing::debug!(?peer, "accepted connection");
+        // The handshake slot is taken before any handshake work (even its first step).
+        if shared.handshakes.fetch_add(1, Ordering::SeqCst) >= shared.config.max_handshakes {
+            shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+            Shared::count(&shared.counters.refused);
+            tracing::debug!(?peer, "dropped at the handshake limit");
+            continue;
+        }
         let mut connecting = Box::pin(connecting);
         // Transports without a handshake (TCP) are ready now: no task, no timer.
-        match futures_lite::future::poll_once(connecting.as_mut()).await {
+        let ready = futures_lite::future::poll_once(connecting.as_mut()).await;
+        if ready.is_some() {
+            shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+        }
+        match ready {
             Some(Ok((reader, writer))) => conn::start(&rt, &shared, &dispatch, reader, writer),
             Some(Err(e)) => shared.handshake_failed(&e),
             None => {
-                if shared.handshakes.fetch_add(1, Ordering::SeqCst) >= shared.config.max_handshakes
-                {
-                    shared.handshakes.fetch_sub(1, Ordering::SeqCst);
-                    Shared::count(&shared.counters.refused);
-                    tracing::debug!(?peer, "dropped at the handshake limit");
-                    continue;
-                }
                 rt.spawn(handshake(
                     rt.clone(),
                     shared.clone(),

@@ -22,6 +22,10 @@ pub struct ConnectionStats {
     /// it had just woken were expected to queue more (zero with one call in flight: nothing
     /// is expected then, so nothing waits).
     pub coalesce_yields: u64,
+    /// Times a task producing frames (a caller, a handler, the server's reader) waited
+    /// because the connection's queue (or the server's total) was at its `max_queued_bytes`
+    /// limit: the peer reads slower than this side writes.
+    pub queue_full_waits: u64,
     /// Bytes of read and write buffer memory held now (capacity, not contents).
     pub buffered_bytes: usize,
 }
@@ -44,6 +48,7 @@ impl ConnectionStats {
         self.frames_read += other.frames_read;
         self.reads += other.reads;
         self.coalesce_yields += other.coalesce_yields;
+        self.queue_full_waits += other.queue_full_waits;
         self.buffered_bytes += other.buffered_bytes;
     }
 
@@ -55,6 +60,9 @@ impl ConnectionStats {
             frames_read: self.frames_read.saturating_sub(earlier.frames_read),
             reads: self.reads.saturating_sub(earlier.reads),
             coalesce_yields: self.coalesce_yields.saturating_sub(earlier.coalesce_yields),
+            queue_full_waits: self
+                .queue_full_waits
+                .saturating_sub(earlier.queue_full_waits),
             buffered_bytes: self.buffered_bytes,
         }
     }
@@ -76,6 +84,7 @@ impl From<&IoCounters> for ConnectionStats {
             frames_read: c.frames_read.load(Ordering::Relaxed),
             reads: c.reads.load(Ordering::Relaxed),
             coalesce_yields: c.coalesce_yields.load(Ordering::Relaxed),
+            queue_full_waits: c.queue_full_waits.load(Ordering::Relaxed),
             buffered_bytes: c.write_buffered.load(Ordering::Relaxed)
                 + c.read_buffered.load(Ordering::Relaxed),
         }

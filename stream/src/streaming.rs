@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn items_then_end_flag_then_nothing() {
-        let (out, _rx) = outbox(crate::io::DEFAULT_MAX_QUEUED_BYTES);
+        let (out, _rx) = outbox(crate::io::DEFAULT_MAX_QUEUED_BYTES, None);
         let (state, _) = StreamState::new(1, INITIAL_STREAM_CREDIT);
         state.on_item(Bytes::from_static(b"a"), false).unwrap();
         state.on_item(Bytes::from_static(b"b"), true).unwrap();
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn abort_reports_its_code_after_buffered_items() {
-        let (out, _rx) = outbox(crate::io::DEFAULT_MAX_QUEUED_BYTES);
+        let (out, _rx) = outbox(crate::io::DEFAULT_MAX_QUEUED_BYTES, None);
         let (state, _) = StreamState::new(1, INITIAL_STREAM_CREDIT);
         state.on_item(Bytes::from_static(b"a"), false).unwrap();
         state.on_end(ErrorCode::CANCELLED, "gone".into());
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn consuming_grants_credit_through_the_control_queue() {
-        let (out, mut rx) = outbox(crate::io::DEFAULT_MAX_QUEUED_BYTES);
+        let (out, mut rx) = outbox(crate::io::DEFAULT_MAX_QUEUED_BYTES, None);
         let (state, grant) = StreamState::new(7, 2 * INITIAL_STREAM_CREDIT);
         assert_eq!(grant, INITIAL_STREAM_CREDIT);
         for _ in 0..4 {

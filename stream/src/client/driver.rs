@@ -19,10 +19,11 @@ use super::{Client, ClientConfig, Clock, Conn, Handle};
 use crate::{
     call::CallTable,
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
-    frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
+    frame::{Frame, FrameDecoder, FrameError, FrameHeader, FrameKind},
     hello::{Hello, HelloError, HELLO_LEN},
     io::{
-        outbox, read_at_least, write_all, write_loop, Outgoing, Quiet, ReadBuffer, READER, TIMER,
+        linger, outbox, read_at_least, write_all, write_loop, Outgoing, Quiet, ReadBuffer,
+        CLOSE_LINGER, READER, TIMER,
     },
     runtime::Runtime,
     transport::Transport,
@@ -133,7 +134,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         .max(1);
     // Requests wait for room only once `max_queued_bytes` are queued (the writer is stuck):
     // callers then wait (backpressure).
-    let (out, out_rx) = outbox(config.max_queued_bytes);
+    let (out, out_rx) = outbox(config.max_queued_bytes, None);
     let clock = Clock {
         epoch: Instant::now(),
         tick: config.tick,
@@ -154,7 +155,13 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         stream_window: config.stream_window,
     });
 
-    rt.spawn(read_task(conn.clone(), reader, read, config.max_frame_len));
+    rt.spawn(read_task(
+        rt.clone(),
+        conn.clone(),
+        reader,
+        read,
+        config.max_frame_len,
+    ));
     let writer_conn = conn.clone();
     rt.spawn(async move {
         if let Err(e) =
@@ -202,15 +209,17 @@ fn go_away_parts(frame: &Frame) -> (ErrorCode, Arc<str>) {
     )
 }
 
-async fn read_task<R: TransportRead>(
+async fn read_task<R: Runtime, Rd: TransportRead>(
+    rt: R,
     conn: Arc<Conn>,
-    mut reader: R,
+    mut reader: Rd,
     mut read: ReadBuffer,
     max_frame_len: u32,
 ) {
     let mut decoder = FrameDecoder::new(max_frame_len);
     let mut frames = Vec::with_capacity(64);
     let mut wakers = Vec::with_capacity(64);
+    let mut pongs = Vec::new();
     // A GoAway with an error names the reason the stream will end.
     let mut going_away = None;
     let counters = conn.out.counters();
@@ -219,30 +228,30 @@ async fn read_task<R: TransportRead>(
             match decoder.decode(&mut read.buf) {
                 Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => break,
-                Err(e) => {
-                    let goaway = FrameHeader {
-                        aux: e.code().as_u32(),
-                        ..FrameHeader::new(FrameKind::GoAway, 0)
-                    };
-                    let _ = conn
-                        .out
-                        .force_send(Outgoing::frame(goaway, Bytes::from(e.to_string())));
-                    conn.out.force_send(Outgoing::Close);
-                    break 'conn ConnectionError::Protocol(e);
-                }
+                Err(e) => break 'conn ConnectionError::Protocol(e),
             }
         }
         if !frames.is_empty() {
             counters
                 .frames_read
                 .fetch_add(frames.len() as u64, Ordering::Relaxed);
-            if let Err(e) = on_frames(&conn, &mut frames, &mut wakers, &mut going_away) {
-                break e;
-            }
+            let applied = on_frames(&conn, &mut frames, &mut wakers, &mut pongs);
             // Each caller woken with its reply is likely to queue its next request at once:
             // the writer waits for them before writing a small batch.
             conn.out.callers_woken(wakers.len());
             wakers.drain(..).for_each(Waker::wake);
+            match applied {
+                Ok(Some(error)) => going_away = Some(error),
+                Ok(None) => {}
+                Err(e) => break e,
+            }
+            // Every ping is answered; while the writer's queue is full, the reader waits
+            // (and so reads no more pings) instead of queueing pongs without bound.
+            for pong in pongs.drain(..) {
+                if conn.stop.guard(READER, conn.out.send(pong)).await != Some(true) {
+                    break 'conn ConnectionError::Closed;
+                }
+            }
         }
         let read_more = read.read_or_release(&mut reader, &decoder, &conn.quiet, counters);
         match conn.stop.guard(READER, read_more).await {
@@ -253,16 +262,34 @@ async fn read_task<R: TransportRead>(
             Some(Some(Err(e))) => break going_away.take().unwrap_or_else(|| e.into()),
         }
     };
+    if !error.is_violation() {
+        conn.close(error);
+        return;
+    }
+    // The server broke the protocol: tell it why, fail every call, and read (and drop) what
+    // it still sends until the GoAway is out and it closes, so no reset destroys the GoAway.
+    let goaway = FrameHeader {
+        aux: error.code().as_u32(),
+        ..FrameHeader::new(FrameKind::GoAway, 0)
+    };
+    let reason = Bytes::from(error.to_string());
+    let _ = conn.out.force_send(Outgoing::frame(goaway, reason))
+        && conn.out.force_send(Outgoing::Close);
+    conn.fail(&error);
+    linger(&mut reader, rt.sleep_until(Instant::now() + CLOSE_LINGER)).await;
     conn.close(error);
 }
 
-/// Applies a batch of frames from the server under one lock of the call table.
+/// Applies a batch of frames from the server under one lock of the call table; collects the
+/// pongs to send. `Ok(Some)` is a `GoAway` with an error (the reason the connection will end),
+/// `Err` a violation of the protocol by the server.
 fn on_frames(
     conn: &Conn,
     frames: &mut Vec<Frame>,
     wakers: &mut Vec<Waker>,
-    going_away: &mut Option<ConnectionError>,
-) -> Result<(), ConnectionError> {
+    pongs: &mut Vec<Outgoing>,
+) -> Result<Option<ConnectionError>, ConnectionError> {
+    let mut going_away = None;
     let mut table = conn.table.lock();
     for frame in frames.drain(..) {
         let header = frame.header;
@@ -292,12 +319,7 @@ fn on_frames(
                 let waker = match header.kind {
                     FrameKind::StreamItem => {
                         let end = header.flags & crate::frame::flags::END != 0;
-                        state
-                            .on_item(frame.body, end)
-                            .map_err(|e| ConnectionError::GoAway {
-                                code: ErrorCode::FLOW_CONTROL,
-                                reason: e.to_string().into(),
-                            })?
+                        state.on_item(frame.body, end)?
                     }
                     FrameKind::StreamEnd => {
                         let message = String::from_utf8_lossy(&frame.body).into_owned();
@@ -311,24 +333,22 @@ fn on_frames(
                 let (code, reason) = go_away_parts(&frame);
                 let error = ConnectionError::GoAway { code, reason };
                 if code != ErrorCode::NO_ERROR {
-                    *going_away = Some(error.clone());
+                    going_away = Some(error.clone());
                 }
                 table.drain(error);
             }
             FrameKind::Ping => {
                 let pong = FrameHeader::new(FrameKind::Pong, header.seq);
-                conn.out.try_send(Outgoing::frame(pong, frame.body));
+                pongs.push(Outgoing::frame(pong, frame.body));
             }
             FrameKind::Request => {
-                return Err(ConnectionError::Protocol(
-                    crate::frame::FrameError::UnknownKind(FrameKind::Request as u8),
-                ));
+                return Err(FrameError::UnexpectedKind(header.kind).into());
             }
             // Replies to pings we did not send, and cancels, are ignored.
             FrameKind::Pong | FrameKind::Cancel => {}
         }
     }
-    Ok(())
+    Ok(going_away)
 }
 
 async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {

@@ -34,6 +34,14 @@ use crate::frame::{FrameHeader, HEADER_LEN};
 /// Set with `ServerConfig::max_queued_bytes` and `ClientConfig::max_queued_bytes`.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 20;
 
+/// Default limit on the bytes of frames queued for writing on all of a server's connections
+/// together (64 MiB), past which producers wait as they do at a connection's own limit. Bounds
+/// what many connections whose peers do not read can make the server buffer: without it, the
+/// bound is `max_connections x max_queued_bytes`. A connection with nothing queued may still
+/// queue one frame, so that every connection makes progress. Set with
+/// `ServerConfig::max_queued_bytes_total`.
+pub const DEFAULT_MAX_QUEUED_BYTES_TOTAL: usize = 64 << 20;
+
 /// Deques bigger than this (in messages) are shrunk back when the connection goes quiet.
 const KEEP_CAPACITY: usize = 0;
 
@@ -65,10 +73,44 @@ pub(crate) struct IoCounters {
     pub(crate) reads: AtomicU64,
     /// Times the writer yielded before writing, waiting for frames it was told to expect.
     pub(crate) coalesce_yields: AtomicU64,
+    /// Times a producer waited for room in the queue.
+    pub(crate) queue_full_waits: AtomicU64,
     /// Bytes of buffer memory the writer holds (batch buffer and deques).
     pub(crate) write_buffered: AtomicUsize,
     /// Bytes of buffer memory the reader holds.
     pub(crate) read_buffered: AtomicUsize,
+}
+
+/// Bytes queued for writing on many connections together (a server's), with a limit.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+    /// Producers waiting for room in the budget.
+    space: event_listener::Event,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+            space: event_listener::Event::new(),
+        }
+    }
+
+    /// Bytes queued now on all the connections sharing it.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            self.space.notify(usize::MAX);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -76,6 +118,8 @@ struct Queue {
     state: Mutex<State>,
     /// Bytes queued before producers wait.
     limit: usize,
+    /// The limit shared with other connections, if any.
+    budget: Option<Arc<Budget>>,
     /// The writer parked and must be woken by the next push.
     parked: AtomicBool,
     waker: AtomicWaker,
@@ -108,12 +152,13 @@ pub(crate) struct Hold<'a> {
     queue: &'a Queue,
 }
 
-/// A queue of up to `limit` bytes whose writer holds each batch while producers are known to
-/// be adding to it.
-pub(crate) fn outbox(limit: usize) -> (Outbox, Inbox) {
+/// A queue of up to `limit` bytes (and within `budget`, shared with other connections, if
+/// given) whose writer holds each batch while producers are known to be adding to it.
+pub(crate) fn outbox(limit: usize, budget: Option<Arc<Budget>>) -> (Outbox, Inbox) {
     let queue = Arc::new(Queue {
         state: Mutex::new(State::default()),
         limit,
+        budget,
         parked: AtomicBool::new(false),
         waker: AtomicWaker::new(),
         space: event_listener::Event::new(),
@@ -162,7 +207,7 @@ impl Outbox {
     pub(crate) async fn send(&self, message: Outgoing) -> bool {
         let mut message = Some(message);
         loop {
-            match attempt_or_listen(&self.queue.space, || self.push(&mut message, false)) {
+            match self.push_or_listen(&mut message) {
                 Ok(sent) => return sent,
                 Err(listener) => listener.await,
             }
@@ -173,7 +218,7 @@ impl Outbox {
     pub(crate) fn send_blocking(&self, message: Outgoing) -> bool {
         let mut message = Some(message);
         loop {
-            match attempt_or_listen(&self.queue.space, || self.push(&mut message, false)) {
+            match self.push_or_listen(&mut message) {
                 Ok(sent) => return sent,
                 Err(listener) => event_listener::Listener::wait(listener),
             }
@@ -191,6 +236,31 @@ impl Outbox {
         self.push(&mut Some(message), true).unwrap_or(false)
     }
 
+    /// Pushes the message out of `slot`, or returns a listener for the limit that stopped it,
+    /// registered before a last try so that the room it waits for cannot be missed.
+    fn push_or_listen(
+        &self,
+        slot: &mut Option<Outgoing>,
+    ) -> Result<bool, event_listener::EventListener> {
+        let mut full = match self.push(slot, false) {
+            Ok(sent) => return Ok(sent),
+            Err(full) => full,
+        };
+        loop {
+            let listener = full.listen();
+            match self.push(slot, false) {
+                Ok(sent) => return Ok(sent),
+                // Still full for the same reason: wait for room there.
+                Err(again) if std::ptr::eq(again, full) => {
+                    let waits = &self.queue.counters.queue_full_waits;
+                    waits.fetch_add(1, Ordering::Relaxed);
+                    return Err(listener);
+                }
+                Err(other) => full = other,
+            }
+        }
+    }
+
     /// Queues a bodiless control frame ahead of everything else, without ever waiting.
     pub(crate) fn send_control(&self, header: FrameHeader) {
         {
@@ -203,25 +273,44 @@ impl Outbox {
         self.queue.ring();
     }
 
-    /// Pushes the message out of `slot`: `Some(true)` queued, `Some(false)` the writer is gone,
-    /// `None` over the limit (the message stays in `slot`).
-    fn push(&self, slot: &mut Option<Outgoing>, force: bool) -> Option<bool> {
+    /// Pushes the message out of `slot`: `Ok(true)` queued, `Ok(false)` the writer is gone (or
+    /// `slot` was empty), `Err` over a limit: the event that says when there is room (the
+    /// message stays in `slot`).
+    fn push(
+        &self,
+        slot: &mut Option<Outgoing>,
+        force: bool,
+    ) -> Result<bool, &event_listener::Event> {
         {
             let mut state = self.queue.state.lock();
             if state.closed {
-                return Some(false);
+                return Ok(false);
             }
-            let message = slot.take()?;
+            let Some(message) = slot.take() else {
+                return Ok(false);
+            };
             let weight = weight(&message);
-            if !force && state.bytes > 0 && state.bytes + weight > self.queue.limit {
-                *slot = Some(message);
-                return None;
+            // A connection with nothing queued always takes a frame, whatever its size.
+            if !force && state.bytes > 0 {
+                if state.bytes + weight > self.queue.limit {
+                    *slot = Some(message);
+                    return Err(&self.queue.space);
+                }
+                if let Some(budget) = &self.queue.budget {
+                    if budget.used() + weight > budget.limit {
+                        *slot = Some(message);
+                        return Err(&budget.space);
+                    }
+                }
             }
             state.bytes += weight;
+            if let Some(budget) = &self.queue.budget {
+                budget.used.fetch_add(weight, Ordering::AcqRel);
+            }
             state.items.push_back(message);
         }
         self.queue.ring();
-        Some(true)
+        Ok(true)
     }
 
     /// Asks the writer to hold small batches until the returned guard is dropped: the caller
@@ -325,7 +414,7 @@ impl Inbox {
         if let Some(message) = self.taken.pop_front() {
             return Some(message);
         }
-        {
+        let taken = {
             let mut state = self.queue.state.lock();
             if let Some(header) = state.control.pop() {
                 return Some(Outgoing::frame(header, Bytes::new()));
@@ -335,9 +424,12 @@ impl Inbox {
             }
             // Take everything at once; our empty deque (with its capacity) goes back.
             mem::swap(&mut state.items, &mut self.taken);
-            state.bytes = 0;
-        }
+            mem::take(&mut state.bytes)
+        };
         self.queue.space.notify(usize::MAX);
+        if let Some(budget) = &self.queue.budget {
+            budget.give_back(taken);
+        }
         self.taken.pop_front()
     }
 
@@ -373,14 +465,16 @@ impl Inbox {
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        let dropped = {
+        let (dropped, bytes) = {
             let mut state = self.queue.state.lock();
             state.closed = true;
-            state.bytes = 0;
-            mem::take(&mut state.items)
+            (mem::take(&mut state.items), mem::take(&mut state.bytes))
         };
         drop(dropped);
         self.queue.space.notify(usize::MAX);
+        if let Some(budget) = &self.queue.budget {
+            budget.give_back(bytes);
+        }
     }
 }
 
@@ -405,7 +499,7 @@ mod tests {
 
     #[test]
     fn messages_come_out_in_order_with_control_frames_first() {
-        let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES);
+        let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
         for seq in 0..3 {
             assert!(out.try_send(frame(seq, 8)));
         }
@@ -416,7 +510,7 @@ mod tests {
 
     #[test]
     fn producers_wait_past_the_limit_and_the_first_message_always_fits() {
-        let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES);
+        let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
         assert!(
             out.try_send(frame(0, 2 * DEFAULT_MAX_QUEUED_BYTES)),
             "an empty queue takes anything"
@@ -432,7 +526,7 @@ mod tests {
     #[test]
     fn the_configured_limit_counts_headers_and_bodies() {
         // 24-byte header + 50-byte body = 74 bytes a frame.
-        let (out, mut rx) = outbox(150);
+        let (out, mut rx) = outbox(150, None);
         assert!(out.try_send(frame(0, 50)));
         assert!(out.try_send(frame(1, 50)), "148 bytes fit in 150");
         assert!(!out.try_send(frame(2, 0)), "172 bytes do not");
@@ -442,7 +536,7 @@ mod tests {
 
     #[test]
     fn holds_and_woken_callers_are_visible_to_the_writer() {
-        let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES);
+        let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
         {
             let _hold = out.hold();
             assert!(rx.is_held());
@@ -458,7 +552,7 @@ mod tests {
 
     #[test]
     fn release_gives_back_an_empty_queue() {
-        let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES);
+        let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
         for seq in 0..100 {
             assert!(out.try_send(frame(seq, 1)));
         }

@@ -49,6 +49,7 @@ pub struct ServerConfig {
     pub(crate) max_handshakes: usize,
     pub(crate) stream_window: u32,
     pub(crate) max_queued_bytes: usize,
+    pub(crate) max_queued_bytes_total: usize,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +66,7 @@ impl Default for ServerConfig {
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             stream_window: crate::flow::DEFAULT_STREAM_WINDOW,
             max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
+            max_queued_bytes_total: crate::DEFAULT_MAX_QUEUED_BYTES_TOTAL,
         }
     }
 }
@@ -139,8 +141,20 @@ impl ServerConfig {
     /// Bytes of frames queued for the connection's writer before the tasks producing them
     /// wait (backpressure); a frame is always taken when nothing is queued. Default
     /// [`DEFAULT_MAX_QUEUED_BYTES`](crate::DEFAULT_MAX_QUEUED_BYTES) (1 MiB).
+    ///
+    /// What one connection whose peer does not read can make the server hold is about twice
+    /// this (what is queued, plus what the writer took and is still writing), plus one frame.
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.max_queued_bytes = bytes;
+        self
+    }
+
+    /// Bytes of frames queued for writing on all connections together before producers wait,
+    /// as at [`max_queued_bytes`](Self::max_queued_bytes); a connection with nothing queued
+    /// may still queue one frame. Default
+    /// [`DEFAULT_MAX_QUEUED_BYTES_TOTAL`](crate::DEFAULT_MAX_QUEUED_BYTES_TOTAL) (64 MiB).
+    pub fn max_queued_bytes_total(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes_total = bytes;
         self
     }
 

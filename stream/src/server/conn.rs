@@ -28,8 +28,8 @@ use crate::{
     frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
     hello::{Hello, HELLO_LEN},
     io::{
-        outbox, read_at_least, write_all, write_loop, Inbox, Outbox, Outgoing, Quiet, ReadBuffer,
-        Stop, WriteWatch, READER, WRITER,
+        linger, outbox, read_at_least, write_all, write_loop, Inbox, Outbox, Outgoing, Quiet,
+        ReadBuffer, Stop, WriteWatch, CLOSE_LINGER, READER, WRITER,
     },
     metadata::Metadata,
     runtime::Runtime,
@@ -102,9 +102,9 @@ impl ConnState {
         }
     }
 
-    /// Removes stream `seq`.
-    pub(super) fn forget_stream(&self, seq: u64) {
-        self.streams.lock().remove(&seq);
+    /// Removes `state` from the streams, unless a newer call with its sequence id replaced it.
+    pub(super) fn forget_stream(&self, state: &Arc<StreamState>) {
+        remove_same(&self.streams, state.seq(), state);
     }
 
     /// While draining, closes the connection once no call runs.
@@ -196,7 +196,7 @@ pub(super) fn start<R, D, Rd, Wr>(
     let config = &shared.config;
     // When the peer stops reading, replies queue up to `max_queued_bytes`; then the reader
     // waits to queue the next one and so stops reading requests too (backpressure).
-    let (out, rx) = outbox(config.max_queued_bytes);
+    let (out, rx) = outbox(config.max_queued_bytes, Some(shared.queued.clone()));
     let now = shared.now();
     let conn = Arc::new(ConnState {
         stop: Stop::default(),
@@ -310,14 +310,23 @@ struct ReadTask<R, D: Dispatch> {
 
 impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
     async fn run<Rd: TransportRead>(mut self, mut reader: Rd, registration: Arc<Registration>) {
-        self.serve(&mut reader).await;
+        let peer_left = self.serve(&mut reader).await;
         // The peer left, broke the protocol, or the connection was stopped: nobody will read
         // replies to calls still running.
         self.conn.close();
+        if !peer_left {
+            // This side ends the connection and its GoAway is on its way: what the peer still
+            // sends is read and dropped, so that closing does not reset the connection under
+            // the GoAway before the peer reads it.
+            let until = self.rt.sleep_until(Instant::now() + CLOSE_LINGER);
+            linger(&mut reader, until).await;
+        }
         drop(registration);
     }
 
-    async fn serve<Rd: TransportRead>(&mut self, reader: &mut Rd) {
+    /// Serves the connection; `true` when it ended because the peer closed it (or the read
+    /// failed), `false` when this side ended it.
+    async fn serve<Rd: TransportRead>(&mut self, reader: &mut Rd) -> bool {
         let conn = self.conn.clone();
         let mut read = ReadBuffer::new();
         match conn
@@ -326,18 +335,19 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             .await
         {
             Some(Ok(())) => {}
-            _ => return,
+            Some(Err(_)) => return true,
+            None => return false,
         }
         let head = read.buf.split_to(HELLO_LEN);
         let Some(head) = head.first_chunk::<HELLO_LEN>() else {
-            return;
+            return false;
         };
         match Hello::decode(head) {
             Ok(hello) => self.peer_max_frame_len = hello.max_frame_len,
             Err(e) => {
                 Shared::count(&self.shared.counters.protocol_errors);
                 conn.go_away(e.code(), e.to_string());
-                return;
+                return false;
             }
         }
         conn.partial_since.store(0, Ordering::Relaxed);
@@ -355,14 +365,14 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                         progressed = true;
                         counters.frames_read.fetch_add(1, Ordering::Relaxed);
                         if !self.on_frame(frame).await {
-                            return;
+                            return false;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         Shared::count(&self.shared.counters.protocol_errors);
                         conn.go_away(e.code(), e.to_string());
-                        return;
+                        return false;
                     }
                 }
             }
@@ -393,7 +403,8 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 conn.stop.guard(READER, read_more.or(drained)).await
             };
             match event {
-                None | Some(Event::Read(Ok(0) | Err(_))) => return,
+                None => return false,
+                Some(Event::Read(Ok(0) | Err(_))) => return true,
                 Some(Event::Read(Ok(_))) => {
                     conn.last_read.store(self.shared.now(), Ordering::Relaxed)
                 }
@@ -417,9 +428,15 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 send(&self.conn, Outgoing::frame(pong, frame.body)).await
             }
             FrameKind::Cancel => {
-                // A call that already finished (or never ran in a task) has nothing to stop.
-                if let Some(cancel) = self.conn.running.lock().get(&header.seq) {
+                // The call is over for the client, which may reuse its sequence id at once:
+                // forget it now, and stop its handler. A call that already finished (or never
+                // ran in a task) has nothing to stop.
+                let running = self.conn.running.lock().remove(&header.seq);
+                if let Some(cancel) = running {
                     cancel.set();
+                }
+                if self.conn.in_flight.load(Ordering::Relaxed) > 0 {
+                    self.conn.streams.lock().remove(&header.seq);
                 }
                 true
             }
@@ -508,6 +525,17 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 error_reply(&header, status, self.peer_max_frame_len),
             )
             .await;
+        }
+        // Only calls in a task of their own outlive their request's dispatch.
+        if conn.in_flight.load(Ordering::Relaxed) > 0
+            && (conn.running.lock().contains_key(&header.seq)
+                || conn.streams.lock().contains_key(&header.seq))
+        {
+            // Its replies could not be told apart from those of the call still running.
+            Shared::count(&self.shared.counters.protocol_errors);
+            let reason = format!("sequence id {} reused while its call runs", header.seq);
+            conn.go_away(ErrorCode::PROTOCOL_ERROR, reason);
+            return false;
         }
         let metadata = if header.flags & crate::frame::flags::METADATA != 0 {
             match Metadata::decode(&mut body) {
@@ -615,7 +643,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             };
             // Whatever ends first drops the others: a stopped handler's drop guards run here.
             let end = handler.or(cancelled).or(ended).or(expired).await;
-            conn.running.lock().remove(&header.seq);
+            remove_same(&conn.running, header.seq, &cancel);
             drop(registration);
             conn.admitted.fetch_sub(1, Ordering::SeqCst);
             let result = match end {
@@ -660,6 +688,14 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
 /// Queues `message` for the writer; `false` once the writer is gone.
 async fn send(conn: &ConnState, message: Outgoing) -> bool {
     conn.out.send(message).await
+}
+
+/// Removes `seq` from `map` if it still maps to `value` (not to a newer call's).
+fn remove_same<T>(map: &Mutex<HashMap<u64, Arc<T>>>, seq: u64, value: &Arc<T>) {
+    let mut map = map.lock();
+    if map.get(&seq).is_some_and(|v| Arc::ptr_eq(v, value)) {
+        map.remove(&seq);
+    }
 }
 
 /// How a spawned handler's task ended.

@@ -62,7 +62,7 @@ pub(crate) struct StreamRegistration {
 
 impl Drop for StreamRegistration {
     fn drop(&mut self) {
-        self.conn.forget_stream(self.state.seq());
+        self.conn.forget_stream(&self.state);
         streaming::wake(self.state.close(ErrorCode::CANCELLED));
     }
 }

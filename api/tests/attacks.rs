@@ -1,0 +1,585 @@
+//! Attacks from a hostile peer (`flumen-peer`, speaking raw frames), one per class, each
+//! against a server with small named limits. Each asserts that the offender is cut off or
+//! throttled, that the process's heap grew by no more than a stated bound while it ran
+//! (counted by a global allocator), and that a well-behaved client of the same server got
+//! every reply meanwhile.
+//!
+//! The allocator's count is global, so this binary has one test, which runs the attacks one
+//! after the other on tokio and on smol.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use common::{connect, eventually, run_smol, run_tokio, serve, Env};
+use flumen::{
+    stream::{
+        frame::{flags, FrameHeader, FrameKind},
+        hello::Hello,
+    },
+    Bytes, ClientConfig, ErrorCode, MethodId, Router, ServerConfig, ServerHandle, Status,
+};
+use flumen_peer::{frame, header, metadata_block, request, Peer};
+use futures_lite::{AsyncWriteExt, FutureExt};
+
+struct Counting;
+
+/// Bytes allocated and not yet freed, and the most there were since the last reset.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let live = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        grew(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size >= layout.size() {
+            grew(new_size - layout.size());
+        } else {
+            LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The server's limits in every attack: small, so that what they bound is easy to tell from
+/// what an attack would cost without them.
+const MAX_FRAME_LEN: u32 = 64 * 1024;
+const MAX_QUEUED_BYTES: usize = 256 * 1024;
+const MAX_QUEUED_BYTES_TOTAL: usize = 512 * 1024;
+const READ_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// What an attack may add to the heap, server and well-behaved client together, before the
+/// attacking connections' own share: the good client's calls and the server's bookkeeping.
+const HEAP_BASE: usize = 1 << 20;
+
+/// What one attacking connection may add: what is queued for it and what its writer took and
+/// is writing (2 x `MAX_QUEUED_BYTES`), twice over because queued pongs and echoes are slices
+/// of the read buffers they arrived in and keep them alive, plus the read buffer being filled.
+/// Every attack below would add tens of MiB without its limit.
+const HEAP_PER_ATTACKER: usize = 4 * MAX_QUEUED_BYTES + 256 * 1024;
+
+fn limits() -> ServerConfig {
+    ServerConfig::default()
+        .max_frame_len(MAX_FRAME_LEN)
+        .max_queued_bytes(MAX_QUEUED_BYTES)
+        .max_queued_bytes_total(MAX_QUEUED_BYTES_TOTAL)
+        .read_timeout(READ_TIMEOUT)
+        .max_in_flight(64)
+}
+
+const HOLD: &str = "hold";
+const STREAM_OUT: &str = "stream_out";
+
+/// `echo` for the good client; `hold` never answers; `stream_out` streams items of 16 KiB
+/// until the client stops reading or cancels.
+fn router() -> Router {
+    Router::new()
+        .route("echo", |n: u64| async move { Ok::<_, Status>(n) })
+        .route_raw(HOLD, |_request| async move {
+            std::future::pending::<()>().await;
+            Ok(Bytes::new())
+        })
+        .route_raw(STREAM_OUT, |request| async move {
+            let sink = request
+                .sink()
+                .ok_or_else(|| Status::new(ErrorCode::BAD_REQUEST, "expected a stream"))?;
+            let item = Bytes::from(vec![5u8; 16 * 1024]);
+            while sink.send(item.clone()).await.is_ok() {}
+            Ok(Bytes::new())
+        })
+}
+
+fn method(name: &str) -> u32 {
+    MethodId::from_name(name).as_u32()
+}
+
+/// A server with [`limits`], a good client of it, and the heap as it was once both ran.
+struct Scene<E: Env> {
+    env: E,
+    server: ServerHandle<SocketAddr>,
+    good: flumen::Client,
+    baseline: usize,
+}
+
+impl<E: Env> Scene<E> {
+    async fn new(env: &E) -> Self {
+        let server = serve(env, router(), limits()).await;
+        let config = ClientConfig::default().default_timeout(Some(Duration::from_secs(5)));
+        let good = connect(env, *server.local_addr(), config).await;
+        // Warm the good client up so that its buffers are in the baseline.
+        good_calls(&good).await;
+        let baseline = LIVE.load(Ordering::Relaxed);
+        PEAK.store(baseline, Ordering::Relaxed);
+        Self {
+            env: env.clone(),
+            server,
+            good,
+            baseline,
+        }
+    }
+
+    async fn peer(
+        &self,
+    ) -> Peer<
+        <E::Tr as flumen::stream::Transport>::Reader,
+        <E::Tr as flumen::stream::Transport>::Writer,
+    > {
+        let mut peer = flumen_peer::connect(&self.env.transport(), self.server.local_addr())
+            .await
+            .unwrap();
+        peer.send_hello(Hello::new(MAX_FRAME_LEN, 64))
+            .await
+            .unwrap();
+        peer.read_hello().await.unwrap();
+        peer
+    }
+
+    /// Asserts the heap stayed within [`HEAP_BASE`] plus [`HEAP_PER_ATTACKER`] for each of
+    /// `attackers` of the baseline; returns the growth and the bound.
+    fn check_heap(&self, attack: &str, attackers: usize) -> (usize, usize) {
+        let grown = PEAK.load(Ordering::Relaxed).saturating_sub(self.baseline);
+        let bound = HEAP_BASE + attackers * HEAP_PER_ATTACKER;
+        assert!(
+            grown <= bound,
+            "{attack}: the heap grew by {} KiB, bound {} KiB",
+            grown >> 10,
+            bound >> 10
+        );
+        (grown, bound)
+    }
+
+    /// Waits until only the good client is connected, then asserts the attack's memory was
+    /// given back.
+    async fn check_given_back(&self, attack: &str) {
+        eventually(&self.env, "the attacker's connection to close", || {
+            self.server.stats().active == 1
+        })
+        .await;
+        // Its handlers end a moment later, and with them the last of its buffers.
+        let what = format!("{attack}: the heap back within 256 KiB of the baseline");
+        eventually(&self.env, &what, || {
+            LIVE.load(Ordering::Relaxed).saturating_sub(self.baseline) <= 256 * 1024
+        })
+        .await;
+    }
+}
+
+/// Ten calls from the good client; each must succeed (within its deadline).
+async fn good_calls(good: &flumen::Client) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for n in 0..10u64 {
+        let started = Instant::now();
+        let got: u64 = good
+            .call("echo", &n)
+            .await
+            .expect("the good client is served");
+        assert_eq!(got, n);
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
+/// Tasks playing the attacker's halves; dropping it ends them (and so closes the connection).
+struct Attacker {
+    _stop: smol::channel::Sender<()>,
+    /// Set once the whole flood was written.
+    sent: Arc<AtomicBool>,
+}
+
+impl Attacker {
+    /// Writes `chunk` `times` times from a task of its own; reads (and drops) what the server
+    /// sends if `read`, else never reads.
+    fn flood<E: Env, R, W>(
+        env: &E,
+        halves: (R, W),
+        chunk: Vec<u8>,
+        times: usize,
+        read: bool,
+    ) -> Self
+    where
+        R: futures_lite::AsyncRead + Unpin + Send + 'static,
+        W: futures_lite::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut reader, mut writer) = halves;
+        let (stop, stopped) = smol::channel::bounded::<()>(1);
+        let sent = Arc::new(AtomicBool::new(false));
+        let flag = sent.clone();
+        let writes = async move {
+            for _ in 0..times {
+                if writer.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.flush().await;
+            flag.store(true, Ordering::SeqCst);
+            // The connection stays open until the attacker is dropped.
+            std::future::pending::<()>().await;
+        };
+        let reads = async move {
+            if read {
+                let mut scratch = vec![0u8; 64 * 1024];
+                while let Ok(1..) =
+                    futures_lite::AsyncReadExt::read(&mut reader, &mut scratch).await
+                {
+                }
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let until_stopped = stopped.clone();
+        env.spawn(writes.or(async move {
+            let _ = until_stopped.recv().await;
+        }));
+        env.spawn(reads.or(async move {
+            let _ = stopped.recv().await;
+        }));
+        Self { _stop: stop, sent }
+    }
+
+    fn all_sent(&self) -> bool {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+/// What one attack reports.
+struct Outcome {
+    attack: &'static str,
+    /// Heap growth and its bound.
+    grown: (usize, usize),
+    slowest_good_call: Duration,
+}
+
+/// One connection sends 60 KB pings and never reads: the server stops reading once its
+/// queue of pongs is at `max_queued_bytes` (the flood can never be written in full), holds no
+/// more than the bound, and gives it all back when the peer leaves.
+async fn pings_never_read<E: Env>(env: E) -> Outcome {
+    let ping = frame(FrameHeader::new(FrameKind::Ping, 1), &[9u8; 60_000]);
+    let chunk = ping.repeat(16);
+    let scene = Scene::new(&env).await;
+    let peer = scene.peer().await.into_parts();
+    // 60 MB of pings: far past the queue limit plus what the sockets hold.
+    let attacker = Attacker::flood(&env, peer, chunk, 64, false);
+    eventually(&env, "backpressure (or the whole flood read)", || {
+        scene.server.stats().io.queue_full_waits > 0 || attacker.all_sent()
+    })
+    .await;
+    let slowest_good_call = good_calls(&scene.good).await;
+    assert!(
+        !attacker.all_sent(),
+        "the server read the whole flood though nobody read its pongs"
+    );
+    let grown = scene.check_heap("pings never read", 1);
+    drop(attacker);
+    scene.check_given_back("pings never read").await;
+    Outcome {
+        attack: "pings, never read",
+        grown,
+        slowest_good_call,
+    }
+}
+
+/// Many connections that never read share `max_queued_bytes_total`: four of them together
+/// make the server queue no more than the total (plus one frame each).
+async fn many_peers_never_read<E: Env>(env: E) -> Outcome {
+    let ping = frame(FrameHeader::new(FrameKind::Ping, 1), &[9u8; 60_000]);
+    let mut chunks: Vec<_> = (0..4).map(|_| ping.repeat(16)).collect();
+    let scene = Scene::new(&env).await;
+    let mut attackers = Vec::new();
+    while let Some(chunk) = chunks.pop() {
+        let peer = scene.peer().await.into_parts();
+        attackers.push(Attacker::flood(&env, peer, chunk, 64, false));
+    }
+    let stats = || scene.server.stats();
+    eventually(&env, "all four throttled", || {
+        scene
+            .server
+            .connection_stats()
+            .iter()
+            .filter(|c| c.queue_full_waits > 0)
+            .count()
+            == 4
+    })
+    .await;
+    assert!(
+        stats().queued_bytes <= MAX_QUEUED_BYTES_TOTAL + 4 * 60_100,
+        "{} bytes queued in all",
+        stats().queued_bytes
+    );
+    let slowest_good_call = good_calls(&scene.good).await;
+    assert!(attackers.iter().all(|a| !a.all_sent()));
+    let grown = scene.check_heap("many peers never read", 4);
+    drop(attackers);
+    scene.check_given_back("many peers never read").await;
+    Outcome {
+        attack: "4 peers, never read",
+        grown,
+        slowest_good_call,
+    }
+}
+
+/// A million empty frames (unasked-for pongs, which the server ignores) cost the server reads
+/// and nothing else.
+async fn tiny_frame_flood<E: Env>(env: E) -> Outcome {
+    let chunk = header(FrameHeader::new(FrameKind::Pong, 0)).repeat(10_000);
+    let scene = Scene::new(&env).await;
+    let peer = scene.peer().await.into_parts();
+    let before = scene.server.stats().io.frames_read;
+    let attacker = Attacker::flood(&env, peer, chunk, 100, true);
+    let slowest_good_call = good_calls(&scene.good).await;
+    eventually(&env, "the tiny frames read", || {
+        attacker.all_sent() && scene.server.stats().io.frames_read >= before + 1_000_000
+    })
+    .await;
+    let grown = scene.check_heap("tiny frames", 1);
+    drop(attacker);
+    scene.check_given_back("tiny frames").await;
+    Outcome {
+        attack: "1M empty frames",
+        grown,
+        slowest_good_call,
+    }
+}
+
+/// The rapid-reset pattern: requests for a handler that never answers, each cancelled at once,
+/// 100,000 times. Cancelled handlers are stopped and forgotten; the admitted-calls limit
+/// (`max_in_flight`) answers the excess `OVERLOADED`.
+async fn request_cancel_flood<E: Env>(env: E) -> Outcome {
+    let mut chunk = Vec::new();
+    for seq in 0..1000u64 {
+        chunk.extend_from_slice(&frame(request(method(HOLD), seq), b""));
+        chunk.extend_from_slice(&frame(FrameHeader::new(FrameKind::Cancel, seq), b""));
+    }
+    let scene = Scene::new(&env).await;
+    let peer = scene.peer().await.into_parts();
+    let before = scene.server.stats().io.frames_read;
+    let attacker = Attacker::flood(&env, peer, chunk, 100, true);
+    let slowest_good_call = good_calls(&scene.good).await;
+    eventually(&env, "the requests and cancels read", || {
+        attacker.all_sent() && scene.server.stats().io.frames_read >= before + 200_000
+    })
+    .await;
+    let grown = scene.check_heap("request+cancel flood", 1);
+    drop(attacker);
+    scene.check_given_back("request+cancel flood").await;
+    Outcome {
+        attack: "100k request+cancel",
+        grown,
+        slowest_good_call,
+    }
+}
+
+/// Credit grants of `u32::MAX` on a server stream the peer never reads: the credit sum cannot
+/// overflow, and the items the handler may now send wait at the queue limit.
+async fn credit_overflow<E: Env>(env: E) -> Outcome {
+    let scene = Scene::new(&env).await;
+    let mut peer = scene.peer().await;
+    let open = FrameHeader {
+        flags: flags::STREAM_REPLY,
+        ..request(method(STREAM_OUT), 1)
+    };
+    peer.send_frame(open, b"").await.unwrap();
+    for _ in 0..1000 {
+        let grant = FrameHeader {
+            aux: u32::MAX,
+            ..FrameHeader::new(FrameKind::Credit, 1)
+        };
+        peer.send_frame(grant, b"").await.unwrap();
+    }
+    eventually(&env, "the stream throttled", || {
+        scene.server.stats().io.queue_full_waits > 0
+    })
+    .await;
+    let slowest_good_call = good_calls(&scene.good).await;
+    let grown = scene.check_heap("credit overflow", 1);
+    drop(peer);
+    scene.check_given_back("credit overflow").await;
+    Outcome {
+        attack: "credit u32::MAX x1000",
+        grown,
+        slowest_good_call,
+    }
+}
+
+/// A request that reuses the sequence id of a call still running closes the connection with
+/// `PROTOCOL_ERROR`.
+async fn live_seq_reuse<E: Env>(env: E) -> Outcome {
+    let scene = Scene::new(&env).await;
+    let mut peer = scene.peer().await;
+    peer.send_frame(request(method(HOLD), 7), b"")
+        .await
+        .unwrap();
+    peer.send_frame(request(method(HOLD), 7), b"")
+        .await
+        .unwrap();
+    let (code, reason) = peer.go_away().await.unwrap();
+    assert_eq!(code, ErrorCode::PROTOCOL_ERROR, "{reason}");
+    let slowest_good_call = good_calls(&scene.good).await;
+    let grown = scene.check_heap("live seq reuse", 1);
+    drop(peer);
+    scene.check_given_back("live seq reuse").await;
+    Outcome {
+        attack: "live seq reuse",
+        grown,
+        slowest_good_call,
+    }
+}
+
+/// Metadata blocks past the limits (more entries than allowed, a value over 16 KiB, a count
+/// that lies) are answered `BAD_REQUEST` before anything is allocated for them; the
+/// connection stays up.
+async fn metadata_bombs<E: Env>(env: E) -> Outcome {
+    let scene = Scene::new(&env).await;
+    let mut peer = scene.peer().await;
+    let big = vec![1u8; 60_000];
+    let entries: Vec<(&[u8], &[u8])> = vec![(b"k", b"v"); 1000];
+    let bombs = [
+        metadata_block(1000, &entries),
+        metadata_block(1, &[(b"k", &big)]),
+        metadata_block(u16::MAX, &[(b"k", b"v")]),
+    ];
+    for (seq, block) in bombs.iter().enumerate() {
+        let header = FrameHeader {
+            flags: flags::METADATA,
+            ..request(method("echo"), seq as u64)
+        };
+        peer.send_frame(header, block).await.unwrap();
+        let reply = peer.next_frame().await.unwrap().expect("a reply");
+        assert_eq!(reply.header.kind, FrameKind::Error);
+        assert_eq!(reply.header.seq, seq as u64);
+        assert_eq!(
+            ErrorCode::from_u32(reply.header.aux),
+            ErrorCode::BAD_REQUEST
+        );
+    }
+    let slowest_good_call = good_calls(&scene.good).await;
+    let grown = scene.check_heap("metadata bombs", 1);
+    drop(peer);
+    scene.check_given_back("metadata bombs").await;
+    Outcome {
+        attack: "metadata bombs",
+        grown,
+        slowest_good_call,
+    }
+}
+
+/// A header sent one byte at a time, slower than the read timeout allows for a whole frame:
+/// `READ_TIMEOUT`.
+async fn slowloris<E: Env>(env: E) -> Outcome {
+    let scene = Scene::new(&env).await;
+    let mut peer = scene.peer().await;
+    let bytes = header(request(method("echo"), 1));
+    let step = READ_TIMEOUT / 4;
+    for byte in bytes {
+        if peer.send_bytes(&[byte]).await.is_err() {
+            break;
+        }
+        scene.env.sleep(step).await;
+    }
+    let (code, reason) = peer.go_away().await.unwrap();
+    assert_eq!(code, ErrorCode::READ_TIMEOUT, "{reason}");
+    let slowest_good_call = good_calls(&scene.good).await;
+    let grown = scene.check_heap("slowloris", 1);
+    drop(peer);
+    scene.check_given_back("slowloris").await;
+    Outcome {
+        attack: "1 byte per 75 ms",
+        grown,
+        slowest_good_call,
+    }
+}
+
+/// Stream items past the credit the server granted: `FLOW_CONTROL`, after at most the
+/// stream window was buffered.
+async fn items_past_credit<E: Env>(env: E) -> Outcome {
+    let scene = Scene::new(&env).await;
+    let mut peer = scene.peer().await;
+    let open = FrameHeader {
+        flags: flags::STREAM_REQUEST,
+        ..request(method(HOLD), 1)
+    };
+    let mut bytes = frame(open, b"");
+    let item = frame(FrameHeader::new(FrameKind::StreamItem, 1), &[3u8; 60_000]);
+    // The default window is 256 KiB: the fifth item has no credit.
+    bytes.extend(item.repeat(8));
+    peer.send_bytes(&bytes).await.unwrap();
+    drop((bytes, item));
+    let (code, reason) = peer.go_away().await.unwrap();
+    assert_eq!(code, ErrorCode::FLOW_CONTROL, "{reason}");
+    let slowest_good_call = good_calls(&scene.good).await;
+    let grown = scene.check_heap("items past credit", 1);
+    drop(peer);
+    scene.check_given_back("items past credit").await;
+    Outcome {
+        attack: "items past credit",
+        grown,
+        slowest_good_call,
+    }
+}
+
+async fn all_attacks<E: Env>(env: E, runtime: &'static str) -> Vec<(&'static str, Outcome)> {
+    vec![
+        pings_never_read(env.clone()).await,
+        many_peers_never_read(env.clone()).await,
+        tiny_frame_flood(env.clone()).await,
+        request_cancel_flood(env.clone()).await,
+        credit_overflow(env.clone()).await,
+        live_seq_reuse(env.clone()).await,
+        metadata_bombs(env.clone()).await,
+        slowloris(env.clone()).await,
+        items_past_credit(env).await,
+    ]
+    .into_iter()
+    .map(|outcome| (runtime, outcome))
+    .collect()
+}
+
+/// The only test in this binary: the allocator's count is global.
+#[test]
+fn attacks_are_contained() {
+    let (report, results) = std::sync::mpsc::channel();
+    let tokio_report = report.clone();
+    run_tokio(|env: common::TokioEnv| async move {
+        tokio_report.send(all_attacks(env, "tokio").await).unwrap()
+    });
+    run_smol(
+        |env: common::SmolEnv| async move { report.send(all_attacks(env, "smol").await).unwrap() },
+    );
+    for (runtime, outcome) in results.try_iter().flatten() {
+        println!(
+            "{runtime:>5} {:<24} heap +{:>5} KiB (bound {} KiB), slowest good call {:?}",
+            outcome.attack,
+            outcome.grown.0 >> 10,
+            outcome.grown.1 >> 10,
+            outcome.slowest_good_call
+        );
+    }
+}
