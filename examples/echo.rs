@@ -124,7 +124,7 @@ fn start_server(
                     .unwrap();
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, async {
-                    let server = serve(TokioRuntime::current(), TokioTcp, addr).await;
+                    let server = serve(TokioRuntime::current(), TokioTcp::default(), addr).await;
                     let _ = ready.send(
                         server
                             .as_ref()
@@ -139,7 +139,8 @@ fn start_server(
             Rt::Smol => {
                 let executor = Arc::new(smol::Executor::new());
                 smol::block_on(executor.run(async {
-                    let server = serve(SmolRuntime::new(executor.clone()), SmolTcp, addr).await;
+                    let server =
+                        serve(SmolRuntime::new(executor.clone()), SmolTcp::default(), addr).await;
                     let _ = ready.send(
                         server
                             .as_ref()
@@ -181,7 +182,7 @@ fn run_client(args: &Args, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
                 .build()?;
             runtime.block_on(load(
                 TokioRuntime::new(runtime.handle().clone()),
-                TokioTcp,
+                TokioTcp::default(),
                 addr,
                 args.clone(),
             ))?
@@ -189,7 +190,7 @@ fn run_client(args: &Args, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
         Rt::Smol => {
             let executor = Arc::new(smol::Executor::new());
             let rt = SmolRuntime::new(executor.clone());
-            smol::block_on(executor.run(load(rt, SmolTcp, addr, args.clone())))?
+            smol::block_on(executor.run(load(rt, SmolTcp::default(), addr, args.clone())))?
         }
     };
     let secs = report.elapsed.as_secs_f64();

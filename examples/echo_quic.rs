@@ -98,7 +98,7 @@ fn try_main(args: Args) -> Result<(), Error> {
             runtime.block_on(async {
                 match args.transport {
                     Wire::Quic => run(&args, &rt, QuicTransport::tokio).await,
-                    Wire::Tls => run(&args, &rt, || TlsTransport::new(TokioTcp)).await,
+                    Wire::Tls => run(&args, &rt, || TlsTransport::new(TokioTcp::default())).await,
                 }
             })
         }
@@ -111,7 +111,7 @@ fn try_main(args: Args) -> Result<(), Error> {
             smol::block_on(executor.run(async {
                 match args.transport {
                     Wire::Quic => run(&args, &rt, || QuicTransport::smol_on(rt.clone())).await,
-                    Wire::Tls => run(&args, &rt, || TlsTransport::new(SmolTcp)).await,
+                    Wire::Tls => run(&args, &rt, || TlsTransport::new(SmolTcp::default())).await,
                 }
             }))
         }

@@ -20,7 +20,7 @@ use crate::{Error, MethodId};
 /// use flumen::{rt::TokioRuntime, tcp::TokioTcp, Client};
 ///
 /// let addr = "127.0.0.1:7000".parse()?;
-/// let client = Client::connect(&TokioRuntime::current(), &TokioTcp, &addr).await?;
+/// let client = Client::connect(&TokioRuntime::current(), &TokioTcp::default(), &addr).await?;
 /// let sum: u64 = client.call("add", &(2u64, 3u64)).await?;
 /// assert_eq!(sum, 5);
 /// # Ok(()) }

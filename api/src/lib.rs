@@ -14,9 +14,9 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let rt = TokioRuntime::current();
 //! let router = Router::new().route("add", |(a, b): (u64, u64)| async move { Ok::<_, Status>(a + b) });
-//! let server = Server::new(router).bind(&rt, &TokioTcp, &"127.0.0.1:0".parse()?).await?;
+//! let server = Server::new(router).bind(&rt, &TokioTcp::default(), &"127.0.0.1:0".parse()?).await?;
 //!
-//! let client = Client::connect(&rt, &TokioTcp, server.local_addr()).await?;
+//! let client = Client::connect(&rt, &TokioTcp::default(), server.local_addr()).await?;
 //! let sum: u64 = client.call("add", &(2u64, 3u64)).await?;
 //! assert_eq!(sum, 5);
 //! # Ok(()) }
@@ -120,8 +120,8 @@ pub use crate::service::__private;
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let rt = TokioRuntime::current();
 /// let router = CalcServer::new(Calculator).into_router();
-/// let server = Server::new(router).bind(&rt, &TokioTcp, &"127.0.0.1:0".parse()?).await?;
-/// let calc = CalcClient::new(Client::connect(&rt, &TokioTcp, server.local_addr()).await?);
+/// let server = Server::new(router).bind(&rt, &TokioTcp::default(), &"127.0.0.1:0".parse()?).await?;
+/// let calc = CalcClient::new(Client::connect(&rt, &TokioTcp::default(), server.local_addr()).await?);
 ///
 /// assert_eq!(calc.div(7, 2).await?, 3);
 /// assert!(matches!(calc.div(1, 0).await, Err(RpcError::Method(DivByZero))));

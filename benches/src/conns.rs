@@ -52,10 +52,10 @@ pub(crate) fn run(setup: Setup, count: usize, call_first: bool) -> Result<(), St
                 let (config, codec) = (ClientConfig::default(), MsgPack::default());
                 let client = match &spawner {
                     Spawner::Tokio(rt) => {
-                        Client::connect_with(rt, &TokioTcp, &addr, config, codec).await
+                        Client::connect_with(rt, &TokioTcp::default(), &addr, config, codec).await
                     }
                     Spawner::Smol(rt) => {
-                        Client::connect_with(rt, &SmolTcp, &addr, config, codec).await
+                        Client::connect_with(rt, &SmolTcp::default(), &addr, config, codec).await
                     }
                 };
                 clients.push(client.map_err(|e| format!("connection {}: {e}", clients.len()))?);

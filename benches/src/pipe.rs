@@ -219,14 +219,17 @@ mod tests {
     fn echoes_and_counts() {
         for (payload, in_flight) in [(32, 1), (32, 64), (64 * 1024, 64)] {
             let tally = smol::block_on(async {
-                let mut listener = SmolTcp.bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
+                let mut listener = SmolTcp::default()
+                    .bind(&"127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
                 let addr = listener.local_addr().unwrap();
                 let server = smol::spawn(async move {
                     let (connecting, _) = listener.accept().await.unwrap();
                     let (r, w) = connecting.await.unwrap();
                     serve(r, w).await
                 });
-                let (r, w) = SmolTcp.connect(&addr).await.unwrap();
+                let (r, w) = SmolTcp::default().connect(&addr).await.unwrap();
                 let window = Window::new(Duration::from_millis(100), Duration::from_millis(200));
                 let mut tally = Tally::new(Arc::new(AtomicU64::new(0)));
                 load(r, w, payload, in_flight, window, &mut tally)

@@ -81,11 +81,11 @@ macro_rules! with_transport {
     ($net:expr, $spawner:expr, |$rt:ident, $transport:ident| $body:expr) => {
         match ($net, $spawner) {
             (Net::Tcp, Spawner::Tokio($rt)) => {
-                let $transport = TokioTcp;
+                let $transport = TokioTcp::default();
                 $body
             }
             (Net::Tcp, Spawner::Smol($rt)) => {
-                let $transport = SmolTcp;
+                let $transport = SmolTcp::default();
                 $body
             }
             (Net::Quic(quic), Spawner::Tokio($rt)) => {
@@ -97,11 +97,11 @@ macro_rules! with_transport {
                 $body
             }
             (Net::Tls(tls), Spawner::Tokio($rt)) => {
-                let $transport = tls.with_inner(TokioTcp);
+                let $transport = tls.with_inner(TokioTcp::default());
                 $body
             }
             (Net::Tls(tls), Spawner::Smol($rt)) => {
-                let $transport = tls.with_inner(SmolTcp);
+                let $transport = tls.with_inner(SmolTcp::default());
                 $body
             }
         }

@@ -37,7 +37,7 @@ pub(crate) fn main<E: Example>(example: E) {
                 .map_err(Error::from);
             runtime.and_then(|runtime| {
                 let rt = TokioRuntime::new(runtime.handle().clone());
-                runtime.block_on(example.run(rt, TokioTcp))
+                runtime.block_on(example.run(rt, TokioTcp::default()))
             })
         }
         "smol" => {
@@ -46,7 +46,7 @@ pub(crate) fn main<E: Example>(example: E) {
             let worker = executor.clone();
             std::thread::spawn(move || smol::block_on(worker.run(stopped.recv())));
             let rt = SmolRuntime::new(executor.clone());
-            smol::block_on(executor.run(example.run(rt, SmolTcp)))
+            smol::block_on(executor.run(example.run(rt, SmolTcp::default())))
         }
         other => Err(format!("unknown runtime {other:?}: use tokio or smol").into()),
     };

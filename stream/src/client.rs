@@ -23,8 +23,8 @@ use event_listener::{Event, IntoNotification, Listener};
 use parking_lot::Mutex;
 
 pub use self::config::{
-    ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT,
-    MAX_WINDOW,
+    ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
 };
 pub use self::stream::{ReplyStream, RequestSender, StreamMode};
 // `CallOptions` is defined below.
@@ -77,6 +77,8 @@ pub(crate) struct Conn {
     open_streams: AtomicUsize,
     /// Receive window of each streaming call, in bytes.
     stream_window: u32,
+    /// Keep-alive interval and timeout, in ticks (see `ClientConfig::keepalive`).
+    keepalive: Option<(u64, u64)>,
 }
 
 /// Converts instants to deadline ticks.
@@ -415,6 +417,9 @@ impl Conn {
         let seq = self.table.lock().begin(slot, deadline, waker)?;
         if let Some((tick, _)) = deadline {
             self.timer.arm(tick);
+        } else if let Some((interval, _)) = self.keepalive {
+            // No deadline, but the timer keeps the connection alive while the call runs.
+            self.timer.arm(self.clock.now_tick() + interval);
         }
         Ok(seq)
     }

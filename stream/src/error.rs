@@ -69,6 +69,8 @@ codes! {
     INTERNAL = 18;
     /// A stream item arrived without credit (a peer ignoring flow control).
     FLOW_CONTROL = 19;
+    /// The peer answered no keep-alive ping within the keep-alive timeout.
+    KEEPALIVE_TIMEOUT = 20;
 }
 
 impl ErrorCode {
@@ -122,6 +124,10 @@ pub enum ConnectionError {
         /// The peer's explanation.
         reason: Arc<str>,
     },
+    /// The peer answered no keep-alive ping within the timeout, nor sent anything else: it
+    /// is gone or unreachable (see `ClientConfig::keepalive`).
+    #[error("peer unresponsive: nothing received within {0:?} of a keep-alive ping")]
+    KeepaliveTimeout(Duration),
     /// This side closed the connection (the client was dropped or closed).
     #[error("connection closed locally")]
     Closed,

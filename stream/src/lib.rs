@@ -20,6 +20,7 @@ pub mod flow;
 pub mod frame;
 pub mod hello;
 mod io;
+mod keepalive;
 pub mod metadata;
 mod runtime;
 mod server;
@@ -33,7 +34,8 @@ pub use bytes::Bytes;
 pub use crate::{
     client::{
         CallOptions, Client, ClientConfig, ReplyStream, RequestSender, StreamMode,
-        DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
+        DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+        DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
     },
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     io::{

@@ -588,11 +588,12 @@ async fn watchdog<R: Runtime>(rt: R, shared: Arc<Shared>) {
     let config = &shared.config;
     let period = config.watchdog_period();
     let periods = |d: Duration| (d.as_nanos().div_ceil(period.as_nanos()) as u64).max(1);
-    let (idle, read, write) = (
-        periods(config.idle_timeout),
-        periods(config.read_timeout),
-        periods(config.write_timeout),
-    );
+    let limits = conn::Limits {
+        idle: periods(config.idle_timeout),
+        read: periods(config.read_timeout),
+        write: periods(config.write_timeout),
+        keepalive: config.keepalive.is_some(),
+    };
     let mut next = Instant::now();
     loop {
         next += period;
@@ -606,7 +607,7 @@ async fn watchdog<R: Runtime>(rt: R, shared: Arc<Shared>) {
         }
         let now = shared.clock.fetch_add(1, Ordering::Relaxed) + 1;
         for (_, conn) in shared.conns.lock().iter() {
-            if let Some(code) = conn.overdue(now, idle, read, write) {
+            if let Some(code) = conn.overdue(now, &limits) {
                 tracing::debug!(%code, "closing connection");
                 Shared::count(&shared.counters.timeouts);
             }

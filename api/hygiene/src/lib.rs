@@ -73,12 +73,13 @@ mod tests {
         let rt = ::rpc::rt::TokioRuntime::current();
         let addr = "127.0.0.1:0".parse().unwrap();
         let server = ::rpc::Server::new(HygienicServer::new(Impl).into_router())
-            .bind(&rt, &::rpc::tcp::TokioTcp, &addr)
+            .bind(&rt, &::rpc::tcp::TokioTcp::default(), &addr)
             .await
             .unwrap();
-        let client = ::rpc::Client::connect(&rt, &::rpc::tcp::TokioTcp, server.local_addr())
-            .await
-            .unwrap();
+        let client =
+            ::rpc::Client::connect(&rt, &::rpc::tcp::TokioTcp::default(), server.local_addr())
+                .await
+                .unwrap();
         let client = HygienicClient::new(client);
         ::std::assert_eq!(client.check(7).await.unwrap(), 7);
         ::std::assert!(client.check(0).await.unwrap_err().method().is_some());

@@ -74,13 +74,13 @@ pub trait MakeTransport: Sized {
 
 impl MakeTransport for TokioTcp {
     fn make(_: QuicTransport) -> Self {
-        TokioTcp
+        TokioTcp::default()
     }
 }
 
 impl MakeTransport for SmolTcp {
     fn make(_: QuicTransport) -> Self {
-        SmolTcp
+        SmolTcp::default()
     }
 }
 

@@ -59,7 +59,11 @@ fn main() -> Result<(), Error> {
         runtime.block_on(async move {
             let rt = TokioRuntime::current();
             let server = Server::new(BulkServer::new(Echo).into_router())
-                .bind(&rt, &TokioTcp, &"127.0.0.1:0".parse().expect("address"))
+                .bind(
+                    &rt,
+                    &TokioTcp::default(),
+                    &"127.0.0.1:0".parse().expect("address"),
+                )
                 .await
                 .expect("bind");
             let _ = addr_tx.send(*server.local_addr());
@@ -74,7 +78,8 @@ fn main() -> Result<(), Error> {
         let rt = TokioRuntime::current();
         let config = ClientConfig::default().max_in_flight(IN_FLIGHT);
         let client =
-            Client::connect_with(&rt, &TokioTcp, &addr, config, MsgPack::default()).await?;
+            Client::connect_with(&rt, &TokioTcp::default(), &addr, config, MsgPack::default())
+                .await?;
         let bulk = BulkClient::new(client);
         println!("size       way          calls/s      MB/s  x inline");
         for size in [64 * 1024, 1 << 20] {

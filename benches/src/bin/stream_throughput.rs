@@ -175,7 +175,11 @@ fn on_tokio(
         server_rt.block_on(async move {
             let rt = TokioRuntime::current();
             let handle = Server::new(router())
-                .bind(&rt, &TokioTcp, &"127.0.0.1:0".parse().expect("address"))
+                .bind(
+                    &rt,
+                    &TokioTcp::default(),
+                    &"127.0.0.1:0".parse().expect("address"),
+                )
                 .await
                 .expect("bind");
             let _ = addr_tx.send(*handle.local_addr());
@@ -189,7 +193,7 @@ fn on_tokio(
     let figures = client_rt.block_on(async {
         measure(
             TokioRuntime::current(),
-            TokioTcp,
+            TokioTcp::default(),
             addr,
             size,
             streams,
@@ -211,7 +215,11 @@ fn on_smol(size: usize, streams: usize, duration: Duration, window: u32) -> Resu
         let rt = SmolRuntime::new(executor.clone());
         smol::block_on(executor.run(async move {
             let handle = Server::new(router())
-                .bind(&rt, &SmolTcp, &"127.0.0.1:0".parse().expect("address"))
+                .bind(
+                    &rt,
+                    &SmolTcp::default(),
+                    &"127.0.0.1:0".parse().expect("address"),
+                )
                 .await
                 .expect("bind");
             let _ = addr_tx.send(*handle.local_addr());
@@ -221,8 +229,15 @@ fn on_smol(size: usize, streams: usize, duration: Duration, window: u32) -> Resu
     let addr = addr_rx.recv()?;
     let executor = Arc::new(smol::Executor::new());
     let rt = SmolRuntime::new(executor.clone());
-    let figures =
-        smol::block_on(executor.run(measure(rt, SmolTcp, addr, size, streams, duration, window)));
+    let figures = smol::block_on(executor.run(measure(
+        rt,
+        SmolTcp::default(),
+        addr,
+        size,
+        streams,
+        duration,
+        window,
+    )));
     drop(stop_tx);
     let _ = server.join();
     figures

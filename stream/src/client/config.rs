@@ -24,6 +24,16 @@ pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
 /// Default limit on connecting plus the handshake (10 s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default keep-alive interval (15 s): while a side has calls in flight and has read nothing
+/// for this long, it sends a `Ping`. Under traffic no ping is ever sent, so keep-alive costs
+/// nothing while the connection is busy; it is on by default on both sides.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Default keep-alive timeout (15 s): a side that pinged and has read nothing at all since,
+/// this long after, takes the peer for gone (a pulled cable, a frozen host, a partition) and
+/// closes the connection, failing every call in flight on it.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Settings of a client connection. Build with [`ClientConfig::default`] and the setters.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -34,6 +44,8 @@ pub struct ClientConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) stream_window: u32,
     pub(crate) max_queued_bytes: usize,
+    /// Keep-alive interval and timeout; `None` is off.
+    pub(crate) keepalive: Option<(Duration, Duration)>,
 }
 
 impl Default for ClientConfig {
@@ -46,6 +58,7 @@ impl Default for ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             stream_window: crate::flow::DEFAULT_STREAM_WINDOW,
             max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
+            keepalive: Some((DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT)),
         }
     }
 }
@@ -94,6 +107,17 @@ impl ClientConfig {
     /// [`DEFAULT_MAX_QUEUED_BYTES`](crate::DEFAULT_MAX_QUEUED_BYTES) (1 MiB).
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.max_queued_bytes = bytes;
+        self
+    }
+
+    /// Keep-alive: while calls are in flight and nothing has been read for `interval`, send a
+    /// `Ping`; if nothing at all arrives within `timeout` after it, fail the connection with
+    /// [`ConnectionError::KeepaliveTimeout`](crate::ConnectionError::KeepaliveTimeout), and
+    /// with it every pending call. A peer that vanished is so noticed within
+    /// `interval + timeout` (plus up to a second), even for calls without a deadline. `None`
+    /// turns it off. Defaults [`DEFAULT_KEEPALIVE_INTERVAL`] and [`DEFAULT_KEEPALIVE_TIMEOUT`].
+    pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.keepalive = interval.map(|interval| (interval, timeout));
         self
     }
 

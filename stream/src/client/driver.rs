@@ -7,7 +7,7 @@ use std::{
         Arc,
     },
     task::{Context, Poll, Waker},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use atomic_waker::AtomicWaker;
@@ -25,6 +25,7 @@ use crate::{
         linger, outbox, read_at_least, write_all, write_loop, Outgoing, Quiet, ReadBuffer,
         CLOSE_LINGER, READER, TIMER,
     },
+    keepalive::{Action, KeepAlive},
     runtime::Runtime,
     transport::Transport,
     transport::TransportRead,
@@ -153,6 +154,10 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         streams: Mutex::new(Default::default()),
         open_streams: Default::default(),
         stream_window: config.stream_window,
+        keepalive: config.keepalive.map(|(interval, timeout)| {
+            let ticks = |d: Duration| d.as_nanos().div_ceil(config.tick.as_nanos()) as u64;
+            (ticks(interval), ticks(timeout))
+        }),
     });
 
     rt.spawn(read_task(
@@ -355,11 +360,22 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
     let mut wakers = Vec::new();
     let mut expired = Vec::new();
     let gate = &conn.timer;
+    let reads = || conn.out.counters().reads.load(Ordering::Relaxed);
+    let mut keepalive = conn
+        .keepalive
+        .map(|(interval, timeout)| KeepAlive::new(interval, timeout));
+    // Whether the timer has work: deadlines to expire, or calls to keep alive.
+    let keeps_alive = keepalive.is_some();
+    let has_work = |table: &CallTable| table.has_deadlines() || (keeps_alive && table.in_use() > 0);
     loop {
         gate.target.store(u64::MAX, Ordering::Relaxed);
-        let work = poll_fn(|cx| gate.park(cx, || conn.table.lock().has_deadlines()));
+        let work = poll_fn(|cx| gate.park(cx, || has_work(&conn.table.lock())));
         if conn.stop.guard(TIMER, work).await.is_none() {
             return;
+        }
+        // Silence before these calls began needed nobody's attention.
+        if let Some(keepalive) = &mut keepalive {
+            keepalive.reset(conn.clock.now_tick(), reads());
         }
         let mut next_expiry = None;
         loop {
@@ -382,15 +398,15 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
             let now = conn.clock.now_tick();
             // While the next target is worked out, any new deadline wakes the timer again.
             gate.target.store(0, Ordering::Relaxed);
-            let more = {
+            let (deadlines, busy) = {
                 let mut table = conn.table.lock();
                 table.expire(now, &mut wakers, &mut expired);
                 next_expiry = table.next_expiry();
-                let more = table.has_deadlines();
-                if !more {
+                let deadlines = table.has_deadlines();
+                if !deadlines {
                     table.shrink_if_idle();
                 }
-                more
+                (deadlines, table.in_use() > 0)
             };
             wakers.drain(..).for_each(Waker::wake);
             for seq in expired.drain(..) {
@@ -398,7 +414,25 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
                 let cancel = FrameHeader::new(FrameKind::Cancel, seq);
                 conn.out.try_send(Outgoing::frame(cancel, Bytes::new()));
             }
-            if !more {
+            if let Some(keepalive) = keepalive.as_mut().filter(|_| busy) {
+                let next = match keepalive.poll(now, reads()) {
+                    Action::Wait(at) => at,
+                    Action::Ping(at) => {
+                        let ping = FrameHeader::new(FrameKind::Ping, now);
+                        conn.out.try_send(Outgoing::frame(ping, Bytes::new()));
+                        at
+                    }
+                    Action::Dead => {
+                        let timeout = conn.keepalive.map_or(0, |(_, timeout)| timeout);
+                        let waited = conn.clock.tick * timeout as u32;
+                        conn.close(ConnectionError::KeepaliveTimeout(waited));
+                        return;
+                    }
+                };
+                next_expiry = Some(next_expiry.map_or(next, |at: u64| at.min(next)));
+                continue;
+            }
+            if !deadlines {
                 // No call has a deadline any more: the connection went quiet for now.
                 conn.quiet.signal();
                 break;

@@ -50,6 +50,7 @@ pub struct ServerConfig {
     pub(crate) stream_window: u32,
     pub(crate) max_queued_bytes: usize,
     pub(crate) max_queued_bytes_total: usize,
+    pub(crate) keepalive: Option<(Duration, Duration)>,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +68,10 @@ impl Default for ServerConfig {
             stream_window: crate::flow::DEFAULT_STREAM_WINDOW,
             max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
             max_queued_bytes_total: crate::DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+            keepalive: Some((
+                crate::DEFAULT_KEEPALIVE_INTERVAL,
+                crate::DEFAULT_KEEPALIVE_TIMEOUT,
+            )),
         }
     }
 }
@@ -158,6 +163,18 @@ impl ServerConfig {
         self
     }
 
+    /// Keep-alive: while calls run on a connection and nothing has been read from it for
+    /// `interval`, send a `Ping`; if nothing at all arrives within `timeout` after it, send
+    /// `GoAway KEEPALIVE_TIMEOUT` and close the connection, stopping its handlers. A client
+    /// that vanished mid-call so costs its handlers at most `interval + timeout` (plus a
+    /// watchdog period). `None` turns it off. Defaults
+    /// [`DEFAULT_KEEPALIVE_INTERVAL`](crate::DEFAULT_KEEPALIVE_INTERVAL) and
+    /// [`DEFAULT_KEEPALIVE_TIMEOUT`](crate::DEFAULT_KEEPALIVE_TIMEOUT) (15 s each).
+    pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.keepalive = interval.map(|interval| (interval, timeout));
+        self
+    }
+
     /// Whether the connection's reader polls each new handler once itself before giving it a
     /// task of its own. Default `true`: handlers that finish at once (most) cost no task, no
     /// allocation and no wake-up; handlers that wait are moved to their own task, so a slow
@@ -171,10 +188,13 @@ impl ServerConfig {
     /// How often the watchdog looks at connections: a quarter of the shortest timeout, between
     /// 5 ms and 1 s. Timeouts fire within one period of their due time.
     pub(crate) fn watchdog_period(&self) -> Duration {
+        let (interval, timeout) = self.keepalive.unwrap_or((Duration::MAX, Duration::MAX));
         let shortest = self
             .idle_timeout
             .min(self.read_timeout)
-            .min(self.write_timeout);
+            .min(self.write_timeout)
+            .min(interval)
+            .min(timeout);
         (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
     }
 }

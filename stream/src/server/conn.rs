@@ -31,6 +31,7 @@ use crate::{
         linger, outbox, read_at_least, write_all, write_loop, Inbox, Outbox, Outgoing, Quiet,
         ReadBuffer, Stop, WriteWatch, CLOSE_LINGER, READER, WRITER,
     },
+    keepalive::{Action, KeepAlive},
     metadata::Metadata,
     runtime::Runtime,
     stats::ConnectionStats,
@@ -68,6 +69,17 @@ pub(crate) struct ConnState {
     partial_since: AtomicU64,
     /// Watchdog clock when the current flush began, 0 if none.
     flush_started: AtomicU64,
+    /// Keep-alive state, in watchdog periods (only the watchdog touches it).
+    alive: Mutex<KeepAlive>,
+}
+
+/// The watchdog's limits, in watchdog periods.
+pub(super) struct Limits {
+    pub(super) idle: u64,
+    pub(super) read: u64,
+    pub(super) write: u64,
+    /// Whether keep-alive is on (its periods are in each connection's state).
+    pub(super) keepalive: bool,
 }
 
 impl ConnState {
@@ -122,9 +134,12 @@ impl ConnState {
         }
     }
 
-    /// Applies the timeouts at watchdog clock `now` (all limits in watchdog periods); returns
-    /// the code if it closed the connection.
-    pub(super) fn overdue(&self, now: u64, idle: u64, read: u64, write: u64) -> Option<ErrorCode> {
+    /// Applies the timeouts and keep-alive at watchdog clock `now`; returns the code if it
+    /// closed the connection.
+    pub(super) fn overdue(&self, now: u64, limits: &Limits) -> Option<ErrorCode> {
+        let Limits {
+            idle, read, write, ..
+        } = *limits;
         if self.stop.is_stopped() {
             return None;
         }
@@ -147,9 +162,34 @@ impl ConnState {
             );
             return Some(ErrorCode::READ_TIMEOUT);
         }
-        if self.in_flight.load(Ordering::Relaxed) == 0 && since(&self.last_read) >= idle {
+        let busy = self.in_flight.load(Ordering::Relaxed) > 0;
+        if !busy && since(&self.last_read) >= idle {
             self.go_away(ErrorCode::IDLE_TIMEOUT, "connection idle".into());
             return Some(ErrorCode::IDLE_TIMEOUT);
+        }
+        if limits.keepalive {
+            let reads = self.out.counters().reads.load(Ordering::Relaxed);
+            let mut alive = self.alive.lock();
+            if !busy {
+                // Silence with no call running needs nobody's attention.
+                alive.reset(now, reads);
+            } else {
+                match alive.poll(now, reads) {
+                    Action::Wait(_) => {}
+                    Action::Ping(_) => {
+                        let ping = FrameHeader::new(FrameKind::Ping, now);
+                        self.out.try_send(Outgoing::frame(ping, Bytes::new()));
+                    }
+                    Action::Dead => {
+                        drop(alive);
+                        self.go_away(
+                            ErrorCode::KEEPALIVE_TIMEOUT,
+                            "no answer to a keep-alive ping".into(),
+                        );
+                        return Some(ErrorCode::KEEPALIVE_TIMEOUT);
+                    }
+                }
+            }
         }
         // Nothing read for a whole period: the buffers go back until traffic returns (once
         // per quiet spell, so idle connections cost no wake-ups after that).
@@ -161,6 +201,20 @@ impl ConnState {
         }
         None
     }
+}
+
+/// A connection's keep-alive state from the settings, in watchdog periods (off: never due).
+fn keepalive(config: &super::ServerConfig, now: u64) -> KeepAlive {
+    let period = config.watchdog_period();
+    let periods = |d: Duration| d.as_nanos().div_ceil(period.as_nanos()) as u64;
+    let (interval, timeout) = config
+        .keepalive
+        .map_or((u64::MAX / 4, u64::MAX / 4), |(i, t)| {
+            (periods(i), periods(t))
+        });
+    let mut alive = KeepAlive::new(interval, timeout);
+    alive.reset(now, 0);
+    alive
 }
 
 /// Removes the connection from the server's table when its last task ends.
@@ -212,6 +266,7 @@ pub(super) fn start<R, D, Rd, Wr>(
         last_read: AtomicU64::new(now),
         partial_since: AtomicU64::new(now),
         flush_started: AtomicU64::new(0),
+        alive: Mutex::new(keepalive(config, now)),
     });
     let key = {
         let mut conns = shared.conns.lock();

@@ -9,11 +9,16 @@ use std::{
 
 use async_io::Async;
 use flumen_stream::{Listener, Transport, TransportRead};
+use socket2::SockRef;
+
+use crate::TcpOptions;
 use futures_io::{AsyncRead, AsyncWrite};
 
 /// TCP on smol (`async-io`'s reactor). Works with any executor.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SmolTcp;
+pub struct SmolTcp {
+    options: TcpOptions,
+}
 
 /// The receiving half of a smol TCP connection.
 #[derive(Debug)]
@@ -25,10 +30,23 @@ pub struct SmolTcpWriter(Arc<Async<TcpStream>>);
 
 /// A smol TCP listener.
 #[derive(Debug)]
-pub struct SmolTcpListener(Async<TcpListener>);
+pub struct SmolTcpListener {
+    listener: Async<TcpListener>,
+    options: TcpOptions,
+}
 
-fn split(stream: Async<TcpStream>) -> io::Result<(SmolTcpReader, SmolTcpWriter)> {
-    stream.get_ref().set_nodelay(true)?;
+impl SmolTcp {
+    /// TCP with `options` on every connection it opens or accepts.
+    pub const fn with_options(options: TcpOptions) -> Self {
+        Self { options }
+    }
+}
+
+fn split(
+    stream: Async<TcpStream>,
+    options: &TcpOptions,
+) -> io::Result<(SmolTcpReader, SmolTcpWriter)> {
+    options.apply(SockRef::from(stream.get_ref()))?;
     let stream = Arc::new(stream);
     Ok((SmolTcpReader(stream.clone()), SmolTcpWriter(stream)))
 }
@@ -40,11 +58,14 @@ impl Transport for SmolTcp {
     type Listener = SmolTcpListener;
 
     async fn connect(&self, addr: &SocketAddr) -> io::Result<(SmolTcpReader, SmolTcpWriter)> {
-        split(Async::<TcpStream>::connect(*addr).await?)
+        split(Async::<TcpStream>::connect(*addr).await?, &self.options)
     }
 
     async fn bind(&self, addr: &SocketAddr) -> io::Result<SmolTcpListener> {
-        Ok(SmolTcpListener(Async::<TcpListener>::bind(*addr)?))
+        Ok(SmolTcpListener {
+            listener: Async::<TcpListener>::bind(*addr)?,
+            options: self.options,
+        })
     }
 }
 
@@ -55,12 +76,12 @@ impl Listener for SmolTcpListener {
     type Connecting = Ready<io::Result<(SmolTcpReader, SmolTcpWriter)>>;
 
     async fn accept(&mut self) -> io::Result<(Self::Connecting, SocketAddr)> {
-        let (stream, peer) = self.0.accept().await?;
-        Ok((ready(split(stream)), peer))
+        let (stream, peer) = self.listener.accept().await?;
+        Ok((ready(split(stream, &self.options)), peer))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.get_ref().local_addr()
+        self.listener.get_ref().local_addr()
     }
 }
 

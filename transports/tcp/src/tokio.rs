@@ -6,8 +6,10 @@ use std::{
     task::{ready, Context, Poll},
 };
 
+use crate::TcpOptions;
 use flumen_stream::{Listener, Transport, TransportRead};
 use futures_io::{AsyncRead, AsyncWrite};
+use socket2::SockRef;
 use tokio::{
     io::{AsyncRead as _, AsyncWrite as _, ReadBuf},
     net::{
@@ -18,7 +20,9 @@ use tokio::{
 
 /// TCP on tokio. Must be used from within a tokio runtime.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TokioTcp;
+pub struct TokioTcp {
+    options: TcpOptions,
+}
 
 /// The receiving half of a tokio TCP connection.
 #[derive(Debug)]
@@ -30,10 +34,20 @@ pub struct TokioTcpWriter(OwnedWriteHalf);
 
 /// A tokio TCP listener.
 #[derive(Debug)]
-pub struct TokioTcpListener(TcpListener);
+pub struct TokioTcpListener {
+    listener: TcpListener,
+    options: TcpOptions,
+}
 
-fn split(stream: TcpStream) -> io::Result<(TokioTcpReader, TokioTcpWriter)> {
-    stream.set_nodelay(true)?;
+impl TokioTcp {
+    /// TCP with `options` on every connection it opens or accepts.
+    pub const fn with_options(options: TcpOptions) -> Self {
+        Self { options }
+    }
+}
+
+fn split(stream: TcpStream, options: &TcpOptions) -> io::Result<(TokioTcpReader, TokioTcpWriter)> {
+    options.apply(SockRef::from(&stream))?;
     let (reader, writer) = stream.into_split();
     Ok((TokioTcpReader(reader), TokioTcpWriter(writer)))
 }
@@ -45,11 +59,14 @@ impl Transport for TokioTcp {
     type Listener = TokioTcpListener;
 
     async fn connect(&self, addr: &SocketAddr) -> io::Result<(TokioTcpReader, TokioTcpWriter)> {
-        split(TcpStream::connect(addr).await?)
+        split(TcpStream::connect(addr).await?, &self.options)
     }
 
     async fn bind(&self, addr: &SocketAddr) -> io::Result<TokioTcpListener> {
-        Ok(TokioTcpListener(TcpListener::bind(addr).await?))
+        Ok(TokioTcpListener {
+            listener: TcpListener::bind(addr).await?,
+            options: self.options,
+        })
     }
 }
 
@@ -60,12 +77,12 @@ impl Listener for TokioTcpListener {
     type Connecting = Ready<io::Result<(TokioTcpReader, TokioTcpWriter)>>;
 
     async fn accept(&mut self) -> io::Result<(Self::Connecting, SocketAddr)> {
-        let (stream, peer) = self.0.accept().await?;
-        Ok((ready(split(stream)), peer))
+        let (stream, peer) = self.listener.accept().await?;
+        Ok((ready(split(stream, &self.options)), peer))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 

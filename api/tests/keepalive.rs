@@ -1,0 +1,162 @@
+//! Keep-alive: a peer that goes silent mid-call (a frozen process, a host gone without a FIN)
+//! is found out by pings, on both sides, on every transport.
+
+mod common;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::{connect, eventually, serve, Env};
+use flumen::{
+    stream::{
+        frame::{FrameHeader, FrameKind},
+        hello::Hello,
+        Listener, Transport,
+    },
+    Bytes, CallError, ClientConfig, ConnectionError, ErrorCode, MethodId, Router, ServerConfig,
+};
+
+e2e!(
+    client_fails_calls_to_a_silent_server,
+    server_stops_handlers_of_a_silent_client,
+    a_busy_connection_is_never_pinged,
+);
+
+const INTERVAL: Duration = Duration::from_millis(100);
+const TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A server that reads the hello and the first call, then never reads or writes again, and
+/// keeps the connection open: the client's only way to know is keep-alive.
+async fn client_fails_calls_to_a_silent_server<E: Env>(env: E) {
+    let mut listener = env.transport().bind(&common::loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (held, hold) = smol::channel::bounded(1);
+    env.spawn(async move {
+        let mut peer = flumen_peer::Peer::accept(&mut listener).await.unwrap();
+        peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+        peer.read_hello().await.unwrap();
+        peer.next_frame().await.unwrap().expect("the call");
+        // Frozen, with the connection open, until the test ends.
+        let _ = held.send(peer).await;
+    });
+    let config = ClientConfig::default()
+        .default_timeout(None)
+        .keepalive(Some(INTERVAL), TIMEOUT);
+    let client = connect(&env, addr, config).await;
+    let err = client
+        .call::<_, u64>("echo", &1u64)
+        .await
+        .expect_err("the call fails");
+    match err {
+        flumen::Error::Call(CallError::Connection(ConnectionError::KeepaliveTimeout(_))) => {}
+        other => panic!("expected a keep-alive timeout, got {other}"),
+    }
+    drop(hold);
+}
+
+/// A client that sends a call, then never reads or writes again: the server pings it, gets no
+/// answer, says why in a `GoAway`, and stops the call's handler.
+async fn server_stops_handlers_of_a_silent_client<E: Env>(env: E) {
+    let running = Arc::new(AtomicUsize::new(0));
+    let gauge = running.clone();
+    let router = Router::new().route_raw("hold", move |_| {
+        let guard = Running::enter(&gauge);
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok(Bytes::new())
+        }
+    });
+    let config = ServerConfig::default().keepalive(Some(INTERVAL), TIMEOUT);
+    let server = serve(&env, router, config).await;
+    let mut peer = flumen_peer::connect(&env.transport(), server.local_addr())
+        .await
+        .unwrap();
+    peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+    let request = flumen_peer::request(MethodId::from_name("hold").as_u32(), 1);
+    peer.send_frame(request, b"").await.unwrap();
+    eventually(&env, "the handler to start", || {
+        running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Silent from here on: the handler must be stopped by keep-alive alone.
+    eventually(&env, "the handler to be stopped", || {
+        running.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    peer.read_hello().await.unwrap();
+    let frames = peer.frames_until_close().await.unwrap();
+    let kinds: Vec<_> = frames.iter().map(|f| f.header.kind).collect();
+    assert_eq!(kinds, [FrameKind::Ping, FrameKind::GoAway], "{frames:?}");
+    let go_away = &frames[1].header;
+    assert_eq!(
+        ErrorCode::from_u32(go_away.aux),
+        ErrorCode::KEEPALIVE_TIMEOUT
+    );
+    assert_eq!(server.stats().timeouts, 1);
+}
+
+/// Under traffic, the peer's frames are proof of life: no ping is sent, however long the
+/// connection runs with a call in flight, as long as the client keeps sending.
+async fn a_busy_connection_is_never_pinged<E: Env>(env: E) {
+    let router = Router::new()
+        .route("echo", |n: u64| async move { Ok::<_, flumen::Status>(n) })
+        .route_raw("hold", |_| async move {
+            std::future::pending::<()>().await;
+            Ok(Bytes::new())
+        });
+    let config = ServerConfig::default().keepalive(Some(INTERVAL), TIMEOUT);
+    let server = serve(&env, router, config).await;
+    let mut peer = flumen_peer::connect(&env.transport(), server.local_addr())
+        .await
+        .unwrap();
+    peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+    peer.read_hello().await.unwrap();
+    // A call in flight all along, so that keep-alive is armed...
+    let hold = MethodId::from_name("hold").as_u32();
+    peer.send_frame(flumen_peer::request(hold, 0), b"")
+        .await
+        .unwrap();
+    // ...and calls going back and forth for ten keep-alive intervals.
+    let echo = MethodId::from_name("echo").as_u32();
+    let mut seq = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < INTERVAL * 10 {
+        seq += 1;
+        peer.send_frame(flumen_peer::request(echo, seq), &[0x05])
+            .await
+            .unwrap();
+        let reply = peer.next_frame().await.unwrap().expect("a reply");
+        assert_eq!(
+            (reply.header.kind, reply.header.seq),
+            (FrameKind::Response, seq),
+            "only replies arrive, no ping"
+        );
+        // Slower than the watchdog, so that it looks at the connection between calls.
+        env.sleep(Duration::from_millis(10)).await;
+    }
+    peer.send_frame(FrameHeader::new(FrameKind::GoAway, 0), b"")
+        .await
+        .unwrap();
+}
+
+/// Counts a handler as running until it is dropped.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
