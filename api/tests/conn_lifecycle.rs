@@ -91,7 +91,10 @@ async fn graceful_shutdown_finishes_calls_in_flight<E: Env>(env: E) {
                 .await;
         });
     }
-    env.sleep(Duration::from_millis(50)).await;
+    eventually(&env, "the ten calls to run", || {
+        server.stats().in_flight == 10
+    })
+    .await;
     let started = Instant::now();
     server.shutdown(Duration::from_secs(10)).await;
     for _ in 0..10 {
@@ -115,17 +118,33 @@ async fn graceful_shutdown_finishes_calls_in_flight<E: Env>(env: E) {
     assert!(err.is_not_sent(), "{err}");
 }
 
+/// Calls that outlast the grace: shutdown waits the whole grace for them, then stops their
+/// handlers and closes; their callers see the connection end.
 async fn shutdown_grace_expires<E: Env>(env: E) {
     let gauge = Arc::new(Gauge::default());
-    let server = serve(&env, router(&env, gauge), ServerConfig::default()).await;
+    let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
     let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
-    let results = spawn_calls(&env, &client, 3, "slow", ());
-    env.sleep(Duration::from_millis(50)).await;
-    server.shutdown(Duration::from_millis(100)).await;
+    let results = spawn_calls(&env, &client, 3, "gauge_hold", ());
+    eventually(&env, "the three calls to run", || {
+        gauge.now.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    let grace = Duration::from_millis(100);
+    let started = Instant::now();
+    server.shutdown(grace).await;
+    assert!(
+        started.elapsed() >= grace,
+        "shutdown did not wait for the grace"
+    );
+    assert_eq!(server.stats().active, 0);
     for _ in 0..3 {
         let err = results.recv().await.unwrap().unwrap_err();
         assert!(err.is_connection(), "{err}");
     }
+    eventually(&env, "the handlers to be stopped", || {
+        gauge.now.load(Ordering::SeqCst) == 0
+    })
+    .await;
 }
 
 async fn idle_connection_is_closed_but_busy_one_is_not<E: Env>(env: E) {
@@ -207,30 +226,48 @@ async fn client_close_fails_pending_calls<E: Env>(env: E) {
     .await;
 }
 
+/// A reply that arrives after its call timed out is dropped, and never taken for the reply of
+/// the call made next. A scripted server makes sure the late reply really comes, and comes
+/// while the next call (on the same slot) is waiting.
 async fn late_reply_after_timeout_is_dropped<E: Env>(env: E) {
-    let gauge = Arc::new(Gauge::default());
-    let server = serve(&env, router(&env, gauge), ServerConfig::default()).await;
-    // One slot, so the next call reuses the slot of the timed-out one.
-    let client = connect(
-        &env,
-        *server.local_addr(),
-        ClientConfig::default().max_in_flight(1),
-    )
-    .await;
+    let mut listener = env.transport().bind(&loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    env.spawn(async move {
+        let mut peer = flumen_peer::Peer::accept(&mut listener).await.unwrap();
+        peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+        peer.read_hello().await.unwrap();
+        let first = peer.next_frame().await.unwrap().expect("call 1");
+        // The client gives up on call 1 and says so, and makes call 2 (in either order);
+        // only then does the reply to call 1 arrive, then call 2's.
+        let (mut cancelled, mut second) = (false, None);
+        while !cancelled || second.is_none() {
+            let frame = peer.next_frame().await.unwrap().expect("a frame");
+            match frame.header.kind {
+                FrameKind::Cancel => cancelled = frame.header.seq == first.header.seq,
+                FrameKind::Request => second = Some(frame),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let second = second.expect("call 2");
+        assert_ne!(second.header.seq, first.header.seq);
+        for (seq, value) in [(first.header.seq, 1u8), (second.header.seq, 2u8)] {
+            let reply = FrameHeader {
+                method: first.header.method,
+                ..FrameHeader::new(FrameKind::Response, seq)
+            };
+            peer.send_frame(reply, &[value]).await.unwrap();
+        }
+        let _ = peer.frames_until_close().await;
+    });
+    // One slot, so that call 2 reuses the slot of call 1.
+    let client = connect(&env, addr, ClientConfig::default().max_in_flight(1)).await;
     let err = client
-        .call_with_timeout::<_, u64>(
-            "sleep_echo",
-            &(150u64, 1u64),
-            Some(Duration::from_millis(20)),
-        )
+        .call_with_timeout::<_, u64>("late", &(), Some(Duration::from_millis(20)))
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
-    // This call is in flight when the late reply for call 1 arrives; it must get its own reply.
-    let got: u64 = client.call("sleep_echo", &(300u64, 2u64)).await.unwrap();
-    assert_eq!(got, 2);
-    let got: u64 = client.call("sleep_echo", &(0u64, 3u64)).await.unwrap();
-    assert_eq!(got, 3);
+    let got: u64 = client.call("late", &()).await.unwrap();
+    assert_eq!(got, 2, "call 2 got the late reply of call 1");
 }
 
 async fn dropping_a_call_stops_its_handler<E: Env>(env: E) {

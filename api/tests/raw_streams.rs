@@ -3,7 +3,13 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use common::{connect, eventually, serve, Env};
 use flumen::{
@@ -14,7 +20,35 @@ use futures_lite::StreamExt;
 
 const TICKS: u32 = 200;
 
+/// Counts `flood` handlers running; each counts itself out when dropped (stopped).
+#[derive(Clone, Default)]
+struct Floods(Arc<AtomicUsize>);
+
+struct Flooding(Arc<AtomicUsize>);
+
+impl Drop for Flooding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Floods {
+    fn enter(&self) -> Flooding {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Flooding(self.0.clone())
+    }
+
+    fn running(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 fn router() -> Router {
+    router_counting(&Floods::default())
+}
+
+fn router_counting(floods: &Floods) -> Router {
+    let floods = floods.clone();
     Router::new()
         // Server-streaming: N items of the request's size, then an empty reply.
         .route_raw("ticks", |request| async move {
@@ -52,12 +86,16 @@ fn router() -> Router {
             Ok(Bytes::new())
         })
         // Sends forever (until the client stops reading, cancels, or the deadline passes).
-        .route_raw("flood", |request| async move {
-            let sink = request
-                .sink()
-                .ok_or(Status::new(ErrorCode::BAD_REQUEST, "not a stream"))?;
-            loop {
-                sink.send(Bytes::from(vec![0u8; 16 * 1024])).await?;
+        .route_raw("flood", move |request| {
+            let flooding = floods.enter();
+            async move {
+                let _flooding = flooding;
+                let sink = request
+                    .sink()
+                    .ok_or(Status::new(ErrorCode::BAD_REQUEST, "not a stream"))?;
+                loop {
+                    sink.send(Bytes::from(vec![0u8; 16 * 1024])).await?;
+                }
             }
         })
         .route(
@@ -177,7 +215,8 @@ async fn stalled_consumer_is_bounded_and_stalls_nothing_else<E: Env>(env: E) {
 }
 
 async fn dropping_the_stream_cancels_the_handler<E: Env>(env: E) {
-    let server = serve(&env, router(), ServerConfig::default()).await;
+    let floods = Floods::default();
+    let server = serve(&env, router_counting(&floods), ServerConfig::default()).await;
     let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
     let (_, mut replies) = client
         .raw()
@@ -190,15 +229,22 @@ async fn dropping_the_stream_cancels_the_handler<E: Env>(env: E) {
         .await
         .unwrap();
     assert!(replies.next().await.unwrap().is_ok());
+    assert_eq!(floods.running(), 1);
     drop(replies);
-    // The slot comes back: a window of one would otherwise block the next call.
+    // The server hears of it and stops the handler, which would otherwise wait for credit
+    // forever.
+    eventually(&env, "the server to stop the handler", || {
+        floods.running() == 0
+    })
+    .await;
     let pong: String = client.call("ping", &()).await.unwrap();
     assert_eq!(pong, "pong");
     let _ = server;
 }
 
 async fn stream_deadline_ends_it_on_both_sides<E: Env>(env: E) {
-    let server = serve(&env, router(), ServerConfig::default()).await;
+    let floods = Floods::default();
+    let server = serve(&env, router_counting(&floods), ServerConfig::default()).await;
     let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
     let (_, mut replies) = client
         .raw()
@@ -218,6 +264,12 @@ async fn stream_deadline_ends_it_on_both_sides<E: Env>(env: E) {
     }
     let error = error.expect("the stream ends with an error");
     assert!(error.is_timeout(), "{error}");
+    // The deadline travelled with the request: the server stops the handler too.
+    eventually(&env, "the server to stop the handler", || {
+        floods.running() == 0
+    })
+    .await;
+    let _ = server;
 }
 
 e2e!(

@@ -69,6 +69,8 @@ pub trait Lab {
 #[derive(Clone, Default)]
 struct LabImpl {
     dropped: Arc<AtomicUsize>,
+    /// `sleep` calls that started.
+    started: Arc<AtomicUsize>,
 }
 
 /// Counts itself when dropped before `defuse`.
@@ -96,6 +98,7 @@ impl Lab for LabImpl {
 
     async fn sleep(&self, ctx: Context, millis: u64) -> Result<Option<u64>, LabError> {
         let mut guard = DropGuard(Some(self.dropped.clone()));
+        self.started.fetch_add(1, Ordering::SeqCst);
         let remaining = ctx.remaining().map(|d| d.as_millis() as u64);
         async_io::Timer::after(Duration::from_millis(millis)).await;
         guard.0 = None;
@@ -271,7 +274,10 @@ async fn dropped_call_runs_the_handlers_drop_guard<E: Env>(env: E) {
     let (_server, lab, service) = lab(&env).await;
     let call = lab.sleep(10_000);
     let gave_up = async {
-        env.sleep(Duration::from_millis(50)).await;
+        eventually(&env, "the handler to start", || {
+            service.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
         Err(RpcError::Rpc(flumen::Error::Call(
             flumen::CallError::Timeout(Duration::ZERO),
         )))

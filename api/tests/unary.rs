@@ -49,8 +49,11 @@ async fn out_of_order_completion<E: Env>(env: E) {
             let got: u64 = client.call("sleep_echo", &(millis, id)).await.unwrap();
             done.send((id, got)).await.unwrap();
         });
-        // Let each request reach the server before the next one.
-        env.sleep(Duration::from_millis(1)).await;
+        // Each request reaches the server before the next one is made.
+        eventually(&env, "the request read", || {
+            server.stats().io.frames_read > id
+        })
+        .await;
     }
     let mut order = Vec::new();
     for _ in 0..CALLS {

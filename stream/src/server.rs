@@ -353,6 +353,9 @@ pub struct ServerStats {
     /// Frames, reads and writes of every connection since the server started, and the
     /// buffer memory of the connections open now.
     pub io: ConnectionStats,
+    /// Calls running in a task of their own now (handlers that waited on something), on all
+    /// connections: what a graceful shutdown waits for.
+    pub in_flight: usize,
     /// Bytes of frames queued for writing on all connections now (within
     /// [`ServerConfig::max_queued_bytes_total`]).
     pub queued_bytes: usize,
@@ -367,7 +370,11 @@ impl<A> ServerHandle<A> {
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> ServerStats {
         let c = &self.shared.counters;
-        let active = self.shared.conns.lock().len();
+        let (active, in_flight) = {
+            let conns = self.shared.conns.lock();
+            let in_flight = conns.iter().map(|(_, conn)| conn.in_flight()).sum();
+            (conns.len(), in_flight)
+        };
         ServerStats {
             accepted: c.accepted.load(Ordering::Relaxed),
             active,
@@ -377,6 +384,7 @@ impl<A> ServerHandle<A> {
             timeouts: c.timeouts.load(Ordering::Relaxed),
             panics: c.panics.load(Ordering::Relaxed),
             io: self.io(),
+            in_flight,
             queued_bytes: self.shared.queued.used(),
         }
     }
@@ -400,7 +408,7 @@ impl<A> ServerHandle<A> {
 
     /// Stops gracefully: stops accepting, tells every peer `GoAway` (their new calls fail
     /// without running), lets calls in flight finish for up to `grace`, then closes whatever
-    /// is left. Resolves when every connection is closed.
+    /// is left. Resolves when every connection is closed (its tasks ended).
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         self.shared.draining.store(true, Ordering::SeqCst);
@@ -418,6 +426,10 @@ impl<A> ServerHandle<A> {
             (self.sleep)(step).await;
         }
         self.abort();
+        // Aborted connections end at once: their tasks only have to notice.
+        while !self.shared.conns.lock().is_empty() {
+            (self.sleep)(Instant::now() + Duration::from_millis(1)).await;
+        }
     }
 
     /// Stops at once: closes the listener and every connection; calls in flight are lost and

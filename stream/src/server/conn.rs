@@ -114,6 +114,11 @@ impl ConnState {
         }
     }
 
+    /// Calls running in their own task.
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Removes `state` from the streams, unless a newer call with its sequence id replaced it.
     pub(super) fn forget_stream(&self, state: &Arc<StreamState>) {
         remove_same(&self.streams, state.seq(), state);
@@ -373,7 +378,11 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             // This side ends the connection and its GoAway is on its way: what the peer still
             // sends is read and dropped, so that closing does not reset the connection under
             // the GoAway before the peer reads it.
-            let until = self.rt.sleep_until(Instant::now() + CLOSE_LINGER);
+            // An aborted server lingers no more.
+            let until = self
+                .rt
+                .sleep_until(Instant::now() + CLOSE_LINGER)
+                .or(self.shared.halted.ended());
             linger(&mut reader, until).await;
         }
         drop(registration);
