@@ -221,6 +221,46 @@ where
     echo(&good).await;
 }
 
+/// At `max_handshakes`, a new peer is dropped before any handshake work: a silent peer holding
+/// the only slot makes the next client's connect fail, until the handshake timeout frees it.
+async fn peers_past_max_handshakes_are_dropped<E: Env>(env: E)
+where
+    E::Tr: Secure,
+{
+    let ca = DevCa::new().unwrap();
+    let transport = env
+        .transport()
+        .secure(None, Some(ca.server_tls(&["localhost"]).unwrap()));
+    let config = ServerConfig::default()
+        .max_handshakes(1)
+        .handshake_timeout(Duration::from_millis(300));
+    let server = Server::new(router())
+        .config(config)
+        .bind(&env.rt(), &transport, &loopback())
+        .await
+        .unwrap();
+    let addr = *server.local_addr();
+    // A TCP connection that never sends its ClientHello takes the one slot.
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    eventually(&env, "the silent peer accepted", || {
+        server.stats().accepted == 1
+    })
+    .await;
+    let err = connect(&env, addr, ca.client_tls("localhost").unwrap())
+        .await
+        .expect_err("no handshake slot is free");
+    assert!(server.stats().refused >= 1, "{err}");
+    // The silent peer times out; then clients get in again.
+    eventually(&env, "the silent peer dropped", || {
+        server.stats().handshake_failures >= 1
+    })
+    .await;
+    let good = connect(&env, addr, ca.client_tls("localhost").unwrap())
+        .await
+        .unwrap();
+    echo(&good).await;
+}
+
 macro_rules! auth_suite {
     (tls: [$($tls:ident),*], quic: [$($quic:ident),*] $(,)?) => {
         mod tokio_tls {
@@ -248,7 +288,8 @@ auth_suite!(
         wrong_server_name,
         missing_client_certificate,
         client_certificate_from_another_ca,
-        silent_peer_times_out_without_blocking_others
+        silent_peer_times_out_without_blocking_others,
+        peers_past_max_handshakes_are_dropped
     ],
     quic: [
         untrusted_server_certificate,
