@@ -34,8 +34,8 @@ pub use flumen_codec::{Codec, CodecError, MsgPack};
 /// The multiplexed core, for raw calls and custom [`Dispatch`] implementations.
 pub use flumen_stream as stream;
 pub use flumen_stream::{
-    CallOptions, ClientConfig, Dispatch, Metadata, Request, Server, ServerConfig, ServerHandle,
-    ServerStats, Status,
+    AdaptiveConcurrency, CallOptions, ClientConfig, Dispatch, Metadata, Request, Server,
+    ServerConfig, ServerHandle, ServerStats, Status,
 };
 
 pub use crate::{

@@ -182,6 +182,16 @@ pub enum CallError {
     /// codec (an `Error` frame with `APPLICATION`).
     #[error("application error: {}", String::from_utf8_lossy(.0))]
     Application(Bytes),
+    /// The server refused the call before running it (`OVERLOADED`): at its in-flight limit
+    /// for the connection, or at its adaptive concurrency limit. Safe to retry, after the
+    /// hint if the server gave one, preferably elsewhere.
+    #[error("server overloaded: {message}")]
+    Overloaded {
+        /// How long the server suggests waiting before a retry.
+        retry_after: Option<Duration>,
+        /// The server's message.
+        message: Arc<str>,
+    },
     /// The server answered with an error.
     #[error("server error {code}: {message}")]
     Remote {
@@ -211,7 +221,7 @@ impl CallError {
     /// The call provably did not run on the server, so it is safe to retry.
     pub fn is_not_sent(&self) -> bool {
         match self {
-            Self::NotSent(_) | Self::RequestTooLarge { .. } => true,
+            Self::NotSent(_) | Self::RequestTooLarge { .. } | Self::Overloaded { .. } => true,
             Self::Remote { code, .. } => {
                 *code == ErrorCode::OVERLOADED || *code == ErrorCode::SHUTTING_DOWN
             }
@@ -219,10 +229,19 @@ impl CallError {
         }
     }
 
+    /// How long an overloaded server asked the caller to wait before retrying.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The server answered with an error code; returns it.
     pub fn remote_code(&self) -> Option<ErrorCode> {
         match self {
             Self::Remote { code, .. } => Some(*code),
+            Self::Overloaded { .. } => Some(ErrorCode::OVERLOADED),
             Self::Application(_) => Some(ErrorCode::APPLICATION),
             _ => None,
         }

@@ -3,6 +3,7 @@
 
 mod config;
 mod conn;
+mod limit;
 mod stream;
 
 use std::{
@@ -29,6 +30,7 @@ pub use self::config::{
     DEFAULT_WRITE_TIMEOUT,
 };
 use self::conn::ConnState;
+pub use self::limit::AdaptiveConcurrency;
 pub use self::stream::{ReplySink, RequestStream};
 use crate::{
     error::ErrorCode,
@@ -294,6 +296,7 @@ impl<D: Dispatch> Server<D> {
     ) -> io::Result<ServerHandle<L::Addr>> {
         let local_addr = listener.local_addr()?;
         let total_queued = self.config.max_queued_bytes_total;
+        let limiter = self.config.adaptive_concurrency.map(limit::Limiter::new);
         let shared = Arc::new(Shared {
             config: self.config,
             conns: Mutex::new(Slab::new()),
@@ -305,6 +308,7 @@ impl<D: Dispatch> Server<D> {
             counters: Counters::default(),
             closed_io: Mutex::default(),
             queued: Arc::new(Budget::new(total_queued)),
+            limiter,
         });
         rt.spawn(accept_loop(
             rt.clone(),
@@ -353,6 +357,10 @@ pub struct ServerStats {
     /// Frames, reads and writes of every connection since the server started, and the
     /// buffer memory of the connections open now.
     pub io: ConnectionStats,
+    /// Calls refused `OVERLOADED` by the adaptive concurrency limit (they did not run).
+    pub shed: u64,
+    /// The adaptive concurrency limit now, if it is on.
+    pub concurrency_limit: Option<usize>,
     /// Calls running in a task of their own now (handlers that waited on something), on all
     /// connections: what a graceful shutdown waits for.
     pub in_flight: usize,
@@ -384,6 +392,8 @@ impl<A> ServerHandle<A> {
             timeouts: c.timeouts.load(Ordering::Relaxed),
             panics: c.panics.load(Ordering::Relaxed),
             io: self.io(),
+            shed: c.shed.load(Ordering::Relaxed),
+            concurrency_limit: self.shared.limiter.as_ref().map(limit::Limiter::limit),
             in_flight,
             queued_bytes: self.shared.queued.used(),
         }
@@ -476,6 +486,8 @@ pub(crate) struct Shared {
     closed_io: Mutex<ConnectionStats>,
     /// Bytes queued for writing on all connections, within `max_queued_bytes_total`.
     queued: Arc<Budget>,
+    /// The adaptive concurrency limit, if on.
+    limiter: Option<limit::Limiter>,
 }
 
 #[derive(Debug, Default)]
@@ -486,6 +498,7 @@ struct Counters {
     protocol_errors: AtomicU64,
     timeouts: AtomicU64,
     panics: AtomicU64,
+    shed: AtomicU64,
 }
 
 impl Shared {

@@ -308,6 +308,8 @@ fn on_frames(
                 conn.end_stream(header.seq, code);
                 let error = if code == ErrorCode::APPLICATION {
                     CallError::Application(frame.body)
+                } else if code == ErrorCode::OVERLOADED {
+                    overloaded(&frame.body)
                 } else {
                     CallError::Remote {
                         code,
@@ -354,6 +356,19 @@ fn on_frames(
         }
     }
     Ok(going_away)
+}
+
+/// The error of an `Error OVERLOADED` body: a `u32` retry-after hint in milliseconds (0 for
+/// none), then the reason.
+fn overloaded(body: &[u8]) -> CallError {
+    let (millis, reason) = match body.split_first_chunk::<4>() {
+        Some((millis, reason)) => (u32::from_le_bytes(*millis), reason),
+        None => (0, body),
+    };
+    CallError::Overloaded {
+        retry_after: (millis > 0).then(|| Duration::from_millis(millis.into())),
+        message: String::from_utf8_lossy(reason).into(),
+    }
 }
 
 async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {

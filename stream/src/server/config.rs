@@ -51,6 +51,7 @@ pub struct ServerConfig {
     pub(crate) max_queued_bytes: usize,
     pub(crate) max_queued_bytes_total: usize,
     pub(crate) keepalive: Option<(Duration, Duration)>,
+    pub(crate) adaptive_concurrency: Option<super::AdaptiveConcurrency>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +69,7 @@ impl Default for ServerConfig {
             stream_window: crate::flow::DEFAULT_STREAM_WINDOW,
             max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
             max_queued_bytes_total: crate::DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+            adaptive_concurrency: None,
             keepalive: Some((
                 crate::DEFAULT_KEEPALIVE_INTERVAL,
                 crate::DEFAULT_KEEPALIVE_TIMEOUT,
@@ -172,6 +174,24 @@ impl ServerConfig {
     /// [`DEFAULT_KEEPALIVE_TIMEOUT`](crate::DEFAULT_KEEPALIVE_TIMEOUT) (15 s each).
     pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
         self.keepalive = interval.map(|interval| (interval, timeout));
+        self
+    }
+
+    /// Load shedding: an adaptive limit on the calls the whole server runs at once, that
+    /// shrinks when calls slow down because too many run (they queue for CPU, a lock, a
+    /// database) and grows while they do not. A request past the limit is answered
+    /// `OVERLOADED` with a retry-after hint before it runs (safe to retry elsewhere), so that
+    /// the calls admitted keep their latency instead of all of them growing late together.
+    /// Calls that finish at their first poll take a place only while they run.
+    ///
+    /// Off by default (`None`): it turns a slow-down into refusals, which a service whose
+    /// latency varies by design (a mix of fast and slow methods) may not want; turn it on for
+    /// services whose callers can retry elsewhere or back off. See [`AdaptiveConcurrency`]
+    /// for its settings.
+    ///
+    /// [`AdaptiveConcurrency`]: super::AdaptiveConcurrency
+    pub fn adaptive_concurrency(mut self, limit: Option<super::AdaptiveConcurrency>) -> Self {
+        self.adaptive_concurrency = limit;
         self
     }
 

@@ -580,16 +580,17 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             .await;
         }
         if conn.admitted.load(Ordering::SeqCst) >= self.shared.config.max_in_flight {
-            let status = Status::new(
-                ErrorCode::OVERLOADED,
-                "too many calls in flight on this connection",
-            );
-            return send(
-                &self.conn,
-                error_reply(&header, status, self.peer_max_frame_len),
-            )
-            .await;
+            let reason = "too many calls in flight on this connection";
+            return send(&self.conn, overloaded(&header, None, reason)).await;
         }
+        let permit = match Permit::acquire(&self.shared) {
+            Ok(permit) => permit,
+            Err(retry_after) => {
+                Shared::count(&self.shared.counters.shed);
+                let reason = "the server is at its concurrency limit";
+                return send(&self.conn, overloaded(&header, Some(retry_after), reason)).await;
+            }
+        };
         // Only calls in a task of their own outlive their request's dispatch.
         if conn.in_flight.load(Ordering::Relaxed) > 0
             && (conn.running.lock().contains_key(&header.seq)
@@ -646,7 +647,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             None => Box::pin(future),
         };
         if !self.shared.config.inline_dispatch {
-            self.spawn_handler(header, future, deadline, registration);
+            self.spawn_handler(header, future, deadline, registration, permit);
             return true;
         }
         let polled = {
@@ -658,13 +659,13 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 if self.spare.len() < SPARE_FUTURES {
                     self.spare.push(future);
                 }
-                drop(registration);
+                drop((registration, permit));
                 send(&self.conn, reply(&header, result, self.peer_max_frame_len)).await
             }
             Ok(Poll::Pending) => {
                 // It waits on something: give it a task of its own. Its next poll registers
                 // the task's waker, so nothing it waits for is missed.
-                self.spawn_handler(header, future, deadline, registration);
+                self.spawn_handler(header, future, deadline, registration, permit);
                 true
             }
             Err(_) => self.panicked(&header).await,
@@ -679,7 +680,9 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         future: Pin<Box<D::Future>>,
         deadline: Option<Instant>,
         registration: Option<StreamRegistration>,
+        mut permit: Permit,
     ) {
+        permit.waited();
         let conn = self.conn.clone();
         let shared = self.shared.clone();
         let peer_max_frame_len = self.peer_max_frame_len;
@@ -708,7 +711,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             // Whatever ends first drops the others: a stopped handler's drop guards run here.
             let end = handler.or(cancelled).or(ended).or(expired).await;
             remove_same(&conn.running, header.seq, &cancel);
-            drop(registration);
+            drop((registration, permit));
             conn.admitted.fetch_sub(1, Ordering::SeqCst);
             let result = match end {
                 End::Done(Some(result)) => Some(result),
@@ -759,6 +762,50 @@ fn remove_same<T>(map: &Mutex<HashMap<u64, Arc<T>>>, seq: u64, value: &Arc<T>) {
     let mut map = map.lock();
     if map.get(&seq).is_some_and(|v| Arc::ptr_eq(v, value)) {
         map.remove(&seq);
+    }
+}
+
+/// A call's place under the adaptive concurrency limit (nothing when it is off); given back
+/// when dropped, with the call's latency if it waited on something.
+struct Permit {
+    shared: Option<Arc<Shared>>,
+    /// Set when the call went to a task of its own: its latency is a sample for the limit.
+    started: Option<Instant>,
+}
+
+impl Permit {
+    /// A place, or the retry-after hint when the limit is reached.
+    fn acquire(shared: &Arc<Shared>) -> Result<Self, Duration> {
+        let Some(limiter) = &shared.limiter else {
+            return Ok(Self {
+                shared: None,
+                started: None,
+            });
+        };
+        limiter.try_acquire()?;
+        Ok(Self {
+            shared: Some(shared.clone()),
+            started: None,
+        })
+    }
+
+    /// The call waits on something: from now on its latency counts.
+    fn waited(&mut self) {
+        if self.shared.is_some() {
+            self.started = Some(Instant::now());
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(limiter) = self.shared.as_ref().and_then(|s| s.limiter.as_ref()) else {
+            return;
+        };
+        match self.started {
+            Some(started) => limiter.release_after(started.elapsed()),
+            None => limiter.release(),
+        }
     }
 }
 
@@ -862,6 +909,21 @@ fn reply(
         Err(status) => status,
     };
     error_reply(request, status, peer_max_frame_len)
+}
+
+/// An `Error OVERLOADED` for `request`: the body is the retry-after hint in milliseconds (a
+/// `u32`, 0 for none), then the reason.
+fn overloaded(request: &FrameHeader, retry_after: Option<Duration>, reason: &str) -> Outgoing {
+    let header = FrameHeader {
+        method: request.method,
+        aux: ErrorCode::OVERLOADED.as_u32(),
+        ..FrameHeader::new(FrameKind::Error, request.seq)
+    };
+    let millis = retry_after.map_or(0, |d| d.as_millis().clamp(1, u32::MAX.into()) as u32);
+    let mut body = BytesMut::with_capacity(4 + reason.len());
+    body.extend_from_slice(&millis.to_le_bytes());
+    body.extend_from_slice(reason.as_bytes());
+    Outgoing::frame(header, body.freeze())
 }
 
 fn error_reply(request: &FrameHeader, status: Status, peer_max_frame_len: u32) -> Outgoing {
