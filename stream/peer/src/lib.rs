@@ -8,6 +8,8 @@
 //! The byte builders ([`frame`], [`metadata_block`]) write what they are given, limits and
 //! consistency be damned; the reading side decodes strictly and reports what arrived.
 
+pub mod chaos;
+
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};

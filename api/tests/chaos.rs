@@ -1,0 +1,245 @@
+//! Calls through a chaos transport (`flumen_peer::chaos`) that delays, splits, stalls, cuts
+//! and corrupts the client's connection, with unary calls and streams running. Under each:
+//! every call resolves (its reply or a typed error), none later than its deadline allows, and
+//! no call ever receives a reply meant for another call.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{join_all, serve, Env};
+use flumen::{stream::Transport, Client, ClientConfig, Router, ServerConfig, Status};
+use flumen_peer::chaos::{Chaos, Faults};
+use futures_lite::StreamExt;
+
+e2e!(
+    delayed_bytes,
+    one_byte_at_a_time,
+    a_stall_longer_than_some_deadlines,
+    a_cut_connection,
+    a_corrupted_byte,
+);
+
+/// Each unary call's deadline.
+const DEADLINE: Duration = Duration::from_millis(1500);
+/// How late past its deadline a call may resolve: the client's timer tick, and scheduling.
+const SLACK: Duration = Duration::from_millis(500);
+/// Tags a value so that a reply can be told apart from corruption: `check == id ^ TAG`.
+const TAG: u64 = 0x5eed_f00d_dead_beef;
+
+/// `echo` returns what it got; `items` echoes each item of a stream.
+fn router() -> Router {
+    Router::new()
+        .route("echo", |tagged: (u64, u64)| async move {
+            Ok::<_, Status>(tagged)
+        })
+        .route_raw("items", |request| async move {
+            let missing = || Status::new(flumen::ErrorCode::BAD_REQUEST, "expected a stream");
+            let mut items = request.items().ok_or_else(missing)?;
+            let sink = request.sink().ok_or_else(missing)?;
+            while let Some(item) = items.next().await {
+                sink.send(item?).await?;
+            }
+            Ok(flumen::Bytes::new())
+        })
+}
+
+/// What the calls of a scenario came to.
+#[derive(Debug, Default)]
+struct Tally {
+    own: usize,
+    /// Replies whose body was damaged in transit (Flumen leaves integrity to the transport:
+    /// TLS and QUIC guarantee it, TCP's checksum mostly does).
+    corrupted: usize,
+    errors: usize,
+    /// Streams that ended with a typed error.
+    failed_streams: usize,
+}
+
+/// One unary call, checked: its own reply, a damaged body, or a typed error, in time.
+async fn checked_call(client: &Client, id: u64) -> Result<bool, flumen::Error> {
+    let started = Instant::now();
+    let result = client.call::<_, (u64, u64)>("echo", &(id, id ^ TAG)).await;
+    assert!(
+        started.elapsed() <= DEADLINE + SLACK,
+        "call {id} resolved {:?} after it started, deadline {DEADLINE:?}",
+        started.elapsed()
+    );
+    let (got, check) = result?;
+    if check != got ^ TAG {
+        return Ok(false);
+    }
+    assert_eq!(got, id, "call {id} received the reply of call {got}");
+    Ok(true)
+}
+
+/// One bidirectional stream of `count` items; each item that comes back must be the next one
+/// sent, in order, unless the stream fails with a typed error.
+async fn checked_stream(client: &Client, id: u64, count: u64) -> Result<(), flumen::CallError> {
+    let method = flumen::MethodId::from_name("items").as_u32();
+    let options = flumen::CallOptions::new().timeout(Some(DEADLINE * 2));
+    let (sender, mut replies) = client
+        .raw()
+        .open_stream(
+            method,
+            flumen::Bytes::new(),
+            flumen::stream::StreamMode::Bidirectional,
+            &options,
+        )
+        .await?;
+    let mut sender = sender.expect("a bidirectional stream sends");
+    let send = async move {
+        for k in 0..count {
+            let item = (id << 32 | k).to_le_bytes().to_vec();
+            if sender.send(flumen::Bytes::from(item)).await.is_err() {
+                return;
+            }
+        }
+        sender.finish().await;
+    };
+    let receive = async move {
+        let mut next = 0;
+        while let Some(item) = replies.next().await {
+            let item = item?;
+            if let Ok(bytes) = <[u8; 8]>::try_from(&item[..]) {
+                let value = u64::from_le_bytes(bytes);
+                if value >> 32 == id {
+                    assert_eq!(value & 0xFFFF_FFFF, next, "stream {id}: items out of order");
+                } else {
+                    // Damaged in transit, or another stream's item: only damage may differ.
+                    assert!(
+                        value >> 32 > 1,
+                        "stream {id} received an item of stream {}",
+                        value >> 32
+                    );
+                }
+            }
+            next += 1;
+        }
+        Ok(())
+    };
+    futures_lite::future::zip(send, receive).await.1
+}
+
+/// Runs `calls` unary calls at once (or one after another, `sequential`) and two streams over
+/// a client whose connection suffers `faults`; returns the tally.
+async fn scenario<E: Env>(env: &E, faults: Faults, calls: u64, sequential: bool) -> Tally {
+    let server = serve(env, router(), ServerConfig::default()).await;
+    let transport = Chaos::new(env.transport(), faults);
+    let config = ClientConfig::default().default_timeout(Some(DEADLINE));
+    let client = match Client::connect_with(
+        &env.rt(),
+        &transport,
+        server.local_addr(),
+        config,
+        flumen::MsgPack::default(),
+    )
+    .await
+    {
+        Ok(client) => client,
+        // A fault during the hello: a typed connect error is an acceptable outcome.
+        Err(e) => {
+            println!("connect failed: {e}");
+            return Tally {
+                errors: calls as usize,
+                ..Tally::default()
+            };
+        }
+    };
+    let mut tally = Tally::default();
+    let results = if sequential {
+        let mut results = Vec::new();
+        for id in 0..calls {
+            results.push(checked_call(&client, id).await);
+        }
+        results
+    } else {
+        let streams = join_all((0..2).map(|id| checked_stream(&client, id, 50)));
+        let unary = join_all((0..calls).map(|id| checked_call(&client, id)));
+        let (streams, unary) = futures_lite::future::zip(streams, unary).await;
+        tally.failed_streams = streams.iter().filter(|r| r.is_err()).count();
+        unary
+    };
+    for result in results {
+        match result {
+            Ok(true) => tally.own += 1,
+            Ok(false) => tally.corrupted += 1,
+            Err(_) => tally.errors += 1,
+        }
+    }
+    drop(server);
+    tally
+}
+
+async fn delayed_bytes<E: Env>(env: E) {
+    let faults = Faults {
+        delay: Some(Duration::from_millis(2)),
+        ..Faults::default()
+    };
+    let tally = scenario(&env, faults, 64, false).await;
+    assert_eq!(
+        (tally.own, tally.errors, tally.failed_streams),
+        (64, 0, 0),
+        "{tally:?}"
+    );
+}
+
+async fn one_byte_at_a_time<E: Env>(env: E) {
+    let faults = Faults {
+        split: true,
+        ..Faults::default()
+    };
+    let tally = scenario(&env, faults, 64, false).await;
+    assert_eq!(
+        (tally.own, tally.errors, tally.failed_streams),
+        (64, 0, 0),
+        "{tally:?}"
+    );
+}
+
+async fn a_stall_longer_than_some_deadlines<E: Env>(env: E) {
+    // Both directions stop for longer than a deadline early on: the calls caught in it time
+    // out, each within its deadline, and none gets another's reply.
+    let faults = Faults {
+        stall: Some((300, Duration::from_millis(2_000))),
+        ..Faults::default()
+    };
+    let tally = scenario(&env, faults, 64, false).await;
+    assert_eq!(tally.own + tally.errors, 64, "{tally:?}");
+    assert_eq!(tally.corrupted, 0, "{tally:?}");
+}
+
+async fn a_cut_connection<E: Env>(env: E) {
+    for cut in [40, 300, 3_000] {
+        let faults = Faults {
+            cut_after: Some(cut),
+            ..Faults::default()
+        };
+        let tally = scenario(&env, faults, 64, false).await;
+        assert_eq!(tally.corrupted, 0, "cut after {cut}: {tally:?}");
+        assert!(tally.errors > 0, "cut after {cut}: {tally:?}");
+    }
+}
+
+async fn a_corrupted_byte<E: Env>(env: E) {
+    // One call in flight at a time: a damaged header can then only fail that call (Flumen
+    // leaves integrity to the transport; see PROTOCOL.md §3).
+    for at in [5u64, 17, 30, 41, 52, 77, 99, 130] {
+        let faults = Faults {
+            corrupt_at: Some(at),
+            ..Faults::default()
+        };
+        let tally = scenario(&env, faults, 8, true).await;
+        assert_eq!(
+            tally.own + tally.corrupted + tally.errors,
+            8,
+            "corrupt at {at}: {tally:?}"
+        );
+    }
+}
+
+/// The chaos transport must be a `Transport` for every environment's.
+#[allow(dead_code)]
+fn chaos_is_a_transport<T: Transport>(t: T) -> impl Transport {
+    Chaos::new(t, Faults::default())
+}
