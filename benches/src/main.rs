@@ -8,6 +8,7 @@ mod measure;
 mod peers;
 mod pipe;
 mod plot;
+mod soak;
 mod system;
 
 use std::{
@@ -119,6 +120,15 @@ enum Cmd {
         /// were used and had to be given back.
         #[arg(long)]
         call_first: bool,
+    },
+    /// A mixed workload (unary calls, deadlines, cancellations, every stream shape) while
+    /// client connections are closed and the server restarted under it; accounts for every
+    /// call (succeeded + typed failures + cancelled = started, none lost or misrouted) and
+    /// checks that resident memory stays flat after the warm-up (the first quarter).
+    Soak {
+        /// Seconds to run.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
     },
 }
 
@@ -233,6 +243,7 @@ fn main() {
             threads,
             call_first,
         } => conns::run(Setup { runtime, threads }, count, call_first),
+        Cmd::Soak { duration } => soak::run(Duration::from_secs_f64(duration)),
     };
     if let Err(e) = result {
         eprintln!("flumen-bench: {e}");
