@@ -299,7 +299,7 @@ async fn bidi(raw: &flumen::stream::Client, tag: u64) -> Result<bool, CallError>
     sender.finish().await;
     let mut k = 0;
     while let Some(item) = replies.next().await {
-        if item? != Bytes::from((tag ^ k).to_le_bytes().to_vec()) {
+        if item?[..] != (tag ^ k).to_le_bytes() {
             return Ok(false);
         }
         k += 1;
