@@ -261,6 +261,35 @@ where
     echo(&good).await;
 }
 
+/// A TLS server that does not speak `flumen/1` (ALPN `h2` only): the Flumen client's handshake
+/// fails with `NoCommonProtocol`, not with a confusing error later.
+async fn server_without_the_flumen_protocol<E: Env>(env: E)
+where
+    E::Tr: Secure,
+{
+    let ca = DevCa::new().unwrap();
+    let mut config = ca.server_tls(&["localhost"]).unwrap().to_rustls().unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = flumen::tls::rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+        let mut stream = flumen::tls::rustls::StreamOwned::new(conn, tcp);
+        // The handshake fails on our side too; what matters is what the client reports.
+        let _ = std::io::Write::flush(&mut stream);
+        let _ = std::io::Read::read(&mut stream, &mut [0u8; 16]);
+    });
+    let err = connect(&env, addr, ca.client_tls("localhost").unwrap())
+        .await
+        .expect_err("no common protocol");
+    assert!(
+        matches!(handshake_error(&err), HandshakeError::NoCommonProtocol),
+        "{err:?}"
+    );
+    server.join().unwrap();
+}
+
 macro_rules! auth_suite {
     (tls: [$($tls:ident),*], quic: [$($quic:ident),*] $(,)?) => {
         mod tokio_tls {
@@ -289,7 +318,8 @@ auth_suite!(
         missing_client_certificate,
         client_certificate_from_another_ca,
         silent_peer_times_out_without_blocking_others,
-        peers_past_max_handshakes_are_dropped
+        peers_past_max_handshakes_are_dropped,
+        server_without_the_flumen_protocol
     ],
     quic: [
         untrusted_server_certificate,

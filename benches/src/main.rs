@@ -4,6 +4,7 @@
 
 mod conns;
 mod measure;
+mod overload;
 #[cfg(feature = "peers")]
 mod peers;
 mod pipe;
@@ -130,6 +131,13 @@ enum Cmd {
         #[arg(long, default_value_t = 30.0)]
         duration: f64,
     },
+    /// Goodput under twice the load a handler can serve, open-loop, with the adaptive
+    /// concurrency limit off and on: calls answered within their deadline, shed, late.
+    Overload {
+        /// Seconds per row.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+    },
 }
 
 /// The transport between load generator and server.
@@ -244,6 +252,7 @@ fn main() {
             call_first,
         } => conns::run(Setup { runtime, threads }, count, call_first),
         Cmd::Soak { duration } => soak::run(Duration::from_secs_f64(duration)),
+        Cmd::Overload { duration } => overload::run(Duration::from_secs_f64(duration)),
     };
     if let Err(e) = result {
         eprintln!("flumen-bench: {e}");

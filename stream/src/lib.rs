@@ -26,6 +26,7 @@ mod runtime;
 mod server;
 mod stats;
 mod streaming;
+mod sync;
 mod transport;
 pub mod wheel;
 

@@ -12,19 +12,17 @@ use std::{
     collections::VecDeque,
     future::{poll_fn, Future},
     mem,
-    sync::{
-        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::Arc,
     task::Poll,
 };
 
-use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use super::Outgoing;
-use crate::frame::{FrameHeader, HEADER_LEN};
+use crate::{
+    frame::{FrameHeader, HEADER_LEN},
+    sync::{fence, AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Mutex, Ordering},
+};
 
 /// Default limit on the bytes of frames queued for a connection's writer (1 MiB) before the
 /// tasks producing them (callers, handlers, the server's reader) wait for it; a frame is always
@@ -548,6 +546,63 @@ mod tests {
         out.caller_resumed();
         out.caller_resumed();
         assert!(!rx.awaits_callers());
+    }
+
+    /// Loom models of the doorbell (`Queue::ring` against `Inbox::park`): the writer parks
+    /// with a relaxed flag and a fence, producers ring with a fence and a relaxed load. Each
+    /// model deadlocks (loom reports it) if a wake-up can be lost. Run with `--cfg flumen_loom`
+    /// (`src/sync.rs`).
+    #[cfg(flumen_loom)]
+    mod loom_models {
+        use loom::{future::block_on, thread};
+
+        use super::*;
+
+        #[test]
+        fn loom_a_push_from_another_thread_wakes_the_writer() {
+            loom::model(|| {
+                let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+                let producer = thread::spawn(move || assert!(out.try_send(frame(1, 8))));
+                block_on(rx.ready());
+                assert_eq!(rx.try_recv().map(seq_of), Some(1));
+                producer.join().unwrap();
+            });
+        }
+
+        #[test]
+        fn loom_two_producers_are_both_taken() {
+            loom::model(|| {
+                let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+                let other = out.clone();
+                let first = thread::spawn(move || assert!(out.try_send(frame(1, 8))));
+                let second = thread::spawn(move || assert!(other.try_send(frame(2, 8))));
+                let mut seqs = Vec::new();
+                while seqs.len() < 2 {
+                    block_on(rx.ready());
+                    seqs.extend(rx.try_recv().map(seq_of));
+                }
+                seqs.sort_unstable();
+                assert_eq!(seqs, [1, 2]);
+                first.join().unwrap();
+                second.join().unwrap();
+            });
+        }
+
+        #[test]
+        fn loom_the_last_hold_dropped_wakes_a_writer_waiting_for_it() {
+            loom::model(|| {
+                let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+                let holder = thread::spawn(move || {
+                    let hold = out.hold();
+                    assert!(out.try_send(frame(1, 8)));
+                    drop(hold);
+                });
+                block_on(rx.ready());
+                block_on(rx.unheld());
+                assert_eq!(rx.try_recv().map(seq_of), Some(1));
+                holder.join().unwrap();
+            });
+        }
     }
 
     #[test]
