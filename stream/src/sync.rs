@@ -7,12 +7,12 @@
 //! ```
 
 #[cfg(not(flumen_loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(flumen_loom))]
 pub(crate) use atomic_waker::AtomicWaker;
 #[cfg(flumen_loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(flumen_loom))]
 pub(crate) use parking_lot::Mutex;
 
