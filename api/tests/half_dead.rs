@@ -173,6 +173,30 @@ where
     })
 }
 
+/// A client of `server` without call deadlines, with keep-alive at `interval` (or off).
+async fn connect<E: Env, T>(
+    env: &E,
+    transport: &T,
+    server: &ServerHandle<SocketAddr>,
+    interval: Option<Duration>,
+) -> Client
+where
+    T: Transport<Addr = SocketAddr>,
+{
+    let config = ClientConfig::default()
+        .default_timeout(None)
+        .keepalive(interval, TIMEOUT);
+    Client::connect_with(
+        &env.rt(),
+        transport,
+        server.local_addr(),
+        config,
+        MsgPack::default(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Flumen's keep-alive: the link goes down under a call without a deadline; the client fails
 /// it with `KeepaliveTimeout`, and the server stops its handler, each within about
 /// `INTERVAL + TIMEOUT`.
@@ -186,18 +210,7 @@ where
     let running = Running::default();
     let config = ServerConfig::default().keepalive(Some(INTERVAL), TIMEOUT);
     let server = serve_inside(&env, &netns, transport.clone(), config, &running);
-    let config = ClientConfig::default()
-        .default_timeout(None)
-        .keepalive(Some(INTERVAL), TIMEOUT);
-    let client: Client = Client::connect_with(
-        &env.rt(),
-        &transport,
-        server.local_addr(),
-        config,
-        MsgPack::default(),
-    )
-    .await
-    .unwrap();
+    let client = connect(&env, &transport, &server, Some(INTERVAL)).await;
     let call = {
         let client = client.clone();
         async move {
@@ -248,18 +261,7 @@ where
     let running = Running::default();
     let config = ServerConfig::default().keepalive(None, TIMEOUT);
     let server = serve_inside(&env, &netns, transport.clone(), config, &running);
-    let config = ClientConfig::default()
-        .default_timeout(None)
-        .keepalive(None, TIMEOUT);
-    let client: Client = Client::connect_with(
-        &env.rt(),
-        &transport,
-        server.local_addr(),
-        config,
-        MsgPack::default(),
-    )
-    .await
-    .unwrap();
+    let client = connect(&env, &transport, &server, None).await;
     let hold = flumen::MethodId::from_name("hold").as_u32();
     let (done, result) = smol::channel::bounded(2);
     let call = |done: smol::channel::Sender<_>| {

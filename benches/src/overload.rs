@@ -39,12 +39,7 @@ struct Outcomes {
 
 /// Runs both rows and prints them.
 pub(crate) fn run(duration: Duration) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let rt = TokioRuntime::new(runtime.handle().clone());
+    let (runtime, rt) = crate::soak::two_workers()?;
     let _guard = runtime.enter();
     let capacity = WORKERS as f64 / SERVICE.as_secs_f64();
     println!(

@@ -360,14 +360,21 @@ async fn server_stream(
 
 /// Runs the soak for `duration` (the first quarter is warm-up) and prints the accounts.
 pub(crate) fn run(duration: Duration) -> Result<(), String> {
+    let (runtime, rt) = two_workers()?;
+    let _guard = runtime.enter();
+    runtime.block_on(soak(rt, duration))
+}
+
+/// A multi-thread tokio runtime with two workers (the users' default flavor, sized for this
+/// machine), and Flumen's handle to it.
+pub(crate) fn two_workers() -> Result<(tokio::runtime::Runtime, TokioRuntime), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let rt = TokioRuntime::new(runtime.handle().clone());
-    let _guard = runtime.enter();
-    runtime.block_on(soak(rt, duration))
+    Ok((runtime, rt))
 }
 
 async fn soak(rt: TokioRuntime, duration: Duration) -> Result<(), String> {
