@@ -1,7 +1,7 @@
-//! An adaptive limit on the calls a server runs at once, in the style of the gradient limit of
-//! Netflix's concurrency-limits: it compares the latency of calls now (short-term) with the
-//! latency the server shows when not queueing (long-term), shrinks the limit when calls slow
-//! down because too many run at once, and grows it while they do not. Calls past the limit
+//! An adaptive limit on the calls a server runs at once, in the style of the gradient limits of
+//! Netflix's concurrency-limits: it compares the latency of calls now (a short average) with
+//! the latency the server shows when it does not queue (the least seen), shrinks the limit
+//! when calls slow down because too many run at once, and grows it while they do not. Calls past the limit
 //! are refused `OVERLOADED` before they run, with a hint of when to retry, instead of joining
 //! a queue that only makes every call late.
 //!
@@ -18,7 +18,8 @@ use parking_lot::Mutex;
 /// Settings of the adaptive concurrency limit (`ServerConfig::adaptive_concurrency`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdaptiveConcurrency {
-    /// The limit to start from (default 64).
+    /// The limit to start from (default 8): low, so that the first calls show the latency of
+    /// a server that does not queue.
     pub initial: usize,
     /// The limit never goes below this (default 4): some calls always run.
     pub min: usize,
@@ -32,7 +33,7 @@ pub struct AdaptiveConcurrency {
 impl Default for AdaptiveConcurrency {
     fn default() -> Self {
         Self {
-            initial: 64,
+            initial: 8,
             min: 4,
             max: 4096,
             tolerance: 2.0,
@@ -40,8 +41,10 @@ impl Default for AdaptiveConcurrency {
     }
 }
 
-/// Samples the long-term latency averages over (an exponential moving average).
-const LONG_WINDOW: f64 = 500.0;
+/// Samples in a window of the no-load latency. A limit that sat at its minimum for a whole
+/// window means the service itself got slower: the least latency of that window becomes the
+/// new no-load latency, instead of shedding against an old best case forever.
+const NO_LOAD_WINDOW: u64 = 1_000;
 
 /// Samples the short-term latency averages over.
 const SHORT_WINDOW: f64 = 10.0;
@@ -55,9 +58,15 @@ const SMOOTHING: f64 = 0.2;
 pub(crate) struct Gradient {
     settings: AdaptiveConcurrency,
     limit: f64,
-    /// Latency averages, in nanoseconds (0 before the first sample).
-    long: f64,
+    /// The least latency seen (the no-load latency) and the short-term average, in
+    /// nanoseconds (0 before the first sample).
+    no_load: f64,
     short: f64,
+    /// Samples in this window, the least latency among them, and whether the limit stayed at
+    /// its minimum all along.
+    samples: u64,
+    window_min: f64,
+    pinned: bool,
 }
 
 impl Gradient {
@@ -71,8 +80,11 @@ impl Gradient {
         Self {
             limit: settings.initial.clamp(settings.min, settings.max) as f64,
             settings,
-            long: 0.0,
+            no_load: 0.0,
             short: 0.0,
+            samples: 0,
+            window_min: f64::MAX,
+            pinned: true,
         }
     }
 
@@ -91,18 +103,22 @@ impl Gradient {
     /// ended. Returns the new limit.
     pub(crate) fn update(&mut self, latency: Duration, in_flight: usize) -> usize {
         let sample = (latency.as_nanos() as f64).max(1.0);
-        if self.long == 0.0 {
-            (self.long, self.short) = (sample, sample);
+        if self.short == 0.0 {
+            (self.no_load, self.short) = (sample, sample);
         } else {
-            self.long += (sample - self.long) / LONG_WINDOW;
             self.short += (sample - self.short) / SHORT_WINDOW;
+            self.no_load = self.no_load.min(sample);
         }
-        // After load drops, the long-term average stays high for a while: pull it down so
-        // that it does not excuse queueing later.
-        if self.long > 2.0 * self.short {
-            self.long *= 0.95;
+        self.window_min = self.window_min.min(sample);
+        self.pinned &= self.limit() <= self.settings.min;
+        self.samples += 1;
+        if self.samples >= NO_LOAD_WINDOW {
+            if self.pinned {
+                self.no_load = self.window_min;
+            }
+            (self.samples, self.window_min, self.pinned) = (0, f64::MAX, true);
         }
-        let gradient = (self.settings.tolerance * self.long / self.short).clamp(0.5, 1.0);
+        let gradient = (self.settings.tolerance * self.no_load / self.short).clamp(0.5, 1.0);
         let queue = self.limit.sqrt();
         let mut estimate = self.limit * gradient + queue;
         // A server that does not use its limit has not shown it can take more.
@@ -197,6 +213,27 @@ mod tests {
             gradient.update(Duration::from_millis(5), in_flight);
         }
         assert_eq!(gradient.limit(), AdaptiveConcurrency::default().max);
+    }
+
+    #[test]
+    fn a_service_that_got_slower_for_good_is_not_shed_forever() {
+        let mut gradient = Gradient::new(AdaptiveConcurrency::default());
+        let (workers, service) = (8, Duration::from_millis(5));
+        for _ in 0..5_000 {
+            let in_flight = gradient.limit();
+            gradient.update(queueing(in_flight, workers, service), in_flight);
+        }
+        // Ten times slower from now on: the limit drops to its floor, then learns the new
+        // no-load latency and settles as before.
+        for _ in 0..20_000 {
+            let in_flight = gradient.limit();
+            gradient.update(queueing(in_flight, workers, service * 10), in_flight);
+        }
+        let limit = gradient.limit();
+        assert!(
+            (workers..=4 * workers).contains(&limit),
+            "limit {limit} for {workers} workers"
+        );
     }
 
     #[test]
