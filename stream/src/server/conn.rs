@@ -39,6 +39,10 @@ use crate::{
     transport::TransportRead,
 };
 
+/// Frames a connection's reader handles before it yields to the other tasks of its thread,
+/// however fast its peer keeps sending.
+const YIELD_EVERY_FRAMES: u32 = 1024;
+
 /// Spare handler boxes a connection keeps for reuse.
 const SPARE_FUTURES: usize = 16;
 
@@ -418,6 +422,8 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         let mut decoder = FrameDecoder::new(self.shared.config.max_frame_len);
         let mut drain_seen = false;
         let counters = conn.out.counters();
+        // Frames handled since this task last let others run.
+        let mut unyielded = 0;
         loop {
             let mut progressed = false;
             // Replies to what this read brought are written together, however the runtime
@@ -427,6 +433,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 match decoder.decode(&mut read.buf) {
                     Ok(Some(frame)) => {
                         progressed = true;
+                        unyielded += 1;
                         counters.frames_read.fetch_add(1, Ordering::Relaxed);
                         if !self.on_frame(frame).await {
                             return false;
@@ -441,6 +448,13 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 }
             }
             drop(hold);
+            // A peer that keeps the socket full (a flood of tiny frames) would otherwise keep
+            // this task running, since its reads never wait: on an executor without
+            // cooperative budgeting (smol) the other connections on this thread would wait.
+            if unyielded >= YIELD_EVERY_FRAMES {
+                unyielded = 0;
+                futures_lite::future::yield_now().await;
+            }
             // A frame must complete within the read timeout of its first byte.
             if read.buf.is_empty() {
                 conn.partial_since.store(0, Ordering::Relaxed);
