@@ -1,13 +1,15 @@
-//! The server side: an accept loop, per-connection reader and writer tasks, a watchdog that
-//! enforces timeouts, and graceful shutdown. Requests go to a user's [`Dispatch`].
+//! The server side: [`Server`] and its handle (stats, graceful shutdown). Requests go to a
+//! user's [`Dispatch`] (`dispatch`); the accept loop, handshakes and watchdog live in
+//! `accept`, each connection's tasks in `conn`.
 
+mod accept;
 mod config;
 mod conn;
+mod dispatch;
 mod limit;
 mod stream;
 
 use std::{
-    borrow::Cow,
     fmt,
     future::Future,
     io,
@@ -19,8 +21,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use futures_lite::FutureExt;
 use parking_lot::Mutex;
 use slab::Slab;
 
@@ -30,222 +30,15 @@ pub use self::config::{
     DEFAULT_WRITE_TIMEOUT,
 };
 use self::conn::ConnState;
+pub use self::dispatch::{Dispatch, Reply, Request, Status};
 pub use self::limit::AdaptiveConcurrency;
 pub use self::stream::{ReplySink, RequestStream};
 use crate::{
-    error::ErrorCode,
-    io::{Budget, Stop, READER, TIMER},
-    metadata::Metadata,
+    io::{Budget, Stop},
     runtime::Runtime,
     stats::ConnectionStats,
     transport::{Listener, Transport},
 };
-
-/// Routes requests to handlers. Implemented by generated service servers, or by hand for
-/// proxies, routers and gateways that work on raw method ids and payload bytes.
-///
-/// # Examples
-///
-/// ```
-/// use std::future::{ready, Ready};
-/// use flumen_stream::{Bytes, Dispatch, ErrorCode, Reply, Request, Status};
-///
-/// /// Echoes method 1, refuses everything else.
-/// struct Echo;
-///
-/// impl Dispatch for Echo {
-///     type Future = Ready<Result<Reply, Status>>;
-///
-///     fn dispatch(&self, request: Request) -> Self::Future {
-///         ready(match request.method() {
-///             1 => Ok(request.into_body().into()),
-///             _ => Err(Status::new(ErrorCode::UNKNOWN_METHOD, "no such method")),
-///         })
-///     }
-/// }
-/// ```
-pub trait Dispatch: Send + Sync + 'static {
-    /// The handler's future; resolves to the reply body (a [`Reply`]; `Bytes` convert with
-    /// `into()`) or an error status.
-    type Future: Future<Output = Result<Reply, Status>> + Send + 'static;
-
-    /// Starts handling `request`. Many calls of one connection run at once; a panic while
-    /// polling the future fails that call with `HANDLER_PANIC` and nothing else.
-    fn dispatch(&self, request: Request) -> Self::Future;
-}
-
-/// One incoming call, as the server hands it to [`Dispatch`].
-#[derive(Clone, Debug)]
-pub struct Request {
-    method: u32,
-    seq: u64,
-    body: Bytes,
-    timeout: Option<Duration>,
-    stream: Option<stream::CallStream>,
-    metadata: Metadata,
-}
-
-impl Request {
-    /// A request (for tests of `Dispatch` implementations).
-    pub fn new(method: u32, body: Bytes, timeout: Option<Duration>) -> Self {
-        Self {
-            method,
-            seq: 0,
-            body,
-            timeout,
-            stream: None,
-            metadata: Metadata::new(),
-        }
-    }
-
-    /// The same request carrying `metadata` (for tests of `Dispatch` implementations).
-    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
-        self.metadata = metadata;
-        self
-    }
-
-    /// The metadata the caller sent (empty if none).
-    pub fn metadata(&self) -> &Metadata {
-        &self.metadata
-    }
-
-    /// The method id.
-    pub fn method(&self) -> u32 {
-        self.method
-    }
-
-    /// The sequence id the client chose (unique among its calls in flight).
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// The request body.
-    pub fn body(&self) -> &Bytes {
-        &self.body
-    }
-
-    /// Takes the body.
-    pub fn into_body(self) -> Bytes {
-        self.body
-    }
-
-    /// The timeout the caller set, counted from when the request was sent.
-    pub fn timeout(&self) -> Option<Duration> {
-        self.timeout
-    }
-
-    /// The client's items, for a client-streaming or bidirectional call (`None` otherwise).
-    /// Take it once: clones share the same items.
-    pub fn items(&self) -> Option<RequestStream> {
-        self.stream.as_ref().and_then(stream::CallStream::items)
-    }
-
-    /// Where to send items, for a server-streaming or bidirectional call (`None` otherwise).
-    pub fn sink(&self) -> Option<ReplySink> {
-        self.stream.as_ref().and_then(stream::CallStream::sink)
-    }
-}
-
-/// A successful reply's body: one part, or a message and an attachment that are written to the
-/// socket back to back (vectored) without being joined, so a large attachment is never copied.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Reply {
-    head: Bytes,
-    tail: Bytes,
-}
-
-impl Reply {
-    /// A reply of `head` followed by `tail` on the wire.
-    pub fn parts(head: Bytes, tail: Bytes) -> Self {
-        Self { head, tail }
-    }
-
-    /// The body's length.
-    pub fn len(&self) -> usize {
-        self.head.len() + self.tail.len()
-    }
-
-    /// Whether the body is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The two parts.
-    pub fn into_parts(self) -> (Bytes, Bytes) {
-        (self.head, self.tail)
-    }
-}
-
-impl From<Bytes> for Reply {
-    fn from(head: Bytes) -> Self {
-        Self {
-            head,
-            tail: Bytes::new(),
-        }
-    }
-}
-
-/// A failed reply: an error code and a message for the caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Status {
-    code: ErrorCode,
-    message: Cow<'static, str>,
-    /// The body sent instead of the message (an encoded application error value).
-    details: Option<Bytes>,
-}
-
-impl Status {
-    /// A status with `code` and `message`.
-    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    /// An application error (`APPLICATION`) with `message`.
-    pub fn application(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(ErrorCode::APPLICATION, message)
-    }
-
-    /// An application error (`APPLICATION`) whose wire body is `value`, the method's own
-    /// error encoded by the codec; `message` is for logs on this side.
-    pub fn application_value(message: impl Into<Cow<'static, str>>, value: Bytes) -> Self {
-        Self {
-            details: Some(value),
-            ..Self::new(ErrorCode::APPLICATION, message)
-        }
-    }
-
-    /// The error code.
-    pub fn code(&self) -> ErrorCode {
-        self.code
-    }
-
-    /// The message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    pub(crate) fn into_body(self) -> Bytes {
-        if let Some(details) = self.details {
-            return details;
-        }
-        match self.message {
-            Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
-            Cow::Owned(s) => Bytes::from(s),
-        }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for Status {}
 
 /// A server waiting to be started on a listener.
 #[derive(Debug)]
@@ -310,13 +103,13 @@ impl<D: Dispatch> Server<D> {
             queued: Arc::new(Budget::new(total_queued)),
             limiter,
         });
-        rt.spawn(accept_loop(
+        rt.spawn(accept::accept_loop(
             rt.clone(),
             shared.clone(),
             listener,
             self.dispatch,
         ));
-        rt.spawn(watchdog(rt.clone(), shared.clone()));
+        rt.spawn(accept::watchdog(rt.clone(), shared.clone()));
         let sleeper = rt.clone();
         let sleep: Sleep = Arc::new(move |at| Box::pin(sleeper.sleep_until(at)));
         Ok(ServerHandle {
@@ -513,129 +306,5 @@ impl Shared {
 
     fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
-    rt: R,
-    shared: Arc<Shared>,
-    mut listener: L,
-    dispatch: Arc<D>,
-) {
-    loop {
-        let accepted = match shared.accepting.guard(READER, listener.accept()).await {
-            None => return,
-            Some(accepted) => accepted,
-        };
-        let (connecting, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                let later = Instant::now() + Duration::from_millis(10);
-                if shared
-                    .accepting
-                    .guard(READER, rt.sleep_until(later))
-                    .await
-                    .is_none()
-                {
-                    return;
-                }
-                continue;
-            }
-        };
-        Shared::count(&shared.counters.accepted);
-        tracing::debug!(?peer, "accepted connection");
-        // The handshake slot is taken before any handshake work (even its first step).
-        if shared.handshakes.fetch_add(1, Ordering::SeqCst) >= shared.config.max_handshakes {
-            shared.handshakes.fetch_sub(1, Ordering::SeqCst);
-            Shared::count(&shared.counters.refused);
-            tracing::debug!(?peer, "dropped at the handshake limit");
-            continue;
-        }
-        let mut connecting = Box::pin(connecting);
-        // Transports without a handshake (TCP) are ready now: no task, no timer.
-        let ready = futures_lite::future::poll_once(connecting.as_mut()).await;
-        if ready.is_some() {
-            shared.handshakes.fetch_sub(1, Ordering::SeqCst);
-        }
-        match ready {
-            Some(Ok((reader, writer))) => conn::start(&rt, &shared, &dispatch, reader, writer),
-            Some(Err(e)) => shared.handshake_failed(&e),
-            None => {
-                rt.spawn(handshake(
-                    rt.clone(),
-                    shared.clone(),
-                    dispatch.clone(),
-                    connecting,
-                ));
-            }
-        }
-    }
-}
-
-/// Finishes one transport handshake within the handshake timeout, then serves the connection.
-async fn handshake<R, D, Rd, Wr>(
-    rt: R,
-    shared: Arc<Shared>,
-    dispatch: Arc<D>,
-    connecting: Pin<Box<impl Future<Output = io::Result<(Rd, Wr)>>>>,
-) where
-    R: Runtime,
-    D: Dispatch,
-    Rd: crate::transport::TransportRead,
-    Wr: futures_io::AsyncWrite + Unpin + Send + 'static,
-{
-    let deadline = Instant::now() + shared.config.handshake_timeout;
-    let timeout = async {
-        rt.sleep_until(deadline).await;
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "transport handshake timed out",
-        ))
-    };
-    let stopped = async {
-        shared.accepting.ended().await;
-        Err(io::Error::other("server stopped"))
-    };
-    let outcome = connecting.or(timeout).or(stopped).await;
-    shared.handshakes.fetch_sub(1, Ordering::SeqCst);
-    match outcome {
-        Ok((reader, writer)) if !shared.accepting.is_stopped() => {
-            conn::start(&rt, &shared, &dispatch, reader, writer);
-        }
-        Ok(_) => {}
-        Err(e) => shared.handshake_failed(&e),
-    }
-}
-
-async fn watchdog<R: Runtime>(rt: R, shared: Arc<Shared>) {
-    let config = &shared.config;
-    let period = config.watchdog_period();
-    let periods = |d: Duration| (d.as_nanos().div_ceil(period.as_nanos()) as u64).max(1);
-    let limits = conn::Limits {
-        idle: periods(config.idle_timeout),
-        read: periods(config.read_timeout),
-        write: periods(config.write_timeout),
-        keepalive: config.keepalive.is_some(),
-    };
-    let mut next = Instant::now();
-    loop {
-        next += period;
-        if shared
-            .halted
-            .guard(TIMER, rt.sleep_until(next))
-            .await
-            .is_none()
-        {
-            return;
-        }
-        let now = shared.clock.fetch_add(1, Ordering::Relaxed) + 1;
-        for (_, conn) in shared.conns.lock().iter() {
-            if let Some(code) = conn.overdue(now, &limits) {
-                tracing::debug!(%code, "closing connection");
-                Shared::count(&shared.counters.timeouts);
-            }
-        }
     }
 }

@@ -1,0 +1,143 @@
+//! The machinery behind a [`Server`](super::Server): the accept loop, transport handshakes
+//! under their limit and timeout, and the watchdog that enforces timeouts and keep-alive.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use futures_lite::FutureExt;
+
+use super::{conn, Dispatch, Shared};
+use crate::{
+    io::{READER, TIMER},
+    runtime::Runtime,
+    transport::Listener,
+};
+
+pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
+    rt: R,
+    shared: Arc<Shared>,
+    mut listener: L,
+    dispatch: Arc<D>,
+) {
+    loop {
+        let accepted = match shared.accepting.guard(READER, listener.accept()).await {
+            None => return,
+            Some(accepted) => accepted,
+        };
+        let (connecting, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                let later = Instant::now() + Duration::from_millis(10);
+                if shared
+                    .accepting
+                    .guard(READER, rt.sleep_until(later))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        Shared::count(&shared.counters.accepted);
+        tracing::debug!(?peer, "accepted connection");
+        // The handshake slot is taken before any handshake work (even its first step).
+        if shared.handshakes.fetch_add(1, Ordering::SeqCst) >= shared.config.max_handshakes {
+            shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+            Shared::count(&shared.counters.refused);
+            tracing::debug!(?peer, "dropped at the handshake limit");
+            continue;
+        }
+        let mut connecting = Box::pin(connecting);
+        // Transports without a handshake (TCP) are ready now: no task, no timer.
+        let ready = futures_lite::future::poll_once(connecting.as_mut()).await;
+        if ready.is_some() {
+            shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+        }
+        match ready {
+            Some(Ok((reader, writer))) => conn::start(&rt, &shared, &dispatch, reader, writer),
+            Some(Err(e)) => shared.handshake_failed(&e),
+            None => {
+                rt.spawn(handshake(
+                    rt.clone(),
+                    shared.clone(),
+                    dispatch.clone(),
+                    connecting,
+                ));
+            }
+        }
+    }
+}
+
+/// Finishes one transport handshake within the handshake timeout, then serves the connection.
+async fn handshake<R, D, Rd, Wr>(
+    rt: R,
+    shared: Arc<Shared>,
+    dispatch: Arc<D>,
+    connecting: Pin<Box<impl Future<Output = io::Result<(Rd, Wr)>>>>,
+) where
+    R: Runtime,
+    D: Dispatch,
+    Rd: crate::transport::TransportRead,
+    Wr: futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let timeout = async {
+        rt.sleep_until(deadline).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "transport handshake timed out",
+        ))
+    };
+    let stopped = async {
+        shared.accepting.ended().await;
+        Err(io::Error::other("server stopped"))
+    };
+    let outcome = connecting.or(timeout).or(stopped).await;
+    shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+    match outcome {
+        Ok((reader, writer)) if !shared.accepting.is_stopped() => {
+            conn::start(&rt, &shared, &dispatch, reader, writer);
+        }
+        Ok(_) => {}
+        Err(e) => shared.handshake_failed(&e),
+    }
+}
+
+pub(super) async fn watchdog<R: Runtime>(rt: R, shared: Arc<Shared>) {
+    let config = &shared.config;
+    let period = config.watchdog_period();
+    let periods = |d: Duration| (d.as_nanos().div_ceil(period.as_nanos()) as u64).max(1);
+    let limits = conn::Limits {
+        idle: periods(config.idle_timeout),
+        read: periods(config.read_timeout),
+        write: periods(config.write_timeout),
+        keepalive: config.keepalive.is_some(),
+    };
+    let mut next = Instant::now();
+    loop {
+        next += period;
+        if shared
+            .halted
+            .guard(TIMER, rt.sleep_until(next))
+            .await
+            .is_none()
+        {
+            return;
+        }
+        let now = shared.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        for (_, conn) in shared.conns.lock().iter() {
+            if let Some(code) = conn.overdue(now, &limits) {
+                tracing::debug!(%code, "closing connection");
+                Shared::count(&shared.counters.timeouts);
+            }
+        }
+    }
+}

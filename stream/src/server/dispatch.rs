@@ -1,0 +1,215 @@
+//! What a handler sees and returns: the [`Dispatch`] trait, the [`Request`] it gets, and the
+//! [`Reply`] or [`Status`] it answers with.
+
+use std::{borrow::Cow, fmt, future::Future, time::Duration};
+
+use bytes::Bytes;
+
+use super::stream::{CallStream, ReplySink, RequestStream};
+use crate::{error::ErrorCode, metadata::Metadata};
+
+/// Routes requests to handlers. Implemented by generated service servers, or by hand for
+/// proxies, routers and gateways that work on raw method ids and payload bytes.
+///
+/// # Examples
+///
+/// ```
+/// use std::future::{ready, Ready};
+/// use flumen_stream::{Bytes, Dispatch, ErrorCode, Reply, Request, Status};
+///
+/// /// Echoes method 1, refuses everything else.
+/// struct Echo;
+///
+/// impl Dispatch for Echo {
+///     type Future = Ready<Result<Reply, Status>>;
+///
+///     fn dispatch(&self, request: Request) -> Self::Future {
+///         ready(match request.method() {
+///             1 => Ok(request.into_body().into()),
+///             _ => Err(Status::new(ErrorCode::UNKNOWN_METHOD, "no such method")),
+///         })
+///     }
+/// }
+/// ```
+pub trait Dispatch: Send + Sync + 'static {
+    /// The handler's future; resolves to the reply body (a [`Reply`]; `Bytes` convert with
+    /// `into()`) or an error status.
+    type Future: Future<Output = Result<Reply, Status>> + Send + 'static;
+
+    /// Starts handling `request`. Many calls of one connection run at once; a panic while
+    /// polling the future fails that call with `HANDLER_PANIC` and nothing else.
+    fn dispatch(&self, request: Request) -> Self::Future;
+}
+
+/// One incoming call, as the server hands it to [`Dispatch`].
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub(super) method: u32,
+    pub(super) seq: u64,
+    pub(super) body: Bytes,
+    pub(super) timeout: Option<Duration>,
+    pub(super) stream: Option<CallStream>,
+    pub(super) metadata: Metadata,
+}
+
+impl Request {
+    /// A request (for tests of `Dispatch` implementations).
+    pub fn new(method: u32, body: Bytes, timeout: Option<Duration>) -> Self {
+        Self {
+            method,
+            seq: 0,
+            body,
+            timeout,
+            stream: None,
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// The same request carrying `metadata` (for tests of `Dispatch` implementations).
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The metadata the caller sent (empty if none).
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The method id.
+    pub fn method(&self) -> u32 {
+        self.method
+    }
+
+    /// The sequence id the client chose (unique among its calls in flight).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The request body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Takes the body.
+    pub fn into_body(self) -> Bytes {
+        self.body
+    }
+
+    /// The timeout the caller set, counted from when the request was sent.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The client's items, for a client-streaming or bidirectional call (`None` otherwise).
+    /// Take it once: clones share the same items.
+    pub fn items(&self) -> Option<RequestStream> {
+        self.stream.as_ref().and_then(CallStream::items)
+    }
+
+    /// Where to send items, for a server-streaming or bidirectional call (`None` otherwise).
+    pub fn sink(&self) -> Option<ReplySink> {
+        self.stream.as_ref().and_then(CallStream::sink)
+    }
+}
+
+/// A successful reply's body: one part, or a message and an attachment that are written to the
+/// socket back to back (vectored) without being joined, so a large attachment is never copied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    head: Bytes,
+    tail: Bytes,
+}
+
+impl Reply {
+    /// A reply of `head` followed by `tail` on the wire.
+    pub fn parts(head: Bytes, tail: Bytes) -> Self {
+        Self { head, tail }
+    }
+
+    /// The body's length.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The two parts.
+    pub fn into_parts(self) -> (Bytes, Bytes) {
+        (self.head, self.tail)
+    }
+}
+
+impl From<Bytes> for Reply {
+    fn from(head: Bytes) -> Self {
+        Self {
+            head,
+            tail: Bytes::new(),
+        }
+    }
+}
+
+/// A failed reply: an error code and a message for the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    code: ErrorCode,
+    message: Cow<'static, str>,
+    /// The body sent instead of the message (an encoded application error value).
+    details: Option<Bytes>,
+}
+
+impl Status {
+    /// A status with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// An application error (`APPLICATION`) with `message`.
+    pub fn application(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::APPLICATION, message)
+    }
+
+    /// An application error (`APPLICATION`) whose wire body is `value`, the method's own
+    /// error encoded by the codec; `message` is for logs on this side.
+    pub fn application_value(message: impl Into<Cow<'static, str>>, value: Bytes) -> Self {
+        Self {
+            details: Some(value),
+            ..Self::new(ErrorCode::APPLICATION, message)
+        }
+    }
+
+    /// The error code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn into_body(self) -> Bytes {
+        if let Some(details) = self.details {
+            return details;
+        }
+        match self.message {
+            Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
+            Cow::Owned(s) => Bytes::from(s),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Status {}
