@@ -72,12 +72,7 @@ async fn server_stops_handlers_of_a_silent_client<E: Env>(env: E) {
             Ok(Bytes::new())
         }
     });
-    let config = ServerConfig::default().keepalive(Some(INTERVAL), TIMEOUT);
-    let server = serve(&env, router, config).await;
-    let mut peer = flumen_peer::connect(&env.transport(), server.local_addr())
-        .await
-        .unwrap();
-    peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+    let (server, mut peer) = server_and_peer(&env, router).await;
     let request = flumen_peer::request(MethodId::from_name("hold").as_u32(), 1);
     peer.send_frame(request, b"").await.unwrap();
     eventually(&env, "the handler to start", || {
@@ -110,12 +105,7 @@ async fn a_busy_connection_is_never_pinged<E: Env>(env: E) {
             std::future::pending::<()>().await;
             Ok(Bytes::new())
         });
-    let config = ServerConfig::default().keepalive(Some(INTERVAL), TIMEOUT);
-    let server = serve(&env, router, config).await;
-    let mut peer = flumen_peer::connect(&env.transport(), server.local_addr())
-        .await
-        .unwrap();
-    peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+    let (_server, mut peer) = server_and_peer(&env, router).await;
     peer.read_hello().await.unwrap();
     // A call in flight all along, so that keep-alive is armed...
     let hold = MethodId::from_name("hold").as_u32();
@@ -143,6 +133,24 @@ async fn a_busy_connection_is_never_pinged<E: Env>(env: E) {
     peer.send_frame(FrameHeader::new(FrameKind::GoAway, 0), b"")
         .await
         .unwrap();
+}
+
+/// A server with short keep-alive, and a raw peer that sent it a hello (the server's hello is
+/// left unread).
+async fn server_and_peer<E: Env>(
+    env: &E,
+    router: Router,
+) -> (
+    flumen::ServerHandle<std::net::SocketAddr>,
+    flumen_peer::TransportPeer<E::Tr>,
+) {
+    let config = ServerConfig::default().keepalive(Some(INTERVAL), TIMEOUT);
+    let server = serve(env, router, config).await;
+    let mut peer = flumen_peer::connect(&env.transport(), server.local_addr())
+        .await
+        .unwrap();
+    peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+    (server, peer)
 }
 
 /// Counts a handler as running until it is dropped.
