@@ -605,10 +605,10 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 return send(&self.conn, overloaded(&header, Some(retry_after), reason)).await;
             }
         };
-        // Only calls in a task of their own outlive their request's dispatch.
+        // Only calls in a task of their own outlive their request's dispatch, and each of
+        // them (streams included) is in `running`: one lookup, and none while none runs.
         if conn.in_flight.load(Ordering::Relaxed) > 0
-            && (conn.running.lock().contains_key(&header.seq)
-                || conn.streams.lock().contains_key(&header.seq))
+            && conn.running.lock().contains_key(&header.seq)
         {
             // Its replies could not be told apart from those of the call still running.
             Shared::count(&self.shared.counters.protocol_errors);
