@@ -144,6 +144,12 @@ impl CallOptions {
         Ok(self)
     }
 
+    /// The timeout these options set: `None` if they keep the client's default, `Some(None)`
+    /// for no deadline.
+    pub fn timeout_setting(&self) -> Option<Option<Duration>> {
+        self.timeout
+    }
+
     fn timeout_or(&self, default: Option<Duration>) -> Option<Duration> {
         self.timeout.unwrap_or(default)
     }

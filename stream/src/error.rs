@@ -71,6 +71,9 @@ codes! {
     FLOW_CONTROL = 19;
     /// The peer answered no keep-alive ping within the keep-alive timeout.
     KEEPALIVE_TIMEOUT = 20;
+    /// This server does not take the call; the message names the address that does (a
+    /// follower naming its leader). The call did not run.
+    REDIRECT = 21;
 }
 
 impl ErrorCode {
@@ -223,9 +226,20 @@ impl CallError {
         match self {
             Self::NotSent(_) | Self::RequestTooLarge { .. } | Self::Overloaded { .. } => true,
             Self::Remote { code, .. } => {
-                *code == ErrorCode::OVERLOADED || *code == ErrorCode::SHUTTING_DOWN
+                *code == ErrorCode::OVERLOADED
+                    || *code == ErrorCode::SHUTTING_DOWN
+                    || *code == ErrorCode::REDIRECT
             }
             _ => false,
+        }
+    }
+
+    /// The address a server redirected the call to (`REDIRECT`): the call did not run there,
+    /// and should be sent to this address instead.
+    pub fn redirect(&self) -> Option<&str> {
+        match self {
+            Self::Remote { code, message } if *code == ErrorCode::REDIRECT => Some(message),
+            _ => None,
         }
     }
 

@@ -79,6 +79,11 @@ impl ClientConfig {
         self
     }
 
+    /// The timeout of a call that sets none (see [`default_timeout`](Self::default_timeout)).
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.default_timeout
+    }
+
     /// Timeout of calls that name none; `None` lets them wait forever (until the connection
     /// ends). Default [`DEFAULT_TIMEOUT`] (30 s).
     pub fn default_timeout(mut self, timeout: Option<Duration>) -> Self {

@@ -185,6 +185,13 @@ impl Status {
         }
     }
 
+    /// Refuses the call without running it, naming the address that takes it instead
+    /// (`REDIRECT`): a follower pointing at its leader. A balanced client in leader mode follows
+    /// it and remembers the leader.
+    pub fn redirect(to: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::REDIRECT, to)
+    }
+
     /// The error code.
     pub fn code(&self) -> ErrorCode {
         self.code

@@ -1,0 +1,532 @@
+//! The balanced client: picks an endpoint and a connection per call, retries what is safe to
+//! retry, follows redirects.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use event_listener::{Event, Listener};
+use flumen_stream::{
+    CallError, CallOptions, ConnectionError, ReplyStream, RequestSender, StreamMode,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::{
+    budget::Budget,
+    config::{BalanceConfig, Mode, MAX_REDIRECTS},
+    endpoint::{Endpoint, Lease},
+    strategy::{Candidate, Picker},
+};
+
+/// The longest a caller waiting for a connection sleeps before looking again (an endpoint's
+/// overload backoff ends without an event).
+const WAIT_SLICE: Duration = Duration::from_millis(20);
+
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a balanced call needs from the runtime and transport it was built on.
+pub(crate) trait Control: Send + Sync + 'static {
+    /// A timer on the client's runtime.
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture;
+    /// Adds the endpoint a redirect named (parsing its address), with its connector; `None`
+    /// if the address does not parse.
+    fn add_endpoint(&self, shared: &Arc<Shared>, address: &str) -> Option<Arc<Endpoint>>;
+}
+
+/// How one call may be routed and retried: set by the typed layer from the method's
+/// declaration and the caller's affinity key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The method may run twice without harm: a call that failed after it was sent (the
+    /// connection broke) may be retried on another endpoint.
+    pub idempotent: bool,
+    /// The consistent-hashing key ([`Strategy::ConsistentHash`](crate::Strategy)).
+    pub affinity: Option<u64>,
+}
+
+/// A client over many endpoints: a drop-in for one connection, for unary and streaming
+/// calls alike. Cheap to clone; clones share the pools.
+///
+/// Per call it picks an endpoint with the configured [`Strategy`](crate::Strategy), then one
+/// of the endpoint's open connections in turn. A stream stays on the connection where it
+/// started.
+///
+/// **Retries.** A call is retried on another endpoint, automatically, only when it provably
+/// never reached a handler: never written (the connection was closed or draining), refused as
+/// `OVERLOADED` or `SHUTTING_DOWN`, or redirected. A call whose connection broke after it was
+/// written is retried only when its method is idempotent ([`Route::idempotent`]). Every retry
+/// takes a token from the [`RetryBudget`](crate::RetryBudget), at most
+/// [`max_attempts`](BalanceConfig::max_attempts) attempts are made, and the deadline is the
+/// first attempt's: a retry gets what is left of it, never more.
+#[derive(Clone)]
+pub struct Balancer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// State shared by a balancer's callers, connectors and discovery task.
+pub(crate) struct Shared {
+    pub(crate) endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    picker: Picker,
+    /// The leader's id, in [`Mode::Leader`].
+    leader: Mutex<Option<u64>>,
+    budget: Budget,
+    pub(crate) config: BalanceConfig,
+    /// A connection opened or failed, or the endpoint set changed: waiting callers look again.
+    pub(crate) changed: Event,
+    /// Discovery delivered its first set (until then callers wait instead of failing).
+    pub(crate) discovered: AtomicBool,
+    pub(crate) closed: AtomicBool,
+    pub(crate) control: Box<dyn Control>,
+    redirects: AtomicU64,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoints = self.shared.endpoints.read().clone();
+        f.debug_struct("Balancer")
+            .field("strategy", &self.shared.picker.strategy())
+            .field(
+                "endpoints",
+                &endpoints.iter().map(|e| &*e.label).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(config: BalanceConfig, control: Box<dyn Control>) -> Self {
+        Self {
+            endpoints: RwLock::new(Arc::from(Vec::new())),
+            picker: Picker::new(config.strategy),
+            leader: Mutex::new(None),
+            budget: Budget::new(&config.budget),
+            config,
+            changed: Event::new(),
+            discovered: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            control,
+            redirects: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a call's lease: `Ok(None)` if the caller should wait for a connection.
+    fn try_lease(&self, route: &Route, now: Instant) -> Result<Option<Lease>, CallError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CallError::NotSent(ConnectionError::Closed));
+        }
+        let set = self.endpoints.read().clone();
+        if let [endpoint] = &*set {
+            // One endpoint: nothing to choose.
+            if !endpoint.is_available(now) && !endpoint.is_ejected(now) {
+                return Ok(None); // overloaded: wait out its hint
+            }
+            return match endpoint.connection() {
+                Some(conn) => Ok(Some(endpoint.clone().lease(conn, now))),
+                None => self.nothing_open(&set),
+            };
+        }
+        if self.config.mode == Mode::Leader {
+            if let Some(lease) = self.leader_lease(&set, now) {
+                return Ok(Some(lease));
+            }
+        }
+        let mut ready: Vec<(&Arc<Endpoint>, flumen_stream::Client)> = Vec::with_capacity(set.len());
+        let mut ejected = Vec::new();
+        let mut backing_off = false;
+        for endpoint in set.iter() {
+            if endpoint.is_removed() {
+                continue;
+            }
+            let Some(conn) = endpoint.connection() else {
+                continue;
+            };
+            if endpoint.is_available(now) {
+                ready.push((endpoint, conn));
+            } else if endpoint.is_ejected(now) {
+                ejected.push((endpoint, conn));
+            } else {
+                backing_off = true;
+            }
+        }
+        if ready.is_empty() {
+            // Every connected endpoint is ejected: better a suspect endpoint than none.
+            ready = ejected;
+        }
+        if ready.is_empty() {
+            return match backing_off {
+                true => Ok(None),
+                false => self.nothing_open(&set),
+            };
+        }
+        let candidates: Vec<Candidate> = ready.iter().map(|(e, _)| e.candidate()).collect();
+        let mut rng = fastrand::Rng::new();
+        let index = self.picker.pick(&candidates, route.affinity, &mut rng);
+        let (endpoint, conn) = ready.swap_remove(index);
+        Ok(Some(endpoint.clone().lease(conn, now)))
+    }
+
+    fn leader_lease(&self, set: &[Arc<Endpoint>], now: Instant) -> Option<Lease> {
+        let leader = (*self.leader.lock())?;
+        let endpoint = set.iter().find(|e| e.id == leader && !e.is_removed())?;
+        if endpoint.is_ejected(now) {
+            return None;
+        }
+        let conn = endpoint.connection()?;
+        Some(endpoint.clone().lease(conn, now))
+    }
+
+    /// No endpoint has an open connection: wait while one is being opened for the first time
+    /// (or discovery has not answered yet); otherwise fail now with the last connection error.
+    fn nothing_open(&self, set: &[Arc<Endpoint>]) -> Result<Option<Lease>, CallError> {
+        if !self.discovered.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let mut last = None;
+        for endpoint in set.iter().filter(|e| !e.is_removed()) {
+            endpoint.want();
+            if endpoint.connect_failures() == 0 {
+                return Ok(None);
+            }
+            last = last.or_else(|| endpoint.last_error());
+        }
+        let error = last.unwrap_or_else(|| {
+            ConnectionError::Io(Arc::new(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no endpoint to call: discovery found none",
+            )))
+        });
+        Err(CallError::NotSent(error))
+    }
+
+    /// Remembers the leader a follower named, adding it if it is new.
+    fn follow(self: &Arc<Self>, address: &str) -> bool {
+        let set = self.endpoints.read().clone();
+        let endpoint = match set.iter().find(|e| &*e.label == address && !e.is_removed()) {
+            Some(endpoint) => endpoint.clone(),
+            None => match self.control.add_endpoint(self, address) {
+                Some(endpoint) => endpoint,
+                None => return false,
+            },
+        };
+        endpoint.want();
+        *self.leader.lock() = Some(endpoint.id);
+        self.redirects.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    fn forget_leader(&self, endpoint: &Endpoint) {
+        let mut leader = self.leader.lock();
+        if *leader == Some(endpoint.id) {
+            *leader = None;
+        }
+    }
+}
+
+/// The bookkeeping of one call's attempts.
+struct Attempts {
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    made: u32,
+    redirects: u32,
+}
+
+impl Attempts {
+    fn new(shared: &Shared, options: &CallOptions) -> Self {
+        let timeout = options
+            .timeout_setting()
+            .unwrap_or_else(|| shared.config.client.call_timeout());
+        Self {
+            deadline: timeout.map(|t| Instant::now() + t),
+            timeout,
+            made: 0,
+            redirects: 0,
+        }
+    }
+
+    /// The options of the next attempt: what is left of the deadline.
+    fn options(&self, options: &CallOptions) -> Result<Option<CallOptions>, CallError> {
+        if self.made == 0 && self.redirects == 0 {
+            return Ok(None);
+        }
+        let Some(deadline) = self.deadline else {
+            return Ok(None);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.timed_out());
+        }
+        Ok(Some(options.clone().timeout(Some(left))))
+    }
+
+    fn timed_out(&self) -> CallError {
+        CallError::Timeout(self.timeout.unwrap_or_default())
+    }
+
+    /// Whether the call that failed with `error` on `lease` is tried again.
+    fn retry(
+        &mut self,
+        shared: &Arc<Shared>,
+        error: &CallError,
+        lease: &Lease,
+        route: &Route,
+    ) -> bool {
+        if let Some(address) = error.redirect() {
+            self.redirects += 1;
+            return self.redirects <= MAX_REDIRECTS && shared.follow(address);
+        }
+        if matches!(error, CallError::Connection(_) | CallError::Timeout(_)) {
+            shared.forget_leader(&lease.endpoint);
+        }
+        self.made += 1;
+        let safe = match error {
+            CallError::RequestTooLarge { .. } => false,
+            CallError::Connection(_) => route.idempotent,
+            error => error.is_not_sent(),
+        };
+        safe && self.made < shared.config.max_attempts
+            && self.deadline.is_none_or(|d| Instant::now() < d)
+            && shared.budget.try_withdraw(Instant::now())
+    }
+}
+
+impl Balancer {
+    /// Calls `method` with a body in two parts (see `flumen_stream::Client::call_parts`).
+    ///
+    /// # Errors
+    ///
+    /// The last attempt's [`CallError`]; `NotSent` if no endpoint could take the call, with the
+    /// last connection error.
+    pub async fn call_parts(
+        &self,
+        method: u32,
+        head: Bytes,
+        tail: Bytes,
+        options: &CallOptions,
+        route: Route,
+    ) -> Result<Bytes, CallError> {
+        let shared = &self.shared;
+        shared.budget.deposit();
+        let mut attempts = Attempts::new(shared, options);
+        loop {
+            let lease = self.lease(&route, attempts.deadline).await?;
+            let retry_options = attempts.options(options)?;
+            let options = retry_options.as_ref().unwrap_or(options);
+            let result = lease
+                .conn
+                .call_parts(method, head.clone(), tail.clone(), options)
+                .await;
+            lease.finish(&result, &shared.config.outlier);
+            match result {
+                Err(error) if attempts.retry(shared, &error, &lease, &route) => continue,
+                result => return result,
+            }
+        }
+    }
+
+    /// [`call_parts`](Self::call_parts) from a plain thread; blocks until it resolves.
+    ///
+    /// # Errors
+    ///
+    /// As [`call_parts`](Self::call_parts).
+    pub fn call_blocking_parts(
+        &self,
+        method: u32,
+        head: Bytes,
+        tail: Bytes,
+        options: &CallOptions,
+        route: Route,
+    ) -> Result<Bytes, CallError> {
+        let shared = &self.shared;
+        shared.budget.deposit();
+        let mut attempts = Attempts::new(shared, options);
+        loop {
+            let lease = self.lease_blocking(&route, attempts.deadline)?;
+            let retry_options = attempts.options(options)?;
+            let options = retry_options.as_ref().unwrap_or(options);
+            let result =
+                lease
+                    .conn
+                    .call_blocking_parts(method, head.clone(), tail.clone(), options);
+            lease.finish(&result, &shared.config.outlier);
+            match result {
+                Err(error) if attempts.retry(shared, &error, &lease, &route) => continue,
+                result => return result,
+            }
+        }
+    }
+
+    /// Opens a streaming call on one endpoint; it stays there. Opening is retried elsewhere
+    /// only if the stream never started (the same rules as unary calls, idempotence aside).
+    ///
+    /// # Errors
+    ///
+    /// As [`call_parts`](Self::call_parts).
+    pub async fn open_stream(
+        &self,
+        method: u32,
+        body: Bytes,
+        mode: StreamMode,
+        options: &CallOptions,
+        route: Route,
+    ) -> Result<(Option<RequestSender>, ReplyStream), CallError> {
+        let shared = &self.shared;
+        shared.budget.deposit();
+        let mut attempts = Attempts::new(shared, options);
+        let route = Route {
+            idempotent: false,
+            ..route
+        };
+        loop {
+            let lease = self.lease(&route, attempts.deadline).await?;
+            let retry_options = attempts.options(options)?;
+            let options = retry_options.as_ref().unwrap_or(options);
+            let result = lease
+                .conn
+                .open_stream(method, body.clone(), mode, options)
+                .await;
+            if let Err(error) = &result {
+                lease.finish::<()>(&Err(error.clone()), &shared.config.outlier);
+            }
+            match result {
+                Err(error) if attempts.retry(shared, &error, &lease, &route) => continue,
+                result => return result,
+            }
+        }
+    }
+
+    /// A lease, waiting (at most until `deadline`) while connections are being opened.
+    async fn lease(&self, route: &Route, deadline: Option<Instant>) -> Result<Lease, CallError> {
+        let shared = &self.shared;
+        let started = Instant::now();
+        loop {
+            if let Some(lease) = shared.try_lease(route, Instant::now())? {
+                return Ok(lease);
+            }
+            let listener = shared.changed.listen();
+            if let Some(lease) = shared.try_lease(route, Instant::now())? {
+                return Ok(lease);
+            }
+            let wake = wake_at(deadline);
+            futures_lite::future::or(listener, shared.control.sleep_until(wake)).await;
+            check_deadline(deadline, started)?;
+        }
+    }
+
+    fn lease_blocking(&self, route: &Route, deadline: Option<Instant>) -> Result<Lease, CallError> {
+        let shared = &self.shared;
+        let started = Instant::now();
+        loop {
+            if let Some(lease) = shared.try_lease(route, Instant::now())? {
+                return Ok(lease);
+            }
+            let listener = shared.changed.listen();
+            if let Some(lease) = shared.try_lease(route, Instant::now())? {
+                return Ok(lease);
+            }
+            listener.wait_deadline(wake_at(deadline));
+            check_deadline(deadline, started)?;
+        }
+    }
+
+    /// Per-endpoint figures and retry counts.
+    pub fn stats(&self) -> BalanceStats {
+        let shared = &self.shared;
+        let endpoints = shared.endpoints.read().clone();
+        let now = Instant::now();
+        let (retries, retries_refused) = shared.budget.counts();
+        BalanceStats {
+            endpoints: endpoints
+                .iter()
+                .map(|e| {
+                    let (calls, failures) = e.counts();
+                    EndpointStats {
+                        address: e.label.clone(),
+                        calls,
+                        failures,
+                        in_flight: e.in_flight(),
+                        connections: e.open_count(),
+                        latency: e.latency(),
+                        ejected: e.is_ejected(now),
+                        weight: e.weight(),
+                    }
+                })
+                .collect(),
+            retries,
+            retries_refused,
+            redirects: shared.redirects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops discovery and closes every pool; calls in flight end with their connections.
+    pub fn close(&self) {
+        let shared = &self.shared;
+        shared.closed.store(true, Ordering::Release);
+        for endpoint in shared.endpoints.read().iter() {
+            endpoint.remove();
+        }
+        shared.changed.notify(usize::MAX);
+    }
+}
+
+fn wake_at(deadline: Option<Instant>) -> Instant {
+    let slice = Instant::now() + WAIT_SLICE;
+    deadline.map_or(slice, |deadline| deadline.min(slice))
+}
+
+fn check_deadline(deadline: Option<Instant>, started: Instant) -> Result<(), CallError> {
+    match deadline {
+        Some(deadline) if Instant::now() >= deadline => Err(CallError::Timeout(
+            deadline.saturating_duration_since(started),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A balanced client's figures ([`Balancer::stats`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct BalanceStats {
+    /// Each endpoint, in discovery order.
+    pub endpoints: Vec<EndpointStats>,
+    /// Retries made.
+    pub retries: u64,
+    /// Retries the budget refused (the call failed with its error instead).
+    pub retries_refused: u64,
+    /// Redirects followed.
+    pub redirects: u64,
+}
+
+/// One endpoint's figures.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// The address.
+    pub address: Arc<str>,
+    /// Calls started here (retries included).
+    pub calls: u64,
+    /// Calls that failed in a way that blames the endpoint (connection lost, timeout).
+    pub failures: u64,
+    /// Calls in flight now.
+    pub in_flight: u32,
+    /// Open connections.
+    pub connections: usize,
+    /// The latency average (peak EWMA).
+    pub latency: Duration,
+    /// Ejected by outlier detection now.
+    pub ejected: bool,
+    /// The weight discovery gave it.
+    pub weight: u32,
+}

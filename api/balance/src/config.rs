@@ -1,0 +1,136 @@
+//! The balanced client's settings.
+
+use std::time::Duration;
+
+use flumen_stream::ClientConfig;
+
+use crate::{Backoff, OutlierDetection, RetryBudget, Strategy};
+
+/// Default [`BalanceConfig::pool_size`]: connections per endpoint.
+pub const DEFAULT_POOL_SIZE: usize = 1;
+/// Default [`BalanceConfig::health_interval`].
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default [`BalanceConfig::idle_timeout`].
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default [`BalanceConfig::max_attempts`]: the first try and two retries.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Redirects one call follows at most (a loop of followers naming each other ends there).
+pub const MAX_REDIRECTS: u32 = 4;
+
+/// Which endpoint a call goes to beyond the strategy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Stateless: any endpoint serves any call; a failed endpoint's calls go to the others.
+    #[default]
+    Any,
+    /// Stateful: one endpoint (the leader) serves the calls. A follower answers
+    /// [`Status::redirect`](flumen_stream::Status::redirect) naming the leader; the client
+    /// follows, remembers it, and sends later calls there until it fails.
+    Leader,
+}
+
+/// Settings of a [`Balancer`](crate::Balancer).
+#[derive(Clone, Debug)]
+pub struct BalanceConfig {
+    pub(crate) strategy: Strategy,
+    pub(crate) mode: Mode,
+    pub(crate) pool_size: usize,
+    pub(crate) client: ClientConfig,
+    pub(crate) backoff: Backoff,
+    pub(crate) outlier: OutlierDetection,
+    pub(crate) budget: RetryBudget,
+    pub(crate) health_interval: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_attempts: u32,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::default(),
+            mode: Mode::default(),
+            pool_size: DEFAULT_POOL_SIZE,
+            client: ClientConfig::default(),
+            backoff: Backoff::default(),
+            outlier: OutlierDetection::default(),
+            budget: RetryBudget::default(),
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+            idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+impl BalanceConfig {
+    /// Default settings: power of two choices, one connection per endpoint.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How calls are spread. Default [`Strategy::PowerOfTwoChoices`].
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Stateless or leader-following. Default [`Mode::Any`].
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Connections per endpoint, opened lazily (the first on an endpoint's first call, the
+    /// rest right after). Default [`DEFAULT_POOL_SIZE`] (1); at least 1. More than one helps
+    /// only when one connection's reader or writer thread is the bottleneck.
+    pub fn pool_size(mut self, connections: usize) -> Self {
+        self.pool_size = connections.max(1);
+        self
+    }
+
+    /// Settings of each connection (window, timeouts, keep-alive: the keep-alive pings are
+    /// what finds a silently dead endpoint under load).
+    pub fn client(mut self, config: ClientConfig) -> Self {
+        self.client = config;
+        self
+    }
+
+    /// Backoff between connection attempts to one endpoint. Default [`Backoff::default`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// When an endpoint is ejected. Default [`OutlierDetection::default`].
+    pub fn outlier_detection(mut self, policy: OutlierDetection) -> Self {
+        self.outlier = policy;
+        self
+    }
+
+    /// How many retries the client may add. Default [`RetryBudget::default`] (20% + 10/s).
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// How often each endpoint's pool is checked: closed connections replaced, idle pools
+    /// closed. Default [`DEFAULT_HEALTH_INTERVAL`] (1 s). A connection found closed by a call
+    /// is replaced at once, not at the next check.
+    pub fn health_interval(mut self, interval: Duration) -> Self {
+        self.health_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Closes an endpoint's connections after this long without a call (`None`: never);
+    /// the next call opens them again. Default [`DEFAULT_POOL_IDLE_TIMEOUT`] (5 min).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Attempts per call, the first included, for the retries that are allowed (see
+    /// [`Balancer`](crate::Balancer)). Default [`DEFAULT_MAX_ATTEMPTS`] (3); at least 1.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+}

@@ -1,0 +1,224 @@
+//! The tasks behind a balanced client: one connector per endpoint (opens connections lazily,
+//! reconnects with backoff, closes idle pools) and one discovery task (applies endpoint sets).
+
+use std::{
+    collections::HashMap,
+    fmt::Display,
+    hash::Hash,
+    io,
+    marker::PhantomData,
+    str::FromStr,
+    sync::{Arc, Weak},
+    time::Instant,
+};
+
+use flumen_stream::{ConnectError, ConnectionError, Runtime, Transport};
+
+use crate::{
+    balancer::{BoxFuture, Control, Shared},
+    discovery::{Discover, Target},
+    endpoint::Endpoint,
+    BalanceConfig, Balancer,
+};
+
+/// What an address type needs to be balanced over: compared and hashed to tell endpoints apart,
+/// shown and parsed as text (stats, redirects, discovery files).
+pub trait Address: Clone + Eq + Hash + Display + FromStr + Send + Sync + 'static {}
+
+impl<A: Clone + Eq + Hash + Display + FromStr + Send + Sync + 'static> Address for A {}
+
+/// The runtime and transport a balancer opens connections with.
+struct Driver<R, T: Transport> {
+    rt: R,
+    transport: Arc<T>,
+    addr: PhantomData<fn() -> T::Addr>,
+}
+
+impl<R: Runtime, T: Transport> Control for Driver<R, T>
+where
+    T::Addr: Address,
+{
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture {
+        Box::pin(self.rt.sleep_until(deadline))
+    }
+
+    fn add_endpoint(&self, shared: &Arc<Shared>, address: &str) -> Option<Arc<Endpoint>> {
+        let address: T::Addr = address.parse().ok()?;
+        let target = Target::new(address);
+        let mut endpoints = shared.endpoints.read().to_vec();
+        let endpoint = start(&self.rt, &self.transport, shared, &target);
+        endpoints.push(endpoint.clone());
+        *shared.endpoints.write() = Arc::from(endpoints);
+        Some(endpoint)
+    }
+}
+
+impl Balancer {
+    /// A balanced client over the endpoints `discovery` finds, connecting over `transport` on
+    /// `rt`. Returns at once: connections open on the first calls (which wait for them, up to
+    /// their deadline), and the endpoint set follows discovery while calls run.
+    pub fn new<R, T, D>(rt: &R, transport: T, discovery: D, config: BalanceConfig) -> Self
+    where
+        R: Runtime,
+        T: Transport,
+        T::Addr: Address,
+        D: Discover<T::Addr>,
+    {
+        let transport = Arc::new(transport);
+        let driver = Driver {
+            rt: rt.clone(),
+            transport: transport.clone(),
+            addr: PhantomData,
+        };
+        let shared = Arc::new(Shared::new(config, Box::new(driver)));
+        rt.spawn(discover(
+            rt.clone(),
+            transport,
+            Arc::downgrade(&shared),
+            discovery,
+        ));
+        Self { shared }
+    }
+}
+
+/// Creates an endpoint and starts its connector.
+fn start<R: Runtime, T: Transport>(
+    rt: &R,
+    transport: &Arc<T>,
+    shared: &Arc<Shared>,
+    target: &Target<T::Addr>,
+) -> Arc<Endpoint>
+where
+    T::Addr: Address,
+{
+    let endpoint = Arc::new(Endpoint::new(
+        target.address.to_string().into(),
+        target.weight,
+    ));
+    rt.spawn(connector(
+        rt.clone(),
+        transport.clone(),
+        target.address.clone(),
+        endpoint.clone(),
+        Arc::downgrade(shared),
+    ));
+    endpoint
+}
+
+/// Applies each endpoint set discovery reports: new endpoints start, missing ones are removed
+/// (their connections close once their calls end), weights are updated.
+async fn discover<R, T, D>(rt: R, transport: Arc<T>, shared: Weak<Shared>, mut discovery: D)
+where
+    R: Runtime,
+    T: Transport,
+    T::Addr: Address,
+    D: Discover<T::Addr>,
+{
+    while let Some(targets) = discovery.next().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let current = shared.endpoints.read().clone();
+        let mut by_label: HashMap<&str, &Arc<Endpoint>> = current
+            .iter()
+            .filter(|e| !e.is_removed())
+            .map(|e| (&*e.label, e))
+            .collect();
+        let mut next = Vec::with_capacity(targets.len());
+        for target in &targets {
+            let label = target.address.to_string();
+            match by_label.remove(label.as_str()) {
+                Some(endpoint) => {
+                    endpoint.set_weight(target.weight);
+                    next.push(endpoint.clone());
+                }
+                None if next.iter().any(|e: &Arc<Endpoint>| *e.label == *label) => {}
+                None => next.push(start(&rt, &transport, &shared, target)),
+            }
+        }
+        for gone in by_label.into_values() {
+            gone.remove();
+        }
+        *shared.endpoints.write() = Arc::from(next);
+        shared
+            .discovered
+            .store(true, std::sync::atomic::Ordering::Release);
+        shared.changed.notify(usize::MAX);
+    }
+}
+
+/// Keeps one endpoint's pool: opens connections while they are wanted (backing off after
+/// failures), replaces closed ones, closes the pool when idle, and ends when the endpoint is
+/// removed or the balancer dropped.
+async fn connector<R: Runtime, T: Transport>(
+    rt: R,
+    transport: Arc<T>,
+    address: T::Addr,
+    endpoint: Arc<Endpoint>,
+    shared: Weak<Shared>,
+) {
+    let mut rng = fastrand::Rng::new();
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            endpoint.release_connections();
+            return;
+        };
+        if endpoint.is_removed() || strong.closed.load(std::sync::atomic::Ordering::Acquire) {
+            endpoint.release_connections();
+            strong.changed.notify(usize::MAX);
+            return;
+        }
+        let config = &strong.config;
+        let open = endpoint.prune();
+        let now = Instant::now();
+        if endpoint.is_wanted() && open < config.pool_size {
+            let delay = config.backoff.delay(endpoint.connect_failures(), &mut rng);
+            let client = config.client.clone();
+            drop(strong);
+            if !delay.is_zero() {
+                rt.sleep_until(now + delay).await;
+            }
+            let result = flumen_stream::Client::connect(&rt, &*transport, &address, client).await;
+            let Some(strong) = shared.upgrade() else {
+                return;
+            };
+            match result {
+                Ok(conn) if !endpoint.is_removed() => endpoint.add_connection(conn),
+                Ok(_) => {}
+                Err(error) => {
+                    let config = &strong.config;
+                    endpoint.connect_failed(connect_error(error), Instant::now(), &config.outlier);
+                }
+            }
+            strong.changed.notify(usize::MAX);
+            continue;
+        }
+        let idle = config.idle_timeout.is_some_and(|timeout| {
+            open > 0 && endpoint.in_flight() == 0 && endpoint.idle_for(now) >= timeout
+        });
+        if idle {
+            endpoint.release_connections();
+            continue;
+        }
+        let listener = endpoint.wake.listen();
+        let short = endpoint.is_wanted() && endpoint.open_count() < config.pool_size;
+        if short || endpoint.is_removed() {
+            continue;
+        }
+        let check = now + config.health_interval;
+        drop(strong);
+        futures_lite::future::or(listener, rt.sleep_until(check)).await;
+    }
+}
+
+/// A failed connection attempt as the error calls report.
+fn connect_error(error: ConnectError) -> ConnectionError {
+    match error {
+        ConnectError::Io(error) => ConnectionError::Io(Arc::new(error)),
+        ConnectError::Refused { code, reason } => ConnectionError::GoAway { code, reason },
+        other => ConnectionError::Io(Arc::new(io::Error::other(other.to_string()))),
+    }
+}

@@ -1,0 +1,192 @@
+//! An endpoint's health as its calls see it (sans-IO): a latency average for the balancer to
+//! compare, and outlier detection that ejects an endpoint after consecutive failures and lets
+//! it back in, on probation, once its ejection time is over.
+
+use std::time::{Duration, Instant};
+
+/// Outlier detection: when an endpoint is taken out of rotation, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive failed calls or connection attempts that eject an endpoint. Default 5.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each ejection in a row doubles it. Default 1 s.
+    pub base_ejection: Duration,
+    /// The longest ejection. Default 30 s.
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How long the latency average remembers: a sample's weight halves in about 0.7× this.
+pub(crate) const LATENCY_DECAY: Duration = Duration::from_secs(10);
+
+/// The health of one endpoint.
+#[derive(Debug)]
+pub(crate) struct Health {
+    latency_ns: f64,
+    sampled_at: Option<Instant>,
+    consecutive_failures: u32,
+    /// Ejections in a row without a success in between.
+    ejections: u32,
+    ejected_until: Option<Instant>,
+    /// Refused as overloaded: no new calls until then.
+    backoff_until: Option<Instant>,
+}
+
+impl Health {
+    pub(crate) fn new() -> Self {
+        Self {
+            latency_ns: 0.0,
+            sampled_at: None,
+            consecutive_failures: 0,
+            ejections: 0,
+            ejected_until: None,
+            backoff_until: None,
+        }
+    }
+
+    /// The latency average in nanoseconds; 0 before the first sample.
+    pub(crate) fn latency_ns(&self) -> u64 {
+        self.latency_ns as u64
+    }
+
+    /// Whether the endpoint may take calls at `now`.
+    pub(crate) fn is_available(&self, now: Instant) -> bool {
+        let open = |until: Option<Instant>| until.is_none_or(|until| now >= until);
+        open(self.ejected_until) && open(self.backoff_until)
+    }
+
+    /// Whether the endpoint is ejected at `now`.
+    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until.is_some_and(|until| now < until)
+    }
+
+    /// A call answered after `latency`: the endpoint is alive. Peak EWMA: a slower sample is
+    /// taken at once, faster ones pull the average down gradually, so a degrading endpoint is
+    /// noticed on its first slow reply.
+    pub(crate) fn on_success(&mut self, now: Instant, latency: Duration) {
+        let sample = latency.as_nanos() as f64;
+        match self.sampled_at {
+            Some(at) if sample < self.latency_ns => {
+                let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                let keep = (-elapsed / LATENCY_DECAY.as_secs_f64()).exp();
+                self.latency_ns = self.latency_ns * keep + sample * (1.0 - keep);
+            }
+            _ => self.latency_ns = sample,
+        }
+        self.sampled_at = Some(now);
+        self.consecutive_failures = 0;
+        self.ejections = 0;
+    }
+
+    /// A call or connection attempt failed in a way that blames the endpoint. Returns whether
+    /// this failure ejected it.
+    pub(crate) fn on_failure(&mut self, now: Instant, policy: &OutlierDetection) -> bool {
+        self.consecutive_failures += 1;
+        if self.consecutive_failures < policy.consecutive_failures.max(1) || self.is_ejected(now) {
+            return false;
+        }
+        let doubling = self.ejections.min(16);
+        let length = policy
+            .base_ejection
+            .saturating_mul(1 << doubling)
+            .min(policy.max_ejection);
+        self.ejected_until = Some(now + length);
+        self.ejections += 1;
+        // On probation once back: one more failure ejects it again, for longer.
+        self.consecutive_failures = policy.consecutive_failures.saturating_sub(1);
+        true
+    }
+
+    /// The endpoint refused a call as overloaded: send it nothing new for `wait`.
+    pub(crate) fn on_overloaded(&mut self, now: Instant, wait: Duration) {
+        self.backoff_until = Some(now + wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let t0 = Instant::now();
+        let mut health = Health::new();
+        health.on_success(t0, 100 * MS);
+        assert_eq!(health.latency_ns(), 100_000_000);
+        health.on_success(t0 + MS, 300 * MS);
+        assert_eq!(
+            health.latency_ns(),
+            300_000_000,
+            "a slower sample is taken at once"
+        );
+        health.on_success(t0 + Duration::from_secs(10), 100 * MS);
+        let after = health.latency_ns();
+        assert!(after < 300_000_000 && after > 100_000_000, "{after}");
+        health.on_success(t0 + Duration::from_secs(100), 100 * MS);
+        assert!(health.latency_ns() < 101_000_000);
+    }
+
+    #[test]
+    fn consecutive_failures_eject_with_doubling_and_a_success_forgives() {
+        let policy = OutlierDetection::default();
+        let t0 = Instant::now();
+        let mut health = Health::new();
+        for _ in 0..4 {
+            assert!(!health.on_failure(t0, &policy));
+        }
+        assert!(health.is_available(t0));
+        assert!(health.on_failure(t0, &policy));
+        assert!(!health.is_available(t0));
+        assert!(health.is_available(t0 + Duration::from_secs(1)));
+        // On probation: the next failure ejects again, for twice as long.
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(health.on_failure(t1, &policy));
+        assert!(!health.is_available(t1 + Duration::from_millis(1999)));
+        assert!(health.is_available(t1 + Duration::from_secs(2)));
+        // A success ends probation and resets the doubling.
+        let t2 = t1 + Duration::from_secs(2);
+        health.on_success(t2, MS);
+        for _ in 0..4 {
+            assert!(!health.on_failure(t2, &policy));
+        }
+        assert!(health.on_failure(t2, &policy));
+        assert!(health.is_available(t2 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn ejection_is_capped() {
+        let policy = OutlierDetection {
+            consecutive_failures: 1,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(4),
+        };
+        let mut now = Instant::now();
+        let mut health = Health::new();
+        for _ in 0..40 {
+            assert!(health.on_failure(now, &policy));
+            now += Duration::from_secs(4);
+            assert!(health.is_available(now));
+        }
+    }
+
+    #[test]
+    fn overloaded_backs_off_for_the_hint() {
+        let t0 = Instant::now();
+        let mut health = Health::new();
+        health.on_overloaded(t0, 50 * MS);
+        assert!(!health.is_available(t0 + 49 * MS));
+        assert!(health.is_available(t0 + 50 * MS));
+        assert!(!health.is_ejected(t0));
+    }
+}
