@@ -3,15 +3,20 @@
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use flumen_balance::{Address, BalanceConfig, Balancer, Route};
 use flumen_codec::Codec;
 use flumen_codec::MsgPack;
-use flumen_stream::{ClientConfig, ConnectError, Runtime, Transport};
+use flumen_stream::{
+    CallError, CallOptions, ClientConfig, ConnectError, ReplyStream, RequestSender, Runtime,
+    StreamMode, Transport,
+};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{Error, MethodId};
 
 /// A typed client: encodes requests and decodes replies with codec `C`. Cheap to clone; clones
-/// share one multiplexed connection and may call from many tasks and threads at once.
+/// share one multiplexed connection, or one [`Balancer`] over many endpoints
+/// ([`balanced`](Client::balanced)), and may call from many tasks and threads at once.
 ///
 /// # Examples
 ///
@@ -27,9 +32,18 @@ use crate::{Error, MethodId};
 /// ```
 #[derive(Clone, Debug)]
 pub struct Client<C = MsgPack> {
-    raw: flumen_stream::Client,
+    channel: Channel,
     codec: C,
     spawner: Option<Spawner>,
+}
+
+/// Where a client's calls go.
+#[derive(Clone, Debug)]
+enum Channel {
+    /// One connection.
+    One(flumen_stream::Client),
+    /// Many endpoints, each with its pool.
+    Many(Balancer),
 }
 
 /// Spawns tasks on the runtime a client was connected with (to send a bidirectional call's
@@ -76,6 +90,24 @@ impl Client<MsgPack> {
         )
         .await
     }
+
+    /// A balanced client with default settings (see [`balanced_with`](Client::balanced_with))
+    /// and the MessagePack codec.
+    pub fn balanced<R, T, D>(rt: &R, transport: T, discovery: D) -> Self
+    where
+        R: Runtime,
+        T: Transport,
+        T::Addr: Address,
+        D: flumen_balance::discovery::Discover<T::Addr>,
+    {
+        Self::balanced_with(
+            rt,
+            transport,
+            discovery,
+            BalanceConfig::default(),
+            MsgPack::default(),
+        )
+    }
 }
 
 impl<C: Codec> Client<C> {
@@ -92,11 +124,37 @@ impl<C: Codec> Client<C> {
         codec: C,
     ) -> Result<Self, ConnectError> {
         let raw = flumen_stream::Client::connect(rt, transport, addr, config).await?;
-        Ok(Self {
-            raw,
+        Ok(Self::from_raw(raw, codec).with_runtime(rt))
+    }
+
+    /// A client over the endpoints `discovery` finds, balanced and failed over with `config`
+    /// (see [`Balancer`]): a drop-in for a connected client, and what every generated service
+    /// client runs over just as well. Returns at once; the first calls wait for connections.
+    pub fn balanced_with<R, T, D>(
+        rt: &R,
+        transport: T,
+        discovery: D,
+        config: BalanceConfig,
+        codec: C,
+    ) -> Self
+    where
+        R: Runtime,
+        T: Transport,
+        T::Addr: Address,
+        D: flumen_balance::discovery::Discover<T::Addr>,
+    {
+        let balancer = Balancer::new(rt, transport, discovery, config);
+        Self::from_balancer(balancer, codec).with_runtime(rt)
+    }
+
+    /// Wraps a balancer. As with [`from_raw`](Self::from_raw), add
+    /// [`with_runtime`](Self::with_runtime) for bidirectional calls.
+    pub fn from_balancer(balancer: Balancer, codec: C) -> Self {
+        Self {
+            channel: Channel::Many(balancer),
             codec,
-            spawner: Some(Spawner::new(rt)),
-        })
+            spawner: None,
+        }
     }
 
     /// Wraps a raw client. Without a runtime to spawn on, a bidirectional call sends its
@@ -104,7 +162,7 @@ impl<C: Codec> Client<C> {
     /// lifts that.
     pub fn from_raw(raw: flumen_stream::Client, codec: C) -> Self {
         Self {
-            raw,
+            channel: Channel::One(raw),
             codec,
             spawner: None,
         }
@@ -126,8 +184,88 @@ impl<C: Codec> Client<C> {
     }
 
     /// The raw client underneath (calls with `Bytes` bodies, no codec).
+    ///
+    /// # Panics
+    ///
+    /// On a balanced client, which has no single connection: see
+    /// [`connection`](Self::connection) and [`balancer`](Self::balancer).
     pub fn raw(&self) -> &flumen_stream::Client {
-        &self.raw
+        match &self.channel {
+            Channel::One(raw) => raw,
+            Channel::Many(_) => panic!("a balanced client has no single connection"),
+        }
+    }
+
+    /// The connection underneath, unless the client is balanced.
+    pub fn connection(&self) -> Option<&flumen_stream::Client> {
+        match &self.channel {
+            Channel::One(raw) => Some(raw),
+            Channel::Many(_) => None,
+        }
+    }
+
+    /// The balancer underneath, if the client is balanced.
+    pub fn balancer(&self) -> Option<&Balancer> {
+        match &self.channel {
+            Channel::One(_) => None,
+            Channel::Many(balancer) => Some(balancer),
+        }
+    }
+
+    /// Calls `method` with a two-part body on the connection or through the balancer.
+    pub(crate) async fn call_parts(
+        &self,
+        method: MethodId,
+        (head, tail): (Bytes, Bytes),
+        options: &CallOptions,
+        route: Route,
+    ) -> Result<Bytes, CallError> {
+        match &self.channel {
+            Channel::One(raw) => raw.call_parts(method.as_u32(), head, tail, options).await,
+            Channel::Many(balancer) => {
+                let method = method.as_u32();
+                balancer
+                    .call_parts(method, head, tail, options, route)
+                    .await
+            }
+        }
+    }
+
+    /// [`call_parts`](Self::call_parts) from a plain thread.
+    pub(crate) fn call_blocking_parts(
+        &self,
+        method: MethodId,
+        (head, tail): (Bytes, Bytes),
+        options: &CallOptions,
+        route: Route,
+    ) -> Result<Bytes, CallError> {
+        let method = method.as_u32();
+        match &self.channel {
+            Channel::One(raw) => raw.call_blocking_parts(method, head, tail, options),
+            Channel::Many(balancer) => {
+                balancer.call_blocking_parts(method, head, tail, options, route)
+            }
+        }
+    }
+
+    /// Opens a streaming call (on one connection, wherever the balancer puts it).
+    pub(crate) async fn open_stream(
+        &self,
+        method: MethodId,
+        body: Bytes,
+        mode: StreamMode,
+        options: &CallOptions,
+        route: Route,
+    ) -> Result<(Option<RequestSender>, ReplyStream), CallError> {
+        let method = method.as_u32();
+        match &self.channel {
+            Channel::One(raw) => raw.open_stream(method, body, mode, options).await,
+            Channel::Many(balancer) => {
+                balancer
+                    .open_stream(method, body, mode, options, route)
+                    .await
+            }
+        }
     }
 
     /// Calls `method` with `request` and the default timeout.
@@ -144,8 +282,11 @@ impl<C: Codec> Client<C> {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = self.encode(request)?;
-        let reply = self.raw.call(method.into().as_u32(), body).await?;
+        let body = (self.encode(request)?, Bytes::new());
+        let options = CallOptions::new();
+        let reply = self
+            .call_parts(method.into(), body, &options, Route::default())
+            .await?;
         self.decode(&reply)
     }
 
@@ -164,10 +305,10 @@ impl<C: Codec> Client<C> {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = self.encode(request)?;
+        let body = (self.encode(request)?, Bytes::new());
+        let options = CallOptions::new().timeout(timeout);
         let reply = self
-            .raw
-            .call_with_timeout(method.into().as_u32(), body, timeout)
+            .call_parts(method.into(), body, &options, Route::default())
             .await?;
         self.decode(&reply)
     }
@@ -186,19 +327,28 @@ impl<C: Codec> Client<C> {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = self.encode(request)?;
-        let reply = self.raw.call_blocking(method.into().as_u32(), body)?;
+        let body = (self.encode(request)?, Bytes::new());
+        let options = CallOptions::new();
+        let reply = self.call_blocking_parts(method.into(), body, &options, Route::default())?;
         self.decode(&reply)
     }
 
-    /// Whether the connection has ended or is draining.
+    /// Whether the connection has ended or is draining (a balanced client: whether it was
+    /// closed).
     pub fn is_closed(&self) -> bool {
-        self.raw.is_closed()
+        match &self.channel {
+            Channel::One(raw) => raw.is_closed(),
+            Channel::Many(balancer) => balancer.is_closed(),
+        }
     }
 
-    /// Closes the connection; calls in flight fail with a connection error.
+    /// Closes the connection; calls in flight fail with a connection error. A balanced client
+    /// closes its pools.
     pub fn close(&self) {
-        self.raw.close();
+        match &self.channel {
+            Channel::One(raw) => raw.close(),
+            Channel::Many(balancer) => balancer.close(),
+        }
     }
 
     fn encode<Req: Serialize + ?Sized>(&self, request: &Req) -> Result<Bytes, Error> {

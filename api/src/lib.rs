@@ -30,6 +30,9 @@ mod router;
 mod service;
 
 pub use bytes::Bytes;
+/// Balanced clients: pools per endpoint, strategies, failover, retries, discovery
+/// ([`Client::balanced`]).
+pub use flumen_balance as balance;
 pub use flumen_codec::{Codec, CodecError, MsgPack};
 /// The multiplexed core, for raw calls and custom [`Dispatch`] implementations.
 pub use flumen_stream as stream;
@@ -82,6 +85,12 @@ pub use crate::service::__private;
 /// [`RpcError::Method`]`(E)`; framework failures are [`RpcError::Rpc`]. An implementation of
 /// a streaming method returns [`BoxStream`]`<Item>` (`Box::pin(stream)`), so its stream may
 /// outlive `&self`.
+///
+/// `#[idempotent]` on a method declares it safe to run twice: a balanced client
+/// ([`Client::balanced`]) may then retry it on another endpoint after its connection broke
+/// mid-call. Calls that provably never reached a handler are retried whatever the mark; the
+/// others never are. `with_affinity(key)` on the generated client routes calls by a key under
+/// [`balance::Strategy::ConsistentHash`].
 ///
 /// `#[service(crate = "path")]` names the `flumen` crate if the macro cannot find it (it finds
 /// renamed dependencies on its own).

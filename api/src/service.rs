@@ -417,6 +417,7 @@ pub mod __private {
     use super::*;
     use crate::{Client, MethodId};
 
+    pub use flumen_balance::Route;
     pub use futures_lite::Stream;
     pub use serde::{de::DeserializeOwned, Serialize};
 
@@ -616,6 +617,7 @@ pub mod __private {
         client: &Client<C>,
         options: &CallOptions,
         method: MethodId,
+        route: Route,
         args: &A,
     ) -> Result<T, RpcError<E>>
     where
@@ -625,7 +627,10 @@ pub mod __private {
         C: Codec,
     {
         let body = client.codec().encode(args).map_err(Error::Encode)?;
-        match client.raw().call_with(method.as_u32(), body, options).await {
+        match client
+            .call_parts(method, (body, Bytes::new()), options, route)
+            .await
+        {
             Ok(reply) => client
                 .codec()
                 .decode(&reply)
@@ -639,6 +644,7 @@ pub mod __private {
         client: &Client<C>,
         options: &CallOptions,
         method: MethodId,
+        route: Route,
         args: &A,
     ) -> Result<T, RpcError<E>>
     where
@@ -648,10 +654,7 @@ pub mod __private {
         C: Codec,
     {
         let body = client.codec().encode(args).map_err(Error::Encode)?;
-        match client
-            .raw()
-            .call_blocking_with(method.as_u32(), body, options)
-        {
+        match client.call_blocking_parts(method, (body, Bytes::new()), options, route) {
             Ok(reply) => client
                 .codec()
                 .decode(&reply)
@@ -665,6 +668,7 @@ pub mod __private {
         client: &Client<C>,
         options: &CallOptions,
         method: MethodId,
+        route: Route,
         args: &A,
     ) -> Result<ReplyItems<T, E, C>, RpcError<E>>
     where
@@ -673,8 +677,7 @@ pub mod __private {
     {
         let body = client.codec().encode(args).map_err(Error::Encode)?;
         let (_, replies) = client
-            .raw()
-            .open_stream(method.as_u32(), body, StreamMode::ServerStreaming, options)
+            .open_stream(method, body, StreamMode::ServerStreaming, options, route)
             .await
             .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
         Ok(ReplyItems {
@@ -725,6 +728,7 @@ pub mod __private {
         client: &Client<C>,
         options: &CallOptions,
         method: MethodId,
+        route: Route,
         args: &A,
         items: S,
     ) -> Result<T, RpcError<E>>
@@ -739,8 +743,7 @@ pub mod __private {
         let codec = client.codec();
         let body = codec.encode(args).map_err(Error::Encode)?;
         let (sender, replies) = client
-            .raw()
-            .open_stream(method.as_u32(), body, StreamMode::ClientStreaming, options)
+            .open_stream(method, body, StreamMode::ClientStreaming, options, route)
             .await
             .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
         let sender = sender.ok_or(RpcError::Rpc(Error::Call(
@@ -769,6 +772,7 @@ pub mod __private {
         client: &Client<C>,
         options: &CallOptions,
         method: MethodId,
+        route: Route,
         args: &A,
         items: S,
     ) -> Result<ReplyItems<T, E, C>, RpcError<E>>
@@ -781,8 +785,7 @@ pub mod __private {
         let codec = client.codec();
         let body = codec.encode(args).map_err(Error::Encode)?;
         let (sender, replies) = client
-            .raw()
-            .open_stream(method.as_u32(), body, StreamMode::Bidirectional, options)
+            .open_stream(method, body, StreamMode::Bidirectional, options, route)
             .await
             .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
         let mut pump = sender.map(|sender| pump(sender, items, codec.clone()));
@@ -871,6 +874,7 @@ pub mod __private {
         client: &Client<C>,
         options: &CallOptions,
         method: MethodId,
+        route: Route,
         args: &A,
         attachment: Option<Attachment>,
     ) -> Result<Bytes, RpcError<E>>
@@ -886,8 +890,7 @@ pub mod __private {
             None => (message, Bytes::new()),
         };
         client
-            .raw()
-            .call_parts(method.as_u32(), head, tail, options)
+            .call_parts(method, (head, tail), options, route)
             .await
             .map_err(|e| rpc_error(codec, e))
     }

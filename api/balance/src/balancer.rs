@@ -24,6 +24,7 @@ use crate::{
     config::{BalanceConfig, Mode, MAX_REDIRECTS},
     endpoint::{Endpoint, Lease},
     strategy::{Candidate, Picker},
+    Strategy,
 };
 
 /// The longest a caller waiting for a connection sleeps before looking again (an endpoint's
@@ -135,7 +136,12 @@ impl Shared {
         }
         if self.config.mode == Mode::Leader {
             if let Some(lease) = self.leader_lease(&set, now) {
-                return Ok(Some(lease));
+                return Ok(lease);
+            }
+        }
+        if let (Strategy::ConsistentHash, Some(key)) = (self.picker.strategy(), route.affinity) {
+            if let Some(lease) = self.keyed_lease(&set, key, now) {
+                return Ok(lease);
             }
         }
         let mut ready: Vec<(&Arc<Endpoint>, flumen_stream::Client)> = Vec::with_capacity(set.len());
@@ -166,21 +172,52 @@ impl Shared {
                 false => self.nothing_open(&set),
             };
         }
-        let candidates: Vec<Candidate> = ready.iter().map(|(e, _)| e.candidate()).collect();
+        let candidates: Vec<Candidate> = ready.iter().map(|(e, _)| e.candidate(now)).collect();
         let mut rng = fastrand::Rng::new();
         let index = self.picker.pick(&candidates, route.affinity, &mut rng);
         let (endpoint, conn) = ready.swap_remove(index);
         Ok(Some(endpoint.clone().lease(conn, now)))
     }
 
-    fn leader_lease(&self, set: &[Arc<Endpoint>], now: Instant) -> Option<Lease> {
+    /// The leader's lease, or `Some(None)` to wait for its connection; `None` if no leader
+    /// is known or it cannot be reached (any endpoint may then be asked).
+    fn leader_lease(&self, set: &[Arc<Endpoint>], now: Instant) -> Option<Option<Lease>> {
         let leader = (*self.leader.lock())?;
-        let endpoint = set.iter().find(|e| e.id == leader && !e.is_removed())?;
-        if endpoint.is_ejected(now) {
+        let endpoint = set.iter().find(|e| e.id == leader)?;
+        Self::lease_or_wait(endpoint, now)
+    }
+
+    /// The lease of the endpoint a key hashes to among those that can be reached, waiting for
+    /// its connection rather than sending the key elsewhere meanwhile.
+    fn keyed_lease(&self, set: &[Arc<Endpoint>], key: u64, now: Instant) -> Option<Option<Lease>> {
+        let reachable: Vec<&Arc<Endpoint>> =
+            set.iter().filter(|e| Self::can_reach(e, now)).collect();
+        let candidates: Vec<Candidate> = reachable.iter().map(|e| e.candidate(now)).collect();
+        if candidates.is_empty() {
             return None;
         }
-        let conn = endpoint.connection()?;
-        Some(endpoint.clone().lease(conn, now))
+        let mut rng = fastrand::Rng::new();
+        let index = self.picker.pick(&candidates, Some(key), &mut rng);
+        Self::lease_or_wait(reachable[index], now)
+    }
+
+    /// Whether `endpoint` should get its calls: present, not ejected, and connected or about
+    /// to be (no failed connection attempt since its last success).
+    fn can_reach(endpoint: &Endpoint, now: Instant) -> bool {
+        !endpoint.is_removed()
+            && !endpoint.is_ejected(now)
+            && (endpoint.connect_failures() == 0 || endpoint.open_count() > 0)
+    }
+
+    fn lease_or_wait(endpoint: &Arc<Endpoint>, now: Instant) -> Option<Option<Lease>> {
+        if !Self::can_reach(endpoint, now) {
+            return None;
+        }
+        Some(
+            endpoint
+                .connection()
+                .map(|conn| endpoint.clone().lease(conn, now)),
+        )
     }
 
     /// No endpoint has an open connection: wait while one is being opened for the first time
@@ -453,7 +490,7 @@ impl Balancer {
                         failures,
                         in_flight: e.in_flight(),
                         connections: e.open_count(),
-                        latency: e.latency(),
+                        latency: e.latency(now),
                         ejected: e.is_ejected(now),
                         weight: e.weight(),
                     }

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 #[cfg(feature = "dns")]
 mod dns;
 #[cfg(feature = "dns")]
-pub use dns::{Dns, DnsName};
+pub use dns::{Dns, DnsName, DEFAULT_DNS_INTERVAL};
 
 /// The weight of an endpoint whose source gives none.
 pub const DEFAULT_WEIGHT: u32 = 1;

@@ -69,11 +69,11 @@ impl Endpoint {
     }
 
     /// What a strategy sees of this endpoint.
-    pub(crate) fn candidate(&self) -> Candidate {
+    pub(crate) fn candidate(&self, now: Instant) -> Candidate {
         Candidate {
             id: self.id,
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            latency_ns: self.health.lock().latency_ns(),
+            latency_ns: self.health.lock().latency_ns(now),
             weight: self.weight.load(Ordering::Relaxed),
         }
     }
@@ -213,8 +213,8 @@ impl Endpoint {
         )
     }
 
-    pub(crate) fn latency(&self) -> Duration {
-        Duration::from_nanos(self.health.lock().latency_ns())
+    pub(crate) fn latency(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.health.lock().latency_ns(now))
     }
 
     pub(crate) fn weight(&self) -> u32 {

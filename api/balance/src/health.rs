@@ -53,9 +53,15 @@ impl Health {
         }
     }
 
-    /// The latency average in nanoseconds; 0 before the first sample.
-    pub(crate) fn latency_ns(&self) -> u64 {
-        self.latency_ns as u64
+    /// The latency average in nanoseconds at `now`; 0 before the first sample. Without new
+    /// samples it decays towards zero, so an endpoint avoided for being slow is tried again
+    /// after a while instead of starving for good.
+    pub(crate) fn latency_ns(&self, now: Instant) -> u64 {
+        let Some(at) = self.sampled_at else {
+            return 0;
+        };
+        let idle = now.saturating_duration_since(at).as_secs_f64();
+        (self.latency_ns * (-idle / LATENCY_DECAY.as_secs_f64()).exp()) as u64
     }
 
     /// Whether the endpoint may take calls at `now`.
@@ -123,18 +129,20 @@ mod tests {
         let t0 = Instant::now();
         let mut health = Health::new();
         health.on_success(t0, 100 * MS);
-        assert_eq!(health.latency_ns(), 100_000_000);
-        health.on_success(t0 + MS, 300 * MS);
-        assert_eq!(
-            health.latency_ns(),
-            300_000_000,
-            "a slower sample is taken at once"
-        );
-        health.on_success(t0 + Duration::from_secs(10), 100 * MS);
-        let after = health.latency_ns();
+        assert_eq!(health.latency_ns(t0), 100_000_000);
+        let t1 = t0 + MS;
+        health.on_success(t1, 300 * MS);
+        let peak = health.latency_ns(t1);
+        assert_eq!(peak, 300_000_000, "a slower sample is taken at once");
+        let t2 = t0 + Duration::from_secs(10);
+        health.on_success(t2, 100 * MS);
+        let after = health.latency_ns(t2);
         assert!(after < 300_000_000 && after > 100_000_000, "{after}");
-        health.on_success(t0 + Duration::from_secs(100), 100 * MS);
-        assert!(health.latency_ns() < 101_000_000);
+        let t3 = t0 + Duration::from_secs(100);
+        health.on_success(t3, 100 * MS);
+        assert!(health.latency_ns(t3) < 101_000_000);
+        // Unsampled, it fades: a once-slow endpoint is tried again.
+        assert!(health.latency_ns(t3 + Duration::from_secs(60)) < 1_000_000);
     }
 
     #[test]

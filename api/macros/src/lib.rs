@@ -78,6 +78,9 @@ struct Method {
     /// The request's attachment parameter.
     attachment: Option<Ident>,
     output: Output,
+    /// Declared `#[idempotent]`: safe to run twice, so a balanced client may retry it after
+    /// a connection broke mid-call.
+    idempotent: bool,
 }
 
 impl Method {
@@ -274,6 +277,15 @@ fn parse_method(method: &TraitItemFn) -> syn::Result<Method> {
         args.push((pat.ident.clone(), ty.clone()));
     }
     let output = parse_output(&sig.output)?;
+    let mut idempotent = false;
+    for attr in method
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("idempotent"))
+    {
+        attr.meta.require_path_only()?;
+        idempotent = true;
+    }
     if attachment.is_some() && (stream_in.is_some() || output.stream.is_some()) {
         return Err(Error::new(
             sig.ident.span(),
@@ -293,6 +305,7 @@ fn parse_method(method: &TraitItemFn) -> syn::Result<Method> {
         stream_in,
         attachment,
         output,
+        idempotent,
     })
 }
 
@@ -398,6 +411,10 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
             .map(|(arg, ty)| quote!(#arg: #ty))
             .collect();
         let message = quote!(&(#(#arg_names,)*));
+        let idempotent = method.idempotent;
+        let route = quote! {
+            #krate::__private::Route { idempotent: #idempotent, affinity: self.affinity }
+        };
         let attached = method.attachment.is_some() || method.reply_attached();
         match (&method.stream_in, method.output.stream.is_some()) {
             (None, false) if attached => {
@@ -421,7 +438,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                         -> ::core::result::Result<#ok, #krate::RpcError<#err>>
                     {
                         let body = #krate::__private::call_attached::<_, #err, C>(
-                            &self.client, &self.options, #client::#id_const, #message, #attachment_arg,
+                            &self.client, &self.options, #client::#id_const, #route, #message, #attachment_arg,
                         ).await?;
                         #decode(self.client.codec(), body)
                     }
@@ -440,14 +457,14 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     pub async fn #name(&self, #(#client_params),*)
                         -> ::core::result::Result<#ok, #krate::RpcError<#err>>
                     {
-                        #krate::__private::call(&self.client, &self.options, #client::#id_const, #message).await
+                        #krate::__private::call(&self.client, &self.options, #client::#id_const, #route, #message).await
                     }
 
                     #[doc = #blocking_doc]
                     pub fn #blocking(&self, #(#client_params),*)
                         -> ::core::result::Result<#ok, #krate::RpcError<#err>>
                     {
-                        #krate::__private::call_blocking(&self.client, &self.options, #client::#id_const, #message)
+                        #krate::__private::call_blocking(&self.client, &self.options, #client::#id_const, #route, #message)
                     }
                 });
             }
@@ -458,7 +475,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                 pub async fn #name(&self, #(#client_params),*)
                     -> ::core::result::Result<#krate::ReplyItems<#ok, #err, C>, #krate::RpcError<#err>>
                 {
-                    #krate::__private::server_stream(&self.client, &self.options, #client::#id_const, #message).await
+                    #krate::__private::server_stream(&self.client, &self.options, #client::#id_const, #route, #message).await
                 }
             }),
             (Some((items, item)), false) => client_fns.push(quote! {
@@ -471,7 +488,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     #items: impl #krate::__private::Stream<Item = #item> + ::core::marker::Send + 'static,
                 ) -> ::core::result::Result<#ok, #krate::RpcError<#err>>
                 {
-                    #krate::__private::client_stream(&self.client, &self.options, #client::#id_const, #message, #items).await
+                    #krate::__private::client_stream(&self.client, &self.options, #client::#id_const, #route, #message, #items).await
                 }
             }),
             (Some((items, item)), true) => client_fns.push(quote! {
@@ -486,7 +503,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                     #items: impl #krate::__private::Stream<Item = #item> + ::core::marker::Send + 'static,
                 ) -> ::core::result::Result<#krate::ReplyItems<#ok, #err, C>, #krate::RpcError<#err>>
                 {
-                    #krate::__private::bidi_stream(&self.client, &self.options, #client::#id_const, #message, #items).await
+                    #krate::__private::bidi_stream(&self.client, &self.options, #client::#id_const, #route, #message, #items).await
                 }
             }),
         }
@@ -610,6 +627,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
         #vis struct #client<C = #krate::MsgPack> {
             client: #krate::Client<C>,
             options: #krate::CallOptions,
+            affinity: ::core::option::Option<u64>,
         }
 
         impl #client {
@@ -634,7 +652,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
         impl<C: #krate::Codec> #client<C> {
             /// A client of this service on `client`'s connection.
             pub fn new(client: #krate::Client<C>) -> Self {
-                Self { client, options: #krate::CallOptions::new() }
+                Self { client, options: #krate::CallOptions::new(), affinity: ::core::option::Option::None }
             }
 
             /// The same client, whose calls use `timeout` (`None`: no deadline) instead of the
@@ -643,6 +661,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                 Self {
                     client: ::core::clone::Clone::clone(&self.client),
                     options: ::core::clone::Clone::clone(&self.options).timeout(timeout),
+                    affinity: self.affinity,
                 }
             }
 
@@ -658,7 +677,19 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
                 ::core::result::Result::Ok(Self {
                     client: ::core::clone::Clone::clone(&self.client),
                     options: ::core::clone::Clone::clone(&self.options).metadata(metadata)?,
+                    affinity: self.affinity,
                 })
+            }
+
+            /// The same client, whose calls carry the affinity `key`: a balanced client with
+            /// `Strategy::ConsistentHash` sends every call with one key to the same endpoint
+            /// (for caches), and moves only a share of the keys when endpoints come and go.
+            pub fn with_affinity(&self, key: impl ::core::convert::AsRef<[u8]>) -> Self {
+                Self {
+                    client: ::core::clone::Clone::clone(&self.client),
+                    options: ::core::clone::Clone::clone(&self.options),
+                    affinity: ::core::option::Option::Some(#krate::balance::affinity(key)),
+                }
             }
 
             /// The connection underneath.

@@ -240,7 +240,8 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
             counters
                 .frames_read
                 .fetch_add(frames.len() as u64, Ordering::Relaxed);
-            let applied = on_frames(&conn, &mut frames, &mut wakers, &mut pongs);
+            let mut drained = None;
+            let applied = on_frames(&conn, &mut frames, &mut wakers, &mut pongs, &mut drained);
             // Each caller woken with its reply is likely to queue its next request at once:
             // the writer waits for them before writing a small batch.
             conn.out.callers_woken(wakers.len());
@@ -249,6 +250,12 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
                 Ok(Some(error)) => going_away = Some(error),
                 Ok(None) => {}
                 Err(e) => break e,
+            }
+            // The server drains and this side has no call left on the connection: leave, so
+            // that the server can close at once (it waits for that, answering requests that
+            // crossed its GoAway instead of losing them).
+            if let Some(error) = drained {
+                break error;
             }
             // Every ping is answered; while the writer's queue is full, the reader waits
             // (and so reads no more pings) instead of queueing pongs without bound.
@@ -287,12 +294,14 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
 
 /// Applies a batch of frames from the server under one lock of the call table; collects the
 /// pongs to send. `Ok(Some)` is a `GoAway` with an error (the reason the connection will end),
-/// `Err` a violation of the protocol by the server.
+/// `Err` a violation of the protocol by the server. `drained` is set when the server drains
+/// and no call is left on the connection.
 fn on_frames(
     conn: &Conn,
     frames: &mut Vec<Frame>,
     wakers: &mut Vec<Waker>,
     pongs: &mut Vec<Outgoing>,
+    drained: &mut Option<ConnectionError>,
 ) -> Result<Option<ConnectionError>, ConnectionError> {
     let mut going_away = None;
     let mut table = conn.table.lock();
@@ -353,6 +362,13 @@ fn on_frames(
             }
             // Replies to pings we did not send, and cancels, are ignored.
             FrameKind::Pong | FrameKind::Cancel => {}
+        }
+    }
+    if going_away.is_none() && table.in_use() == 0 {
+        if let Some(error @ ConnectionError::GoAway { code, .. }) = table.refusing() {
+            if *code == ErrorCode::NO_ERROR {
+                *drained = Some(error.clone());
+            }
         }
     }
     Ok(going_away)

@@ -120,6 +120,7 @@ pub(super) async fn watchdog<R: Runtime>(rt: R, shared: Arc<Shared>) {
         read: periods(config.read_timeout),
         write: periods(config.write_timeout),
         keepalive: config.keepalive.is_some(),
+        drain_linger: periods(crate::io::CLOSE_LINGER),
     };
     let mut next = Instant::now();
     loop {

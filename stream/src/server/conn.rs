@@ -65,6 +65,12 @@ pub(crate) struct ConnState {
     /// Streams of the streaming calls running, by sequence id.
     streams: Mutex<HashMap<u64, Arc<StreamState>>>,
     draining: Signal,
+    /// The client said it is leaving (its `GoAway`): a draining connection closes as soon as
+    /// no call runs.
+    peer_leaving: AtomicBool,
+    /// Watchdog clock when a draining connection was first seen with no call running, 0 if
+    /// not yet.
+    drained_since: AtomicU64,
     /// Set once a `Close` was queued or the connection was told to go away.
     closing: AtomicBool,
     /// Watchdog clock at the last successful read.
@@ -84,6 +90,8 @@ pub(super) struct Limits {
     pub(super) write: u64,
     /// Whether keep-alive is on (its periods are in each connection's state).
     pub(super) keepalive: bool,
+    /// How long a draining connection with no call left waits for the client to leave.
+    pub(super) drain_linger: u64,
 }
 
 impl ConnState {
@@ -128,9 +136,15 @@ impl ConnState {
         remove_same(&self.streams, state.seq(), state);
     }
 
-    /// While draining, closes the connection once no call runs.
+    /// While draining, closes the connection once no call runs and the client has said it is
+    /// leaving. A client that has not may still have requests on the way, written before the
+    /// `GoAway` reached it: those are answered `SHUTTING_DOWN` (never lost) until the client
+    /// closes, or until the watchdog's drain linger ends.
     fn close_if_idle(&self) {
-        if self.draining.is_set() && self.in_flight.load(Ordering::SeqCst) == 0 {
+        if self.draining.is_set()
+            && self.peer_leaving.load(Ordering::SeqCst)
+            && self.in_flight.load(Ordering::SeqCst) == 0
+        {
             self.close();
         }
     }
@@ -172,6 +186,14 @@ impl ConnState {
             return Some(ErrorCode::READ_TIMEOUT);
         }
         let busy = self.in_flight.load(Ordering::Relaxed) > 0;
+        if self.draining.is_set() && !busy {
+            match self.drained_since.load(Ordering::Relaxed) {
+                0 => self.drained_since.store(now, Ordering::Relaxed),
+                at if now.saturating_sub(at) >= limits.drain_linger => self.close(),
+                _ => {}
+            }
+            return None;
+        }
         if !busy && since(&self.last_read) >= idle {
             self.go_away(ErrorCode::IDLE_TIMEOUT, "connection idle".into());
             return Some(ErrorCode::IDLE_TIMEOUT);
@@ -271,6 +293,8 @@ pub(super) fn start<R, D, Rd, Wr>(
         running: Mutex::new(HashMap::new()),
         streams: Mutex::new(HashMap::new()),
         draining: Signal::new(shared.draining.load(Ordering::SeqCst)),
+        peer_leaving: AtomicBool::new(false),
+        drained_since: AtomicU64::new(0),
         closing: AtomicBool::new(false),
         last_read: AtomicU64::new(now),
         partial_since: AtomicU64::new(now),
@@ -521,8 +545,14 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             FrameKind::StreamItem | FrameKind::StreamEnd | FrameKind::Credit => {
                 self.on_stream_frame(frame)
             }
-            // A client's GoAway means it is leaving.
-            FrameKind::Pong | FrameKind::GoAway => true,
+            FrameKind::Pong => true,
+            // A client's GoAway means it is leaving: a draining connection need not wait for
+            // more requests.
+            FrameKind::GoAway => {
+                self.conn.peer_leaving.store(true, Ordering::SeqCst);
+                self.conn.close_if_idle();
+                true
+            }
             FrameKind::Response | FrameKind::Error => {
                 Shared::count(&self.shared.counters.protocol_errors);
                 let reason = format!("unexpected {:?} frame from a client", header.kind);
@@ -933,11 +963,10 @@ fn overloaded(request: &FrameHeader, retry_after: Option<Duration>, reason: &str
         aux: ErrorCode::OVERLOADED.as_u32(),
         ..FrameHeader::new(FrameKind::Error, request.seq)
     };
-    let millis = retry_after.map_or(0, |d| d.as_millis().clamp(1, u32::MAX.into()) as u32);
-    let mut body = BytesMut::with_capacity(4 + reason.len());
-    body.extend_from_slice(&millis.to_le_bytes());
-    body.extend_from_slice(reason.as_bytes());
-    Outgoing::frame(header, body.freeze())
+    Outgoing::frame(
+        header,
+        super::dispatch::overloaded_body(retry_after, reason),
+    )
 }
 
 fn error_reply(request: &FrameHeader, status: Status, peer_max_frame_len: u32) -> Outgoing {

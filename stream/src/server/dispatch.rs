@@ -185,6 +185,19 @@ impl Status {
         }
     }
 
+    /// Refuses the call without running it because the server is too busy (`OVERLOADED`),
+    /// suggesting the caller wait `retry_after` before trying again (preferably elsewhere).
+    pub fn overloaded(
+        retry_after: Option<Duration>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        let message = message.into();
+        Self {
+            details: Some(overloaded_body(retry_after, &message)),
+            ..Self::new(ErrorCode::OVERLOADED, message)
+        }
+    }
+
     /// Refuses the call without running it, naming the address that takes it instead
     /// (`REDIRECT`): a follower pointing at its leader. A balanced client in leader mode follows
     /// it and remembers the leader.
@@ -206,11 +219,25 @@ impl Status {
         if let Some(details) = self.details {
             return details;
         }
+        if self.code == ErrorCode::OVERLOADED {
+            // The wire body of OVERLOADED starts with its retry-after hint (none here).
+            return overloaded_body(None, &self.message);
+        }
         match self.message {
             Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
             Cow::Owned(s) => Bytes::from(s),
         }
     }
+}
+
+/// The body of an `Error OVERLOADED` frame: the retry-after hint in milliseconds as a `u32`
+/// (0: none), then the reason.
+pub(crate) fn overloaded_body(retry_after: Option<Duration>, reason: &str) -> Bytes {
+    let millis = retry_after.map_or(0, |d| d.as_millis().clamp(1, u32::MAX.into()) as u32);
+    let mut body = Vec::with_capacity(4 + reason.len());
+    body.extend_from_slice(&millis.to_le_bytes());
+    body.extend_from_slice(reason.as_bytes());
+    body.into()
 }
 
 impl fmt::Display for Status {

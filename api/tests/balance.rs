@@ -1,0 +1,514 @@
+//! Balanced clients end to end, on both runtimes and every transport: calls spread over live
+//! servers, move off a dead or draining one and come back when it returns, follow a leader's
+//! redirects, follow discovery, and are retried only when that is safe and the budget allows.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::{eventually, loopback, Env};
+use flumen::{
+    balance::{
+        discovery::{self, Static, Target},
+        Backoff, BalanceConfig, Mode, OutlierDetection, RetryBudget, Strategy,
+    },
+    stream::CallError,
+    Client, ClientConfig, ErrorCode, MsgPack, Router, RpcError, Server, ServerHandle, Status,
+};
+
+#[flumen::service]
+pub trait Fleet {
+    /// Waits `millis`, then answers the index of the server that ran it.
+    async fn work(&self, millis: u64) -> u32;
+    /// The same, declared safe to run twice.
+    #[idempotent]
+    async fn read(&self, millis: u64) -> u32;
+}
+
+/// One server of a test fleet and what it ran.
+struct Member<E: Env> {
+    env: E,
+    index: u32,
+    /// Handler runs (every route and method).
+    runs: Arc<AtomicU64>,
+    /// Added to every `work` call: a slow server.
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl<E: Env> Fleet for Member<E> {
+    async fn work(&self, millis: u64) -> u32 {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        self.env.sleep(Duration::from_millis(millis + delay)).await;
+        self.index
+    }
+
+    async fn read(&self, millis: u64) -> u32 {
+        self.work(millis).await
+    }
+}
+
+/// A fleet of servers on loopback.
+struct Servers<E: Env> {
+    env: E,
+    handles: Vec<Option<ServerHandle<SocketAddr>>>,
+    addrs: Vec<SocketAddr>,
+    runs: Vec<Arc<AtomicU64>>,
+    delays: Vec<Arc<AtomicU64>>,
+    /// The address that followers name in their redirects, if any.
+    leader: Option<SocketAddr>,
+}
+
+impl<E: Env> Servers<E> {
+    async fn start(env: &E, n: usize) -> Self {
+        let mut servers = Self {
+            env: env.clone(),
+            handles: Vec::new(),
+            addrs: Vec::new(),
+            runs: Vec::new(),
+            delays: Vec::new(),
+            leader: None,
+        };
+        for i in 0..n {
+            servers.runs.push(Arc::new(AtomicU64::new(0)));
+            servers.delays.push(Arc::new(AtomicU64::new(0)));
+            let handle = servers.bind(i, loopback()).await;
+            servers.addrs.push(*handle.local_addr());
+            servers.handles.push(Some(handle));
+        }
+        servers
+    }
+
+    fn router(&self, i: usize) -> Router {
+        let runs = self.runs[i].clone();
+        let index = i as u32;
+        let member = Member {
+            env: self.env.clone(),
+            index,
+            runs: runs.clone(),
+            delay_ms: self.delays[i].clone(),
+        };
+        let redirect = self
+            .leader
+            .filter(|leader| *leader != self.addrs.get(i).copied().unwrap_or(loopback()))
+            .map(|leader| leader.to_string());
+        let who = runs.clone();
+        let refuse = runs.clone();
+        Router::new()
+            .service(FleetServer::new(member))
+            .unwrap()
+            .route("who", move |()| {
+                who.fetch_add(1, Ordering::SeqCst);
+                async move { Ok::<_, Status>(index) }
+            })
+            .route("refuse", move |()| {
+                refuse.fetch_add(1, Ordering::SeqCst);
+                async move { Err::<(), _>(Status::new(ErrorCode::OVERLOADED, "busy")) }
+            })
+            .route("write", move |()| {
+                let redirect = redirect.clone();
+                runs.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match redirect {
+                        Some(leader) => Err(Status::redirect(leader)),
+                        None => Ok(index),
+                    }
+                }
+            })
+    }
+
+    async fn bind(&self, i: usize, addr: SocketAddr) -> ServerHandle<SocketAddr> {
+        // A restarted server takes its old port back; the old socket may take a moment to go.
+        for _ in 0..200 {
+            let bound = Server::new(self.router(i))
+                .bind(&self.env.rt(), &self.env.transport(), &addr)
+                .await;
+            if let Ok(handle) = bound {
+                return handle;
+            }
+            self.env.sleep(Duration::from_millis(10)).await;
+        }
+        panic!("could not bind {addr}");
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let handle = self.bind(i, self.addrs[i]).await;
+        self.handles[i] = Some(handle);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(handle) = self.handles[i].take() {
+            handle.abort();
+        }
+    }
+
+    fn runs(&self) -> Vec<u64> {
+        self.runs.iter().map(|r| r.load(Ordering::SeqCst)).collect()
+    }
+
+    fn discovery(&self) -> Static<SocketAddr> {
+        Static::new(self.addrs.clone())
+    }
+}
+
+/// Settings that make a test's failures and recoveries quick.
+fn quick() -> BalanceConfig {
+    BalanceConfig::new()
+        .backoff(Backoff {
+            base: Duration::from_millis(5),
+            max: Duration::from_millis(50),
+        })
+        .outlier_detection(OutlierDetection {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_millis(50),
+            max_ejection: Duration::from_millis(200),
+        })
+        .health_interval(Duration::from_millis(10))
+        .client(ClientConfig::default().default_timeout(Some(Duration::from_secs(10))))
+}
+
+fn balanced<E: Env, D>(env: &E, discovery: D, config: BalanceConfig) -> Client
+where
+    D: discovery::Discover<SocketAddr>,
+{
+    Client::balanced_with(
+        &env.rt(),
+        env.transport(),
+        discovery,
+        config,
+        MsgPack::default(),
+    )
+}
+
+fn spread(counts: &[u64], total: u64) -> bool {
+    let fair = total / counts.len() as u64;
+    counts.iter().all(|&c| c.abs_diff(fair) <= fair / 4)
+}
+
+/// Round robin spreads calls evenly; a killed server's share moves to the others with every
+/// call answered (the calls are idempotent: one written just as the server died is retried);
+/// once it is back it gets calls again.
+async fn calls_move_off_a_dead_server_and_back<E: Env>(env: E) {
+    let mut servers = Servers::start(&env, 3).await;
+    let client = balanced(
+        &env,
+        servers.discovery(),
+        quick().strategy(Strategy::RoundRobin),
+    );
+    let fleet = FleetClient::new(client.clone());
+    for _ in 0..300 {
+        fleet.read(0).await.unwrap();
+    }
+    assert!(spread(&servers.runs(), 300), "{:?}", servers.runs());
+
+    servers.kill(1);
+    let before = servers.runs();
+    for _ in 0..300 {
+        assert_ne!(fleet.read(0).await.unwrap(), 1);
+    }
+    let after = servers.runs();
+    assert_eq!(after[1], before[1], "the dead server ran nothing");
+    assert_eq!(after[0] + after[2] - before[0] - before[2], 300);
+
+    servers.restart(1).await;
+    let back = servers.runs()[1];
+    let mut calls = 0;
+    while servers.runs()[1] == back {
+        fleet.read(0).await.unwrap();
+        calls += 1;
+        assert!(calls < 10_000, "the restarted server never got a call");
+        env.sleep(Duration::from_millis(1)).await;
+    }
+    let stats = client.balancer().unwrap().stats();
+    assert_eq!(stats.endpoints.len(), 3);
+}
+
+/// A call whose server dies while it runs is not retried: it may have run. Declared
+/// idempotent, the same call is retried on the other server and succeeds.
+async fn only_idempotent_calls_are_retried_after_they_ran<E: Env>(env: E) {
+    let mut servers = Servers::start(&env, 2).await;
+    let client = FleetClient::new(balanced(&env, servers.discovery(), quick()));
+    // Kills the server that runs the next call once it runs; returns its index.
+    async fn kill_when_running<E: Env>(env: &E, servers: &mut Servers<E>) -> usize {
+        let before = servers.runs();
+        let total: u64 = before.iter().sum();
+        eventually(env, "the call running", || {
+            servers.runs().iter().sum::<u64>() > total
+        })
+        .await;
+        let now = servers.runs();
+        let i = (0..now.len()).find(|&i| now[i] > before[i]).unwrap();
+        servers.kill(i);
+        i
+    }
+
+    let runs_before: u64 = servers.runs().iter().sum();
+    let (result, killed) =
+        futures_lite::future::zip(client.work(10_000), kill_when_running(&env, &mut servers)).await;
+    match result {
+        Err(RpcError::Rpc(flumen::Error::Call(error))) => {
+            assert!(matches!(error, CallError::Connection(_)), "{error}")
+        }
+        other => panic!("a call that ran must fail, not be retried: {other:?}"),
+    }
+    assert_eq!(
+        servers.runs().iter().sum::<u64>(),
+        runs_before + 1,
+        "it ran once"
+    );
+
+    servers.restart(killed).await;
+    let balancer = client.client().balancer().unwrap().clone();
+    eventually(&env, "both servers connected", || {
+        let stats = balancer.stats();
+        stats.endpoints.iter().all(|e| e.connections > 0)
+    })
+    .await;
+    let counts = servers.runs();
+    let (result, killed) =
+        futures_lite::future::zip(client.read(200), kill_when_running(&env, &mut servers)).await;
+    let answered = result.expect("an idempotent call is retried on the other server");
+    assert_ne!(answered as usize, killed);
+    let after = servers.runs();
+    assert_eq!(after[killed] - counts[killed], 1);
+    assert_eq!(after[answered as usize] - counts[answered as usize], 1);
+    assert_eq!(balancer.stats().retries, 1);
+}
+
+/// A draining server (graceful shutdown) finishes the calls it runs and refuses new ones
+/// without running them; the client sends those elsewhere at once.
+async fn calls_leave_a_draining_server<E: Env>(env: E) {
+    let mut servers = Servers::start(&env, 2).await;
+    let client = balanced(
+        &env,
+        servers.discovery(),
+        quick().strategy(Strategy::RoundRobin),
+    );
+    let balancer = client.balancer().unwrap().clone();
+    while balancer
+        .stats()
+        .endpoints
+        .iter()
+        .any(|e| e.connections == 0)
+    {
+        let _: u32 = client.call("who", &()).await.unwrap();
+    }
+    // A call on its own connection keeps server 0 draining (not yet closed) for a while.
+    let direct = common::connect(&env, servers.addrs[0], ClientConfig::default()).await;
+    let direct = FleetClient::new(direct);
+    let slow = direct.work(300);
+    let base = servers.runs()[0];
+    let handle = servers.handles[0].take().unwrap();
+    let drain_and_call = async {
+        eventually(&env, "the slow call running on server 0", || {
+            servers.runs()[0] > base
+        })
+        .await;
+        let drained = handle.shutdown(Duration::from_secs(10));
+        let calls = async {
+            let before = servers.runs();
+            for _ in 0..50 {
+                let _: u32 = client.call("who", &()).await.unwrap();
+            }
+            (before, servers.runs())
+        };
+        futures_lite::future::zip(drained, calls).await.1
+    };
+    let (slow, (before, after)) = futures_lite::future::zip(slow, drain_and_call).await;
+    assert_eq!(slow.unwrap(), 0, "the call on the draining server finished");
+    assert_eq!(after[0], before[0], "the draining server ran no new call");
+    assert_eq!(after[1] - before[1], 50);
+    servers.kill(1);
+}
+
+/// Followers answer REDIRECT naming the leader: the client follows, remembers the leader, and
+/// sends every later call straight there.
+async fn a_leader_redirect_is_followed_and_remembered<E: Env>(env: E) {
+    let mut servers = Servers::start(&env, 3).await;
+    // Restart every server knowing that server 2 leads.
+    servers.leader = Some(servers.addrs[2]);
+    for i in 0..3 {
+        servers.kill(i);
+        servers.restart(i).await;
+    }
+    let client = balanced(
+        &env,
+        servers.discovery(),
+        quick().mode(Mode::Leader).strategy(Strategy::RoundRobin),
+    );
+    for _ in 0..100 {
+        let index: u32 = client.call("write", &()).await.unwrap();
+        assert_eq!(index, 2);
+    }
+    let runs = servers.runs();
+    assert_eq!(runs[2], 100, "the leader ran every call");
+    assert!(
+        runs[0] + runs[1] <= 1,
+        "followers were asked at most once: {runs:?}"
+    );
+    assert!(client.balancer().unwrap().stats().redirects <= 1);
+}
+
+/// Discovery adds and removes endpoints while calls run: a new one gets calls, a removed one
+/// gets none and its connection closes.
+async fn discovery_changes_apply_while_calls_run<E: Env>(env: E) {
+    let servers = Servers::start(&env, 2).await;
+    let (updater, watch) = discovery::channel(vec![Target::new(servers.addrs[0])]);
+    let client = balanced(&env, watch, quick());
+    for _ in 0..50 {
+        let _: u32 = client.call("who", &()).await.unwrap();
+    }
+    assert_eq!(servers.runs(), [50, 0]);
+    updater.update(|set| set.push(Target::new(servers.addrs[1])));
+    let mut calls = 0;
+    while servers.runs()[1] == 0 {
+        let _: u32 = client.call("who", &()).await.unwrap();
+        calls += 1;
+        assert!(calls < 10_000, "the added server never got a call");
+    }
+    updater.set(vec![Target::new(servers.addrs[1])]);
+    let server0 = servers.handles[0].as_ref().unwrap();
+    eventually(&env, "the removed server's connection closed", || {
+        server0.stats().active == 0
+    })
+    .await;
+    let before = servers.runs();
+    for _ in 0..50 {
+        let _: u32 = client.call("who", &()).await.unwrap();
+    }
+    let after = servers.runs();
+    assert_eq!(after[0], before[0]);
+    assert_eq!(after[1] - before[1], 50);
+}
+
+/// Refused calls are retried elsewhere, but never beyond the budget: with every server
+/// refusing, retries stay within 20% of the calls plus the floor.
+async fn retries_stay_within_the_budget<E: Env>(env: E) {
+    let servers = Servers::start(&env, 2).await;
+    let config = quick()
+        .retry_budget(RetryBudget {
+            ratio: 0.2,
+            floor_per_sec: 5,
+            max_saved: 100,
+        })
+        .max_attempts(3)
+        // No overload backoff in the way: each refusal is retried at once.
+        .strategy(Strategy::RoundRobin);
+    let client = balanced(&env, servers.discovery(), config);
+    let calls = 500u64;
+    for _ in 0..calls {
+        let error = client.call::<_, ()>("refuse", &()).await.unwrap_err();
+        assert!(
+            matches!(error, flumen::Error::Call(ref e) if e.is_not_sent()),
+            "{error}"
+        );
+    }
+    let ran: u64 = servers.runs().iter().sum();
+    let stats = client.balancer().unwrap().stats();
+    assert_eq!(ran, calls + stats.retries, "every attempt reached a server");
+    // 20% of the calls, plus at most 5 a second for the seconds the test ran.
+    assert!(stats.retries >= calls / 5, "{} retries", stats.retries);
+    assert!(
+        stats.retries <= calls / 5 + 5 * 10,
+        "{} retries",
+        stats.retries
+    );
+    assert!(stats.retries_refused > 0);
+}
+
+/// One affinity key always lands on the same server.
+async fn an_affinity_key_sticks_to_one_server<E: Env>(env: E) {
+    let servers = Servers::start(&env, 3).await;
+    let client = FleetClient::new(balanced(
+        &env,
+        servers.discovery(),
+        quick().strategy(Strategy::ConsistentHash),
+    ));
+    for user in 0..20 {
+        let keyed = client.with_affinity(format!("user-{user}"));
+        let first = keyed.work(0).await.unwrap();
+        for _ in 0..5 {
+            assert_eq!(keyed.work(0).await.unwrap(), first);
+        }
+    }
+    assert!(
+        servers.runs().iter().all(|&r| r > 0),
+        "{:?}",
+        servers.runs()
+    );
+}
+
+/// Power of two choices sends almost nothing to a server far slower than the others.
+async fn two_choices_avoid_a_slow_server<E: Env>(env: E) {
+    let servers = Servers::start(&env, 3).await;
+    servers.delays[2].store(20, Ordering::SeqCst);
+    let client = FleetClient::new(balanced(&env, servers.discovery(), quick()));
+    let mut answered = [0u32; 3];
+    for _ in 0..300 {
+        answered[client.work(0).await.unwrap() as usize] += 1;
+    }
+    assert_eq!(servers.runs(), answered.map(u64::from), "nothing retried");
+    // Each server is tried before it has a latency; then the slow one loses every draw.
+    assert!(answered[2] <= 5, "{answered:?}");
+    assert!(answered[0] > 20 && answered[1] > 20, "{answered:?}");
+}
+
+/// Blocking callers use a balanced client too.
+async fn blocking_calls_are_balanced<E: Env>(env: E) {
+    let servers = Servers::start(&env, 2).await;
+    let client = balanced(
+        &env,
+        servers.discovery(),
+        quick().strategy(Strategy::RoundRobin),
+    );
+    let _: u32 = client.call("who", &()).await.unwrap();
+    let caller = client.clone();
+    let thread = std::thread::spawn(move || {
+        (0..100)
+            .map(|_| caller.call_blocking::<_, u32>("who", &()).unwrap())
+            .collect::<Vec<_>>()
+    });
+    eventually(&env, "the blocking calls", || thread.is_finished()).await;
+    let answers = thread.join().unwrap();
+    assert!(answers.contains(&0) && answers.contains(&1));
+}
+
+/// With no endpoint reachable a call fails at once as not sent, with the connection error,
+/// instead of waiting for its deadline.
+async fn no_reachable_endpoint_fails_fast_as_not_sent<E: Env>(env: E) {
+    let mut servers = Servers::start(&env, 1).await;
+    servers.kill(0);
+    let config =
+        quick().client(ClientConfig::default().default_timeout(Some(Duration::from_secs(60))));
+    let client = balanced(&env, servers.discovery(), config);
+    let started = std::time::Instant::now();
+    let error = client.call::<_, u32>("who", &()).await.unwrap_err();
+    assert!(
+        matches!(error, flumen::Error::Call(ref e) if e.is_not_sent()),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it waited for the deadline"
+    );
+}
+
+e2e!(
+    calls_move_off_a_dead_server_and_back,
+    only_idempotent_calls_are_retried_after_they_ran,
+    calls_leave_a_draining_server,
+    a_leader_redirect_is_followed_and_remembered,
+    discovery_changes_apply_while_calls_run,
+    retries_stay_within_the_budget,
+    an_affinity_key_sticks_to_one_server,
+    two_choices_avoid_a_slow_server,
+    blocking_calls_are_balanced,
+    no_reachable_endpoint_fails_fast_as_not_sent,
+);
