@@ -33,6 +33,7 @@ e2e!(
     dropping_a_call_stops_its_handler,
     server_enforces_the_callers_deadline,
     client_timer_wakes_for_a_sooner_deadline,
+    a_request_crossing_the_drain_is_answered_not_lost,
 );
 
 /// Spawns `calls` calls of `method` and returns a channel of their results.
@@ -380,4 +381,44 @@ async fn client_timer_wakes_for_a_sooner_deadline<E: Env>(env: E) {
         elapsed < timeout + tick + Duration::from_secs(2),
         "resolved late: {elapsed:?}"
     );
+}
+
+/// A request the client wrote before the drain's `GoAway` reached it is answered
+/// `SHUTTING_DOWN`, not lost in a close: the server keeps reading until the client leaves (or
+/// the drain linger ends for a client that never does), and a client that leaves lets the
+/// shutdown finish at once.
+async fn a_request_crossing_the_drain_is_answered_not_lost<E: Env>(env: E) {
+    use flumen_peer::request;
+
+    for leaves in [true, false] {
+        let server = serve(&env, common::Echo, ServerConfig::default()).await;
+        let mut peer = flumen_peer::connect(&env.transport(), server.local_addr())
+            .await
+            .unwrap();
+        peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+        peer.read_hello().await.unwrap();
+        let started = Instant::now();
+        let shutdown = server.shutdown(Duration::from_secs(30));
+        let client = async {
+            let frame = peer.next_frame().await.unwrap().unwrap();
+            assert_eq!(frame.header.kind, FrameKind::GoAway);
+            assert_eq!(frame.header.aux, ErrorCode::NO_ERROR.as_u32());
+            // Written as if before the GoAway arrived.
+            peer.send_frame(request(1, 7), b"late").await.unwrap();
+            let answer = peer.next_frame().await.unwrap().unwrap();
+            assert_eq!((answer.header.kind, answer.header.seq), (FrameKind::Error, 7));
+            assert_eq!(answer.header.aux, ErrorCode::SHUTTING_DOWN.as_u32());
+            if leaves {
+                peer.send_frame(FrameHeader::new(FrameKind::GoAway, 0), b"")
+                    .await
+                    .unwrap();
+            }
+            peer.frames_until_close().await.unwrap()
+        };
+        let ((), rest) = futures_lite::future::zip(shutdown, client).await;
+        assert!(rest.is_empty(), "{rest:?}");
+        // Bounds, not timings: far below the 30 s grace either way.
+        assert!(started.elapsed() < Duration::from_secs(10), "{leaves}");
+        assert_eq!(server.stats().active, 0);
+    }
 }
