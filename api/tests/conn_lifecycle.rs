@@ -406,7 +406,10 @@ async fn a_request_crossing_the_drain_is_answered_not_lost<E: Env>(env: E) {
             // Written as if before the GoAway arrived.
             peer.send_frame(request(1, 7), b"late").await.unwrap();
             let answer = peer.next_frame().await.unwrap().unwrap();
-            assert_eq!((answer.header.kind, answer.header.seq), (FrameKind::Error, 7));
+            assert_eq!(
+                (answer.header.kind, answer.header.seq),
+                (FrameKind::Error, 7)
+            );
             assert_eq!(answer.header.aux, ErrorCode::SHUTTING_DOWN.as_u32());
             if leaves {
                 peer.send_frame(FrameHeader::new(FrameKind::GoAway, 0), b"")

@@ -3,14 +3,11 @@
 //! Nothing is sent or answered any more, on either side; only keep-alive (Flumen's pings, or
 //! the kernel's `TCP_USER_TIMEOUT`) can tell. Each test makes and removes its own namespace,
 //! and is skipped with a message where it lacks the rights (`CAP_NET_ADMIN`).
-#![allow(unsafe_code)]
 
 mod common;
 
 use std::{
     net::SocketAddr,
-    os::fd::AsRawFd,
-    process::Command,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -18,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{eventually, run_smol, run_tokio, Env};
+use common::{eventually, netns::Netns, run_smol, run_tokio, Env};
 use flumen::{
     stream::Transport,
     tcp::{SmolTcp, TcpOptions, TokioTcp},
@@ -28,93 +25,6 @@ use flumen::{
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(300);
-
-/// A network namespace joined to this one by a veth pair: `10.213.N.1` here, `10.213.N.2`
-/// inside. Removed (with the pair) on drop.
-struct Netns {
-    name: String,
-    host_if: String,
-    inside: std::net::IpAddr,
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
-impl Netns {
-    /// Makes namespace number `n` (distinct per test, so tests can run at once), or `None`
-    /// without the rights.
-    fn create(n: u8) -> Option<Self> {
-        let pid = std::process::id() % 100_000;
-        let name = format!("flumen-{pid}-{n}");
-        if !ip(&["netns", "add", &name]) {
-            eprintln!(
-                "skipped: cannot create a network namespace (needs CAP_NET_ADMIN and iproute2)"
-            );
-            return None;
-        }
-        let host_if = format!("fh{pid}x{n}");
-        let inner_if = format!("fi{pid}x{n}");
-        let netns = Self {
-            name,
-            host_if,
-            inside: format!("10.213.{n}.2").parse().ok()?,
-        };
-        let (host, inside) = (format!("10.213.{n}.1/24"), format!("10.213.{n}.2/24"));
-        let exec = |args: &[&str]| {
-            let mut full = vec!["netns", "exec", &netns.name, "ip"];
-            full.extend_from_slice(args);
-            ip(&full)
-        };
-        let ok = ip(&[
-            "link",
-            "add",
-            &netns.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &inner_if,
-        ]) && ip(&["link", "set", &inner_if, "netns", &netns.name])
-            && ip(&["addr", "add", &host, "dev", &netns.host_if])
-            && ip(&["link", "set", &netns.host_if, "up"])
-            && exec(&["addr", "add", &inside, "dev", &inner_if])
-            && exec(&["link", "set", &inner_if, "up"])
-            && exec(&["link", "set", "lo", "up"]);
-        assert!(ok, "setting up namespace {} failed", netns.name);
-        Some(netns)
-    }
-
-    /// Cuts the link: from now on nothing crosses it either way, and nobody is told.
-    fn link_down(&self) {
-        assert!(ip(&["link", "set", &self.host_if, "down"]));
-    }
-
-    /// Runs `f` on a thread that joined the namespace: sockets it opens live there.
-    fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("the namespace's file");
-            // SAFETY: `setns` with a valid namespace file descriptor only changes this
-            // thread's network namespace; the thread is ours and ends after `f`.
-            let joined = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("the namespace thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        ip(&["link", "del", &self.host_if]);
-        ip(&["netns", "del", &self.name]);
-    }
-}
 
 /// Counts handlers running; each counts itself out when dropped (finished or stopped).
 #[derive(Clone, Default)]

@@ -2,6 +2,8 @@
 //! generates every test once for tokio and once for smol.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod netns;
+
 use std::{
     future::Future,
     net::SocketAddr,

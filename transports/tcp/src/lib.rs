@@ -1,6 +1,8 @@
 //! TCP for Flumen: `TokioTcp` behind the `tokio` feature, `SmolTcp` behind the `smol`
 //! feature. Both turn Nagle's algorithm off (`TCP_NODELAY`): Flumen batches writes itself.
-//! [`TcpOptions`] adds keepalive probes and `TCP_USER_TIMEOUT`.
+//! [`TcpOptions`] adds keepalive probes and `TCP_USER_TIMEOUT`. Listeners set `SO_REUSEADDR`
+//! on both runtimes, so a restarted server takes its port back while connections of its last
+//! run linger in `TIME_WAIT`.
 #![warn(missing_docs)]
 
 mod options;
@@ -15,3 +17,20 @@ pub use crate::options::TcpOptions;
 pub use crate::smol::{SmolTcp, SmolTcpListener, SmolTcpReader, SmolTcpWriter};
 #[cfg(feature = "tokio")]
 pub use crate::tokio::{TokioTcp, TokioTcpListener, TokioTcpReader, TokioTcpWriter};
+
+/// Backlog of a listener: connections the kernel completes before the server accepts them.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// A non-blocking listener on `addr` with `SO_REUSEADDR`, for either runtime to adopt.
+#[cfg(any(feature = "smol", feature = "tokio"))]
+pub(crate) fn listener(addr: &std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+
+    let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&(*addr).into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}

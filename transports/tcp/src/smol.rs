@@ -63,7 +63,7 @@ impl Transport for SmolTcp {
 
     async fn bind(&self, addr: &SocketAddr) -> io::Result<SmolTcpListener> {
         Ok(SmolTcpListener {
-            listener: Async::<TcpListener>::bind(*addr)?,
+            listener: Async::new(crate::listener(addr)?)?,
             options: self.options,
         })
     }

@@ -64,7 +64,7 @@ impl Transport for TokioTcp {
 
     async fn bind(&self, addr: &SocketAddr) -> io::Result<TokioTcpListener> {
         Ok(TokioTcpListener {
-            listener: TcpListener::bind(addr).await?,
+            listener: TcpListener::from_std(crate::listener(addr)?)?,
             options: self.options,
         })
     }
