@@ -186,7 +186,9 @@ async fn connector<R: Runtime, T: Transport>(
                 return;
             };
             match result {
-                Ok(conn) if !endpoint.is_removed() => endpoint.add_connection(conn),
+                Ok(conn) if !endpoint.is_removed() => {
+                    endpoint.add_connection(conn, &strong.config.outlier)
+                }
                 Ok(_) => {}
                 Err(error) => {
                     let config = &strong.config;

@@ -129,9 +129,10 @@ impl Endpoint {
             .count()
     }
 
-    pub(crate) fn add_connection(&self, conn: flumen_stream::Client) {
+    pub(crate) fn add_connection(&self, conn: flumen_stream::Client, policy: &OutlierDetection) {
         self.conns.write().push(conn);
         self.connect_failures.store(0, Ordering::Release);
+        self.health.lock().on_connected(policy);
     }
 
     /// Closes every connection gracefully: dropping our handles lets each close once the

@@ -112,6 +112,15 @@ impl Health {
         true
     }
 
+    /// A connection to the endpoint opened: it is reachable again, so an ejection (most
+    /// likely for failed connection attempts) ends. It stays on probation: one more failure
+    /// ejects it again, for longer.
+    pub(crate) fn on_connected(&mut self, policy: &OutlierDetection) {
+        if self.ejected_until.take().is_some() {
+            self.consecutive_failures = policy.consecutive_failures.saturating_sub(1);
+        }
+    }
+
     /// The endpoint refused a call as overloaded: send it nothing new for `wait`.
     pub(crate) fn on_overloaded(&mut self, now: Instant, wait: Duration) {
         self.backoff_until = Some(now + wait);
@@ -170,6 +179,25 @@ mod tests {
         }
         assert!(health.on_failure(t2, &policy));
         assert!(health.is_available(t2 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_new_connection_ends_an_ejection_on_probation() {
+        let policy = OutlierDetection::default();
+        let t0 = Instant::now();
+        let mut health = Health::new();
+        for _ in 0..5 {
+            health.on_failure(t0, &policy);
+        }
+        assert!(health.is_ejected(t0));
+        health.on_connected(&policy);
+        assert!(health.is_available(t0));
+        assert!(
+            health.on_failure(t0, &policy),
+            "one failure ejects it again"
+        );
+        let again = t0 + Duration::from_millis(1999);
+        assert!(health.is_ejected(again), "for twice as long");
     }
 
     #[test]
