@@ -174,7 +174,7 @@ impl Example for Demo {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
-        if spread.iter().any(|&n| n == 0) {
+        if spread.contains(&0) {
             return Err("a replica got no calls after the restart".into());
         }
         Ok(())
