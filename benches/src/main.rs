@@ -486,6 +486,7 @@ pub(crate) struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// Starts the server `system` calls (its [`System::server`]).
     pub(crate) fn start(system: System, setup: Setup, run: &RunArgs) -> Result<Self, String> {
         let runtime = setup.runtime;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -498,11 +499,13 @@ impl ServerProcess {
             .args([
                 "serve",
                 "--system",
-                system_arg(system),
+                system_arg(system.server()),
                 "--runtime",
                 runtime.name(),
                 "--threads",
                 &setup.threads.to_string(),
+                "--addr",
+                &system.listen_addr().to_string(),
             ])
             .args(["--transport", wire, "--cert-out"])
             .arg(&run.cert)
@@ -554,7 +557,9 @@ impl Drop for ServerProcess {
 fn system_arg(system: System) -> &'static str {
     match system {
         System::Pipe => "pipe",
-        System::Flumen | System::FlumenRaw => "flumen",
+        System::Flumen | System::FlumenRaw | System::FlumenBalanced | System::FlumenBalanced4 => {
+            "flumen"
+        }
         System::Tarpc => "tarpc",
         System::Tonic => "tonic",
         System::Razor => "razor",
@@ -621,7 +626,7 @@ fn compare(matrix: &Matrix<'_>, run: &RunArgs) -> Result<(), String> {
             if system.tokio_only() && (setup.runtime != Rt::Tokio || run.transport != Wire::Tcp) {
                 continue;
             }
-            let server = ServerProcess::start(system.server(), setup, run)?;
+            let server = ServerProcess::start(system, setup, run)?;
             let mut report = run_load(
                 system,
                 setup,

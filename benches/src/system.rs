@@ -10,6 +10,7 @@ use std::{
 use clap::ValueEnum;
 use flumen::tls::TlsTransport;
 use flumen::{
+    balance::{discovery::Static, BalanceConfig},
     rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::{ConnectionStats, Listener, Transport},
     tcp::{SmolTcp, TokioTcp},
@@ -32,6 +33,13 @@ pub(crate) enum System {
     Flumen,
     /// Flumen, raw `Bytes` calls (no codec), same server as `flumen`.
     FlumenRaw,
+    /// Flumen, typed calls through a balanced client over the one server (the balancer's
+    /// cost), `--connections` per endpoint.
+    FlumenBalanced,
+    /// Flumen, typed calls through a balanced client over four endpoints: the server's port
+    /// on 127.0.0.1 to 127.0.0.4 (it listens on every address), `--connections` each.
+    #[value(name = "flumen-balanced-4")]
+    FlumenBalanced4,
     /// tarpc 0.38, bincode over TCP (feature `peers`).
     Tarpc,
     /// tonic 0.14, gRPC unary over HTTP/2 (feature `peers`).
@@ -46,17 +54,38 @@ impl System {
             Self::Pipe => "pipe",
             Self::Flumen => "flumen",
             Self::FlumenRaw => "flumen-raw",
+            Self::FlumenBalanced => "flumen-balanced",
+            Self::FlumenBalanced4 => "flumen-balanced-4",
             Self::Tarpc => "tarpc",
             Self::Tonic => "tonic",
             Self::Razor => "razor-rpc",
         }
     }
 
-    /// The server process that serves this system (`flumen-raw` shares `flumen`'s).
+    /// The server process that serves this system (the other Flumen clients share
+    /// `flumen`'s).
     pub(crate) fn server(self) -> Self {
         match self {
-            Self::FlumenRaw => Self::Flumen,
+            Self::FlumenRaw | Self::FlumenBalanced | Self::FlumenBalanced4 => Self::Flumen,
             other => other,
+        }
+    }
+
+    /// The endpoints a balanced client of this system spreads over, for a server at `addr`.
+    pub(crate) fn endpoints(self, addr: SocketAddr) -> Vec<SocketAddr> {
+        match self {
+            Self::FlumenBalanced4 => (1..=4)
+                .map(|i| SocketAddr::from(([127, 0, 0, i], addr.port())))
+                .collect(),
+            _ => vec![addr],
+        }
+    }
+
+    /// Where this system's server listens: every address for the four-endpoint client.
+    pub(crate) fn listen_addr(self) -> SocketAddr {
+        match self {
+            Self::FlumenBalanced4 => SocketAddr::from(([0, 0, 0, 0], 0)),
+            _ => SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 
@@ -360,6 +389,62 @@ pub(crate) async fn load(
                 let one = client.raw().stats();
                 stats.frames_written += one.frames_written;
                 stats.writes += one.writes;
+            }
+            Ok((tallies, Some(stats)))
+        }
+        System::FlumenBalanced | System::FlumenBalanced4 => {
+            let endpoints = system.endpoints(addr);
+            let config = BalanceConfig::new()
+                .pool_size(load.connections)
+                .client(ClientConfig::default().max_in_flight(load.in_flight));
+            let client = with_transport!(net, &spawner, |rt, transport| {
+                Client::balanced_with(
+                    rt,
+                    transport,
+                    Static::new(endpoints.clone()),
+                    config,
+                    flumen::MsgPack::default(),
+                )
+            });
+            let balancer = client.balancer().cloned().ok_or("not balanced")?;
+            // Pools open lazily: call until every connection of every endpoint is open.
+            let body: Vec<u8> = (0..load.payload).map(|i| i as u8).collect();
+            let typed = ByteBuf::from(body);
+            let opened = std::time::Instant::now();
+            let open = |stats: flumen::balance::BalanceStats| {
+                stats.endpoints.len() == endpoints.len()
+                    && stats
+                        .endpoints
+                        .iter()
+                        .all(|e| e.connections == load.connections)
+            };
+            while !open(balancer.stats()) {
+                if opened.elapsed() > std::time::Duration::from_secs(10) {
+                    return Err("the balanced client's pools did not open".into());
+                }
+                client
+                    .call::<_, ByteBuf>(ECHO, &typed)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let window = make_window();
+            let mut tasks: Vec<BoxFuture<Tally>> = Vec::new();
+            for _ in 0..load.connections * endpoints.len() * load.in_flight {
+                let (client, typed) = (client.clone(), typed.clone());
+                let tally = Tally::new(progress.clone());
+                tasks.push(Box::pin(async move {
+                    call_loop!(window, tally, {
+                        client
+                            .call::<_, ByteBuf>(ECHO, &typed)
+                            .await
+                            .is_ok_and(|r| r == typed)
+                    })
+                }));
+            }
+            let tallies = run_tasks(&spawner, tasks).await;
+            let mut stats = ConnectionStats::default();
+            for endpoint in balancer.stats().endpoints {
+                stats.add(&endpoint.io);
             }
             Ok((tallies, Some(stats)))
         }

@@ -42,7 +42,7 @@ impl ConnectionStats {
     }
 
     /// Adds `other`'s counts to these.
-    pub(crate) fn add(&mut self, other: &Self) {
+    pub fn add(&mut self, other: &Self) {
         self.frames_written += other.frames_written;
         self.writes += other.writes;
         self.frames_read += other.frames_read;

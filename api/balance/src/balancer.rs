@@ -13,11 +13,12 @@ use std::{
 };
 
 use bytes::Bytes;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard};
 use event_listener::{Event, Listener};
 use flumen_stream::{
     CallError, CallOptions, ConnectionError, ReplyStream, RequestSender, StreamMode,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::{
     budget::Budget,
@@ -74,7 +75,7 @@ pub struct Balancer {
 
 /// State shared by a balancer's callers, connectors and discovery task.
 pub(crate) struct Shared {
-    pub(crate) endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    pub(crate) endpoints: Endpoints,
     picker: Picker,
     /// The leader's id, in [`Mode::Leader`].
     leader: Mutex<Option<u64>>,
@@ -91,7 +92,7 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let endpoints = self.shared.endpoints.read().clone();
+        let endpoints = self.shared.endpoints.snapshot();
         f.debug_struct("Balancer")
             .field("strategy", &self.shared.picker.strategy())
             .field(
@@ -105,7 +106,7 @@ impl std::fmt::Debug for Balancer {
 impl Shared {
     pub(crate) fn new(config: BalanceConfig, control: Box<dyn Control>) -> Self {
         Self {
-            endpoints: RwLock::new(Arc::from(Vec::new())),
+            endpoints: Endpoints(ShardedLock::new(Arc::from(Vec::new()))),
             picker: Picker::new(config.strategy),
             leader: Mutex::new(None),
             budget: Budget::new(&config.budget),
@@ -123,8 +124,8 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return Err(CallError::NotSent(ConnectionError::Closed));
         }
-        let set = self.endpoints.read().clone();
-        if let [endpoint] = &*set {
+        let set = self.endpoints.read();
+        if let [endpoint] = &**set {
             // One endpoint: nothing to choose.
             if !endpoint.is_available(now) && !endpoint.is_ejected(now) {
                 return Ok(None); // overloaded: wait out its hint
@@ -245,7 +246,7 @@ impl Shared {
 
     /// Remembers the leader a follower named, adding it if it is new.
     fn follow(self: &Arc<Self>, address: &str) -> bool {
-        let set = self.endpoints.read().clone();
+        let set = self.endpoints.snapshot();
         let endpoint = match set.iter().find(|e| &*e.label == address && !e.is_removed()) {
             Some(endpoint) => endpoint.clone(),
             None => match self.control.add_endpoint(self, address) {
@@ -267,8 +268,34 @@ impl Shared {
     }
 }
 
+/// The endpoint set: read by every call, replaced when discovery changes it. A lock sharded per
+/// thread, so that callers on many threads do not contend on one lock word.
+pub(crate) struct Endpoints(ShardedLock<Arc<[Arc<Endpoint>]>>);
+
+impl Endpoints {
+    pub(crate) fn read(&self) -> ShardedLockReadGuard<'_, Arc<[Arc<Endpoint>]>> {
+        // A panic while the lock is held poisons it; the set stays consistent regardless.
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<[Arc<Endpoint>]> {
+        self.read().clone()
+    }
+
+    pub(crate) fn replace(&self, set: Vec<Arc<Endpoint>>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::from(set);
+    }
+}
+
 /// The bookkeeping of one call's attempts.
 struct Attempts {
+    /// When the call began (the first lease's clock too).
+    started: Instant,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     made: u32,
@@ -280,8 +307,10 @@ impl Attempts {
         let timeout = options
             .timeout_setting()
             .unwrap_or_else(|| shared.config.client.call_timeout());
+        let started = Instant::now();
         Self {
-            deadline: timeout.map(|t| Instant::now() + t),
+            started,
+            deadline: timeout.map(|t| started + t),
             timeout,
             made: 0,
             redirects: 0,
@@ -353,7 +382,7 @@ impl Balancer {
         shared.budget.deposit();
         let mut attempts = Attempts::new(shared, options);
         loop {
-            let lease = self.lease(&route, attempts.deadline).await?;
+            let lease = self.lease(&route, &attempts).await?;
             let retry_options = attempts.options(options)?;
             let options = retry_options.as_ref().unwrap_or(options);
             let result = lease
@@ -385,7 +414,7 @@ impl Balancer {
         shared.budget.deposit();
         let mut attempts = Attempts::new(shared, options);
         loop {
-            let lease = self.lease_blocking(&route, attempts.deadline)?;
+            let lease = self.lease_blocking(&route, &attempts)?;
             let retry_options = attempts.options(options)?;
             let options = retry_options.as_ref().unwrap_or(options);
             let result =
@@ -422,7 +451,7 @@ impl Balancer {
             ..route
         };
         loop {
-            let lease = self.lease(&route, attempts.deadline).await?;
+            let lease = self.lease(&route, &attempts).await?;
             let retry_options = attempts.options(options)?;
             let options = retry_options.as_ref().unwrap_or(options);
             let result = lease
@@ -440,13 +469,18 @@ impl Balancer {
     }
 
     /// A lease, waiting (at most until `deadline`) while connections are being opened.
-    async fn lease(&self, route: &Route, deadline: Option<Instant>) -> Result<Lease, CallError> {
+    async fn lease(&self, route: &Route, attempts: &Attempts) -> Result<Lease, CallError> {
         let shared = &self.shared;
-        let started = Instant::now();
+        let (started, deadline) = (attempts.started, attempts.deadline);
+        // The first attempt's lease reads the clock the call began with.
+        let now = match attempts.made + attempts.redirects {
+            0 => started,
+            _ => Instant::now(),
+        };
+        if let Some(lease) = shared.try_lease(route, now)? {
+            return Ok(lease);
+        }
         loop {
-            if let Some(lease) = shared.try_lease(route, Instant::now())? {
-                return Ok(lease);
-            }
             let listener = shared.changed.listen();
             if let Some(lease) = shared.try_lease(route, Instant::now())? {
                 return Ok(lease);
@@ -457,13 +491,13 @@ impl Balancer {
         }
     }
 
-    fn lease_blocking(&self, route: &Route, deadline: Option<Instant>) -> Result<Lease, CallError> {
+    fn lease_blocking(&self, route: &Route, attempts: &Attempts) -> Result<Lease, CallError> {
         let shared = &self.shared;
-        let started = Instant::now();
+        let (started, deadline) = (attempts.started, attempts.deadline);
+        if let Some(lease) = shared.try_lease(route, Instant::now())? {
+            return Ok(lease);
+        }
         loop {
-            if let Some(lease) = shared.try_lease(route, Instant::now())? {
-                return Ok(lease);
-            }
             let listener = shared.changed.listen();
             if let Some(lease) = shared.try_lease(route, Instant::now())? {
                 return Ok(lease);
@@ -476,7 +510,7 @@ impl Balancer {
     /// Per-endpoint figures and retry counts.
     pub fn stats(&self) -> BalanceStats {
         let shared = &self.shared;
-        let endpoints = shared.endpoints.read().clone();
+        let endpoints = shared.endpoints.snapshot();
         let now = Instant::now();
         let (retries, retries_refused) = shared.budget.counts();
         BalanceStats {
@@ -490,9 +524,10 @@ impl Balancer {
                         failures,
                         in_flight: e.in_flight(),
                         connections: e.open_count(),
-                        latency: e.latency(now),
+                        latency: e.latency_now(now),
                         ejected: e.is_ejected(now),
                         weight: e.weight(),
+                        io: e.io(),
                     }
                 })
                 .collect(),
@@ -566,4 +601,6 @@ pub struct EndpointStats {
     pub ejected: bool,
     /// The weight discovery gave it.
     pub weight: u32,
+    /// I/O counters of its open connections (frames per write, bytes buffered).
+    pub io: flumen_stream::ConnectionStats,
 }

@@ -62,7 +62,9 @@ impl Budget {
 
     /// A call was made.
     pub(crate) fn deposit(&self) {
-        if self.deposit == 0 {
+        // Saved up to the cap (the usual state with few retries): a read, not a write every
+        // caller would contend on.
+        if self.deposit == 0 || self.balance.load(Ordering::Relaxed) >= self.cap {
             return;
         }
         let before = self.balance.fetch_add(self.deposit, Ordering::Relaxed);

@@ -45,10 +45,10 @@ where
     fn add_endpoint(&self, shared: &Arc<Shared>, address: &str) -> Option<Arc<Endpoint>> {
         let address: T::Addr = address.parse().ok()?;
         let target = Target::new(address);
-        let mut endpoints = shared.endpoints.read().to_vec();
+        let mut endpoints = shared.endpoints.snapshot().to_vec();
         let endpoint = start(&self.rt, &self.transport, shared, &target);
         endpoints.push(endpoint.clone());
-        *shared.endpoints.write() = Arc::from(endpoints);
+        shared.endpoints.replace(endpoints);
         Some(endpoint)
     }
 }
@@ -121,7 +121,7 @@ where
         if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
-        let current = shared.endpoints.read().clone();
+        let current = shared.endpoints.snapshot();
         let mut by_label: HashMap<&str, &Arc<Endpoint>> = current
             .iter()
             .filter(|e| !e.is_removed())
@@ -142,7 +142,7 @@ where
         for gone in by_label.into_values() {
             gone.remove();
         }
-        *shared.endpoints.write() = Arc::from(next);
+        shared.endpoints.replace(next);
         shared
             .discovered
             .store(true, std::sync::atomic::Ordering::Release);

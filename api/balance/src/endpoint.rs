@@ -9,12 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crossbeam_utils::sync::ShardedLock;
 use event_listener::Event;
 use flumen_stream::{CallError, ConnectionError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::{
-    health::{Health, OutlierDetection},
+    health::{Health, Latency, OutlierDetection},
     strategy::{stable_hash, Candidate},
 };
 
@@ -25,13 +26,27 @@ pub(crate) struct Endpoint {
     pub(crate) label: Arc<str>,
     pub(crate) id: u64,
     weight: AtomicU32,
-    /// Open (or recently open) connections; closed ones are pruned by the connector.
-    conns: RwLock<Vec<flumen_stream::Client>>,
+    /// Open (or recently open) connections; closed ones are pruned by the connector. Read by
+    /// every call, written when connections come and go: a lock sharded per thread, so that
+    /// callers on many threads do not contend on one lock word.
+    conns: ShardedLock<Vec<flumen_stream::Client>>,
     next: AtomicUsize,
     in_flight: AtomicU32,
     calls: AtomicU64,
     failures: AtomicU64,
+    /// Failures and ejection, changed on failures (rare); a call reads the atomics below.
     health: Mutex<Health>,
+    /// Whether `health` has no failure to forgive: a success then takes no lock.
+    clean: AtomicBool,
+    /// [`stamp`](Self::stamp) until which the endpoint takes no calls (ejected or backing
+    /// off); 0 if it takes them.
+    closed_until: AtomicU64,
+    /// The stamp until which it is ejected; 0 if it is not.
+    ejected_until: AtomicU64,
+    /// The latency average ([`Latency`]): its nanoseconds as `f64` bits, and the stamp of its
+    /// last sample (0: none). Updated without a lock; a sample lost to a race is harmless.
+    latency_bits: AtomicU64,
+    sampled_at: AtomicU64,
     /// A caller wants connections here (pools open lazily, on the first call).
     wanted: AtomicBool,
     /// Discovery dropped the endpoint: no new calls, connections close once their calls end.
@@ -39,8 +54,8 @@ pub(crate) struct Endpoint {
     /// Connection attempts that failed in a row; the last one's error.
     connect_failures: AtomicU32,
     last_error: Mutex<Option<ConnectionError>>,
-    /// When the endpoint last leased a call, in milliseconds since `epoch` (for idle closing).
-    last_used_ms: AtomicU64,
+    /// `calls` when the connector last saw it change, and when (for idle closing).
+    idle_mark: Mutex<(u64, Instant)>,
     epoch: Instant,
     /// Wakes the endpoint's connector: a connection is wanted, or one was found closed.
     pub(crate) wake: Event,
@@ -52,17 +67,22 @@ impl Endpoint {
             id: stable_hash(label.as_bytes()),
             label,
             weight: AtomicU32::new(weight.max(1)),
-            conns: RwLock::new(Vec::new()),
+            conns: ShardedLock::new(Vec::new()),
             next: AtomicUsize::new(0),
             in_flight: AtomicU32::new(0),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             health: Mutex::new(Health::new()),
+            clean: AtomicBool::new(true),
+            closed_until: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+            latency_bits: AtomicU64::new(0),
+            sampled_at: AtomicU64::new(0),
             wanted: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             connect_failures: AtomicU32::new(0),
             last_error: Mutex::new(None),
-            last_used_ms: AtomicU64::new(0),
+            idle_mark: Mutex::new((0, Instant::now())),
             epoch: Instant::now(),
             wake: Event::new(),
         }
@@ -73,7 +93,7 @@ impl Endpoint {
         Candidate {
             id: self.id,
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            latency_ns: self.health.lock().latency_ns(now),
+            latency_ns: self.latency_at(now),
             weight: self.weight.load(Ordering::Relaxed),
         }
     }
@@ -84,20 +104,24 @@ impl Endpoint {
 
     /// An open connection, in turn; `None` (and the connector woken) if none is open.
     pub(crate) fn connection(&self) -> Option<flumen_stream::Client> {
-        let conns = self.conns.read();
+        let conns = self.read_conns();
         let n = conns.len();
         let start = match n {
-            0 => 0,
-            1 => 0,
+            0 | 1 => 0,
             _ => self.next.fetch_add(1, Ordering::Relaxed),
         };
-        let found = (0..n)
-            .map(|i| &conns[(start + i) % n])
-            .find(|conn| !conn.is_closed())
-            .cloned();
-        let short = found.is_none() || conns.iter().any(flumen_stream::Client::is_closed);
+        let mut found = None;
+        let mut short = false;
+        for i in 0..n {
+            let conn = &conns[(start + i) % n];
+            if conn.is_closed() {
+                short = true;
+            } else if found.is_none() {
+                found = Some(conn.clone());
+            }
+        }
         drop(conns);
-        if short {
+        if short || found.is_none() {
             self.want();
         }
         found
@@ -116,29 +140,37 @@ impl Endpoint {
 
     /// Drops closed connections; returns how many stay open.
     pub(crate) fn prune(&self) -> usize {
-        let mut conns = self.conns.write();
+        let mut conns = self.write_conns();
         conns.retain(|conn| !conn.is_closed());
         conns.len()
     }
 
+    /// The I/O counters of the open connections, summed.
+    pub(crate) fn io(&self) -> flumen_stream::ConnectionStats {
+        let mut total = flumen_stream::ConnectionStats::default();
+        for conn in self.read_conns().iter() {
+            total.add(&conn.stats());
+        }
+        total
+    }
+
     pub(crate) fn open_count(&self) -> usize {
-        self.conns
-            .read()
+        self.read_conns()
             .iter()
             .filter(|conn| !conn.is_closed())
             .count()
     }
 
     pub(crate) fn add_connection(&self, conn: flumen_stream::Client, policy: &OutlierDetection) {
-        self.conns.write().push(conn);
+        self.write_conns().push(conn);
         self.connect_failures.store(0, Ordering::Release);
-        self.health.lock().on_connected(policy);
+        self.change_health(|health| health.on_connected(policy));
     }
 
     /// Closes every connection gracefully: dropping our handles lets each close once the
     /// calls still using it end. The pool goes back to opening lazily.
     pub(crate) fn release_connections(&self) {
-        self.conns.write().clear();
+        self.write_conns().clear();
         self.wanted.store(false, Ordering::Release);
     }
 
@@ -151,7 +183,66 @@ impl Endpoint {
     ) -> bool {
         self.connect_failures.fetch_add(1, Ordering::AcqRel);
         *self.last_error.lock() = Some(error);
-        self.health.lock().on_failure(now, policy)
+        self.change_health(|health| health.on_failure(now, policy))
+    }
+
+    fn read_conns(
+        &self,
+    ) -> crossbeam_utils::sync::ShardedLockReadGuard<'_, Vec<flumen_stream::Client>> {
+        // A panic while the lock is held poisons it; the list stays consistent regardless.
+        self.conns
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_conns(
+        &self,
+    ) -> crossbeam_utils::sync::ShardedLockWriteGuard<'_, Vec<flumen_stream::Client>> {
+        self.conns
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `at` as a stamp: nanoseconds since the endpoint's epoch, plus one (0 means none).
+    fn stamp(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+            + 1
+    }
+
+    /// Changes the health under its lock and publishes what calls read without it.
+    fn change_health<T>(&self, change: impl FnOnce(&mut Health) -> T) -> T {
+        let mut health = self.health.lock();
+        let result = change(&mut health);
+        let stamp = |at: Option<Instant>| at.map_or(0, |at| self.stamp(at));
+        self.closed_until
+            .store(stamp(health.closed_until()), Ordering::Release);
+        self.ejected_until
+            .store(stamp(health.ejected_until()), Ordering::Release);
+        self.clean.store(health.is_clean(), Ordering::Release);
+        result
+    }
+
+    /// The latency average at `now`, in nanoseconds.
+    fn latency_at(&self, now: Instant) -> u64 {
+        self.latency().at(self.stamp(now))
+    }
+
+    fn latency(&self) -> Latency {
+        Latency {
+            ns: f64::from_bits(self.latency_bits.load(Ordering::Relaxed)),
+            at: self.sampled_at.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A call that began at stamp `started` was answered at stamp `now`.
+    fn on_success(&self, now: u64, started: u64) {
+        let next = self.latency().sampled(now, now.saturating_sub(started));
+        self.latency_bits
+            .store(next.ns.to_bits(), Ordering::Relaxed);
+        self.sampled_at.store(next.at, Ordering::Relaxed);
+        if !self.clean.load(Ordering::Acquire) {
+            self.change_health(Health::on_success);
+        }
     }
 
     /// Failed connection attempts in a row.
@@ -173,36 +264,43 @@ impl Endpoint {
     }
 
     pub(crate) fn is_available(&self, now: Instant) -> bool {
-        self.health.lock().is_available(now)
+        match self.closed_until.load(Ordering::Acquire) {
+            0 => true,
+            until => self.stamp(now) >= until,
+        }
     }
 
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {
-        self.health.lock().is_ejected(now)
+        match self.ejected_until.load(Ordering::Acquire) {
+            0 => false,
+            until => self.stamp(now) < until,
+        }
     }
 
     pub(crate) fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// How long since the endpoint last took a call.
+    /// How long the endpoint has taken no call, as the connector sees it at `now` (it asks
+    /// at every health check, so calls cost nothing here).
     pub(crate) fn idle_for(&self, now: Instant) -> Duration {
-        let used = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
-        now.saturating_duration_since(self.epoch)
-            .saturating_sub(used)
+        let calls = self.calls.load(Ordering::Relaxed);
+        let mut mark = self.idle_mark.lock();
+        if mark.0 != calls {
+            *mark = (calls, now);
+        }
+        now.saturating_duration_since(mark.1)
     }
 
     /// Starts a call on `conn`.
     pub(crate) fn lease(self: Arc<Self>, conn: flumen_stream::Client, now: Instant) -> Lease {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        if self.last_used_ms.load(Ordering::Relaxed) != ms {
-            self.last_used_ms.store(ms, Ordering::Relaxed);
-        }
+        let started = self.stamp(now);
         Lease {
             endpoint: self,
             conn,
-            started: now,
+            started,
         }
     }
 
@@ -214,8 +312,8 @@ impl Endpoint {
         )
     }
 
-    pub(crate) fn latency(&self, now: Instant) -> Duration {
-        Duration::from_nanos(self.health.lock().latency_ns(now))
+    pub(crate) fn latency_now(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.latency_at(now))
     }
 
     pub(crate) fn weight(&self) -> u32 {
@@ -228,7 +326,8 @@ impl Endpoint {
 pub(crate) struct Lease {
     pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) conn: flumen_stream::Client,
-    started: Instant,
+    /// The endpoint's stamp when the call began.
+    started: u64,
 }
 
 /// How long an endpoint that answered `OVERLOADED` without a hint gets no new calls.
@@ -243,7 +342,7 @@ impl Lease {
             Ok(_) | Err(CallError::Application(_)) => false,
             Err(CallError::Overloaded { retry_after, .. }) => {
                 let wait = retry_after.unwrap_or(OVERLOADED_BACKOFF);
-                endpoint.health.lock().on_overloaded(now, wait);
+                endpoint.change_health(|health| health.on_overloaded(now, wait));
                 false
             }
             Err(CallError::Connection(_) | CallError::Timeout(_)) => true,
@@ -256,10 +355,9 @@ impl Lease {
         };
         if blame {
             endpoint.failures.fetch_add(1, Ordering::Relaxed);
-            endpoint.health.lock().on_failure(now, policy);
+            endpoint.change_health(|health| health.on_failure(now, policy));
         } else if result.is_ok() || matches!(result, Err(CallError::Application(_))) {
-            let latency = now.saturating_duration_since(self.started);
-            endpoint.health.lock().on_success(now, latency);
+            endpoint.on_success(endpoint.stamp(now), self.started);
         }
     }
 }

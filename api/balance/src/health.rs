@@ -28,11 +28,51 @@ impl Default for OutlierDetection {
 /// How long the latency average remembers: a sample's weight halves in about 0.7× this.
 pub(crate) const LATENCY_DECAY: Duration = Duration::from_secs(10);
 
-/// The health of one endpoint.
+/// An endpoint's latency average: peak EWMA. A slower sample is taken at once, faster ones
+/// pull the average down gradually, so a degrading endpoint is noticed on its first slow
+/// reply; without new samples it decays towards zero, so an endpoint avoided for being slow is
+/// tried again after a while instead of starving for good. Times are nanosecond stamps on the
+/// endpoint's own clock (0: never).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Latency {
+    /// The average in nanoseconds.
+    pub(crate) ns: f64,
+    /// The stamp of the last sample; 0 before the first.
+    pub(crate) at: u64,
+}
+
+impl Latency {
+    /// The average at stamp `now`, in nanoseconds (0 before the first sample).
+    pub(crate) fn at(&self, now: u64) -> u64 {
+        if self.at == 0 {
+            return 0;
+        }
+        (self.ns * decay(now.saturating_sub(self.at))) as u64
+    }
+
+    /// The average after a call answered in `latency_ns` at stamp `now`.
+    pub(crate) fn sampled(self, now: u64, latency_ns: u64) -> Self {
+        let sample = latency_ns as f64;
+        let ns = match self.at {
+            0 => sample,
+            _ if sample >= self.ns => sample,
+            at => {
+                let keep = decay(now.saturating_sub(at));
+                self.ns * keep + sample * (1.0 - keep)
+            }
+        };
+        Self { ns, at: now.max(1) }
+    }
+}
+
+/// The weight a sample keeps after `elapsed_ns`.
+fn decay(elapsed_ns: u64) -> f64 {
+    (-(elapsed_ns as f64) / LATENCY_DECAY.as_nanos() as f64).exp()
+}
+
+/// The health of one endpoint: failures, ejection, overload backoff.
 #[derive(Debug)]
 pub(crate) struct Health {
-    latency_ns: f64,
-    sampled_at: Option<Instant>,
     consecutive_failures: u32,
     /// Ejections in a row without a success in between.
     ejections: u32,
@@ -44,8 +84,6 @@ pub(crate) struct Health {
 impl Health {
     pub(crate) fn new() -> Self {
         Self {
-            latency_ns: 0.0,
-            sampled_at: None,
             consecutive_failures: 0,
             ejections: 0,
             ejected_until: None,
@@ -53,18 +91,8 @@ impl Health {
         }
     }
 
-    /// The latency average in nanoseconds at `now`; 0 before the first sample. Without new
-    /// samples it decays towards zero, so an endpoint avoided for being slow is tried again
-    /// after a while instead of starving for good.
-    pub(crate) fn latency_ns(&self, now: Instant) -> u64 {
-        let Some(at) = self.sampled_at else {
-            return 0;
-        };
-        let idle = now.saturating_duration_since(at).as_secs_f64();
-        (self.latency_ns * (-idle / LATENCY_DECAY.as_secs_f64()).exp()) as u64
-    }
-
     /// Whether the endpoint may take calls at `now`.
+    #[cfg(test)]
     pub(crate) fn is_available(&self, now: Instant) -> bool {
         let open = |until: Option<Instant>| until.is_none_or(|until| now >= until);
         open(self.ejected_until) && open(self.backoff_until)
@@ -75,22 +103,25 @@ impl Health {
         self.ejected_until.is_some_and(|until| now < until)
     }
 
-    /// A call answered after `latency`: the endpoint is alive. Peak EWMA: a slower sample is
-    /// taken at once, faster ones pull the average down gradually, so a degrading endpoint is
-    /// noticed on its first slow reply.
-    pub(crate) fn on_success(&mut self, now: Instant, latency: Duration) {
-        let sample = latency.as_nanos() as f64;
-        match self.sampled_at {
-            Some(at) if sample < self.latency_ns => {
-                let elapsed = now.saturating_duration_since(at).as_secs_f64();
-                let keep = (-elapsed / LATENCY_DECAY.as_secs_f64()).exp();
-                self.latency_ns = self.latency_ns * keep + sample * (1.0 - keep);
-            }
-            _ => self.latency_ns = sample,
-        }
-        self.sampled_at = Some(now);
+    /// A call was answered: the endpoint is alive; failures are forgiven.
+    pub(crate) fn on_success(&mut self) {
         self.consecutive_failures = 0;
         self.ejections = 0;
+    }
+
+    /// Whether a success would change anything (failures to forgive).
+    pub(crate) fn is_clean(&self) -> bool {
+        self.consecutive_failures == 0 && self.ejections == 0
+    }
+
+    /// Until when the endpoint takes no calls (ejected or backing off), if it does not now.
+    pub(crate) fn closed_until(&self) -> Option<Instant> {
+        self.ejected_until.max(self.backoff_until)
+    }
+
+    /// Until when the endpoint is ejected.
+    pub(crate) fn ejected_until(&self) -> Option<Instant> {
+        self.ejected_until
     }
 
     /// A call or connection attempt failed in a way that blames the endpoint. Returns whether
@@ -135,23 +166,28 @@ mod tests {
 
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
-        let t0 = Instant::now();
-        let mut health = Health::new();
-        health.on_success(t0, 100 * MS);
-        assert_eq!(health.latency_ns(t0), 100_000_000);
-        let t1 = t0 + MS;
-        health.on_success(t1, 300 * MS);
-        let peak = health.latency_ns(t1);
-        assert_eq!(peak, 300_000_000, "a slower sample is taken at once");
-        let t2 = t0 + Duration::from_secs(10);
-        health.on_success(t2, 100 * MS);
-        let after = health.latency_ns(t2);
+        const NS_MS: u64 = 1_000_000;
+        const NS_S: u64 = 1_000_000_000;
+        let t0 = 1;
+        let latency = Latency::default().sampled(t0, 100 * NS_MS);
+        assert_eq!(latency.at(t0), 100_000_000);
+        let t1 = t0 + NS_MS;
+        let latency = latency.sampled(t1, 300 * NS_MS);
+        assert_eq!(
+            latency.at(t1),
+            300_000_000,
+            "a slower sample is taken at once"
+        );
+        let t2 = t0 + 10 * NS_S;
+        let latency = latency.sampled(t2, 100 * NS_MS);
+        let after = latency.at(t2);
         assert!(after < 300_000_000 && after > 100_000_000, "{after}");
-        let t3 = t0 + Duration::from_secs(100);
-        health.on_success(t3, 100 * MS);
-        assert!(health.latency_ns(t3) < 101_000_000);
+        let t3 = t0 + 100 * NS_S;
+        let latency = latency.sampled(t3, 100 * NS_MS);
+        assert!(latency.at(t3) < 101_000_000);
         // Unsampled, it fades: a once-slow endpoint is tried again.
-        assert!(health.latency_ns(t3 + Duration::from_secs(60)) < 1_000_000);
+        assert!(latency.at(t3 + 60 * NS_S) < 1_000_000);
+        assert_eq!(Latency::default().at(t3), 0);
     }
 
     #[test]
@@ -173,7 +209,7 @@ mod tests {
         assert!(health.is_available(t1 + Duration::from_secs(2)));
         // A success ends probation and resets the doubling.
         let t2 = t1 + Duration::from_secs(2);
-        health.on_success(t2, MS);
+        health.on_success();
         for _ in 0..4 {
             assert!(!health.on_failure(t2, &policy));
         }
