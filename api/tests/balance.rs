@@ -20,7 +20,7 @@ use flumen::{
         Backoff, BalanceConfig, Mode, OutlierDetection, RetryBudget, Strategy,
     },
     stream::CallError,
-    Client, ClientConfig, ErrorCode, MsgPack, Router, RpcError, Server, ServerHandle, Status,
+    Client, ClientConfig, MsgPack, Router, RpcError, Server, ServerHandle, Status,
 };
 
 #[flumen::service]
@@ -110,7 +110,10 @@ impl<E: Env> Servers<E> {
             })
             .route("refuse", move |()| {
                 refuse.fetch_add(1, Ordering::SeqCst);
-                async move { Err::<(), _>(Status::new(ErrorCode::OVERLOADED, "busy")) }
+                async move {
+                    let wait = Some(Duration::from_millis(1));
+                    Err::<(), _>(Status::overloaded(wait, "busy"))
+                }
             })
             .route("write", move |()| {
                 let redirect = redirect.clone();
@@ -485,8 +488,11 @@ async fn blocking_calls_are_balanced<E: Env>(env: E) {
 async fn no_reachable_endpoint_fails_fast_as_not_sent<E: Env>(env: E) {
     let mut servers = Servers::start(&env, 1).await;
     servers.kill(0);
-    let config =
-        quick().client(ClientConfig::default().default_timeout(Some(Duration::from_secs(60))));
+    // A QUIC handshake with a dead port only ends at the connect timeout.
+    let client_config = ClientConfig::default()
+        .default_timeout(Some(Duration::from_secs(60)))
+        .connect_timeout(Duration::from_millis(500));
+    let config = quick().client(client_config);
     let client = balanced(&env, servers.discovery(), config);
     let started = std::time::Instant::now();
     let error = client.call::<_, u32>("who", &()).await.unwrap_err();

@@ -485,7 +485,7 @@ impl Balancer {
             if let Some(lease) = shared.try_lease(route, Instant::now())? {
                 return Ok(lease);
             }
-            let wake = wake_at(deadline);
+            let wake = wake_at(shared, deadline);
             futures_lite::future::or(listener, shared.control.sleep_until(wake)).await;
             check_deadline(deadline, started)?;
         }
@@ -502,7 +502,7 @@ impl Balancer {
             if let Some(lease) = shared.try_lease(route, Instant::now())? {
                 return Ok(lease);
             }
-            listener.wait_deadline(wake_at(deadline));
+            listener.wait_deadline(wake_at(shared, deadline));
             check_deadline(deadline, started)?;
         }
     }
@@ -553,8 +553,17 @@ impl Balancer {
     }
 }
 
-fn wake_at(deadline: Option<Instant>) -> Instant {
-    let slice = Instant::now() + WAIT_SLICE;
+/// When a waiting caller looks again: when the first endpoint backing off takes calls again,
+/// at the latest after [`WAIT_SLICE`], and never after the deadline.
+fn wake_at(shared: &Shared, deadline: Option<Instant>) -> Instant {
+    let now = Instant::now();
+    let opens = shared
+        .endpoints
+        .read()
+        .iter()
+        .filter_map(|e| e.opens_at(now))
+        .min();
+    let slice = opens.map_or(now + WAIT_SLICE, |at| at.min(now + WAIT_SLICE));
     deadline.map_or(slice, |deadline| deadline.min(slice))
 }
 

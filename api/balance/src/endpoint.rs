@@ -270,6 +270,12 @@ impl Endpoint {
         }
     }
 
+    /// When the endpoint takes calls again, if it does not now.
+    pub(crate) fn opens_at(&self, now: Instant) -> Option<Instant> {
+        let until = self.closed_until.load(Ordering::Acquire);
+        (until > self.stamp(now)).then(|| self.epoch + Duration::from_nanos(until - 1))
+    }
+
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {
         match self.ejected_until.load(Ordering::Acquire) {
             0 => false,
