@@ -76,7 +76,9 @@ impl Dns {
     }
 
     fn start(&mut self) -> &mut Watch<SocketAddr> {
-        let (updater, watch) = channel(Vec::new());
+        let (updater, mut watch) = channel(Vec::new());
+        // Nothing to report before the first resolution: callers wait for it.
+        watch.seen = 1;
         let stop = Arc::new(AtomicBool::new(false));
         let resolving = Resolving {
             name: self.name.clone(),

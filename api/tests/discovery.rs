@@ -1,0 +1,263 @@
+//! Discovery feeding a balanced client while calls run: a watched file, and DNS from a real
+//! server (Debian's `dnsmasq`, started here on a loopback port; the test is skipped with a
+//! message where it is not installed) with SRV records and with A records.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{eventually, run_smol, run_tokio, Env};
+use flumen::{
+    balance::{
+        discovery::{Dns, DnsName, FileWatch},
+        BalanceConfig,
+    },
+    Client, MsgPack, Router, Server, ServerHandle, Status,
+};
+
+/// A server answering `who` with its `index`, on `addr`.
+async fn serve<E: Env>(env: &E, index: u32, addr: SocketAddr) -> ServerHandle<SocketAddr> {
+    let router = Router::new().route("who", move |()| async move { Ok::<_, Status>(index) });
+    Server::new(router)
+        .bind(&env.rt(), &env.transport(), &addr)
+        .await
+        .unwrap()
+}
+
+/// Calls until server `index` answers (a bounded number of calls); panics if it never does.
+async fn reaches(client: &Client, index: u32) {
+    for _ in 0..20_000 {
+        if client.call::<_, u32>("who", &()).await.unwrap() == index {
+            return;
+        }
+    }
+    panic!("server {index} never answered");
+}
+
+/// Makes 200 calls; whether any reached server `index`.
+async fn any_reaches(client: &Client, index: u32) -> bool {
+    let mut reached = false;
+    for _ in 0..200 {
+        reached |= client.call::<_, u32>("who", &()).await.unwrap() == index;
+    }
+    reached
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flumen-discovery-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Endpoints from a file that is rewritten while calls run.
+async fn a_watched_file_feeds_the_balancer<E: Env>(env: E, name: &str) {
+    let (a, b) = (
+        serve(&env, 0, common::loopback()).await,
+        serve(&env, 1, common::loopback()).await,
+    );
+    let path = scratch(name);
+    std::fs::write(&path, format!("# the fleet\n{}\n", a.local_addr())).unwrap();
+    let watch = FileWatch::new(&env.rt(), &path).interval(Duration::from_millis(20));
+    let client = Client::balanced_with(
+        &env.rt(),
+        env.transport(),
+        watch,
+        BalanceConfig::new(),
+        MsgPack::default(),
+    );
+    assert!(!any_reaches(&client, 1).await);
+    std::fs::write(&path, format!("{}\n{} 3\n", a.local_addr(), b.local_addr())).unwrap();
+    reaches(&client, 1).await;
+    std::fs::write(&path, format!("{}\n", b.local_addr())).unwrap();
+    eventually(&env, "server 0 out of the set", || {
+        client.balancer().unwrap().stats().endpoints.len() == 1
+    })
+    .await;
+    assert!(!any_reaches(&client, 0).await);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A dnsmasq serving the records in its arguments on a loopback port; killed on drop.
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with `records` (its `--srv-host=`/`--host-record=` options) and
+    /// `hosts` as an extra hosts file (re-read on SIGHUP); `None` if it is not installed.
+    fn start(port: u16, records: &[String], hosts: &PathBuf) -> Option<Self> {
+        let binary = ["/usr/sbin/dnsmasq", "dnsmasq"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("--version").output().is_ok());
+        let Some(binary) = binary else {
+            eprintln!("skipped: dnsmasq is not installed (apt-get install dnsmasq-base)");
+            return None;
+        };
+        let child = Command::new(binary)
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--user=root",
+                "--pid-file=",
+                "--local-ttl=0",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting dnsmasq");
+        Some(Self { child, port })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Re-reads the hosts file.
+    fn reload(&self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free UDP port on loopback for the DNS server.
+fn free_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port()
+}
+
+/// SRV records name the endpoints (with their ports); a restarted DNS server with other
+/// records moves the calls.
+async fn dns_srv_records_feed_the_balancer<E: Env>(env: E, name: &str) {
+    let (a, b) = (
+        serve(&env, 0, common::loopback()).await,
+        serve(&env, 1, common::loopback()).await,
+    );
+    let hosts = scratch(&format!("{name}.hosts"));
+    std::fs::write(&hosts, "127.0.0.1 node.flumen.test\n").unwrap();
+    let srv = |port: u16| format!("--srv-host=_rpc._tcp.flumen.test,node.flumen.test,{port},0,1");
+    let port = free_port();
+    let both = [srv(a.local_addr().port()), srv(b.local_addr().port())];
+    let Some(dns) = Dnsmasq::start(port, &both, &hosts) else {
+        return;
+    };
+    let source = Dns::new(DnsName::Srv("_rpc._tcp.flumen.test".into()))
+        .server(dns.addr())
+        .interval(Duration::from_millis(50));
+    let client = Client::balanced_with(
+        &env.rt(),
+        env.transport(),
+        source,
+        BalanceConfig::new(),
+        MsgPack::default(),
+    );
+    reaches(&client, 0).await;
+    reaches(&client, 1).await;
+    // The service shrinks to one replica: the DNS server now publishes b alone.
+    drop(dns);
+    let _dns = Dnsmasq::start(port, &[srv(b.local_addr().port())], &hosts).unwrap();
+    eventually(&env, "the SRV change applied", || {
+        client.balancer().unwrap().stats().endpoints.len() == 1
+    })
+    .await;
+    assert!(!any_reaches(&client, 0).await);
+    let _ = std::fs::remove_file(&hosts);
+}
+
+/// A records of one name, one per replica (replicas on 127.0.0.2 and 127.0.0.3, one port):
+/// a replica added to the zone gets calls.
+async fn dns_a_records_feed_the_balancer<E: Env>(env: E, name: &str) {
+    let a = serve(&env, 0, "127.0.0.2:0".parse().unwrap()).await;
+    let port = a.local_addr().port();
+    let Ok(b) = Server::new(Router::new().route("who", |()| async { Ok::<_, Status>(1u32) }))
+        .bind(
+            &env.rt(),
+            &env.transport(),
+            &SocketAddr::from(([127, 0, 0, 3], port)),
+        )
+        .await
+    else {
+        eprintln!("skipped: port {port} is taken on 127.0.0.3");
+        return;
+    };
+    let hosts = scratch(&format!("{name}.hosts"));
+    std::fs::write(&hosts, "127.0.0.2 svc.flumen.test\n").unwrap();
+    let Some(dns) = Dnsmasq::start(free_port(), &[], &hosts) else {
+        return;
+    };
+    let source = Dns::new(DnsName::Host {
+        host: "svc.flumen.test".into(),
+        port,
+    })
+    .server(dns.addr())
+    .interval(Duration::from_millis(50));
+    let client = Client::balanced_with(
+        &env.rt(),
+        env.transport(),
+        source,
+        BalanceConfig::new(),
+        MsgPack::default(),
+    );
+    assert!(!any_reaches(&client, 1).await);
+    std::fs::write(
+        &hosts,
+        "127.0.0.2 svc.flumen.test\n127.0.0.3 svc.flumen.test\n",
+    )
+    .unwrap();
+    dns.reload();
+    reaches(&client, 1).await;
+    drop(b);
+    let _ = std::fs::remove_file(&hosts);
+}
+
+#[test]
+fn tokio_a_watched_file_feeds_the_balancer() {
+    run_tokio(|env: common::TokioEnv| a_watched_file_feeds_the_balancer(env, "tokio-file"));
+}
+
+#[test]
+fn smol_a_watched_file_feeds_the_balancer() {
+    run_smol(|env: common::SmolEnv| a_watched_file_feeds_the_balancer(env, "smol-file"));
+}
+
+#[test]
+fn tokio_dns_srv_records_feed_the_balancer() {
+    run_tokio(|env: common::TokioEnv| dns_srv_records_feed_the_balancer(env, "tokio-srv"));
+}
+
+#[test]
+fn smol_dns_srv_records_feed_the_balancer() {
+    run_smol(|env: common::SmolEnv| dns_srv_records_feed_the_balancer(env, "smol-srv"));
+}
+
+#[test]
+fn tokio_dns_a_records_feed_the_balancer() {
+    run_tokio(|env: common::TokioEnv| dns_a_records_feed_the_balancer(env, "tokio-a"));
+}
+
+#[test]
+fn smol_dns_a_records_feed_the_balancer() {
+    run_smol(|env: common::SmolEnv| dns_a_records_feed_the_balancer(env, "smol-a"));
+}
