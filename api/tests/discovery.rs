@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -91,7 +91,7 @@ struct Dnsmasq {
 impl Dnsmasq {
     /// Starts dnsmasq with `records` (its `--srv-host=`/`--host-record=` options) and
     /// `hosts` as an extra hosts file (re-read on SIGHUP); `None` if it is not installed.
-    fn start(port: u16, records: &[String], hosts: &PathBuf) -> Option<Self> {
+    fn start(port: u16, records: &[String], hosts: &Path) -> Option<Self> {
         let binary = ["/usr/sbin/dnsmasq", "dnsmasq"]
             .into_iter()
             .find(|b| Command::new(b).arg("--version").output().is_ok());
