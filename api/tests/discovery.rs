@@ -1,6 +1,7 @@
-//! Discovery feeding a balanced client while calls run: a watched file, and DNS from a real
-//! server (Debian's `dnsmasq`, started here on a loopback port; the test is skipped with a
-//! message where it is not installed) with SRV records and with A records.
+//! Discovery feeding a balanced client while calls run: a watched file, DNS from a real
+//! server (Debian's `dnsmasq`, started here on a loopback port) with SRV records and with A
+//! records, and a key prefix in a real etcd (Debian's `etcd-server`, started here). Tests
+//! whose server is not installed are skipped with a message; `.ci/run` installs both.
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::{
 use common::{eventually, run_smol, run_tokio, Env};
 use flumen::{
     balance::{
-        discovery::{Dns, DnsName, FileWatch},
+        discovery::{Dns, DnsName, Etcd, FileWatch, Registry},
         BalanceConfig,
     },
     Client, MsgPack, Router, Server, ServerHandle, Status,
@@ -230,6 +231,109 @@ async fn dns_a_records_feed_the_balancer<E: Env>(env: E, name: &str) {
     reaches(&client, 1).await;
     drop(b);
     let _ = std::fs::remove_file(&hosts);
+}
+
+/// An etcd server (Debian's `etcd-server`) on loopback ports with its data in a scratch
+/// directory; killed and removed on drop.
+struct EtcdServer {
+    child: Child,
+    client: SocketAddr,
+    dir: PathBuf,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers; `None` if it is not installed.
+    fn start(name: &str) -> Option<Self> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
+            return None;
+        }
+        let dir = scratch(&format!("{name}.etcd"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (client, peer) = (free_tcp_port(), free_tcp_port());
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let child = Command::new("etcd")
+            .arg("--name=flumen")
+            .arg(format!("--data-dir={}", dir.display()))
+            .arg(format!("--listen-client-urls={}", url(client)))
+            .arg(format!("--advertise-client-urls={}", url(client)))
+            .arg(format!("--listen-peer-urls={}", url(peer)))
+            .arg(format!("--initial-advertise-peer-urls={}", url(peer)))
+            .arg(format!("--initial-cluster=flumen={}", url(peer)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting etcd");
+        let server = Self {
+            child,
+            client: SocketAddr::from(([127, 0, 0, 1], client)),
+            dir,
+        };
+        let registry = Registry::new(server.client);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while registry.values("/").is_err() {
+            assert!(std::time::Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Servers register under a prefix in a real etcd; the client follows the registry while
+/// calls run.
+async fn an_etcd_prefix_feeds_the_balancer<E: Env>(env: E, name: &str) {
+    let Some(etcd) = EtcdServer::start(name) else {
+        return;
+    };
+    let (a, b) = (
+        serve(&env, 0, common::loopback()).await,
+        serve(&env, 1, common::loopback()).await,
+    );
+    let registry = Registry::new(etcd.client);
+    let key = |server: &ServerHandle<SocketAddr>| format!("/services/who/{}", server.local_addr());
+    registry.put(&key(&a), &a.local_addr().to_string()).unwrap();
+    // Another service's entry under a neighbouring prefix is not ours.
+    registry.put("/services/whom/x", "127.0.0.1:1").unwrap();
+    let source = Etcd::new(etcd.client, "/services/who/").interval(Duration::from_millis(50));
+    let client = Client::balanced_with(
+        &env.rt(),
+        env.transport(),
+        source,
+        BalanceConfig::new(),
+        MsgPack::default(),
+    );
+    assert!(!any_reaches(&client, 1).await);
+    registry.put(&key(&b), &b.local_addr().to_string()).unwrap();
+    reaches(&client, 1).await;
+    registry.delete(&key(&a)).unwrap();
+    eventually(&env, "server 0 deregistered", || {
+        client.balancer().unwrap().stats().endpoints.len() == 1
+    })
+    .await;
+    assert!(!any_reaches(&client, 0).await);
+}
+
+#[test]
+fn tokio_an_etcd_prefix_feeds_the_balancer() {
+    run_tokio(|env: common::TokioEnv| an_etcd_prefix_feeds_the_balancer(env, "tokio-etcd"));
+}
+
+#[test]
+fn smol_an_etcd_prefix_feeds_the_balancer() {
+    run_smol(|env: common::SmolEnv| an_etcd_prefix_feeds_the_balancer(env, "smol-etcd"));
 }
 
 #[test]

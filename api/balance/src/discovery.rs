@@ -3,8 +3,8 @@
 //! A [`Discover`] source reports whole endpoint sets; the balancer diffs each against what it
 //! has, starting new endpoints and draining removed ones while calls run. Sources here:
 //! [`Static`] (a fixed list), [`channel`] (a set the application updates), [`FileWatch`] (a
-//! file of addresses, re-read when it changes) and, with the `dns` feature, `Dns` (A/AAAA or
-//! SRV records, refreshed).
+//! file of addresses, re-read when it changes), with the `dns` feature `Dns` (A/AAAA or SRV
+//! records, refreshed), and with the `etcd` feature `Etcd` (the values under a key prefix).
 
 use std::{
     fmt,
@@ -21,8 +21,12 @@ use parking_lot::Mutex;
 
 #[cfg(feature = "dns")]
 mod dns;
+#[cfg(feature = "etcd")]
+mod etcd;
 #[cfg(feature = "dns")]
 pub use dns::{Dns, DnsName, DEFAULT_DNS_INTERVAL};
+#[cfg(feature = "etcd")]
+pub use etcd::{Etcd, Registry, DEFAULT_ETCD_INTERVAL, ETCD_REQUEST_TIMEOUT, MAX_ETCD_RESPONSE};
 
 /// The weight of an endpoint whose source gives none.
 pub const DEFAULT_WEIGHT: u32 = 1;
