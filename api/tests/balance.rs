@@ -129,7 +129,8 @@ impl<E: Env> Servers<E> {
 
     async fn bind(&self, i: usize, addr: SocketAddr) -> ServerHandle<SocketAddr> {
         // A restarted server takes its old port back; the old socket may take a moment to go.
-        for _ in 0..200 {
+        // (A QUIC endpoint lets its socket go once its closed connections have drained.)
+        for _ in 0..1000 {
             let bound = Server::new(self.router(i))
                 .bind(&self.env.rt(), &self.env.transport(), &addr)
                 .await;
@@ -506,7 +507,59 @@ async fn no_reachable_endpoint_fails_fast_as_not_sent<E: Env>(env: E) {
     );
 }
 
+/// An idle pooled connection whose server stopped answering is found by the health ping:
+/// closed, and counted against its endpoint, before any call is sent into it.
+async fn a_silent_idle_connection_is_found_by_a_health_ping<E: Env>(env: E) {
+    use flumen::stream::{
+        frame::{FrameHeader, FrameKind},
+        hello::Hello,
+        Listener, Transport,
+    };
+
+    let mut listener = env.transport().bind(&loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done, seen) = smol::channel::bounded(1);
+    env.spawn(async move {
+        let mut peer = flumen_peer::Peer::accept(&mut listener).await.unwrap();
+        peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+        peer.read_hello().await.unwrap();
+        // Answers pings and the first call (7, in MessagePack), then nothing: later pings go
+        // unanswered.
+        loop {
+            let frame = peer.next_frame().await.unwrap().expect("a frame");
+            let header = frame.header;
+            if header.kind == FrameKind::Ping {
+                let pong = FrameHeader::new(FrameKind::Pong, header.seq);
+                peer.send_frame(pong, &frame.body).await.unwrap();
+                continue;
+            }
+            let reply = FrameHeader {
+                method: header.method,
+                ..FrameHeader::new(FrameKind::Response, header.seq)
+            };
+            peer.send_frame(reply, &[7]).await.unwrap();
+            break;
+        }
+        // Until the connection ends (cleanly or not: TLS and QUIC see an abrupt close).
+        let mut pinged = false;
+        while let Ok(Some(frame)) = peer.next_frame().await {
+            pinged |= frame.header.kind == FrameKind::Ping;
+        }
+        let _ = done.send(pinged).await;
+    });
+    let config = quick()
+        .health_interval(Duration::from_millis(20))
+        .health_timeout(Duration::from_millis(200));
+    let client = balanced(&env, Static::new([addr]), config);
+    assert_eq!(client.call::<_, u32>("who", &()).await.unwrap(), 7);
+    // Closed by this side: the peer sees the end of the connection after a ping.
+    assert!(seen.recv().await.unwrap(), "the idle connection was pinged");
+    let stats = client.balancer().unwrap().stats();
+    assert!(stats.endpoints[0].failures >= 1, "{stats:?}");
+}
+
 e2e!(
+    a_silent_idle_connection_is_found_by_a_health_ping,
     calls_move_off_a_dead_server_and_back,
     only_idempotent_calls_are_retried_after_they_ran,
     calls_leave_a_draining_server,

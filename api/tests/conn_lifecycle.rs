@@ -34,6 +34,7 @@ e2e!(
     server_enforces_the_callers_deadline,
     client_timer_wakes_for_a_sooner_deadline,
     a_request_crossing_the_drain_is_answered_not_lost,
+    a_ping_round_trips_until_the_connection_ends,
 );
 
 /// Spawns `calls` calls of `method` and returns a channel of their results.
@@ -424,4 +425,19 @@ async fn a_request_crossing_the_drain_is_answered_not_lost<E: Env>(env: E) {
         assert!(started.elapsed() < Duration::from_secs(10), "{leaves}");
         assert_eq!(server.stats().active, 0);
     }
+}
+
+/// `Client::ping` is answered by a live server, and fails once the connection ends.
+async fn a_ping_round_trips_until_the_connection_ends<E: Env>(env: E) {
+    let server = serve(&env, common::Echo, ServerConfig::default()).await;
+    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    for _ in 0..3 {
+        client.raw().ping().await.unwrap();
+    }
+    server.abort();
+    eventually(&env, "the client to see the connection end", || {
+        client.is_closed()
+    })
+    .await;
+    assert!(client.raw().ping().await.is_err());
 }

@@ -79,6 +79,20 @@ pub(crate) struct Conn {
     stream_window: u32,
     /// Keep-alive interval and timeout, in ticks (see `ClientConfig::keepalive`).
     keepalive: Option<(u64, u64)>,
+    /// Pings sent by [`Client::ping`], by token.
+    pings: Mutex<Pings>,
+}
+
+/// The top bit of the `seq` of a [`Client::ping`]: its `Pong` is told apart from the answers to
+/// keep-alive pings (whose `seq` is a small tick count).
+pub(crate) const PING_TOKEN: u64 = 1 << 63;
+
+/// Pings waiting for their `Pong`.
+#[derive(Default)]
+pub(crate) struct Pings {
+    next: u64,
+    /// `None` once answered; otherwise the waiting caller.
+    waiting: HashMap<u64, Option<Option<std::task::Waker>>>,
 }
 
 /// Converts instants to deadline ticks.
@@ -334,6 +348,52 @@ impl Client {
         self.handle.conn.out.counters().into()
     }
 
+    /// Sends a `Ping` and waits for its `Pong`: proof that the server still reads and answers
+    /// on this connection (health checks of idle connections, which keep-alive leaves alone).
+    /// Returns the round trip. The caller bounds the wait (a dead peer never answers).
+    ///
+    /// # Errors
+    ///
+    /// The connection's error if it ends before the answer.
+    pub async fn ping(&self) -> Result<Duration, ConnectionError> {
+        let conn = &*self.handle.conn;
+        let started = Instant::now();
+        let token = {
+            let mut pings = conn.pings.lock();
+            pings.next += 1;
+            let token = PING_TOKEN | pings.next;
+            pings.waiting.insert(token, Some(None));
+            token
+        };
+        // A ping given up on (its future dropped) is forgotten.
+        struct Forget<'a>(&'a Conn, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.pings.lock().waiting.remove(&self.1);
+            }
+        }
+        let _forget = Forget(conn, token);
+        let ping = FrameHeader::new(FrameKind::Ping, token);
+        if !conn.out.send(Outgoing::frame(ping, Bytes::new())).await {
+            return Err(conn.closed_error());
+        }
+        poll_fn(|cx| {
+            if let Some(error) = conn.table.lock().refusing().cloned() {
+                return Poll::Ready(Err(error));
+            }
+            let mut pings = conn.pings.lock();
+            match pings.waiting.get_mut(&token) {
+                Some(None) => Poll::Ready(Ok(started.elapsed())),
+                Some(Some(waker)) => {
+                    *waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                None => Poll::Ready(Err(ConnectionError::Closed)),
+            }
+        })
+        .await
+    }
+
     /// Whether the connection has ended or is draining (new calls fail at once).
     pub fn is_closed(&self) -> bool {
         self.handle.conn.table.lock().refusing().is_some()
@@ -470,11 +530,37 @@ impl Conn {
         let mut wakers = Vec::new();
         self.table.lock().fail_all(error, &mut wakers);
         wakers.into_iter().for_each(std::task::Waker::wake);
+        // Pings waiting for an answer see the error.
+        for waiter in self.pings.lock().waiting.values_mut() {
+            if let Some(waker) = waiter.as_mut().and_then(Option::take) {
+                waker.wake();
+            }
+        }
         // Callers waiting for a slot now fail as not sent.
         self.window_free.notify(usize::MAX);
         for state in self.streams.lock().values() {
             crate::streaming::wake(state.close(ErrorCode::CANCELLED));
         }
+    }
+
+    /// The `Pong` of a [`Client::ping`] arrived.
+    pub(crate) fn answer_ping(&self, token: u64) {
+        let waker = match self.pings.lock().waiting.get_mut(&token) {
+            Some(waiter) => waiter.take().flatten(),
+            None => None,
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The error of a closed connection.
+    fn closed_error(&self) -> ConnectionError {
+        self.table
+            .lock()
+            .refusing()
+            .cloned()
+            .unwrap_or(ConnectionError::Closed)
     }
 
     /// The call `seq` ended (reply, timeout): its stream, if it has one, takes no more items.

@@ -120,7 +120,12 @@ impl Shared {
     }
 
     /// Takes a call's lease: `Ok(None)` if the caller should wait for a connection.
-    fn try_lease(&self, route: &Route, now: Instant) -> Result<Option<Lease>, CallError> {
+    fn try_lease(
+        &self,
+        route: &Route,
+        now: Instant,
+        avoid: Option<u64>,
+    ) -> Result<Option<Lease>, CallError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(CallError::NotSent(ConnectionError::Closed));
         }
@@ -166,6 +171,10 @@ impl Shared {
         if ready.is_empty() {
             // Every connected endpoint is ejected: better a suspect endpoint than none.
             ready = ejected;
+        }
+        // A retry goes elsewhere if it can.
+        if let Some(avoid) = avoid.filter(|_| ready.len() > 1) {
+            ready.retain(|(e, _)| e.id != avoid);
         }
         if ready.is_empty() {
             return match backing_off {
@@ -300,6 +309,8 @@ struct Attempts {
     timeout: Option<Duration>,
     made: u32,
     redirects: u32,
+    /// The endpoint the last attempt failed on: a retry goes elsewhere if it can.
+    avoid: Option<u64>,
 }
 
 impl Attempts {
@@ -314,6 +325,7 @@ impl Attempts {
             timeout,
             made: 0,
             redirects: 0,
+            avoid: None,
         }
     }
 
@@ -352,6 +364,7 @@ impl Attempts {
             shared.forget_leader(&lease.endpoint);
         }
         self.made += 1;
+        self.avoid = Some(lease.endpoint.id);
         let safe = match error {
             CallError::RequestTooLarge { .. } => false,
             CallError::Connection(_) => route.idempotent,
@@ -477,12 +490,12 @@ impl Balancer {
             0 => started,
             _ => Instant::now(),
         };
-        if let Some(lease) = shared.try_lease(route, now)? {
+        if let Some(lease) = shared.try_lease(route, now, attempts.avoid)? {
             return Ok(lease);
         }
         loop {
             let listener = shared.changed.listen();
-            if let Some(lease) = shared.try_lease(route, Instant::now())? {
+            if let Some(lease) = shared.try_lease(route, Instant::now(), attempts.avoid)? {
                 return Ok(lease);
             }
             let wake = wake_at(shared, deadline);
@@ -494,12 +507,12 @@ impl Balancer {
     fn lease_blocking(&self, route: &Route, attempts: &Attempts) -> Result<Lease, CallError> {
         let shared = &self.shared;
         let (started, deadline) = (attempts.started, attempts.deadline);
-        if let Some(lease) = shared.try_lease(route, Instant::now())? {
+        if let Some(lease) = shared.try_lease(route, Instant::now(), attempts.avoid)? {
             return Ok(lease);
         }
         loop {
             let listener = shared.changed.listen();
-            if let Some(lease) = shared.try_lease(route, Instant::now())? {
+            if let Some(lease) = shared.try_lease(route, Instant::now(), attempts.avoid)? {
                 return Ok(lease);
             }
             listener.wait_deadline(wake_at(shared, deadline));

@@ -10,6 +10,8 @@ use crate::{Backoff, OutlierDetection, RetryBudget, Strategy};
 pub const DEFAULT_POOL_SIZE: usize = 1;
 /// Default [`BalanceConfig::health_interval`].
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default [`BalanceConfig::health_timeout`].
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default [`BalanceConfig::idle_timeout`].
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default [`BalanceConfig::max_attempts`]: the first try and two retries.
@@ -40,6 +42,7 @@ pub struct BalanceConfig {
     pub(crate) outlier: OutlierDetection,
     pub(crate) budget: RetryBudget,
     pub(crate) health_interval: Duration,
+    pub(crate) health_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_attempts: u32,
 }
@@ -55,6 +58,7 @@ impl Default for BalanceConfig {
             outlier: OutlierDetection::default(),
             budget: RetryBudget::default(),
             health_interval: DEFAULT_HEALTH_INTERVAL,
+            health_timeout: DEFAULT_HEALTH_TIMEOUT,
             idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
@@ -112,11 +116,20 @@ impl BalanceConfig {
         self
     }
 
-    /// How often each endpoint's pool is checked: closed connections replaced, idle pools
-    /// closed. Default [`DEFAULT_HEALTH_INTERVAL`] (1 s). A connection found closed by a call
-    /// is replaced at once, not at the next check.
+    /// How often each endpoint's pool is checked: closed connections replaced, idle
+    /// connections pinged (see [`health_timeout`](Self::health_timeout)), idle pools closed.
+    /// Default [`DEFAULT_HEALTH_INTERVAL`] (1 s). A connection found closed by a call is
+    /// replaced at once, not at the next check.
     pub fn health_interval(mut self, interval: Duration) -> Self {
         self.health_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a health ping of an idle connection may wait for its answer; a connection
+    /// that does not answer is closed and counts as a failure of its endpoint (outlier
+    /// detection). Default [`DEFAULT_HEALTH_TIMEOUT`] (2 s).
+    pub fn health_timeout(mut self, timeout: Duration) -> Self {
+        self.health_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 

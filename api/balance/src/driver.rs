@@ -161,6 +161,7 @@ async fn connector<R: Runtime, T: Transport>(
     shared: Weak<Shared>,
 ) {
     let mut rng = fastrand::Rng::new();
+    let mut next_ping = Instant::now();
     loop {
         let Some(strong) = shared.upgrade() else {
             endpoint.release_connections();
@@ -185,6 +186,8 @@ async fn connector<R: Runtime, T: Transport>(
             let Some(strong) = shared.upgrade() else {
                 return;
             };
+            // A new connection is pinged once it has been idle for a health interval.
+            next_ping = Instant::now() + strong.config.health_interval;
             match result {
                 Ok(conn) if !endpoint.is_removed() => {
                     endpoint.add_connection(conn, &strong.config.outlier)
@@ -205,12 +208,39 @@ async fn connector<R: Runtime, T: Transport>(
             endpoint.release_connections();
             continue;
         }
+        // Idle connections are pinged (keep-alive watches those with calls in flight): one
+        // that does not answer within the health timeout is closed, and counts against the
+        // endpoint.
+        if open > 0 && endpoint.in_flight() == 0 && now >= next_ping {
+            next_ping = now + config.health_interval;
+            let (timeout, policy) = (config.health_timeout, config.outlier);
+            drop(strong);
+            for conn in endpoint.connections() {
+                let answered = async { conn.ping().await.is_ok() };
+                let given_up = async {
+                    rt.sleep_until(Instant::now() + timeout).await;
+                    false
+                };
+                if !futures_lite::future::or(answered, given_up).await {
+                    conn.close();
+                    endpoint.ping_failed(Instant::now(), &policy);
+                }
+            }
+            if let Some(strong) = shared.upgrade() {
+                strong.changed.notify(usize::MAX);
+            }
+            continue;
+        }
         let listener = endpoint.wake.listen();
         let short = endpoint.is_wanted() && endpoint.open_count() < config.pool_size;
         if short || endpoint.is_removed() {
             continue;
         }
-        let check = now + config.health_interval;
+        // The next health check: the next ping, if one is due later, else an interval away.
+        let check = match next_ping > now {
+            true => next_ping.min(now + config.health_interval),
+            false => now + config.health_interval,
+        };
         drop(strong);
         futures_lite::future::or(listener, rt.sleep_until(check)).await;
     }

@@ -145,6 +145,22 @@ impl Endpoint {
         conns.len()
     }
 
+    /// The open connections.
+    pub(crate) fn connections(&self) -> Vec<flumen_stream::Client> {
+        self.read_conns()
+            .iter()
+            .filter(|conn| !conn.is_closed())
+            .cloned()
+            .collect()
+    }
+
+    /// A health ping went unanswered (its connection is closed).
+    pub(crate) fn ping_failed(&self, now: Instant, policy: &OutlierDetection) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.change_health(|health| health.on_failure(now, policy));
+        self.want();
+    }
+
     /// The I/O counters of the open connections, summed.
     pub(crate) fn io(&self) -> flumen_stream::ConnectionStats {
         let mut total = flumen_stream::ConnectionStats::default();

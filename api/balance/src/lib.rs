@@ -26,7 +26,7 @@ pub use crate::{
     balancer::{BalanceStats, Balancer, EndpointStats, Route},
     budget::RetryBudget,
     config::{
-        BalanceConfig, Mode, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_ATTEMPTS,
+        BalanceConfig, Mode, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
         DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_SIZE, MAX_REDIRECTS,
     },
     driver::Address,

@@ -152,6 +152,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         peer_max_frame_len: hello.max_frame_len,
         window,
         streams: Mutex::new(Default::default()),
+        pings: Mutex::new(Default::default()),
         open_streams: Default::default(),
         stream_window: config.stream_window,
         keepalive: config.keepalive.map(|(interval, timeout)| {
@@ -241,7 +242,18 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
                 .frames_read
                 .fetch_add(frames.len() as u64, Ordering::Relaxed);
             let mut drained = None;
-            let applied = on_frames(&conn, &mut frames, &mut wakers, &mut pongs, &mut drained);
+            let mut answered = Vec::new();
+            let applied = on_frames(
+                &conn,
+                &mut frames,
+                &mut wakers,
+                &mut pongs,
+                &mut drained,
+                &mut answered,
+            );
+            answered
+                .into_iter()
+                .for_each(|token| conn.answer_ping(token));
             // Each caller woken with its reply is likely to queue its next request at once:
             // the writer waits for them before writing a small batch.
             conn.out.callers_woken(wakers.len());
@@ -302,6 +314,7 @@ fn on_frames(
     wakers: &mut Vec<Waker>,
     pongs: &mut Vec<Outgoing>,
     drained: &mut Option<ConnectionError>,
+    answered: &mut Vec<u64>,
 ) -> Result<Option<ConnectionError>, ConnectionError> {
     let mut going_away = None;
     let mut table = conn.table.lock();
@@ -359,6 +372,11 @@ fn on_frames(
             }
             FrameKind::Request => {
                 return Err(FrameError::UnexpectedKind(header.kind).into());
+            }
+            // Answers to `Client::ping`; those to keep-alive pings only prove the peer alive
+            // (any frame does).
+            FrameKind::Pong if header.seq & crate::client::PING_TOKEN != 0 => {
+                answered.push(header.seq);
             }
             // Replies to pings we did not send, and cancels, are ignored.
             FrameKind::Pong | FrameKind::Cancel => {}
