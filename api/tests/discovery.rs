@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{eventually, run_smol, run_tokio, Env};
+use common::{eventually, Env};
 use flumen::{
     balance::{
         discovery::{Dns, DnsName, Etcd, FileWatch, Registry},
@@ -326,42 +326,29 @@ async fn an_etcd_prefix_feeds_the_balancer<E: Env>(env: E, name: &str) {
     assert!(!any_reaches(&client, 0).await);
 }
 
-#[test]
-fn tokio_an_etcd_prefix_feeds_the_balancer() {
-    run_tokio(|env: common::TokioEnv| an_etcd_prefix_feeds_the_balancer(env, "tokio-etcd"));
+/// Each test once on tokio and once on smol (TCP); its name names its scratch files.
+macro_rules! on_both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod tokio_tcp {
+            $(#[test]
+            fn $name() {
+                let scratch = concat!("tokio-", stringify!($name));
+                crate::common::run_tokio(|env: crate::common::TokioEnv| super::$name(env, scratch))
+            })*
+        }
+        mod smol_tcp {
+            $(#[test]
+            fn $name() {
+                let scratch = concat!("smol-", stringify!($name));
+                crate::common::run_smol(|env: crate::common::SmolEnv| super::$name(env, scratch))
+            })*
+        }
+    };
 }
 
-#[test]
-fn smol_an_etcd_prefix_feeds_the_balancer() {
-    run_smol(|env: common::SmolEnv| an_etcd_prefix_feeds_the_balancer(env, "smol-etcd"));
-}
-
-#[test]
-fn tokio_a_watched_file_feeds_the_balancer() {
-    run_tokio(|env: common::TokioEnv| a_watched_file_feeds_the_balancer(env, "tokio-file"));
-}
-
-#[test]
-fn smol_a_watched_file_feeds_the_balancer() {
-    run_smol(|env: common::SmolEnv| a_watched_file_feeds_the_balancer(env, "smol-file"));
-}
-
-#[test]
-fn tokio_dns_srv_records_feed_the_balancer() {
-    run_tokio(|env: common::TokioEnv| dns_srv_records_feed_the_balancer(env, "tokio-srv"));
-}
-
-#[test]
-fn smol_dns_srv_records_feed_the_balancer() {
-    run_smol(|env: common::SmolEnv| dns_srv_records_feed_the_balancer(env, "smol-srv"));
-}
-
-#[test]
-fn tokio_dns_a_records_feed_the_balancer() {
-    run_tokio(|env: common::TokioEnv| dns_a_records_feed_the_balancer(env, "tokio-a"));
-}
-
-#[test]
-fn smol_dns_a_records_feed_the_balancer() {
-    run_smol(|env: common::SmolEnv| dns_a_records_feed_the_balancer(env, "smol-a"));
-}
+on_both_runtimes!(
+    a_watched_file_feeds_the_balancer,
+    dns_srv_records_feed_the_balancer,
+    dns_a_records_feed_the_balancer,
+    an_etcd_prefix_feeds_the_balancer,
+);
