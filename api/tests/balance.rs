@@ -558,7 +558,48 @@ async fn a_silent_idle_connection_is_found_by_a_health_ping<E: Env>(env: E) {
     assert!(stats.endpoints[0].failures >= 1, "{stats:?}");
 }
 
+/// A discovery source that answers once, then never again; says when it is dropped.
+struct Quiet {
+    first: Option<Vec<Target<SocketAddr>>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl discovery::Discover<SocketAddr> for Quiet {
+    async fn next(&mut self) -> Option<Vec<Target<SocketAddr>>> {
+        match self.first.take() {
+            Some(set) => Some(set),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Dropping the client stops its discovery, even a source that never says anything more
+/// (a polled file, DNS or etcd would otherwise poll forever).
+async fn dropping_the_client_stops_its_discovery<E: Env>(env: E) {
+    let servers = Servers::start(&env, 1).await;
+    let dropped = Arc::new(AtomicU64::new(0));
+    let source = Quiet {
+        first: Some(vec![Target::new(servers.addrs[0])]),
+        dropped: dropped.clone(),
+    };
+    let client = balanced(&env, source, quick());
+    let _: u32 = client.call("who", &()).await.unwrap();
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    drop(client);
+    eventually(&env, "the discovery source dropped", || {
+        dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
 e2e!(
+    dropping_the_client_stops_its_discovery,
     a_silent_idle_connection_is_found_by_a_health_ping,
     calls_move_off_a_dead_server_and_back,
     only_idempotent_calls_are_retried_after_they_ran,

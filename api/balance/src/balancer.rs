@@ -88,6 +88,15 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     pub(crate) control: Box<dyn Control>,
     redirects: AtomicU64,
+    /// Notified when the balancer goes (its last clone dropped) or is closed: the discovery
+    /// task stops waiting on its source.
+    pub(crate) gone: Arc<Event>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.gone.notify(usize::MAX);
+    }
 }
 
 impl std::fmt::Debug for Balancer {
@@ -116,6 +125,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             control,
             redirects: AtomicU64::new(0),
+            gone: Arc::new(Event::new()),
         }
     }
 
@@ -563,6 +573,7 @@ impl Balancer {
             endpoint.remove();
         }
         shared.changed.notify(usize::MAX);
+        shared.gone.notify(usize::MAX);
     }
 }
 

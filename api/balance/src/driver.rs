@@ -114,7 +114,30 @@ where
     T::Addr: Address,
     D: Discover<T::Addr>,
 {
-    while let Some(targets) = discovery.next().await {
+    let gone = match shared.upgrade() {
+        Some(shared) => shared.gone.clone(),
+        None => return,
+    };
+    loop {
+        // A source that only polls (a file, DNS, etcd) would otherwise keep this task, and
+        // itself, alive after the balancer went.
+        let listener = gone.listen();
+        let alive = || {
+            shared
+                .upgrade()
+                .is_some_and(|s| !s.closed.load(std::sync::atomic::Ordering::Acquire))
+        };
+        if !alive() {
+            return;
+        }
+        let next = async { Some(discovery.next().await) };
+        let ended = async {
+            listener.await;
+            None
+        };
+        let Some(Some(targets)) = futures_lite::future::or(next, ended).await else {
+            return;
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
