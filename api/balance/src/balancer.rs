@@ -160,20 +160,22 @@ impl Shared {
                 return Ok(lease);
             }
         }
-        let mut ready: Vec<(&Arc<Endpoint>, flumen_stream::Client)> = Vec::with_capacity(set.len());
+        // Which endpoints can take the call; a connection is taken only from the one picked.
+        let mut ready: Vec<&Arc<Endpoint>> = Vec::with_capacity(set.len());
         let mut ejected = Vec::new();
         let mut backing_off = false;
         for endpoint in set.iter() {
             if endpoint.is_removed() {
                 continue;
             }
-            let Some(conn) = endpoint.connection() else {
+            if endpoint.open_count() == 0 {
+                endpoint.want();
                 continue;
-            };
+            }
             if endpoint.is_available(now) {
-                ready.push((endpoint, conn));
+                ready.push(endpoint);
             } else if endpoint.is_ejected(now) {
-                ejected.push((endpoint, conn));
+                ejected.push(endpoint);
             } else {
                 backing_off = true;
             }
@@ -184,7 +186,7 @@ impl Shared {
         }
         // A retry goes elsewhere if it can.
         if let Some(avoid) = avoid.filter(|_| ready.len() > 1) {
-            ready.retain(|(e, _)| e.id != avoid);
+            ready.retain(|e| e.id != avoid);
         }
         if ready.is_empty() {
             return match backing_off {
@@ -192,15 +194,15 @@ impl Shared {
                 false => self.nothing_open(&set),
             };
         }
-        let candidates: Vec<Candidate> = ready.iter().map(|(e, _)| e.candidate(now)).collect();
+        let candidates: Vec<Candidate> = ready.iter().map(|e| e.candidate(now)).collect();
         let mut rng = fastrand::Rng::new();
-        let index = self.picker.pick(&candidates, route.affinity, &mut rng);
-        let (endpoint, conn) = ready.swap_remove(index);
-        Ok(Some(endpoint.clone().lease(conn, now)))
+        let endpoint = ready[self.picker.pick(&candidates, route.affinity, &mut rng)];
+        // Its connection closed since it was counted: look again (the connector was woken).
+        Ok(endpoint
+            .connection()
+            .map(|conn| endpoint.clone().lease(conn, now)))
     }
 
-    /// The leader's lease, or `Some(None)` to wait for its connection; `None` if no leader
-    /// is known or it cannot be reached (any endpoint may then be asked).
     fn leader_lease(&self, set: &[Arc<Endpoint>], now: Instant) -> Option<Option<Lease>> {
         let leader = (*self.leader.lock())?;
         let endpoint = set.iter().find(|e| e.id == leader)?;

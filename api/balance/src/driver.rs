@@ -245,8 +245,8 @@ async fn connector<R: Runtime, T: Transport>(
                     false
                 };
                 if !futures_lite::future::or(answered, given_up).await {
-                    conn.close();
                     endpoint.ping_failed(Instant::now(), &policy);
+                    conn.close();
                 }
             }
             if let Some(strong) = shared.upgrade() {
