@@ -93,6 +93,19 @@ impl Client<MsgPack> {
 
     /// A balanced client with default settings (see [`balanced_with`](Client::balanced_with))
     /// and the MessagePack codec.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use flumen::{balance::discovery::Static, rt::TokioRuntime, tcp::TokioTcp, Client};
+    ///
+    /// let replicas = ["10.0.0.1:7000".parse()?, "10.0.0.2:7000".parse()?];
+    /// let rt = TokioRuntime::current();
+    /// let client = Client::balanced(&rt, TokioTcp::default(), Static::new(replicas));
+    /// let sum: u64 = client.call("add", &(2u64, 3u64)).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn balanced<R, T, D>(rt: &R, transport: T, discovery: D) -> Self
     where
         R: Runtime,
