@@ -11,7 +11,7 @@ use std::{
 
 use crossbeam_utils::sync::ShardedLock;
 use event_listener::Event;
-use flumen_stream::{CallError, ConnectionError};
+use flumen_stream::{CallError, ConnectionError, ErrorCode};
 use parking_lot::Mutex;
 
 use crate::{
@@ -370,6 +370,13 @@ impl Lease {
             Err(CallError::Connection(_) | CallError::Timeout(_)) => true,
             Err(CallError::NotSent(_)) => {
                 // The connection closed or drains: find another.
+                endpoint.want();
+                false
+            }
+            Err(error) if error.remote_code() == Some(ErrorCode::SHUTTING_DOWN) => {
+                // The server drains; its GoAway may not have arrived yet. No new calls there
+                // meanwhile.
+                endpoint.change_health(|health| health.on_overloaded(now, OVERLOADED_BACKOFF));
                 endpoint.want();
                 false
             }
