@@ -239,12 +239,14 @@ async fn connector<R: Runtime, T: Transport>(
             let (timeout, policy) = (config.health_timeout, config.outlier);
             drop(strong);
             for conn in endpoint.connections() {
-                let answered = async { conn.ping().await.is_ok() };
+                // `Some`: answered, or the connection ended for a reason of its own (a drain,
+                // an error its calls see); `None`: silence past the timeout.
+                let answered = async { Some(conn.ping().await.is_ok()) };
                 let given_up = async {
                     rt.sleep_until(Instant::now() + timeout).await;
-                    false
+                    None
                 };
-                if !futures_lite::future::or(answered, given_up).await {
+                if futures_lite::future::or(answered, given_up).await.is_none() {
                     endpoint.ping_failed(Instant::now(), &policy);
                     conn.close();
                 }
