@@ -14,11 +14,8 @@ use std::{
 
 use common::{eventually, Env};
 use flumen::{
-    balance::{
-        discovery::{Dns, DnsName, Etcd, FileWatch, Registry},
-        BalanceConfig,
-    },
-    Client, MsgPack, Router, Server, ServerHandle, Status,
+    balance::discovery::{Dns, DnsName, Etcd, FileWatch, Registry},
+    Client, Router, Server, ServerHandle, Status,
 };
 
 /// A server answering `who` with its `index`, on `addr`.
@@ -64,13 +61,7 @@ async fn a_watched_file_feeds_the_balancer<E: Env>(env: E, name: &str) {
     let path = scratch(name);
     std::fs::write(&path, format!("# the fleet\n{}\n", a.local_addr())).unwrap();
     let watch = FileWatch::new(&env.rt(), &path).interval(Duration::from_millis(20));
-    let client = Client::balanced_with(
-        &env.rt(),
-        env.transport(),
-        watch,
-        BalanceConfig::new(),
-        MsgPack::default(),
-    );
+    let client = Client::balanced(&env.rt(), env.transport(), watch);
     assert!(!any_reaches(&client, 1).await);
     std::fs::write(&path, format!("{}\n{} 3\n", a.local_addr(), b.local_addr())).unwrap();
     reaches(&client, 1).await;
@@ -167,13 +158,7 @@ async fn dns_srv_records_feed_the_balancer<E: Env>(env: E, name: &str) {
     let source = Dns::new(DnsName::Srv("_rpc._tcp.flumen.test".into()))
         .server(dns.addr())
         .interval(Duration::from_millis(50));
-    let client = Client::balanced_with(
-        &env.rt(),
-        env.transport(),
-        source,
-        BalanceConfig::new(),
-        MsgPack::default(),
-    );
+    let client = Client::balanced(&env.rt(), env.transport(), source);
     reaches(&client, 0).await;
     reaches(&client, 1).await;
     // The service shrinks to one replica: the DNS server now publishes b alone.
@@ -214,13 +199,7 @@ async fn dns_a_records_feed_the_balancer<E: Env>(env: E, name: &str) {
     })
     .server(dns.addr())
     .interval(Duration::from_millis(50));
-    let client = Client::balanced_with(
-        &env.rt(),
-        env.transport(),
-        source,
-        BalanceConfig::new(),
-        MsgPack::default(),
-    );
+    let client = Client::balanced(&env.rt(), env.transport(), source);
     assert!(!any_reaches(&client, 1).await);
     std::fs::write(
         &hosts,
@@ -308,13 +287,7 @@ async fn an_etcd_prefix_feeds_the_balancer<E: Env>(env: E, name: &str) {
     // Another service's entry under a neighbouring prefix is not ours.
     registry.put("/services/whom/x", "127.0.0.1:1").unwrap();
     let source = Etcd::new(etcd.client, "/services/who/").interval(Duration::from_millis(50));
-    let client = Client::balanced_with(
-        &env.rt(),
-        env.transport(),
-        source,
-        BalanceConfig::new(),
-        MsgPack::default(),
-    );
+    let client = Client::balanced(&env.rt(), env.transport(), source);
     assert!(!any_reaches(&client, 1).await);
     registry.put(&key(&b), &b.local_addr().to_string()).unwrap();
     reaches(&client, 1).await;

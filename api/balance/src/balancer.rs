@@ -2,6 +2,7 @@
 //! retry, follows redirects.
 
 use std::{
+    borrow::Cow,
     future::Future,
     io,
     pin::Pin,
@@ -326,7 +327,9 @@ struct Attempts {
 }
 
 impl Attempts {
+    /// A call begins: it pays into the retry budget.
     fn new(shared: &Shared, options: &CallOptions) -> Self {
+        shared.budget.deposit();
         let timeout = options
             .timeout_setting()
             .unwrap_or_else(|| shared.config.client.call_timeout());
@@ -342,18 +345,32 @@ impl Attempts {
     }
 
     /// The options of the next attempt: what is left of the deadline.
-    fn options(&self, options: &CallOptions) -> Result<Option<CallOptions>, CallError> {
+    fn options<'a>(&self, options: &'a CallOptions) -> Result<Cow<'a, CallOptions>, CallError> {
         if self.made == 0 && self.redirects == 0 {
-            return Ok(None);
+            return Ok(Cow::Borrowed(options));
         }
         let Some(deadline) = self.deadline else {
-            return Ok(None);
+            return Ok(Cow::Borrowed(options));
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(self.timed_out());
         }
-        Ok(Some(options.clone().timeout(Some(left))))
+        Ok(Cow::Owned(options.clone().timeout(Some(left))))
+    }
+
+    /// How the attempt on `lease` ended: `Some` to return `result`, `None` to try again.
+    fn settle<T>(
+        &mut self,
+        shared: &Arc<Shared>,
+        lease: &Lease,
+        route: &Route,
+        result: Result<T, CallError>,
+    ) -> Option<Result<T, CallError>> {
+        match result {
+            Err(error) if self.retry(shared, &error, lease, route) => None,
+            result => Some(result),
+        }
     }
 
     fn timed_out(&self) -> CallError {
@@ -404,20 +421,17 @@ impl Balancer {
         route: Route,
     ) -> Result<Bytes, CallError> {
         let shared = &self.shared;
-        shared.budget.deposit();
         let mut attempts = Attempts::new(shared, options);
         loop {
             let lease = self.lease(&route, &attempts).await?;
-            let retry_options = attempts.options(options)?;
-            let options = retry_options.as_ref().unwrap_or(options);
+            let options = attempts.options(options)?;
             let result = lease
                 .conn
-                .call_parts(method, head.clone(), tail.clone(), options)
+                .call_parts(method, head.clone(), tail.clone(), &options)
                 .await;
-            lease.finish(&result, &shared.config.outlier);
-            match result {
-                Err(error) if attempts.retry(shared, &error, &lease, &route) => continue,
-                result => return result,
+            lease.finish(result.as_ref().map(drop), &shared.config.outlier);
+            if let Some(result) = attempts.settle(shared, &lease, &route, result) {
+                return result;
             }
         }
     }
@@ -436,20 +450,17 @@ impl Balancer {
         route: Route,
     ) -> Result<Bytes, CallError> {
         let shared = &self.shared;
-        shared.budget.deposit();
         let mut attempts = Attempts::new(shared, options);
         loop {
             let lease = self.lease_blocking(&route, &attempts)?;
-            let retry_options = attempts.options(options)?;
-            let options = retry_options.as_ref().unwrap_or(options);
+            let options = attempts.options(options)?;
             let result =
                 lease
                     .conn
-                    .call_blocking_parts(method, head.clone(), tail.clone(), options);
-            lease.finish(&result, &shared.config.outlier);
-            match result {
-                Err(error) if attempts.retry(shared, &error, &lease, &route) => continue,
-                result => return result,
+                    .call_blocking_parts(method, head.clone(), tail.clone(), &options);
+            lease.finish(result.as_ref().map(drop), &shared.config.outlier);
+            if let Some(result) = attempts.settle(shared, &lease, &route, result) {
+                return result;
             }
         }
     }
@@ -469,7 +480,6 @@ impl Balancer {
         route: Route,
     ) -> Result<(Option<RequestSender>, ReplyStream), CallError> {
         let shared = &self.shared;
-        shared.budget.deposit();
         let mut attempts = Attempts::new(shared, options);
         let route = Route {
             idempotent: false,
@@ -477,18 +487,17 @@ impl Balancer {
         };
         loop {
             let lease = self.lease(&route, &attempts).await?;
-            let retry_options = attempts.options(options)?;
-            let options = retry_options.as_ref().unwrap_or(options);
+            let options = attempts.options(options)?;
             let result = lease
                 .conn
-                .open_stream(method, body.clone(), mode, options)
+                .open_stream(method, body.clone(), mode, &options)
                 .await;
+            // An open stream's latency says nothing of the endpoint's: only failures count.
             if let Err(error) = &result {
-                lease.finish::<()>(&Err(error.clone()), &shared.config.outlier);
+                lease.finish(Err(error), &shared.config.outlier);
             }
-            match result {
-                Err(error) if attempts.retry(shared, &error, &lease, &route) => continue,
-                result => return result,
+            if let Some(result) = attempts.settle(shared, &lease, &route, result) {
+                return result;
             }
         }
     }

@@ -357,7 +357,7 @@ pub(crate) const OVERLOADED_BACKOFF: Duration = Duration::from_millis(20);
 
 impl Lease {
     /// Records how the call ended: latency and health for the balancer.
-    pub(crate) fn finish<T>(&self, result: &Result<T, CallError>, policy: &OutlierDetection) {
+    pub(crate) fn finish(&self, result: Result<(), &CallError>, policy: &OutlierDetection) {
         let now = Instant::now();
         let endpoint = &self.endpoint;
         let blame = match result {
@@ -385,7 +385,7 @@ impl Lease {
         if blame {
             endpoint.failures.fetch_add(1, Ordering::Relaxed);
             endpoint.change_health(|health| health.on_failure(now, policy));
-        } else if result.is_ok() || matches!(result, Err(CallError::Application(_))) {
+        } else if matches!(result, Ok(()) | Err(CallError::Application(_))) {
             endpoint.on_success(endpoint.stamp(now), self.started);
         }
     }
