@@ -17,7 +17,7 @@ use common::{eventually, loopback, Env};
 use flumen::{
     balance::{
         discovery::{self, Static, Target},
-        Backoff, BalanceConfig, Mode, OutlierDetection, RetryBudget, Strategy,
+        Backoff, BalanceConfig, Hedging, Mode, OutlierDetection, RetryBudget, Strategy,
     },
     stream::CallError,
     Client, ClientConfig, MsgPack, Router, RpcError, Server, ServerHandle, Status,
@@ -602,7 +602,101 @@ async fn dropping_the_client_stops_its_discovery<E: Env>(env: E) {
     .await;
 }
 
+/// An idempotent call stuck on a server that hangs is hedged to the other server after the
+/// learned percentile, and the hedge's answer wins; the stuck attempt is cancelled. A call of
+/// a method not declared idempotent is never hedged.
+async fn idempotent_calls_stuck_in_the_tail_are_hedged<E: Env>(env: E) {
+    let servers = Servers::start(&env, 2).await;
+    let generous = RetryBudget {
+        ratio: 1.0,
+        floor_per_sec: 10,
+        max_saved: 1000,
+    };
+    let client = balanced(
+        &env,
+        servers.discovery(),
+        quick()
+            .strategy(Strategy::RoundRobin)
+            .retry_budget(generous)
+            .hedging(Some(Hedging::percentile(0.9))),
+    );
+    let balancer = client.balancer().unwrap().clone();
+    let fleet = FleetClient::new(client);
+    // Both fast: the balancer learns the method's latencies (a few calls in the tail are
+    // hedged, and answered by either server).
+    for _ in 0..300 {
+        fleet.read(0).await.unwrap();
+    }
+    let before = balancer.stats();
+
+    // Server 0 hangs (far past the calls' 10 s deadline): every call sent there is hedged to
+    // server 1, which answers.
+    servers.delays[0].store(60_000, Ordering::SeqCst);
+    let runs = servers.runs();
+    for _ in 0..20 {
+        assert_eq!(fleet.read(0).await.unwrap(), 1);
+    }
+    let stats = balancer.stats();
+    let (hedges, won) = (
+        stats.hedges - before.hedges,
+        stats.hedges_won - before.hedges_won,
+    );
+    // Server 0 ran a first attempt (then hedged, the hedge won) or a hedge of a call first
+    // sent to server 1 (that lost): each is one hedge.
+    let stuck = servers.runs()[0] - runs[0];
+    assert_eq!(hedges, stuck, "{stats:?}");
+    assert!(
+        won >= 5,
+        "round robin sent about half to server 0: {stats:?}"
+    );
+    assert_eq!(
+        servers.runs()[1] - runs[1],
+        20,
+        "server 1 answered each call once"
+    );
+    // The stuck attempts were cancelled: server 0 runs nothing now.
+    let server0 = servers.handles[0].as_ref().unwrap();
+    eventually(&env, "the stuck attempts cancelled", || {
+        server0.stats().in_flight == 0
+    })
+    .await;
+
+    // Not idempotent: never hedged, however slow, even with a fixed 1 ms hedge delay (which
+    // hedges the same calls of an idempotent method).
+    servers.delays[0].store(0, Ordering::SeqCst);
+    let client = balanced(
+        &env,
+        servers.discovery(),
+        quick()
+            .strategy(Strategy::RoundRobin)
+            .retry_budget(generous)
+            .hedging(Some(Hedging::after(Duration::from_millis(1)))),
+    );
+    let balancer = client.balancer().unwrap().clone();
+    let fleet = FleetClient::new(client);
+    fleet.work(0).await.unwrap();
+    eventually(&env, "both servers connected", || {
+        balancer.stats().endpoints.iter().all(|e| e.connections > 0)
+    })
+    .await;
+    servers.delays[0].store(300, Ordering::SeqCst);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(fleet.work(0).await.unwrap());
+    }
+    answers.sort();
+    assert_eq!(answers, [0, 1], "the slow server answered its own call");
+    assert_eq!(balancer.stats().hedges, 0);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(fleet.read(0).await.unwrap());
+    }
+    assert_eq!(answers, [1, 1], "the slow server's call was hedged");
+    assert!(balancer.stats().hedges_won >= 1);
+}
+
 e2e!(
+    idempotent_calls_stuck_in_the_tail_are_hedged,
     dropping_the_client_stops_its_discovery,
     a_silent_idle_connection_is_found_by_a_health_ping,
     calls_move_off_a_dead_server_and_back,

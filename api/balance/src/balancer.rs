@@ -3,13 +3,14 @@
 
 use std::{
     borrow::Cow,
-    future::Future,
+    future::{poll_fn, Future},
     io,
-    pin::Pin,
+    pin::{pin, Pin},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -25,6 +26,7 @@ use crate::{
     budget::Budget,
     config::{BalanceConfig, Mode, MAX_REDIRECTS},
     endpoint::{Endpoint, Lease},
+    hedge::{HedgePlan, Latencies},
     strategy::{Candidate, Picker},
     Strategy,
 };
@@ -69,6 +71,11 @@ pub struct Route {
 /// takes a token from the [`RetryBudget`](crate::RetryBudget), at most
 /// [`max_attempts`](BalanceConfig::max_attempts) attempts are made, and the deadline is the
 /// first attempt's: a retry gets what is left of it, never more.
+///
+/// **Hedging** ([`BalanceConfig::hedging`], off by default). An idempotent call still
+/// unanswered after the configured delay (a learned percentile of the method's latencies, or
+/// a fixed wait) is sent to a second endpoint as well; the first answer wins and the other
+/// attempt is cancelled. The hedge spends a retry-budget token and counts as an attempt.
 #[derive(Clone)]
 pub struct Balancer {
     pub(crate) shared: Arc<Shared>,
@@ -89,6 +96,10 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     pub(crate) control: Box<dyn Control>,
     redirects: AtomicU64,
+    /// Per-method latencies, for [`Hedging::Percentile`](crate::Hedging).
+    latencies: Latencies,
+    hedges: AtomicU64,
+    hedges_won: AtomicU64,
     /// Notified when the balancer goes (its last clone dropped) or is closed: the discovery
     /// task stops waiting on its source.
     pub(crate) gone: Arc<Event>,
@@ -126,6 +137,9 @@ impl Shared {
             closed: AtomicBool::new(false),
             control,
             redirects: AtomicU64::new(0),
+            latencies: Latencies::default(),
+            hedges: AtomicU64::new(0),
+            hedges_won: AtomicU64::new(0),
             gone: Arc::new(Event::new()),
         }
     }
@@ -314,6 +328,14 @@ impl Endpoints {
     }
 }
 
+/// What a hedged attempt needs beside its lease.
+struct Hedge<'p, 'a> {
+    plan: &'p HedgePlan,
+    route: &'p Route,
+    /// The call's options (a hedge gets what is left of their deadline).
+    options: &'a CallOptions,
+}
+
 /// The bookkeeping of one call's attempts.
 struct Attempts {
     /// When the call began (the first lease's clock too).
@@ -422,18 +444,140 @@ impl Balancer {
     ) -> Result<Bytes, CallError> {
         let shared = &self.shared;
         let mut attempts = Attempts::new(shared, options);
+        let hedge = match (shared.config.hedging, route.idempotent) {
+            (Some(policy), true) => Some(HedgePlan::new(policy, &shared.latencies, method)),
+            _ => None,
+        };
         loop {
             let lease = self.lease(&route, &attempts).await?;
-            let options = attempts.options(options)?;
-            let result = lease
-                .conn
-                .call_parts(method, head.clone(), tail.clone(), &options)
-                .await;
+            let attempt = attempts.options(options)?;
+            let (lease, result) = match &hedge {
+                Some(plan) => {
+                    let hedge = Hedge {
+                        plan,
+                        route: &route,
+                        options,
+                    };
+                    self.hedged(lease, attempt, &mut attempts, hedge, |conn, options| {
+                        let (head, tail) = (head.clone(), tail.clone());
+                        async move { conn.call_parts(method, head, tail, &options).await }
+                    })
+                    .await
+                }
+                None => {
+                    let result = lease
+                        .conn
+                        .call_parts(method, head.clone(), tail.clone(), &attempt)
+                        .await;
+                    (lease, result)
+                }
+            };
             lease.finish(result.as_ref().map(drop), &shared.config.outlier);
             if let Some(result) = attempts.settle(shared, &lease, &route, result) {
                 return result;
             }
         }
+    }
+
+    /// One attempt of an idempotent call on `first`, hedged on a second endpoint if it is
+    /// still unanswered after the plan's delay. Returns the lease whose answer is returned
+    /// (the other attempt, if any, is cancelled, or was recorded as failed).
+    async fn hedged<'a, Fut>(
+        &self,
+        first: Lease,
+        attempt: Cow<'a, CallOptions>,
+        attempts: &mut Attempts,
+        hedge: Hedge<'_, 'a>,
+        call: impl Fn(flumen_stream::Client, Cow<'a, CallOptions>) -> Fut,
+    ) -> (Lease, Result<Bytes, CallError>)
+    where
+        Fut: Future<Output = Result<Bytes, CallError>>,
+    {
+        let Hedge {
+            plan,
+            route,
+            options,
+        } = hedge;
+        let shared = &self.shared;
+        let started = Instant::now();
+        let mut one = pin!(call(first.conn.clone(), attempt));
+        let Some(delay) = plan.delay else {
+            let result = one.await;
+            plan.answered(&result, started);
+            return (first, result);
+        };
+        let mut timer = shared.control.sleep_until(started + delay);
+        let early = poll_fn(|cx| match one.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Some(result)),
+            Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+        })
+        .await;
+        if let Some(result) = early {
+            plan.answered(&result, started);
+            return (first, result);
+        }
+        let Some((second, hedge_options)) = self.hedge_lease(route, &first, attempts, options)
+        else {
+            let result = one.await;
+            plan.answered(&result, started);
+            return (first, result);
+        };
+        let hedge_started = Instant::now();
+        let mut two = pin!(call(second.conn.clone(), hedge_options));
+        let (first_answered, result) = poll_fn(|cx| match one.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready((true, result)),
+            Poll::Pending => two.as_mut().poll(cx).map(|result| (false, result)),
+        })
+        .await;
+        let (winner, winner_started, loser, loser_started, mut rest) = match first_answered {
+            true => (first, started, second, hedge_started, two),
+            false => (second, hedge_started, first, started, one),
+        };
+        if is_answer(&result) {
+            // The other attempt is cancelled as `rest` and `loser` drop.
+            plan.answered(&result, winner_started);
+            if !first_answered {
+                shared.hedges_won.fetch_add(1, Ordering::Relaxed);
+            }
+            return (winner, result);
+        }
+        // The first to end failed: the other may still answer.
+        winner.finish(result.as_ref().map(drop), &shared.config.outlier);
+        drop(winner);
+        let result = rest.as_mut().await;
+        plan.answered(&result, loser_started);
+        if first_answered && result.is_ok() {
+            shared.hedges_won.fetch_add(1, Ordering::Relaxed);
+        }
+        (loser, result)
+    }
+
+    /// The lease of a hedge: another endpoint than `first`'s, if the attempts and the
+    /// budget allow one, with what is left of the deadline.
+    fn hedge_lease<'a>(
+        &self,
+        route: &Route,
+        first: &Lease,
+        attempts: &mut Attempts,
+        options: &'a CallOptions,
+    ) -> Option<(Lease, Cow<'a, CallOptions>)> {
+        let shared = &self.shared;
+        if attempts.made + 1 >= shared.config.max_attempts {
+            return None;
+        }
+        let now = Instant::now();
+        let lease = shared
+            .try_lease(route, now, Some(first.endpoint.id))
+            .ok()
+            .flatten()
+            .filter(|lease| lease.endpoint.id != first.endpoint.id)?;
+        if !shared.budget.try_spend(now) {
+            return None;
+        }
+        attempts.made += 1;
+        let options = attempts.options(options).ok()?;
+        shared.hedges.fetch_add(1, Ordering::Relaxed);
+        Some((lease, options))
     }
 
     /// [`call_parts`](Self::call_parts) from a plain thread; blocks until it resolves.
@@ -568,6 +712,8 @@ impl Balancer {
             retries,
             retries_refused,
             redirects: shared.redirects.load(Ordering::Relaxed),
+            hedges: shared.hedges.load(Ordering::Relaxed),
+            hedges_won: shared.hedges_won.load(Ordering::Relaxed),
         }
     }
 
@@ -602,6 +748,19 @@ fn wake_at(shared: &Shared, deadline: Option<Instant>) -> Instant {
     deadline.map_or(slice, |deadline| deadline.min(slice))
 }
 
+/// Whether an attempt's outcome is the call's: an answer, or an error another attempt would
+/// meet as well (the deadline passed, the request is too large).
+fn is_answer<T>(result: &Result<T, CallError>) -> bool {
+    match result {
+        Ok(_) | Err(CallError::RequestTooLarge { .. }) => true,
+        Err(error) => {
+            !(error.is_not_sent()
+                || error.redirect().is_some()
+                || matches!(error, CallError::Connection(_)))
+        }
+    }
+}
+
 fn check_deadline(deadline: Option<Instant>, started: Instant) -> Result<(), CallError> {
     match deadline {
         Some(deadline) if Instant::now() >= deadline => Err(CallError::Timeout(
@@ -623,6 +782,10 @@ pub struct BalanceStats {
     pub retries_refused: u64,
     /// Redirects followed.
     pub redirects: u64,
+    /// Hedges sent ([`Hedging`](crate::Hedging)).
+    pub hedges: u64,
+    /// Calls whose answer came from the hedge rather than the first attempt.
+    pub hedges_won: u64,
 }
 
 /// One endpoint's figures.

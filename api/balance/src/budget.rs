@@ -76,18 +76,22 @@ impl Budget {
 
     /// Takes a retry from the budget; `false` if it is spent.
     pub(crate) fn try_withdraw(&self, now: Instant) -> bool {
-        let taken = self
-            .balance
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |balance| {
-                (balance >= MILLI).then_some(balance - MILLI)
-            })
-            .is_ok()
-            || self.take_floor(now);
+        let taken = self.try_spend(now);
         match taken {
             true => self.retries.fetch_add(1, Ordering::Relaxed),
             false => self.refused.fetch_add(1, Ordering::Relaxed),
         };
         taken
+    }
+
+    /// Takes a token for an extra attempt that is not a retry (a hedge), uncounted.
+    pub(crate) fn try_spend(&self, now: Instant) -> bool {
+        self.balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |balance| {
+                (balance >= MILLI).then_some(balance - MILLI)
+            })
+            .is_ok()
+            || self.take_floor(now)
     }
 
     fn take_floor(&self, now: Instant) -> bool {

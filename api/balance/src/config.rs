@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use flumen_stream::ClientConfig;
 
-use crate::{Backoff, OutlierDetection, RetryBudget, Strategy};
+use crate::{Backoff, Hedging, OutlierDetection, RetryBudget, Strategy};
 
 /// Default [`BalanceConfig::pool_size`]: connections per endpoint.
 pub const DEFAULT_POOL_SIZE: usize = 1;
@@ -45,6 +45,7 @@ pub struct BalanceConfig {
     pub(crate) health_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_attempts: u32,
+    pub(crate) hedging: Option<Hedging>,
 }
 
 impl Default for BalanceConfig {
@@ -61,6 +62,7 @@ impl Default for BalanceConfig {
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
             idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            hedging: None,
         }
     }
 }
@@ -144,6 +146,15 @@ impl BalanceConfig {
     /// [`Balancer`](crate::Balancer)). Default [`DEFAULT_MAX_ATTEMPTS`] (3); at least 1.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Hedges calls of idempotent methods: one still unanswered after the [`Hedging`] delay
+    /// is sent to a second endpoint too, and the first answer wins. Each hedge takes a token
+    /// from the [`retry_budget`](Self::retry_budget) and counts as an attempt. Default `None`
+    /// (no hedging).
+    pub fn hedging(mut self, hedging: Option<Hedging>) -> Self {
+        self.hedging = hedging;
         self
     }
 }

@@ -5,7 +5,8 @@
 //! [`Strategy`] (power of two choices on latency by default), ejects endpoints that keep
 //! failing ([`OutlierDetection`]) and lets them back in on probation, follows a leader's
 //! redirects in [`Mode::Leader`], retries only what is safe to retry within a [`RetryBudget`],
-//! and follows a [`Discover`](discovery::Discover) source while calls run.
+//! hedges idempotent calls stuck in the latency tail ([`Hedging`]), and follows a
+//! [`Discover`](discovery::Discover) source while calls run.
 //!
 //! It sits above the single-connection core and uses only its public API; the typed
 //! `flumen::Client` and every generated service client run over it as over one connection.
@@ -19,6 +20,7 @@ pub mod discovery;
 mod driver;
 mod endpoint;
 mod health;
+mod hedge;
 mod strategy;
 
 pub use crate::{
@@ -31,6 +33,7 @@ pub use crate::{
     },
     driver::Address,
     health::OutlierDetection,
+    hedge::{Hedging, DEFAULT_HEDGE_MIN_DELAY, HEDGE_MIN_SAMPLES},
     strategy::{Candidate, Strategy},
 };
 
