@@ -13,7 +13,10 @@ use std::{
     collections::HashMap,
     fmt,
     future::poll_fn,
-    sync::{atomic::AtomicUsize, Arc},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
     task::Poll,
     time::{Duration, Instant},
 };
@@ -58,6 +61,9 @@ struct Handle {
 /// State shared by a connection's callers and its reader, writer and timer tasks.
 pub(crate) struct Conn {
     table: Mutex<CallTable>,
+    /// Set once `table` refuses new calls (the connection drains or ended), so that
+    /// [`Client::is_closed`] reads an atomic instead of taking the table's lock.
+    refusing: AtomicBool,
     /// Callers waiting for a slot of the window (the table hands slots out).
     window_free: Event,
     /// Frames for the writer task.
@@ -396,7 +402,7 @@ impl Client {
 
     /// Whether the connection has ended or is draining (new calls fail at once).
     pub fn is_closed(&self) -> bool {
-        self.handle.conn.table.lock().refusing().is_some()
+        self.handle.conn.refusing.load(Ordering::Acquire)
     }
 
     /// Closes the connection now: calls in flight fail with [`ConnectionError::Closed`].
@@ -529,6 +535,7 @@ impl Conn {
     pub(crate) fn fail(&self, error: &ConnectionError) {
         let mut wakers = Vec::new();
         self.table.lock().fail_all(error, &mut wakers);
+        self.refusing.store(true, Ordering::Release);
         wakers.into_iter().for_each(std::task::Waker::wake);
         // Pings waiting for an answer see the error.
         for waiter in self.pings.lock().waiting.values_mut() {
@@ -565,7 +572,7 @@ impl Conn {
 
     /// The call `seq` ended (reply, timeout): its stream, if it has one, takes no more items.
     pub(crate) fn end_stream(&self, seq: u64, code: ErrorCode) {
-        if self.open_streams.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        if self.open_streams.load(Ordering::Relaxed) == 0 {
             return;
         }
         if let Some(state) = self.streams.lock().get(&seq) {

@@ -161,7 +161,7 @@ impl Shared {
                 return Ok(None); // overloaded: wait out its hint
             }
             return match endpoint.connection() {
-                Some(conn) => Ok(Some(endpoint.clone().lease(conn, now))),
+                Some(conn) => Ok(Some(endpoint.clone().lease(conn, None))),
                 None => self.nothing_open(&set),
             };
         }
@@ -215,7 +215,7 @@ impl Shared {
         // Its connection closed since it was counted: look again (the connector was woken).
         Ok(endpoint
             .connection()
-            .map(|conn| endpoint.clone().lease(conn, now)))
+            .map(|conn| endpoint.clone().lease(conn, Some(now))))
     }
 
     fn leader_lease(&self, set: &[Arc<Endpoint>], now: Instant) -> Option<Option<Lease>> {
@@ -253,7 +253,7 @@ impl Shared {
         Some(
             endpoint
                 .connection()
-                .map(|conn| endpoint.clone().lease(conn, now)),
+                .map(|conn| endpoint.clone().lease(conn, Some(now))),
         )
     }
 
@@ -458,10 +458,13 @@ impl Balancer {
                         route: &route,
                         options,
                     };
-                    self.hedged(lease, attempt, &mut attempts, hedge, |conn, options| {
-                        let (head, tail) = (head.clone(), tail.clone());
-                        async move { conn.call_parts(method, head, tail, &options).await }
-                    })
+                    // Boxed: the common, unhedged call's future stays small.
+                    Box::pin(
+                        self.hedged(lease, attempt, &mut attempts, hedge, |conn, options| {
+                            let (head, tail) = (head.clone(), tail.clone());
+                            async move { conn.call_parts(method, head, tail, &options).await }
+                        }),
+                    )
                     .await
                 }
                 None => {
@@ -802,7 +805,8 @@ pub struct EndpointStats {
     pub in_flight: u32,
     /// Open connections.
     pub connections: usize,
-    /// The latency average (peak EWMA).
+    /// The latency average (peak EWMA), kept while the balancer has more than one endpoint
+    /// to choose from (a lone endpoint's calls do not read the clock).
     pub latency: Duration,
     /// Ejected by outlier detection now.
     pub ejected: bool,

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_utils::sync::ShardedLock;
+use crossbeam_utils::{sync::ShardedLock, CachePadded};
 use event_listener::Event;
 use flumen_stream::{CallError, ConnectionError, ErrorCode};
 use parking_lot::Mutex;
@@ -31,8 +31,9 @@ pub(crate) struct Endpoint {
     /// callers on many threads do not contend on one lock word.
     conns: ShardedLock<Vec<flumen_stream::Client>>,
     next: AtomicUsize,
-    in_flight: AtomicU32,
-    calls: AtomicU64,
+    /// What every call writes, on a cache line of its own: the fields the calls only read
+    /// (health, the pool) are not invalidated on every core by each call.
+    load: CachePadded<Load>,
     failures: AtomicU64,
     /// Failures and ejection, changed on failures (rare); a call reads the atomics below.
     health: Mutex<Health>,
@@ -43,10 +44,6 @@ pub(crate) struct Endpoint {
     closed_until: AtomicU64,
     /// The stamp until which it is ejected; 0 if it is not.
     ejected_until: AtomicU64,
-    /// The latency average ([`Latency`]): its nanoseconds as `f64` bits, and the stamp of its
-    /// last sample (0: none). Updated without a lock; a sample lost to a race is harmless.
-    latency_bits: AtomicU64,
-    sampled_at: AtomicU64,
     /// A caller wants connections here (pools open lazily, on the first call).
     wanted: AtomicBool,
     /// Discovery dropped the endpoint: no new calls, connections close once their calls end.
@@ -61,6 +58,17 @@ pub(crate) struct Endpoint {
     pub(crate) wake: Event,
 }
 
+/// An endpoint's counters that change with every call.
+#[derive(Debug, Default)]
+struct Load {
+    in_flight: AtomicU32,
+    calls: AtomicU64,
+    /// The latency average ([`Latency`]): its nanoseconds as `f64` bits, and the stamp of its
+    /// last sample (0: none). Updated without a lock; a sample lost to a race is harmless.
+    latency_bits: AtomicU64,
+    sampled_at: AtomicU64,
+}
+
 impl Endpoint {
     pub(crate) fn new(label: Arc<str>, weight: u32) -> Self {
         Self {
@@ -69,15 +77,12 @@ impl Endpoint {
             weight: AtomicU32::new(weight.max(1)),
             conns: ShardedLock::new(Vec::new()),
             next: AtomicUsize::new(0),
-            in_flight: AtomicU32::new(0),
-            calls: AtomicU64::new(0),
+            load: CachePadded::default(),
             failures: AtomicU64::new(0),
             health: Mutex::new(Health::new()),
             clean: AtomicBool::new(true),
             closed_until: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
-            latency_bits: AtomicU64::new(0),
-            sampled_at: AtomicU64::new(0),
             wanted: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             connect_failures: AtomicU32::new(0),
@@ -92,7 +97,7 @@ impl Endpoint {
     pub(crate) fn candidate(&self, now: Instant) -> Candidate {
         Candidate {
             id: self.id,
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            in_flight: self.load.in_flight.load(Ordering::Relaxed),
             latency_ns: self.latency_at(now),
             weight: self.weight.load(Ordering::Relaxed),
         }
@@ -245,17 +250,21 @@ impl Endpoint {
 
     fn latency(&self) -> Latency {
         Latency {
-            ns: f64::from_bits(self.latency_bits.load(Ordering::Relaxed)),
-            at: self.sampled_at.load(Ordering::Relaxed),
+            ns: f64::from_bits(self.load.latency_bits.load(Ordering::Relaxed)),
+            at: self.load.sampled_at.load(Ordering::Relaxed),
         }
     }
 
-    /// A call that began at stamp `started` was answered at stamp `now`.
-    fn on_success(&self, now: u64, started: u64) {
-        let next = self.latency().sampled(now, now.saturating_sub(started));
-        self.latency_bits
-            .store(next.ns.to_bits(), Ordering::Relaxed);
-        self.sampled_at.store(next.at, Ordering::Relaxed);
+    /// A call that began at stamp `started` (0: not timed) was answered.
+    fn on_success(&self, started: u64) {
+        if started != 0 {
+            let now = self.stamp(Instant::now());
+            let next = self.latency().sampled(now, now.saturating_sub(started));
+            self.load
+                .latency_bits
+                .store(next.ns.to_bits(), Ordering::Relaxed);
+            self.load.sampled_at.store(next.at, Ordering::Relaxed);
+        }
         if !self.clean.load(Ordering::Acquire) {
             self.change_health(Health::on_success);
         }
@@ -300,13 +309,13 @@ impl Endpoint {
     }
 
     pub(crate) fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.load.in_flight.load(Ordering::Relaxed)
     }
 
     /// How long the endpoint has taken no call, as the connector sees it at `now` (it asks
     /// at every health check, so calls cost nothing here).
     pub(crate) fn idle_for(&self, now: Instant) -> Duration {
-        let calls = self.calls.load(Ordering::Relaxed);
+        let calls = self.load.calls.load(Ordering::Relaxed);
         let mut mark = self.idle_mark.lock();
         if mark.0 != calls {
             *mark = (calls, now);
@@ -314,11 +323,16 @@ impl Endpoint {
         now.saturating_duration_since(mark.1)
     }
 
-    /// Starts a call on `conn`.
-    pub(crate) fn lease(self: Arc<Self>, conn: flumen_stream::Client, now: Instant) -> Lease {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let started = self.stamp(now);
+    /// Starts a call on `conn`, timed from `now` if given (the latency average is kept only
+    /// where a strategy has a choice to make: a lone endpoint's calls skip the clock).
+    pub(crate) fn lease(
+        self: Arc<Self>,
+        conn: flumen_stream::Client,
+        now: Option<Instant>,
+    ) -> Lease {
+        self.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.load.calls.fetch_add(1, Ordering::Relaxed);
+        let started = now.map_or(0, |now| self.stamp(now));
         Lease {
             endpoint: self,
             conn,
@@ -329,7 +343,7 @@ impl Endpoint {
     /// Counters for [`EndpointStats`](crate::EndpointStats).
     pub(crate) fn counts(&self) -> (u64, u64) {
         (
-            self.calls.load(Ordering::Relaxed),
+            self.load.calls.load(Ordering::Relaxed),
             self.failures.load(Ordering::Relaxed),
         )
     }
@@ -348,7 +362,7 @@ impl Endpoint {
 pub(crate) struct Lease {
     pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) conn: flumen_stream::Client,
-    /// The endpoint's stamp when the call began.
+    /// The endpoint's stamp when the call began; 0 if the call is not timed.
     started: u64,
 }
 
@@ -358,8 +372,13 @@ pub(crate) const OVERLOADED_BACKOFF: Duration = Duration::from_millis(20);
 impl Lease {
     /// Records how the call ended: latency and health for the balancer.
     pub(crate) fn finish(&self, result: Result<(), &CallError>, policy: &OutlierDetection) {
-        let now = Instant::now();
         let endpoint = &self.endpoint;
+        if let Ok(()) | Err(CallError::Application(_)) = result {
+            // Answered: the endpoint is healthy.
+            endpoint.on_success(self.started);
+            return;
+        }
+        let now = Instant::now();
         let blame = match result {
             Ok(_) | Err(CallError::Application(_)) => false,
             Err(CallError::Overloaded { retry_after, .. }) => {
@@ -385,14 +404,12 @@ impl Lease {
         if blame {
             endpoint.failures.fetch_add(1, Ordering::Relaxed);
             endpoint.change_health(|health| health.on_failure(now, policy));
-        } else if matches!(result, Ok(()) | Err(CallError::Application(_))) {
-            endpoint.on_success(endpoint.stamp(now), self.started);
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.load.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -142,6 +142,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     };
     let conn = Arc::new(Conn {
         table: Mutex::new(CallTable::new(window, 0)),
+        refusing: AtomicBool::new(false),
         window_free: Default::default(),
         out,
         stop: Default::default(),
@@ -365,6 +366,7 @@ fn on_frames(
                     going_away = Some(error.clone());
                 }
                 table.drain(error);
+                conn.refusing.store(true, Ordering::Release);
             }
             FrameKind::Ping => {
                 let pong = FrameHeader::new(FrameKind::Pong, header.seq);
