@@ -22,8 +22,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use event_listener::{Event, IntoNotification, Listener};
-use parking_lot::Mutex;
 
 pub use self::config::{
     ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
@@ -40,6 +38,7 @@ use crate::{
     runtime::Runtime,
     stats::ConnectionStats,
     streaming::StreamState,
+    sync::{Event, Mutex},
     transport::Transport,
 };
 
@@ -427,6 +426,40 @@ impl Drop for Handle {
 }
 
 impl Conn {
+    /// The state of a connection with `window` slots whose frames go out through `out` and
+    /// whose server takes request bodies up to `peer_max_frame_len`; its tasks start apart.
+    pub(crate) fn new(
+        window: usize,
+        out: Outbox,
+        config: &ClientConfig,
+        peer_max_frame_len: u32,
+    ) -> Self {
+        let ticks = |d: Duration| d.as_nanos().div_ceil(config.tick.as_nanos()) as u64;
+        Self {
+            table: Mutex::new(CallTable::new(window, 0)),
+            refusing: AtomicBool::new(false),
+            window_free: Event::new(),
+            out,
+            stop: Stop::default(),
+            quiet: Quiet::default(),
+            timer: driver::TimerGate::default(),
+            clock: Clock {
+                epoch: Instant::now(),
+                tick: config.tick,
+            },
+            default_timeout: config.default_timeout,
+            peer_max_frame_len,
+            window,
+            streams: Mutex::new(HashMap::new()),
+            pings: Mutex::new(Pings::default()),
+            open_streams: AtomicUsize::new(0),
+            stream_window: config.stream_window,
+            keepalive: config
+                .keepalive
+                .map(|(interval, timeout)| (ticks(interval), ticks(timeout))),
+        }
+    }
+
     fn check_request(&self, body: &Bytes, options: &CallOptions) -> Result<(), CallError> {
         self.check_len(body.len(), options)
     }
@@ -457,7 +490,7 @@ impl Conn {
         loop {
             match attempt_or_listen(&self.window_free, || self.try_acquire()) {
                 Ok(slot) => return slot,
-                Err(listener) => listener.wait(),
+                Err(listener) => crate::sync::wait(listener),
             }
         }
     }
@@ -476,7 +509,7 @@ impl Conn {
             table.release(slot);
             seq
         };
-        self.window_free.notify(1.additional());
+        crate::sync::notify_one_more(&self.window_free);
         seq
     }
 

@@ -11,13 +11,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use crate::{
     error::ErrorCode,
     flow::{FlowError, RecvWindow, SendCredit},
     frame::{FrameHeader, FrameKind},
     io::{Outbox, Outgoing},
+    sync::Mutex,
 };
 
 /// How the peer's item stream ended.
@@ -301,5 +301,55 @@ mod tests {
         }
         assert_eq!(granted, 4 * 32 * 1024);
         assert_eq!(state.buffered(), 0);
+    }
+
+    /// Loom models of stream credit (`--cfg flumen_loom`, see `src/sync.rs`): a sender out of
+    /// credit is woken by the grant or by the call's end, whatever the interleaving; a lost
+    /// wake-up is a deadlock, which loom reports.
+    #[cfg(flumen_loom)]
+    mod loom_models {
+        use std::future::poll_fn;
+
+        use loom::{future::block_on, sync::Arc, thread};
+
+        use super::*;
+
+        /// A stream whose first item spends all its initial credit.
+        fn exhausted() -> Arc<StreamState> {
+            let (state, _) = StreamState::new(1, INITIAL_STREAM_CREDIT);
+            let mut cx = cx();
+            let spend_all = state.poll_send(&mut cx, INITIAL_STREAM_CREDIT as usize);
+            assert_eq!(spend_all, Poll::Ready(Ok(())));
+            Arc::new(state)
+        }
+
+        #[test]
+        fn loom_a_grant_wakes_a_sender_out_of_credit() {
+            loom::model(|| {
+                let state = exhausted();
+                let peer = state.clone();
+                let granter = thread::spawn(move || {
+                    for _ in 0..2 {
+                        wake([peer.on_credit(1)]);
+                    }
+                });
+                for _ in 0..2 {
+                    block_on(poll_fn(|cx| state.poll_send(cx, 1))).unwrap();
+                }
+                granter.join().unwrap();
+            });
+        }
+
+        #[test]
+        fn loom_the_end_of_the_call_wakes_a_sender_out_of_credit() {
+            loom::model(|| {
+                let state = exhausted();
+                let peer = state.clone();
+                let closer = thread::spawn(move || wake(peer.close(ErrorCode::CANCELLED)));
+                let sent = block_on(poll_fn(|cx| state.poll_send(cx, 1)));
+                assert_eq!(sent, Err(ErrorCode::CANCELLED));
+                closer.join().unwrap();
+            });
+        }
     }
 }

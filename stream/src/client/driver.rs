@@ -13,17 +13,16 @@ use std::{
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use futures_lite::FutureExt;
-use parking_lot::Mutex;
 
-use super::{Client, ClientConfig, Clock, Conn, Handle};
+use super::{Client, ClientConfig, Conn, Handle};
 use crate::{
     call::CallTable,
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     frame::{Frame, FrameDecoder, FrameError, FrameHeader, FrameKind},
     hello::{Hello, HelloError, HELLO_LEN},
     io::{
-        linger, outbox, read_at_least, write_all, write_loop, Outgoing, Quiet, ReadBuffer,
-        CLOSE_LINGER, READER, TIMER,
+        linger, outbox, read_at_least, write_all, write_loop, Outgoing, ReadBuffer, CLOSE_LINGER,
+        READER, TIMER,
     },
     keepalive::{Action, KeepAlive},
     runtime::Runtime,
@@ -136,31 +135,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     // Requests wait for room only once `max_queued_bytes` are queued (the writer is stuck):
     // callers then wait (backpressure).
     let (out, out_rx) = outbox(config.max_queued_bytes, None);
-    let clock = Clock {
-        epoch: Instant::now(),
-        tick: config.tick,
-    };
-    let conn = Arc::new(Conn {
-        table: Mutex::new(CallTable::new(window, 0)),
-        refusing: AtomicBool::new(false),
-        window_free: Default::default(),
-        out,
-        stop: Default::default(),
-        quiet: Quiet::default(),
-        timer: TimerGate::default(),
-        clock,
-        default_timeout: config.default_timeout,
-        peer_max_frame_len: hello.max_frame_len,
-        window,
-        streams: Mutex::new(Default::default()),
-        pings: Mutex::new(Default::default()),
-        open_streams: Default::default(),
-        stream_window: config.stream_window,
-        keepalive: config.keepalive.map(|(interval, timeout)| {
-            let ticks = |d: Duration| d.as_nanos().div_ceil(config.tick.as_nanos()) as u64;
-            (ticks(interval), ticks(timeout))
-        }),
-    });
+    let conn = Arc::new(Conn::new(window, out, &config, hello.max_frame_len));
 
     rt.spawn(read_task(
         rt.clone(),
@@ -489,5 +464,122 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
                 break;
             }
         }
+    }
+}
+
+/// Loom models of the client's call path against its reader (`--cfg flumen_loom`, see
+/// `src/sync.rs`): the window's permits passed from a finished call to a waiting one, the call
+/// table's slot handed from a cancelled call to the next, and a late reply to the cancelled
+/// call. The caller threads run the real `Client::call_with`; the model's server takes their
+/// frames from the outbox and answers through the reader's `on_frames`. A lost wake-up is a
+/// deadlock, which loom reports.
+#[cfg(all(test, flumen_loom))]
+mod loom_models {
+    use std::{pin::pin, task::Poll};
+
+    use loom::{future::block_on, thread};
+
+    use super::*;
+    use crate::{
+        client::CallOptions,
+        io::{Inbox, DEFAULT_MAX_QUEUED_BYTES},
+    };
+
+    /// A client over no socket, with `window` slots, no deadlines and no keep-alive; its
+    /// frames come out of the returned inbox.
+    fn model_client(window: usize) -> (Client, Inbox) {
+        let config = ClientConfig::default()
+            .default_timeout(None)
+            .keepalive(None, Duration::from_secs(1));
+        let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+        let conn = Arc::new(Conn::new(window, out, &config, u32::MAX));
+        (
+            Client {
+                handle: Arc::new(Handle { conn }),
+            },
+            rx,
+        )
+    }
+
+    /// The server: answers each of the next `requests` requests with its own body, through
+    /// the reader's frame handling. Cancels are read and ignored.
+    fn serve(conn: &Conn, rx: &mut Inbox, requests: usize) {
+        let mut answered = 0;
+        while answered < requests {
+            block_on(rx.ready());
+            while let Some(message) = rx.try_recv() {
+                let (header, body) = match message {
+                    Outgoing::Frame(header, body) => (header, body),
+                    Outgoing::Parts(header, parts) => (header, parts.concat().into()),
+                    Outgoing::Close => continue,
+                };
+                if header.kind != FrameKind::Request {
+                    continue;
+                }
+                let mut reply = FrameHeader::new(FrameKind::Response, header.seq);
+                reply.len = body.len() as u32;
+                let mut frames = vec![Frame {
+                    header: reply,
+                    body,
+                }];
+                let mut wakers = Vec::new();
+                let applied = on_frames(
+                    conn,
+                    &mut frames,
+                    &mut wakers,
+                    &mut Vec::new(),
+                    &mut None,
+                    &mut Vec::new(),
+                );
+                assert!(matches!(applied, Ok(None)));
+                wakers.into_iter().for_each(Waker::wake);
+                answered += 1;
+            }
+        }
+    }
+
+    fn call(client: &Client, body: &'static [u8]) -> Result<Bytes, CallError> {
+        block_on(client.call_with(1, Bytes::from_static(body), &CallOptions::new()))
+    }
+
+    #[test]
+    fn loom_the_window_passes_to_a_waiting_caller() {
+        loom::model(|| {
+            let (client, mut rx) = model_client(1);
+            let conn = client.handle.conn.clone();
+            let other = client.clone();
+            let a = thread::spawn(move || call(&client, b"a"));
+            let b = thread::spawn(move || call(&other, b"b"));
+            serve(&conn, &mut rx, 2);
+            assert_eq!(a.join().unwrap().unwrap(), &b"a"[..]);
+            assert_eq!(b.join().unwrap().unwrap(), &b"b"[..]);
+        });
+    }
+
+    #[test]
+    fn loom_a_late_reply_never_reaches_the_next_call_on_its_slot() {
+        loom::model(|| {
+            let (client, mut rx) = model_client(1);
+            let conn = client.handle.conn.clone();
+            let caller = thread::spawn(move || {
+                let options = CallOptions::new();
+                {
+                    // Polled once: the request is out (the window and the queue have room)
+                    // and the call waits, or its reply came at once; then it is dropped,
+                    // which cancels it if it still waits, and frees its slot.
+                    let mut first =
+                        pin!(client.call_with(1, Bytes::from_static(b"first"), &options));
+                    block_on(std::future::poll_fn(|cx| {
+                        let _ = first.as_mut().poll(cx);
+                        Poll::Ready(())
+                    }));
+                }
+                call(&client, b"second")
+            });
+            // The first reply may arrive before the cancel, between the cancel and the next
+            // call, or while the next call waits on the same slot.
+            serve(&conn, &mut rx, 2);
+            assert_eq!(caller.join().unwrap().unwrap(), &b"second"[..]);
+        });
     }
 }

@@ -21,7 +21,9 @@ use bytes::Bytes;
 use super::Outgoing;
 use crate::{
     frame::{FrameHeader, HEADER_LEN},
-    sync::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Mutex, Ordering},
+    sync::{
+        AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Event, EventListener, Mutex, Ordering,
+    },
 };
 
 /// Default limit on the bytes of frames queued for a connection's writer (1 MiB) before the
@@ -85,7 +87,7 @@ pub(crate) struct Budget {
     limit: usize,
     used: AtomicUsize,
     /// Producers waiting for room in the budget.
-    space: event_listener::Event,
+    space: Event,
 }
 
 impl Budget {
@@ -94,7 +96,7 @@ impl Budget {
         Self {
             limit,
             used: AtomicUsize::new(0),
-            space: event_listener::Event::new(),
+            space: Event::new(),
         }
     }
 
@@ -122,7 +124,7 @@ struct Queue {
     parked: AtomicBool,
     waker: AtomicWaker,
     /// Producers waiting for the writer to take what is queued.
-    space: event_listener::Event,
+    space: Event,
     /// Producers that will push more frames in a moment and asked the writer to wait
     /// ([`Outbox::hold`]); the writer holds a small batch until this is zero.
     holds: AtomicUsize,
@@ -159,7 +161,7 @@ pub(crate) fn outbox(limit: usize, budget: Option<Arc<Budget>>) -> (Outbox, Inbo
         budget,
         parked: AtomicBool::new(false),
         waker: AtomicWaker::new(),
-        space: event_listener::Event::new(),
+        space: Event::new(),
         holds: AtomicUsize::new(0),
         expected: AtomicUsize::new(0),
         counters: IoCounters::default(),
@@ -179,9 +181,9 @@ pub(crate) fn outbox(limit: usize, budget: Option<Arc<Budget>>) -> (Outbox, Inbo
 /// notification between the two is not missed. `Err` is the listener to wait on (async or
 /// blocking) before the next round.
 pub(crate) fn attempt_or_listen<T>(
-    event: &event_listener::Event,
+    event: &Event,
     mut attempt: impl FnMut() -> Option<T>,
-) -> Result<T, event_listener::EventListener> {
+) -> Result<T, EventListener> {
     if let Some(done) = attempt() {
         return Ok(done);
     }
@@ -218,7 +220,7 @@ impl Outbox {
         loop {
             match self.push_or_listen(&mut message) {
                 Ok(sent) => return sent,
-                Err(listener) => event_listener::Listener::wait(listener),
+                Err(listener) => crate::sync::wait(listener),
             }
         }
     }
@@ -236,10 +238,7 @@ impl Outbox {
 
     /// Pushes the message out of `slot`, or returns a listener for the limit that stopped it,
     /// registered before a last try so that the room it waits for cannot be missed.
-    fn push_or_listen(
-        &self,
-        slot: &mut Option<Outgoing>,
-    ) -> Result<bool, event_listener::EventListener> {
+    fn push_or_listen(&self, slot: &mut Option<Outgoing>) -> Result<bool, EventListener> {
         let mut full = match self.push(slot, false) {
             Ok(sent) => return Ok(sent),
             Err(full) => full,
@@ -274,11 +273,7 @@ impl Outbox {
     /// Pushes the message out of `slot`: `Ok(true)` queued, `Ok(false)` the writer is gone (or
     /// `slot` was empty), `Err` over a limit: the event that says when there is room (the
     /// message stays in `slot`).
-    fn push(
-        &self,
-        slot: &mut Option<Outgoing>,
-        force: bool,
-    ) -> Result<bool, &event_listener::Event> {
+    fn push(&self, slot: &mut Option<Outgoing>, force: bool) -> Result<bool, &Event> {
         {
             let mut state = self.queue.state.lock();
             if state.closed {
@@ -379,7 +374,11 @@ impl Inbox {
             self.queue.waker.register(cx.waker());
             self.queue.parked.swap(true, Ordering::AcqRel);
             if ready(self, &self.queue.state.lock()) {
-                self.queue.parked.store(false, Ordering::Relaxed);
+                // A read-modify-write like the others on `parked`, not a plain store: with a
+                // relaxed store here, loom's model lets a later `ring` read a stale `false`
+                // and skip the wake (the three-pushes model below deadlocks), an order the
+                // state lock rules out on paper. The swap costs the same and leaves no doubt.
+                self.queue.parked.swap(false, Ordering::AcqRel);
                 return Poll::Ready(());
             }
             Poll::Pending
@@ -585,6 +584,52 @@ mod tests {
                 assert_eq!(seqs, [1, 2]);
                 first.join().unwrap();
                 second.join().unwrap();
+            });
+        }
+
+        #[test]
+        fn loom_tmp_three_pushes() {
+            loom::model(|| {
+                let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+                let producer = thread::spawn(move || {
+                    for seq in 1..=3 {
+                        assert!(out.try_send(frame(seq, 8)));
+                    }
+                    out
+                });
+                let mut seqs = Vec::new();
+                while seqs.len() < 3 {
+                    block_on(rx.ready());
+                    while let Some(m) = rx.try_recv() {
+                        seqs.push(seq_of(m));
+                    }
+                }
+                assert_eq!(seqs, [1, 2, 3]);
+                drop(producer.join().unwrap());
+            });
+        }
+
+        /// The writer parks again and again while one producer pushes: a push whose ring
+        /// comes late, or that the writer finds before it parks, must not leave the next
+        /// park unwoken.
+        #[test]
+        fn loom_a_writer_parking_between_pushes_takes_them_all() {
+            loom::model(|| {
+                let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+                let producer = thread::spawn(move || {
+                    for seq in 1..=3 {
+                        assert!(out.try_send(frame(seq, 8)));
+                    }
+                    // Kept alive until joined: dropping it is not what wakes the writer.
+                    out
+                });
+                let mut seqs = Vec::new();
+                while seqs.len() < 3 {
+                    block_on(rx.ready());
+                    seqs.extend(std::iter::from_fn(|| rx.try_recv().map(seq_of)));
+                }
+                assert_eq!(seqs, [1, 2, 3]);
+                drop(producer.join().unwrap());
             });
         }
 
