@@ -5,11 +5,15 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use common::{join_all, serve, Env};
-use flumen::{stream::Transport, Client, ClientConfig, Router, ServerConfig, Status};
+use flumen::{stream::Transport, Client, ClientConfig, Router, Server, ServerConfig, Status};
 use flumen_peer::chaos::{Chaos, Faults};
+use flumen_tls::{DevCa, TlsTransport};
 use futures_lite::StreamExt;
 
 e2e!(
@@ -126,11 +130,25 @@ async fn checked_stream(client: &Client, id: u64, count: u64) -> Result<(), flum
 async fn scenario<E: Env>(env: &E, faults: Faults, calls: u64, sequential: bool) -> Tally {
     let server = serve(env, router(), ServerConfig::default()).await;
     let transport = Chaos::new(env.transport(), faults);
+    let tally = calls_through(env, &transport, server.local_addr(), calls, sequential).await;
+    drop(server);
+    tally
+}
+
+/// Runs `calls` unary calls at once (or one after another) and, at once, two streams, over a
+/// client that connects to `addr` through `transport`; returns the tally.
+async fn calls_through<E: Env, T: Transport<Addr = SocketAddr>>(
+    env: &E,
+    transport: &T,
+    addr: &SocketAddr,
+    calls: u64,
+    sequential: bool,
+) -> Tally {
     let config = ClientConfig::default().default_timeout(Some(DEADLINE));
     let client = match Client::connect_with(
         &env.rt(),
-        &transport,
-        server.local_addr(),
+        transport,
+        addr,
         config,
         flumen::MsgPack::default(),
     )
@@ -167,7 +185,6 @@ async fn scenario<E: Env>(env: &E, faults: Faults, calls: u64, sequential: bool)
             Err(_) => tally.errors += 1,
         }
     }
-    drop(server);
     tally
 }
 
@@ -223,7 +240,8 @@ async fn a_cut_connection<E: Env>(env: E) {
 
 async fn a_corrupted_byte<E: Env>(env: E) {
     // One call in flight at a time: a damaged header can then only fail that call (Flumen
-    // leaves integrity to the transport; see PROTOCOL.md §3).
+    // leaves integrity to the transport, see PROTOCOL.md §3; many calls in flight under a
+    // transport with integrity: a_corrupted_byte_under_tls_with_many_calls_in_flight).
     for at in [5u64, 17, 30, 41, 52, 77, 99, 130] {
         let faults = Faults {
             corrupt_at: Some(at),
@@ -236,6 +254,49 @@ async fn a_corrupted_byte<E: Env>(env: E) {
             "corrupt at {at}: {tally:?}"
         );
     }
+}
+
+/// With many calls and streams in flight, a corrupted byte can only be caught by a transport
+/// with integrity: under TLS (the chaos below it, on the TCP bytes) the record fails to
+/// authenticate, the connection fails, and every call in flight fails with a typed error;
+/// none gets another's reply, whichever record the byte hits.
+async fn a_corrupted_byte_under_tls_with_many_calls_in_flight<E: Env>(env: E) {
+    let mut hit = 0;
+    for at in [1_500u64, 2_500, 4_000, 6_000, 9_000] {
+        let ca = DevCa::new().unwrap();
+        let server_tls = TlsTransport::new(env.transport())
+            .server(ca.server_tls(&["localhost"]).unwrap())
+            .unwrap();
+        let faults = Faults {
+            corrupt_at: Some(at),
+            ..Faults::default()
+        };
+        let client_tls = TlsTransport::new(Chaos::new(env.transport(), faults))
+            .client(ca.client_tls("localhost").unwrap())
+            .unwrap();
+        let server = Server::new(router())
+            .bind(&env.rt(), &server_tls, &common::loopback())
+            .await
+            .unwrap();
+        let tally = calls_through(&env, &client_tls, server.local_addr(), 64, false).await;
+        println!("corrupt at {at}: {tally:?}");
+        assert_eq!(tally.corrupted, 0, "corrupt at {at}: {tally:?}");
+        assert_eq!(tally.own + tally.errors, 64, "corrupt at {at}: {tally:?}");
+        if tally.errors > 0 || tally.failed_streams > 0 {
+            hit += 1;
+        }
+    }
+    assert!(hit > 0, "no offset hit the connection's bytes");
+}
+
+#[test]
+fn tokio_tcp_a_corrupted_byte_under_tls_with_many_calls_in_flight() {
+    common::run_tokio(a_corrupted_byte_under_tls_with_many_calls_in_flight::<common::TokioEnv>);
+}
+
+#[test]
+fn smol_tcp_a_corrupted_byte_under_tls_with_many_calls_in_flight() {
+    common::run_smol(a_corrupted_byte_under_tls_with_many_calls_in_flight::<common::SmolEnv>);
 }
 
 /// The chaos transport must be a `Transport` for every environment's.
