@@ -52,8 +52,10 @@ pub use crate::{
     },
 };
 
+/// The glue `#[flumen::service]` expands to. Not a stable API.
 #[doc(hidden)]
-pub use crate::service::__private;
+#[path = "glue.rs"]
+pub mod __private;
 /// Defines a service from a trait of `async fn`s: a typed client, a server adapter and stable
 /// method ids.
 ///

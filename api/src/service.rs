@@ -1,5 +1,5 @@
-//! What `#[flumen::service]` builds on: the call context, the per-method error type, typed
-//! streams in both directions, and the glue the generated code calls (`__private`).
+//! What `#[flumen::service]` builds on: the call context, the per-method error type and typed
+//! streams in both directions (the glue the generated code calls is in `glue`).
 
 use std::{
     fmt,
@@ -119,7 +119,7 @@ impl<T> WithAttachment<T> {
 /// Joins an encoded message and an attachment as methods with attachments lay them out: a
 /// `u32` (little-endian) message length, the message, then the attachment's bytes. Only the
 /// small message is copied; the attachment is written from its own buffer.
-fn attached(message: Bytes, attachment: Attachment) -> (Bytes, Bytes) {
+pub(crate) fn attached(message: Bytes, attachment: Attachment) -> (Bytes, Bytes) {
     let mut head = bytes::BytesMut::with_capacity(4 + message.len());
     head.extend_from_slice(&(message.len() as u32).to_le_bytes());
     head.extend_from_slice(&message);
@@ -127,7 +127,7 @@ fn attached(message: Bytes, attachment: Attachment) -> (Bytes, Bytes) {
 }
 
 /// Splits a body laid out by [`attached`] into message and attachment, without copying.
-fn detach(mut body: Bytes) -> Result<(Bytes, Attachment), CodecError> {
+pub(crate) fn detach(mut body: Bytes) -> Result<(Bytes, Attachment), CodecError> {
     let len = body
         .first_chunk::<4>()
         .map(|prefix| u32::from_le_bytes(*prefix) as usize)
@@ -304,7 +304,7 @@ impl<T> Stream for Streaming<T> {
     }
 }
 
-type Pump = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+pub(crate) type Pump = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
 /// The server's items of a server-streaming or bidirectional call, decoded, as the caller
 /// sees them: each item, then the end; or an error (the method's own, or the framework's) and
@@ -330,6 +330,18 @@ impl<T, E, C> fmt::Debug for ReplyItems<T, E, C> {
 }
 
 impl<T, E, C> ReplyItems<T, E, C> {
+    /// The items of `replies`, decoded with `codec`; `pump` sends the caller's items
+    /// (bidirectional calls) as the stream is polled, if no task sends them.
+    pub(crate) fn new(replies: flumen_stream::ReplyStream, codec: C, pump: Option<Pump>) -> Self {
+        Self {
+            replies,
+            codec,
+            pump: pump.map(std::sync::Mutex::new),
+            done: false,
+            types: PhantomData,
+        }
+    }
+
     /// Bytes received and not yet taken (bounded by the client's stream window).
     pub fn buffered(&self) -> usize {
         self.replies.buffered()
@@ -380,7 +392,7 @@ impl<T: DeserializeOwned, E: DeserializeOwned, C: Codec> Stream for ReplyItems<T
 }
 
 /// A call error as the typed caller sees it: an `APPLICATION` error decodes as `E`.
-fn rpc_error<E: DeserializeOwned, C: Codec>(
+pub(crate) fn rpc_error<E: DeserializeOwned, C: Codec>(
     codec: &C,
     error: flumen_stream::CallError,
 ) -> RpcError<E> {
@@ -404,514 +416,4 @@ pub trait Service<C: Codec> {
     /// [`RouteError`] if a method id is already taken on `router` (two services whose
     /// `Service.method` names hash alike): a collision is never a silent mis-route.
     fn register(self, router: Router<C>) -> Result<Router<C>, RouteError>;
-}
-
-/// The glue `#[flumen::service]` expands to. Not a stable API.
-#[doc(hidden)]
-pub mod __private {
-    use std::sync::Arc;
-
-    use flumen_stream::{CallOptions, StreamMode};
-    use futures_lite::{FutureExt, StreamExt};
-
-    use super::*;
-    use crate::{Client, MethodId};
-
-    pub use flumen_balance::Route;
-    pub use futures_lite::Stream;
-    pub use serde::{de::DeserializeOwned, Serialize};
-
-    fn bad_request(error: flumen_codec::CodecError) -> Status {
-        Status::new(ErrorCode::BAD_REQUEST, error.to_string())
-    }
-
-    fn internal(error: flumen_codec::CodecError) -> Status {
-        Status::new(ErrorCode::INTERNAL, error.to_string())
-    }
-
-    /// The reply to a handler's result: the value, or the method's error as `APPLICATION`.
-    fn reply<T: Serialize, E: Serialize + fmt::Display, C: Codec>(
-        codec: &C,
-        result: Result<T, E>,
-    ) -> Result<Bytes, Status> {
-        match result {
-            Ok(value) => codec.encode(&value).map_err(internal),
-            Err(error) => Err(application(codec, &error)),
-        }
-    }
-
-    fn application<E: Serialize + fmt::Display, C: Codec>(codec: &C, error: &E) -> Status {
-        match codec.encode(error) {
-            Ok(body) => Status::application_value(error.to_string(), body),
-            Err(e) => internal(e),
-        }
-    }
-
-    fn stream_parts<C: Codec, I: DeserializeOwned>(
-        request: &Request,
-        codec: &C,
-    ) -> Result<Streaming<I>, Status> {
-        request
-            .items()
-            .map(|items| Streaming::new(items, codec.clone()))
-            .ok_or_else(|| Status::new(ErrorCode::BAD_REQUEST, "expected a client stream"))
-    }
-
-    /// Registers a unary method: decode the arguments, run, encode the result.
-    pub fn unary<S, A, T, E, C, F, Fut>(
-        router: Router<C>,
-        name: &str,
-        service: Arc<S>,
-        handler: F,
-    ) -> Result<Router<C>, RouteError>
-    where
-        S: Send + Sync + 'static,
-        A: DeserializeOwned + Send + 'static,
-        T: Serialize + Send + 'static,
-        E: Serialize + fmt::Display + Send + 'static,
-        C: Codec,
-        F: Fn(Arc<S>, Context, A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let codec = router.codec().clone();
-        router.try_route_raw(name, move |request: Request| {
-            let args = codec.decode::<A>(request.body()).map_err(bad_request);
-            let context = Context::from_request(&request);
-            let codec = codec.clone();
-            let call = args.map(|args| handler(service.clone(), context, args));
-            async move { reply(&codec, call?.await) }
-        })
-    }
-
-    /// Registers a server-streaming method: each item the handler's stream yields is sent as
-    /// the client grants credit; its first error ends the call with that error.
-    pub fn server_streaming<S, A, T, E, C, F, Fut, St>(
-        router: Router<C>,
-        name: &str,
-        service: Arc<S>,
-        handler: F,
-    ) -> Result<Router<C>, RouteError>
-    where
-        S: Send + Sync + 'static,
-        A: DeserializeOwned + Send + 'static,
-        T: Serialize + Send + 'static,
-        E: Serialize + fmt::Display + Send + 'static,
-        C: Codec,
-        F: Fn(Arc<S>, Context, A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = St> + Send + 'static,
-        St: Stream<Item = Result<T, E>> + Send + 'static,
-    {
-        streaming_route(router, name, move |request, codec| {
-            let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
-            Ok(handler(
-                service.clone(),
-                Context::from_request(request),
-                args,
-            ))
-        })
-    }
-
-    /// Registers a bidirectional method: as [`server_streaming`], with the client's items
-    /// handed to the handler as a [`Streaming`].
-    pub fn bidirectional<S, A, I, T, E, C, F, Fut, St>(
-        router: Router<C>,
-        name: &str,
-        service: Arc<S>,
-        handler: F,
-    ) -> Result<Router<C>, RouteError>
-    where
-        S: Send + Sync + 'static,
-        A: DeserializeOwned + Send + 'static,
-        I: DeserializeOwned + Send + 'static,
-        T: Serialize + Send + 'static,
-        E: Serialize + fmt::Display + Send + 'static,
-        C: Codec,
-        F: Fn(Arc<S>, Context, A, Streaming<I>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = St> + Send + 'static,
-        St: Stream<Item = Result<T, E>> + Send + 'static,
-    {
-        streaming_route(router, name, move |request, codec| {
-            let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
-            let items = stream_parts(request, codec)?;
-            Ok(handler(
-                service.clone(),
-                Context::from_request(request),
-                args,
-                items,
-            ))
-        })
-    }
-
-    fn streaming_route<T, E, C, F, Fut, St>(
-        router: Router<C>,
-        name: &str,
-        start: F,
-    ) -> Result<Router<C>, RouteError>
-    where
-        T: Serialize + Send + 'static,
-        E: Serialize + fmt::Display + Send + 'static,
-        C: Codec,
-        F: Fn(&Request, &C) -> Result<Fut, Status> + Send + Sync + 'static,
-        Fut: Future<Output = St> + Send + 'static,
-        St: Stream<Item = Result<T, E>> + Send + 'static,
-    {
-        let codec = router.codec().clone();
-        router.try_route_raw(name, move |request: Request| {
-            let codec = codec.clone();
-            let started = request
-                .sink()
-                .ok_or_else(|| Status::new(ErrorCode::BAD_REQUEST, "expected a stream"))
-                .and_then(|sink| Ok((sink, start(&request, &codec)?)));
-            async move {
-                let (sink, stream) = started?;
-                let mut stream = std::pin::pin!(stream.await);
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(value) => sink.send(codec.encode(&value).map_err(internal)?).await?,
-                        Err(error) => return Err(application(&codec, &error)),
-                    }
-                }
-                Ok(Bytes::new())
-            }
-        })
-    }
-
-    /// Items of a stream declared without an error type, as `Ok`s.
-    pub fn ok_items<T, St: Stream<Item = T>>(stream: St) -> impl Stream<Item = Result<T, NoError>> {
-        stream.map(Ok)
-    }
-
-    /// Registers a client-streaming method: the handler gets the client's items as a
-    /// [`Streaming`] and returns one result.
-    pub fn client_streaming<S, A, I, T, E, C, F, Fut>(
-        router: Router<C>,
-        name: &str,
-        service: Arc<S>,
-        handler: F,
-    ) -> Result<Router<C>, RouteError>
-    where
-        S: Send + Sync + 'static,
-        A: DeserializeOwned + Send + 'static,
-        I: DeserializeOwned + Send + 'static,
-        T: Serialize + Send + 'static,
-        E: Serialize + fmt::Display + Send + 'static,
-        C: Codec,
-        F: Fn(Arc<S>, Context, A, Streaming<I>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let codec = router.codec().clone();
-        router.try_route_raw(name, move |request: Request| {
-            let codec = codec.clone();
-            let started = (|| {
-                let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
-                let items = stream_parts(&request, &codec)?;
-                let context = Context::from_request(&request);
-                Ok(handler(service.clone(), context, args, items))
-            })();
-            async move { reply(&codec, started?.await) }
-        })
-    }
-
-    /// A unary call.
-    pub async fn call<A, T, E, C>(
-        client: &Client<C>,
-        options: &CallOptions,
-        method: MethodId,
-        route: Route,
-        args: &A,
-    ) -> Result<T, RpcError<E>>
-    where
-        A: Serialize + ?Sized,
-        T: DeserializeOwned,
-        E: DeserializeOwned,
-        C: Codec,
-    {
-        let body = client.codec().encode(args).map_err(Error::Encode)?;
-        match client
-            .call_parts(method, (body, Bytes::new()), options, route)
-            .await
-        {
-            Ok(reply) => client
-                .codec()
-                .decode(&reply)
-                .map_err(|e| Error::Decode(e).into()),
-            Err(e) => Err(rpc_error(client.codec(), e)),
-        }
-    }
-
-    /// A unary call from a plain thread.
-    pub fn call_blocking<A, T, E, C>(
-        client: &Client<C>,
-        options: &CallOptions,
-        method: MethodId,
-        route: Route,
-        args: &A,
-    ) -> Result<T, RpcError<E>>
-    where
-        A: Serialize + ?Sized,
-        T: DeserializeOwned,
-        E: DeserializeOwned,
-        C: Codec,
-    {
-        let body = client.codec().encode(args).map_err(Error::Encode)?;
-        match client.call_blocking_parts(method, (body, Bytes::new()), options, route) {
-            Ok(reply) => client
-                .codec()
-                .decode(&reply)
-                .map_err(|e| Error::Decode(e).into()),
-            Err(e) => Err(rpc_error(client.codec(), e)),
-        }
-    }
-
-    /// Opens a server-streaming call.
-    pub async fn server_stream<A, T, E, C>(
-        client: &Client<C>,
-        options: &CallOptions,
-        method: MethodId,
-        route: Route,
-        args: &A,
-    ) -> Result<ReplyItems<T, E, C>, RpcError<E>>
-    where
-        A: Serialize + ?Sized,
-        C: Codec,
-    {
-        let body = client.codec().encode(args).map_err(Error::Encode)?;
-        let (_, replies) = client
-            .open_stream(method, body, StreamMode::ServerStreaming, options, route)
-            .await
-            .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
-        Ok(ReplyItems {
-            replies,
-            codec: client.codec().clone(),
-            pump: None,
-            done: false,
-            types: PhantomData,
-        })
-    }
-
-    /// Sends every item of `items`, then ends the client's stream.
-    fn pump<I, S, C>(mut sender: flumen_stream::RequestSender, items: S, codec: C) -> Pump
-    where
-        I: Serialize + Send,
-        S: Stream<Item = I> + Send + 'static,
-        C: Codec,
-    {
-        Box::pin(async move {
-            let mut items = std::pin::pin!(items);
-            loop {
-                // Stop waiting for the caller's next item once the call is over.
-                let next = async { Some(items.next().await) };
-                let over = async {
-                    sender.closed().await;
-                    None
-                };
-                let Some(Some(item)) = next.or(over).await else {
-                    break;
-                };
-                let body = codec.encode(&item).map_err(Error::Encode)?;
-                if sender.send(body).await.is_err() {
-                    // The call is over (the server answered early, or it failed): the reply
-                    // says why.
-                    return Ok(());
-                }
-            }
-            if sender.is_open() {
-                sender.finish().await;
-            }
-            Ok(())
-        })
-    }
-
-    /// A client-streaming call: sends `items`, returns the server's one reply (which may come
-    /// before every item was sent).
-    pub async fn client_stream<A, I, S, T, E, C>(
-        client: &Client<C>,
-        options: &CallOptions,
-        method: MethodId,
-        route: Route,
-        args: &A,
-        items: S,
-    ) -> Result<T, RpcError<E>>
-    where
-        A: Serialize + ?Sized,
-        I: Serialize + Send,
-        S: Stream<Item = I> + Send + 'static,
-        T: DeserializeOwned,
-        E: DeserializeOwned,
-        C: Codec,
-    {
-        let codec = client.codec();
-        let body = codec.encode(args).map_err(Error::Encode)?;
-        let (sender, replies) = client
-            .open_stream(method, body, StreamMode::ClientStreaming, options, route)
-            .await
-            .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
-        let sender = sender.ok_or(RpcError::Rpc(Error::Call(
-            flumen_stream::CallError::NotSent(flumen_stream::ConnectionError::Closed),
-        )))?;
-        let pump = pump(sender, items, codec.clone());
-        let sending = async move {
-            match pump.await {
-                Ok(()) => std::future::pending().await,
-                Err(e) => Err(RpcError::Rpc(e)),
-            }
-        };
-        let reply = async move {
-            match replies.response().await {
-                Ok(body) => codec
-                    .decode(&body)
-                    .map_err(|e| RpcError::Rpc(Error::Decode(e))),
-                Err(e) => Err(rpc_error(codec, e)),
-            }
-        };
-        reply.or(sending).await
-    }
-
-    /// Opens a bidirectional call: `items` are sent as the returned stream is polled.
-    pub async fn bidi_stream<A, I, S, T, E, C>(
-        client: &Client<C>,
-        options: &CallOptions,
-        method: MethodId,
-        route: Route,
-        args: &A,
-        items: S,
-    ) -> Result<ReplyItems<T, E, C>, RpcError<E>>
-    where
-        A: Serialize + ?Sized,
-        I: Serialize + Send,
-        S: Stream<Item = I> + Send + 'static,
-        C: Codec,
-    {
-        let codec = client.codec();
-        let body = codec.encode(args).map_err(Error::Encode)?;
-        let (sender, replies) = client
-            .open_stream(method, body, StreamMode::Bidirectional, options, route)
-            .await
-            .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
-        let mut pump = sender.map(|sender| pump(sender, items, codec.clone()));
-        if let (Some(spawner), Some(sending)) = (client.spawner(), pump.take()) {
-            // An item that does not encode drops the sender unfinished: the server sees the
-            // stream abandoned and ends the call with an error.
-            spawner.spawn(Box::pin(async move {
-                let _ = sending.await;
-            }));
-        }
-        Ok(ReplyItems {
-            replies,
-            codec: codec.clone(),
-            pump: pump.map(std::sync::Mutex::new),
-            done: false,
-            types: PhantomData,
-        })
-    }
-
-    /// A reply value as the server sends it: plain, or with an attachment.
-    pub trait ReplyBody: Send + 'static {
-        /// The reply's body.
-        fn into_reply<C: Codec>(self, codec: &C) -> Result<flumen_stream::Reply, CodecError>;
-    }
-
-    /// A plain reply value.
-    #[derive(Debug)]
-    pub struct Plain<T>(pub T);
-
-    impl<T: Serialize + Send + 'static> ReplyBody for Plain<T> {
-        fn into_reply<C: Codec>(self, codec: &C) -> Result<flumen_stream::Reply, CodecError> {
-            codec.encode(&self.0).map(Into::into)
-        }
-    }
-
-    impl<T: Serialize + Send + 'static> ReplyBody for WithAttachment<T> {
-        fn into_reply<C: Codec>(self, codec: &C) -> Result<flumen_stream::Reply, CodecError> {
-            let (head, tail) = attached(codec.encode(&self.value)?, self.attachment);
-            Ok(flumen_stream::Reply::parts(head, tail))
-        }
-    }
-
-    /// Registers a unary method with an attachment on its request (`request_attached`), its
-    /// reply (`R` is [`WithAttachment`]), or both.
-    pub fn unary_attached<S, A, R, E, C, F, Fut>(
-        router: Router<C>,
-        name: &str,
-        service: Arc<S>,
-        request_attached: bool,
-        handler: F,
-    ) -> Result<Router<C>, RouteError>
-    where
-        S: Send + Sync + 'static,
-        A: DeserializeOwned + Send + 'static,
-        R: ReplyBody,
-        E: Serialize + fmt::Display + Send + 'static,
-        C: Codec,
-        F: Fn(Arc<S>, Context, A, Attachment) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<R, E>> + Send + 'static,
-    {
-        let codec = router.codec().clone();
-        router.try_route_reply(name, move |request: Request| {
-            let context = Context::from_request(&request);
-            let body = request.into_body();
-            let parts = match request_attached {
-                true => detach(body).map_err(bad_request),
-                false => Ok((body, Attachment::default())),
-            };
-            let call = parts.and_then(|(message, attachment)| {
-                let args = codec.decode::<A>(&message).map_err(bad_request)?;
-                Ok(handler(service.clone(), context, args, attachment))
-            });
-            let codec = codec.clone();
-            async move {
-                match call?.await {
-                    Ok(value) => value.into_reply(&codec).map_err(internal),
-                    Err(error) => Err(application(&codec, &error)),
-                }
-            }
-        })
-    }
-
-    /// A unary call with an attachment on the request, the reply, or both: returns the raw
-    /// reply, for [`decode_reply`] or [`detach_reply`].
-    pub async fn call_attached<A, E, C>(
-        client: &Client<C>,
-        options: &CallOptions,
-        method: MethodId,
-        route: Route,
-        args: &A,
-        attachment: Option<Attachment>,
-    ) -> Result<Bytes, RpcError<E>>
-    where
-        A: Serialize + ?Sized,
-        E: DeserializeOwned,
-        C: Codec,
-    {
-        let codec = client.codec();
-        let message = codec.encode(args).map_err(Error::Encode)?;
-        let (head, tail) = match attachment {
-            Some(attachment) => attached(message, attachment),
-            None => (message, Bytes::new()),
-        };
-        client
-            .call_parts(method, (head, tail), options, route)
-            .await
-            .map_err(|e| rpc_error(codec, e))
-    }
-
-    /// Decodes a plain reply.
-    pub fn decode_reply<T: DeserializeOwned, E, C: Codec>(
-        codec: &C,
-        body: Bytes,
-    ) -> Result<T, RpcError<E>> {
-        codec.decode(&body).map_err(|e| Error::Decode(e).into())
-    }
-
-    /// Decodes a reply laid out with an attachment.
-    pub fn detach_reply<T: DeserializeOwned, E, C: Codec>(
-        codec: &C,
-        body: Bytes,
-    ) -> Result<WithAttachment<T>, RpcError<E>> {
-        let (message, attachment) = detach(body).map_err(Error::Decode)?;
-        Ok(WithAttachment {
-            value: codec.decode(&message).map_err(Error::Decode)?,
-            attachment,
-        })
-    }
 }

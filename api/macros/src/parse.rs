@@ -1,0 +1,297 @@
+//! What the macro reads: its arguments and each method's shape (context, arguments, client
+//! stream, attachment, reply or reply stream, error type, `#[idempotent]`).
+
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::quote;
+use syn::{
+    parse::{Parse, ParseStream},
+    spanned::Spanned,
+    Attribute, Error, FnArg, GenericArgument, Ident, LitStr, Pat, Path, PathArguments, ReturnType,
+    Token, TraitItemFn, Type, TypeParamBound,
+};
+
+/// `#[service]` or `#[service(crate = "path::to::flumen")]`.
+pub(crate) struct Args {
+    pub(crate) krate: Option<Path>,
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.is_empty() {
+            return Ok(Self { krate: None });
+        }
+        input.parse::<Token![crate]>()?;
+        input.parse::<Token![=]>()?;
+        let path: LitStr = input.parse()?;
+        Ok(Self {
+            krate: Some(path.parse()?),
+        })
+    }
+}
+
+/// The path of the `flumen` crate as the caller's crate names it.
+pub(crate) fn krate(args: &Args) -> TokenStream2 {
+    if let Some(path) = &args.krate {
+        return quote!(#path);
+    }
+    match proc_macro_crate::crate_name("flumen") {
+        Ok(proc_macro_crate::FoundCrate::Name(name)) => {
+            let name = Ident::new(&name, Span::call_site());
+            quote!(::#name)
+        }
+        // Inside flumen's own tests and examples the crate is reachable by its name.
+        Ok(proc_macro_crate::FoundCrate::Itself) | Err(_) => quote!(::flumen),
+    }
+}
+
+/// What a method returns: one value (`T` or `Result<T, E>`), or with `stream` set, a stream of
+/// such items (`impl Stream<Item = T>` or `Item = Result<T, E>`).
+pub(crate) struct Output {
+    pub(crate) ok: Type,
+    pub(crate) err: Option<Type>,
+    /// The declared item type of a streaming method.
+    pub(crate) stream: Option<Box<Type>>,
+}
+
+pub(crate) struct Method {
+    pub(crate) name: Ident,
+    pub(crate) docs: Vec<Attribute>,
+    /// The `Context` parameter, if declared.
+    pub(crate) context: Option<(Pat, Type)>,
+    /// The message arguments, in order.
+    pub(crate) args: Vec<(Ident, Type)>,
+    /// The client's stream: its parameter name and item type.
+    pub(crate) stream_in: Option<(Ident, Type)>,
+    /// The request's attachment parameter.
+    pub(crate) attachment: Option<Ident>,
+    pub(crate) output: Output,
+    /// Declared `#[idempotent]`: safe to run twice, so a balanced client may retry it after
+    /// a connection broke mid-call.
+    pub(crate) idempotent: bool,
+}
+
+impl Method {
+    /// Whether the reply carries an attachment (`WithAttachment<T>`).
+    pub(crate) fn reply_attached(&self) -> bool {
+        self.output.stream.is_none()
+            && last_segment(&self.output.ok).is_some_and(|s| s.ident == "WithAttachment")
+    }
+}
+
+fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+    match ty {
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
+        _ => None,
+    }
+}
+
+/// The type arguments of `Name<A, B>`.
+fn type_args(segment: &syn::PathSegment) -> Vec<&Type> {
+    match &segment.arguments {
+        PathArguments::AngleBracketed(args) => args
+            .args
+            .iter()
+            .filter_map(|arg| match arg {
+                GenericArgument::Type(ty) => Some(ty),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `Result<T, E>` as `(T, Some(E))`, anything else as `(ty, None)`.
+fn split_result(ty: &Type) -> (Type, Option<Type>) {
+    if let Some(segment) = last_segment(ty) {
+        if segment.ident == "Result" {
+            if let [ok, err] = type_args(segment)[..] {
+                return (ok.clone(), Some(err.clone()));
+            }
+        }
+    }
+    (ty.clone(), None)
+}
+
+fn parse_output(output: &ReturnType) -> syn::Result<Output> {
+    let ty = match output {
+        ReturnType::Default => {
+            return Ok(Output {
+                ok: syn::parse_quote!(()),
+                err: None,
+                stream: None,
+            })
+        }
+        ReturnType::Type(_, ty) => ty,
+    };
+    if let Type::ImplTrait(imp) = &**ty {
+        for bound in &imp.bounds {
+            let TypeParamBound::Trait(trait_bound) = bound else {
+                continue;
+            };
+            let Some(segment) = trait_bound.path.segments.last() else {
+                continue;
+            };
+            if segment.ident != "Stream" {
+                continue;
+            }
+            if let PathArguments::AngleBracketed(args) = &segment.arguments {
+                for arg in &args.args {
+                    if let GenericArgument::AssocType(assoc) = arg {
+                        if assoc.ident == "Item" {
+                            let (ok, err) = split_result(&assoc.ty);
+                            return Ok(Output {
+                                ok,
+                                err,
+                                stream: Some(Box::new(assoc.ty.clone())),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        return Err(Error::new(
+            ty.span(),
+            "a streaming method returns `impl Stream<Item = Result<T, E>>` (or `Item = T`)",
+        ));
+    }
+    let (ok, err) = split_result(ty);
+    Ok(Output {
+        ok,
+        err,
+        stream: None,
+    })
+}
+
+fn contains_reference(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(_) => true,
+        Type::Path(path) => path
+            .path
+            .segments
+            .iter()
+            .any(|segment| type_args(segment).into_iter().any(contains_reference)),
+        Type::Tuple(tuple) => tuple.elems.iter().any(contains_reference),
+        Type::Array(array) => contains_reference(&array.elem),
+        Type::Slice(_) => true,
+        Type::Paren(inner) => contains_reference(&inner.elem),
+        Type::Group(inner) => contains_reference(&inner.elem),
+        _ => false,
+    }
+}
+
+pub(crate) fn parse_method(method: &TraitItemFn) -> syn::Result<Method> {
+    let sig = &method.sig;
+    if sig.asyncness.is_none() {
+        return Err(Error::new(
+            sig.fn_token.span(),
+            "service methods must be `async fn`: every call is awaited",
+        ));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        return Err(Error::new(
+            sig.generics.span(),
+            "service methods cannot be generic: client and server must agree on each type",
+        ));
+    }
+    if let Some(body) = &method.default {
+        return Err(Error::new(
+            body.span(),
+            "service methods cannot have a default body",
+        ));
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(receiver))
+            if receiver.reference.is_some() && receiver.mutability.is_none() => {}
+        _ => {
+            return Err(Error::new(
+                sig.ident.span(),
+                "service methods take `&self`: one server handles many calls at once",
+            ))
+        }
+    }
+    let mut context = None;
+    let mut args = Vec::new();
+    let mut stream_in = None;
+    let mut attachment = None;
+    let count = sig.inputs.len() - 1;
+    for (index, input) in inputs.enumerate() {
+        let FnArg::Typed(typed) = input else {
+            return Err(Error::new(input.span(), "unexpected receiver"));
+        };
+        let ty = &*typed.ty;
+        if contains_reference(ty) {
+            return Err(Error::new(
+                ty.span(),
+                "service method arguments are decoded from the request, so they must be owned \
+                 (use `String` for `&str`, `Vec<T>` for `&[T]`)",
+            ));
+        }
+        let segment = last_segment(ty);
+        if index == 0 && segment.is_some_and(|s| s.ident == "Context") {
+            context = Some(((*typed.pat).clone(), ty.clone()));
+            continue;
+        }
+        let Pat::Ident(pat) = &*typed.pat else {
+            return Err(Error::new(
+                typed.pat.span(),
+                "service method arguments must be plain names",
+            ));
+        };
+        if let Some(segment) = segment.filter(|s| s.ident == "Streaming") {
+            if index + 1 != count {
+                return Err(Error::new(
+                    ty.span(),
+                    "the `Streaming` argument must be the method's last",
+                ));
+            }
+            let [item] = type_args(segment)[..] else {
+                return Err(Error::new(ty.span(), "expected `Streaming<T>`"));
+            };
+            stream_in = Some((pat.ident.clone(), item.clone()));
+            continue;
+        }
+        if segment.is_some_and(|s| s.ident == "Attachment") {
+            if index + 1 != count {
+                return Err(Error::new(
+                    ty.span(),
+                    "the `Attachment` argument must be the method's last",
+                ));
+            }
+            attachment = Some(pat.ident.clone());
+            continue;
+        }
+        args.push((pat.ident.clone(), ty.clone()));
+    }
+    let output = parse_output(&sig.output)?;
+    let mut idempotent = false;
+    for attr in method
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("idempotent"))
+    {
+        attr.meta.require_path_only()?;
+        idempotent = true;
+    }
+    if attachment.is_some() && (stream_in.is_some() || output.stream.is_some()) {
+        return Err(Error::new(
+            sig.ident.span(),
+            "attachments are for unary methods: a streaming method sends raw bytes as items",
+        ));
+    }
+    Ok(Method {
+        name: sig.ident.clone(),
+        docs: method
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .cloned()
+            .collect(),
+        context,
+        args,
+        stream_in,
+        attachment,
+        output,
+        idempotent,
+    })
+}
