@@ -165,77 +165,77 @@ pub(crate) fn client_type(
             client: #krate::Client<C>,
             options: #krate::CallOptions,
             affinity: ::core::option::Option<u64>,
-    }
+        }
 
-    impl #client {
-        #(#id_consts)*
-    }
+        impl #client {
+            #(#id_consts)*
+        }
 
-    const _: () = {
-        let ids: [u32; #n] = [#(#client::#id_names.as_u32()),*];
-        let mut i = 0;
-        while i < ids.len() {
-            let mut j = i + 1;
-            while j < ids.len() {
-                if ids[i] == ids[j] {
-                    ::core::panic!(#collision);
+        const _: () = {
+            let ids: [u32; #n] = [#(#client::#id_names.as_u32()),*];
+            let mut i = 0;
+            while i < ids.len() {
+                let mut j = i + 1;
+                while j < ids.len() {
+                    if ids[i] == ids[j] {
+                        ::core::panic!(#collision);
+                    }
+                    j += 1;
                 }
-                j += 1;
+                i += 1;
             }
-            i += 1;
-        }
-    };
+        };
 
-    impl<C: #krate::Codec> #client<C> {
-        /// A client of this service on `client`'s connection.
-        pub fn new(client: #krate::Client<C>) -> Self {
-            Self { client, options: #krate::CallOptions::new(), affinity: ::core::option::Option::None }
-        }
-
-        /// The same client, whose calls use `timeout` (`None`: no deadline) instead of the
-        /// connection's default. Streaming calls have no deadline unless one is set here.
-        pub fn with_timeout(&self, timeout: ::core::option::Option<::core::time::Duration>) -> Self {
-            Self {
-                client: ::core::clone::Clone::clone(&self.client),
-                options: ::core::clone::Clone::clone(&self.options).timeout(timeout),
-                affinity: self.affinity,
+        impl<C: #krate::Codec> #client<C> {
+            /// A client of this service on `client`'s connection.
+            pub fn new(client: #krate::Client<C>) -> Self {
+                Self { client, options: #krate::CallOptions::new(), affinity: ::core::option::Option::None }
             }
-        }
 
-        /// The same client, whose calls carry `metadata` (tracing ids, auth).
-        ///
-        /// # Errors
-        ///
-        /// If the metadata exceeds its limits (entries, bytes).
-        pub fn with_metadata(
-            &self,
-            metadata: &#krate::Metadata,
-        ) -> ::core::result::Result<Self, #krate::stream::metadata::MetadataError> {
-            ::core::result::Result::Ok(Self {
-                client: ::core::clone::Clone::clone(&self.client),
-                options: ::core::clone::Clone::clone(&self.options).metadata(metadata)?,
-                affinity: self.affinity,
-            })
-        }
-
-        /// The same client, whose calls carry the affinity `key`: a balanced client with
-        /// `Strategy::ConsistentHash` sends every call with one key to the same endpoint
-        /// (for caches), and moves only a share of the keys when endpoints come and go.
-        pub fn with_affinity(&self, key: impl ::core::convert::AsRef<[u8]>) -> Self {
-            Self {
-                client: ::core::clone::Clone::clone(&self.client),
-                options: ::core::clone::Clone::clone(&self.options),
-                affinity: ::core::option::Option::Some(#krate::balance::affinity(key)),
+            /// The same client, whose calls use `timeout` (`None`: no deadline) instead of the
+            /// connection's default. Streaming calls have no deadline unless one is set here.
+            pub fn with_timeout(&self, timeout: ::core::option::Option<::core::time::Duration>) -> Self {
+                Self {
+                    client: ::core::clone::Clone::clone(&self.client),
+                    options: ::core::clone::Clone::clone(&self.options).timeout(timeout),
+                    affinity: self.affinity,
+                }
             }
-        }
 
-        /// The connection underneath.
-        pub fn client(&self) -> &#krate::Client<C> {
-            &self.client
-        }
+            /// The same client, whose calls carry `metadata` (tracing ids, auth).
+            ///
+            /// # Errors
+            ///
+            /// If the metadata exceeds its limits (entries, bytes).
+            pub fn with_metadata(
+                &self,
+                metadata: &#krate::Metadata,
+            ) -> ::core::result::Result<Self, #krate::stream::metadata::MetadataError> {
+                ::core::result::Result::Ok(Self {
+                    client: ::core::clone::Clone::clone(&self.client),
+                    options: ::core::clone::Clone::clone(&self.options).metadata(metadata)?,
+                    affinity: self.affinity,
+                })
+            }
 
-        #(#client_fns)*
-    }
+            /// The same client, whose calls carry the affinity `key`: a balanced client with
+            /// `Strategy::ConsistentHash` sends every call with one key to the same endpoint
+            /// (for caches), and moves only a share of the keys when endpoints come and go.
+            pub fn with_affinity(&self, key: impl ::core::convert::AsRef<[u8]>) -> Self {
+                Self {
+                    client: ::core::clone::Clone::clone(&self.client),
+                    options: ::core::clone::Clone::clone(&self.options),
+                    affinity: ::core::option::Option::Some(#krate::balance::affinity(key)),
+                }
+            }
+
+            /// The connection underneath.
+            pub fn client(&self) -> &#krate::Client<C> {
+                &self.client
+            }
+
+            #(#client_fns)*
+        }
 
     }
 }

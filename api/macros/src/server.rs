@@ -124,75 +124,75 @@ pub(crate) fn server_type(
             service: ::std::sync::Arc<S>,
             /// The MessagePack routes, for serving this service alone (`Dispatch`).
             router: ::std::sync::Arc<#krate::Router>,
-    }
-
-    impl<S> ::core::clone::Clone for #server<S> {
-        fn clone(&self) -> Self {
-            Self {
-                service: ::core::clone::Clone::clone(&self.service),
-                router: ::core::clone::Clone::clone(&self.router),
-            }
-        }
-    }
-
-    impl<S> ::core::fmt::Debug for #server<S> {
-        fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-            f.write_str(::core::concat!(::core::stringify!(#server), " { .. }"))
-        }
-    }
-
-    impl<S: #service> #server<S> {
-        /// Serves `service`.
-        pub fn new(service: S) -> Self {
-            Self::from_arc(::std::sync::Arc::new(service))
         }
 
-        /// Serves a shared `service`.
-        pub fn from_arc(service: ::std::sync::Arc<S>) -> Self {
-            let router = Self::routes(#krate::Router::new(), &service);
-            Self { service, router: ::std::sync::Arc::new(router) }
-        }
-
-        /// A MessagePack router serving only this service (add others with
-        /// `Router::service`).
-        pub fn into_router(self) -> #krate::Router {
-            Self::routes(#krate::Router::new(), &self.service)
-        }
-
-        fn routes(router: #krate::Router, service: &::std::sync::Arc<S>) -> #krate::Router {
-            match Self::register_on(router, service) {
-                ::core::result::Result::Ok(router) => router,
-                // Ids within one service are checked at compile time, and the router is new.
-                ::core::result::Result::Err(error) => ::core::panic!("{}", error),
+        impl<S> ::core::clone::Clone for #server<S> {
+            fn clone(&self) -> Self {
+                Self {
+                    service: ::core::clone::Clone::clone(&self.service),
+                    router: ::core::clone::Clone::clone(&self.router),
+                }
             }
         }
 
-        fn register_on<C: #krate::Codec>(
-            router: #krate::Router<C>,
-            __flumen_service_arc: &::std::sync::Arc<S>,
-        ) -> ::core::result::Result<#krate::Router<C>, #krate::RouteError> {
-            #(#registrations)*
-            ::core::result::Result::Ok(router)
+        impl<S> ::core::fmt::Debug for #server<S> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.write_str(::core::concat!(::core::stringify!(#server), " { .. }"))
+            }
         }
-    }
 
-    impl<S: #service, C: #krate::Codec> #krate::Service<C> for #server<S> {
-        fn register(
-            self,
-            router: #krate::Router<C>,
-        ) -> ::core::result::Result<#krate::Router<C>, #krate::RouteError> {
-            Self::register_on(router, &self.service)
+        impl<S: #service> #server<S> {
+            /// Serves `service`.
+            pub fn new(service: S) -> Self {
+                Self::from_arc(::std::sync::Arc::new(service))
+            }
+
+            /// Serves a shared `service`.
+            pub fn from_arc(service: ::std::sync::Arc<S>) -> Self {
+                let router = Self::routes(#krate::Router::new(), &service);
+                Self { service, router: ::std::sync::Arc::new(router) }
+            }
+
+            /// A MessagePack router serving only this service (add others with
+            /// `Router::service`).
+            pub fn into_router(self) -> #krate::Router {
+                Self::routes(#krate::Router::new(), &self.service)
+            }
+
+            fn routes(router: #krate::Router, service: &::std::sync::Arc<S>) -> #krate::Router {
+                match Self::register_on(router, service) {
+                    ::core::result::Result::Ok(router) => router,
+                    // Ids within one service are checked at compile time, and the router is new.
+                    ::core::result::Result::Err(error) => ::core::panic!("{}", error),
+                }
+            }
+
+            fn register_on<C: #krate::Codec>(
+                router: #krate::Router<C>,
+                __flumen_service_arc: &::std::sync::Arc<S>,
+            ) -> ::core::result::Result<#krate::Router<C>, #krate::RouteError> {
+                #(#registrations)*
+                ::core::result::Result::Ok(router)
+            }
         }
-    }
 
-    /// Serves this service alone on a `flumen::Server` (MessagePack).
-    impl<S: #service> #krate::Dispatch for #server<S> {
-        type Future = #krate::RouterFuture;
-
-        fn dispatch(&self, request: #krate::Request) -> #krate::RouterFuture {
-            #krate::Dispatch::dispatch(&*self.router, request)
+        impl<S: #service, C: #krate::Codec> #krate::Service<C> for #server<S> {
+            fn register(
+                self,
+                router: #krate::Router<C>,
+            ) -> ::core::result::Result<#krate::Router<C>, #krate::RouteError> {
+                Self::register_on(router, &self.service)
+            }
         }
-    }
+
+        /// Serves this service alone on a `flumen::Server` (MessagePack).
+        impl<S: #service> #krate::Dispatch for #server<S> {
+            type Future = #krate::RouterFuture;
+
+            fn dispatch(&self, request: #krate::Request) -> #krate::RouterFuture {
+                #krate::Dispatch::dispatch(&*self.router, request)
+            }
+        }
     }
 }
 
