@@ -3,7 +3,7 @@
 //! Many calls share one full-duplex connection; requests are written in batches, a window
 //! bounds the calls in flight, deadlines sit on a timing wheel, and the same client works from
 //! async tasks and from plain threads. Pick the runtime (`tokio`, `smol`) and the transport
-//! (`tcp`, `tls`, `quic`) with cargo features; MessagePack is the default codec.
+//! (`tcp`, `unix`, `tls`, `quic`) with cargo features; MessagePack is the default codec.
 //!
 //! # Examples
 //!
@@ -153,6 +153,13 @@ pub mod rt {
 #[cfg(feature = "tcp")]
 pub mod tcp {
     pub use flumen_tcp::*;
+}
+
+/// Unix domain sockets (feature `unix`, on Unix): `TokioUnix` and `SmolUnix`, addressed by
+/// the socket's path.
+#[cfg(all(feature = "unix", unix))]
+pub mod unix {
+    pub use flumen_unix::*;
 }
 
 /// TLS (feature `tls`): `ServerTls` / `ClientTls` from PEM files, mutual TLS, `TlsTransport`

@@ -89,7 +89,12 @@ const IN_FLIGHT: u64 = 64;
 
 async fn measure<E: Env>(env: E, runtime: &'static str) -> (&'static str, f64, f64) {
     let raw_server = serve(&env, Echo, ServerConfig::default()).await;
-    let raw_client = connect(&env, *raw_server.local_addr(), ClientConfig::default()).await;
+    let raw_client = connect(
+        &env,
+        raw_server.local_addr().clone(),
+        ClientConfig::default(),
+    )
+    .await;
     let raw = per_call(&env, move |i| {
         let client = raw_client.clone();
         async move {
@@ -102,7 +107,12 @@ async fn measure<E: Env>(env: E, runtime: &'static str) -> (&'static str, f64, f
 
     let router = Router::new().route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) });
     let typed_server = serve(&env, router, ServerConfig::default()).await;
-    let typed_client = connect(&env, *typed_server.local_addr(), ClientConfig::default()).await;
+    let typed_client = connect(
+        &env,
+        typed_server.local_addr().clone(),
+        ClientConfig::default(),
+    )
+    .await;
     const ECHO: MethodId = MethodId::from_name("echo");
     let typed = per_call(&env, move |i| {
         let client = typed_client.clone();

@@ -12,7 +12,6 @@ mod common;
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -20,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{connect, eventually, run_smol, run_tokio, serve, Env};
+use common::{connect, eventually, run_smol, run_tokio, serve, Addr, Env};
 use flumen::{
     stream::{
         frame::{flags, FrameHeader, FrameKind},
@@ -125,7 +124,7 @@ fn method(name: &str) -> u32 {
 /// A server with [`limits`], a good client of it, and the heap as it was once both ran.
 struct Scene<E: Env> {
     env: E,
-    server: ServerHandle<SocketAddr>,
+    server: ServerHandle<Addr<E>>,
     good: flumen::Client,
     baseline: usize,
 }
@@ -134,7 +133,7 @@ impl<E: Env> Scene<E> {
     async fn new(env: &E) -> Self {
         let server = serve(env, router(), limits()).await;
         let config = ClientConfig::default().default_timeout(Some(Duration::from_secs(5)));
-        let good = connect(env, *server.local_addr(), config).await;
+        let good = connect(env, server.local_addr().clone(), config).await;
         // Warm the good client up so that its buffers are in the baseline.
         good_calls(&good).await;
         let baseline = LIVE.load(Ordering::Relaxed);

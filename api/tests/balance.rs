@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::{eventually, loopback, Env};
+use common::{eventually, loopback, IpEnv as Env};
 use flumen::{
     balance::{
         discovery::{self, Static, Target},
@@ -239,9 +239,14 @@ async fn calls_move_off_a_dead_server_and_back<E: Env>(env: E) {
 async fn only_idempotent_calls_are_retried_after_they_ran<E: Env>(env: E) {
     let mut servers = Servers::start(&env, 2).await;
     let client = FleetClient::new(balanced(&env, servers.discovery(), quick()));
-    // Kills the server that runs the next call once it runs; returns its index.
-    async fn kill_when_running<E: Env>(env: &E, servers: &mut Servers<E>) -> usize {
-        let before = servers.runs();
+    // Kills the server that runs the next call once it runs (counted from `before`, taken
+    // before the call starts: the call may run before this is first polled); returns its
+    // index.
+    async fn kill_when_running<E: Env>(
+        env: &E,
+        servers: &mut Servers<E>,
+        before: Vec<u64>,
+    ) -> usize {
         let total: u64 = before.iter().sum();
         eventually(env, "the call running", || {
             servers.runs().iter().sum::<u64>() > total
@@ -254,8 +259,12 @@ async fn only_idempotent_calls_are_retried_after_they_ran<E: Env>(env: E) {
     }
 
     let runs_before: u64 = servers.runs().iter().sum();
-    let (result, killed) =
-        futures_lite::future::zip(client.work(10_000), kill_when_running(&env, &mut servers)).await;
+    let before = servers.runs();
+    let (result, killed) = futures_lite::future::zip(
+        client.work(10_000),
+        kill_when_running(&env, &mut servers, before),
+    )
+    .await;
     match result {
         Err(RpcError::Rpc(flumen::Error::Call(error))) => {
             assert!(matches!(error, CallError::Connection(_)), "{error}")
@@ -276,8 +285,11 @@ async fn only_idempotent_calls_are_retried_after_they_ran<E: Env>(env: E) {
     })
     .await;
     let counts = servers.runs();
-    let (result, killed) =
-        futures_lite::future::zip(client.read(200), kill_when_running(&env, &mut servers)).await;
+    let (result, killed) = futures_lite::future::zip(
+        client.read(200),
+        kill_when_running(&env, &mut servers, counts.clone()),
+    )
+    .await;
     let answered = result.expect("an idempotent call is retried on the other server");
     assert_ne!(answered as usize, killed);
     let after = servers.runs();
@@ -695,7 +707,7 @@ async fn idempotent_calls_stuck_in_the_tail_are_hedged<E: Env>(env: E) {
     assert!(balancer.stats().hedges_won >= 1);
 }
 
-e2e!(
+e2e_ip!(
     idempotent_calls_stuck_in_the_tail_are_hedged,
     dropping_the_client_stops_its_discovery,
     a_silent_idle_connection_is_found_by_a_health_ping,

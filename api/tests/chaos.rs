@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{join_all, serve, Env};
 use flumen::{stream::Transport, Client, ClientConfig, Router, Server, ServerConfig, Status};
@@ -137,10 +134,10 @@ async fn scenario<E: Env>(env: &E, faults: Faults, calls: u64, sequential: bool)
 
 /// Runs `calls` unary calls at once (or one after another) and, at once, two streams, over a
 /// client that connects to `addr` through `transport`; returns the tally.
-async fn calls_through<E: Env, T: Transport<Addr = SocketAddr>>(
+async fn calls_through<E: Env, T: Transport>(
     env: &E,
     transport: &T,
-    addr: &SocketAddr,
+    addr: &T::Addr,
     calls: u64,
     sequential: bool,
 ) -> Tally {
@@ -275,7 +272,7 @@ async fn a_corrupted_byte_under_tls_with_many_calls_in_flight<E: Env>(env: E) {
             .client(ca.client_tls("localhost").unwrap())
             .unwrap();
         let server = Server::new(router())
-            .bind(&env.rt(), &server_tls, &common::loopback())
+            .bind(&env.rt(), &server_tls, &env.addr())
             .await
             .unwrap();
         let tally = calls_through(&env, &client_tls, server.local_addr(), 64, false).await;

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{connect, eventually, loopback, router, serve, Env, Gauge};
+use common::{connect, eventually, router, serve, Env, Gauge};
 use flumen::{
     stream::{
         frame::{FrameHeader, FrameKind, HEADER_LEN},
@@ -58,7 +58,7 @@ fn spawn_calls<E: Env, Req: serde::Serialize + Send + Sync + Clone + 'static>(
 async fn server_killed_mid_load_fails_every_pending_call<E: Env>(env: E) {
     let gauge = Arc::new(Gauge::default());
     let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let results = spawn_calls(&env, &client, 50, "slow", ());
     // Some quick calls complete first, so the connection is known good under load.
     for i in 0..100u64 {
@@ -83,7 +83,7 @@ async fn server_killed_mid_load_fails_every_pending_call<E: Env>(env: E) {
 async fn graceful_shutdown_finishes_calls_in_flight<E: Env>(env: E) {
     let gauge = Arc::new(Gauge::default());
     let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let (done, results) = smol::channel::unbounded();
     for id in 0..10u64 {
         let (client, done) = (client.clone(), done.clone());
@@ -125,7 +125,7 @@ async fn graceful_shutdown_finishes_calls_in_flight<E: Env>(env: E) {
 async fn shutdown_grace_expires<E: Env>(env: E) {
     let gauge = Arc::new(Gauge::default());
     let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let results = spawn_calls(&env, &client, 3, "gauge_hold", ());
     eventually(&env, "the three calls to run", || {
         gauge.now.load(Ordering::SeqCst) == 3
@@ -154,11 +154,11 @@ async fn idle_connection_is_closed_but_busy_one_is_not<E: Env>(env: E) {
     let config = ServerConfig::default().idle_timeout(Duration::from_millis(100));
     let server = serve(&env, router(&env, gauge), config).await;
     // A call that runs longer than the idle timeout keeps its connection open.
-    let busy = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let busy = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let got: u64 = busy.call("sleep_echo", &(400u64, 5u64)).await.unwrap();
     assert_eq!(got, 5);
     // A quiet one is closed, and its client learns why.
-    let idle = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let idle = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     eventually(&env, "idle connection closed", || idle.is_closed()).await;
     match idle
         .call::<_, u64>("sleep_echo", &(0u64, 1u64))
@@ -177,7 +177,7 @@ async fn peer_that_stops_reading_is_closed<E: Env>(env: E) {
     let gauge = Arc::new(Gauge::default());
     let config = ServerConfig::default().write_timeout(Duration::from_millis(100));
     let server = serve(&env, router(&env, gauge), config).await;
-    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let good = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     // Ask for 32 MiB of echoes and never read a byte of them.
     let (reader, mut writer) = env.transport().connect(server.local_addr()).await.unwrap();
     let body = vec![7u8; 1 << 20];
@@ -208,7 +208,7 @@ async fn peer_that_stops_reading_is_closed<E: Env>(env: E) {
 async fn client_close_fails_pending_calls<E: Env>(env: E) {
     let gauge = Arc::new(Gauge::default());
     let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let results = spawn_calls(&env, &client, 5, "gauge_hold", ());
     eventually(&env, "calls reach the server", || {
         gauge.now.load(Ordering::SeqCst) == 5
@@ -232,7 +232,7 @@ async fn client_close_fails_pending_calls<E: Env>(env: E) {
 /// the call made next. A scripted server makes sure the late reply really comes, and comes
 /// while the next call (on the same slot) is waiting.
 async fn late_reply_after_timeout_is_dropped<E: Env>(env: E) {
-    let mut listener = env.transport().bind(&loopback()).await.unwrap();
+    let mut listener = env.transport().bind(&env.addr()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     env.spawn(async move {
         let mut peer = flumen_peer::Peer::accept(&mut listener).await.unwrap();
@@ -275,7 +275,7 @@ async fn late_reply_after_timeout_is_dropped<E: Env>(env: E) {
 async fn dropping_a_call_stops_its_handler<E: Env>(env: E) {
     let gauge = Arc::new(Gauge::default());
     let server = serve(&env, router(&env, gauge.clone()), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     // The call runs for 20 s unless stopped; give up on it as soon as the server runs it.
     let call = async { Some(client.call::<_, ()>("gauge_hold", &()).await) };
     let give_up = async {
@@ -334,7 +334,7 @@ async fn server_enforces_the_callers_deadline<E: Env>(env: E) {
 /// deadline and a tick. The peer answers the handshake and then nothing, so only the client's
 /// own timer can end either call.
 async fn client_timer_wakes_for_a_sooner_deadline<E: Env>(env: E) {
-    let mut listener = env.transport().bind(&loopback()).await.unwrap();
+    let mut listener = env.transport().bind(&env.addr()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(AtomicUsize::new(0));
     let seen = received.clone();
@@ -430,7 +430,7 @@ async fn a_request_crossing_the_drain_is_answered_not_lost<E: Env>(env: E) {
 /// `Client::ping` is answered by a live server, and fails once the connection ends.
 async fn a_ping_round_trips_until_the_connection_ends<E: Env>(env: E) {
     let server = serve(&env, common::Echo, ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     for _ in 0..3 {
         client.raw().ping().await.unwrap();
     }

@@ -19,7 +19,7 @@ async fn idle_connections_hold_no_buffers<E: Env>(env: E) {
     let server = serve(&env, Echo, config).await;
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
-        clients.push(connect(&env, *server.local_addr(), ClientConfig::default()).await);
+        clients.push(connect(&env, server.local_addr().clone(), ClientConfig::default()).await);
     }
     eventually(&env, "every connection is open", || {
         server.stats().active == CONNECTIONS

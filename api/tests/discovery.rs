@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{eventually, Env};
+use common::{eventually, IpEnv as Env};
 use flumen::{
     balance::discovery::{Dns, DnsName, Etcd, FileWatch, Registry},
     Client, Router, Server, ServerHandle, Status,

@@ -33,7 +33,7 @@ const TIMEOUT: Duration = Duration::from_millis(200);
 /// A server that reads the hello and the first call, then never reads or writes again, and
 /// keeps the connection open: the client's only way to know is keep-alive.
 async fn client_fails_calls_to_a_silent_server<E: Env>(env: E) {
-    let mut listener = env.transport().bind(&common::loopback()).await.unwrap();
+    let mut listener = env.transport().bind(&env.addr()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (held, hold) = smol::channel::bounded(1);
     env.spawn(async move {
@@ -141,7 +141,7 @@ async fn server_and_peer<E: Env>(
     env: &E,
     router: Router,
 ) -> (
-    flumen::ServerHandle<std::net::SocketAddr>,
+    flumen::ServerHandle<common::Addr<E>>,
     flumen_peer::TransportPeer<E::Tr>,
 ) {
     let config = ServerConfig::default().keepalive(Some(INTERVAL), TIMEOUT);

@@ -46,7 +46,7 @@ async fn admitted_calls_keep_their_deadline_under_a_flood<E: Env>(env: E) {
     let server = serve(&env, router, config).await;
     let client = connect(
         &env,
-        *server.local_addr(),
+        server.local_addr().clone(),
         ClientConfig::default().default_timeout(Some(DEADLINE)),
     )
     .await;

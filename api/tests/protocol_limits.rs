@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use common::{connect, serve, Env};
+use common::{connect, serve, Addr, Env};
 use flumen::{
     stream::{
         frame::{self, Decoded, FrameHeader, FrameKind, HEADER_LEN},
@@ -32,13 +32,13 @@ e2e!(
     server_lingers_so_its_go_away_survives_unread_input,
 );
 
-async fn echo_server<E: Env>(env: &E, config: ServerConfig) -> ServerHandle<SocketAddr> {
+async fn echo_server<E: Env>(env: &E, config: ServerConfig) -> ServerHandle<Addr<E>> {
     let router = Router::new().route("echo", |n: u64| async move { Ok::<_, Status>(n) });
     serve(env, router, config).await
 }
 
 /// Sends `bytes` on a raw connection and returns everything the server sends until it closes.
-async fn exchange<E: Env>(env: &E, addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+async fn exchange<E: Env>(env: &E, addr: Addr<E>, bytes: &[u8]) -> Vec<u8> {
     let (mut reader, mut writer) = env.transport().connect(&addr).await.unwrap();
     writer.write_all(bytes).await.unwrap();
     writer.flush().await.unwrap();
@@ -90,13 +90,13 @@ async fn still_serving<E: Env>(client: &flumen::Client) {
 
 async fn garbage_bytes_close_only_that_connection<E: Env>(env: E) {
     let server = echo_server(&env, ServerConfig::default()).await;
-    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
-    let received = exchange(&env, *server.local_addr(), &[0xde; 64]).await;
+    let good = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
+    let received = exchange(&env, server.local_addr().clone(), &[0xde; 64]).await;
     assert_go_away(&received, ErrorCode::BAD_MAGIC);
     // Garbage after a valid hello is a protocol error.
     let mut bytes = Hello::new(1024, 8).encode().to_vec();
     bytes.extend_from_slice(&[0xff; 40]);
-    let received = exchange(&env, *server.local_addr(), &bytes).await;
+    let received = exchange(&env, server.local_addr().clone(), &bytes).await;
     assert_go_away(&received, ErrorCode::PROTOCOL_ERROR);
     still_serving::<E>(&good).await;
     assert_eq!(server.stats().protocol_errors, 2);
@@ -104,20 +104,20 @@ async fn garbage_bytes_close_only_that_connection<E: Env>(env: E) {
 
 async fn wrong_magic_is_refused<E: Env>(env: E) {
     let server = echo_server(&env, ServerConfig::default()).await;
-    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let good = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let mut hello = Hello::new(1024, 8).encode();
     hello[..4].copy_from_slice(b"HTTP");
-    let received = exchange(&env, *server.local_addr(), &hello).await;
+    let received = exchange(&env, server.local_addr().clone(), &hello).await;
     assert_go_away(&received, ErrorCode::BAD_MAGIC);
     still_serving::<E>(&good).await;
 }
 
 async fn wrong_version_is_refused<E: Env>(env: E) {
     let server = echo_server(&env, ServerConfig::default()).await;
-    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let good = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let mut hello = Hello::new(1024, 8).encode();
     hello[4] = 99;
-    let received = exchange(&env, *server.local_addr(), &hello).await;
+    let received = exchange(&env, server.local_addr().clone(), &hello).await;
     let (server_hello, _) = parse(&received);
     assert_eq!(
         server_hello.version, 1,
@@ -129,7 +129,7 @@ async fn wrong_version_is_refused<E: Env>(env: E) {
 
 async fn frame_over_the_limit_is_refused_before_its_body<E: Env>(env: E) {
     let server = echo_server(&env, ServerConfig::default().max_frame_len(1024)).await;
-    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let good = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let mut bytes = Hello::new(1024, 8).encode().to_vec();
     let mut header = [0u8; HEADER_LEN];
     // Claims 1 GiB; only the header is sent, so the server must decide from the header alone.
@@ -139,7 +139,7 @@ async fn frame_over_the_limit_is_refused_before_its_body<E: Env>(env: E) {
     }
     .encode(&mut header);
     bytes.extend_from_slice(&header);
-    let received = exchange(&env, *server.local_addr(), &bytes).await;
+    let received = exchange(&env, server.local_addr().clone(), &bytes).await;
     assert_go_away(&received, ErrorCode::FRAME_TOO_LARGE);
     still_serving::<E>(&good).await;
 }
@@ -147,14 +147,14 @@ async fn frame_over_the_limit_is_refused_before_its_body<E: Env>(env: E) {
 async fn frame_that_never_completes_hits_the_read_timeout<E: Env>(env: E) {
     let config = ServerConfig::default().read_timeout(Duration::from_millis(100));
     let server = echo_server(&env, config).await;
-    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let good = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     // A hello, then half a header, then silence: the peer that sends one byte a minute.
     let mut bytes = Hello::new(1024, 8).encode().to_vec();
     bytes.extend_from_slice(&[1, 0, 0, 0, 7, 0]);
-    let received = exchange(&env, *server.local_addr(), &bytes).await;
+    let received = exchange(&env, server.local_addr().clone(), &bytes).await;
     assert_go_away(&received, ErrorCode::READ_TIMEOUT);
     // A peer that never finishes its hello meets the same limit.
-    let received = exchange(&env, *server.local_addr(), b"FLM").await;
+    let received = exchange(&env, server.local_addr().clone(), b"FLM").await;
     assert_go_away(&received, ErrorCode::READ_TIMEOUT);
     still_serving::<E>(&good).await;
     assert_eq!(server.stats().timeouts, 2);
@@ -162,7 +162,7 @@ async fn frame_that_never_completes_hits_the_read_timeout<E: Env>(env: E) {
 
 async fn connection_limit_refuses_with_a_reason<E: Env>(env: E) {
     let server = echo_server(&env, ServerConfig::default().max_connections(1)).await;
-    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let good = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let refused = flumen::Client::connect(&env.rt(), &env.transport(), server.local_addr())
         .await
         .unwrap_err();
@@ -175,7 +175,7 @@ async fn connection_limit_refuses_with_a_reason<E: Env>(env: E) {
 }
 
 async fn non_flumen_server_fails_the_handshake<E: Env>(env: E) {
-    let mut listener = env.transport().bind(&common::loopback()).await.unwrap();
+    let mut listener = env.transport().bind(&env.addr()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     env.spawn(async move {
         let (connecting, _) = listener.accept().await.unwrap();
@@ -230,7 +230,7 @@ async fn stream_items_past_their_credit_close_with_flow_control<E: Env>(env: E) 
             Ok(flumen::Bytes::new())
         });
     let server = serve(&env, router, ServerConfig::default()).await;
-    let good = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let good = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let mut bytes = Hello::new(1 << 20, 8).encode().to_vec();
     let mut header = [0u8; HEADER_LEN];
     let request = FrameHeader {
@@ -251,7 +251,7 @@ async fn stream_items_past_their_credit_close_with_flow_control<E: Env>(env: E) 
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&item);
     }
-    let received = exchange(&env, *server.local_addr(), &bytes).await;
+    let received = exchange(&env, server.local_addr().clone(), &bytes).await;
     assert_go_away(&received, ErrorCode::FLOW_CONTROL);
     still_serving::<E>(&good).await;
     assert_eq!(server.stats().protocol_errors, 1);
@@ -259,13 +259,13 @@ async fn stream_items_past_their_credit_close_with_flow_control<E: Env>(env: E) 
 
 /// A fake server: binds, hands the listener's first connection to `script` as a raw peer
 /// after the hellos, and returns its address.
-async fn fake_server<E, F, Fut>(env: &E, script: F) -> SocketAddr
+async fn fake_server<E, F, Fut>(env: &E, script: F) -> Addr<E>
 where
     E: Env,
     F: FnOnce(flumen_peer::TransportPeer<E::Tr>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut listener = env.transport().bind(&common::loopback()).await.unwrap();
+    let mut listener = env.transport().bind(&env.addr()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     env.spawn(async move {
         let mut peer = flumen_peer::Peer::accept(&mut listener).await.unwrap();

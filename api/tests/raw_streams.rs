@@ -110,7 +110,7 @@ fn method(name: &str) -> u32 {
 
 async fn server_streaming_delivers_every_item_in_order<E: Env>(env: E) {
     let server = serve(&env, router(), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let (_, mut replies) = client
         .raw()
         .open_stream(
@@ -131,7 +131,7 @@ async fn server_streaming_delivers_every_item_in_order<E: Env>(env: E) {
 
 async fn client_streaming_gets_one_reply<E: Env>(env: E) {
     let server = serve(&env, router(), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let (sender, replies) = client
         .raw()
         .open_stream(
@@ -160,7 +160,7 @@ async fn client_streaming_gets_one_reply<E: Env>(env: E) {
 
 async fn bidirectional_echoes_while_sending<E: Env>(env: E) {
     let server = serve(&env, router(), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let (sender, mut replies) = client
         .raw()
         .open_stream(
@@ -187,7 +187,7 @@ async fn stalled_consumer_is_bounded_and_stalls_nothing_else<E: Env>(env: E) {
     let window = 64 * 1024;
     let server = serve(&env, router(), ServerConfig::default()).await;
     let config = ClientConfig::default().stream_window(window);
-    let client = connect(&env, *server.local_addr(), config).await;
+    let client = connect(&env, server.local_addr().clone(), config).await;
     let (_, replies) = client
         .raw()
         .open_stream(
@@ -217,7 +217,7 @@ async fn stalled_consumer_is_bounded_and_stalls_nothing_else<E: Env>(env: E) {
 async fn dropping_the_stream_cancels_the_handler<E: Env>(env: E) {
     let floods = Floods::default();
     let server = serve(&env, router_counting(&floods), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let (_, mut replies) = client
         .raw()
         .open_stream(
@@ -245,7 +245,7 @@ async fn dropping_the_stream_cancels_the_handler<E: Env>(env: E) {
 async fn stream_deadline_ends_it_on_both_sides<E: Env>(env: E) {
     let floods = Floods::default();
     let server = serve(&env, router_counting(&floods), ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let (_, mut replies) = client
         .raw()
         .open_stream(

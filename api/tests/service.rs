@@ -172,19 +172,13 @@ pub trait Elsewhere {
     async fn ping(&self) -> String;
 }
 
-async fn lab<E: Env>(
-    env: &E,
-) -> (
-    flumen::ServerHandle<std::net::SocketAddr>,
-    LabClient,
-    LabImpl,
-) {
+async fn lab<E: Env>(env: &E) -> (flumen::ServerHandle<common::Addr<E>>, LabClient, LabImpl) {
     let service = LabImpl::default();
     let router = Router::new()
         .service(LabServer::new(service.clone()))
         .unwrap();
     let server = serve(env, router, ServerConfig::default()).await;
-    let client = connect(env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(env, server.local_addr().clone(), ClientConfig::default()).await;
     (server, LabClient::new(client), service)
 }
 
@@ -351,12 +345,12 @@ async fn two_services_one_port_and_collisions_refused<E: Env>(env: E) {
         .service(ElsewhereServer::new(Here));
     assert!(twice.is_err(), "a duplicate method id must be refused");
     let server = serve(&env, router, ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     assert_eq!(LabClient::new(client.clone()).add(1, 1).await.unwrap(), 2);
     assert_eq!(ElsewhereClient::new(client).ping().await.unwrap(), "pong");
     // A generated server is also a Dispatch of its own.
     let alone = serve(&env, ElsewhereServer::new(Here), ServerConfig::default()).await;
-    let client = connect(&env, *alone.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, alone.local_addr().clone(), ClientConfig::default()).await;
     assert_eq!(ElsewhereClient::new(client).ping().await.unwrap(), "pong");
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, eventually, loopback, serve, Env};
+use common::{connect, eventually, serve, Env};
 use flumen::{
     stream::{
         frame::{flags, FrameHeader, FrameKind},
@@ -42,7 +42,7 @@ fn router() -> Router {
 }
 
 /// A raw peer that has exchanged hellos with the server at `addr`.
-async fn peer<E: Env>(env: &E, addr: &std::net::SocketAddr) -> flumen_peer::TransportPeer<E::Tr> {
+async fn peer<E: Env>(env: &E, addr: &common::Addr<E>) -> flumen_peer::TransportPeer<E::Tr> {
     let mut peer = flumen_peer::connect(&env.transport(), addr).await.unwrap();
     peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
     peer.read_hello().await.unwrap();
@@ -125,7 +125,7 @@ async fn replies_over_the_callers_limit_are_refused<E: Env>(env: E) {
     let server = serve(&env, router(), ServerConfig::default()).await;
     let client = connect(
         &env,
-        *server.local_addr(),
+        server.local_addr().clone(),
         ClientConfig::default().max_frame_len(1024),
     )
     .await;
@@ -178,7 +178,7 @@ async fn malformed_metadata_is_a_bad_request<E: Env>(env: E) {
 /// A listener that takes connections and never answers: connecting gives up after
 /// `connect_timeout`, with `ConnectError::Timeout`.
 async fn connect_timeout_bounds_a_server_that_never_answers<E: Env>(env: E) {
-    let listener = env.transport().bind(&loopback()).await.unwrap();
+    let listener = env.transport().bind(&env.addr()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let timeout = Duration::from_millis(100);
     let err = flumen::Client::connect_with(
@@ -200,7 +200,7 @@ async fn connect_timeout_bounds_a_server_that_never_answers<E: Env>(env: E) {
 /// A server hello that announces `max_frame_len = 0` (no request could ever be sent) fails
 /// the connect with a handshake error.
 async fn a_hello_with_a_zero_frame_limit_is_refused<E: Env>(env: E) {
-    let mut listener = env.transport().bind(&loopback()).await.unwrap();
+    let mut listener = env.transport().bind(&env.addr()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     env.spawn(async move {
         let mut peer = flumen_peer::Peer::accept(&mut listener).await.unwrap();

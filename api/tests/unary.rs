@@ -30,14 +30,14 @@ e2e!(
 async fn start<E: Env>(
     env: &E,
     config: ServerConfig,
-) -> (flumen::ServerHandle<std::net::SocketAddr>, Arc<Gauge>) {
+) -> (flumen::ServerHandle<common::Addr<E>>, Arc<Gauge>) {
     let gauge = Arc::new(Gauge::default());
     (serve(env, router(env, gauge.clone()), config).await, gauge)
 }
 
 async fn out_of_order_completion<E: Env>(env: E) {
     let (server, _) = start(&env, ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let (done, finished) = smol::channel::unbounded();
     // Earlier calls sleep longer, so replies come back in reverse order on one connection.
     const CALLS: u64 = 16;
@@ -77,7 +77,7 @@ async fn ten_thousand_calls_512_in_flight<E: Env>(env: E) {
     let (server, _) = start(&env, ServerConfig::default()).await;
     let client = connect(
         &env,
-        *server.local_addr(),
+        server.local_addr().clone(),
         ClientConfig::default().max_in_flight(512),
     )
     .await;
@@ -111,7 +111,7 @@ async fn timeout_resolves_while_others_succeed<E: Env>(env: E) {
     let tick = Duration::from_millis(10);
     let client = connect(
         &env,
-        *server.local_addr(),
+        server.local_addr().clone(),
         ClientConfig::default().tick(tick),
     )
     .await;
@@ -150,7 +150,7 @@ async fn window_is_never_exceeded<E: Env>(env: E) {
     let (server, gauge) = start(&env, ServerConfig::default()).await;
     let client = connect(
         &env,
-        *server.local_addr(),
+        server.local_addr().clone(),
         ClientConfig::default().max_in_flight(8),
     )
     .await;
@@ -178,7 +178,7 @@ async fn server_limit_caps_the_window<E: Env>(env: E) {
     let (server, gauge) = start(&env, ServerConfig::default().max_in_flight(4)).await;
     let client = connect(
         &env,
-        *server.local_addr(),
+        server.local_addr().clone(),
         ClientConfig::default().max_in_flight(100),
     )
     .await;
@@ -192,7 +192,7 @@ async fn server_limit_caps_the_window<E: Env>(env: E) {
 
 async fn unknown_method_is_a_clear_error<E: Env>(env: E) {
     let (server, _) = start(&env, ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let err = client
         .call::<_, ()>("no_such_method", &())
         .await
@@ -217,7 +217,7 @@ async fn unknown_method_is_a_clear_error<E: Env>(env: E) {
 
 async fn handler_panic_fails_only_that_call<E: Env>(env: E) {
     let (server, _) = start(&env, ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let err = client.call::<_, ()>("panic", &true).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::HANDLER_PANIC), "{err}");
     client.call::<_, ()>("panic", &false).await.unwrap();
@@ -227,7 +227,7 @@ async fn handler_panic_fails_only_that_call<E: Env>(env: E) {
 
 async fn request_too_large_is_not_sent<E: Env>(env: E) {
     let (server, _) = start(&env, ServerConfig::default().max_frame_len(1024)).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let err = client
         .raw()
         .call(
@@ -262,7 +262,7 @@ async fn blocking_callers_from_plain_threads<E: Env>(env: E) {
     let (server, _) = start(&env, ServerConfig::default()).await;
     let client = connect(
         &env,
-        *server.local_addr(),
+        server.local_addr().clone(),
         ClientConfig::default().max_in_flight(4),
     )
     .await;
@@ -314,7 +314,7 @@ async fn blocking_callers_from_plain_threads<E: Env>(env: E) {
 
 async fn raw_bodies_pass_through<E: Env>(env: E) {
     let (server, _) = start(&env, ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let raw = MethodId::from_name("raw").as_u32();
     for len in [0usize, 1, 4096, 4097, 64 * 1024, 1 << 20] {
         let body = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>());

@@ -22,7 +22,7 @@ const MIN_FRAMES_PER_WRITE: f64 = 8.0;
 /// Runs 64 callers in a loop and returns the client's and the server's counters.
 async fn load<E: Env>(env: E) -> (ConnectionStats, ConnectionStats) {
     let server = serve(&env, Echo, ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let (done, finished) = smol::channel::bounded::<()>(IN_FLIGHT);
     for task in 0..IN_FLIGHT {
         let (client, done) = (client.clone(), done.clone());
@@ -128,7 +128,7 @@ fn smol_four_threads_batch_writes() {
 /// never yields waiting for more (nothing is expected), so coalescing adds no latency here.
 async fn one_at_a_time<E: Env>(env: E) -> ConnectionStats {
     let server = serve(&env, Echo, ServerConfig::default()).await;
-    let client = connect(&env, *server.local_addr(), ClientConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     for i in 0..CALLS_EACH {
         let body = Bytes::from(vec![i as u8; 32]);
         assert_eq!(client.raw().call(1, body.clone()).await.unwrap(), body);

@@ -7,6 +7,7 @@ pub mod netns;
 use std::{
     future::Future,
     net::SocketAddr,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,6 +18,7 @@ use flumen::{
     rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::Transport,
     tcp::{SmolTcp, TokioTcp},
+    unix::{SmolUnix, TokioUnix},
     ClientConfig, Dispatch, Request, Router, Server, ServerConfig, ServerHandle, Status,
 };
 use flumen_quic::QuicTransport;
@@ -24,14 +26,34 @@ use flumen_tls::{DevCa, TlsTransport};
 use futures_lite::FutureExt;
 use serde_bytes::ByteBuf;
 
+/// An environment whose transport is addressed by IP (TCP, TLS, QUIC): for tests that use
+/// IP addresses themselves (raw peers over TCP, balancing, discovery). Such a test file
+/// imports it as `Env` and lists its tests with `e2e_ip!`.
+pub trait IpEnv: Env<Tr = Self::IpTr> {
+    type IpTr: Transport<Addr = SocketAddr> + Clone;
+}
+
+impl<E: Env> IpEnv for E
+where
+    E::Tr: Transport<Addr = SocketAddr>,
+{
+    type IpTr = E::Tr;
+}
+
+/// The address type of an environment's transport.
+pub type Addr<E> = <<E as Env>::Tr as Transport>::Addr;
+
 /// A runtime plus a transport, as the tests see them.
 pub trait Env: Clone + Send + Sync + 'static {
     type Rt: Runtime;
-    type Tr: Transport<Addr = SocketAddr> + Clone;
+    type Tr: Transport + Clone;
 
     fn rt(&self) -> Self::Rt;
 
     fn transport(&self) -> Self::Tr;
+
+    /// A fresh address for a server to bind: loopback with any port, or a new socket path.
+    fn addr(&self) -> Addr<Self>;
 
     fn sleep(&self, duration: Duration) -> <Self::Rt as Runtime>::Sleep {
         self.rt().sleep_until(Instant::now() + duration)
@@ -49,9 +71,13 @@ pub struct With<R, T> {
     transport: T,
 }
 
-impl<R: Runtime, T: Transport<Addr = SocketAddr> + Clone> Env for With<R, T> {
+impl<R: Runtime, T: Transport + Clone + MakeTransport> Env for With<R, T> {
     type Rt = R;
     type Tr = T;
+
+    fn addr(&self) -> T::Addr {
+        T::any_addr()
+    }
 
     fn rt(&self) -> R {
         self.rt.clone()
@@ -68,15 +94,24 @@ pub type TokioQuicEnv = With<TokioRuntime, QuicTransport>;
 pub type SmolQuicEnv = With<SmolRuntime, QuicTransport>;
 pub type TokioTlsEnv = With<TokioRuntime, TlsTransport<TokioTcp>>;
 pub type SmolTlsEnv = With<SmolRuntime, TlsTransport<SmolTcp>>;
+pub type TokioUnixEnv = With<TokioRuntime, TokioUnix>;
+pub type SmolUnixEnv = With<SmolRuntime, SmolUnix>;
 
-/// Makes the transport of an environment.
-pub trait MakeTransport: Sized {
+/// Makes the transport of an environment, and addresses for its servers.
+pub trait MakeTransport: Transport + Sized {
     fn make(quic: QuicTransport) -> Self;
+
+    /// A fresh address to bind.
+    fn any_addr() -> Self::Addr;
 }
 
 impl MakeTransport for TokioTcp {
     fn make(_: QuicTransport) -> Self {
         TokioTcp::default()
+    }
+
+    fn any_addr() -> SocketAddr {
+        loopback()
     }
 }
 
@@ -84,6 +119,37 @@ impl MakeTransport for SmolTcp {
     fn make(_: QuicTransport) -> Self {
         SmolTcp::default()
     }
+
+    fn any_addr() -> SocketAddr {
+        loopback()
+    }
+}
+
+impl MakeTransport for TokioUnix {
+    fn make(_: QuicTransport) -> Self {
+        TokioUnix
+    }
+
+    fn any_addr() -> PathBuf {
+        socket_path()
+    }
+}
+
+impl MakeTransport for SmolUnix {
+    fn make(_: QuicTransport) -> Self {
+        SmolUnix
+    }
+
+    fn any_addr() -> PathBuf {
+        socket_path()
+    }
+}
+
+/// A socket path no other test uses (the listener removes its file when dropped).
+pub fn socket_path() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("flumen-test-{}-{n}.sock", std::process::id()))
 }
 
 impl MakeTransport for QuicTransport {
@@ -95,9 +161,16 @@ impl MakeTransport for QuicTransport {
             .client(ca.client_tls("localhost").unwrap())
             .unwrap()
     }
+
+    fn any_addr() -> SocketAddr {
+        loopback()
+    }
 }
 
-impl<T: MakeTransport> MakeTransport for TlsTransport<T> {
+impl<T: MakeTransport + Clone> MakeTransport for TlsTransport<T>
+where
+    TlsTransport<T>: Transport<Addr = T::Addr>,
+{
     fn make(base: QuicTransport) -> Self {
         // Mutual TLS: the server requires a client certificate from the test's CA.
         let ca = DevCa::new().unwrap();
@@ -118,6 +191,10 @@ impl<T: MakeTransport> MakeTransport for TlsTransport<T> {
             )
             .unwrap()
     }
+
+    fn any_addr() -> T::Addr {
+        T::any_addr()
+    }
 }
 
 /// No test may hang: each one fails after this long.
@@ -126,7 +203,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// Runs `test` on a two-thread tokio runtime.
 pub fn run_tokio<T, F, Fut>(test: F)
 where
-    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    T: Clone + MakeTransport,
     F: FnOnce(With<TokioRuntime, T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -136,7 +213,7 @@ where
 /// Runs `test` on a current-thread tokio runtime.
 pub fn run_tokio_current<T, F, Fut>(test: F)
 where
-    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    T: Clone + MakeTransport,
     F: FnOnce(With<TokioRuntime, T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -147,7 +224,7 @@ where
 /// current-thread runtime for `None`.
 pub fn run_tokio_with<T, F, Fut>(workers: Option<usize>, test: F)
 where
-    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    T: Clone + MakeTransport,
     F: FnOnce(With<TokioRuntime, T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -178,7 +255,7 @@ where
 /// Runs `test` on a smol executor driven by two threads.
 pub fn run_smol<T, F, Fut>(test: F)
 where
-    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    T: Clone + MakeTransport,
     F: FnOnce(With<SmolRuntime, T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -188,7 +265,7 @@ where
 /// Runs `test` on a smol executor driven by `threads` threads (this one included).
 pub fn run_smol_with<T, F, Fut>(threads: usize, test: F)
 where
-    T: Transport<Addr = SocketAddr> + Clone + MakeTransport,
+    T: Clone + MakeTransport,
     F: FnOnce(With<SmolRuntime, T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -218,9 +295,44 @@ where
 
 /// Generates each listed `async fn name<E: Env>(env: E)` as a test on tokio (a two-worker
 /// multi-thread runtime) and on smol (two executor threads), over TCP, over TLS-TCP (mutual
-/// TLS) and over QUIC; and over TCP on a current-thread tokio runtime.
+/// TLS), over QUIC and over Unix sockets; and over TCP on a current-thread tokio runtime.
 #[macro_export]
 macro_rules! e2e {
+    ($($name:ident),* $(,)?) => {
+        mod tokio_tcp {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioEnv>) })*
+        }
+        mod tokio_current_tcp {
+            $(#[test] fn $name() { $crate::common::run_tokio_current(super::$name::<$crate::common::TokioEnv>) })*
+        }
+        mod smol_tcp {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolEnv>) })*
+        }
+        mod tokio_quic {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioQuicEnv>) })*
+        }
+        mod smol_quic {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolQuicEnv>) })*
+        }
+        mod tokio_tls {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioTlsEnv>) })*
+        }
+        mod smol_tls {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolTlsEnv>) })*
+        }
+        mod tokio_unix {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioUnixEnv>) })*
+        }
+        mod smol_unix {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolUnixEnv>) })*
+        }
+    };
+}
+
+/// `e2e!` for tests that need IP addresses (balancing, discovery, chaos through TLS): every
+/// environment but Unix sockets.
+#[macro_export]
+macro_rules! e2e_ip {
     ($($name:ident),* $(,)?) => {
         mod tokio_tcp {
             $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioEnv>) })*
@@ -261,21 +373,21 @@ pub fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// Starts `dispatch` on loopback with `config`.
+/// Starts `dispatch` on a fresh address with `config`.
 pub async fn serve<E: Env, D: Dispatch>(
     env: &E,
     dispatch: D,
     config: ServerConfig,
-) -> ServerHandle<SocketAddr> {
+) -> ServerHandle<Addr<E>> {
     Server::new(dispatch)
         .config(config)
-        .bind(&env.rt(), &env.transport(), &loopback())
+        .bind(&env.rt(), &env.transport(), &env.addr())
         .await
         .unwrap()
 }
 
 /// A typed client to `addr`.
-pub async fn connect<E: Env>(env: &E, addr: SocketAddr, config: ClientConfig) -> flumen::Client {
+pub async fn connect<E: Env>(env: &E, addr: Addr<E>, config: ClientConfig) -> flumen::Client {
     flumen::Client::connect_with(
         &env.rt(),
         &env.transport(),

@@ -109,9 +109,15 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     let handshake = async {
         let (mut reader, mut writer) = transport.connect(addr).await?;
         let hello = Hello::new(config.max_frame_len, config.max_in_flight as u32);
-        write_all(&mut writer, &hello.encode()).await?;
+        // The server may answer and close before our hello is written (a refusal, or a peer
+        // that is not a Flumen server): on a Unix socket the write then fails at once. Its
+        // answer, still in our receive buffer, says more than the failed write.
+        let wrote = write_all(&mut writer, &hello.encode()).await;
         let mut read = ReadBuffer::new();
-        read_at_least(&mut reader, &mut read.buf, HELLO_LEN).await?;
+        if let Err(e) = read_at_least(&mut reader, &mut read.buf, HELLO_LEN).await {
+            wrote?;
+            return Err(e.into());
+        }
         let head = read.buf.split_to(HELLO_LEN);
         let hello = Hello::decode(head.first_chunk().ok_or(HelloError::ZeroLimit)?)?;
         if hello.max_frame_len == 0 {
@@ -120,6 +126,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         if hello.max_in_flight == 0 {
             return Err(refusal(&mut reader, &mut read, config.max_frame_len).await);
         }
+        wrote?;
         Ok((reader, writer, read, hello))
     };
     let timeout = async {
