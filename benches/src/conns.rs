@@ -40,7 +40,7 @@ pub(crate) fn run(setup: Setup, count: usize, call_first: bool) -> Result<(), St
         quiet: true,
     };
     let server = ServerProcess::start(System::Flumen, setup, &run)?;
-    let (pid, addr) = (server.child.id(), server.addr);
+    let (pid, addr) = (server.child.id(), server.addr.ip()?);
     let own = std::process::id();
     let rss = |pid| process_rss(pid).ok_or("cannot read /proc/PID/status (Linux only)");
     let result = setup.runtime.block_on(setup.threads, move |spawner| {

@@ -2,6 +2,7 @@
 //! runs callers against one, and `compare` runs every system side by side (each server in its
 //! own process) and reports each against `pipe`, the socket ceiling.
 
+mod address;
 mod conns;
 mod measure;
 mod overload;
@@ -14,7 +15,6 @@ mod system;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::SocketAddr,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -24,6 +24,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
+use address::Address;
 use measure::{print_table, Report, Tally, Window};
 use system::{Load, Rt, System};
 
@@ -45,8 +46,9 @@ enum Cmd {
         system: System,
         #[arg(long, value_enum, default_value_t = Rt::Tokio)]
         runtime: Rt,
+        /// `host:port`, or a socket path with `--transport unix`.
         #[arg(long, default_value = "127.0.0.1:0")]
-        addr: SocketAddr,
+        addr: Address,
         #[arg(long, value_enum, default_value_t = Wire::Tcp)]
         transport: Wire,
         /// With QUIC or TLS: where to write the throw-away CA (PEM) that signed the server's
@@ -64,9 +66,9 @@ enum Cmd {
         system: System,
         #[arg(long, value_enum, default_value_t = Rt::Tokio)]
         runtime: Rt,
-        /// The server's address.
+        /// The server's address (`host:port`, or a socket path).
         #[arg(long)]
-        connect: SocketAddr,
+        connect: Address,
         /// The server's process id, to report its CPU time per call (Linux).
         #[arg(long)]
         server_pid: Option<u32>,
@@ -148,6 +150,8 @@ enum Wire {
     Quic,
     /// TLS 1.3 over TCP (rustls) with a throw-away certificate made by the server.
     Tls,
+    /// Unix domain sockets (a socket path in the temporary directory).
+    Unix,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -294,6 +298,7 @@ fn net(
     };
     match wire {
         Wire::Tcp => Ok(system::Net::Tcp),
+        Wire::Unix => Ok(system::Net::Unix),
         Wire::Tls => {
             let transport = tls(side(ca, serving)?, flumen::tls::TlsTransport::new(()));
             Ok(system::Net::Tls(Box::new(
@@ -342,7 +347,7 @@ fn serve(
     system: System,
     runtime: Rt,
     threads: usize,
-    addr: SocketAddr,
+    addr: Address,
     wire: Wire,
     cert: &std::path::Path,
 ) -> Result<(), String> {
@@ -375,7 +380,7 @@ fn serve(
 fn run_load(
     system: System,
     setup: Setup,
-    addr: SocketAddr,
+    addr: Address,
     load: Load,
     run: &RunArgs,
     server_pid: Option<u32>,
@@ -481,7 +486,7 @@ fn progress_bar(label: &str, total: Duration, progress: &AtomicU64, done: &Atomi
 /// A server process of `system`, stopped when dropped.
 pub(crate) struct ServerProcess {
     pub(crate) child: std::process::Child,
-    pub(crate) addr: SocketAddr,
+    pub(crate) addr: Address,
     stdout: BufReader<std::process::ChildStdout>,
 }
 
@@ -494,6 +499,11 @@ impl ServerProcess {
             Wire::Tcp => "tcp",
             Wire::Quic => "quic",
             Wire::Tls => "tls",
+            Wire::Unix => "unix",
+        };
+        let listen = match run.transport {
+            Wire::Unix => system.listen_addr(&system::Net::Unix),
+            _ => system.listen_addr(&system::Net::Tcp),
         };
         let mut child = Command::new(exe)
             .args([
@@ -505,7 +515,7 @@ impl ServerProcess {
                 "--threads",
                 &setup.threads.to_string(),
                 "--addr",
-                &system.listen_addr().to_string(),
+                &listen.to_string(),
             ])
             .args(["--transport", wire, "--cert-out"])
             .arg(&run.cert)
@@ -630,7 +640,7 @@ fn compare(matrix: &Matrix<'_>, run: &RunArgs) -> Result<(), String> {
             let mut report = run_load(
                 system,
                 setup,
-                server.addr,
+                server.addr.clone(),
                 load,
                 run,
                 Some(server.child.id()),

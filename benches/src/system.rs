@@ -14,12 +14,14 @@ use flumen::{
     rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::{ConnectionStats, Listener, Transport},
     tcp::{SmolTcp, TokioTcp},
+    unix::{SmolUnix, TokioUnix},
     Bytes, Client, ClientConfig, MethodId, Router, Server, ServerConfig, Status,
 };
 use flumen_quic::QuicTransport;
 use serde_bytes::ByteBuf;
 
 use crate::{
+    address::{addr_for, socket_path, Address, TransportAddr},
     measure::{Tally, Window},
     pipe,
 };
@@ -72,20 +74,25 @@ impl System {
     }
 
     /// The endpoints a balanced client of this system spreads over, for a server at `addr`.
-    pub(crate) fn endpoints(self, addr: SocketAddr) -> Vec<SocketAddr> {
-        match self {
-            Self::FlumenBalanced4 => (1..=4)
-                .map(|i| SocketAddr::from(([127, 0, 0, i], addr.port())))
-                .collect(),
-            _ => vec![addr],
-        }
+    pub(crate) fn endpoints(self, addr: &Address) -> Result<Vec<Address>, String> {
+        Ok(match self {
+            Self::FlumenBalanced4 => {
+                let port = addr.ip()?.port();
+                (1..=4)
+                    .map(|i| Address::Ip(SocketAddr::from(([127, 0, 0, i], port))))
+                    .collect()
+            }
+            _ => vec![addr.clone()],
+        })
     }
 
-    /// Where this system's server listens: every address for the four-endpoint client.
-    pub(crate) fn listen_addr(self) -> SocketAddr {
-        match self {
-            Self::FlumenBalanced4 => SocketAddr::from(([0, 0, 0, 0], 0)),
-            _ => SocketAddr::from(([127, 0, 0, 1], 0)),
+    /// Where this system's server listens over `net`: every address for the four-endpoint
+    /// client, a fresh socket path over Unix sockets.
+    pub(crate) fn listen_addr(self, net: &Net) -> Address {
+        match (self, net) {
+            (_, Net::Unix) => Address::Path(socket_path()),
+            (Self::FlumenBalanced4, _) => Address::Ip(SocketAddr::from(([0, 0, 0, 0], 0))),
+            _ => Address::Ip(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 
@@ -103,11 +110,27 @@ pub(crate) enum Net {
     Quic(Box<QuicTransport>),
     /// TLS over TCP (certificate, trust).
     Tls(Box<TlsTransport<()>>),
+    /// Unix domain sockets.
+    Unix,
 }
 
-/// Calls `$body` with the runtime handle and the transport for `$net` on `$spawner`.
+/// Calls `$body` with the runtime handle and the transport for `$net` on `$spawner`; with
+/// `unix: $unix`, evaluates `$unix` instead for Unix sockets (for bodies that need an IP
+/// address type).
 macro_rules! with_transport {
     ($net:expr, $spawner:expr, |$rt:ident, $transport:ident| $body:expr) => {
+        with_transport!($net, $spawner, |$rt, $transport| $body, unix: match $spawner {
+            Spawner::Tokio($rt) => {
+                let $transport = TokioUnix;
+                $body
+            }
+            Spawner::Smol($rt) => {
+                let $transport = SmolUnix;
+                $body
+            }
+        })
+    };
+    ($net:expr, $spawner:expr, |$rt:ident, $transport:ident| $body:expr, unix: $unix:expr) => {
         match ($net, $spawner) {
             (Net::Tcp, Spawner::Tokio($rt)) => {
                 let $transport = TokioTcp::default();
@@ -133,6 +156,7 @@ macro_rules! with_transport {
                 let $transport = tls.with_inner(SmolTcp::default());
                 $body
             }
+            (Net::Unix, _) => $unix,
         }
     };
 }
@@ -230,8 +254,8 @@ pub(crate) async fn serve(
     system: System,
     net: &Net,
     spawner: Spawner,
-    addr: SocketAddr,
-    bound: impl FnOnce(SocketAddr),
+    addr: Address,
+    bound: impl FnOnce(Address),
 ) -> std::io::Result<()> {
     match (system, &spawner) {
         (System::Pipe, _) => {
@@ -251,7 +275,8 @@ pub(crate) async fn serve(
         }
         #[cfg(feature = "peers")]
         (System::Tarpc | System::Tonic | System::Razor, Spawner::Tokio(_)) => {
-            crate::peers::serve(system, addr, bound).await
+            let addr = addr.ip().map_err(std::io::Error::other)?;
+            crate::peers::serve(system, addr, |bound_at| bound(Address::Ip(bound_at))).await
         }
         _ => Err(std::io::Error::other(format!(
             "{} does not run on this runtime or build",
@@ -260,17 +285,21 @@ pub(crate) async fn serve(
     }
 }
 
-async fn serve_flumen<R: Runtime, T: Transport<Addr = SocketAddr>>(
+async fn serve_flumen<R: Runtime, T: Transport>(
     rt: &R,
     transport: T,
-    addr: SocketAddr,
-    bound: impl FnOnce(SocketAddr),
-) -> std::io::Result<()> {
+    addr: Address,
+    bound: impl FnOnce(Address),
+) -> std::io::Result<()>
+where
+    T::Addr: TransportAddr,
+{
+    let addr = addr_for(&transport, &addr).map_err(std::io::Error::other)?;
     let server = Server::new(router())
         .config(ServerConfig::default())
         .bind(rt, &transport, &addr)
         .await?;
-    bound(*server.local_addr());
+    bound(server.local_addr().clone().into_address());
     let server = Arc::new(server);
     let stats = server.clone();
     let _ = SERVER_STATS.set(Box::new(move || stats.stats().io));
@@ -279,14 +308,18 @@ async fn serve_flumen<R: Runtime, T: Transport<Addr = SocketAddr>>(
     Ok(())
 }
 
-async fn serve_pipe<T: Transport<Addr = SocketAddr>>(
+async fn serve_pipe<T: Transport>(
     transport: T,
     spawner: Spawner,
-    addr: SocketAddr,
-    bound: impl FnOnce(SocketAddr),
-) -> std::io::Result<()> {
+    addr: Address,
+    bound: impl FnOnce(Address),
+) -> std::io::Result<()>
+where
+    T::Addr: TransportAddr,
+{
+    let addr = addr_for(&transport, &addr).map_err(std::io::Error::other)?;
     let mut listener = transport.bind(&addr).await?;
-    bound(listener.local_addr()?);
+    bound(listener.local_addr()?.into_address());
     let _ = SERVER_STATS.set(Box::new(pipe::stats));
     loop {
         let (connecting, _) = listener.accept().await?;
@@ -317,7 +350,7 @@ pub(crate) async fn load(
     system: System,
     net: &Net,
     spawner: Spawner,
-    addr: SocketAddr,
+    addr: Address,
     load: Load,
     make_window: impl FnOnce() -> Window,
     progress: Arc<AtomicU64>,
@@ -343,6 +376,7 @@ pub(crate) async fn load(
             let mut clients = Vec::new();
             for _ in 0..load.connections {
                 let client = with_transport!(net, &spawner, |rt, transport| {
+                    let addr = addr_for(&transport, &addr)?;
                     Client::connect_with(
                         rt,
                         &transport,
@@ -351,8 +385,9 @@ pub(crate) async fn load(
                         flumen::MsgPack::default(),
                     )
                     .await
+                    .map_err(|e| e.to_string())
                 });
-                clients.push(client.map_err(|e| e.to_string())?);
+                clients.push(client?);
             }
             let window = make_window();
             let stats_of = clients.clone();
@@ -393,19 +428,23 @@ pub(crate) async fn load(
             Ok((tallies, Some(stats)))
         }
         System::FlumenBalanced | System::FlumenBalanced4 => {
-            let endpoints = system.endpoints(addr);
+            let endpoints = system.endpoints(&addr)?;
             let config = BalanceConfig::new()
                 .pool_size(load.connections)
                 .client(ClientConfig::default().max_in_flight(load.in_flight));
             let client = with_transport!(net, &spawner, |rt, transport| {
+                let targets = endpoints
+                    .iter()
+                    .map(|e| addr_for(&transport, e))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Client::balanced_with(
                     rt,
                     transport,
-                    Static::new(endpoints.clone()),
+                    Static::new(targets),
                     config,
                     flumen::MsgPack::default(),
                 )
-            });
+            }, unix: return Err("balanced clients need IP addresses (socket paths have no text form to balance on)".into()));
             let balancer = client.balancer().cloned().ok_or("not balanced")?;
             // Pools open lazily: call until every connection of every endpoint is open.
             let body: Vec<u8> = (0..load.payload).map(|i| i as u8).collect();
@@ -450,7 +489,7 @@ pub(crate) async fn load(
         }
         #[cfg(feature = "peers")]
         System::Tarpc | System::Tonic | System::Razor => {
-            crate::peers::load(system, spawner, addr, load, make_window, progress)
+            crate::peers::load(system, spawner, addr.ip()?, load, make_window, progress)
                 .await
                 .map(|tallies| (tallies, None))
         }
@@ -462,14 +501,18 @@ pub(crate) async fn load(
     }
 }
 
-async fn load_pipe<T: Transport<Addr = SocketAddr>>(
+async fn load_pipe<T: Transport>(
     transport: T,
     spawner: Spawner,
-    addr: SocketAddr,
+    addr: Address,
     load: Load,
     make_window: impl FnOnce() -> Window,
     progress: Arc<AtomicU64>,
-) -> Result<Vec<Tally>, String> {
+) -> Result<Vec<Tally>, String>
+where
+    T::Addr: TransportAddr,
+{
+    let addr = addr_for(&transport, &addr)?;
     let mut conns = Vec::new();
     for _ in 0..load.connections {
         conns.push(transport.connect(&addr).await.map_err(|e| e.to_string())?);
