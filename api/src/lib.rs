@@ -33,6 +33,14 @@ pub use bytes::Bytes;
 /// Balanced clients: pools per endpoint, strategies, failover, retries, discovery
 /// ([`Client::balanced`]).
 pub use flumen_balance as balance;
+#[cfg(feature = "cbor")]
+pub use flumen_codec::Cbor;
+#[cfg(feature = "json")]
+pub use flumen_codec::Json;
+#[cfg(feature = "postcard")]
+pub use flumen_codec::Postcard;
+#[cfg(feature = "bincode")]
+pub use flumen_codec::{Bincode, BINCODE_MAX_ALLOC};
 pub use flumen_codec::{Codec, CodecError, MsgPack};
 /// The multiplexed core, for raw calls and custom [`Dispatch`] implementations.
 pub use flumen_stream as stream;

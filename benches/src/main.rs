@@ -23,8 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::{Args, Parser, Subcommand};
 use address::Address;
+use clap::{Args, Parser, Subcommand};
 use measure::{print_table, Report, Tally, Window};
 use system::{Load, Rt, System};
 

@@ -1,20 +1,44 @@
 //! Turns serde values into message bodies and back.
 //!
 //! [`Codec`] is what Flumen's typed layer needs; [`MsgPack`] (rmp-serde, feature `msgpack`, on by
-//! default) is the default implementation. A raw [`bytes::Bytes`] body needs no codec at all:
+//! default) is the default implementation. Behind features: `Json` (serde_json), `Postcard`,
+//! `Cbor` (ciborium) and `Bincode` (bincode 2). Each bounds what a decode of untrusted bytes
+//! may cost (nesting, declared lengths). A raw [`bytes::Bytes`] body needs no codec at all:
 //! `Dispatch` implementations and raw client calls pass it through untouched.
 #![warn(missing_docs)]
 
+#[cfg(feature = "bincode")]
+mod bincode;
+#[cfg(feature = "cbor")]
+mod cbor;
+#[cfg(feature = "json")]
+mod json;
 #[cfg(feature = "msgpack")]
 mod msgpack;
+#[cfg(feature = "postcard")]
+mod postcard;
+mod scratch;
 
 use std::error::Error as StdError;
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
+#[cfg(feature = "bincode")]
+pub use crate::bincode::{Bincode, BINCODE_MAX_ALLOC};
+#[cfg(feature = "cbor")]
+pub use crate::cbor::Cbor;
+#[cfg(feature = "json")]
+pub use crate::json::Json;
 #[cfg(feature = "msgpack")]
-pub use crate::msgpack::{MsgPack, DEFAULT_MAX_DEPTH};
+pub use crate::msgpack::MsgPack;
+#[cfg(feature = "postcard")]
+pub use crate::postcard::Postcard;
+
+/// Default limit on nesting depth while decoding (128), for the self-describing codecs that
+/// take one ([`MsgPack`], `Cbor`). Stops a small, deeply nested payload from exhausting the
+/// stack.
+pub const DEFAULT_MAX_DEPTH: usize = 128;
 
 /// Encodes and decodes message bodies.
 ///

@@ -1,23 +1,7 @@
-use std::cell::RefCell;
-
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{Codec, CodecError};
-
-/// Bodies are encoded into a per-thread buffer and split off it, so a small body costs no
-/// allocation of its own: the buffer is replaced once it has less than `SCRATCH_MIN` bytes
-/// left, by one of `SCRATCH_CHUNK` bytes (or what a larger body needs).
-const SCRATCH_CHUNK: usize = 32 * 1024;
-const SCRATCH_MIN: usize = 1024;
-
-thread_local! {
-    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-}
-
-/// Default limit on nesting depth while decoding (128). Stops a small, deeply nested payload
-/// from exhausting the stack.
-pub const DEFAULT_MAX_DEPTH: usize = 128;
+use crate::{scratch, Codec, CodecError, DEFAULT_MAX_DEPTH};
 
 /// MessagePack via rmp-serde. Structs are encoded as arrays (compact, field order matters).
 ///
@@ -54,19 +38,7 @@ impl MsgPack {
 
 impl Codec for MsgPack {
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, CodecError> {
-        SCRATCH.with_borrow_mut(|scratch| {
-            if scratch.capacity() < SCRATCH_MIN {
-                scratch.reserve(SCRATCH_CHUNK);
-            }
-            let mut out = (&mut *scratch).writer();
-            match rmp_serde::encode::write(&mut out, value) {
-                Ok(()) => Ok(scratch.split().freeze()),
-                Err(e) => {
-                    scratch.clear();
-                    Err(CodecError::Encode(e.into()))
-                }
-            }
-        })
+        scratch::encode(|out| rmp_serde::encode::write(out, value))
     }
 
     fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, CodecError> {
