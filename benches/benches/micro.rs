@@ -138,16 +138,29 @@ fn codec(c: &mut Criterion) {
         tags: vec![1, 2, 3, 4],
         ok: true,
     };
-    let codec = MsgPack::default();
-    let body = codec.encode(&value).unwrap();
     group.throughput(Throughput::Elements(1));
-    group.bench_function("msgpack_encode_small", |b| {
-        b.iter(|| codec.encode(std::hint::black_box(&value)).unwrap())
+    codec_pair(&mut group, "msgpack", MsgPack::default(), &value);
+    codec_pair(&mut group, "json", flumen::Json, &value);
+    codec_pair(&mut group, "postcard", flumen::Postcard, &value);
+    codec_pair(&mut group, "cbor", flumen::Cbor::default(), &value);
+    codec_pair(&mut group, "bincode", flumen::Bincode, &value);
+    group.finish();
+}
+
+/// Encodes and decodes `value` with `codec`: `NAME_encode_small`, `NAME_decode_small`.
+fn codec_pair<C: Codec>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    codec: C,
+    value: &Small,
+) {
+    let body = codec.encode(value).unwrap();
+    group.bench_function(format!("{name}_encode_small"), |b| {
+        b.iter(|| codec.encode(std::hint::black_box(value)).unwrap())
     });
-    group.bench_function("msgpack_decode_small", |b| {
+    group.bench_function(format!("{name}_decode_small"), |b| {
         b.iter(|| codec.decode::<Small>(std::hint::black_box(&body)).unwrap())
     });
-    group.finish();
 }
 
 fn round_trip(c: &mut Criterion) {
