@@ -3,7 +3,7 @@
 //! Many calls share one full-duplex connection; requests are written in batches, a window
 //! bounds the calls in flight, deadlines sit on a timing wheel, and the same client works from
 //! async tasks and from plain threads. Pick the runtime (`tokio`, `smol`) and the transport
-//! (`tcp`, `unix`, `tls`, `quic`) with cargo features; MessagePack is the default codec.
+//! (`tcp`, `unix`, `inproc`, `tls`, `quic`) with cargo features; MessagePack is the default codec.
 //!
 //! # Examples
 //!
@@ -168,6 +168,13 @@ pub mod tcp {
 #[cfg(all(feature = "unix", unix))]
 pub mod unix {
     pub use flumen_unix::*;
+}
+
+/// The in-process transport (feature `inproc`): `InProc`, client and server in one process
+/// over in-memory pipes, on any runtime; servers bind an `InProcAddr` name.
+#[cfg(feature = "inproc")]
+pub mod inproc {
+    pub use flumen_inproc::*;
 }
 
 /// TLS (feature `tls`): `ServerTls` / `ClientTls` from PEM files, mutual TLS, `TlsTransport`

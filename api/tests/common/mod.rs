@@ -15,6 +15,7 @@ use std::{
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flumen::{
+    inproc::{InProc, InProcAddr},
     rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::Transport,
     tcp::{SmolTcp, TokioTcp},
@@ -96,6 +97,8 @@ pub type TokioTlsEnv = With<TokioRuntime, TlsTransport<TokioTcp>>;
 pub type SmolTlsEnv = With<SmolRuntime, TlsTransport<SmolTcp>>;
 pub type TokioUnixEnv = With<TokioRuntime, TokioUnix>;
 pub type SmolUnixEnv = With<SmolRuntime, SmolUnix>;
+pub type TokioInProcEnv = With<TokioRuntime, InProc>;
+pub type SmolInProcEnv = With<SmolRuntime, InProc>;
 
 /// Makes the transport of an environment, and addresses for its servers.
 pub trait MakeTransport: Transport + Sized {
@@ -142,6 +145,16 @@ impl MakeTransport for SmolUnix {
 
     fn any_addr() -> PathBuf {
         socket_path()
+    }
+}
+
+impl MakeTransport for InProc {
+    fn make(_: QuicTransport) -> Self {
+        InProc
+    }
+
+    fn any_addr() -> InProcAddr {
+        InProcAddr::any()
     }
 }
 
@@ -295,7 +308,8 @@ where
 
 /// Generates each listed `async fn name<E: Env>(env: E)` as a test on tokio (a two-worker
 /// multi-thread runtime) and on smol (two executor threads), over TCP, over TLS-TCP (mutual
-/// TLS), over QUIC and over Unix sockets; and over TCP on a current-thread tokio runtime.
+/// TLS), over QUIC, over Unix sockets and in process; and over TCP on a current-thread tokio
+/// runtime.
 #[macro_export]
 macro_rules! e2e {
     ($($name:ident),* $(,)?) => {
@@ -325,6 +339,12 @@ macro_rules! e2e {
         }
         mod smol_unix {
             $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolUnixEnv>) })*
+        }
+        mod tokio_inproc {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioInProcEnv>) })*
+        }
+        mod smol_inproc {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolInProcEnv>) })*
         }
     };
 }
