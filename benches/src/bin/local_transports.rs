@@ -1,0 +1,135 @@
+//! Flumen over the transports for one host, side by side in one process: TCP loopback, Unix
+//! sockets and the in-process transport (which cannot cross processes, so `flumen-bench`, which
+//! runs its server in a process of its own, cannot measure it). The server runs on a thread
+//! with its own current-thread tokio runtime, the callers on another; rounds alternate between
+//! the transports so that noise hits them alike.
+//!
+//! ```sh
+//! cargo run --release -p flumen-bench --bin local-transports -- [PAYLOAD] [IN_FLIGHT] [SECONDS] [ROUNDS]
+//! ```
+
+use std::{
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use flumen::{
+    inproc::{InProc, InProcAddr},
+    rt::TokioRuntime,
+    stream::Transport,
+    tcp::TokioTcp,
+    unix::TokioUnix,
+    Client, ClientConfig, Router, Server, Status,
+};
+use serde_bytes::ByteBuf;
+
+fn arg(n: usize, default: f64) -> f64 {
+    std::env::args()
+        .nth(n)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Calls per second of `in_flight` callers echoing `payload` bytes over `transport` for
+/// `secs`.
+fn measure<T: Transport + Clone>(
+    transport: T,
+    addr: T::Addr,
+    payload: usize,
+    in_flight: usize,
+    secs: f64,
+) -> f64 {
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let server_transport = transport.clone();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let rt = TokioRuntime::current();
+            let router =
+                Router::new().route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) });
+            let server = Server::new(router)
+                .bind(&rt, &server_transport, &addr)
+                .await
+                .unwrap();
+            bound_tx.send(server.local_addr().clone()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+            drop(server);
+        });
+    });
+    let addr = bound_rx.recv().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let calls = local.block_on(&runtime, async move {
+        let rt = TokioRuntime::current();
+        let config = ClientConfig::default().max_in_flight(in_flight);
+        let client =
+            Client::connect_with(&rt, &transport, &addr, config, flumen::MsgPack::default())
+                .await
+                .unwrap();
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let body = ByteBuf::from(vec![7u8; payload]);
+        let callers: Vec<_> = (0..in_flight)
+            .map(|_| {
+                let (client, body) = (client.clone(), body.clone());
+                tokio::task::spawn_local(async move {
+                    let mut calls = 0u64;
+                    while Instant::now() < until {
+                        let reply: ByteBuf = client.call("echo", &body).await.unwrap();
+                        assert_eq!(reply.len(), body.len());
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        let mut calls = 0;
+        for caller in callers {
+            calls += caller.await.unwrap();
+        }
+        calls
+    });
+    let _ = stop_tx.send(());
+    let _ = server.join();
+    calls as f64 / secs
+}
+
+fn main() {
+    let payload = arg(1, 32.0) as usize;
+    let in_flight = arg(2, 64.0) as usize;
+    let secs = arg(3, 3.0);
+    let rounds = arg(4, 3.0) as usize;
+    let mut totals = [0.0f64; 3];
+    for round in 0..rounds {
+        let tcp = measure(
+            TokioTcp::default(),
+            "127.0.0.1:0".parse().unwrap(),
+            payload,
+            in_flight,
+            secs,
+        );
+        let path = std::env::temp_dir().join(format!("flumen-local-{}.sock", std::process::id()));
+        let unix = measure(TokioUnix, path, payload, in_flight, secs);
+        let inproc = measure(InProc, InProcAddr::any(), payload, in_flight, secs);
+        println!(
+            "round {round}: tcp {tcp:.0} calls/s, unix {unix:.0} ({:.2}x tcp), inproc {inproc:.0} ({:.2}x tcp)",
+            unix / tcp,
+            inproc / tcp
+        );
+        for (total, rate) in totals.iter_mut().zip([tcp, unix, inproc]) {
+            *total += rate;
+        }
+    }
+    let [tcp, unix, inproc] = totals.map(|t| t / rounds as f64);
+    println!(
+        "{payload} B x {in_flight}, mean of {rounds}: tcp {tcp:.0}, unix {unix:.0} ({:.2}x), inproc {inproc:.0} ({:.2}x)",
+        unix / tcp,
+        inproc / tcp
+    );
+}
