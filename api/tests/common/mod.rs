@@ -306,51 +306,9 @@ where
     }
 }
 
-/// Generates each listed `async fn name<E: Env>(env: E)` as a test on tokio (a two-worker
-/// multi-thread runtime) and on smol (two executor threads), over TCP, over TLS-TCP (mutual
-/// TLS), over QUIC, over Unix sockets and in process; and over TCP on a current-thread tokio
-/// runtime.
-#[macro_export]
-macro_rules! e2e {
-    ($($name:ident),* $(,)?) => {
-        mod tokio_tcp {
-            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioEnv>) })*
-        }
-        mod tokio_current_tcp {
-            $(#[test] fn $name() { $crate::common::run_tokio_current(super::$name::<$crate::common::TokioEnv>) })*
-        }
-        mod smol_tcp {
-            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolEnv>) })*
-        }
-        mod tokio_quic {
-            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioQuicEnv>) })*
-        }
-        mod smol_quic {
-            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolQuicEnv>) })*
-        }
-        mod tokio_tls {
-            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioTlsEnv>) })*
-        }
-        mod smol_tls {
-            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolTlsEnv>) })*
-        }
-        mod tokio_unix {
-            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioUnixEnv>) })*
-        }
-        mod smol_unix {
-            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolUnixEnv>) })*
-        }
-        mod tokio_inproc {
-            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioInProcEnv>) })*
-        }
-        mod smol_inproc {
-            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolInProcEnv>) })*
-        }
-    };
-}
-
-/// `e2e!` for tests that need IP addresses (balancing, discovery, chaos through TLS): every
-/// environment but Unix sockets.
+/// `e2e!` for tests that need IP addresses (balancing, discovery, chaos through TLS): on tokio
+/// (a two-worker multi-thread runtime) and on smol (two executor threads), over TCP, over
+/// TLS-TCP (mutual TLS) and over QUIC; and over TCP on a current-thread tokio runtime.
 #[macro_export]
 macro_rules! e2e_ip {
     ($($name:ident),* $(,)?) => {
@@ -374,6 +332,27 @@ macro_rules! e2e_ip {
         }
         mod smol_tls {
             $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolTlsEnv>) })*
+        }
+    };
+}
+
+/// Generates each listed `async fn name<E: Env>(env: E)` as a test in every environment of
+/// `e2e_ip!`, and over Unix sockets and in process on both runtimes.
+#[macro_export]
+macro_rules! e2e {
+    ($($name:ident),* $(,)?) => {
+        $crate::e2e_ip!($($name),*);
+        mod tokio_unix {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioUnixEnv>) })*
+        }
+        mod smol_unix {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolUnixEnv>) })*
+        }
+        mod tokio_inproc {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioInProcEnv>) })*
+        }
+        mod smol_inproc {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolInProcEnv>) })*
         }
     };
 }

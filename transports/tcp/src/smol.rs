@@ -1,18 +1,15 @@
 use std::{
     future::{ready, Ready},
-    io::{self, IoSlice},
+    io,
     net::{SocketAddr, TcpListener, TcpStream},
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
 };
 
 use async_io::Async;
-use flumen_stream::{Listener, Transport, TransportRead};
+use flumen_rt::io::SmolIo;
+use flumen_stream::{Listener, Transport};
 use socket2::SockRef;
 
 use crate::TcpOptions;
-use futures_io::{AsyncRead, AsyncWrite};
 
 /// TCP on smol (`async-io`'s reactor). Works with any executor.
 #[derive(Clone, Copy, Debug, Default)]
@@ -21,12 +18,10 @@ pub struct SmolTcp {
 }
 
 /// The receiving half of a smol TCP connection.
-#[derive(Debug)]
-pub struct SmolTcpReader(Arc<Async<TcpStream>>);
+pub type SmolTcpReader = SmolIo<TcpStream>;
 
 /// The sending half of a smol TCP connection; closing it sends `FIN`.
-#[derive(Debug)]
-pub struct SmolTcpWriter(Arc<Async<TcpStream>>);
+pub type SmolTcpWriter = SmolIo<TcpStream>;
 
 /// A smol TCP listener.
 #[derive(Debug)]
@@ -47,8 +42,7 @@ fn split(
     options: &TcpOptions,
 ) -> io::Result<(SmolTcpReader, SmolTcpWriter)> {
     options.apply(SockRef::from(stream.get_ref()))?;
-    let stream = Arc::new(stream);
-    Ok((SmolTcpReader(stream.clone()), SmolTcpWriter(stream)))
+    Ok(SmolIo::split(stream))
 }
 
 impl Transport for SmolTcp {
@@ -82,43 +76,5 @@ impl Listener for SmolTcpListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.get_ref().local_addr()
-    }
-}
-
-impl TransportRead for SmolTcpReader {}
-
-impl AsyncRead for SmolTcpReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SmolTcpWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_close(cx)
     }
 }

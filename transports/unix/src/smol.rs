@@ -1,16 +1,13 @@
 use std::{
     future::{ready, Ready},
-    io::{self, IoSlice},
+    io,
     os::unix::net::{UnixListener, UnixStream},
     path::PathBuf,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
 };
 
 use async_io::Async;
-use flumen_stream::{Listener, Transport, TransportRead};
-use futures_io::{AsyncRead, AsyncWrite};
+use flumen_rt::io::SmolIo;
+use flumen_stream::{Listener, Transport};
 
 use crate::{peer_path, Unlink};
 
@@ -19,12 +16,10 @@ use crate::{peer_path, Unlink};
 pub struct SmolUnix;
 
 /// The receiving half of a smol Unix socket connection.
-#[derive(Debug)]
-pub struct SmolUnixReader(Arc<Async<UnixStream>>);
+pub type SmolUnixReader = SmolIo<UnixStream>;
 
 /// The sending half of a smol Unix socket connection; closing it shuts the write side down.
-#[derive(Debug)]
-pub struct SmolUnixWriter(Arc<Async<UnixStream>>);
+pub type SmolUnixWriter = SmolIo<UnixStream>;
 
 /// A smol Unix socket listener; dropping it removes its socket file.
 #[derive(Debug)]
@@ -34,8 +29,7 @@ pub struct SmolUnixListener {
 }
 
 fn split(stream: Async<UnixStream>) -> (SmolUnixReader, SmolUnixWriter) {
-    let stream = Arc::new(stream);
-    (SmolUnixReader(stream.clone()), SmolUnixWriter(stream))
+    SmolIo::split(stream)
 }
 
 impl Transport for SmolUnix {
@@ -69,43 +63,5 @@ impl Listener for SmolUnixListener {
 
     fn local_addr(&self) -> io::Result<PathBuf> {
         Ok(self.path.0.clone())
-    }
-}
-
-impl TransportRead for SmolUnixReader {}
-
-impl AsyncRead for SmolUnixReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SmolUnixWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_close(cx)
     }
 }

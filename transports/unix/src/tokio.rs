@@ -1,19 +1,14 @@
 use std::{
     future::{ready, Ready},
-    io::{self, IoSlice},
+    io,
     path::PathBuf,
-    pin::Pin,
-    task::{ready, Context, Poll},
 };
 
-use flumen_stream::{Listener, Transport, TransportRead};
-use futures_io::{AsyncRead, AsyncWrite};
-use tokio::{
-    io::{AsyncRead as _, AsyncWrite as _, ReadBuf},
-    net::{
-        unix::{OwnedReadHalf, OwnedWriteHalf},
-        UnixListener, UnixStream,
-    },
+use flumen_rt::io::TokioIo;
+use flumen_stream::{Listener, Transport};
+use tokio::net::{
+    unix::{OwnedReadHalf, OwnedWriteHalf},
+    UnixListener, UnixStream,
 };
 
 use crate::Unlink;
@@ -23,12 +18,10 @@ use crate::Unlink;
 pub struct TokioUnix;
 
 /// The receiving half of a tokio Unix socket connection.
-#[derive(Debug)]
-pub struct TokioUnixReader(OwnedReadHalf);
+pub type TokioUnixReader = TokioIo<OwnedReadHalf>;
 
 /// The sending half of a tokio Unix socket connection; closing it shuts the write side down.
-#[derive(Debug)]
-pub struct TokioUnixWriter(OwnedWriteHalf);
+pub type TokioUnixWriter = TokioIo<OwnedWriteHalf>;
 
 /// A tokio Unix socket listener; dropping it removes its socket file.
 #[derive(Debug)]
@@ -39,7 +32,7 @@ pub struct TokioUnixListener {
 
 fn split(stream: UnixStream) -> (TokioUnixReader, TokioUnixWriter) {
     let (reader, writer) = stream.into_split();
-    (TokioUnixReader(reader), TokioUnixWriter(writer))
+    (TokioIo(reader), TokioIo(writer))
 }
 
 impl Transport for TokioUnix {
@@ -77,58 +70,5 @@ impl Listener for TokioUnixListener {
 
     fn local_addr(&self) -> io::Result<PathBuf> {
         Ok(self.path.0.clone())
-    }
-}
-
-/// Reads straight into the core's buffer capacity through tokio's `ReadBuf` (no zero-fill).
-impl TransportRead for TokioUnixReader {
-    const READS_UNINIT: bool = true;
-
-    fn poll_read_buf(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut bytes::BytesMut,
-        max: usize,
-    ) -> Poll<io::Result<usize>> {
-        use bytes::BufMut;
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.0), cx, &mut buf.limit(max))
-    }
-}
-
-impl AsyncRead for TokioUnixReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut buf = ReadBuf::new(buf);
-        ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
-        Poll::Ready(Ok(buf.filled().len()))
-    }
-}
-
-impl AsyncWrite for TokioUnixWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
