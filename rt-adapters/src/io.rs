@@ -1,6 +1,6 @@
 //! Connection halves over each runtime's sockets, for transports to wrap: whatever the socket
-//! (TCP, Unix), the half speaks `futures-io` and [`TransportRead`], the traits the core
-//! drives.
+//! (TCP, Unix), a half speaks `futures-io` and
+//! [`TransportRead`](flumen_stream::TransportRead), the traits the core drives.
 
 #[cfg(feature = "smol")]
 pub use self::smol_io::SmolIo;
