@@ -5,7 +5,7 @@
 //! client (floods, lies about lengths, ignored credit, reused sequence ids) or a broken
 //! server, and to read exactly what the other side answered.
 //!
-//! The byte builders ([`frame`], [`metadata_block`]) write what they are given, limits and
+//! The byte builders ([`frame`](fn@frame), [`metadata_block`]) write what they are given, limits and
 //! consistency be damned; the reading side decodes strictly and reports what arrived.
 
 pub mod chaos;
