@@ -331,6 +331,8 @@ impl Endpoints {
 /// What a hedged attempt needs beside its lease.
 struct Hedge<'p, 'a> {
     plan: &'p HedgePlan,
+    /// How long the first attempt runs alone.
+    delay: Duration,
     route: &'p Route,
     /// The call's options (a hedge gets what is left of their deadline).
     options: &'a CallOptions,
@@ -451,10 +453,11 @@ impl Balancer {
         loop {
             let lease = self.lease(&route, &attempts).await?;
             let attempt = attempts.options(options)?;
-            let (lease, result) = match &hedge {
-                Some(plan) => {
+            let (lease, result) = match hedge.as_ref().and_then(|p| Some((p, p.delay?))) {
+                Some((plan, delay)) => {
                     let hedge = Hedge {
                         plan,
+                        delay,
                         route: &route,
                         options,
                     };
@@ -468,10 +471,15 @@ impl Balancer {
                     .await
                 }
                 None => {
+                    // Not hedged; a method still learning its latencies records this one.
+                    let started = hedge.as_ref().map(|_| Instant::now());
                     let result = lease
                         .conn
                         .call_parts(method, head.clone(), tail.clone(), &attempt)
                         .await;
+                    if let (Some(plan), Some(started)) = (&hedge, started) {
+                        plan.answered(&result, started);
+                    }
                     (lease, result)
                 }
             };
@@ -483,7 +491,7 @@ impl Balancer {
     }
 
     /// One attempt of an idempotent call on `first`, hedged on a second endpoint if it is
-    /// still unanswered after the plan's delay. Returns the lease whose answer is returned
+    /// still unanswered after `hedge.delay`. Returns the lease whose answer is returned
     /// (the other attempt, if any, is cancelled, or was recorded as failed).
     async fn hedged<'a, Fut>(
         &self,
@@ -498,17 +506,13 @@ impl Balancer {
     {
         let Hedge {
             plan,
+            delay,
             route,
             options,
         } = hedge;
         let shared = &self.shared;
         let started = Instant::now();
         let mut one = pin!(call(first.conn.clone(), attempt));
-        let Some(delay) = plan.delay else {
-            let result = one.await;
-            plan.answered(&result, started);
-            return (first, result);
-        };
         let mut timer = shared.control.sleep_until(started + delay);
         let early = poll_fn(|cx| match one.as_mut().poll(cx) {
             Poll::Ready(result) => Poll::Ready(Some(result)),
@@ -565,10 +569,13 @@ impl Balancer {
         options: &'a CallOptions,
     ) -> Option<(Lease, Cow<'a, CallOptions>)> {
         let shared = &self.shared;
-        if attempts.made + 1 >= shared.config.max_attempts {
+        let now = Instant::now();
+        // No attempt or time left: no lease taken, no budget spent.
+        if attempts.made + 1 >= shared.config.max_attempts
+            || attempts.deadline.is_some_and(|d| now >= d)
+        {
             return None;
         }
-        let now = Instant::now();
         let lease = shared
             .try_lease(route, now, Some(first.endpoint.id))
             .ok()
