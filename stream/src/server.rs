@@ -1,12 +1,15 @@
 //! The server side: [`Server`] and its handle (stats, graceful shutdown). Requests go to a
 //! user's [`Dispatch`] (`dispatch`); the accept loop, handshakes and watchdog live in
-//! `accept`, each connection's tasks in `conn`.
+//! `accept`, each connection's shared state and writer in `conn`, its reader in `read`, and a
+//! call's life after dispatch in `handler`.
 
 mod accept;
 mod config;
 mod conn;
 mod dispatch;
+mod handler;
 mod limit;
+mod read;
 mod stream;
 
 use std::{

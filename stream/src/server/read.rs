@@ -1,0 +1,426 @@
+//! A server connection's reader task: the hello, decoding, and dispatch of each request,
+//! inline when its handler is ready at once.
+
+use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::Pin,
+    sync::{atomic::Ordering, Arc},
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_lite::FutureExt;
+
+use super::{
+    conn::{ConnState, Registration},
+    handler::{self, error_reply, overloaded, reply, Permit, Spawned},
+    stream::{CallStream, StreamRegistration},
+    Dispatch, Request, Shared, Status,
+};
+use crate::{
+    error::ErrorCode,
+    frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
+    hello::{Hello, HELLO_LEN},
+    io::{linger, read_at_least, Outgoing, ReadBuffer, CLOSE_LINGER, READER},
+    metadata::Metadata,
+    runtime::Runtime,
+    streaming::{self, StreamState},
+    transport::TransportRead,
+};
+
+/// Frames a connection's reader handles before it yields to the other tasks of its thread,
+/// however fast its peer keeps sending.
+const YIELD_EVERY_FRAMES: u32 = 1024;
+
+/// Spare handler boxes a connection keeps for reuse.
+const SPARE_FUTURES: usize = 16;
+
+/// What wakes the reader.
+enum Event {
+    Read(std::io::Result<usize>),
+    Drain,
+    Quiet,
+}
+
+/// The reader task of one connection: decodes frames and dispatches requests.
+pub(super) struct ReadTask<R, D: Dispatch> {
+    rt: R,
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+    dispatch: Arc<D>,
+    /// Boxes of finished handler futures, reused so that inline calls allocate nothing.
+    spare: Vec<Pin<Box<D::Future>>>,
+    /// The client's limit on reply bodies.
+    peer_max_frame_len: u32,
+}
+
+impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
+    pub(super) fn new(rt: R, shared: Arc<Shared>, conn: Arc<ConnState>, dispatch: Arc<D>) -> Self {
+        Self {
+            rt,
+            shared,
+            conn,
+            dispatch,
+            spare: Vec::new(),
+            peer_max_frame_len: 0,
+        }
+    }
+
+    /// Serves the connection until it ends, then lingers if this side ended it.
+    pub(super) async fn run<Rd: TransportRead>(
+        mut self,
+        mut reader: Rd,
+        registration: Arc<Registration>,
+    ) {
+        let peer_left = self.serve(&mut reader).await;
+        // The peer left, broke the protocol, or the connection was stopped: nobody will read
+        // replies to calls still running.
+        self.conn.close();
+        if !peer_left {
+            // This side ends the connection and its GoAway is on its way: what the peer still
+            // sends is read and dropped, so that closing does not reset the connection under
+            // the GoAway before the peer reads it.
+            // An aborted server lingers no more.
+            let until = self
+                .rt
+                .sleep_until(Instant::now() + CLOSE_LINGER)
+                .or(self.shared.halted.ended());
+            linger(&mut reader, until).await;
+        }
+        drop(registration);
+    }
+
+    /// Serves the connection; `true` when it ended because the peer closed it (or the read
+    /// failed), `false` when this side ended it.
+    async fn serve<Rd: TransportRead>(&mut self, reader: &mut Rd) -> bool {
+        let conn = self.conn.clone();
+        let mut read = ReadBuffer::new();
+        match conn
+            .stop
+            .guard(READER, read_at_least(reader, &mut read.buf, HELLO_LEN))
+            .await
+        {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return true,
+            None => return false,
+        }
+        let head = read.buf.split_to(HELLO_LEN);
+        let Some(head) = head.first_chunk::<HELLO_LEN>() else {
+            return false;
+        };
+        match Hello::decode(head) {
+            Ok(hello) => self.peer_max_frame_len = hello.max_frame_len,
+            Err(e) => {
+                Shared::count(&self.shared.counters.protocol_errors);
+                conn.go_away(e.code(), e.to_string());
+                return false;
+            }
+        }
+        conn.partial_since.store(0, Ordering::Relaxed);
+        let mut decoder = FrameDecoder::new(self.shared.config.max_frame_len);
+        let mut drain_seen = false;
+        let counters = conn.out.counters();
+        // Frames handled since this task last let others run.
+        let mut unyielded = 0;
+        loop {
+            let mut progressed = false;
+            // Replies to what this read brought are written together, however the runtime
+            // schedules the writer.
+            let hold = conn.out.hold();
+            loop {
+                match decoder.decode(&mut read.buf) {
+                    Ok(Some(frame)) => {
+                        progressed = true;
+                        unyielded += 1;
+                        counters.frames_read.fetch_add(1, Ordering::Relaxed);
+                        if !self.on_frame(frame).await {
+                            return false;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        Shared::count(&self.shared.counters.protocol_errors);
+                        conn.go_away(e.code(), e.to_string());
+                        return false;
+                    }
+                }
+            }
+            drop(hold);
+            // A peer that keeps the socket full (a flood of tiny frames) would otherwise keep
+            // this task running, since its reads never wait: on an executor without
+            // cooperative budgeting (smol) the other connections on this thread would wait.
+            if unyielded >= YIELD_EVERY_FRAMES {
+                unyielded = 0;
+                futures_lite::future::yield_now().await;
+            }
+            // A frame must complete within the read timeout of its first byte.
+            if read.buf.is_empty() {
+                conn.partial_since.store(0, Ordering::Relaxed);
+            } else if progressed || conn.partial_since.load(Ordering::Relaxed) == 0 {
+                conn.partial_since
+                    .store(self.shared.now(), Ordering::Relaxed);
+            }
+            let read_more = async {
+                match read
+                    .read_or_release(reader, &decoder, &conn.quiet, counters)
+                    .await
+                {
+                    Some(result) => Event::Read(result),
+                    None => Event::Quiet,
+                }
+            };
+            let event = if drain_seen {
+                conn.stop.guard(READER, read_more).await
+            } else {
+                let drained = async {
+                    conn.draining.wait().await;
+                    Event::Drain
+                };
+                conn.stop.guard(READER, read_more.or(drained)).await
+            };
+            match event {
+                None => return false,
+                Some(Event::Read(Ok(0) | Err(_))) => return true,
+                Some(Event::Read(Ok(_))) => {
+                    conn.last_read.store(self.shared.now(), Ordering::Relaxed)
+                }
+                // The buffers went back; wait for the next bytes.
+                Some(Event::Quiet) => {}
+                Some(Event::Drain) => {
+                    drain_seen = true;
+                    conn.close_if_idle();
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; `false` ends the connection.
+    async fn on_frame(&mut self, frame: Frame) -> bool {
+        let header = frame.header;
+        match header.kind {
+            FrameKind::Request => self.on_request(header, frame.body).await,
+            FrameKind::Ping => {
+                let pong = FrameHeader::new(FrameKind::Pong, header.seq);
+                send(&self.conn, Outgoing::frame(pong, frame.body)).await
+            }
+            FrameKind::Cancel => {
+                // The call is over for the client, which may reuse its sequence id at once:
+                // forget it now, and stop its handler. A call that already finished (or never
+                // ran in a task) has nothing to stop.
+                let running = self.conn.running.lock().remove(&header.seq);
+                if let Some(cancel) = running {
+                    cancel.set();
+                }
+                if self.conn.in_flight.load(Ordering::Relaxed) > 0 {
+                    self.conn.streams.lock().remove(&header.seq);
+                }
+                true
+            }
+            FrameKind::StreamItem | FrameKind::StreamEnd | FrameKind::Credit => {
+                self.on_stream_frame(frame)
+            }
+            FrameKind::Pong => true,
+            // A client's GoAway means it is leaving: a draining connection need not wait for
+            // more requests.
+            FrameKind::GoAway => {
+                self.conn.peer_leaving.store(true, Ordering::SeqCst);
+                self.conn.close_if_idle();
+                true
+            }
+            FrameKind::Response | FrameKind::Error => {
+                Shared::count(&self.shared.counters.protocol_errors);
+                let reason = format!("unexpected {:?} frame from a client", header.kind);
+                self.conn.go_away(ErrorCode::PROTOCOL_ERROR, reason);
+                false
+            }
+        }
+    }
+
+    /// Routes a stream frame to its call; frames for calls that ended are dropped.
+    fn on_stream_frame(&mut self, frame: Frame) -> bool {
+        let header = frame.header;
+        let Some(state) = self.conn.streams.lock().get(&header.seq).cloned() else {
+            return true;
+        };
+        let waker = match header.kind {
+            FrameKind::StreamItem => {
+                let end = header.flags & crate::frame::flags::END != 0;
+                match state.on_item(frame.body, end) {
+                    Ok(waker) => waker,
+                    Err(e) => {
+                        Shared::count(&self.shared.counters.protocol_errors);
+                        self.conn.go_away(ErrorCode::FLOW_CONTROL, e.to_string());
+                        return false;
+                    }
+                }
+            }
+            FrameKind::StreamEnd => {
+                let message = String::from_utf8_lossy(&frame.body).into_owned();
+                state.on_end(ErrorCode::from_u32(header.aux), message)
+            }
+            _ => state.on_credit(header.aux),
+        };
+        streaming::wake([waker]);
+        true
+    }
+
+    /// Opens the stream of a streaming request; grants the client its initial window.
+    fn open_stream(&self, header: &FrameHeader) -> (CallStream, StreamRegistration) {
+        let (state, grant) = StreamState::new(header.seq, self.shared.config.stream_window);
+        let state = Arc::new(state);
+        self.conn.streams.lock().insert(header.seq, state.clone());
+        if grant > 0 && header.flags & crate::frame::flags::STREAM_REQUEST != 0 {
+            self.conn
+                .out
+                .send_control(streaming::credit(header.seq, grant));
+        }
+        let stream = CallStream {
+            state: state.clone(),
+            out: self.conn.out.clone(),
+            flags: header.flags,
+            peer_max_frame_len: self.peer_max_frame_len,
+        };
+        let registration = StreamRegistration {
+            conn: self.conn.clone(),
+            state,
+        };
+        (stream, registration)
+    }
+
+    async fn on_request(&mut self, header: FrameHeader, mut body: Bytes) -> bool {
+        let conn = &*self.conn;
+        if conn.draining.is_set() {
+            let status = Status::new(ErrorCode::SHUTTING_DOWN, "server is shutting down");
+            return send(
+                &self.conn,
+                error_reply(&header, status, self.peer_max_frame_len),
+            )
+            .await;
+        }
+        if conn.admitted.load(Ordering::SeqCst) >= self.shared.config.max_in_flight {
+            let reason = "too many calls in flight on this connection";
+            return send(&self.conn, overloaded(&header, None, reason)).await;
+        }
+        let permit = match Permit::acquire(&self.shared) {
+            Ok(permit) => permit,
+            Err(retry_after) => {
+                Shared::count(&self.shared.counters.shed);
+                let reason = "the server is at its concurrency limit";
+                return send(&self.conn, overloaded(&header, Some(retry_after), reason)).await;
+            }
+        };
+        // Only calls in a task of their own outlive their request's dispatch, and each of
+        // them (streams included) is in `running`: one lookup, and none while none runs.
+        if conn.in_flight.load(Ordering::Relaxed) > 0
+            && conn.running.lock().contains_key(&header.seq)
+        {
+            // Its replies could not be told apart from those of the call still running.
+            Shared::count(&self.shared.counters.protocol_errors);
+            let reason = format!("sequence id {} reused while its call runs", header.seq);
+            conn.go_away(ErrorCode::PROTOCOL_ERROR, reason);
+            return false;
+        }
+        let metadata = if header.flags & crate::frame::flags::METADATA != 0 {
+            match Metadata::decode(&mut body) {
+                Ok(metadata) => metadata,
+                Err(e) => {
+                    let status = Status::new(ErrorCode::BAD_REQUEST, e.to_string());
+                    let reply = error_reply(&header, status, self.peer_max_frame_len);
+                    return send(&self.conn, reply).await;
+                }
+            }
+        } else {
+            Metadata::new()
+        };
+        let timeout = (header.aux != 0).then(|| Duration::from_millis(header.aux.into()));
+        // Counted from when the request was read: the caller's clock is not ours.
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let streaming = header.flags
+            & (crate::frame::flags::STREAM_REQUEST | crate::frame::flags::STREAM_REPLY)
+            != 0;
+        let (stream, registration) = match streaming {
+            true => {
+                let (stream, registration) = self.open_stream(&header);
+                (Some(stream), Some(registration))
+            }
+            false => (None, None),
+        };
+        let request = Request {
+            method: header.method,
+            seq: header.seq,
+            body,
+            timeout,
+            stream,
+            metadata,
+        };
+        let dispatch = &self.dispatch;
+        let Ok(future) = catch_unwind(AssertUnwindSafe(|| dispatch.dispatch(request))) else {
+            return self.panicked(&header).await;
+        };
+        let mut future = match self.spare.pop() {
+            Some(mut spare) => {
+                spare.as_mut().set(future);
+                spare
+            }
+            None => Box::pin(future),
+        };
+        if !self.shared.config.inline_dispatch {
+            let call = self.spawned(header, deadline, registration, permit);
+            handler::spawn(&self.rt, &self.conn, &self.shared, future, call);
+            return true;
+        }
+        let polled = {
+            let mut cx = Context::from_waker(Waker::noop());
+            catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))).map_err(drop)
+        };
+        match polled {
+            Ok(Poll::Ready(result)) => {
+                if self.spare.len() < SPARE_FUTURES {
+                    self.spare.push(future);
+                }
+                drop((registration, permit));
+                send(&self.conn, reply(&header, result, self.peer_max_frame_len)).await
+            }
+            Ok(Poll::Pending) => {
+                // It waits on something: give it a task of its own. Its next poll registers
+                // the task's waker, so nothing it waits for is missed.
+                let call = self.spawned(header, deadline, registration, permit);
+                handler::spawn(&self.rt, &self.conn, &self.shared, future, call);
+                true
+            }
+            Err(_) => self.panicked(&header).await,
+        }
+    }
+
+    fn spawned(
+        &self,
+        header: FrameHeader,
+        deadline: Option<Instant>,
+        registration: Option<StreamRegistration>,
+        permit: Permit,
+    ) -> Spawned {
+        Spawned {
+            header,
+            deadline,
+            registration,
+            permit,
+            peer_max_frame_len: self.peer_max_frame_len,
+        }
+    }
+
+    async fn panicked(&mut self, header: &FrameHeader) -> bool {
+        Shared::count(&self.shared.counters.panics);
+        let status = Status::new(ErrorCode::HANDLER_PANIC, "handler panicked");
+        send(
+            &self.conn,
+            error_reply(header, status, self.peer_max_frame_len),
+        )
+        .await
+    }
+}
+
+/// Queues `message` for the writer; `false` once the writer is gone.
+async fn send(conn: &ConnState, message: Outgoing) -> bool {
+    conn.out.send(message).await
+}
