@@ -295,12 +295,8 @@ impl<C: Codec> Client<C> {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = (self.encode(request)?, Bytes::new());
-        let options = CallOptions::new();
-        let reply = self
-            .call_parts(method.into(), body, &options, Route::default())
-            .await?;
-        self.decode(&reply)
+        self.call_with_options(method, request, &CallOptions::new())
+            .await
     }
 
     /// Calls `method` with `request` and `timeout` (`None`: no deadline).
@@ -318,10 +314,29 @@ impl<C: Codec> Client<C> {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = (self.encode(request)?, Bytes::new());
         let options = CallOptions::new().timeout(timeout);
+        self.call_with_options(method, request, &options).await
+    }
+
+    /// Calls `method` with `request` and `options` (timeout, metadata such as credentials or a
+    /// trace context).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_with_options<Req, Resp>(
+        &self,
+        method: impl Into<MethodId>,
+        request: &Req,
+        options: &CallOptions,
+    ) -> Result<Resp, Error>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let body = (self.encode(request)?, Bytes::new());
         let reply = self
-            .call_parts(method.into(), body, &options, Route::default())
+            .call_parts(method.into(), body, options, Route::default())
             .await?;
         self.decode(&reply)
     }
@@ -364,11 +379,11 @@ impl<C: Codec> Client<C> {
         }
     }
 
-    fn encode<Req: Serialize + ?Sized>(&self, request: &Req) -> Result<Bytes, Error> {
+    pub(crate) fn encode<Req: Serialize + ?Sized>(&self, request: &Req) -> Result<Bytes, Error> {
         self.codec.encode(request).map_err(Error::Encode)
     }
 
-    fn decode<Resp: DeserializeOwned>(&self, reply: &[u8]) -> Result<Resp, Error> {
+    pub(crate) fn decode<Resp: DeserializeOwned>(&self, reply: &[u8]) -> Result<Resp, Error> {
         self.codec.decode(reply).map_err(Error::Decode)
     }
 }

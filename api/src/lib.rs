@@ -28,6 +28,8 @@ mod error;
 mod method;
 mod router;
 mod service;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use bytes::Bytes;
 /// Balanced clients: pools per endpoint, strategies, failover, retries, discovery

@@ -17,7 +17,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::MethodId;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
-type Handler = Arc<dyn Fn(Request) -> RouterFuture + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(Request) -> RouterFuture + Send + Sync>;
 
 /// Routes requests by method id to handlers registered with [`route`](Self::route) (typed,
 /// decoded and encoded with codec `C`) or [`route_raw`](Self::route_raw) (raw bodies).
@@ -191,6 +191,14 @@ impl<C: Codec> Router<C> {
         self.routes.is_empty()
     }
 
+    /// Replaces every registered handler with what `wrap` makes of it.
+    #[cfg(feature = "tower")]
+    pub(crate) fn map_handlers(&mut self, mut wrap: impl FnMut(Handler) -> Handler) {
+        for (_, handler) in self.routes.values_mut() {
+            *handler = wrap(handler.clone());
+        }
+    }
+
     fn insert(mut self, method: &str, handler: Handler) -> Result<Self, RouteError> {
         let id = MethodId::from_name(method);
         if let Some((existing, _)) = self.routes.get(&id.as_u32()) {
@@ -254,7 +262,7 @@ impl RouterFuture {
         Self(Inner::Ready(Some(result)))
     }
 
-    fn boxed(future: BoxFuture) -> Self {
+    pub(crate) fn boxed(future: BoxFuture) -> Self {
         Self(Inner::Boxed(future))
     }
 }

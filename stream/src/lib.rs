@@ -27,6 +27,8 @@ mod server;
 mod stats;
 mod streaming;
 mod sync;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod transport;
 pub mod wheel;
 
