@@ -12,7 +12,10 @@ use flumen_stream::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{Error, MethodId};
+use crate::{
+    observe::{ClientCall, Target},
+    Error, MethodId,
+};
 
 /// A typed client: encodes requests and decodes replies with codec `C`. Cheap to clone; clones
 /// share one multiplexed connection, or one [`Balancer`] over many endpoints
@@ -228,57 +231,70 @@ impl<C: Codec> Client<C> {
     /// Calls `method` with a two-part body on the connection or through the balancer.
     pub(crate) async fn call_parts(
         &self,
-        method: MethodId,
+        method: impl Into<Target>,
         (head, tail): (Bytes, Bytes),
         options: &CallOptions,
         route: Route,
     ) -> Result<Bytes, CallError> {
-        match &self.channel {
-            Channel::One(raw) => raw.call_parts(method.as_u32(), head, tail, options).await,
-            Channel::Many(balancer) => {
-                let method = method.as_u32();
-                balancer
-                    .call_parts(method, head, tail, options, route)
-                    .await
+        let method = method.into();
+        let observed = ClientCall::start(method);
+        let traced = observed.options(options);
+        let options = traced.as_ref().unwrap_or(options);
+        let id = method.id().as_u32();
+        let call = async {
+            match &self.channel {
+                Channel::One(raw) => raw.call_parts(id, head, tail, options).await,
+                Channel::Many(balancer) => {
+                    balancer.call_parts(id, head, tail, options, route).await
+                }
             }
-        }
+        };
+        observed.run(call).await
     }
 
     /// [`call_parts`](Self::call_parts) from a plain thread.
     pub(crate) fn call_blocking_parts(
         &self,
-        method: MethodId,
+        method: impl Into<Target>,
         (head, tail): (Bytes, Bytes),
         options: &CallOptions,
         route: Route,
     ) -> Result<Bytes, CallError> {
-        let method = method.as_u32();
-        match &self.channel {
-            Channel::One(raw) => raw.call_blocking_parts(method, head, tail, options),
-            Channel::Many(balancer) => {
-                balancer.call_blocking_parts(method, head, tail, options, route)
-            }
-        }
+        let method = method.into();
+        let observed = ClientCall::start(method);
+        let traced = observed.options(options);
+        let options = traced.as_ref().unwrap_or(options);
+        let id = method.id().as_u32();
+        observed.run_blocking(|| match &self.channel {
+            Channel::One(raw) => raw.call_blocking_parts(id, head, tail, options),
+            Channel::Many(balancer) => balancer.call_blocking_parts(id, head, tail, options, route),
+        })
     }
 
-    /// Opens a streaming call (on one connection, wherever the balancer puts it).
+    /// Opens a streaming call (on one connection, wherever the balancer puts it). Its span
+    /// and metrics cover the opening of the stream.
     pub(crate) async fn open_stream(
         &self,
-        method: MethodId,
+        method: impl Into<Target>,
         body: Bytes,
         mode: StreamMode,
         options: &CallOptions,
         route: Route,
     ) -> Result<(Option<RequestSender>, ReplyStream), CallError> {
-        let method = method.as_u32();
-        match &self.channel {
-            Channel::One(raw) => raw.open_stream(method, body, mode, options).await,
-            Channel::Many(balancer) => {
-                balancer
-                    .open_stream(method, body, mode, options, route)
-                    .await
+        let method = method.into();
+        let observed = ClientCall::start(method);
+        let traced = observed.options(options);
+        let options = traced.as_ref().unwrap_or(options);
+        let id = method.id().as_u32();
+        let open = async {
+            match &self.channel {
+                Channel::One(raw) => raw.open_stream(id, body, mode, options).await,
+                Channel::Many(balancer) => {
+                    balancer.open_stream(id, body, mode, options, route).await
+                }
             }
-        }
+        };
+        observed.run(open).await
     }
 
     /// Calls `method` with `request` and the default timeout.
@@ -334,9 +350,10 @@ impl<C: Codec> Client<C> {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
+        let method: MethodId = method.into();
         let body = (self.encode(request)?, Bytes::new());
         let reply = self
-            .call_parts(method.into(), body, options, Route::default())
+            .call_parts(method, body, options, Route::default())
             .await?;
         self.decode(&reply)
     }
@@ -355,9 +372,10 @@ impl<C: Codec> Client<C> {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
+        let method: MethodId = method.into();
         let body = (self.encode(request)?, Bytes::new());
         let options = CallOptions::new();
-        let reply = self.call_blocking_parts(method.into(), body, &options, Route::default())?;
+        let reply = self.call_blocking_parts(method, body, &options, Route::default())?;
         self.decode(&reply)
     }
 

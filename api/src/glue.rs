@@ -14,9 +14,10 @@ use crate::{
         attached, detach, rpc_error, Attachment, Context, NoError, Pump, ReplyItems, RpcError,
         Streaming, WithAttachment,
     },
-    Client, Error, MethodId, RouteError, Router,
+    Client, Error, RouteError, Router,
 };
 
+pub use crate::observe::Target;
 pub use flumen_balance::Route;
 pub use futures_lite::Stream;
 pub use serde::{de::DeserializeOwned, Serialize};
@@ -216,7 +217,7 @@ where
 pub async fn call<A, T, E, C>(
     client: &Client<C>,
     options: &CallOptions,
-    method: MethodId,
+    method: Target,
     route: Route,
     args: &A,
 ) -> Result<T, RpcError<E>>
@@ -243,7 +244,7 @@ where
 pub fn call_blocking<A, T, E, C>(
     client: &Client<C>,
     options: &CallOptions,
-    method: MethodId,
+    method: Target,
     route: Route,
     args: &A,
 ) -> Result<T, RpcError<E>>
@@ -267,7 +268,7 @@ where
 pub async fn server_stream<A, T, E, C>(
     client: &Client<C>,
     options: &CallOptions,
-    method: MethodId,
+    method: Target,
     route: Route,
     args: &A,
 ) -> Result<ReplyItems<T, E, C>, RpcError<E>>
@@ -321,7 +322,7 @@ where
 pub async fn client_stream<A, I, S, T, E, C>(
     client: &Client<C>,
     options: &CallOptions,
-    method: MethodId,
+    method: Target,
     route: Route,
     args: &A,
     items: S,
@@ -365,7 +366,7 @@ where
 pub async fn bidi_stream<A, I, S, T, E, C>(
     client: &Client<C>,
     options: &CallOptions,
-    method: MethodId,
+    method: Target,
     route: Route,
     args: &A,
     items: S,
@@ -461,7 +462,7 @@ where
 pub async fn call_attached<A, E, C>(
     client: &Client<C>,
     options: &CallOptions,
-    method: MethodId,
+    method: Target,
     route: Route,
     args: &A,
     attachment: Option<Attachment>,

@@ -26,6 +26,11 @@
 mod client;
 mod error;
 mod method;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+mod observe;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod router;
 mod service;
 #[cfg(feature = "tower")]

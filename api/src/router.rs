@@ -219,7 +219,21 @@ impl<C: Codec> Dispatch for Router<C> {
 
     fn dispatch(&self, request: Request) -> RouterFuture {
         match self.routes.get(&request.method()) {
-            Some((_, handler)) => handler(request),
+            Some((name, handler)) => {
+                crate::observe::served(name, &request);
+                #[cfg(feature = "metrics")]
+                let served = crate::metrics::Served::start(crate::metrics::server(
+                    MethodId::from_u32(request.method()),
+                    name,
+                ));
+                #[allow(unused_mut)]
+                let mut future = handler(request);
+                #[cfg(feature = "metrics")]
+                {
+                    future.served = Some(served);
+                }
+                future
+            }
             None => RouterFuture::ready(Err(Status::new(
                 ErrorCode::UNKNOWN_METHOD,
                 format!("no method with id {:#010x}", request.method()),
@@ -250,7 +264,12 @@ pub struct RouteError {
 }
 
 /// The future of a [`Router`] call: ready at once for refused requests, boxed otherwise.
-pub struct RouterFuture(Inner);
+pub struct RouterFuture {
+    inner: Inner,
+    /// Counts the call in the metrics when it ends.
+    #[cfg(feature = "metrics")]
+    served: Option<crate::metrics::Served>,
+}
 
 enum Inner {
     Ready(Option<Result<Reply, Status>>),
@@ -259,11 +278,19 @@ enum Inner {
 
 impl RouterFuture {
     fn ready(result: Result<Reply, Status>) -> Self {
-        Self(Inner::Ready(Some(result)))
+        Self::new(Inner::Ready(Some(result)))
     }
 
     pub(crate) fn boxed(future: BoxFuture) -> Self {
-        Self(Inner::Boxed(future))
+        Self::new(Inner::Boxed(future))
+    }
+
+    fn new(inner: Inner) -> Self {
+        Self {
+            inner,
+            #[cfg(feature = "metrics")]
+            served: None,
+        }
     }
 }
 
@@ -271,16 +298,19 @@ impl Future for RouterFuture {
     type Output = Result<Reply, Status>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
+        let result = match &mut self.inner {
             Inner::Ready(result) => match result.take() {
-                Some(result) => Poll::Ready(result),
-                None => Poll::Ready(Err(Status::new(
-                    ErrorCode::INTERNAL,
-                    "polled after completion",
-                ))),
+                Some(result) => result,
+                None => Err(Status::new(ErrorCode::INTERNAL, "polled after completion")),
             },
-            Inner::Boxed(future) => future.as_mut().poll(cx),
+            Inner::Boxed(future) => std::task::ready!(future.as_mut().poll(cx)),
+        };
+        #[cfg(feature = "metrics")]
+        if let Some(served) = &mut self.served {
+            let code = result.as_ref().err().map(Status::code);
+            served.finish(crate::observe::server_outcome(code));
         }
+        Poll::Ready(result)
     }
 }
 

@@ -39,6 +39,7 @@ use crate::{
     stats::ConnectionStats,
     streaming::StreamState,
     sync::{Event, Mutex},
+    trace::{self, Peer},
     transport::Transport,
 };
 
@@ -86,6 +87,8 @@ pub(crate) struct Conn {
     keepalive: Option<(u64, u64)>,
     /// Pings sent by [`Client::ping`], by token.
     pings: Mutex<Pings>,
+    /// The server's address, as call spans show it.
+    peer: Peer,
 }
 
 /// The top bit of the `seq` of a [`Client::ping`]: its `Pong` is told apart from the answers to
@@ -160,6 +163,25 @@ impl CallOptions {
         self.metadata = (!metadata.is_empty())
             .then(|| metadata.encode())
             .transpose()?;
+        Ok(self)
+    }
+
+    /// Adds one entry to the metadata these options send (after those already set).
+    ///
+    /// # Errors
+    ///
+    /// As [`metadata`](Self::metadata): the entry would take the metadata past its limits.
+    pub fn with_entry(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<Bytes>,
+    ) -> Result<Self, MetadataError> {
+        let mut metadata = match &self.metadata {
+            Some(block) => Metadata::decode(&mut block.clone())?,
+            None => Metadata::new(),
+        };
+        metadata.insert(key, value);
+        self.metadata = Some(metadata.encode()?);
         Ok(self)
     }
 
@@ -433,6 +455,7 @@ impl Conn {
         out: Outbox,
         config: &ClientConfig,
         peer_max_frame_len: u32,
+        peer: Peer,
     ) -> Self {
         let ticks = |d: Duration| d.as_nanos().div_ceil(config.tick.as_nanos()) as u64;
         Self {
@@ -457,6 +480,7 @@ impl Conn {
             keepalive: config
                 .keepalive
                 .map(|(interval, timeout)| (ticks(interval), ticks(timeout))),
+            peer,
         }
     }
 
@@ -520,6 +544,7 @@ impl Conn {
         waker: Option<std::task::Waker>,
     ) -> Result<u64, CallError> {
         let seq = self.table.lock().begin(slot, deadline, waker)?;
+        trace::record_client(seq, &self.peer);
         if let Some((tick, _)) = deadline {
             self.timer.arm(tick);
         } else if let Some((interval, _)) = self.keepalive {

@@ -369,6 +369,7 @@ impl ReadBuffer {
             }
             Some(Ok(n)) if *n > 0 => {
                 counters.reads.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_read.fetch_add(*n as u64, Ordering::Relaxed);
             }
             Some(_) => {}
         }
@@ -545,13 +546,14 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 .flush_started
                 .store(watch.clock.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        let frames = batch.frames;
+        let (frames, bytes) = (batch.frames, batch.len as u64);
         let writes = match stop.guard(WRITER, batch.flush(&mut w)).await {
             None => return Ok(()),
             Some(result) => result?,
         };
         let counters = rx.counters();
         counters.frames_written.fetch_add(frames, Ordering::Relaxed);
+        counters.bytes_written.fetch_add(bytes, Ordering::Relaxed);
         counters.writes.fetch_add(writes, Ordering::Relaxed);
         counters
             .write_buffered

@@ -29,6 +29,7 @@ mod streaming;
 mod sync;
 #[cfg(feature = "tower")]
 pub mod tower;
+mod trace;
 mod transport;
 pub mod wheel;
 

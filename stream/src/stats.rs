@@ -18,6 +18,10 @@ pub struct ConnectionStats {
     pub frames_read: u64,
     /// Read calls that returned bytes.
     pub reads: u64,
+    /// Bytes written to the transport (frame headers included).
+    pub bytes_written: u64,
+    /// Bytes read from the transport.
+    pub bytes_read: u64,
     /// Times the writer yielded to the scheduler before writing a small batch, because callers
     /// it had just woken were expected to queue more (zero with one call in flight: nothing
     /// is expected then, so nothing waits).
@@ -47,6 +51,8 @@ impl ConnectionStats {
         self.writes += other.writes;
         self.frames_read += other.frames_read;
         self.reads += other.reads;
+        self.bytes_written += other.bytes_written;
+        self.bytes_read += other.bytes_read;
         self.coalesce_yields += other.coalesce_yields;
         self.queue_full_waits += other.queue_full_waits;
         self.buffered_bytes += other.buffered_bytes;
@@ -59,6 +65,8 @@ impl ConnectionStats {
             writes: self.writes.saturating_sub(earlier.writes),
             frames_read: self.frames_read.saturating_sub(earlier.frames_read),
             reads: self.reads.saturating_sub(earlier.reads),
+            bytes_written: self.bytes_written.saturating_sub(earlier.bytes_written),
+            bytes_read: self.bytes_read.saturating_sub(earlier.bytes_read),
             coalesce_yields: self.coalesce_yields.saturating_sub(earlier.coalesce_yields),
             queue_full_waits: self
                 .queue_full_waits
@@ -83,6 +91,8 @@ impl From<&IoCounters> for ConnectionStats {
             writes: c.writes.load(Ordering::Relaxed),
             frames_read: c.frames_read.load(Ordering::Relaxed),
             reads: c.reads.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            bytes_read: c.bytes_read.load(Ordering::Relaxed),
             coalesce_yields: c.coalesce_yields.load(Ordering::Relaxed),
             queue_full_waits: c.queue_full_waits.load(Ordering::Relaxed),
             buffered_bytes: c.write_buffered.load(Ordering::Relaxed)

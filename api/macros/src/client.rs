@@ -61,7 +61,7 @@ pub(crate) fn methods(
                     -> ::core::result::Result<#ok, #krate::RpcError<#err>>
                 {
                     let body = #krate::__private::call_attached::<_, #err, C>(
-                        &self.client, &self.options, #client::#id_const, #route, #message, #attachment_arg,
+                        &self.client, &self.options, #krate::__private::Target::named(#client::#id_const, #wire_name), #route, #message, #attachment_arg,
                     ).await?;
                     #decode(self.client.codec(), body)
                 }
@@ -80,14 +80,14 @@ pub(crate) fn methods(
                 pub async fn #name(&self, #(#client_params),*)
                     -> ::core::result::Result<#ok, #krate::RpcError<#err>>
                 {
-                    #krate::__private::call(&self.client, &self.options, #client::#id_const, #route, #message).await
+                    #krate::__private::call(&self.client, &self.options, #krate::__private::Target::named(#client::#id_const, #wire_name), #route, #message).await
                 }
 
                 #[doc = #blocking_doc]
                 pub fn #blocking(&self, #(#client_params),*)
                     -> ::core::result::Result<#ok, #krate::RpcError<#err>>
                 {
-                    #krate::__private::call_blocking(&self.client, &self.options, #client::#id_const, #route, #message)
+                    #krate::__private::call_blocking(&self.client, &self.options, #krate::__private::Target::named(#client::#id_const, #wire_name), #route, #message)
                 }
             });
         }
@@ -98,7 +98,7 @@ pub(crate) fn methods(
             pub async fn #name(&self, #(#client_params),*)
                 -> ::core::result::Result<#krate::ReplyItems<#ok, #err, C>, #krate::RpcError<#err>>
             {
-                #krate::__private::server_stream(&self.client, &self.options, #client::#id_const, #route, #message).await
+                #krate::__private::server_stream(&self.client, &self.options, #krate::__private::Target::named(#client::#id_const, #wire_name), #route, #message).await
             }
         }),
         (Some((items, item)), false) => client_fns.push(quote! {
@@ -111,7 +111,7 @@ pub(crate) fn methods(
                 #items: impl #krate::__private::Stream<Item = #item> + ::core::marker::Send + 'static,
             ) -> ::core::result::Result<#ok, #krate::RpcError<#err>>
             {
-                #krate::__private::client_stream(&self.client, &self.options, #client::#id_const, #route, #message, #items).await
+                #krate::__private::client_stream(&self.client, &self.options, #krate::__private::Target::named(#client::#id_const, #wire_name), #route, #message, #items).await
             }
         }),
         (Some((items, item)), true) => client_fns.push(quote! {
@@ -126,7 +126,7 @@ pub(crate) fn methods(
                 #items: impl #krate::__private::Stream<Item = #item> + ::core::marker::Send + 'static,
             ) -> ::core::result::Result<#krate::ReplyItems<#ok, #err, C>, #krate::RpcError<#err>>
             {
-                #krate::__private::bidi_stream(&self.client, &self.options, #client::#id_const, #route, #message, #items).await
+                #krate::__private::bidi_stream(&self.client, &self.options, #krate::__private::Target::named(#client::#id_const, #wire_name), #route, #message, #items).await
             }
         }),
     }

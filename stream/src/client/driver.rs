@@ -26,6 +26,7 @@ use crate::{
     },
     keepalive::{Action, KeepAlive},
     runtime::Runtime,
+    trace::Peer,
     transport::Transport,
     transport::TransportRead,
 };
@@ -142,7 +143,13 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     // Requests wait for room only once `max_queued_bytes` are queued (the writer is stuck):
     // callers then wait (backpressure).
     let (out, out_rx) = outbox(config.max_queued_bytes, None);
-    let conn = Arc::new(Conn::new(window, out, &config, hello.max_frame_len));
+    let conn = Arc::new(Conn::new(
+        window,
+        out,
+        &config,
+        hello.max_frame_len,
+        Peer::of(addr),
+    ));
 
     rt.spawn(read_task(
         rt.clone(),
@@ -499,7 +506,7 @@ mod loom_models {
             .default_timeout(None)
             .keepalive(None, Duration::from_secs(1));
         let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
-        let conn = Arc::new(Conn::new(window, out, &config, u32::MAX));
+        let conn = Arc::new(Conn::new(window, out, &config, u32::MAX, Peer::default()));
         (
             Client {
                 handle: Arc::new(Handle { conn }),

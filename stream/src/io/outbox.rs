@@ -71,6 +71,10 @@ pub(crate) struct IoCounters {
     pub(crate) frames_read: AtomicU64,
     /// Reads that returned bytes.
     pub(crate) reads: AtomicU64,
+    /// Bytes handed to the transport.
+    pub(crate) bytes_written: AtomicU64,
+    /// Bytes read from the transport.
+    pub(crate) bytes_read: AtomicU64,
     /// Times the writer yielded before writing, waiting for frames it was told to expect.
     pub(crate) coalesce_yields: AtomicU64,
     /// Times a producer waited for room in the queue.

@@ -15,6 +15,7 @@ use super::{conn, Dispatch, Shared};
 use crate::{
     io::{READER, TIMER},
     runtime::Runtime,
+    trace::Peer,
     transport::Listener,
 };
 
@@ -62,13 +63,16 @@ pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
             shared.handshakes.fetch_sub(1, Ordering::SeqCst);
         }
         match ready {
-            Some(Ok((reader, writer))) => conn::start(&rt, &shared, &dispatch, reader, writer),
+            Some(Ok((reader, writer))) => {
+                conn::start(&rt, &shared, &dispatch, Peer::of(&peer), reader, writer)
+            }
             Some(Err(e)) => shared.handshake_failed(&e),
             None => {
                 rt.spawn(handshake(
                     rt.clone(),
                     shared.clone(),
                     dispatch.clone(),
+                    Peer::of(&peer),
                     connecting,
                 ));
             }
@@ -81,6 +85,7 @@ async fn handshake<R, D, Rd, Wr>(
     rt: R,
     shared: Arc<Shared>,
     dispatch: Arc<D>,
+    peer: Peer,
     connecting: Pin<Box<impl Future<Output = io::Result<(Rd, Wr)>>>>,
 ) where
     R: Runtime,
@@ -104,7 +109,7 @@ async fn handshake<R, D, Rd, Wr>(
     shared.handshakes.fetch_sub(1, Ordering::SeqCst);
     match outcome {
         Ok((reader, writer)) if !shared.accepting.is_stopped() => {
-            conn::start(&rt, &shared, &dispatch, reader, writer);
+            conn::start(&rt, &shared, &dispatch, peer, reader, writer);
         }
         Ok(_) => {}
         Err(e) => shared.handshake_failed(&e),

@@ -29,6 +29,7 @@ use crate::{
     runtime::Runtime,
     stats::ConnectionStats,
     streaming::StreamState,
+    trace::Peer,
     transport::TransportRead,
 };
 
@@ -67,6 +68,8 @@ pub(crate) struct ConnState {
     pub(super) flush_started: AtomicU64,
     /// Keep-alive state, in watchdog periods (only the watchdog touches it).
     pub(super) alive: Mutex<KeepAlive>,
+    /// The client's address, as call spans show it.
+    pub(super) peer: Peer,
 }
 
 /// The watchdog's limits, in watchdog periods.
@@ -256,6 +259,7 @@ pub(super) fn start<R, D, Rd, Wr>(
     rt: &R,
     shared: &Arc<Shared>,
     dispatch: &Arc<D>,
+    peer: Peer,
     reader: Rd,
     writer: Wr,
 ) where
@@ -286,6 +290,7 @@ pub(super) fn start<R, D, Rd, Wr>(
         partial_since: AtomicU64::new(now),
         flush_started: AtomicU64::new(0),
         alive: Mutex::new(keepalive(config, now)),
+        peer,
     });
     let key = {
         let mut conns = shared.conns.lock();

@@ -50,6 +50,9 @@ pub struct Request {
     pub(super) timeout: Option<Duration>,
     pub(super) stream: Option<CallStream>,
     pub(super) metadata: Metadata,
+    /// The call's span, not yet entered (the handler runs inside it).
+    #[cfg(feature = "tracing")]
+    pub(super) span: tracing::Span,
 }
 
 impl Request {
@@ -62,7 +65,18 @@ impl Request {
             timeout,
             stream: None,
             metadata: Metadata::new(),
+            #[cfg(feature = "tracing")]
+            span: tracing::Span::none(),
         }
+    }
+
+    /// The call's span (feature `tracing`; disabled when no subscriber wants it). It is not
+    /// entered yet when [`Dispatch::dispatch`] gets the request, so a dispatcher can still
+    /// record fields in it or give it a parent (a caller's trace context); the handler's
+    /// future then runs inside it.
+    #[cfg(feature = "tracing")]
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The same request carrying `metadata` (for tests of `Dispatch` implementations).

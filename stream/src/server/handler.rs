@@ -24,6 +24,7 @@ use crate::{
     frame::{FrameHeader, FrameKind},
     io::Outgoing,
     runtime::Runtime,
+    trace::CallSpan,
 };
 
 /// A call going to a task of its own, with what its task needs besides the handler.
@@ -35,6 +36,8 @@ pub(super) struct Spawned {
     pub(super) permit: Permit,
     /// The client's limit on reply bodies.
     pub(super) peer_max_frame_len: u32,
+    /// The call's span: the task runs inside it.
+    pub(super) span: CallSpan,
 }
 
 /// Runs a handler that waits on something in a task of its own, until it finishes, the client
@@ -55,6 +58,7 @@ pub(super) fn spawn<R, F>(
         registration,
         mut permit,
         peer_max_frame_len,
+        span,
     } = call;
     permit.waited();
     let conn = conn.clone();
@@ -64,7 +68,7 @@ pub(super) fn spawn<R, F>(
     conn.in_flight.fetch_add(1, Ordering::SeqCst);
     conn.admitted.fetch_add(1, Ordering::SeqCst);
     let expiry = deadline.map(|at| rt.sleep_until(at));
-    rt.spawn(async move {
+    let task = span.clone().instrument(async move {
         let handler = async { End::Done(CatchUnwind { future }.await) };
         let cancelled = async {
             cancel.wait().await;
@@ -102,6 +106,11 @@ pub(super) fn spawn<R, F>(
             // The caller gave up, or nobody is left to read a reply.
             End::Cancelled | End::ConnectionEnded => None,
         };
+        span.finish(match &result {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(status)) => Err(status.code()),
+            None => Err(ErrorCode::CANCELLED),
+        });
         if let Some(result) = result {
             let _ = conn
                 .out
@@ -112,6 +121,7 @@ pub(super) fn spawn<R, F>(
             conn.close_if_idle();
         }
     });
+    rt.spawn(task);
 }
 
 /// A call's place under the adaptive concurrency limit (nothing when it is off); given back

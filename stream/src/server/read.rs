@@ -26,6 +26,7 @@ use crate::{
     metadata::Metadata,
     runtime::Runtime,
     streaming::{self, StreamState},
+    trace::CallSpan,
     transport::TransportRead,
 };
 
@@ -290,7 +291,9 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
 
     async fn on_request(&mut self, header: FrameHeader, mut body: Bytes) -> bool {
         let conn = &*self.conn;
+        let span = CallSpan::server(&header, &conn.peer);
         if conn.draining.is_set() {
+            span.finish(Err(ErrorCode::SHUTTING_DOWN));
             let status = Status::new(ErrorCode::SHUTTING_DOWN, "server is shutting down");
             return send(
                 &self.conn,
@@ -300,6 +303,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         }
         if conn.admitted.load(Ordering::SeqCst) >= self.shared.config.max_in_flight {
             let reason = "too many calls in flight on this connection";
+            span.finish(Err(ErrorCode::OVERLOADED));
             return send(&self.conn, overloaded(&header, None, reason)).await;
         }
         let permit = match Permit::acquire(&self.shared) {
@@ -307,6 +311,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             Err(retry_after) => {
                 Shared::count(&self.shared.counters.shed);
                 let reason = "the server is at its concurrency limit";
+                span.finish(Err(ErrorCode::OVERLOADED));
                 return send(&self.conn, overloaded(&header, Some(retry_after), reason)).await;
             }
         };
@@ -319,12 +324,14 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             Shared::count(&self.shared.counters.protocol_errors);
             let reason = format!("sequence id {} reused while its call runs", header.seq);
             conn.go_away(ErrorCode::PROTOCOL_ERROR, reason);
+            span.finish(Err(ErrorCode::PROTOCOL_ERROR));
             return false;
         }
         let metadata = if header.flags & crate::frame::flags::METADATA != 0 {
             match Metadata::decode(&mut body) {
                 Ok(metadata) => metadata,
                 Err(e) => {
+                    span.finish(Err(ErrorCode::BAD_REQUEST));
                     let status = Status::new(ErrorCode::BAD_REQUEST, e.to_string());
                     let reply = error_reply(&header, status, self.peer_max_frame_len);
                     return send(&self.conn, reply).await;
@@ -353,9 +360,14 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             timeout,
             stream,
             metadata,
+            #[cfg(feature = "tracing")]
+            span: span.span(),
         };
         let dispatch = &self.dispatch;
-        let Ok(future) = catch_unwind(AssertUnwindSafe(|| dispatch.dispatch(request))) else {
+        // Not inside the span: the dispatcher may still give it a parent.
+        let dispatched = catch_unwind(AssertUnwindSafe(|| dispatch.dispatch(request)));
+        let Ok(future) = dispatched else {
+            span.finish(Err(ErrorCode::HANDLER_PANIC));
             return self.panicked(&header).await;
         };
         let mut future = match self.spare.pop() {
@@ -366,30 +378,34 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             None => Box::pin(future),
         };
         if !self.shared.config.inline_dispatch {
-            let call = self.spawned(header, deadline, registration, permit);
+            let call = self.spawned(header, deadline, registration, permit, span);
             handler::spawn(&self.rt, &self.conn, &self.shared, future, call);
             return true;
         }
-        let polled = {
+        let polled = span.in_scope(|| {
             let mut cx = Context::from_waker(Waker::noop());
             catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))).map_err(drop)
-        };
+        });
         match polled {
             Ok(Poll::Ready(result)) => {
                 if self.spare.len() < SPARE_FUTURES {
                     self.spare.push(future);
                 }
                 drop((registration, permit));
+                span.finish(result.as_ref().map(drop).map_err(Status::code));
                 send(&self.conn, reply(&header, result, self.peer_max_frame_len)).await
             }
             Ok(Poll::Pending) => {
                 // It waits on something: give it a task of its own. Its next poll registers
                 // the task's waker, so nothing it waits for is missed.
-                let call = self.spawned(header, deadline, registration, permit);
+                let call = self.spawned(header, deadline, registration, permit, span);
                 handler::spawn(&self.rt, &self.conn, &self.shared, future, call);
                 true
             }
-            Err(_) => self.panicked(&header).await,
+            Err(_) => {
+                span.finish(Err(ErrorCode::HANDLER_PANIC));
+                self.panicked(&header).await
+            }
         }
     }
 
@@ -399,6 +415,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         deadline: Option<Instant>,
         registration: Option<StreamRegistration>,
         permit: Permit,
+        span: CallSpan,
     ) -> Spawned {
         Spawned {
             header,
@@ -406,6 +423,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             registration,
             permit,
             peer_max_frame_len: self.peer_max_frame_len,
+            span,
         }
     }
 

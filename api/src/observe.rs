@@ -1,0 +1,253 @@
+//! What typed calls tell the outside: a `tracing` span per call (feature `tracing`), the
+//! caller's OpenTelemetry trace carried across the wire in W3C `traceparent` metadata (feature
+//! `opentelemetry`), and per-method metrics through the `metrics` facade (feature `metrics`).
+//! Without those features every item here is empty and free.
+//!
+//! The client opens a `flumen.client` span per typed call (generated clients name it after
+//! the method: `otel.name` is `Service/method`); the core records the call's sequence id and
+//! peer in it. The server's span (`flumen.server`) is opened by the core; the router records
+//! the method's name in it and, with `opentelemetry`, makes it a child of the caller's span.
+
+use std::time::Instant;
+
+#[cfg(feature = "metrics")]
+use flumen_stream::ErrorCode;
+use flumen_stream::{CallError, CallOptions, Request};
+
+use crate::MethodId;
+
+/// A method as a call names it: its id, and its name where the caller knows it (generated
+/// clients do; calls by [`MethodId`] alone show the id).
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    id: MethodId,
+    name: Option<&'static str>,
+}
+
+impl Target {
+    /// The method `id`, named `name` (`Service.method`, its wire name).
+    pub const fn named(id: MethodId, name: &'static str) -> Self {
+        Self {
+            id,
+            name: Some(name),
+        }
+    }
+
+    /// The method's id.
+    pub fn id(self) -> MethodId {
+        self.id
+    }
+
+    /// The method's wire name, if the caller gave it.
+    pub fn name(self) -> Option<&'static str> {
+        self.name
+    }
+}
+
+impl From<MethodId> for Target {
+    fn from(id: MethodId) -> Self {
+        Self { id, name: None }
+    }
+}
+
+/// How a call ended, as spans and metrics label it: `ok`, the server's error code (such as
+/// `OVERLOADED`), or what went wrong on this side (`timeout`, `connection`, `not_sent`,
+/// `too_large`).
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+pub(crate) fn outcome<T>(result: &Result<T, CallError>) -> std::borrow::Cow<'static, str> {
+    let error = match result {
+        Ok(_) => return "ok".into(),
+        Err(error) => error,
+    };
+    if let Some(code) = error.remote_code() {
+        return match code.name() {
+            Some(name) => name.into(),
+            None => code.to_string().into(),
+        };
+    }
+    match error {
+        CallError::Timeout(_) => "timeout",
+        CallError::NotSent(_) => "not_sent",
+        CallError::RequestTooLarge { .. } => "too_large",
+        _ if error.is_connection() => "connection",
+        _ => "error",
+    }
+    .into()
+}
+
+/// One typed call on the client, from its start to its outcome.
+pub(crate) struct ClientCall {
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+    #[cfg(feature = "metrics")]
+    metrics: Option<std::sync::Arc<crate::metrics::MethodMetrics>>,
+    /// When the call started, if anything measures it.
+    #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
+    started: Option<Instant>,
+}
+
+impl ClientCall {
+    /// Starts observing a call of `target`.
+    #[cfg_attr(
+        not(any(feature = "tracing", feature = "metrics")),
+        allow(unused_variables)
+    )]
+    #[inline]
+    pub(crate) fn start(target: Target) -> Self {
+        #[cfg(feature = "tracing")]
+        let span = client_span(target);
+        #[cfg(feature = "metrics")]
+        let metrics = crate::metrics::client(target);
+        #[cfg(feature = "metrics")]
+        let measured = metrics.is_some();
+        #[cfg(not(feature = "metrics"))]
+        let measured = false;
+        #[cfg(feature = "tracing")]
+        let measured = measured || !span.is_disabled();
+        Self {
+            #[cfg(feature = "tracing")]
+            span,
+            #[cfg(feature = "metrics")]
+            metrics,
+            started: measured.then(Instant::now),
+        }
+    }
+
+    /// `options` with this call's trace context added (with `opentelemetry`, when the span is
+    /// recorded); `None` when they go unchanged.
+    #[cfg_attr(not(feature = "opentelemetry"), allow(unused_variables))]
+    #[inline]
+    pub(crate) fn options(&self, options: &CallOptions) -> Option<CallOptions> {
+        #[cfg(feature = "opentelemetry")]
+        if !self.span.is_disabled() {
+            return crate::otel::inject(&self.span, options);
+        }
+        None
+    }
+
+    /// Runs the call inside its span and records how it ended.
+    pub(crate) async fn run<T>(
+        self,
+        call: impl std::future::Future<Output = Result<T, CallError>>,
+    ) -> Result<T, CallError> {
+        #[cfg(feature = "tracing")]
+        let result = tracing::Instrument::instrument(call, self.span.clone()).await;
+        #[cfg(not(feature = "tracing"))]
+        let result = call.await;
+        self.finish(&result);
+        result
+    }
+
+    /// Runs a blocking call inside its span and records how it ended.
+    pub(crate) fn run_blocking<T>(
+        self,
+        call: impl FnOnce() -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        #[cfg(feature = "tracing")]
+        let result = self.span.in_scope(call);
+        #[cfg(not(feature = "tracing"))]
+        let result = call();
+        self.finish(&result);
+        result
+    }
+
+    #[cfg_attr(
+        not(any(feature = "tracing", feature = "metrics")),
+        allow(unused_variables)
+    )]
+    #[inline]
+    fn finish<T>(&self, result: &Result<T, CallError>) {
+        let Some(started) = self.started else {
+            return;
+        };
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        {
+            let elapsed = started.elapsed();
+            let outcome = outcome(result);
+            #[cfg(feature = "tracing")]
+            record(&self.span, elapsed, &outcome);
+            #[cfg(feature = "metrics")]
+            if let Some(metrics) = &self.metrics {
+                metrics.finish(elapsed, &outcome);
+            }
+        }
+    }
+}
+
+/// The span of a client call of `target`.
+#[cfg(feature = "tracing")]
+fn client_span(target: Target) -> tracing::Span {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        "flumen.client",
+        otel.name = Empty,
+        otel.kind = "client",
+        otel.status_code = Empty,
+        rpc.system = "flumen",
+        rpc.service = Empty,
+        rpc.method = Empty,
+        rpc.method_id = target.id.as_u32(),
+        rpc.seq = Empty,
+        net.peer = Empty,
+        outcome = Empty,
+        duration_us = Empty,
+    );
+    if let Some(name) = target.name {
+        if !span.is_disabled() {
+            name_span(&span, name);
+        }
+    }
+    span
+}
+
+/// Records a method's wire name (`Service.method`) in a call's span.
+#[cfg(feature = "tracing")]
+fn name_span(span: &tracing::Span, name: &str) {
+    let (service, method) = name.rsplit_once('.').unwrap_or(("", name));
+    if !service.is_empty() {
+        span.record("rpc.service", service);
+        span.record("otel.name", format!("{service}/{method}").as_str());
+    } else {
+        span.record("otel.name", method);
+    }
+    span.record("rpc.method", method);
+}
+
+/// Records a call's outcome and duration in its span.
+#[cfg(feature = "tracing")]
+fn record(span: &tracing::Span, elapsed: std::time::Duration, outcome: &str) {
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    span.record("duration_us", micros);
+    span.record("outcome", outcome);
+    if outcome != "ok" {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// What the router adds to the server's span of `request` (opened by the core, not yet
+/// entered): the method's name and, with `opentelemetry`, the caller's trace as its parent.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+#[inline]
+pub(crate) fn served(name: &str, request: &Request) {
+    #[cfg(feature = "tracing")]
+    {
+        let span = request.span();
+        if !span.is_disabled() {
+            name_span(span, name);
+            #[cfg(feature = "opentelemetry")]
+            crate::otel::adopt(span, request.metadata());
+        }
+    }
+}
+
+/// Outcome label of a server call that ended with `status` (`None`: a reply).
+#[cfg(feature = "metrics")]
+pub(crate) fn server_outcome(status: Option<ErrorCode>) -> std::borrow::Cow<'static, str> {
+    match status {
+        None => "ok".into(),
+        Some(code) => match code.name() {
+            Some(name) => name.into(),
+            None => code.to_string().into(),
+        },
+    }
+}

@@ -1,0 +1,141 @@
+//! A `tracing` span per call (feature `tracing`); without the feature every item here is empty
+//! and free.
+//!
+//! The server opens a `flumen.server` span per request: its method id, sequence id and peer at
+//! once, then its outcome (`ok` or the error code's name) and its duration in microseconds when
+//! the reply is queued. The handler runs inside it, so what it logs is tied to the call, and a
+//! layer above (the typed router) records the method's name and the caller's trace context in
+//! it. On the client, a layer above opens the call's span; the core records the sequence id
+//! and the peer in it ([`record_client`]), since only the core knows them.
+//!
+//! Spans are at `INFO`. A disabled span is never built: what a call then pays is one check of
+//! the callsite's interest, a relaxed load.
+
+use std::fmt::Debug;
+#[cfg(feature = "tracing")]
+use std::time::Instant;
+
+use crate::{error::ErrorCode, frame::FrameHeader};
+
+/// The peer of a connection, as spans show it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Peer(#[cfg(feature = "tracing")] Box<str>);
+
+impl Peer {
+    /// `addr` as spans show it (formatted only with the feature).
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+    pub(crate) fn of(addr: &impl Debug) -> Self {
+        Self(
+            #[cfg(feature = "tracing")]
+            format!("{addr:?}").into_boxed_str(),
+        )
+    }
+}
+
+/// The span of one call a server runs (nothing without the feature).
+#[derive(Clone)]
+pub(crate) struct CallSpan {
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+    /// When the request was read, if the span is enabled.
+    #[cfg(feature = "tracing")]
+    started: Option<Instant>,
+}
+
+impl CallSpan {
+    /// The span of the request `header` from `peer`.
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+    #[inline]
+    pub(crate) fn server(header: &FrameHeader, peer: &Peer) -> Self {
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::info_span!(
+                "flumen.server",
+                otel.name = tracing::field::Empty,
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                rpc.system = "flumen",
+                rpc.service = tracing::field::Empty,
+                rpc.method = tracing::field::Empty,
+                rpc.method_id = header.method,
+                rpc.seq = header.seq,
+                net.peer = &*peer.0,
+                outcome = tracing::field::Empty,
+                duration_us = tracing::field::Empty,
+            );
+            let started = (!span.is_disabled()).then(Instant::now);
+            Self { span, started }
+        }
+        #[cfg(not(feature = "tracing"))]
+        Self {}
+    }
+
+    /// The span itself.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    /// Runs `f` inside the span.
+    #[inline]
+    pub(crate) fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
+        #[cfg(feature = "tracing")]
+        let _entered = self.span.enter();
+        f()
+    }
+
+    /// Records how the call ended: `Ok` for a reply, or the code of the error it ended with.
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+    #[inline]
+    pub(crate) fn finish(&self, outcome: Result<(), ErrorCode>) {
+        #[cfg(feature = "tracing")]
+        if let Some(started) = self.started {
+            finish(&self.span, started, outcome);
+        }
+    }
+
+    /// `future`, polled inside the span.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn instrument<F: std::future::Future>(
+        self,
+        future: F,
+    ) -> tracing::instrument::Instrumented<F> {
+        tracing::Instrument::instrument(future, self.span)
+    }
+
+    /// `future`, unchanged (no spans without the feature).
+    #[cfg(not(feature = "tracing"))]
+    #[inline]
+    pub(crate) fn instrument<F: std::future::Future>(self, future: F) -> F {
+        future
+    }
+}
+
+/// Records a call's outcome and duration in its span.
+#[cfg(feature = "tracing")]
+fn finish(span: &tracing::Span, started: Instant, outcome: Result<(), ErrorCode>) {
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    span.record("duration_us", micros);
+    match outcome {
+        Ok(()) => span.record("outcome", "ok"),
+        Err(code) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("outcome", tracing::field::display(code))
+        }
+    };
+}
+
+/// Records a client call's sequence id and peer in the current span, if it is a call's span
+/// (one that declares `rpc.seq` and `net.peer`; others ignore what they do not declare).
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+#[inline]
+pub(crate) fn record_client(seq: u64, peer: &Peer) {
+    #[cfg(feature = "tracing")]
+    {
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("rpc.seq", seq);
+            span.record("net.peer", &*peer.0);
+        }
+    }
+}
