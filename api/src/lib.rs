@@ -51,6 +51,7 @@ pub use flumen_codec::{Bincode, BINCODE_MAX_ALLOC};
 pub use flumen_codec::{Codec, CodecError, MsgPack};
 /// The multiplexed core, for raw calls and custom [`Dispatch`] implementations.
 pub use flumen_stream as stream;
+pub use flumen_stream::compress;
 pub use flumen_stream::{
     AdaptiveConcurrency, CallOptions, ClientConfig, Dispatch, Metadata, Request, Server,
     ServerConfig, ServerHandle, ServerStats, Status,

@@ -20,6 +20,7 @@ use std::{
 };
 
 use common::{connect, eventually, run_smol, run_tokio, serve, Addr, Env};
+use flumen::compress::{Algorithm, Compression};
 use flumen::{
     stream::{
         frame::{flags, FrameHeader, FrameKind},
@@ -93,6 +94,8 @@ fn limits() -> ServerConfig {
         .max_queued_bytes_total(MAX_QUEUED_BYTES_TOTAL)
         .read_timeout(READ_TIMEOUT)
         .max_in_flight(64)
+        // Compressed bodies accepted (lz4 and zstd advertised): the bombs below need it.
+        .compression(Some(Compression::new(Algorithm::Lz4)))
 }
 
 const HOLD: &str = "hold";
@@ -490,6 +493,65 @@ async fn metadata_bombs<E: Env>(env: E) -> Outcome {
     }
 }
 
+/// Compressed bodies that claim more than the frame limit once decompressed, that decompress
+/// to far more than they claim (megabytes of zeros in a few KiB: zstd and lz4), or that name
+/// an algorithm the server never advertised. Each closes its connection before more than the
+/// claimed length (at most `max_frame_len`) is allocated for it.
+async fn decompression_bombs<E: Env>(env: E) -> Outcome {
+    let zeros = vec![0u8; 8 << 20];
+    let zstd_bomb = zstd::bulk::compress(&zeros, 19).unwrap();
+    let lz4_bomb = lz4_flex::block::compress(&zeros[..4 << 20]);
+    drop(zeros);
+    assert!(zstd_bomb.len() < 4096 && lz4_bomb.len() < 20_000);
+    let body = |algorithm: u8, claimed: u32, data: &[u8]| {
+        let mut body = vec![algorithm];
+        body.extend(claimed.to_le_bytes());
+        body.extend(data);
+        body
+    };
+    let bombs = [
+        (
+            "zstd, 8 MiB of zeros claiming 32 KiB",
+            body(2, 32 << 10, &zstd_bomb),
+            ErrorCode::PROTOCOL_ERROR,
+        ),
+        (
+            "lz4, 4 MiB of zeros claiming 32 KiB",
+            body(1, 32 << 10, &lz4_bomb),
+            ErrorCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a claim of 1 GiB",
+            body(2, 1 << 30, &zstd_bomb),
+            ErrorCode::FRAME_TOO_LARGE,
+        ),
+        (
+            "an algorithm never advertised",
+            body(9, 100, b"xyz"),
+            ErrorCode::PROTOCOL_ERROR,
+        ),
+    ];
+    let scene = Scene::new(&env).await;
+    for (what, body, expected) in &bombs {
+        let mut peer = scene.peer().await;
+        let header = FrameHeader {
+            flags: flags::COMPRESSED,
+            ..request(method("echo"), 1)
+        };
+        peer.send_frame(header, body).await.unwrap();
+        let (code, reason) = peer.go_away().await.unwrap();
+        assert_eq!(code, *expected, "{what}: {reason}");
+    }
+    let slowest_good_call = good_calls(&scene.good).await;
+    let grown = scene.check_heap("decompression bombs", 1);
+    scene.check_given_back("decompression bombs").await;
+    Outcome {
+        attack: "decompression bombs",
+        grown,
+        slowest_good_call,
+    }
+}
+
 /// A header sent one byte at a time, slower than the read timeout allows for a whole frame:
 /// `READ_TIMEOUT`.
 async fn slowloris<E: Env>(env: E) -> Outcome {
@@ -553,6 +615,7 @@ async fn all_attacks<E: Env>(env: E, runtime: &'static str) -> Vec<(&'static str
         credit_overflow(env.clone()).await,
         live_seq_reuse(env.clone()).await,
         metadata_bombs(env.clone()).await,
+        decompression_bombs(env.clone()).await,
         slowloris(env.clone()).await,
         items_past_credit(env).await,
     ]

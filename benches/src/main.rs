@@ -181,6 +181,24 @@ struct RunArgs {
     quiet: bool,
 }
 
+/// With feature `observe` and `FLUMEN_BENCH_OBSERVE=1` (inherited by the servers `compare`
+/// starts): a tracing registry that keeps every span and a Prometheus recorder, so that the
+/// calls measured pay for their spans and metrics.
+fn observe() {
+    #[cfg(feature = "observe")]
+    if std::env::var_os("FLUMEN_BENCH_OBSERVE").is_some_and(|v| v == "1") {
+        let spans = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder();
+        if let Err(e) = spans
+            .map_err(|e| e.to_string())
+            .and(metrics.map(drop).map_err(|e| e.to_string()))
+        {
+            eprintln!("cannot turn observability on: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn default_systems() -> Vec<System> {
     let mut systems = vec![System::Pipe, System::Flumen, System::FlumenRaw];
     if cfg!(feature = "peers") {
@@ -191,6 +209,7 @@ fn default_systems() -> Vec<System> {
 
 fn main() {
     let cli = Cli::parse();
+    observe();
     raise_fd_limit();
     let result = match cli.command {
         Cmd::Serve {

@@ -78,8 +78,11 @@ pub mod flags {
     /// On `Request`: the body starts with a metadata block (see
     /// [`Metadata`](crate::metadata::Metadata)); the payload follows it.
     pub const METADATA: u8 = 0x08;
+    /// On `Request`, `Response` and `StreamItem`: the body is compressed (see
+    /// [`compress`](crate::compress)), with an algorithm the receiver's hello advertised.
+    pub const COMPRESSED: u8 = 0x10;
     /// All bits a v1 peer accepts.
-    pub const KNOWN: u8 = END | STREAM_REQUEST | STREAM_REPLY | METADATA;
+    pub const KNOWN: u8 = END | STREAM_REQUEST | STREAM_REPLY | METADATA | COMPRESSED;
 }
 
 /// The fixed-size part of every frame.
@@ -299,6 +302,10 @@ pub enum FrameError {
         /// The receiver's limit.
         max: u32,
     },
+    /// A compressed body that may not be one, names an algorithm the receiver did not
+    /// advertise, or does not decompress to the length it claims.
+    #[error("bad compressed body: {0}")]
+    Compression(&'static str),
 }
 
 impl FrameError {

@@ -28,9 +28,15 @@ pub struct Hello {
 impl Hello {
     /// A v1 hello with the given limits.
     pub fn new(max_frame_len: u32, max_in_flight: u32) -> Self {
+        Self::with_features(max_frame_len, max_in_flight, 0)
+    }
+
+    /// A hello that also advertises `features` (bits of optional features, such as the
+    /// compression algorithms the sender decompresses).
+    pub fn with_features(max_frame_len: u32, max_in_flight: u32, features: u16) -> Self {
         Self {
             version: VERSION,
-            features: 0,
+            features,
             max_frame_len,
             max_in_flight,
         }

@@ -8,7 +8,10 @@ use std::{
     future::{poll_fn, Future},
     io::{self, IoSlice},
     pin::Pin,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        OnceLock,
+    },
     task::Poll,
 };
 
@@ -20,6 +23,7 @@ use futures_lite::FutureExt;
 pub(crate) use self::outbox::{attempt_or_listen, outbox, Budget, Inbox, IoCounters, Outbox};
 pub use self::outbox::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL};
 use crate::{
+    compress::{compress, Compression},
     frame::{Frame, FrameDecoder, FrameHeader, HEADER_LEN},
     transport::TransportRead,
 };
@@ -504,6 +508,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     stop: &Stop,
     quiet: &Quiet,
     watch: Option<WriteWatch<'_>>,
+    compression: &OnceLock<Compression>,
 ) -> io::Result<()> {
     let mut batch = WriteBatch::new();
     let mut closing = false;
@@ -519,7 +524,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         {
             return Ok(());
         }
-        closing = fill(&mut rx, &mut batch);
+        closing = fill(&mut rx, &mut batch, compression.get());
         if batch.is_empty() {
             // Woken to release buffers, or only a `Close` was queued.
             continue;
@@ -536,7 +541,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             } else {
                 break;
             }
-            closing = fill(&mut rx, &mut batch);
+            closing = fill(&mut rx, &mut batch, compression.get());
         }
         rx.counters()
             .coalesce_yields
@@ -570,15 +575,27 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// Moves queued messages into `batch` until it is full; `true` if a `Close` was taken.
-fn fill(rx: &mut Inbox, batch: &mut WriteBatch) -> bool {
+fn fill(rx: &mut Inbox, batch: &mut WriteBatch, compression: Option<&Compression>) -> bool {
     while !batch.is_full() {
         match rx.try_recv() {
             None => return false,
-            Some(Outgoing::Frame(header, body)) => batch.push(&header, body),
+            Some(Outgoing::Frame(header, body)) => {
+                let packed = compression.and_then(|c| compress(c, &header, &[&body]));
+                match packed {
+                    Some((header, body)) => batch.push(&header, body),
+                    None => batch.push(&header, body),
+                }
+            }
             Some(Outgoing::Parts(header, [first, second, third])) => {
-                batch.push(&header, first);
-                batch.push_body(second);
-                batch.push_body(third);
+                let parts = [&first, &second, &third];
+                match compression.and_then(|c| compress(c, &header, &parts)) {
+                    Some((header, body)) => batch.push(&header, body),
+                    None => {
+                        batch.push(&header, first);
+                        batch.push_body(second);
+                        batch.push_body(third);
+                    }
+                }
             }
             Some(Outgoing::Close) => return true,
         }

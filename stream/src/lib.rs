@@ -15,6 +15,7 @@
 
 pub mod call;
 mod client;
+pub mod compress;
 pub mod error;
 pub mod flow;
 pub mod frame;

@@ -46,6 +46,8 @@ pub struct ClientConfig {
     pub(crate) max_queued_bytes: usize,
     /// Keep-alive interval and timeout; `None` is off.
     pub(crate) keepalive: Option<(Duration, Duration)>,
+    /// Compression of outgoing bodies; `None` is off (both ways).
+    pub(crate) compression: Option<crate::compress::Compression>,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +61,7 @@ impl Default for ClientConfig {
             stream_window: crate::flow::DEFAULT_STREAM_WINDOW,
             max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
             keepalive: Some((DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT)),
+            compression: None,
         }
     }
 }
@@ -123,6 +126,17 @@ impl ClientConfig {
     /// turns it off. Defaults [`DEFAULT_KEEPALIVE_INTERVAL`] and [`DEFAULT_KEEPALIVE_TIMEOUT`].
     pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
         self.keepalive = interval.map(|interval| (interval, timeout));
+        self
+    }
+
+    /// Compresses the bodies this side sends (requests, replies, stream items) at or above
+    /// the threshold with `compression`'s algorithm, when the peer can decompress it (its hello
+    /// says so), and lets the peer compress what it sends here with any algorithm compiled in
+    /// (features `lz4`, `zstd`). A compressed body is refused unless it decompresses to exactly
+    /// the length it claims, at most `max_frame_len`. `None` (the default): nothing is
+    /// compressed either way.
+    pub fn compression(mut self, compression: Option<crate::compress::Compression>) -> Self {
+        self.compression = compression;
         self
     }
 

@@ -4,7 +4,7 @@ use std::{
     future::poll_fn,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
@@ -17,6 +17,7 @@ use futures_lite::FutureExt;
 use super::{Client, ClientConfig, Conn, Handle};
 use crate::{
     call::CallTable,
+    compress,
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     frame::{Frame, FrameDecoder, FrameError, FrameHeader, FrameKind},
     hello::{Hello, HelloError, HELLO_LEN},
@@ -107,9 +108,12 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
     config: ClientConfig,
 ) -> Result<Client, ConnectError> {
     let deadline = Instant::now() + config.connect_timeout;
+    // The compression algorithms this side decompresses.
+    let accepted = compress::advertised(config.compression.as_ref());
     let handshake = async {
         let (mut reader, mut writer) = transport.connect(addr).await?;
-        let hello = Hello::new(config.max_frame_len, config.max_in_flight as u32);
+        let hello =
+            Hello::with_features(config.max_frame_len, config.max_in_flight as u32, accepted);
         // The server may answer and close before our hello is written (a refusal, or a peer
         // that is not a Flumen server): on a Unix socket the write then fails at once. Its
         // answer, still in our receive buffer, says more than the failed write.
@@ -151,18 +155,19 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         Peer::of(addr),
     ));
 
-    rt.spawn(read_task(
-        rt.clone(),
-        conn.clone(),
-        reader,
-        read,
-        config.max_frame_len,
-    ));
+    let limits = Inflate {
+        accepted,
+        max_len: config.max_frame_len,
+    };
+    rt.spawn(read_task(rt.clone(), conn.clone(), reader, read, limits));
     let writer_conn = conn.clone();
+    let compression = match compress::negotiate(config.compression.as_ref(), hello.features) {
+        Some(compression) => OnceLock::from(compression),
+        None => OnceLock::new(),
+    };
     rt.spawn(async move {
-        if let Err(e) =
-            write_loop(out_rx, writer, &writer_conn.stop, &writer_conn.quiet, None).await
-        {
+        let (stop, quiet) = (&writer_conn.stop, &writer_conn.quiet);
+        if let Err(e) = write_loop(out_rx, writer, stop, quiet, None, &compression).await {
             writer_conn.close(e.into());
         }
     });
@@ -205,14 +210,21 @@ fn go_away_parts(frame: &Frame) -> (ErrorCode, Arc<str>) {
     )
 }
 
+/// What the reader lets a compressed body be: the algorithms this side advertised, and its
+/// `max_frame_len` once decompressed.
+struct Inflate {
+    accepted: u16,
+    max_len: u32,
+}
+
 async fn read_task<R: Runtime, Rd: TransportRead>(
     rt: R,
     conn: Arc<Conn>,
     mut reader: Rd,
     mut read: ReadBuffer,
-    max_frame_len: u32,
+    limits: Inflate,
 ) {
-    let mut decoder = FrameDecoder::new(max_frame_len);
+    let mut decoder = FrameDecoder::new(limits.max_len);
     let mut frames = Vec::with_capacity(64);
     let mut wakers = Vec::with_capacity(64);
     let mut pongs = Vec::new();
@@ -222,7 +234,12 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
     let error = 'conn: loop {
         loop {
             match decoder.decode(&mut read.buf) {
-                Ok(Some(frame)) => frames.push(frame),
+                Ok(Some(frame)) => {
+                    match compress::inflate(frame, limits.accepted, limits.max_len) {
+                        Ok(frame) => frames.push(frame),
+                        Err(e) => break 'conn ConnectionError::Protocol(e),
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => break 'conn ConnectionError::Protocol(e),
             }

@@ -52,6 +52,7 @@ pub struct ServerConfig {
     pub(crate) max_queued_bytes_total: usize,
     pub(crate) keepalive: Option<(Duration, Duration)>,
     pub(crate) adaptive_concurrency: Option<super::AdaptiveConcurrency>,
+    pub(crate) compression: Option<crate::compress::Compression>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +71,7 @@ impl Default for ServerConfig {
             max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
             max_queued_bytes_total: crate::DEFAULT_MAX_QUEUED_BYTES_TOTAL,
             adaptive_concurrency: None,
+            compression: None,
             keepalive: Some((
                 crate::DEFAULT_KEEPALIVE_INTERVAL,
                 crate::DEFAULT_KEEPALIVE_TIMEOUT,
@@ -174,6 +176,17 @@ impl ServerConfig {
     /// [`DEFAULT_KEEPALIVE_TIMEOUT`](crate::DEFAULT_KEEPALIVE_TIMEOUT) (15 s each).
     pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
         self.keepalive = interval.map(|interval| (interval, timeout));
+        self
+    }
+
+    /// Compresses the bodies this side sends (requests, replies, stream items) at or above
+    /// the threshold with `compression`'s algorithm, when the peer can decompress it (its hello
+    /// says so), and lets the peer compress what it sends here with any algorithm compiled in
+    /// (features `lz4`, `zstd`). A compressed body is refused unless it decompresses to exactly
+    /// the length it claims, at most `max_frame_len`. `None` (the default): nothing is
+    /// compressed either way.
+    pub fn compression(mut self, compression: Option<crate::compress::Compression>) -> Self {
+        self.compression = compression;
         self
     }
 

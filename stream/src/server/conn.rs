@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     task::Poll,
     time::Duration,
@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 
 use super::{read::ReadTask, Dispatch, Shared};
 use crate::{
+    compress::{self, Compression},
     error::ErrorCode,
     frame::{Frame, FrameHeader, FrameKind},
     hello::Hello,
@@ -70,6 +71,8 @@ pub(crate) struct ConnState {
     pub(super) alive: Mutex<KeepAlive>,
     /// The client's address, as call spans show it.
     pub(super) peer: Peer,
+    /// What this side compresses its replies with, once the client's hello is read.
+    pub(super) compression: OnceLock<Compression>,
 }
 
 /// The watchdog's limits, in watchdog periods.
@@ -291,6 +294,7 @@ pub(super) fn start<R, D, Rd, Wr>(
         flush_started: AtomicU64::new(0),
         alive: Mutex::new(keepalive(config, now)),
         peer,
+        compression: OnceLock::new(),
     });
     let key = {
         let mut conns = shared.conns.lock();
@@ -328,7 +332,9 @@ async fn write_task<W: AsyncWrite + Unpin>(
     rx: Inbox,
 ) {
     let config = &shared.config;
-    let hello = Hello::new(config.max_frame_len, config.max_in_flight as u32).encode();
+    let accepted = compress::advertised(config.compression.as_ref());
+    let hello = Hello::with_features(config.max_frame_len, config.max_in_flight as u32, accepted);
+    let hello = hello.encode();
     if let Some(Ok(())) = conn
         .stop
         .guard(WRITER, write_all(&mut writer, &hello))
@@ -338,7 +344,9 @@ async fn write_task<W: AsyncWrite + Unpin>(
             clock: &shared.clock,
             flush_started: &conn.flush_started,
         };
-        if let Err(e) = write_loop(rx, writer, &conn.stop, &conn.quiet, Some(watch)).await {
+        let compression = &conn.compression;
+        let (stop, quiet) = (&conn.stop, &conn.quiet);
+        if let Err(e) = write_loop(rx, writer, stop, quiet, Some(watch), compression).await {
             tracing::debug!(error = %e, "connection write failed");
         }
     }

@@ -19,6 +19,7 @@ use super::{
     Dispatch, Request, Shared, Status,
 };
 use crate::{
+    compress,
     error::ErrorCode,
     frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
     hello::{Hello, HELLO_LEN},
@@ -111,7 +112,13 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             return false;
         };
         match Hello::decode(head) {
-            Ok(hello) => self.peer_max_frame_len = hello.max_frame_len,
+            Ok(hello) => {
+                self.peer_max_frame_len = hello.max_frame_len;
+                let config = self.shared.config.compression.as_ref();
+                if let Some(compression) = compress::negotiate(config, hello.features) {
+                    let _ = conn.compression.set(compression);
+                }
+            }
             Err(e) => {
                 Shared::count(&self.shared.counters.protocol_errors);
                 conn.go_away(e.code(), e.to_string());
@@ -119,7 +126,9 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             }
         }
         conn.partial_since.store(0, Ordering::Relaxed);
-        let mut decoder = FrameDecoder::new(self.shared.config.max_frame_len);
+        let max_len = self.shared.config.max_frame_len;
+        let mut decoder = FrameDecoder::new(max_len);
+        let accepted = compress::advertised(self.shared.config.compression.as_ref());
         let mut drain_seen = false;
         let counters = conn.out.counters();
         // Frames handled since this task last let others run.
@@ -130,7 +139,12 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             // schedules the writer.
             let hold = conn.out.hold();
             loop {
-                match decoder.decode(&mut read.buf) {
+                let decoded = decoder.decode(&mut read.buf).and_then(|frame| {
+                    frame
+                        .map(|f| compress::inflate(f, accepted, max_len))
+                        .transpose()
+                });
+                match decoded {
                     Ok(Some(frame)) => {
                         progressed = true;
                         unyielded += 1;
