@@ -63,7 +63,7 @@ impl Example for Demo {
             // One call in ten asks for a user that does not exist.
             let _ = client.lookup(id % 110).await;
         }
-        flumen::metrics::record_server(&server.stats());
+        flumen::metrics::record_server("directory", &server.stats());
         if let Some(raw) = client.client().connection() {
             flumen::metrics::record_client("directory", &raw.stats());
         }
@@ -77,7 +77,7 @@ impl Example for Demo {
             loop {
                 rt.sleep_until(Instant::now() + Duration::from_secs(1))
                     .await;
-                flumen::metrics::record_server(&server.stats());
+                flumen::metrics::record_server("directory", &server.stats());
             }
         }
         Ok(())

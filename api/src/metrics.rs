@@ -15,19 +15,27 @@
 //! `not_sent`, `too_large`); a server call whose caller left is `cancelled`. A client's
 //! streaming call is counted when its stream opens.
 //!
-//! Per connection or server, the core's counters, set by [`record_server`] and
-//! [`record_client`] (call them on a timer or before each scrape; nothing is added to the
+//! Per server or client connection (label `server` or `connection`), the core's counters, set
+//! by [`record_server`] and [`record_client`] (call them on a timer or before each scrape; nothing is added to the
 //! call path): connections, bytes and frames each way, frames per write, calls in flight,
 //! bytes queued, refusals.
 //!
 //! Install the recorder before the first call: a method's handles are made on its first
-//! call, against the recorder installed then.
+//! call, against the recorder installed then; a method first called with no recorder
+//! installed records nothing, and costs nothing beyond a lookup per call.
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    cell::RefCell,
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use flumen_stream::{ConnectionStats, ServerStats};
 use metrics::{Counter, Gauge, Histogram};
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 
 use crate::{observe::Target, MethodId};
 
@@ -42,8 +50,8 @@ pub(crate) struct MethodMetrics {
 
 #[derive(Clone, Copy)]
 enum Side {
-    Client,
-    Server,
+    Client = 0,
+    Server = 1,
 }
 
 impl MethodMetrics {
@@ -88,38 +96,87 @@ fn names(side: Side) -> (&'static str, &'static str, &'static str) {
     }
 }
 
-type Cache = RwLock<HashMap<u32, Arc<MethodMetrics>>>;
+/// Every method's handles by side and id, made once per process (`None`: no recorder was
+/// installed when the method was first called). Leaked: there is one entry per method a
+/// program calls or routes, a number its code bounds.
+type Registry = Mutex<HashMap<(u8, u32), Option<&'static MethodMetrics>>>;
 
-static CLIENT: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
-static SERVER: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
-/// The handles of `id` on `side`, made on first use; the call enters the in-flight gauge.
-fn method(side: Side, id: MethodId, name: impl FnOnce() -> Arc<str>) -> Arc<MethodMetrics> {
-    let cache = match side {
-        Side::Client => &CLIENT,
-        Side::Server => &SERVER,
-    }
-    .get_or_init(Cache::default);
-    let found = cache.read().get(&id.as_u32()).cloned();
-    let metrics = match found {
-        Some(metrics) => metrics,
-        None => cache
-            .write()
-            .entry(id.as_u32())
-            .or_insert_with(|| Arc::new(MethodMetrics::new(side, name())))
-            .clone(),
-    };
-    metrics.in_flight.increment(1.0);
-    metrics
+thread_local! {
+    /// This thread's copy of the registry's entries, read without a lock or an atomic.
+    static LOCAL: RefCell<HashMap<(u8, u32), Option<&'static MethodMetrics>, IdHash>> =
+        RefCell::new(HashMap::default());
 }
 
+/// The handles of `id` on `side`, made on first use; `None` if no recorder was installed then
+/// (so that a program without one pays no clock read for metrics). The call enters the
+/// in-flight gauge.
+fn method(
+    side: Side,
+    id: MethodId,
+    name: impl FnOnce() -> Arc<str>,
+) -> Option<&'static MethodMetrics> {
+    let key = (side as u8, id.as_u32());
+    let cached = LOCAL.with(|local| local.borrow().get(&key).copied());
+    let metrics = match cached {
+        Some(metrics) => metrics,
+        None => {
+            let metrics = *REGISTRY
+                .get_or_init(Registry::default)
+                .lock()
+                .entry(key)
+                .or_insert_with(|| {
+                    recorder_installed()
+                        .then(|| &*Box::leak(Box::new(MethodMetrics::new(side, name()))))
+                });
+            LOCAL.with(|local| local.borrow_mut().insert(key, metrics));
+            metrics
+        }
+    }?;
+    metrics.in_flight.increment(1.0);
+    Some(metrics)
+}
+
+/// Whether a recorder is installed (globally, or for this thread): the facade's stand-in when
+/// none is, its no-op recorder, is zero-sized, and real recorders hold state.
+fn recorder_installed() -> bool {
+    metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
+}
+
+/// Hashes a method key by its id, already a hash of the method's name.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u8(&mut self, side: u8) {
+        self.0 ^= u64::from(side) << 32;
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 ^= u64::from(id);
+    }
+}
+
+type IdHash = BuildHasherDefault<IdHasher>;
+
 /// A client call of `target` starts.
-pub(crate) fn client(target: Target) -> Option<Arc<MethodMetrics>> {
-    Some(method(Side::Client, target.id(), || label(target)))
+pub(crate) fn client(target: Target) -> Option<&'static MethodMetrics> {
+    method(Side::Client, target.id(), || label(target))
 }
 
 /// A server call of method `id`, named `name`, starts.
-pub(crate) fn server(id: MethodId, name: &str) -> Arc<MethodMetrics> {
+pub(crate) fn server(id: MethodId, name: &str) -> Option<&'static MethodMetrics> {
     method(Side::Server, id, || Arc::from(name))
 }
 
@@ -132,13 +189,13 @@ fn label(target: Target) -> Arc<str> {
 
 /// A server call being served, counted when it ends (`cancelled` if it is dropped first).
 pub(crate) struct Served {
-    metrics: Arc<MethodMetrics>,
+    metrics: &'static MethodMetrics,
     started: std::time::Instant,
     done: bool,
 }
 
 impl Served {
-    pub(crate) fn start(metrics: Arc<MethodMetrics>) -> Self {
+    pub(crate) fn start(metrics: &'static MethodMetrics) -> Self {
         Self {
             metrics,
             started: std::time::Instant::now(),
@@ -160,31 +217,38 @@ impl Drop for Served {
     }
 }
 
-/// Sets the server-wide metrics from `stats` (a [`ServerHandle::stats`] snapshot).
+/// Sets a server's metrics from `stats` (a [`ServerHandle::stats`] snapshot), labelled
+/// `server` with a name of the caller's choosing (a process may run several servers).
 ///
 /// [`ServerHandle::stats`]: crate::ServerHandle::stats
-pub fn record_server(stats: &ServerStats) {
-    metrics::gauge!("flumen_server_connections").set(stats.active as f64);
-    metrics::counter!("flumen_server_connections_accepted_total").absolute(stats.accepted);
-    metrics::counter!("flumen_server_connections_refused_total").absolute(stats.refused);
-    metrics::counter!("flumen_server_handshake_failures_total").absolute(stats.handshake_failures);
-    metrics::counter!("flumen_server_protocol_errors_total").absolute(stats.protocol_errors);
-    metrics::counter!("flumen_server_timeouts_total").absolute(stats.timeouts);
-    metrics::counter!("flumen_server_panics_total").absolute(stats.panics);
-    metrics::counter!("flumen_server_shed_total").absolute(stats.shed);
-    metrics::gauge!("flumen_server_in_flight").set(stats.in_flight as f64);
-    metrics::gauge!("flumen_server_queued_bytes").set(stats.queued_bytes as f64);
+pub fn record_server(server: &str, stats: &ServerStats) {
+    let labels = [("server", server.to_owned())];
+    let gauge = |name: &'static str, value: f64| metrics::gauge!(name, &labels).set(value);
+    let counter = |name: &'static str, value: u64| metrics::counter!(name, &labels).absolute(value);
+    gauge("flumen_server_connections", stats.active as f64);
+    counter("flumen_server_connections_accepted_total", stats.accepted);
+    counter("flumen_server_connections_refused_total", stats.refused);
+    counter(
+        "flumen_server_handshake_failures_total",
+        stats.handshake_failures,
+    );
+    counter("flumen_server_protocol_errors_total", stats.protocol_errors);
+    counter("flumen_server_timeouts_total", stats.timeouts);
+    counter("flumen_server_panics_total", stats.panics);
+    counter("flumen_server_shed_total", stats.shed);
+    gauge("flumen_server_in_flight", stats.in_flight as f64);
+    gauge("flumen_server_queued_bytes", stats.queued_bytes as f64);
     if let Some(limit) = stats.concurrency_limit {
-        metrics::gauge!("flumen_server_concurrency_limit").set(limit as f64);
+        gauge("flumen_server_concurrency_limit", limit as f64);
     }
     let io = &stats.io;
-    metrics::counter!("flumen_server_bytes_written_total").absolute(io.bytes_written);
-    metrics::counter!("flumen_server_bytes_read_total").absolute(io.bytes_read);
-    metrics::counter!("flumen_server_frames_written_total").absolute(io.frames_written);
-    metrics::counter!("flumen_server_frames_read_total").absolute(io.frames_read);
-    metrics::counter!("flumen_server_writes_total").absolute(io.writes);
-    metrics::gauge!("flumen_server_frames_per_write").set(io.frames_per_write());
-    metrics::gauge!("flumen_server_buffered_bytes").set(io.buffered_bytes as f64);
+    counter("flumen_server_bytes_written_total", io.bytes_written);
+    counter("flumen_server_bytes_read_total", io.bytes_read);
+    counter("flumen_server_frames_written_total", io.frames_written);
+    counter("flumen_server_frames_read_total", io.frames_read);
+    counter("flumen_server_writes_total", io.writes);
+    gauge("flumen_server_frames_per_write", io.frames_per_write());
+    gauge("flumen_server_buffered_bytes", io.buffered_bytes as f64);
 }
 
 /// Sets one client connection's metrics from `stats` (a [`Client::stats`] snapshot of the
@@ -193,11 +257,55 @@ pub fn record_server(stats: &ServerStats) {
 /// [`Client::stats`]: crate::stream::Client::stats
 pub fn record_client(connection: &str, stats: &ConnectionStats) {
     let labels = [("connection", connection.to_owned())];
-    metrics::counter!("flumen_client_bytes_written_total", &labels).absolute(stats.bytes_written);
-    metrics::counter!("flumen_client_bytes_read_total", &labels).absolute(stats.bytes_read);
-    metrics::counter!("flumen_client_frames_written_total", &labels).absolute(stats.frames_written);
-    metrics::counter!("flumen_client_frames_read_total", &labels).absolute(stats.frames_read);
-    metrics::counter!("flumen_client_writes_total", &labels).absolute(stats.writes);
-    metrics::gauge!("flumen_client_frames_per_write", &labels).set(stats.frames_per_write());
-    metrics::gauge!("flumen_client_buffered_bytes", &labels).set(stats.buffered_bytes as f64);
+    let gauge = |name: &'static str, value: f64| metrics::gauge!(name, &labels).set(value);
+    let counter = |name: &'static str, value: u64| metrics::counter!(name, &labels).absolute(value);
+    counter("flumen_client_bytes_written_total", stats.bytes_written);
+    counter("flumen_client_bytes_read_total", stats.bytes_read);
+    counter("flumen_client_frames_written_total", stats.frames_written);
+    counter("flumen_client_frames_read_total", stats.frames_read);
+    counter("flumen_client_writes_total", stats.writes);
+    gauge("flumen_client_frames_per_write", stats.frames_per_write());
+    gauge("flumen_client_buffered_bytes", stats.buffered_bytes as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use super::*;
+
+    /// A recorder that hands out no-op handles but holds state, as real ones do.
+    struct Holding(#[allow(dead_code)] u64);
+
+    impl Recorder for Holding {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn methods_first_called_without_a_recorder_are_not_measured() {
+        let id = MethodId::from_name("Test.unmeasured");
+        assert!(!recorder_installed());
+        assert!(server(id, "Test.unmeasured").is_none());
+        // Decided once per method: a recorder installed later does not change it.
+        let recorder = Holding(1);
+        metrics::with_local_recorder(&recorder, || {
+            assert!(recorder_installed());
+            assert!(server(id, "Test.unmeasured").is_none());
+            let measured = MethodId::from_name("Test.measured");
+            assert!(server(measured, "Test.measured").is_some());
+        });
+    }
 }

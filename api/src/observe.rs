@@ -80,7 +80,7 @@ pub(crate) struct ClientCall {
     #[cfg(feature = "tracing")]
     span: tracing::Span,
     #[cfg(feature = "metrics")]
-    metrics: Option<std::sync::Arc<crate::metrics::MethodMetrics>>,
+    metrics: Option<&'static crate::metrics::MethodMetrics>,
     /// When the call started, if anything measures it.
     #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
     started: Option<Instant>,
@@ -165,7 +165,9 @@ impl ClientCall {
             let elapsed = started.elapsed();
             let outcome = outcome(result);
             #[cfg(feature = "tracing")]
-            record(&self.span, elapsed, &outcome);
+            if !self.span.is_disabled() {
+                record(&self.span, elapsed, &outcome);
+            }
             #[cfg(feature = "metrics")]
             if let Some(metrics) = &self.metrics {
                 metrics.finish(elapsed, &outcome);
@@ -178,6 +180,10 @@ impl ClientCall {
 #[cfg(feature = "tracing")]
 fn client_span(target: Target) -> tracing::Span {
     use tracing::field::Empty;
+    // Nothing to build before a subscriber exists (see `flumen_stream`'s spans).
+    if !tracing::dispatcher::has_been_set() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "flumen.client",
         otel.name = Empty,

@@ -222,15 +222,13 @@ impl<C: Codec> Dispatch for Router<C> {
             Some((name, handler)) => {
                 crate::observe::served(name, &request);
                 #[cfg(feature = "metrics")]
-                let served = crate::metrics::Served::start(crate::metrics::server(
-                    MethodId::from_u32(request.method()),
-                    name,
-                ));
+                let served = crate::metrics::server(MethodId::from_u32(request.method()), name)
+                    .map(crate::metrics::Served::start);
                 #[allow(unused_mut)]
                 let mut future = handler(request);
                 #[cfg(feature = "metrics")]
                 {
-                    future.served = Some(served);
+                    future.served = served;
                 }
                 future
             }

@@ -228,7 +228,8 @@ async fn exercise<E: Env>(env: E, addr: SocketAddr, round: u64) {
         client.fail().await.unwrap_err();
     }
     let stats = server.stats();
-    flumen::metrics::record_server(&stats);
+    let name = format!("round{round}");
+    flumen::metrics::record_server(&name, &stats);
     let page = scrape(addr);
     for side in ["client", "server"] {
         let calls = |method: &str, outcome: &str| {
@@ -253,7 +254,8 @@ async fn exercise<E: Env>(env: E, addr: SocketAddr, round: u64) {
         assert_eq!(sample(&page, &in_flight), Some(0.0), "{in_flight}\n{page}");
     }
     // The server's own counters, as of the snapshot recorded.
-    let bytes = sample(&page, "flumen_server_bytes_read_total").unwrap();
+    let labelled = |metric: &str| format!("{metric}{{server=\"{name}\"}}");
+    let bytes = sample(&page, &labelled("flumen_server_bytes_read_total")).unwrap();
     assert_eq!(bytes, stats.io.bytes_read as f64);
     assert!(
         stats.io.bytes_read > (CALLS + FAILURES) * 16,
@@ -265,8 +267,11 @@ async fn exercise<E: Env>(env: E, addr: SocketAddr, round: u64) {
         "{:?}",
         stats.io
     );
-    assert_eq!(sample(&page, "flumen_server_connections"), Some(1.0));
-    let frames = sample(&page, "flumen_server_frames_read_total").unwrap();
+    assert_eq!(
+        sample(&page, &labelled("flumen_server_connections")),
+        Some(1.0)
+    );
+    let frames = sample(&page, &labelled("flumen_server_frames_read_total")).unwrap();
     assert!(frames >= (CALLS + FAILURES) as f64, "{frames}");
     eventually(&env, "no call in flight", || server.stats().in_flight == 0).await;
 }

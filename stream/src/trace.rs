@@ -8,8 +8,10 @@
 //! it. On the client, a layer above opens the call's span; the core records the sequence id
 //! and the peer in it ([`record_client`]), since only the core knows them.
 //!
-//! Spans are at `INFO`. A disabled span is never built: what a call then pays is one check of
-//! the callsite's interest, a relaxed load.
+//! Spans are at `INFO`. Until a `tracing` subscriber is installed, nothing is built or
+//! recorded (one relaxed load per call; this also keeps `tracing`'s `log` fallback, which
+//! turns every disabled span into a log record, out of the call path); after that, a span
+//! the subscriber does not want costs a check of its callsite's interest.
 
 use std::fmt::Debug;
 #[cfg(feature = "tracing")]
@@ -49,6 +51,12 @@ impl CallSpan {
     pub(crate) fn server(header: &FrameHeader, peer: &Peer) -> Self {
         #[cfg(feature = "tracing")]
         {
+            if !tracing::dispatcher::has_been_set() {
+                return Self {
+                    span: tracing::Span::none(),
+                    started: None,
+                };
+            }
             let span = tracing::info_span!(
                 "flumen.server",
                 otel.name = tracing::field::Empty,
@@ -131,7 +139,7 @@ fn finish(span: &tracing::Span, started: Instant, outcome: Result<(), ErrorCode>
 #[inline]
 pub(crate) fn record_client(seq: u64, peer: &Peer) {
     #[cfg(feature = "tracing")]
-    {
+    if tracing::dispatcher::has_been_set() {
         let span = tracing::Span::current();
         if !span.is_disabled() {
             span.record("rpc.seq", seq);
