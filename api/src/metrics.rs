@@ -20,9 +20,9 @@
 //! call path): connections, bytes and frames each way, frames per write, calls in flight,
 //! bytes queued, refusals.
 //!
-//! Install the recorder before the first call: a method's handles are made on its first
-//! call, against the recorder installed then; a method first called with no recorder
-//! installed records nothing, and costs nothing beyond a lookup per call.
+//! Install the recorder before the first call: a method's handles are made on its first call
+//! with a recorder installed, against that recorder. While none is installed, calls record
+//! nothing and pay one check for it.
 
 use std::{
     borrow::Cow,
@@ -96,27 +96,29 @@ fn names(side: Side) -> (&'static str, &'static str, &'static str) {
     }
 }
 
-/// Every method's handles by side and id, made once per process (`None`: no recorder was
-/// installed when the method was first called). Leaked: there is one entry per method a
-/// program calls or routes, a number its code bounds.
-type Registry = Mutex<HashMap<(u8, u32), Option<&'static MethodMetrics>>>;
+/// Every method's handles by side and id, made once per process. Leaked: there is one entry
+/// per method a program calls or routes, a number its code bounds.
+type Registry = Mutex<HashMap<(u8, u32), &'static MethodMetrics>>;
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
 thread_local! {
     /// This thread's copy of the registry's entries, read without a lock or an atomic.
-    static LOCAL: RefCell<HashMap<(u8, u32), Option<&'static MethodMetrics>, IdHash>> =
+    static LOCAL: RefCell<HashMap<(u8, u32), &'static MethodMetrics, IdHash>> =
         RefCell::new(HashMap::default());
 }
 
-/// The handles of `id` on `side`, made on first use; `None` if no recorder was installed then
-/// (so that a program without one pays no clock read for metrics). The call enters the
+/// The handles of `id` on `side`, made on first use; `None` while no recorder is installed (so
+/// that a program without one pays neither a lookup nor a clock read). The call enters the
 /// in-flight gauge.
 fn method(
     side: Side,
     id: MethodId,
     name: impl FnOnce() -> Arc<str>,
 ) -> Option<&'static MethodMetrics> {
+    if !recorder_installed() {
+        return None;
+    }
     let key = (side as u8, id.as_u32());
     let cached = LOCAL.with(|local| local.borrow().get(&key).copied());
     let metrics = match cached {
@@ -126,14 +128,11 @@ fn method(
                 .get_or_init(Registry::default)
                 .lock()
                 .entry(key)
-                .or_insert_with(|| {
-                    recorder_installed()
-                        .then(|| &*Box::leak(Box::new(MethodMetrics::new(side, name()))))
-                });
+                .or_insert_with(|| Box::leak(Box::new(MethodMetrics::new(side, name()))));
             LOCAL.with(|local| local.borrow_mut().insert(key, metrics));
             metrics
         }
-    }?;
+    };
     metrics.in_flight.increment(1.0);
     Some(metrics)
 }
@@ -295,17 +294,17 @@ mod tests {
     }
 
     #[test]
-    fn methods_first_called_without_a_recorder_are_not_measured() {
-        let id = MethodId::from_name("Test.unmeasured");
+    fn calls_are_measured_only_while_a_recorder_is_installed() {
+        let id = MethodId::from_name("Test.method");
         assert!(!recorder_installed());
-        assert!(server(id, "Test.unmeasured").is_none());
-        // Decided once per method: a recorder installed later does not change it.
+        assert!(server(id, "Test.method").is_none());
         let recorder = Holding(1);
         metrics::with_local_recorder(&recorder, || {
             assert!(recorder_installed());
-            assert!(server(id, "Test.unmeasured").is_none());
-            let measured = MethodId::from_name("Test.measured");
-            assert!(server(measured, "Test.measured").is_some());
+            let first = server(id, "Test.method").unwrap();
+            // The same handles for the next call.
+            assert!(std::ptr::eq(first, server(id, "Test.method").unwrap()));
         });
+        assert!(server(id, "Test.method").is_none());
     }
 }

@@ -131,7 +131,11 @@ impl ClientCall {
         call: impl std::future::Future<Output = Result<T, CallError>>,
     ) -> Result<T, CallError> {
         #[cfg(feature = "tracing")]
-        let result = tracing::Instrument::instrument(call, self.span.clone()).await;
+        let result = if self.span.is_disabled() {
+            call.await
+        } else {
+            tracing::Instrument::instrument(call, self.span.clone()).await
+        };
         #[cfg(not(feature = "tracing"))]
         let result = call.await;
         self.finish(&result);
