@@ -238,7 +238,7 @@ impl<C: Codec> Client<C> {
     ) -> Result<Bytes, CallError> {
         let method = method.into();
         let observed = ClientCall::start(method);
-        let traced = observed.options(options);
+        let traced = observed.as_ref().and_then(|o| o.options(options));
         let options = traced.as_ref().unwrap_or(options);
         let id = method.id().as_u32();
         let call = async {
@@ -249,7 +249,10 @@ impl<C: Codec> Client<C> {
                 }
             }
         };
-        observed.run(call).await
+        match observed {
+            None => call.await,
+            Some(observed) => observed.run(call).await,
+        }
     }
 
     /// [`call_parts`](Self::call_parts) from a plain thread.
@@ -262,13 +265,17 @@ impl<C: Codec> Client<C> {
     ) -> Result<Bytes, CallError> {
         let method = method.into();
         let observed = ClientCall::start(method);
-        let traced = observed.options(options);
+        let traced = observed.as_ref().and_then(|o| o.options(options));
         let options = traced.as_ref().unwrap_or(options);
         let id = method.id().as_u32();
-        observed.run_blocking(|| match &self.channel {
+        let call = || match &self.channel {
             Channel::One(raw) => raw.call_blocking_parts(id, head, tail, options),
             Channel::Many(balancer) => balancer.call_blocking_parts(id, head, tail, options, route),
-        })
+        };
+        match observed {
+            None => call(),
+            Some(observed) => observed.run_blocking(call),
+        }
     }
 
     /// Opens a streaming call (on one connection, wherever the balancer puts it). Its span
@@ -283,7 +290,7 @@ impl<C: Codec> Client<C> {
     ) -> Result<(Option<RequestSender>, ReplyStream), CallError> {
         let method = method.into();
         let observed = ClientCall::start(method);
-        let traced = observed.options(options);
+        let traced = observed.as_ref().and_then(|o| o.options(options));
         let options = traced.as_ref().unwrap_or(options);
         let id = method.id().as_u32();
         let open = async {
@@ -294,7 +301,10 @@ impl<C: Codec> Client<C> {
                 }
             }
         };
-        observed.run(open).await
+        match observed {
+            None => open.await,
+            Some(observed) => observed.run(open).await,
+        }
     }
 
     /// Calls `method` with `request` and the default timeout.

@@ -75,25 +75,25 @@ pub(crate) fn outcome<T>(result: &Result<T, CallError>) -> std::borrow::Cow<'sta
     .into()
 }
 
-/// One typed call on the client, from its start to its outcome.
+/// One typed call on the client that something observes, from its start to its outcome.
 pub(crate) struct ClientCall {
     #[cfg(feature = "tracing")]
     span: tracing::Span,
     #[cfg(feature = "metrics")]
     metrics: Option<&'static crate::metrics::MethodMetrics>,
-    /// When the call started, if anything measures it.
     #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
-    started: Option<Instant>,
+    started: Instant,
 }
 
 impl ClientCall {
-    /// Starts observing a call of `target`.
+    /// Starts observing a call of `target`; `None` when nothing would observe it (no span
+    /// recorded, no metrics recorder), which is all a call then pays.
     #[cfg_attr(
         not(any(feature = "tracing", feature = "metrics")),
         allow(unused_variables)
     )]
     #[inline]
-    pub(crate) fn start(target: Target) -> Self {
+    pub(crate) fn start(target: Target) -> Option<Self> {
         #[cfg(feature = "tracing")]
         let span = client_span(target);
         #[cfg(feature = "metrics")]
@@ -104,13 +104,13 @@ impl ClientCall {
         let measured = false;
         #[cfg(feature = "tracing")]
         let measured = measured || !span.is_disabled();
-        Self {
+        measured.then(|| Self {
             #[cfg(feature = "tracing")]
             span,
             #[cfg(feature = "metrics")]
             metrics,
-            started: measured.then(Instant::now),
-        }
+            started: Instant::now(),
+        })
     }
 
     /// `options` with this call's trace context added (with `opentelemetry`, when the span is
@@ -161,12 +161,9 @@ impl ClientCall {
     )]
     #[inline]
     fn finish<T>(&self, result: &Result<T, CallError>) {
-        let Some(started) = self.started else {
-            return;
-        };
         #[cfg(any(feature = "tracing", feature = "metrics"))]
         {
-            let elapsed = started.elapsed();
+            let elapsed = self.started.elapsed();
             let outcome = outcome(result);
             #[cfg(feature = "tracing")]
             if !self.span.is_disabled() {
