@@ -178,6 +178,13 @@ pub mod unix {
     pub use flumen_unix::*;
 }
 
+/// Shared memory between processes on one host (feature `shm`, on Unix): `TokioShm` and
+/// `SmolShm`, addressed by the path of the listener's socket.
+#[cfg(all(feature = "shm", unix))]
+pub mod shm {
+    pub use flumen_shm::*;
+}
+
 /// The in-process transport (feature `inproc`): `InProc`, client and server in one process
 /// over in-memory pipes, on any runtime; servers bind an `InProcAddr` name.
 #[cfg(feature = "inproc")]

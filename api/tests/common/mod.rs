@@ -19,6 +19,7 @@ use flumen::{
     rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::Transport,
     tcp::{SmolTcp, TokioTcp},
+    shm::{SmolShm, TokioShm},
     unix::{SmolUnix, TokioUnix},
     ClientConfig, Dispatch, Request, Router, Server, ServerConfig, ServerHandle, Status,
 };
@@ -98,6 +99,8 @@ pub type SmolTlsEnv = With<SmolRuntime, TlsTransport<SmolTcp>>;
 pub type TokioUnixEnv = With<TokioRuntime, TokioUnix>;
 pub type SmolUnixEnv = With<SmolRuntime, SmolUnix>;
 pub type TokioInProcEnv = With<TokioRuntime, InProc>;
+pub type TokioShmEnv = With<TokioRuntime, TokioShm>;
+pub type SmolShmEnv = With<SmolRuntime, SmolShm>;
 pub type SmolInProcEnv = With<SmolRuntime, InProc>;
 
 /// Makes the transport of an environment, and addresses for its servers.
@@ -141,6 +144,26 @@ impl MakeTransport for TokioUnix {
 impl MakeTransport for SmolUnix {
     fn make(_: QuicTransport) -> Self {
         SmolUnix
+    }
+
+    fn any_addr() -> PathBuf {
+        socket_path()
+    }
+}
+
+impl MakeTransport for TokioShm {
+    fn make(_: QuicTransport) -> Self {
+        TokioShm::default()
+    }
+
+    fn any_addr() -> PathBuf {
+        socket_path()
+    }
+}
+
+impl MakeTransport for SmolShm {
+    fn make(_: QuicTransport) -> Self {
+        SmolShm::default()
     }
 
     fn any_addr() -> PathBuf {
@@ -337,7 +360,7 @@ macro_rules! e2e_ip {
 }
 
 /// Generates each listed `async fn name<E: Env>(env: E)` as a test in every environment of
-/// `e2e_ip!`, and over Unix sockets and in process on both runtimes.
+/// `e2e_ip!`, and over Unix sockets, in process and over shared memory on both runtimes.
 #[macro_export]
 macro_rules! e2e {
     ($($name:ident),* $(,)?) => {
@@ -353,6 +376,12 @@ macro_rules! e2e {
         }
         mod smol_inproc {
             $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolInProcEnv>) })*
+        }
+        mod tokio_shm {
+            $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioShmEnv>) })*
+        }
+        mod smol_shm {
+            $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolShmEnv>) })*
         }
     };
 }
