@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flumen::{
     inproc::{InProc, InProcAddr},
     rt::{Runtime, SmolRuntime, TokioRuntime},
+    shm::{SmolShm, TokioShm},
     stream::Transport,
     tcp::{SmolTcp, TokioTcp},
-    shm::{SmolShm, TokioShm},
     unix::{SmolUnix, TokioUnix},
     ClientConfig, Dispatch, Request, Router, Server, ServerConfig, ServerHandle, Status,
 };
