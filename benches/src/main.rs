@@ -152,6 +152,9 @@ enum Wire {
     Tls,
     /// Unix domain sockets (a socket path in the temporary directory).
     Unix,
+    /// Shared memory: rings in a mapped file, a Unix socket for wake-ups (no pipe ceiling
+    /// exists for it: compare with `unix`).
+    Shm,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -318,6 +321,7 @@ fn net(
     match wire {
         Wire::Tcp => Ok(system::Net::Tcp),
         Wire::Unix => Ok(system::Net::Unix),
+        Wire::Shm => Ok(system::Net::Shm),
         Wire::Tls => {
             let transport = tls(side(ca, serving)?, flumen::tls::TlsTransport::new(()));
             Ok(system::Net::Tls(Box::new(
@@ -519,9 +523,11 @@ impl ServerProcess {
             Wire::Quic => "quic",
             Wire::Tls => "tls",
             Wire::Unix => "unix",
+            Wire::Shm => "shm",
         };
         let listen = match run.transport {
             Wire::Unix => system.listen_addr(&system::Net::Unix),
+            Wire::Shm => system.listen_addr(&system::Net::Shm),
             _ => system.listen_addr(&system::Net::Tcp),
         };
         let mut child = Command::new(exe)

@@ -14,6 +14,7 @@ use flumen::{
     rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::{ConnectionStats, Listener, Transport},
     tcp::{SmolTcp, TokioTcp},
+    shm::{SmolShm, TokioShm},
     unix::{SmolUnix, TokioUnix},
     Bytes, Client, ClientConfig, MethodId, Router, Server, ServerConfig, Status,
 };
@@ -90,7 +91,7 @@ impl System {
     /// client, a fresh socket path over Unix sockets.
     pub(crate) fn listen_addr(self, net: &Net) -> Address {
         match (self, net) {
-            (_, Net::Unix) => Address::Path(socket_path()),
+            (_, Net::Unix | Net::Shm) => Address::Path(socket_path()),
             (Self::FlumenBalanced4, _) => Address::Ip(SocketAddr::from(([0, 0, 0, 0], 0))),
             _ => Address::Ip(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
@@ -112,19 +113,29 @@ pub(crate) enum Net {
     Tls(Box<TlsTransport<()>>),
     /// Unix domain sockets.
     Unix,
+    /// Shared memory (rings in a mapped file, a Unix socket beside them).
+    Shm,
 }
 
 /// Calls `$body` with the runtime handle and the transport for `$net` on `$spawner`; with
-/// `unix: $unix`, evaluates `$unix` instead for Unix sockets (for bodies that need an IP
-/// address type).
+/// `unix: $unix`, evaluates `$unix` instead for the transports addressed by a socket path, Unix
+/// sockets and shared memory (for bodies that need an IP address type).
 macro_rules! with_transport {
     ($net:expr, $spawner:expr, |$rt:ident, $transport:ident| $body:expr) => {
-        with_transport!($net, $spawner, |$rt, $transport| $body, unix: match $spawner {
-            Spawner::Tokio($rt) => {
+        with_transport!($net, $spawner, |$rt, $transport| $body, unix: match ($net, $spawner) {
+            (Net::Shm, Spawner::Tokio($rt)) => {
+                let $transport = TokioShm::default();
+                $body
+            }
+            (Net::Shm, Spawner::Smol($rt)) => {
+                let $transport = SmolShm::default();
+                $body
+            }
+            (_, Spawner::Tokio($rt)) => {
                 let $transport = TokioUnix;
                 $body
             }
-            Spawner::Smol($rt) => {
+            (_, Spawner::Smol($rt)) => {
                 let $transport = SmolUnix;
                 $body
             }
@@ -156,7 +167,7 @@ macro_rules! with_transport {
                 let $transport = tls.with_inner(SmolTcp::default());
                 $body
             }
-            (Net::Unix, _) => $unix,
+            (Net::Unix | Net::Shm, _) => $unix,
         }
     };
 }
