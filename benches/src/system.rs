@@ -12,9 +12,9 @@ use flumen::tls::TlsTransport;
 use flumen::{
     balance::{discovery::Static, BalanceConfig},
     rt::{Runtime, SmolRuntime, TokioRuntime},
+    shm::{SmolShm, TokioShm},
     stream::{ConnectionStats, Listener, Transport},
     tcp::{SmolTcp, TokioTcp},
-    shm::{SmolShm, TokioShm},
     unix::{SmolUnix, TokioUnix},
     Bytes, Client, ClientConfig, MethodId, Router, Server, ServerConfig, Status,
 };
