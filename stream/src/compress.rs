@@ -147,8 +147,9 @@ pub(crate) fn compress(
     Some((header, out.freeze()))
 }
 
-/// [`compress`] of a body in one piece, for tests and fuzzing: the frame's header and body as
-/// this side would send them compressed, or `None` if it would send them as they are.
+/// What the writer sends for a body in one piece (for tests and fuzzing): the frame's header
+/// and body as this side would send them compressed, or `None` if it would send them as they
+/// are.
 pub fn compress_body(
     compression: &Compression,
     header: &FrameHeader,
