@@ -237,8 +237,7 @@ impl<C: Codec> Client<C> {
         route: Route,
     ) -> Result<Bytes, CallError> {
         let method = method.into();
-        let observed = ClientCall::start(method);
-        let traced = observed.as_ref().and_then(|o| o.options(options));
+        let (observed, traced) = ClientCall::start_with(method, options);
         let options = traced.as_ref().unwrap_or(options);
         let id = method.id().as_u32();
         let call = async {
@@ -249,10 +248,7 @@ impl<C: Codec> Client<C> {
                 }
             }
         };
-        match observed {
-            None => call.await,
-            Some(observed) => observed.run(call).await,
-        }
+        ClientCall::run_if(observed, call).await
     }
 
     /// [`call_parts`](Self::call_parts) from a plain thread.
@@ -264,8 +260,7 @@ impl<C: Codec> Client<C> {
         route: Route,
     ) -> Result<Bytes, CallError> {
         let method = method.into();
-        let observed = ClientCall::start(method);
-        let traced = observed.as_ref().and_then(|o| o.options(options));
+        let (observed, traced) = ClientCall::start_with(method, options);
         let options = traced.as_ref().unwrap_or(options);
         let id = method.id().as_u32();
         let call = || match &self.channel {
@@ -289,8 +284,7 @@ impl<C: Codec> Client<C> {
         route: Route,
     ) -> Result<(Option<RequestSender>, ReplyStream), CallError> {
         let method = method.into();
-        let observed = ClientCall::start(method);
-        let traced = observed.as_ref().and_then(|o| o.options(options));
+        let (observed, traced) = ClientCall::start_with(method, options);
         let options = traced.as_ref().unwrap_or(options);
         let id = method.id().as_u32();
         let open = async {
@@ -301,10 +295,7 @@ impl<C: Codec> Client<C> {
                 }
             }
         };
-        match observed {
-            None => open.await,
-            Some(observed) => observed.run(open).await,
-        }
+        ClientCall::run_if(observed, open).await
     }
 
     /// Calls `method` with `request` and the default timeout.

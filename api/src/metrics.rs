@@ -221,9 +221,7 @@ impl Drop for Served {
 ///
 /// [`ServerHandle::stats`]: crate::ServerHandle::stats
 pub fn record_server(server: &str, stats: &ServerStats) {
-    let labels = [("server", server.to_owned())];
-    let gauge = |name: &'static str, value: f64| metrics::gauge!(name, &labels).set(value);
-    let counter = |name: &'static str, value: u64| metrics::counter!(name, &labels).absolute(value);
+    let (gauge, counter) = publishers("server", server);
     gauge("flumen_server_connections", stats.active as f64);
     counter("flumen_server_connections_accepted_total", stats.accepted);
     counter("flumen_server_connections_refused_total", stats.refused);
@@ -250,14 +248,25 @@ pub fn record_server(server: &str, stats: &ServerStats) {
     gauge("flumen_server_buffered_bytes", io.buffered_bytes as f64);
 }
 
+/// Setters of gauges and absolute counters labelled `label` = `value`.
+fn publishers(
+    label: &'static str,
+    value: &str,
+) -> (impl Fn(&'static str, f64), impl Fn(&'static str, u64)) {
+    let labels = [(label, value.to_owned())];
+    let counter_labels = labels.clone();
+    (
+        move |name: &'static str, v: f64| metrics::gauge!(name, &labels).set(v),
+        move |name: &'static str, v: u64| metrics::counter!(name, &counter_labels).absolute(v),
+    )
+}
+
 /// Sets one client connection's metrics from `stats` (a [`Client::stats`] snapshot of the
 /// connection underneath), labelled `connection` with a name of the caller's choosing.
 ///
 /// [`Client::stats`]: crate::stream::Client::stats
 pub fn record_client(connection: &str, stats: &ConnectionStats) {
-    let labels = [("connection", connection.to_owned())];
-    let gauge = |name: &'static str, value: f64| metrics::gauge!(name, &labels).set(value);
-    let counter = |name: &'static str, value: u64| metrics::counter!(name, &labels).absolute(value);
+    let (gauge, counter) = publishers("connection", connection);
     counter("flumen_client_bytes_written_total", stats.bytes_written);
     counter("flumen_client_bytes_read_total", stats.bytes_read);
     counter("flumen_client_frames_written_total", stats.frames_written);

@@ -113,6 +113,29 @@ impl ClientCall {
         })
     }
 
+    /// [`start`](Self::start), and the options to send (with the trace context, if any):
+    /// `None` to send `options` unchanged.
+    #[inline]
+    pub(crate) fn start_with(
+        target: Target,
+        options: &CallOptions,
+    ) -> (Option<Self>, Option<CallOptions>) {
+        let observed = Self::start(target);
+        let traced = observed.as_ref().and_then(|o| o.options(options));
+        (observed, traced)
+    }
+
+    /// Runs `call`, observed if `observed` is `Some`.
+    pub(crate) async fn run_if<T>(
+        observed: Option<Self>,
+        call: impl std::future::Future<Output = Result<T, CallError>>,
+    ) -> Result<T, CallError> {
+        match observed {
+            None => call.await,
+            Some(observed) => observed.run(call).await,
+        }
+    }
+
     /// `options` with this call's trace context added (with `opentelemetry`, when the span is
     /// recorded); `None` when they go unchanged.
     #[cfg_attr(not(feature = "opentelemetry"), allow(unused_variables))]

@@ -179,8 +179,22 @@ pub struct ShmWriter<B: Bell> {
     closed: bool,
 }
 
-fn halves<B: Bell>(side: Side<B>) -> (ShmReader<B>, ShmWriter<B>) {
-    let side = Arc::new(side);
+/// The two halves of one side of a connection over `map`, writing ring `out` and reading
+/// ring `inbound`.
+fn halves<B: Bell>(
+    map: Mapping,
+    (out, inbound): (Ring, Ring),
+    bell: B,
+    spin: u32,
+) -> (ShmReader<B>, ShmWriter<B>) {
+    let side = Arc::new(Side {
+        map,
+        out,
+        inbound,
+        bell,
+        wakers: Arc::default(),
+        spin,
+    });
     let reader = ShmReader {
         side: side.clone(),
         head: 0,
@@ -399,15 +413,7 @@ async fn accept_handshake<B: Bell>(
             "client refused the shared memory",
         ));
     }
-    let side = Side {
-        map,
-        out,
-        inbound,
-        bell,
-        wakers: Arc::default(),
-        spin: config.spin_checks,
-    };
-    Ok(halves(side))
+    Ok(halves(map, (out, inbound), bell, config.spin_checks))
 }
 
 /// The client's side: map the announced file, check it, acknowledge.
@@ -438,15 +444,7 @@ async fn connect_handshake<B: Bell>(
     out.check(&map)?;
     inbound.check(&map)?;
     bell::write_all(&bell, &[1]).await?;
-    let side = Side {
-        map,
-        out,
-        inbound,
-        bell,
-        wakers: Arc::default(),
-        spin,
-    };
-    Ok(halves(side))
+    Ok(halves(map, (out, inbound), bell, spin))
 }
 
 use std::os::unix::ffi::OsStringExt;
