@@ -34,14 +34,13 @@ impl Peer {
     }
 }
 
-/// The span of one call a server runs (nothing without the feature).
+/// The span of one call a server runs: nothing without the feature, and nothing while no
+/// subscriber wants it.
 #[derive(Clone)]
 pub(crate) struct CallSpan {
+    /// The span and when the request was read, if the span is recorded.
     #[cfg(feature = "tracing")]
-    span: tracing::Span,
-    /// When the request was read, if the span is enabled.
-    #[cfg(feature = "tracing")]
-    started: Option<Instant>,
+    recorded: Option<(tracing::Span, Instant)>,
 }
 
 impl CallSpan {
@@ -52,10 +51,7 @@ impl CallSpan {
         #[cfg(feature = "tracing")]
         {
             if !tracing::dispatcher::has_been_set() {
-                return Self {
-                    span: tracing::Span::none(),
-                    started: None,
-                };
+                return Self { recorded: None };
             }
             let span = tracing::info_span!(
                 "flumen.server",
@@ -71,24 +67,26 @@ impl CallSpan {
                 outcome = tracing::field::Empty,
                 duration_us = tracing::field::Empty,
             );
-            let started = (!span.is_disabled()).then(Instant::now);
-            Self { span, started }
+            let recorded = (!span.is_disabled()).then(|| (span, Instant::now()));
+            Self { recorded }
         }
         #[cfg(not(feature = "tracing"))]
         Self {}
     }
 
-    /// The span itself.
+    /// The span itself, if it is recorded.
     #[cfg(feature = "tracing")]
-    pub(crate) fn span(&self) -> tracing::Span {
-        self.span.clone()
+    pub(crate) fn span(&self) -> Option<tracing::Span> {
+        self.recorded.as_ref().map(|(span, _)| span.clone())
     }
 
     /// Runs `f` inside the span.
     #[inline]
     pub(crate) fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
         #[cfg(feature = "tracing")]
-        let _entered = self.span.enter();
+        if let Some((span, _)) = &self.recorded {
+            return span.in_scope(f);
+        }
         f()
     }
 
@@ -97,8 +95,8 @@ impl CallSpan {
     #[inline]
     pub(crate) fn finish(&self, outcome: Result<(), ErrorCode>) {
         #[cfg(feature = "tracing")]
-        if let Some(started) = self.started {
-            finish(&self.span, started, outcome);
+        if let Some((span, started)) = &self.recorded {
+            finish(span, *started, outcome);
         }
     }
 
@@ -108,7 +106,10 @@ impl CallSpan {
         self,
         future: F,
     ) -> tracing::instrument::Instrumented<F> {
-        tracing::Instrument::instrument(future, self.span)
+        let span = self
+            .recorded
+            .map_or_else(tracing::Span::none, |(span, _)| span);
+        tracing::Instrument::instrument(future, span)
     }
 
     /// `future`, unchanged (no spans without the feature).

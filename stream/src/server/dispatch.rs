@@ -50,9 +50,10 @@ pub struct Request {
     pub(super) timeout: Option<Duration>,
     pub(super) stream: Option<CallStream>,
     pub(super) metadata: Metadata,
-    /// The call's span, not yet entered (the handler runs inside it).
+    /// The call's span, not yet entered (the handler runs inside it); `None` when not
+    /// recorded.
     #[cfg(feature = "tracing")]
-    pub(super) span: tracing::Span,
+    pub(super) span: Option<tracing::Span>,
 }
 
 impl Request {
@@ -66,7 +67,7 @@ impl Request {
             stream: None,
             metadata: Metadata::new(),
             #[cfg(feature = "tracing")]
-            span: tracing::Span::none(),
+            span: None,
         }
     }
 
@@ -76,7 +77,8 @@ impl Request {
     /// future then runs inside it.
     #[cfg(feature = "tracing")]
     pub fn span(&self) -> &tracing::Span {
-        &self.span
+        static NOT_RECORDED: tracing::Span = tracing::Span::none();
+        self.span.as_ref().unwrap_or(&NOT_RECORDED)
     }
 
     /// The same request carrying `metadata` (for tests of `Dispatch` implementations).
