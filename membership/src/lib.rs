@@ -1,0 +1,17 @@
+//! Cluster membership for Flumen services, above the single-connection core (which never names
+//! it). This crate grows in steps; what is here is complete and tested on its own:
+//!
+//! - [`phi`]: a phi-accrual failure detector (Hayashibara et al.), fed with the arrival times
+//!   of a member's heartbeats (gossip probes, RPC health answers); it turns silence into a
+//!   suspicion level that adapts to each member's own rhythm.
+//! - [`filter`]: tag filters over members' tags (`zone=eu && gpu`, `!(spot) || tier=gold`), to
+//!   pick the workers a call may go to.
+#![warn(missing_docs)]
+
+pub mod filter;
+pub mod phi;
+
+pub use crate::{
+    filter::{Filter, FilterError, Tags},
+    phi::{PhiAccrual, PhiConfig},
+};
