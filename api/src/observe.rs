@@ -77,8 +77,9 @@ pub(crate) fn outcome<T>(result: &Result<T, CallError>) -> std::borrow::Cow<'sta
 
 /// One typed call on the client that something observes, from its start to its outcome.
 pub(crate) struct ClientCall {
+    /// The call's span, if a subscriber records it.
     #[cfg(feature = "tracing")]
-    span: tracing::Span,
+    span: Option<tracing::Span>,
     #[cfg(feature = "metrics")]
     metrics: Option<&'static crate::metrics::MethodMetrics>,
     #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
@@ -103,7 +104,7 @@ impl ClientCall {
         #[cfg(not(feature = "metrics"))]
         let measured = false;
         #[cfg(feature = "tracing")]
-        let measured = measured || !span.is_disabled();
+        let measured = measured || span.is_some();
         measured.then(|| Self {
             #[cfg(feature = "tracing")]
             span,
@@ -142,8 +143,8 @@ impl ClientCall {
     #[inline]
     pub(crate) fn options(&self, options: &CallOptions) -> Option<CallOptions> {
         #[cfg(feature = "opentelemetry")]
-        if !self.span.is_disabled() {
-            return crate::otel::inject(&self.span, options);
+        if let Some(span) = &self.span {
+            return crate::otel::inject(span, options);
         }
         None
     }
@@ -154,10 +155,9 @@ impl ClientCall {
         call: impl std::future::Future<Output = Result<T, CallError>>,
     ) -> Result<T, CallError> {
         #[cfg(feature = "tracing")]
-        let result = if self.span.is_disabled() {
-            call.await
-        } else {
-            tracing::Instrument::instrument(call, self.span.clone()).await
+        let result = match &self.span {
+            None => call.await,
+            Some(span) => tracing::Instrument::instrument(call, span.clone()).await,
         };
         #[cfg(not(feature = "tracing"))]
         let result = call.await;
@@ -171,7 +171,10 @@ impl ClientCall {
         call: impl FnOnce() -> Result<T, CallError>,
     ) -> Result<T, CallError> {
         #[cfg(feature = "tracing")]
-        let result = self.span.in_scope(call);
+        let result = match &self.span {
+            None => call(),
+            Some(span) => span.in_scope(call),
+        };
         #[cfg(not(feature = "tracing"))]
         let result = call();
         self.finish(&result);
@@ -189,8 +192,8 @@ impl ClientCall {
             let elapsed = self.started.elapsed();
             let outcome = outcome(result);
             #[cfg(feature = "tracing")]
-            if !self.span.is_disabled() {
-                record(&self.span, elapsed, &outcome);
+            if let Some(span) = &self.span {
+                record(span, elapsed, &outcome);
             }
             #[cfg(feature = "metrics")]
             if let Some(metrics) = &self.metrics {
@@ -200,13 +203,13 @@ impl ClientCall {
     }
 }
 
-/// The span of a client call of `target`.
+/// The span of a client call of `target`, if a subscriber records it.
 #[cfg(feature = "tracing")]
-fn client_span(target: Target) -> tracing::Span {
+fn client_span(target: Target) -> Option<tracing::Span> {
     use tracing::field::Empty;
     // Nothing to build before a subscriber exists (see `flumen_stream`'s spans).
     if !tracing::dispatcher::has_been_set() {
-        return tracing::Span::none();
+        return None;
     }
     let span = tracing::info_span!(
         "flumen.client",
@@ -222,12 +225,13 @@ fn client_span(target: Target) -> tracing::Span {
         outcome = Empty,
         duration_us = Empty,
     );
-    if let Some(name) = target.name {
-        if !span.is_disabled() {
-            name_span(&span, name);
-        }
+    if span.is_disabled() {
+        return None;
     }
-    span
+    if let Some(name) = target.name {
+        name_span(&span, name);
+    }
+    Some(span)
 }
 
 /// Records a method's wire name (`Service.method`) in a call's span.
