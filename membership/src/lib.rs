@@ -6,12 +6,17 @@
 //!   suspicion level that adapts to each member's own rhythm.
 //! - [`filter`]: tag filters over members' tags (`zone=eu && gpu`, `!(spot) || tier=gold`), to
 //!   pick the workers a call may go to.
+//! - [`registry`]: the live view of the members (alive, suspect, down, left), an event stream,
+//!   and filtered pools that a balanced client takes as its discovery source; a suspected
+//!   member leaves every pool at once.
 #![warn(missing_docs)]
 
 pub mod filter;
 pub mod phi;
+pub mod registry;
 
 pub use crate::{
     filter::{Filter, FilterError, Tags},
     phi::{PhiAccrual, PhiConfig},
+    registry::{Event, Member, Pool, Registry, State},
 };
