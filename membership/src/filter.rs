@@ -27,7 +27,8 @@
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
 /// A member's tags: names, each with a value (empty for a bare tag).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Tags(BTreeMap<String, String>);
 
 impl Tags {

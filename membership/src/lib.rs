@@ -12,11 +12,18 @@
 #![warn(missing_docs)]
 
 pub mod filter;
+pub mod identity;
+pub mod node;
 pub mod phi;
 pub mod registry;
+pub mod sim;
+
+pub use foca;
 
 pub use crate::{
     filter::{Filter, FilterError, Tags},
+    identity::NodeId,
+    node::{Config, Error, Node, Stats},
     phi::{PhiAccrual, PhiConfig},
     registry::{Event, Member, Pool, Registry, State},
 };
