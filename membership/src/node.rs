@@ -479,7 +479,7 @@ impl Node {
             let peer = self.peers.entry(id.gossip_addr()).or_insert_with(|| Peer {
                 name: id.name().to_owned(),
                 version: 0,
-                phi: PhiAccrual::new(self.config.phi.clone()),
+                phi: PhiAccrual::new(self.config.phi),
                 beats: 0,
                 reported: None,
                 seen: 0,
@@ -489,7 +489,7 @@ impl Node {
                 // rejoin): its rhythm starts over.
                 peer.version = id.version();
                 peer.name = id.name().to_owned();
-                peer.phi = PhiAccrual::new(self.config.phi.clone());
+                peer.phi = PhiAccrual::new(self.config.phi);
                 peer.phi.heartbeat(at);
                 peer.beats = 0;
                 peer.reported = None;

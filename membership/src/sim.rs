@@ -30,13 +30,16 @@ pub struct Simulation {
     latency: Duration,
     nodes: Vec<Slot>,
     by_addr: HashMap<SocketAddr, usize>,
-    /// Datagrams on their way: (arrival, order, to, from, bytes).
-    wire: BinaryHeap<Reverse<(Instant, u64, usize, SocketAddr, Bytes)>>,
+    /// Datagrams on their way.
+    wire: BinaryHeap<Reverse<InFlight>>,
     /// When each member's timers are next due (stale entries are skipped).
     due: BinaryHeap<Reverse<(Instant, usize)>>,
     seq: u64,
     delivered: u64,
 }
+
+/// A datagram on its way: (arrival, order sent, to, from, bytes).
+type InFlight = (Instant, u64, usize, SocketAddr, Bytes);
 
 #[derive(Debug)]
 struct Slot {
