@@ -160,6 +160,7 @@ pub use flumen_macros::service;
 
 /// Runtimes: `TokioRuntime` (feature `tokio`) and `SmolRuntime` (feature `smol`).
 pub mod rt {
+    #[cfg(any(feature = "tokio", feature = "smol"))]
     pub use flumen_rt::*;
     pub use flumen_stream::Runtime;
 }

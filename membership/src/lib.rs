@@ -11,6 +11,8 @@
 //!   member leaves every pool at once.
 #![warn(missing_docs)]
 
+pub mod cluster;
+pub mod driver;
 pub mod filter;
 pub mod identity;
 pub mod node;
@@ -21,6 +23,8 @@ pub mod sim;
 pub use foca;
 
 pub use crate::{
+    cluster::{ClusterClient, ClusterError},
+    driver::{Datagrams, Membership},
     filter::{Filter, FilterError, Tags},
     identity::NodeId,
     node::{Config, Error, Node, Stats},

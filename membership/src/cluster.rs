@@ -1,0 +1,141 @@
+//! Calls to "any worker with tag X": a balanced client per tag filter, over the registry's
+//! pool of the alive members passing it.
+//!
+//! A member leaves its pools as soon as it is suspected, so new calls move off it before it is
+//! declared down. What happens to the calls it already had is the balanced client's rule: a
+//! call that provably never ran is retried elsewhere; a call whose connection broke mid-call is
+//! retried only if its method is `#[idempotent]`, and otherwise fails with
+//! [`flumen::CallError::Connection`] (it may or may not have run: the caller decides).
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use flumen::{
+    balance::BalanceConfig,
+    stream::{Runtime, Transport},
+    Client, Codec, MethodId, MsgPack,
+};
+use parking_lot::Mutex;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{
+    filter::{Filter, FilterError},
+    registry::Registry,
+};
+
+/// Why a call to a worker failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The filter does not parse.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// The call failed (no worker matched in time, the worker failed, the codec did).
+    #[error(transparent)]
+    Call(#[from] flumen::Error),
+}
+
+type Open<C> = dyn Fn(crate::registry::Pool) -> Client<C> + Send + Sync;
+
+/// Balanced clients over the cluster's workers, one per tag filter (see the [module](self)).
+/// Cheap to clone; clones share the clients.
+#[derive(Clone)]
+pub struct ClusterClient<C: Codec = MsgPack> {
+    registry: Registry,
+    open: Arc<Open<C>>,
+    /// The client of each filter used so far, by the filter's canonical text.
+    pools: Arc<Mutex<HashMap<String, Client<C>>>>,
+}
+
+impl<C: Codec> std::fmt::Debug for ClusterClient<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterClient")
+            .field("filters", &self.pools.lock().keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterClient<MsgPack> {
+    /// Calls over `transport` on `rt` to the members of `registry`, with the default balancing
+    /// and MessagePack.
+    pub fn new<R, T>(rt: &R, transport: T, registry: Registry) -> Self
+    where
+        R: Runtime,
+        T: Transport<Addr = SocketAddr> + Clone,
+    {
+        Self::with_config(
+            rt,
+            transport,
+            registry,
+            BalanceConfig::default(),
+            MsgPack::default(),
+        )
+    }
+}
+
+impl<C: Codec + Clone + Send + Sync + 'static> ClusterClient<C> {
+    /// As [`new`](ClusterClient::new), with `config` for every pool's balancer and `codec`.
+    pub fn with_config<R, T>(
+        rt: &R,
+        transport: T,
+        registry: Registry,
+        config: BalanceConfig,
+        codec: C,
+    ) -> Self
+    where
+        R: Runtime,
+        T: Transport<Addr = SocketAddr> + Clone,
+    {
+        let rt = rt.clone();
+        let open = move |pool| {
+            Client::balanced_with(&rt, transport.clone(), pool, config.clone(), codec.clone())
+        };
+        Self {
+            registry,
+            open: Arc::new(open),
+            pools: Arc::default(),
+        }
+    }
+
+    /// The balanced client over the workers passing `filter`, made on first use and kept: wrap
+    /// it in a generated client (`FooClient::new(cluster.workers("gpu")?)`) for typed calls.
+    ///
+    /// # Errors
+    ///
+    /// [`FilterError`] if `filter` does not parse.
+    pub fn workers(&self, filter: &str) -> Result<Client<C>, FilterError> {
+        let filter: Filter = filter.parse()?;
+        let key = filter.to_string();
+        let mut pools = self.pools.lock();
+        if let Some(client) = pools.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = (self.open)(self.registry.pool(filter));
+        pools.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Calls `method` with `request` on a worker passing `filter`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Filter`] for a filter that does not parse; [`ClusterError::Call`] if
+    /// the call fails.
+    pub async fn call_worker<Req, Resp>(
+        &self,
+        filter: &str,
+        method: impl Into<MethodId>,
+        request: &Req,
+    ) -> Result<Resp, ClusterError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let client = self.workers(filter)?;
+        Ok(client.call(method, request).await?)
+    }
+
+    /// The registry the pools come from.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}

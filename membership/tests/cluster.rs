@@ -1,0 +1,385 @@
+//! A cluster on loopback: members gossiping over UDP from their tasks, workers serving a
+//! service, and a director calling "any worker with tag X" through the cluster client, on
+//! tokio and smol and over every IP transport.
+
+#[path = "../../api/tests/common/mod.rs"]
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::{eventually, IpEnv as Env};
+use flumen::{
+    balance::BalanceConfig,
+    rt::{Runtime, SmolRuntime, TokioRuntime},
+    Server, ServerConfig, ServerHandle,
+};
+use flumen_membership::{ClusterClient, Config, Datagrams, Event, Membership, NodeId, State, Tags};
+
+/// A worker's service.
+#[flumen::service]
+pub trait Work {
+    /// Which worker answered (safe to ask twice).
+    #[idempotent]
+    async fn whoami(&self) -> String;
+    /// Takes a payment: must not run twice. Holds until the worker dies when `hold` is set.
+    async fn charge(&self, hold: bool) -> String;
+}
+
+struct Worker {
+    name: String,
+    served: Arc<AtomicU64>,
+    charging: async_channel::Sender<()>,
+}
+
+impl Work for Worker {
+    async fn whoami(&self) -> String {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.name.clone()
+    }
+
+    async fn charge(&self, hold: bool) -> String {
+        if hold {
+            let _ = self.charging.send(()).await;
+            futures_lite::future::pending::<()>().await;
+        }
+        self.name.clone()
+    }
+}
+
+/// A runtime with a UDP socket for gossip.
+trait Gossip: Runtime {
+    fn udp() -> impl Datagrams;
+}
+
+impl Gossip for TokioRuntime {
+    fn udp() -> impl Datagrams {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        tokio::net::UdpSocket::from_std(socket).unwrap()
+    }
+}
+
+impl Gossip for SmolRuntime {
+    fn udp() -> impl Datagrams {
+        async_io::Async::<std::net::UdpSocket>::bind(([127, 0, 0, 1], 0)).unwrap()
+    }
+}
+
+fn config() -> Config {
+    Config::fast()
+}
+
+fn member<E: Env>(
+    env: &E,
+    name: &str,
+    rpc: SocketAddr,
+    tags: &[(&str, &str)],
+    seeds: &[SocketAddr],
+    config: Config,
+) -> Membership
+where
+    E::Rt: Gossip,
+{
+    let socket = E::Rt::udp();
+    let identity = NodeId::new(
+        name,
+        socket.local_addr().unwrap(),
+        rpc,
+        tags.iter().copied().collect(),
+    );
+    Membership::start(&env.rt(), socket, identity, seeds, config).unwrap()
+}
+
+struct Node {
+    membership: Membership,
+    server: ServerHandle<SocketAddr>,
+    served: Arc<AtomicU64>,
+    charging: async_channel::Receiver<()>,
+}
+
+async fn worker<E: Env>(
+    env: &E,
+    name: &str,
+    tags: &[(&str, &str)],
+    seed: SocketAddr,
+    config: Config,
+) -> Node
+where
+    E::Rt: Gossip,
+{
+    let served = Arc::new(AtomicU64::new(0));
+    let (charging, charges) = async_channel::unbounded();
+    let service = WorkServer::new(Worker {
+        name: name.into(),
+        served: served.clone(),
+        charging,
+    });
+    let server = Server::new(service)
+        .config(ServerConfig::default())
+        .bind(&env.rt(), &env.transport(), &env.addr())
+        .await
+        .unwrap();
+    let membership = member(env, name, *server.local_addr(), tags, &[seed], config);
+    Node {
+        membership,
+        server,
+        served,
+        charging: charges,
+    }
+}
+
+/// The director (tagged `role=director`, serving nothing) and three workers: w0 `zone=eu`,
+/// w1 `zone=eu gpu`, w2 `zone=us`; returns once the director sees all four alive.
+async fn cluster<E: Env>(env: &E, config: Config) -> (Membership, Vec<Node>)
+where
+    E::Rt: Gossip,
+{
+    let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let director = member(
+        env,
+        "director",
+        unused,
+        &[("role", "director")],
+        &[],
+        config.clone(),
+    );
+    let seed = director.identity().gossip_addr();
+    let mut workers = Vec::new();
+    for (name, tags) in [
+        ("w0", &[("role", "worker"), ("zone", "eu")][..]),
+        ("w1", &[("role", "worker"), ("zone", "eu"), ("gpu", "")][..]),
+        ("w2", &[("role", "worker"), ("zone", "us")][..]),
+    ] {
+        workers.push(worker(env, name, tags, seed, config.clone()).await);
+    }
+    let registry = director.registry().clone();
+    eventually(env, "the director sees every worker", || {
+        registry.matching(&"role=worker".parse().unwrap()).len() == 3
+    })
+    .await;
+    (director, workers)
+}
+
+fn balance() -> BalanceConfig {
+    BalanceConfig::default()
+}
+
+/// Calls go to the workers whose tags pass the filter, raw and typed; an idempotent call
+/// survives a worker's crash mid-stream and a non-idempotent call that had reached it fails
+/// with a connection error; the crash is seen.
+async fn calls_follow_tags_and_survive_a_crash<E: Env>(env: E)
+where
+    E::Rt: Gossip,
+{
+    let (director, workers) = cluster(&env, config()).await;
+    let cluster = ClusterClient::with_config(
+        &env.rt(),
+        env.transport(),
+        director.registry().clone(),
+        balance(),
+        flumen::MsgPack::default(),
+    );
+    let events = director.registry().subscribe();
+
+    // Raw: by method name (the generated client's method id).
+    for _ in 0..10 {
+        let who: String = cluster
+            .call_worker("zone=eu && gpu", WorkClient::WHOAMI, &())
+            .await
+            .unwrap();
+        assert_eq!(who, "w1");
+    }
+    assert!(cluster
+        .call_worker::<(), String>("zone=", WorkClient::WHOAMI, &())
+        .await
+        .is_err());
+    // Typed, over a filtered pool.
+    let eu = WorkClient::new(cluster.workers("role=worker && zone=eu").unwrap());
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(eu.whoami().await.unwrap());
+    }
+    assert!(seen.iter().all(|w| w == "w0" || w == "w1"), "{seen:?}");
+    let us = WorkClient::new(cluster.workers("zone=us").unwrap());
+    assert_eq!(us.whoami().await.unwrap(), "w2");
+
+    // A non-idempotent call held on w2 when it dies fails, typed, and is not run again.
+    let held = {
+        let us = us.clone();
+        let (done, result) = async_channel::bounded(1);
+        env.spawn(async move {
+            let _ = done.send(us.charge(true).await).await;
+        });
+        result
+    };
+    workers[2].charging.recv().await.unwrap();
+    workers[2].server.abort();
+    workers[2].membership.halt();
+    let err = held.recv().await.unwrap().unwrap_err();
+    assert!(err.is_connection(), "{err:?}");
+
+    // Idempotent calls keep succeeding while w0 dies under them.
+    let (done, results) = async_channel::unbounded();
+    for _ in 0..8 {
+        let (eu, done) = (eu.clone(), done.clone());
+        env.spawn(async move {
+            for _ in 0..150 {
+                let _ = done.send(eu.whoami().await).await;
+            }
+        });
+    }
+    drop(done);
+    let mut ok = 0;
+    let mut crashed = false;
+    while let Ok(result) = results.recv().await {
+        let who = result.unwrap_or_else(|e| panic!("an idempotent call was lost: {e:?}"));
+        assert!(who == "w0" || who == "w1", "{who}");
+        ok += 1;
+        if ok == 200 && !crashed {
+            crashed = true;
+            assert!(
+                workers[0].served.load(Ordering::Relaxed) > 0,
+                "w0 served nothing"
+            );
+            workers[0].server.abort();
+            workers[0].membership.halt();
+        }
+    }
+    assert_eq!(ok, 8 * 150);
+
+    // The director saw both crashes: suspected, then failed.
+    let registry = director.registry().clone();
+    eventually(&env, "w0 and w2 declared down", || {
+        registry
+            .members()
+            .iter()
+            .filter(|(m, s)| (m.name == "w0" || m.name == "w2") && *s == State::Down)
+            .count()
+            == 2
+    })
+    .await;
+    let seen: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    for name in ["w0", "w2"] {
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, Event::Failed(m) if m.name == name)),
+            "{name}: {seen:?}"
+        );
+    }
+}
+
+/// A worker whose gossip stops (its server still answering) is suspected and gets no new
+/// calls, long before it could be declared down.
+async fn a_suspected_worker_gets_no_new_calls<E: Env>(env: E)
+where
+    E::Rt: Gossip,
+{
+    let mut config = config();
+    // Suspicion alone must move calls: the verdict is far away.
+    config.swim.suspect_to_down_after = Duration::from_secs(600);
+    let (director, workers) = cluster(&env, config).await;
+    let cluster = ClusterClient::new(&env.rt(), env.transport(), director.registry().clone());
+    let eu = WorkClient::new(cluster.workers("zone=eu").unwrap());
+    let events = director.registry().subscribe();
+    for _ in 0..20 {
+        eu.whoami().await.unwrap();
+    }
+
+    workers[0].membership.halt();
+    let suspected = events.recv().await.unwrap();
+    assert!(
+        matches!(&suspected, Event::Suspect(m) if m.name == "w0"),
+        "{suspected:?}"
+    );
+    let before = workers[0].served.load(Ordering::Relaxed);
+    // The pool change reaches the balancer through its discovery task: wait until calls
+    // stop landing on w0, then check that they keep away from it.
+    let w0 = workers[0].served.clone();
+    let mut last = before;
+    for _ in 0..200 {
+        eu.whoami().await.unwrap();
+        let now = w0.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    for _ in 0..100 {
+        assert_eq!(eu.whoami().await.unwrap(), "w1");
+    }
+    let state = director
+        .registry()
+        .members()
+        .into_iter()
+        .find(|(m, _)| m.name == "w0")
+        .map(|(_, s)| s);
+    assert_eq!(state, Some(State::Suspect), "still only suspected");
+}
+
+/// A worker that leaves is reported left (not failed) and leaves its pools; new tags move a
+/// worker into a pool.
+async fn leaves_and_new_tags_reach_the_pools<E: Env>(env: E)
+where
+    E::Rt: Gossip,
+{
+    let (director, workers) = cluster(&env, config()).await;
+    let cluster = ClusterClient::new(&env.rt(), env.transport(), director.registry().clone());
+    let events = director.registry().subscribe();
+    let gpus = WorkClient::new(cluster.workers("gpu").unwrap());
+    assert_eq!(gpus.whoami().await.unwrap(), "w1");
+
+    workers[1].membership.leave().await.unwrap();
+    assert!(workers[1].membership.leave().await.is_err(), "left twice");
+    workers[2]
+        .membership
+        .set_tags(Tags::from_iter([
+            ("role", "worker"),
+            ("zone", "us"),
+            ("gpu", ""),
+        ]))
+        .await
+        .unwrap();
+    let mut left = false;
+    let mut retagged = false;
+    while !(left && retagged) {
+        match events.recv().await.unwrap() {
+            Event::Left(m) if m.name == "w1" => left = true,
+            Event::Failed(m) if m.name == "w1" => panic!("a leave reported as a failure"),
+            Event::TagsChanged { member, .. } if member.name == "w2" => retagged = true,
+            _ => {}
+        }
+    }
+    // The pool follows at once; the balancer's discovery task a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(who) = gpus.whoami().await {
+            assert_ne!(who, "w0", "w0 has no gpu");
+            if who == "w2" {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls to gpu workers never reached w2"
+        );
+        env.sleep(Duration::from_millis(5)).await;
+    }
+    // w1 is gone from the pool: every call now lands on w2.
+    for _ in 0..20 {
+        assert_eq!(gpus.whoami().await.unwrap(), "w2");
+    }
+}
+
+e2e_ip!(
+    calls_follow_tags_and_survive_a_crash,
+    a_suspected_worker_gets_no_new_calls,
+    leaves_and_new_tags_reach_the_pools,
+);
