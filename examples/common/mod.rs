@@ -13,6 +13,7 @@ use flumen::{
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// An example: a server and a client on runtime `R` and transport `T`.
+#[allow(dead_code, reason = "examples that pick their own transport use `main_on` alone")]
 pub(crate) trait Example {
     /// Runs the example.
     fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
@@ -23,7 +24,26 @@ pub(crate) trait Example {
 }
 
 /// Parses `--runtime tokio|smol` (default tokio) and runs `example` on that runtime.
+#[allow(dead_code, reason = "examples that pick their own transport use `main_on` alone")]
 pub(crate) fn main<E: Example>(example: E) {
+    main_on(
+        example,
+        |example, rt| example.run(rt, TokioTcp::default()),
+        |example, rt| example.run(rt, SmolTcp::default()),
+    );
+}
+
+/// Parses `--runtime tokio|smol` (default tokio) and runs `tokio` on a two-worker tokio runtime
+/// or `smol` on a smol executor (driven by this thread and one more), handing it `state`.
+/// Exits with status 1 if it fails.
+pub(crate) fn main_on<S, FT, FS>(
+    state: S,
+    tokio: impl FnOnce(S, TokioRuntime) -> FT,
+    smol: impl FnOnce(S, SmolRuntime) -> FS,
+) where
+    FT: Future<Output = Result<(), Error>>,
+    FS: Future<Output = Result<(), Error>>,
+{
     let runtime = std::env::args()
         .skip_while(|arg| arg != "--runtime")
         .nth(1)
@@ -37,7 +57,7 @@ pub(crate) fn main<E: Example>(example: E) {
                 .map_err(Error::from);
             runtime.and_then(|runtime| {
                 let rt = TokioRuntime::new(runtime.handle().clone());
-                runtime.block_on(example.run(rt, TokioTcp::default()))
+                runtime.block_on(tokio(state, rt))
             })
         }
         "smol" => {
@@ -46,7 +66,7 @@ pub(crate) fn main<E: Example>(example: E) {
             let worker = executor.clone();
             std::thread::spawn(move || smol::block_on(worker.run(stopped.recv())));
             let rt = SmolRuntime::new(executor.clone());
-            smol::block_on(executor.run(example.run(rt, SmolTcp::default())))
+            smol::block_on(executor.run(smol(state, rt)))
         }
         other => Err(format!("unknown runtime {other:?}: use tokio or smol").into()),
     };

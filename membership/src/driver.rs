@@ -86,6 +86,112 @@ impl Datagrams for async_io::Async<std::net::UdpSocket> {
     }
 }
 
+/// A runtime that can open the UDP socket a member gossips over: `TokioRuntime` (feature
+/// `tokio`) and `SmolRuntime` (feature `smol`).
+pub trait UdpRuntime: Runtime {
+    /// Its socket type.
+    type Socket: Datagrams;
+
+    /// Binds a UDP socket to `addr`.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's, binding.
+    fn bind_udp(&self, addr: SocketAddr) -> io::Result<Self::Socket>;
+}
+
+#[cfg(feature = "tokio")]
+impl UdpRuntime for flumen_rt::TokioRuntime {
+    type Socket = tokio::net::UdpSocket;
+
+    fn bind_udp(&self, addr: SocketAddr) -> io::Result<Self::Socket> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        let _context = self.handle().enter();
+        tokio::net::UdpSocket::from_std(socket)
+    }
+}
+
+#[cfg(feature = "smol")]
+impl UdpRuntime for flumen_rt::SmolRuntime {
+    type Socket = async_io::Async<std::net::UdpSocket>;
+
+    fn bind_udp(&self, addr: SocketAddr) -> io::Result<Self::Socket> {
+        async_io::Async::<std::net::UdpSocket>::bind(addr)
+    }
+}
+
+/// How a member presents itself and joins: see [`Membership::builder`].
+#[derive(Clone, Debug)]
+pub struct Builder {
+    name: String,
+    rpc: SocketAddr,
+    tags: Tags,
+    seeds: Vec<SocketAddr>,
+    advertise: Option<SocketAddr>,
+    config: Config,
+}
+
+impl Builder {
+    /// The member's tags (`zone=eu`, `gpu`; `weight=N` for its share of calls). Default none.
+    pub fn tags(mut self, tags: Tags) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// Gossip addresses of members to join through (any one that answers is enough). Default
+    /// none: the first member of a cluster, which others join.
+    pub fn seeds(mut self, seeds: &[SocketAddr]) -> Self {
+        self.seeds = seeds.to_vec();
+        self
+    }
+
+    /// The gossip address peers reach this member at, when it is not the socket's own (a
+    /// socket bound to `0.0.0.0`, a NAT). Default the socket's address.
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.advertise = Some(addr);
+        self
+    }
+
+    /// How the member gossips and judges its peers. Default [`Config::default`].
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Binds a UDP socket to `gossip` on `rt` and starts gossiping from it.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start), and [`Error::Io`] if the socket cannot be bound.
+    pub fn bind<R: UdpRuntime>(self, rt: &R, gossip: SocketAddr) -> Result<Membership, Error> {
+        let socket = rt.bind_udp(gossip)?;
+        self.start(rt, socket)
+    }
+
+    /// Starts gossiping from `socket`, as a task on `rt`. Returns at once: members appear in
+    /// the [`registry`](Membership::registry) as they are learned.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IdentityTooLarge`] for tags that do not fit a packet; [`Error::Io`] if the
+    /// socket has no address, or an unspecified one (`0.0.0.0`) and none was advertised.
+    pub fn start<R: Runtime, S: Datagrams>(self, rt: &R, socket: S) -> Result<Membership, Error> {
+        let gossip = match self.advertise {
+            Some(addr) => addr,
+            None => socket.local_addr()?,
+        };
+        if gossip.ip().is_unspecified() {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the gossip socket is bound to an unspecified address: advertise a reachable one",
+            )));
+        }
+        let identity = NodeId::new(self.name, gossip, self.rpc, self.tags);
+        Membership::start(rt, socket, identity, &self.seeds, self.config)
+    }
+}
+
 enum Command {
     SetTags(Tags, async_channel::Sender<Result<(), Error>>),
     Leave(async_channel::Sender<Result<(), Error>>),
@@ -121,6 +227,19 @@ impl std::fmt::Debug for Command {
 }
 
 impl Membership {
+    /// A member named `name` (unique in the cluster) whose RPC server listens on `rpc`; set its
+    /// tags and seeds, then [`bind`](Builder::bind) or [`start`](Builder::start) it.
+    pub fn builder(name: impl Into<String>, rpc: SocketAddr) -> Builder {
+        Builder {
+            name: name.into(),
+            rpc,
+            tags: Tags::new(),
+            seeds: Vec::new(),
+            advertise: None,
+            config: Config::default(),
+        }
+    }
+
     /// Starts gossiping over `socket` as `identity` (whose gossip address must be where peers
     /// reach `socket`), joining through `seeds` (gossip addresses; none for the first member,
     /// which others join). Returns at once: members appear in [`registry`](Self::registry) as

@@ -24,7 +24,7 @@ pub use foca;
 
 pub use crate::{
     cluster::{ClusterClient, ClusterError},
-    driver::{Datagrams, Membership},
+    driver::{Builder, Datagrams, Membership, UdpRuntime},
     filter::{Filter, FilterError, Tags},
     identity::NodeId,
     node::{Config, Error, Node, Stats},

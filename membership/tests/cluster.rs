@@ -16,12 +16,8 @@ use std::{
 };
 
 use common::{eventually, IpEnv as Env};
-use flumen::{
-    balance::BalanceConfig,
-    rt::{Runtime, SmolRuntime, TokioRuntime},
-    Server, ServerConfig, ServerHandle,
-};
-use flumen_membership::{ClusterClient, Config, Datagrams, Event, Membership, NodeId, State, Tags};
+use flumen::{balance::BalanceConfig, Server, ServerConfig, ServerHandle};
+use flumen_membership::{ClusterClient, Config, Event, Membership, State, Tags, UdpRuntime};
 
 /// A worker's service.
 #[flumen::service]
@@ -54,25 +50,6 @@ impl Work for Worker {
     }
 }
 
-/// A runtime with a UDP socket for gossip.
-trait Gossip: Runtime {
-    fn udp() -> impl Datagrams;
-}
-
-impl Gossip for TokioRuntime {
-    fn udp() -> impl Datagrams {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        tokio::net::UdpSocket::from_std(socket).unwrap()
-    }
-}
-
-impl Gossip for SmolRuntime {
-    fn udp() -> impl Datagrams {
-        async_io::Async::<std::net::UdpSocket>::bind(([127, 0, 0, 1], 0)).unwrap()
-    }
-}
-
 fn config() -> Config {
     Config::fast()
 }
@@ -86,16 +63,14 @@ fn member<E: Env>(
     config: Config,
 ) -> Membership
 where
-    E::Rt: Gossip,
+    E::Rt: UdpRuntime,
 {
-    let socket = E::Rt::udp();
-    let identity = NodeId::new(
-        name,
-        socket.local_addr().unwrap(),
-        rpc,
-        tags.iter().copied().collect(),
-    );
-    Membership::start(&env.rt(), socket, identity, seeds, config).unwrap()
+    Membership::builder(name, rpc)
+        .tags(tags.iter().copied().collect())
+        .seeds(seeds)
+        .config(config)
+        .bind(&env.rt(), common::loopback())
+        .unwrap()
 }
 
 struct Node {
@@ -113,7 +88,7 @@ async fn worker<E: Env>(
     config: Config,
 ) -> Node
 where
-    E::Rt: Gossip,
+    E::Rt: UdpRuntime,
 {
     let served = Arc::new(AtomicU64::new(0));
     let (charging, charges) = async_channel::unbounded();
@@ -140,7 +115,7 @@ where
 /// w1 `zone=eu gpu`, w2 `zone=us`; returns once the director sees all four alive.
 async fn cluster<E: Env>(env: &E, config: Config) -> (Membership, Vec<Node>)
 where
-    E::Rt: Gossip,
+    E::Rt: UdpRuntime,
 {
     let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let director = member(
@@ -177,7 +152,7 @@ fn balance() -> BalanceConfig {
 /// with a connection error; the crash is seen.
 async fn calls_follow_tags_and_survive_a_crash<E: Env>(env: E)
 where
-    E::Rt: Gossip,
+    E::Rt: UdpRuntime,
 {
     let (director, workers) = cluster(&env, config()).await;
     let cluster = ClusterClient::with_config(
@@ -280,7 +255,7 @@ where
 /// calls, long before it could be declared down.
 async fn a_suspected_worker_gets_no_new_calls<E: Env>(env: E)
 where
-    E::Rt: Gossip,
+    E::Rt: UdpRuntime,
 {
     let mut config = config();
     // Suspicion alone must move calls: the verdict is far away.
@@ -328,7 +303,7 @@ where
 /// worker into a pool.
 async fn leaves_and_new_tags_reach_the_pools<E: Env>(env: E)
 where
-    E::Rt: Gossip,
+    E::Rt: UdpRuntime,
 {
     let (director, workers) = cluster(&env, config()).await;
     let cluster = ClusterClient::new(&env.rt(), env.transport(), director.registry().clone());

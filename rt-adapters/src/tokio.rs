@@ -35,6 +35,11 @@ impl TokioRuntime {
     pub fn new(handle: Handle) -> Self {
         Self { handle }
     }
+
+    /// The runtime's handle (to enter its context, for resources that need it).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
 }
 
 impl Runtime for TokioRuntime {
