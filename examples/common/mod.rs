@@ -13,7 +13,10 @@ use flumen::{
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// An example: a server and a client on runtime `R` and transport `T`.
-#[allow(dead_code, reason = "examples that pick their own transport use `main_on` alone")]
+#[allow(
+    dead_code,
+    reason = "examples that pick their own transport use `main_on` alone"
+)]
 pub(crate) trait Example {
     /// Runs the example.
     fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
@@ -24,7 +27,10 @@ pub(crate) trait Example {
 }
 
 /// Parses `--runtime tokio|smol` (default tokio) and runs `example` on that runtime.
-#[allow(dead_code, reason = "examples that pick their own transport use `main_on` alone")]
+#[allow(
+    dead_code,
+    reason = "examples that pick their own transport use `main_on` alone"
+)]
 pub(crate) fn main<E: Example>(example: E) {
     main_on(
         example,
