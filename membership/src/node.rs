@@ -18,8 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use foca::{AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, OwnedNotification, Timer};
+use bytes::{Bytes, BytesMut};
+use foca::{
+    AccumulatingRuntime, Codec, Foca, Identity, NoCustomBroadcast, OwnedNotification, Timer,
+};
 use rand::{rngs::SmallRng, SeedableRng};
 
 use crate::{
@@ -34,8 +36,7 @@ use crate::{
 pub struct Config {
     /// foca's SWIM settings: probe period and round-trip time, indirect probes, how long a
     /// suspect has before it is declared down, dissemination, packet size. Default: foca's LAN
-    /// profile for 32 members, except that members known down are announced to every 10 s
-    /// (foca: 65 s), so the two sides of a healed partition find each other soon.
+    /// profile for 32 members (see [`Config::lan`]).
     pub swim: foca::Config,
     /// The phi-accrual detector's settings, its threshold among them.
     pub phi: PhiConfig,
@@ -50,6 +51,14 @@ pub struct Config {
     pub heartbeat_interval: Option<Duration>,
     /// Peers a heartbeat goes to each interval. Default 3.
     pub heartbeat_fanout: usize,
+    /// How often a member pushes its whole view (every member it knows, alive or down, in as
+    /// many datagrams as it takes) to one peer at random, which applies it. Gossip retransmits
+    /// an update a bounded number of times, so in a large cluster a few members miss a few
+    /// updates; this anti-entropy catches them. The peer answers with its own view, so both
+    /// end with the union. The first push comes at a random point of the first 0.5-1.5
+    /// intervals, so members started together do not push together. `None`: never. Default
+    /// 30 s.
+    pub sync_interval: Option<Duration>,
     /// How often phi is evaluated for every peer, and foca's suspicions read. Default 100 ms.
     pub check_interval: Duration,
     /// While a member knows no peer, how often it announces itself to its seeds again (seeds
@@ -58,8 +67,19 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// [`Config::lan`] for 32 members.
     fn default() -> Self {
-        let mut swim = foca::Config::new_lan(NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN));
+        Self::lan(32)
+    }
+}
+
+impl Config {
+    /// Settings for a LAN cluster of about `members` members: foca's LAN profile for that size
+    /// (updates retransmitted about `4 log10(members + 1)` times, suspicion lasting longer in a
+    /// larger cluster), with members known down announced to every 10 s (foca: 65 s), so the
+    /// two sides of a healed partition find each other soon.
+    pub fn lan(members: u32) -> Self {
+        let mut swim = foca::Config::new_lan(NonZeroU32::new(members).unwrap_or(NonZeroU32::MIN));
         if let Some(params) = swim.periodic_announce_to_down_members.as_mut() {
             params.frequency = Duration::from_secs(10);
         }
@@ -69,13 +89,12 @@ impl Default for Config {
             phi_min_heartbeats: 4,
             heartbeat_interval: Some(Duration::from_millis(250)),
             heartbeat_fanout: 3,
+            sync_interval: Some(Duration::from_secs(30)),
             check_interval: Duration::from_millis(100),
             rejoin_interval: Duration::from_secs(1),
         }
     }
-}
 
-impl Config {
     /// Settings for tests and demos on one host or a LAN that want answers in about a second:
     /// probes every 200 ms (round trip 100 ms), down 600 ms after a suspicion, heartbeats every
     /// 100 ms, announcements to down members every second.
@@ -91,6 +110,7 @@ impl Config {
             params.frequency = Duration::from_millis(100);
         }
         config.heartbeat_interval = Some(Duration::from_millis(100));
+        config.sync_interval = Some(Duration::from_secs(2));
         config.phi.first_interval = Duration::from_millis(200);
         config.phi.acceptable_pause = Duration::from_millis(100);
         config.phi.min_std_dev = Duration::from_millis(50);
@@ -117,6 +137,9 @@ pub enum Error {
     /// The member has left the cluster.
     #[error("the member has left the cluster")]
     Left,
+    /// A view-sync datagram that does not decode.
+    #[error("malformed view-sync datagram: {0}")]
+    Malformed(String),
     /// A socket error.
     #[error("gossip socket: {0}")]
     Io(#[from] std::io::Error),
@@ -140,8 +163,18 @@ pub struct Stats {
 }
 
 /// A heartbeat datagram. foca's packets begin with the sender's address (a postcard enum tag,
-/// 0 or 1), so the first byte tells the two apart.
+/// 0 or 1), so the first byte tells ours apart.
 const HEARTBEAT: &[u8; 4] = b"\xffFHB";
+/// The start of a view-sync datagram, then a kind (`PUSH`: the first datagram of a view that
+/// wants the receiver's view back; `MORE`: the rest of it; `REPLY`: a view answering one),
+/// then members as foca's codec encodes them.
+const SYNC: &[u8; 3] = b"\xffFS";
+const PUSH: u8 = b'P';
+const MORE: u8 = b'M';
+const REPLY: u8 = b'R';
+/// A member answers at most one view push per this long, so that pushes (small) cannot make
+/// it send views (large) at any rate.
+const REPLY_EVERY: Duration = Duration::from_secs(1);
 
 /// What a timer is for.
 #[derive(Debug)]
@@ -149,6 +182,7 @@ enum Tick {
     Swim(Timer<NodeId>),
     Check,
     Heartbeat,
+    Sync,
 }
 
 #[derive(Debug)]
@@ -198,11 +232,13 @@ pub struct Node {
     epoch: Instant,
     seeds: Vec<SocketAddr>,
     last_announce: Option<Instant>,
+    last_reply: Option<Instant>,
     peers: HashMap<SocketAddr, Peer>,
     /// The active peers in the heartbeats' rotation, and where it stands.
     rotation: Vec<SocketAddr>,
     cursor: usize,
-    heartbeats: std::collections::VecDeque<SocketAddr>,
+    /// Our own datagrams (heartbeats, view syncs), sent before foca's.
+    own: std::collections::VecDeque<(SocketAddr, Bytes)>,
     sweep: u64,
     stats: Stats,
     left: bool,
@@ -251,10 +287,11 @@ impl Node {
             epoch: now,
             seeds: Vec::new(),
             last_announce: None,
+            last_reply: None,
             peers: HashMap::new(),
             rotation: Vec::new(),
             cursor: fastrand::usize(..),
-            heartbeats: std::collections::VecDeque::new(),
+            own: std::collections::VecDeque::new(),
             sweep: 0,
             stats: Stats::default(),
             left: false,
@@ -263,6 +300,10 @@ impl Node {
         node.schedule(now + node.config.check_interval, Tick::Check);
         if let Some(every) = node.config.heartbeat_interval {
             node.schedule(now + every, Tick::Heartbeat);
+        }
+        if let Some(every) = node.config.sync_interval {
+            // Members started together must not all push at once.
+            node.schedule(now + every.mul_f64(0.5 + fastrand::f64()), Tick::Sync);
         }
         Ok(node)
     }
@@ -324,6 +365,9 @@ impl Node {
             }
             return Ok(());
         }
+        if let Some([kind, view @ ..]) = data.strip_prefix(SYNC) {
+            return self.apply_view(from, *kind, view, now);
+        }
         let result = self.foca.handle_data(data, &mut self.out);
         if result.is_err() {
             self.stats.packets_refused += 1;
@@ -384,11 +428,21 @@ impl Node {
                         let fanout = self.config.heartbeat_fanout.min(self.rotation.len());
                         for _ in 0..fanout {
                             self.cursor = (self.cursor + 1) % self.rotation.len();
-                            self.heartbeats.push_back(self.rotation[self.cursor]);
+                            let to = self.rotation[self.cursor];
+                            self.own.push_back((to, Bytes::from_static(HEARTBEAT)));
                         }
                     }
                     if let Some(every) = self.config.heartbeat_interval {
                         self.schedule(now + every, Tick::Heartbeat);
+                    }
+                }
+                Tick::Sync => {
+                    if !self.left && !self.rotation.is_empty() {
+                        let to = self.rotation[fastrand::usize(..self.rotation.len())];
+                        self.push_view(to, PUSH);
+                    }
+                    if let Some(every) = self.config.sync_interval {
+                        self.schedule(now + every, Tick::Sync);
                     }
                 }
             }
@@ -400,11 +454,13 @@ impl Node {
 
     /// The next datagram to send, and where.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
-        if let Some(to) = self.heartbeats.pop_front() {
+        if let Some((to, data)) = self.own.pop_front() {
             self.stats.packets_sent += 1;
-            self.stats.heartbeats_sent += 1;
-            self.stats.bytes_sent += HEARTBEAT.len() as u64;
-            return Some((to, Bytes::from_static(HEARTBEAT)));
+            self.stats.bytes_sent += data.len() as u64;
+            if data == HEARTBEAT[..] {
+                self.stats.heartbeats_sent += 1;
+            }
+            return Some((to, data));
         }
         let (to, data) = self.out.to_send()?;
         self.stats.packets_sent += 1;
@@ -438,6 +494,74 @@ impl Node {
         self.registry.update(last.member(), State::Left);
         self.drain(now);
         Ok(())
+    }
+
+    /// Queues this member's whole view for `to`, in datagrams of at most foca's packet size,
+    /// the first of kind `first`.
+    fn push_view(&mut self, to: SocketAddr, first: u8) {
+        let max = self.config.swim.max_packet_size.get();
+        let rest = if first == PUSH { MORE } else { first };
+        let start = |kind: u8| {
+            let mut packet = BytesMut::from(&SYNC[..]);
+            packet.extend_from_slice(&[kind]);
+            packet
+        };
+        let mut codec = foca::PostcardCodec;
+        let mut packet = start(first);
+        let mut one = BytesMut::new();
+        for member in self.foca.iter_membership_state() {
+            one.clear();
+            if codec.encode_member(member, &mut one).is_err() {
+                continue;
+            }
+            if packet.len() + one.len() > max && packet.len() > SYNC.len() + 1 {
+                let full = std::mem::replace(&mut packet, start(rest));
+                self.own.push_back((to, full.freeze()));
+            }
+            packet.extend_from_slice(&one);
+        }
+        if packet.len() > SYNC.len() + 1 {
+            self.own.push_back((to, packet.freeze()));
+        }
+    }
+
+    /// Applies a peer's view, as foca applies the updates a packet carries, and answers the
+    /// first datagram of a push with this member's view.
+    fn apply_view(
+        &mut self,
+        from: SocketAddr,
+        kind: u8,
+        mut view: &[u8],
+        now: Instant,
+    ) -> Result<(), Error> {
+        if !self.peers.contains_key(&from) {
+            // Only known peers push views; a stranger joins by announcing itself.
+            self.stats.packets_refused += 1;
+            return Ok(());
+        }
+        let mut codec = foca::PostcardCodec;
+        let mut members = Vec::new();
+        while !view.is_empty() {
+            match codec.decode_member(&mut view) {
+                Ok(member) => members.push(member),
+                Err(e) => {
+                    self.stats.packets_refused += 1;
+                    return Err(Error::Malformed(e.to_string()));
+                }
+            }
+        }
+        let result = self
+            .foca
+            .apply_many(members.into_iter(), true, &mut self.out);
+        if self.drain(now) {
+            self.sync(now);
+        }
+        let due = self.last_reply.is_none_or(|at| now >= at + REPLY_EVERY);
+        if kind == PUSH && due && !self.left {
+            self.last_reply = Some(now);
+            self.push_view(from, REPLY);
+        }
+        result.map_err(Error::from)
     }
 
     fn schedule(&mut self, at: Instant, tick: Tick) {

@@ -132,3 +132,40 @@ fn a_steady_cluster_suspects_nobody() {
     assert_eq!(noise, vec![], "a healthy cluster saw changes");
     assert!(all_see(&sim, 0..24, 0..24, State::Alive));
 }
+
+#[test]
+fn view_syncs_repair_what_gossip_missed() {
+    // Gossip that reaches almost nobody: each update sent once, no periodic gossip or
+    // announcements, probes far apart. Only the view syncs can spread the joins.
+    let quiet = |sync: Option<Duration>| {
+        let mut config = Config::fast();
+        config.swim.max_transmissions = std::num::NonZeroU8::MIN;
+        config.swim.periodic_gossip = None;
+        config.swim.periodic_announce = None;
+        config.swim.probe_period = Duration::from_secs(3600);
+        config.heartbeat_interval = None;
+        config.sync_interval = sync;
+        config
+    };
+    let converge = |config: Config| {
+        let mut sim = Simulation::new(LATENCY);
+        for i in 0..8 {
+            sim.add(&format!("node{i}"), Tags::new(), config.clone())
+                .unwrap();
+        }
+        for i in 1..8 {
+            sim.join(i, &[0]).unwrap();
+        }
+        sim.run_within(Duration::from_secs(30), |sim| {
+            all_see(sim, 0..8, 0..8, State::Alive)
+        })
+    };
+    assert_eq!(
+        converge(quiet(None)),
+        None,
+        "gossip alone converged: the test shows nothing"
+    );
+    let took =
+        converge(quiet(Some(Duration::from_millis(500)))).expect("the syncs did not converge");
+    println!("view syncs every 500 ms: converged after {took:?}");
+}
