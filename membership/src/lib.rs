@@ -1,14 +1,40 @@
 //! Cluster membership for Flumen services, above the single-connection core (which never names
-//! it). This crate grows in steps; what is here is complete and tested on its own:
+//! it): members find each other by gossip, failures are detected, and calls go to "any worker
+//! with tag X".
 //!
-//! - [`phi`]: a phi-accrual failure detector (Hayashibara et al.), fed with the arrival times
-//!   of a member's heartbeats (gossip probes, RPC health answers); it turns silence into a
-//!   suspicion level that adapts to each member's own rhythm.
-//! - [`filter`]: tag filters over members' tags (`zone=eu && gpu`, `!(spot) || tier=gold`), to
-//!   pick the workers a call may go to.
-//! - [`registry`]: the live view of the members (alive, suspect, down, left), an event stream,
-//!   and filtered pools that a balanced client takes as its discovery source; a suspected
-//!   member leaves every pool at once.
+//! - Gossip is [foca]'s SWIM ([`node`]): join through seed addresses, probes and indirect
+//!   probes, suspicion and its refutation, incarnations, dissemination piggybacked on probes.
+//!   Each member's identity carries its name, its RPC address, its tags and a version seeded
+//!   from the clock ([`NodeId`]); a graceful leave is told from a failure. Anti-entropy view
+//!   syncs repair what gossip missed.
+//! - Failure detection is foca's verdicts plus a phi-accrual detector ([`phi`]) per peer, fed
+//!   by heartbeats each member sends its peers in a steady rotation: a peer foca still holds
+//!   alive is suspected as soon as its silence is unlikely for its own rhythm.
+//! - The [`registry`] is the live view (alive, suspect, down, left) with an event stream and
+//!   filtered pools; a suspected member leaves every pool at once, before it is declared down.
+//! - [`Membership`] runs a member over UDP on tokio or smol ([`driver`]); [`ClusterClient`]
+//!   calls the workers passing a tag [`filter`], and hands out balanced clients for the
+//!   generated typed clients.
+//! - [`sim`] runs many members on an in-memory network and a virtual clock, for tests and for
+//!   traffic figures at sizes one host cannot run.
+//!
+//! ```no_run
+//! # async fn demo(rt: flumen_rt::TokioRuntime) -> Result<(), Box<dyn std::error::Error>> {
+//! use flumen_membership::{ClusterClient, Config, Membership, Tags};
+//!
+//! let rpc = "10.0.0.7:7000".parse()?;
+//! let member = Membership::builder("worker-7", rpc)
+//!     .tags(Tags::from_iter([("zone", "eu"), ("gpu", "")]))
+//!     .seeds(&["10.0.0.1:7946".parse()?])
+//!     .config(Config::default())
+//!     .bind(&rt, "10.0.0.7:7946".parse()?)?;
+//! let cluster = ClusterClient::new(&rt, flumen::tcp::TokioTcp::default(), member.registry().clone());
+//! let answer: String = cluster.call_worker("zone=eu && gpu", "Jobs/run", &42u64).await?;
+//! # let _ = answer;
+//! member.leave().await?;
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod cluster;

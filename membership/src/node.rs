@@ -598,8 +598,14 @@ impl Node {
     fn sync(&mut self, now: Instant) {
         let at = now.saturating_duration_since(self.epoch);
         self.sweep += 1;
+        let own = self.foca.identity().gossip_addr();
         for member in self.foca.iter_membership_state() {
             let id = member.id();
+            if id.gossip_addr() == own {
+                // A previous life of this member, which foca keeps as down once the cluster
+                // told it so: this member itself is in the registry already.
+                continue;
+            }
             let peer = self.peers.entry(id.gossip_addr()).or_insert_with(|| Peer {
                 name: id.name().to_owned(),
                 version: 0,

@@ -106,11 +106,9 @@ impl Registry {
         let event = match (previous, state) {
             (None, State::Alive | State::Suspect) => Some(Event::Joined(member.clone())),
             (None, _) => None,
-            (Some((old, old_state)), state)
-                if old.version > member.version && old_state == state =>
-            {
-                // A stale announcement: keep what is known.
-                let _ = old;
+            (Some((old, _)), _) if old.version > member.version => {
+                // News of an older version of the member (its previous life, delayed gossip):
+                // keep what is known of the newer one.
                 return;
             }
             (Some((old, old_state)), state) => match (old_state, state) {
