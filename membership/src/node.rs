@@ -43,11 +43,11 @@ pub struct Config {
     /// How many intervals a peer's detector must have seen before phi may suspect it (a
     /// rhythm needs a few beats). Default 4.
     pub phi_min_heartbeats: usize,
-    /// How often a member sends a heartbeat (a 4-byte datagram beside foca's packets) to the
+    /// How often a member sends a heartbeat (an 8-byte datagram beside foca's packets) to the
     /// next [`heartbeat_fanout`](Self::heartbeat_fanout) peers in a fixed rotation, so each peer
     /// hears from it at a steady rhythm for phi to judge: every `ceil((n - 1) / fanout)`
-    /// intervals in a cluster of n. `None` sends none (phi then judges foca's traffic alone,
-    /// whose intervals are too irregular for it: set its threshold high). Default 250 ms.
+    /// intervals in a cluster of n. Only heartbeats feed phi (foca's traffic has no rhythm),
+    /// so `None` leaves failure detection to foca alone. Default 250 ms.
     pub heartbeat_interval: Option<Duration>,
     /// Peers a heartbeat goes to each interval. Default 3.
     pub heartbeat_fanout: usize,
@@ -162,9 +162,11 @@ pub struct Stats {
     pub heartbeats_sent: u64,
 }
 
-/// A heartbeat datagram. foca's packets begin with the sender's address (a postcard enum tag,
-/// 0 or 1), so the first byte tells ours apart.
+/// The start of a heartbeat datagram, followed by the sender's heartbeat period to the
+/// receiver in milliseconds (u32, big-endian). foca's packets begin with the sender's address
+/// (a postcard enum tag, 0 or 1), so the first byte tells ours apart.
 const HEARTBEAT: &[u8; 4] = b"\xffFHB";
+const HEARTBEAT_LEN: usize = HEARTBEAT.len() + 4;
 /// The start of a view-sync datagram, then a kind (`PUSH`: the first datagram of a view that
 /// wants the receiver's view back; `MORE`: the rest of it; `REPLY`: a view answering one),
 /// then members as foca's codec encodes them.
@@ -216,6 +218,8 @@ struct Peer {
     version: u64,
     phi: PhiAccrual,
     beats: usize,
+    /// The period its heartbeats come at, as it says.
+    period: u32,
     reported: Option<State>,
     /// The sweep that last saw it in foca's view.
     seen: u64,
@@ -358,9 +362,13 @@ impl Node {
     ) -> Result<(), Error> {
         self.stats.packets_received += 1;
         self.stats.bytes_received += data.len() as u64;
-        if data == HEARTBEAT {
+        if let Some(period) = data.strip_prefix(HEARTBEAT) {
+            let Ok(period) = <[u8; 4]>::try_from(period) else {
+                self.stats.packets_refused += 1;
+                return Err(Error::Malformed("a heartbeat of the wrong length".into()));
+            };
             // From a peer not known yet (joining), it means nothing.
-            if self.heard(from, now) {
+            if self.heard(from, u32::from_be_bytes(period), now) {
                 self.sync(now);
             }
             return Ok(());
@@ -372,21 +380,27 @@ impl Node {
         if result.is_err() {
             self.stats.packets_refused += 1;
         }
-        let mut changed = self.drain(now);
-        if result.is_ok() {
-            changed |= self.heard(from, now);
-        }
-        if changed {
+        if self.drain(now) {
             self.sync(now);
         }
         result.map_err(Error::from)
     }
 
-    /// Feeds the peer at gossip address `from` a heartbeat; says whether it was suspected
-    /// (and must be judged again at once).
-    fn heard(&mut self, from: SocketAddr, now: Instant) -> bool {
+    /// Feeds the peer at gossip address `from` a heartbeat sent at `period` ms; says whether
+    /// it was suspected (and must be judged again at once).
+    ///
+    /// Only heartbeats feed phi: foca's traffic comes at no rhythm. A peer's period changes
+    /// with the size of its rotation (members joining, leaving); the intervals learned at the
+    /// old period would mislead phi, so its history starts over.
+    fn heard(&mut self, from: SocketAddr, period: u32, now: Instant) -> bool {
         let at = now.saturating_duration_since(self.epoch);
+        let config = self.config.phi;
         self.peers.get_mut(&from).is_some_and(|peer| {
+            if peer.period != period {
+                peer.period = period;
+                peer.phi = PhiAccrual::new(config);
+                peer.beats = 0;
+            }
             peer.phi.heartbeat(at);
             peer.beats += 1;
             peer.reported == Some(State::Suspect)
@@ -424,12 +438,23 @@ impl Node {
                     self.schedule(now + self.config.check_interval, Tick::Check);
                 }
                 Tick::Heartbeat => {
-                    if !self.left && !self.rotation.is_empty() {
-                        let fanout = self.config.heartbeat_fanout.min(self.rotation.len());
+                    if let (false, Some(every)) = (
+                        self.left || self.rotation.is_empty(),
+                        self.config.heartbeat_interval,
+                    ) {
+                        let fanout = self.config.heartbeat_fanout.clamp(1, self.rotation.len());
+                        // Each peer's turn comes every ceil(peers / fanout) intervals.
+                        let turns = self.rotation.len().div_ceil(fanout);
+                        let period = every.saturating_mul(u32::try_from(turns).unwrap_or(u32::MAX));
+                        let period = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+                        let mut beat = BytesMut::with_capacity(HEARTBEAT_LEN);
+                        beat.extend_from_slice(HEARTBEAT);
+                        beat.extend_from_slice(&period.to_be_bytes());
+                        let beat = beat.freeze();
                         for _ in 0..fanout {
                             self.cursor = (self.cursor + 1) % self.rotation.len();
                             let to = self.rotation[self.cursor];
-                            self.own.push_back((to, Bytes::from_static(HEARTBEAT)));
+                            self.own.push_back((to, beat.clone()));
                         }
                     }
                     if let Some(every) = self.config.heartbeat_interval {
@@ -457,7 +482,7 @@ impl Node {
         if let Some((to, data)) = self.own.pop_front() {
             self.stats.packets_sent += 1;
             self.stats.bytes_sent += data.len() as u64;
-            if data == HEARTBEAT[..] {
+            if data.starts_with(HEARTBEAT) {
                 self.stats.heartbeats_sent += 1;
             }
             return Some((to, data));
@@ -611,6 +636,7 @@ impl Node {
                 version: 0,
                 phi: PhiAccrual::new(self.config.phi),
                 beats: 0,
+                period: 0,
                 reported: None,
                 seen: 0,
             });

@@ -170,3 +170,31 @@ fn view_syncs_repair_what_gossip_missed() {
         converge(quiet(Some(Duration::from_millis(500)))).expect("the syncs did not converge");
     println!("view syncs every 500 ms: converged after {took:?}");
 }
+
+#[test]
+fn phi_suspects_a_silent_member_before_any_probe_does() {
+    // Probes an hour apart: only phi, fed by the heartbeats, can notice the crash.
+    let config = |heartbeats: Option<Duration>| {
+        let mut config = Config::fast();
+        config.swim.probe_period = Duration::from_secs(3600);
+        config.heartbeat_interval = heartbeats;
+        config
+    };
+    let detect = |config: Config| {
+        let mut sim = cluster(5, &config);
+        // Let each member learn its peers' rhythm.
+        sim.run_for(Duration::from_secs(5));
+        sim.crash(4);
+        sim.run_within(Duration::from_secs(20), |sim| {
+            all_see(sim, 0..4, [4], State::Suspect)
+        })
+    };
+    assert_eq!(
+        detect(config(None)),
+        None,
+        "suspected without heartbeats: the test shows nothing"
+    );
+    let took = detect(config(Some(Duration::from_millis(100))))
+        .expect("phi did not suspect the silent member");
+    println!("phi on heartbeats every 100 ms: suspected everywhere after {took:?}");
+}
