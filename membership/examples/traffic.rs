@@ -99,6 +99,7 @@ fn main() {
     let (bytes, bytes_max) = per_second(&|s| s.bytes_sent);
     let (packets, packets_max) = per_second(&|s| s.packets_sent);
     let (beats, _) = per_second(&|s| s.heartbeats_sent);
+    let (syncs, _) = per_second(&|s| s.sync_bytes_sent);
     let suspicions: usize = events
         .iter()
         .map(|rx| {
@@ -108,7 +109,7 @@ fn main() {
         })
         .sum();
     println!(
-        "steady {seconds} s: per member {bytes:.0} B/s sent (max {bytes_max:.0}), {packets:.1} datagrams/s (max {packets_max:.1}, of which heartbeats {beats:.1}); suspicions: {suspicions}"
+        "steady {seconds} s: per member {bytes:.0} B/s sent (max {bytes_max:.0}; view syncs {syncs:.0} of them), {packets:.1} datagrams/s (max {packets_max:.1}, of which heartbeats {beats:.1}); suspicions: {suspicions}"
     );
 
     let victim = nodes - 1;

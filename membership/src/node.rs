@@ -160,6 +160,8 @@ pub struct Stats {
     pub packets_refused: u64,
     /// Of the datagrams sent, the heartbeats.
     pub heartbeats_sent: u64,
+    /// Of the bytes sent, those of view syncs.
+    pub sync_bytes_sent: u64,
 }
 
 /// The start of a heartbeat datagram, followed by the sender's heartbeat period to the
@@ -484,6 +486,8 @@ impl Node {
             self.stats.bytes_sent += data.len() as u64;
             if data.starts_with(HEARTBEAT) {
                 self.stats.heartbeats_sent += 1;
+            } else {
+                self.stats.sync_bytes_sent += data.len() as u64;
             }
             return Some((to, data));
         }
