@@ -694,7 +694,54 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn node() -> Node {
+        let identity = NodeId::new("a", addr(1), addr(2), Tags::new());
+        Node::new(identity, Config::fast(), Registry::new(), Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn bad_datagrams_get_typed_errors_and_change_nothing() {
+        let mut node = node();
+        let now = Instant::now();
+        let garbage = node.handle_datagram(addr(9), b"\x07garbage", now);
+        assert!(matches!(garbage, Err(Error::Swim(_))), "{garbage:?}");
+        let short_beat = node.handle_datagram(addr(9), b"\xffFHB\x00", now);
+        assert!(
+            matches!(short_beat, Err(Error::Malformed(_))),
+            "{short_beat:?}"
+        );
+        let huge = vec![0; 4096];
+        assert!(matches!(
+            node.handle_datagram(addr(9), &huge, now),
+            Err(Error::Swim(foca::Error::DataTooBig))
+        ));
+        // A view pushed by a stranger is ignored, not applied.
+        assert!(node
+            .handle_datagram(addr(9), b"\xffFSP\x00\x01", now)
+            .is_ok());
+        assert_eq!(node.stats().packets_refused, 4);
+        assert_eq!(node.registry().members().len(), 1, "only itself");
+        assert!(node.poll_transmit().is_none(), "nothing answered");
+    }
+
+    proptest! {
+        #[test]
+        fn any_datagram_is_taken_without_a_panic(data in proptest::collection::vec(any::<u8>(), 0..1600)) {
+            let mut node = node();
+            let _ = node.handle_datagram(addr(9), &data, Instant::now());
+            let mut tagged = b"\xffFS".to_vec();
+            tagged.extend_from_slice(&data);
+            let _ = node.handle_datagram(addr(9), &tagged, Instant::now());
+        }
+    }
 
     #[test]
     fn oversized_identities_are_refused() {
