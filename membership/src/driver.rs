@@ -355,6 +355,9 @@ enum Wake {
     Timer,
 }
 
+/// How long the task pauses after a failed receive.
+const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// How long the task waits when the node has no deadline (it always has one while running).
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -386,8 +389,11 @@ impl<R: Runtime, S: Datagrams> Task<R, S> {
                     let _ = self.node.handle_datagram(from, &self.buf[..len], now);
                 }
                 // An error on an unconnected UDP socket concerns one datagram (an ICMP
-                // report, a buffer shortage): the socket stays usable.
-                Wake::Datagram(Err(_)) => {}
+                // report, a buffer shortage): the socket stays usable. A short pause keeps
+                // an error that repeats from spinning the task.
+                Wake::Datagram(Err(_)) => {
+                    self.rt.sleep_until(now + RECV_ERROR_PAUSE).await;
+                }
                 Wake::Command(Some(Command::SetTags(tags, reply))) => {
                     let _ = reply.try_send(self.node.set_tags(tags, now));
                 }
