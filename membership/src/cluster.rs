@@ -7,7 +7,12 @@
 //! retried only if its method is `#[idempotent]`, and otherwise fails with
 //! [`flumen::CallError::Connection`] (it may or may not have run: the caller decides).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
 
 use flumen::{
     balance::BalanceConfig,
@@ -18,9 +23,15 @@ use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
+    driver::{Membership, Reporter},
     filter::{Filter, FilterError},
     registry::Registry,
 };
+
+/// How often a cluster client reports its workers' answers to its member.
+pub const REPORT_EVERY: Duration = Duration::from_millis(50);
+
+type Pools<C> = Mutex<HashMap<String, Client<C>>>;
 
 /// Why a call to a worker failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +54,7 @@ pub struct ClusterClient<C: Codec = MsgPack> {
     registry: Registry,
     open: Arc<Open<C>>,
     /// The client of each filter used so far, by the filter's canonical text.
-    pools: Arc<Mutex<HashMap<String, Client<C>>>>,
+    pools: Arc<Pools<C>>,
 }
 
 impl<C: Codec> std::fmt::Debug for ClusterClient<C> {
@@ -55,6 +66,17 @@ impl<C: Codec> std::fmt::Debug for ClusterClient<C> {
 }
 
 impl ClusterClient<MsgPack> {
+    /// Calls over `transport` on `rt` to the members `membership` knows, with the default
+    /// balancing and MessagePack, and reports the workers' answers to it (see
+    /// [`report_answers`](ClusterClient::report_answers)).
+    pub fn for_member<R, T>(rt: &R, transport: T, membership: &Membership) -> Self
+    where
+        R: Runtime,
+        T: Transport<Addr = SocketAddr> + Clone,
+    {
+        Self::new(rt, transport, membership.registry().clone()).report_answers(rt, membership)
+    }
+
     /// Calls over `transport` on `rt` to the members of `registry`, with the default balancing
     /// and MessagePack.
     pub fn new<R, T>(rt: &R, transport: T, registry: Registry) -> Self
@@ -134,8 +156,47 @@ impl<C: Codec + Clone + Send + Sync + 'static> ClusterClient<C> {
         Ok(client.call(method, request).await?)
     }
 
+    /// Reports every answer a worker gives this client's calls (replies, the answers to the
+    /// balancer's health pings) to `membership`, every [`REPORT_EVERY`]: each is a sign of
+    /// life for the phi detector ([`Membership::heard_from`]), so a worker busy answering
+    /// calls is not suspected for a heartbeat that came late. foca's probes still decide
+    /// whether it is down. The reporting ends with the client or the member.
+    pub fn report_answers<R: Runtime>(self, rt: &R, membership: &Membership) -> Self {
+        let pools = Arc::downgrade(&self.pools);
+        rt.spawn(report(rt.clone(), pools, membership.reporter()));
+        self
+    }
+
     /// The registry the pools come from.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+}
+
+/// Reports the endpoints that read bytes since the last look (see
+/// [`ClusterClient::report_answers`]).
+async fn report<R: Runtime, C: Codec>(rt: R, pools: Weak<Pools<C>>, member: Reporter) {
+    let mut read: HashMap<Arc<str>, u64> = HashMap::new();
+    loop {
+        rt.sleep_until(Instant::now() + REPORT_EVERY).await;
+        let Some(pools) = pools.upgrade() else {
+            return;
+        };
+        let clients: Vec<Client<C>> = pools.lock().values().cloned().collect();
+        drop(pools);
+        for balancer in clients.iter().filter_map(Client::balancer) {
+            for endpoint in balancer.stats().endpoints {
+                let bytes = endpoint.io.bytes_read;
+                let before = read.insert(endpoint.address.clone(), bytes).unwrap_or(0);
+                if bytes > before {
+                    let Ok(rpc) = endpoint.address.parse() else {
+                        continue;
+                    };
+                    if !member.heard_from(rpc) {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }

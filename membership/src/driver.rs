@@ -195,6 +195,7 @@ impl Builder {
 enum Command {
     SetTags(Tags, async_channel::Sender<Result<(), Error>>),
     Leave(async_channel::Sender<Result<(), Error>>),
+    HeardFrom(SocketAddr),
     Halt,
 }
 
@@ -221,6 +222,7 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Self::SetTags(..) => "SetTags",
             Self::Leave(_) => "Leave",
+            Self::HeardFrom(_) => "HeardFrom",
             Self::Halt => "Halt",
         })
     }
@@ -320,6 +322,18 @@ impl Membership {
         self.command(Command::Leave).await
     }
 
+    /// Records that the member whose RPC server is `rpc` answered (see
+    /// [`Node::heard_from_rpc`]); [`ClusterClient::for_member`](crate::ClusterClient::for_member)
+    /// reports its workers' answers here. Dropped if the task is busy.
+    pub fn heard_from(&self, rpc: SocketAddr) {
+        let _ = self.commands.try_send(Command::HeardFrom(rpc));
+    }
+
+    /// A handle that does not keep the member in the cluster (see [`Membership`]'s drop).
+    pub(crate) fn reporter(&self) -> Reporter {
+        Reporter(self.commands.downgrade())
+    }
+
     /// Stops gossiping at once, announcing nothing: to the cluster this member has crashed
     /// (it is suspected, then declared down). For fault drills and tests; a process that stops
     /// on purpose calls [`leave`](Self::leave).
@@ -337,6 +351,23 @@ impl Membership {
             .await
             .map_err(|_| Error::Left)?;
         answer.recv().await.map_err(|_| Error::Left)?
+    }
+}
+
+/// Reports answers to a member without keeping it in the cluster.
+#[derive(Debug)]
+pub(crate) struct Reporter(async_channel::WeakSender<Command>);
+
+impl Reporter {
+    /// As [`Membership::heard_from`]; false once the member is gone.
+    pub(crate) fn heard_from(&self, rpc: SocketAddr) -> bool {
+        match self.0.upgrade() {
+            Some(commands) if !commands.is_closed() => {
+                let _ = commands.try_send(Command::HeardFrom(rpc));
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -405,6 +436,9 @@ impl<R: Runtime, S: Datagrams> Task<R, S> {
                     };
                     self.flush().await;
                     let _ = reply.try_send(result);
+                }
+                Wake::Command(Some(Command::HeardFrom(rpc))) => {
+                    self.node.heard_from_rpc(rpc, now);
                 }
                 Wake::Command(Some(Command::Halt)) => break,
                 Wake::Command(None) => {

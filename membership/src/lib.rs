@@ -9,7 +9,8 @@
 //!   syncs repair what gossip missed.
 //! - Failure detection is foca's verdicts plus a phi-accrual detector ([`phi`]) per peer, fed
 //!   by heartbeats each member sends its peers in a steady rotation: a peer foca still holds
-//!   alive is suspected as soon as its silence is unlikely for its own rhythm.
+//!   alive is suspected as soon as its silence is unlikely for its own rhythm; RPC answers
+//!   (reported by [`ClusterClient::for_member`]) count as signs of life.
 //! - The [`registry`] is the live view (alive, suspect, down, left) with an event stream and
 //!   filtered pools; a suspected member leaves every pool at once, before it is declared down.
 //! - [`Membership`] runs a member over UDP on tokio or smol ([`driver`]); [`ClusterClient`]
@@ -28,7 +29,7 @@
 //!     .seeds(&["10.0.0.1:7946".parse()?])
 //!     .config(Config::default())
 //!     .bind(&rt, "10.0.0.7:7946".parse()?)?;
-//! let cluster = ClusterClient::new(&rt, flumen::tcp::TokioTcp::default(), member.registry().clone());
+//! let cluster = ClusterClient::for_member(&rt, flumen::tcp::TokioTcp::default(), &member);
 //! let answer: String = cluster.call_worker("zone=eu && gpu", "Jobs/run", &42u64).await?;
 //! # let _ = answer;
 //! member.leave().await?;

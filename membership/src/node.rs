@@ -217,6 +217,8 @@ impl Ord for Due {
 #[derive(Debug)]
 struct Peer {
     name: String,
+    /// Where its RPC server listens.
+    rpc: SocketAddr,
     version: u64,
     phi: PhiAccrual,
     beats: usize,
@@ -407,6 +409,21 @@ impl Node {
             peer.beats += 1;
             peer.reported == Some(State::Suspect)
         })
+    }
+
+    /// Records that the member whose RPC server is `rpc` answered at `now` (a reply, a health
+    /// ping's answer): a sign of life that restarts phi's silence without teaching it an
+    /// interval. foca's own verdicts do not change.
+    pub fn heard_from_rpc(&mut self, rpc: SocketAddr, now: Instant) {
+        let at = now.saturating_duration_since(self.epoch);
+        let mut suspected = false;
+        for peer in self.peers.values_mut().filter(|p| p.rpc == rpc) {
+            peer.phi.touch(at);
+            suspected |= peer.reported == Some(State::Suspect);
+        }
+        if suspected {
+            self.sync(now);
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
@@ -637,6 +654,7 @@ impl Node {
             }
             let peer = self.peers.entry(id.gossip_addr()).or_insert_with(|| Peer {
                 name: id.name().to_owned(),
+                rpc: id.member().addr,
                 version: 0,
                 phi: PhiAccrual::new(self.config.phi),
                 beats: 0,
@@ -649,6 +667,7 @@ impl Node {
                 // rejoin): its rhythm starts over.
                 peer.version = id.version();
                 peer.name = id.name().to_owned();
+                peer.rpc = id.member().addr;
                 peer.phi = PhiAccrual::new(self.config.phi);
                 peer.phi.heartbeat(at);
                 peer.beats = 0;

@@ -47,7 +47,10 @@ pub struct PhiAccrual {
     intervals: VecDeque<f64>,
     sum: f64,
     sum_squares: f64,
+    /// The last heartbeat: intervals are measured from it.
     last: Option<Duration>,
+    /// The last sign of life, heartbeat or not: silence is measured from it.
+    sign: Option<Duration>,
 }
 
 impl PhiAccrual {
@@ -59,6 +62,7 @@ impl PhiAccrual {
             sum: 0.0,
             sum_squares: 0.0,
             last: None,
+            sign: None,
         }
     }
 
@@ -76,6 +80,16 @@ impl PhiAccrual {
             Some(_) => return,
         }
         self.last = Some(now);
+        self.sign = self.sign.max(Some(now));
+    }
+
+    /// A sign of life at `now` that keeps no rhythm (an RPC answer): the silence starts over,
+    /// but no interval is learned from it, so the rhythm the heartbeats taught stays as it
+    /// was. Before the first heartbeat it does nothing.
+    pub fn touch(&mut self, now: Duration) {
+        if self.last.is_some() {
+            self.sign = self.sign.max(Some(now));
+        }
     }
 
     fn push(&mut self, interval: f64) {
@@ -92,7 +106,7 @@ impl PhiAccrual {
 
     /// phi at `now`: 0 before the first heartbeat and right after one, growing with silence.
     pub fn phi(&self, now: Duration) -> f64 {
-        let Some(last) = self.last else {
+        let Some(last) = self.last.max(self.sign) else {
             return 0.0;
         };
         let n = self.intervals.len() as f64;
@@ -174,6 +188,30 @@ mod tests {
         }
         detector.heartbeat(last + ms(300));
         assert!(!detector.is_failed(last + ms(310)));
+    }
+
+    #[test]
+    fn a_touch_restarts_the_silence_but_teaches_no_interval() {
+        let (mut detector, last) = steady(0);
+        let mean = detector.mean_interval();
+        assert!(detector.is_failed(last + ms(300)));
+        detector.touch(last + ms(250));
+        assert!(
+            !detector.is_failed(last + ms(300)),
+            "an RPC answer is a sign of life"
+        );
+        assert!(detector.is_failed(last + ms(550)));
+        assert_eq!(detector.mean_interval(), mean);
+        // The next heartbeat's interval is measured from the last heartbeat, not the touch.
+        detector.heartbeat(last + ms(400));
+        let window = 50.0;
+        let expected = (mean.unwrap().as_secs_f64() * (window - 1.0) + 0.4) / window;
+        let got = detector.mean_interval().unwrap().as_secs_f64();
+        assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
+        // Before any heartbeat a touch does nothing.
+        let mut fresh = PhiAccrual::new(PhiConfig::default());
+        fresh.touch(ms(5));
+        assert_eq!(fresh.phi(ms(5)), 0.0);
     }
 
     #[test]

@@ -299,6 +299,55 @@ where
     assert_eq!(state, Some(State::Suspect), "still only suspected");
 }
 
+/// A worker whose heartbeats stop but which keeps answering calls is not suspected by phi
+/// while its answers come (the cluster client reports them); once they stop, it is.
+async fn answers_hold_off_suspicion<E: Env>(env: E)
+where
+    E::Rt: UdpRuntime,
+{
+    let mut config = config();
+    // Probes an hour apart: only phi judges here.
+    config.swim.probe_period = Duration::from_secs(3600);
+    let (director, workers) = cluster(&env, config).await;
+    let cluster = ClusterClient::for_member(&env.rt(), env.transport(), &director);
+    let gpus = WorkClient::new(cluster.workers("gpu").unwrap());
+    assert_eq!(gpus.whoami().await.unwrap(), "w1");
+    let events = director.registry().subscribe();
+    // Phi judges a member once it has its rhythm: let a dozen heartbeats from each worker
+    // arrive (three workers beat the director every 100 ms).
+    let start = director.stats().packets_received;
+    eventually(&env, "the director hears the workers' heartbeats", || {
+        director.stats().packets_received >= start + 36
+    })
+    .await;
+
+    workers[1].membership.halt();
+    // Phi suspects a silent member within about 300 ms at these settings (the control below
+    // and `a_suspected_worker_gets_no_new_calls`); answer for six times that.
+    let answering = std::time::Instant::now();
+    while answering.elapsed() < Duration::from_secs(2) {
+        assert_eq!(gpus.whoami().await.unwrap(), "w1");
+        env.sleep(Duration::from_millis(2)).await;
+    }
+    let seen: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Suspect(m) if m.name == "w1")),
+        "suspected while answering: {seen:?}"
+    );
+
+    // The control: once it stops answering (the balancer's health pings get no answer
+    // either), phi suspects it.
+    workers[1].server.abort();
+    loop {
+        match events.recv().await.unwrap() {
+            Event::Suspect(m) if m.name == "w1" => break,
+            _ => {}
+        }
+    }
+}
+
 /// A worker that leaves is reported left (not failed) and leaves its pools; new tags move a
 /// worker into a pool.
 async fn leaves_and_new_tags_reach_the_pools<E: Env>(env: E)
@@ -357,4 +406,5 @@ e2e_ip!(
     calls_follow_tags_and_survive_a_crash,
     a_suspected_worker_gets_no_new_calls,
     leaves_and_new_tags_reach_the_pools,
+    answers_hold_off_suspicion,
 );
