@@ -260,7 +260,7 @@ async fn script<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
     .await?;
     demo.say(&format!("cluster: {}", table(&registry)));
 
-    let cluster = ClusterClient::new(rt, transport.clone(), registry.clone());
+    let cluster = ClusterClient::for_member(rt, transport.clone(), &director);
     for filter in ["role=worker", "gpu", "zone=eu && !gpu"] {
         let ran = demo.round(rt, &cluster, filter, 2_000, &done).await?;
         demo.say(&format!("2000 jobs for `{filter}`: {ran}"));
