@@ -405,9 +405,11 @@ impl<R: Runtime, S: Datagrams> Task<R, S> {
                 .unwrap_or_else(|| Instant::now() + IDLE);
             let (socket, buf, commands, rt) =
                 (&self.socket, &mut self.buf, &self.commands, &self.rt);
-            let wake = future::or(
+            // `race` polls in a random order, so a flood of datagrams cannot starve the
+            // commands (timers run after every wake-up anyway).
+            let wake = future::race(
                 async { Wake::Datagram(socket.recv_from(buf).await) },
-                future::or(async { Wake::Command(commands.recv().await.ok()) }, async {
+                future::race(async { Wake::Command(commands.recv().await.ok()) }, async {
                     rt.sleep_until(deadline).await;
                     Wake::Timer
                 }),
