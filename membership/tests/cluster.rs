@@ -306,8 +306,10 @@ where
     E::Rt: UdpRuntime,
 {
     let mut config = config();
-    // Probes an hour apart: only phi judges here.
+    // Probes an hour apart: only phi judges here. A pause of half a second is forgiven, so
+    // that a loaded machine delaying the reports does not look like silence.
     config.swim.probe_period = Duration::from_secs(3600);
+    config.phi.acceptable_pause = Duration::from_millis(500);
     let (director, workers) = cluster(&env, config).await;
     let cluster = ClusterClient::for_member(&env.rt(), env.transport(), &director);
     let gpus = WorkClient::new(cluster.workers("gpu").unwrap());
@@ -322,10 +324,10 @@ where
     .await;
 
     workers[1].membership.halt();
-    // Phi suspects a silent member within about 300 ms at these settings (the control below
-    // and `a_suspected_worker_gets_no_new_calls`); answer for six times that.
+    // Phi suspects a silent member 850-950 ms after its last answer at these settings (the
+    // control below prints it); answer for over three times that.
     let answering = std::time::Instant::now();
-    while answering.elapsed() < Duration::from_secs(2) {
+    while answering.elapsed() < Duration::from_secs(3) {
         assert_eq!(gpus.whoami().await.unwrap(), "w1");
         env.sleep(Duration::from_millis(2)).await;
     }
@@ -340,12 +342,14 @@ where
     // The control: once it stops answering (the balancer's health pings get no answer
     // either), phi suspects it.
     workers[1].server.abort();
+    let silent = std::time::Instant::now();
     loop {
         match events.recv().await.unwrap() {
             Event::Suspect(m) if m.name == "w1" => break,
             _ => {}
         }
     }
+    println!("suspected {:?} after its last answer", silent.elapsed());
 }
 
 /// A worker that leaves is reported left (not failed) and leaves its pools; new tags move a
