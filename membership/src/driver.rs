@@ -40,6 +40,10 @@ pub trait Datagrams: Send + Sync + 'static {
         &'a self,
         buf: &'a mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
+
+    /// Receives a datagram that has arrived already, without waiting (`WouldBlock` when none
+    /// has).
+    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
 }
 
 #[cfg(feature = "tokio")]
@@ -62,6 +66,10 @@ impl Datagrams for tokio::net::UdpSocket {
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
         tokio::net::UdpSocket::recv_from(self, buf)
     }
+
+    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        tokio::net::UdpSocket::try_recv_from(self, buf)
+    }
 }
 
 #[cfg(feature = "smol")]
@@ -83,6 +91,11 @@ impl Datagrams for async_io::Async<std::net::UdpSocket> {
         buf: &'a mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
         async_io::Async::<std::net::UdpSocket>::recv_from(self, buf)
+    }
+
+    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        // The socket is non-blocking (`Async` made it so).
+        self.get_ref().recv_from(buf)
     }
 }
 
@@ -386,6 +399,9 @@ enum Wake {
     Timer,
 }
 
+/// Datagrams taken without waiting after each wake-up, at most.
+const DRAIN_MAX: usize = 256;
+
 /// How long the task pauses after a failed receive.
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
@@ -448,6 +464,17 @@ impl<R: Runtime, S: Datagrams> Task<R, S> {
                     let _ = self.node.leave(now);
                 }
                 Wake::Timer => {}
+            }
+            // Take what else has arrived before any timer judges a peer: after a stall (a busy
+            // executor), heartbeats waiting in the socket must count before phi reads the
+            // silence.
+            for _ in 0..DRAIN_MAX {
+                let Ok((len, from)) = self.socket.try_recv_from(&mut self.buf) else {
+                    break;
+                };
+                let _ = self
+                    .node
+                    .handle_datagram(from, &self.buf[..len], Instant::now());
             }
             self.node.handle_timeout(Instant::now());
         }

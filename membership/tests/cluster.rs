@@ -143,6 +143,17 @@ where
     (director, workers)
 }
 
+/// The registry's next event, within 10 s (a missing event fails the test, never hangs it).
+async fn next_event<E: Env>(env: &E, events: &async_channel::Receiver<Event>) -> Event {
+    let timeout = async {
+        env.sleep(Duration::from_secs(10)).await;
+        None
+    };
+    futures_lite::future::or(async { events.recv().await.ok() }, timeout)
+        .await
+        .expect("no event within 10 s")
+}
+
 fn balance() -> BalanceConfig {
     BalanceConfig::default()
 }
@@ -269,7 +280,7 @@ where
     }
 
     workers[0].membership.halt();
-    let suspected = events.recv().await.unwrap();
+    let suspected = next_event(&env, &events).await;
     assert!(
         matches!(&suspected, Event::Suspect(m) if m.name == "w0"),
         "{suspected:?}"
@@ -344,7 +355,7 @@ where
     workers[1].server.abort();
     let silent = std::time::Instant::now();
     loop {
-        match events.recv().await.unwrap() {
+        match next_event(&env, &events).await {
             Event::Suspect(m) if m.name == "w1" => break,
             _ => {}
         }
@@ -378,7 +389,7 @@ where
     let mut left = false;
     let mut retagged = false;
     while !(left && retagged) {
-        match events.recv().await.unwrap() {
+        match next_event(&env, &events).await {
             Event::Left(m) if m.name == "w1" => left = true,
             Event::Failed(m) if m.name == "w1" => panic!("a leave reported as a failure"),
             Event::TagsChanged { member, .. } if member.name == "w2" => retagged = true,
