@@ -6,6 +6,14 @@
 //! ```text
 //! cargo run --example cluster_demo [-- --runtime smol]
 //! ```
+//!
+//! Or one member per process (kill a worker with Ctrl-C and watch the director; `--for N`
+//! makes a worker leave gracefully after N seconds):
+//!
+//! ```text
+//! cargo run --example cluster_demo -- --role director [--gossip 127.0.0.1:7946] [--filter role=worker]
+//! cargo run --example cluster_demo -- --role worker --name w1 --tags zone=eu,gpu [--seed 127.0.0.1:7946] [--for 30]
+//! ```
 
 mod common;
 
@@ -65,7 +73,7 @@ const WORKERS: [(&str, &str); 4] = [
 
 fn tags(spec: &str) -> Tags {
     let mut tags = Tags::from_iter([("role", "worker")]);
-    for tag in spec.split(',') {
+    for tag in spec.split(',').filter(|t| !t.is_empty()) {
         let (name, value) = tag.split_once('=').unwrap_or((tag, ""));
         tags.insert(name, value);
     }
@@ -323,13 +331,108 @@ async fn script<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
     Ok(())
 }
 
+/// The value of option `--name`, if given.
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+/// `--role director`: a director that joins nobody, prints the cluster's events, and sends
+/// 200 jobs a second to the workers passing `--filter`, printing who ran them.
+async fn director<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
+    demo: Demo,
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    let gossip: SocketAddr = arg("--gossip")
+        .unwrap_or_else(|| "127.0.0.1:7946".into())
+        .parse()?;
+    let filter = arg("--filter").unwrap_or_else(|| "role=worker".into());
+    let director = Membership::builder("director", "127.0.0.1:9".parse()?)
+        .tags(Tags::from_iter([("role", "director")]))
+        .config(Config::fast())
+        .bind(&rt, gossip)?;
+    demo.say(&format!(
+        "director gossiping on {gossip}; jobs go to `{filter}`"
+    ));
+    demo.watch(&rt, director.registry());
+    let cluster = ClusterClient::for_member(&rt, transport, &director);
+    let jobs = JobsClient::new(cluster.workers(&filter)?);
+    loop {
+        let second = Instant::now() + Duration::from_secs(1);
+        let mut ran: BTreeMap<String, u64> = BTreeMap::new();
+        let mut failed = 0;
+        for job in 0..200 {
+            match jobs.run(job).await {
+                Ok(worker) => *ran.entry(worker).or_default() += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        let ran: Vec<String> = ran.iter().map(|(w, n)| format!("{w} {n}")).collect();
+        demo.say(&format!("200 jobs: {} (failed: {failed})", ran.join(", ")));
+        rt.sleep_until(second).await;
+    }
+}
+
+/// `--role worker`: a worker that joins through `--seed`, serves jobs, and leaves after
+/// `--for` seconds (or runs until killed: a crash, to the cluster).
+async fn worker<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
+    demo: Demo,
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    let name = arg("--name").ok_or("--name is required")?;
+    let seed: SocketAddr = arg("--seed")
+        .unwrap_or_else(|| "127.0.0.1:7946".into())
+        .parse()?;
+    let spec = arg("--tags").unwrap_or_default();
+    let done = Arc::default();
+    let running = Demo::worker(&rt, &transport, (&name, &spec), seed, &done).await?;
+    demo.say(&format!(
+        "{name} ({}) serving on {}, gossiping on {}",
+        show(&tags(&spec)),
+        running.server.local_addr(),
+        running.membership.identity().gossip_addr()
+    ));
+    let lifetime = arg("--for").map(|s| s.parse::<u64>()).transpose()?;
+    let end = lifetime.map(|s| Instant::now() + Duration::from_secs(s));
+    loop {
+        rt.sleep_until(Instant::now() + Duration::from_secs(1))
+            .await;
+        demo.say(&format!(
+            "{name}: {} jobs run; sees {}",
+            done.load(Ordering::Relaxed),
+            table(running.membership.registry())
+        ));
+        if end.is_some_and(|end| Instant::now() >= end) {
+            running.membership.leave().await?;
+            running.server.shutdown(Duration::from_secs(1)).await;
+            demo.say(&format!("{name} left"));
+            return Ok(());
+        }
+    }
+}
+
+/// Runs what `--role` asks for (default: the scripted demo in one process).
+async fn role<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
+    demo: Demo,
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    match arg("--role").as_deref() {
+        None | Some("demo") => script(demo, rt, transport).await,
+        Some("director") => director(demo, rt, transport).await,
+        Some("worker") => worker(demo, rt, transport).await,
+        Some(other) => Err(format!("unknown role {other:?}: use director or worker").into()),
+    }
+}
+
 fn main() {
     let demo = Demo {
         start: Instant::now(),
     };
     common::main_on(
         demo,
-        |demo, rt| script(demo, rt, TokioTcp::default()),
-        |demo, rt| script(demo, rt, SmolTcp::default()),
+        |demo, rt| role(demo, rt, TokioTcp::default()),
+        |demo, rt| role(demo, rt, SmolTcp::default()),
     );
 }
