@@ -59,6 +59,10 @@ pub struct Config {
     /// intervals, so members started together do not push together. `None`: never. Default
     /// 30 s.
     pub sync_interval: Option<Duration>,
+    /// The most members (alive or down) this member keeps track of. A datagram that would add
+    /// members past it is refused whole, so a sender announcing made-up members cannot grow
+    /// the view (and its memory) without bound. Default 10,000.
+    pub max_members: usize,
     /// How often phi is evaluated for every peer, and foca's suspicions read. Default 100 ms.
     pub check_interval: Duration,
     /// While a member knows no peer, how often it announces itself to its seeds again (seeds
@@ -90,6 +94,7 @@ impl Config {
             heartbeat_interval: Some(Duration::from_millis(250)),
             heartbeat_fanout: 3,
             sync_interval: Some(Duration::from_secs(30)),
+            max_members: 10_000,
             check_interval: Duration::from_millis(100),
             rejoin_interval: Duration::from_secs(1),
         }
@@ -137,6 +142,12 @@ pub enum Error {
     /// The member has left the cluster.
     #[error("the member has left the cluster")]
     Left,
+    /// A datagram that would take the view past [`Config::max_members`].
+    #[error("the view is full ({max} members)")]
+    ViewFull {
+        /// The limit.
+        max: usize,
+    },
     /// A view-sync datagram that does not decode.
     #[error("malformed view-sync datagram: {0}")]
     Malformed(String),
@@ -380,6 +391,10 @@ impl Node {
         if let Some([kind, view @ ..]) = data.strip_prefix(SYNC) {
             return self.apply_view(from, *kind, view, now);
         }
+        if let Err(full) = self.check_room(data) {
+            self.stats.packets_refused += 1;
+            return Err(full);
+        }
         let result = self.foca.handle_data(data, &mut self.out);
         if result.is_err() {
             self.stats.packets_refused += 1;
@@ -542,6 +557,48 @@ impl Node {
         Ok(())
     }
 
+    /// Refuses a foca packet whose sender and updates would take the view past
+    /// [`Config::max_members`]. A packet that does not decode is left for foca to refuse.
+    fn check_room(&self, mut data: &[u8]) -> Result<(), Error> {
+        // An encoded member takes well over 16 bytes: far from the limit, no packet can reach
+        // it, and nothing needs decoding.
+        if self.peers.len() + data.len() / 16 + 1 <= self.config.max_members {
+            return Ok(());
+        }
+        let mut codec = foca::PostcardCodec;
+        let Ok(header) = codec.decode_header(&mut data) else {
+            return Ok(());
+        };
+        let mut updates = Vec::new();
+        if data.len() >= 2 && header.message != foca::Message::Broadcast {
+            let count = u16::from_be_bytes([data[0], data[1]]);
+            data = &data[2..];
+            for _ in 0..count {
+                match codec.decode_member(&mut data) {
+                    Ok(member) => updates.push(member),
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+        self.room_for(std::iter::once(&header.src).chain(updates.iter().map(|m| m.id())))
+    }
+
+    /// Whether the view has room for whichever of `ids` it does not know.
+    fn room_for<'a>(&self, ids: impl Iterator<Item = &'a NodeId>) -> Result<(), Error> {
+        let own = self.foca.identity().gossip_addr();
+        let mut new: Vec<SocketAddr> = ids
+            .map(NodeId::gossip_addr)
+            .filter(|addr| *addr != own && !self.peers.contains_key(addr))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        let max = self.config.max_members;
+        if self.peers.len() + new.len() > max {
+            return Err(Error::ViewFull { max });
+        }
+        Ok(())
+    }
+
     /// Queues this member's whole view for `to`, in datagrams of at most foca's packet size,
     /// the first of kind `first`.
     fn push_view(&mut self, to: SocketAddr, first: u8) {
@@ -596,6 +653,8 @@ impl Node {
                 }
             }
         }
+        self.room_for(members.iter().map(|m| m.id()))
+            .inspect_err(|_| self.stats.packets_refused += 1)?;
         let result = self
             .foca
             .apply_many(members.into_iter(), true, &mut self.out);

@@ -198,3 +198,27 @@ fn phi_suspects_a_silent_member_before_any_probe_does() {
         .expect("phi did not suspect the silent member");
     println!("phi on heartbeats every 100 ms: suspected everywhere after {took:?}");
 }
+
+#[test]
+fn a_full_view_refuses_new_members() {
+    let mut small = Config::fast();
+    small.max_members = 2;
+    let mut sim = Simulation::new(LATENCY);
+    sim.add("node0", Tags::new(), small).unwrap();
+    for i in 1..6 {
+        sim.add(&format!("node{i}"), Tags::new(), Config::fast())
+            .unwrap();
+    }
+    for i in [0, 2, 3, 4, 5] {
+        sim.join(i, &[1]).unwrap();
+    }
+    // The others find each other through node1; node0 stops at two peers.
+    sim.run_within(Duration::from_secs(20), |sim| {
+        all_see(sim, 1..6, 1..6, State::Alive)
+    })
+    .expect("the others did not converge");
+    sim.run_for(Duration::from_secs(5));
+    let known = sim.registry(0).unwrap().members().len();
+    assert_eq!(known, 3, "itself and two peers");
+    assert!(sim.node(0).unwrap().stats().packets_refused > 0);
+}
