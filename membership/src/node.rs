@@ -562,7 +562,7 @@ impl Node {
     fn check_room(&self, mut data: &[u8]) -> Result<(), Error> {
         // An encoded member takes well over 16 bytes: far from the limit, no packet can reach
         // it, and nothing needs decoding.
-        if self.peers.len() + data.len() / 16 + 1 <= self.config.max_members {
+        if self.peers.len() + data.len() / 16 < self.config.max_members {
             return Ok(());
         }
         let mut codec = foca::PostcardCodec;
