@@ -250,6 +250,8 @@ fn pipe() -> (MemWriter, MemReader) {
 
 impl flumen::stream::TransportRead for MemReader {}
 
+impl flumen::stream::TransportWrite for MemWriter {}
+
 impl AsyncRead for MemReader {
     fn poll_read(
         self: Pin<&mut Self>,

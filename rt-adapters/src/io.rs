@@ -15,7 +15,7 @@ mod tokio_io {
         task::{ready, Context, Poll},
     };
 
-    use flumen_stream::TransportRead;
+    use flumen_stream::{TransportRead, TransportWrite};
     use futures_io::{AsyncRead, AsyncWrite};
     use tokio::io::{AsyncRead as TokioRead, AsyncWrite as TokioWrite, ReadBuf};
 
@@ -50,6 +50,8 @@ mod tokio_io {
             Poll::Ready(Ok(buf.filled().len()))
         }
     }
+
+    impl<T: TokioWrite + Unpin + Send + 'static> TransportWrite for TokioIo<T> {}
 
     impl<T: TokioWrite + Unpin> AsyncWrite for TokioIo<T> {
         fn poll_write(
@@ -87,7 +89,7 @@ mod smol_io {
         task::{Context, Poll},
     };
 
-    use flumen_stream::TransportRead;
+    use flumen_stream::{TransportRead, TransportWrite};
     use futures_io::{AsyncRead, AsyncWrite};
     use smol::Async;
 
@@ -127,6 +129,13 @@ mod smol_io {
         ) -> Poll<io::Result<usize>> {
             Pin::new(&mut &*self.0).poll_read(cx, buf)
         }
+    }
+
+    impl<T> TransportWrite for SmolIo<T>
+    where
+        T: Send + Sync + 'static,
+        for<'a> &'a Async<T>: AsyncWrite,
+    {
     }
 
     impl<T> AsyncWrite for SmolIo<T>

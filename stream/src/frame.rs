@@ -270,6 +270,34 @@ impl FrameDecoder {
         }
     }
 
+    /// Checks a frame a transport handed over whole
+    /// ([`TransportRead::CARRIES_FRAMES`](crate::TransportRead::CARRIES_FRAMES)) as `decode`
+    /// checks a decoded one: known flags, a length within the limit and equal to the body's.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::UnknownFlags`], [`FrameError::TooLarge`], or
+    /// [`FrameError::LengthMismatch`]. Each is a protocol violation by the peer.
+    pub fn check(&self, frame: Frame) -> Result<Frame, FrameError> {
+        let header = &frame.header;
+        if header.flags & !flags::KNOWN != 0 {
+            return Err(FrameError::UnknownFlags(header.flags));
+        }
+        if header.len > self.max_len {
+            return Err(FrameError::TooLarge {
+                len: header.len,
+                max: self.max_len,
+            });
+        }
+        if header.len as usize != frame.body.len() {
+            return Err(FrameError::LengthMismatch {
+                len: header.len,
+                body: frame.body.len(),
+            });
+        }
+        Ok(frame)
+    }
+
     /// Bytes still missing for the frame at the front of the buffer after the last `decode`
     /// returned `None` (already checked against the limit, so safe to reserve).
     pub fn needed(&self) -> usize {
@@ -302,6 +330,18 @@ pub enum FrameError {
         /// The receiver's limit.
         max: u32,
     },
+    /// A frame handed over whole whose header length is not its body's.
+    #[error("frame header says {len} body bytes, the body has {body}")]
+    LengthMismatch {
+        /// The header's length.
+        len: u32,
+        /// The body's length.
+        body: usize,
+    },
+    /// Whole frames arrived while the bytes of a partial frame were waiting: the transport
+    /// broke the order of its stream.
+    #[error("whole frames arrived inside a partial frame")]
+    Interleaved,
     /// A compressed body that may not be one, names an algorithm the receiver did not
     /// advertise, or does not decompress to the length it claims.
     #[error("bad compressed body: {0}")]

@@ -24,8 +24,8 @@ pub(crate) use self::outbox::{attempt_or_listen, outbox, Budget, Inbox, IoCounte
 pub use self::outbox::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL};
 use crate::{
     compress::{compress, Compression},
-    frame::{Frame, FrameDecoder, FrameHeader, HEADER_LEN},
-    transport::TransportRead,
+    frame::{Frame, FrameDecoder, FrameError, FrameHeader, HEADER_LEN},
+    transport::{TransportRead, TransportWrite},
 };
 
 /// Bodies up to this size are copied into the batch buffer; larger ones are written in place
@@ -152,7 +152,9 @@ impl Stop {
 }
 
 /// Frames gathered for one write: small ones copied into a buffer, large bodies kept as their
-/// own chunks and written with vectored I/O (sans-IO: the driver does the writing).
+/// own chunks and written with vectored I/O (sans-IO: the driver does the writing). For a
+/// writer that carries whole frames ([`TransportWrite::CARRIES_FRAMES`]) the frames are kept
+/// as they are and nothing is encoded.
 #[derive(Debug, Default)]
 pub(crate) struct WriteBatch {
     chunks: VecDeque<Bytes>,
@@ -160,12 +162,19 @@ pub(crate) struct WriteBatch {
     len: usize,
     /// Frames pushed since the last flush.
     frames: u64,
+    /// Whether frames are kept whole, in `whole`, instead of encoded.
+    carries_frames: bool,
+    whole: VecDeque<Frame>,
 }
 
 impl WriteBatch {
-    /// An empty batch; its buffer is allocated by the first frame and grows with traffic.
-    pub(crate) fn new() -> Self {
-        Self::default()
+    /// An empty batch for writer `W`; its buffer is allocated by the first frame and grows
+    /// with traffic.
+    pub(crate) fn for_writer<W: TransportWrite>() -> Self {
+        Self {
+            carries_frames: W::CARRIES_FRAMES,
+            ..Self::default()
+        }
     }
 
     /// Gives the buffer's memory back if the batch is empty; returns the bytes still held.
@@ -173,13 +182,16 @@ impl WriteBatch {
         if self.is_empty() {
             self.buf = BytesMut::new();
             self.chunks = VecDeque::new();
+            self.whole = VecDeque::new();
         }
         self.held_bytes()
     }
 
     /// Bytes of memory the batch holds.
     pub(crate) fn held_bytes(&self) -> usize {
-        self.buf.capacity() + self.chunks.capacity() * std::mem::size_of::<Bytes>()
+        self.buf.capacity()
+            + self.chunks.capacity() * std::mem::size_of::<Bytes>()
+            + self.whole.capacity() * std::mem::size_of::<Frame>()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -195,12 +207,33 @@ impl WriteBatch {
     pub(crate) fn push(&mut self, header: &FrameHeader, body: Bytes) {
         self.frames += 1;
         self.len += HEADER_LEN;
+        if self.carries_frames {
+            self.len += body.len();
+            self.whole.push_back(Frame {
+                header: *header,
+                body,
+            });
+            return;
+        }
         header.put(&mut self.buf);
         self.push_body(body);
     }
 
+    /// Appends one frame whose body is `parts` back to back. Whole frames need one body: the
+    /// parts are joined (copied) only if more than one is non-empty.
+    pub(crate) fn push_parts(&mut self, header: &FrameHeader, parts: [Bytes; 3]) {
+        if self.carries_frames {
+            self.push(header, join(parts));
+            return;
+        }
+        let [first, second, third] = parts;
+        self.push(header, first);
+        self.push_body(second);
+        self.push_body(third);
+    }
+
     /// Appends more body bytes to the frame pushed last.
-    pub(crate) fn push_body(&mut self, body: Bytes) {
+    fn push_body(&mut self, body: Bytes) {
         if body.is_empty() {
             return;
         }
@@ -251,8 +284,23 @@ impl WriteBatch {
         }
     }
 
-    /// Writes the whole batch to `w`; returns the number of writes it took.
-    pub(crate) async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<u64> {
+    /// Writes (or hands over) the whole batch to `w`; returns the number of writes it took.
+    pub(crate) async fn flush<W: TransportWrite>(&mut self, w: &mut W) -> io::Result<u64> {
+        if !self.carries_frames {
+            return self.flush_bytes(w).await;
+        }
+        let mut writes = 0;
+        self.frames = 0;
+        while !self.whole.is_empty() {
+            poll_fn(|cx| Pin::new(&mut *w).poll_write_frames(cx, &mut self.whole)).await?;
+            writes += 1;
+        }
+        self.len = 0;
+        Ok(writes)
+    }
+
+    /// Writes the whole encoded batch to `w`; returns the number of writes it took.
+    async fn flush_bytes<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<u64> {
         let mut writes = 0;
         self.frames = 0;
         while !self.is_empty() {
@@ -273,6 +321,22 @@ impl WriteBatch {
     }
 }
 
+/// One body made of `parts` back to back: the only non-empty part as it is, or a copy of them
+/// joined.
+fn join(parts: [Bytes; 3]) -> Bytes {
+    let mut filled = parts.into_iter().filter(|part| !part.is_empty());
+    let Some(first) = filled.next() else {
+        return Bytes::new();
+    };
+    let Some(second) = filled.next() else {
+        return first;
+    };
+    let mut joined = BytesMut::from(&first[..]);
+    joined.extend_from_slice(&second);
+    filled.for_each(|part| joined.extend_from_slice(&part));
+    joined.freeze()
+}
+
 /// A connection's read buffer with an adaptive read size.
 ///
 /// `futures-io` reads into initialised memory, so fresh buffer space must be zero-filled
@@ -282,6 +346,9 @@ impl WriteBatch {
 /// A transport that reads into uninitialised memory ([`TransportRead::READS_UNINIT`]) skips
 /// all of that: it appends to `buf`'s spare capacity, and `spare` stays empty.
 ///
+/// A transport that hands over whole frames ([`TransportRead::CARRIES_FRAMES`]) fills
+/// `frames` instead; they are checked as decoded frames are, and their bodies used as they are.
+///
 /// The buffer holds no memory until bytes arrive, and gives it back on [`release`]
 /// (a quiet connection).
 ///
@@ -290,6 +357,8 @@ impl WriteBatch {
 pub(crate) struct ReadBuffer {
     /// Received bytes not yet decoded.
     pub(crate) buf: BytesMut,
+    /// Whole frames received and not yet taken, after the bytes in `buf`.
+    frames: VecDeque<Frame>,
     /// Zero-filled memory right after `buf`; the next read lands here.
     spare: BytesMut,
     read_size: usize,
@@ -304,16 +373,44 @@ impl ReadBuffer {
     pub(crate) fn new() -> Self {
         Self {
             buf: BytesMut::new(),
+            frames: VecDeque::new(),
             spare: BytesMut::new(),
             read_size: MIN_READ,
             retired: Vec::new(),
         }
     }
 
+    /// Takes the next frame: decoded from the bytes received, or one received whole and
+    /// checked by `decoder`. `None` means more must be received.
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameDecoder::decode`] and [`FrameDecoder::check`], and [`FrameError::Interleaved`]
+    /// when whole frames arrive while bytes of a partial frame wait.
+    pub(crate) fn next_frame(
+        &mut self,
+        decoder: &mut FrameDecoder,
+    ) -> Result<Option<Frame>, FrameError> {
+        if let Some(frame) = decoder.decode(&mut self.buf)? {
+            return Ok(Some(frame));
+        }
+        if self.frames.is_empty() {
+            return Ok(None);
+        }
+        if !self.buf.is_empty() {
+            return Err(FrameError::Interleaved);
+        }
+        self.frames
+            .pop_front()
+            .map(|frame| decoder.check(frame))
+            .transpose()
+    }
+
     /// Gives the memory back if no partial frame is buffered; returns the bytes still held.
     /// Frames already cut from the buffer keep their part of it alive until they are dropped.
     pub(crate) fn release(&mut self) -> usize {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && self.frames.is_empty() {
+            self.frames = VecDeque::new();
             self.buf = BytesMut::new();
             self.spare = BytesMut::new();
             self.retired = Vec::new();
@@ -322,9 +419,12 @@ impl ReadBuffer {
         self.held_bytes()
     }
 
-    /// Bytes of memory the buffer holds (retired buffers included).
+    /// Bytes of memory the buffer holds (retired buffers and whole frames not yet taken
+    /// included).
     pub(crate) fn held_bytes(&self) -> usize {
         self.buf.capacity()
+            + self.frames.capacity() * std::mem::size_of::<Frame>()
+            + self.frames.iter().map(|f| f.body.len()).sum::<usize>()
             + self.spare.capacity()
             + self.retired.iter().map(BytesMut::capacity).sum::<usize>()
     }
@@ -391,6 +491,10 @@ impl ReadBuffer {
         r: &mut R,
         decoder: &FrameDecoder,
     ) -> io::Result<usize> {
+        if R::CARRIES_FRAMES {
+            let (frames, buf) = (&mut self.frames, &mut self.buf);
+            return poll_fn(|cx| Pin::new(&mut *r).poll_read_frames(cx, frames, buf)).await;
+        }
         if self.buf.capacity() == 0 && self.spare.capacity() == 0 && self.retired.is_empty() {
             return self.read_idle(r).await;
         }
@@ -502,7 +606,7 @@ const MAX_COALESCE_YIELDS: usize = 16;
 ///
 /// Returns `Ok` when told to stop, when the queue closes, or after writing an
 /// [`Outgoing::Close`] (then the write half is closed and `stop` is set).
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_loop<W: TransportWrite>(
     mut rx: Inbox,
     mut w: W,
     stop: &Stop,
@@ -510,7 +614,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     watch: Option<WriteWatch<'_>>,
     compression: &OnceLock<Compression>,
 ) -> io::Result<()> {
-    let mut batch = WriteBatch::new();
+    let mut batch = WriteBatch::for_writer::<W>();
     let mut closing = false;
     while !closing {
         if quiet.take(WRITER) {
@@ -586,15 +690,11 @@ fn fill(rx: &mut Inbox, batch: &mut WriteBatch, compression: Option<&Compression
                     None => batch.push(&header, body),
                 }
             }
-            Some(Outgoing::Parts(header, [first, second, third])) => {
-                let parts = [&first, &second, &third];
-                match compression.and_then(|c| compress(c, &header, &parts)) {
+            Some(Outgoing::Parts(header, parts)) => {
+                let [first, second, third] = &parts;
+                match compression.and_then(|c| compress(c, &header, &[first, second, third])) {
                     Some((header, body)) => batch.push(&header, body),
-                    None => {
-                        batch.push(&header, first);
-                        batch.push_body(second);
-                        batch.push_body(third);
-                    }
+                    None => batch.push_parts(&header, parts),
                 }
             }
             Some(Outgoing::Close) => return true,
@@ -688,10 +788,10 @@ pub(crate) async fn linger<R: AsyncRead + Unpin>(r: &mut R, until: impl Future<O
 
 /// Writes all of `bytes`.
 pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
-    let mut batch = WriteBatch::new();
+    let mut batch = WriteBatch::default();
     batch.buf.extend_from_slice(bytes);
     batch.len = bytes.len();
-    batch.flush(w).await.map(drop)
+    batch.flush_bytes(w).await.map(drop)
 }
 
 #[cfg(test)]
@@ -850,7 +950,7 @@ mod tests {
             vec![4u8; 3 * COPY_MAX],
         ];
         for step in [1, 7, 4096, 1 << 20] {
-            let mut batch = WriteBatch::new();
+            let mut batch = WriteBatch::default();
             let mut expected = BytesMut::new();
             for (i, body) in bodies.iter().enumerate() {
                 let frame = Frame::new(

@@ -55,5 +55,5 @@ pub use crate::{
         DEFAULT_READ_TIMEOUT, DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,
     },
     stats::ConnectionStats,
-    transport::{Listener, Transport, TransportRead},
+    transport::{Listener, Transport, TransportRead, TransportWrite},
 };

@@ -1,6 +1,7 @@
 //! The traits a byte transport implements so that the core can drive it.
 
 use std::{
+    collections::VecDeque,
     fmt::Debug,
     future::Future,
     io,
@@ -10,6 +11,8 @@ use std::{
 
 use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
+
+use crate::frame::Frame;
 
 /// A way to open and accept reliable, ordered byte streams (TCP, QUIC streams, Unix sockets...).
 ///
@@ -22,7 +25,7 @@ pub trait Transport: Send + Sync + 'static {
     type Reader: TransportRead;
     /// The sending half of a connection. Closing it (`poll_close`) must tell the peer that no
     /// more bytes follow (a TCP `FIN`).
-    type Writer: AsyncWrite + Unpin + Send + 'static;
+    type Writer: TransportWrite;
     /// A bound listener.
     type Listener: Listener<Addr = Self::Addr, Reader = Self::Reader, Writer = Self::Writer>;
 
@@ -51,7 +54,7 @@ pub trait Listener: Send + 'static {
     /// The receiving half of an accepted connection.
     type Reader: TransportRead;
     /// The sending half of an accepted connection.
-    type Writer: AsyncWrite + Unpin + Send + 'static;
+    type Writer: TransportWrite;
     /// Finishes the transport's handshake with an accepted peer.
     type Connecting: Future<Output = io::Result<(Self::Reader, Self::Writer)>> + Send + 'static;
 
@@ -107,5 +110,69 @@ pub trait TransportRead: AsyncRead + Unpin + Send + 'static {
         };
         buf.truncate(len + n);
         polled
+    }
+
+    /// Whether the peer's writer can hand over whole frames
+    /// ([`TransportWrite::CARRIES_FRAMES`]), so that the core receives through
+    /// [`poll_read_frames`](Self::poll_read_frames) instead of reading and decoding bytes.
+    const CARRIES_FRAMES: bool = false;
+
+    /// Receives what the peer sent next: the frames it handed over whole, appended to `frames`
+    /// in order, or the bytes it wrote, appended to `bytes` (the core decodes those); never
+    /// both in one call, so that order is kept. Returns the number of bytes received (a frame
+    /// counts its header and body), zero at the end of the stream.
+    ///
+    /// The core checks every frame as it checks decoded ones (flags, length against its
+    /// limit); the bodies are used as they are, without a copy. Called only when
+    /// [`CARRIES_FRAMES`](Self::CARRIES_FRAMES) is set; the default fails with
+    /// [`io::ErrorKind::Unsupported`].
+    ///
+    /// # Errors
+    ///
+    /// What the transport's receive returns.
+    fn poll_read_frames(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Frame>,
+        bytes: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let _ = (cx, frames, bytes);
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+}
+
+/// The sending half of a connection: an `AsyncWrite`, plus, where the transport can, a way to
+/// hand whole frames to the peer without encoding them into bytes.
+///
+/// A byte transport implements nothing (`impl TransportWrite for MyWriter {}`). A transport
+/// that never leaves the process (an in-process pipe) sets
+/// [`CARRIES_FRAMES`](Self::CARRIES_FRAMES) and moves frames as they are, so that bodies
+/// reach the peer without a copy; its reader then sets
+/// [`TransportRead::CARRIES_FRAMES`]. The handshake still goes through `poll_write`: such a
+/// transport carries bytes and frames in one ordered stream.
+pub trait TransportWrite: AsyncWrite + Unpin + Send + 'static {
+    /// Whether [`poll_write_frames`](Self::poll_write_frames) works, so that the core hands
+    /// over frames instead of encoding and writing them.
+    const CARRIES_FRAMES: bool = false;
+
+    /// Takes frames from the front of `frames`, as many as the transport has room for.
+    /// `Ready(Ok(()))` once at least one was taken (the core calls again while some are left);
+    /// `Pending` while none can be (the transport wakes the task when there is room). A
+    /// transport bounds what it holds by bytes, but takes one frame even when it is larger
+    /// than that bound, so that every frame the peer accepts can pass.
+    ///
+    /// Called only when [`CARRIES_FRAMES`](Self::CARRIES_FRAMES) is set; the default fails
+    /// with [`io::ErrorKind::Unsupported`].
+    ///
+    /// # Errors
+    ///
+    /// What the transport's send returns (the peer is gone).
+    fn poll_write_frames(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Frame>,
+    ) -> Poll<io::Result<()>> {
+        let _ = (cx, frames);
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
     }
 }

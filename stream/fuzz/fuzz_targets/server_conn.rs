@@ -17,7 +17,7 @@ use std::{
 
 use flumen::{
     rt::SmolRuntime,
-    stream::{hello::Hello, Listener, TransportRead},
+    stream::{hello::Hello, Listener, TransportRead, TransportWrite},
     Bytes, ErrorCode, Router, Server, ServerConfig, Status,
 };
 use futures_io::{AsyncRead, AsyncWrite};
@@ -47,6 +47,8 @@ impl AsyncRead for Input {
 }
 
 impl TransportRead for Input {}
+
+impl TransportWrite for Output {}
 
 /// Takes whatever the server writes.
 struct Output;

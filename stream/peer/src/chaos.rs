@@ -13,7 +13,7 @@ use std::{
 };
 
 use async_io::Timer;
-use flumen_stream::{Listener, Transport, TransportRead};
+use flumen_stream::{Listener, Transport, TransportRead, TransportWrite};
 use futures_io::{AsyncRead, AsyncWrite};
 
 /// The damage done to each connection, in each direction separately (byte counts are per
@@ -236,6 +236,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for ChaosReader<R> {
 }
 
 impl<R: TransportRead> TransportRead for ChaosReader<R> {}
+
+/// Writes bytes (so that they can be damaged), whatever the inner writer carries.
+impl<W: TransportWrite> TransportWrite for ChaosWriter<W> {}
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for ChaosWriter<W> {
     fn poll_write(

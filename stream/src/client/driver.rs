@@ -185,7 +185,7 @@ async fn refusal<R: TransportRead>(
 ) -> ConnectError {
     let mut decoder = FrameDecoder::new(max_frame_len);
     loop {
-        match decoder.decode(&mut read.buf) {
+        match read.next_frame(&mut decoder) {
             Ok(Some(frame)) if frame.header.kind == FrameKind::GoAway => {
                 let (code, reason) = go_away_parts(&frame);
                 return ConnectError::Refused { code, reason };
@@ -233,7 +233,7 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
     let counters = conn.out.counters();
     let error = 'conn: loop {
         loop {
-            match decoder.decode(&mut read.buf) {
+            match read.next_frame(&mut decoder) {
                 Ok(Some(frame)) => {
                     match compress::inflate(frame, limits.accepted, limits.max_len) {
                         Ok(frame) => frames.push(frame),

@@ -91,7 +91,7 @@ async fn handshake<R, D, Rd, Wr>(
     R: Runtime,
     D: Dispatch,
     Rd: crate::transport::TransportRead,
-    Wr: futures_io::AsyncWrite + Unpin + Send + 'static,
+    Wr: crate::TransportWrite,
 {
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let timeout = async {

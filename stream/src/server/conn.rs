@@ -32,6 +32,7 @@ use crate::{
     streaming::StreamState,
     trace::Peer,
     transport::TransportRead,
+    transport::TransportWrite,
 };
 
 /// What the server's tasks and watchdog know about one connection.
@@ -269,7 +270,7 @@ pub(super) fn start<R, D, Rd, Wr>(
     R: Runtime,
     D: Dispatch,
     Rd: TransportRead,
-    Wr: AsyncWrite + Unpin + Send + 'static,
+    Wr: TransportWrite,
 {
     let config = &shared.config;
     // When the peer stops reading, replies queue up to `max_queued_bytes`; then the reader
@@ -324,7 +325,7 @@ pub(super) fn start<R, D, Rd, Wr>(
     rt.spawn(reader_task.run(reader, registration));
 }
 
-async fn write_task<W: AsyncWrite + Unpin>(
+async fn write_task<W: TransportWrite>(
     shared: Arc<Shared>,
     conn: Arc<ConnState>,
     _registration: Arc<Registration>,

@@ -139,7 +139,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             // schedules the writer.
             let hold = conn.out.hold();
             loop {
-                let decoded = decoder.decode(&mut read.buf).and_then(|frame| {
+                let decoded = read.next_frame(&mut decoder).and_then(|frame| {
                     frame
                         .map(|f| compress::inflate(f, accepted, max_len))
                         .transpose()

@@ -1,10 +1,12 @@
 //! An in-process transport for Flumen: client and server in one process, connected by
 //! in-memory pipes instead of sockets, on any runtime (it needs no reactor).
 //!
-//! The framing is the one every transport carries; each direction of a connection is a
-//! bounded byte pipe ([`PIPE_CAPACITY`]), so a reader that stops reading stops its writer, as
-//! a socket would. Each byte is copied once on its way: into the pipe by the writer, out of
-//! it into the reader's buffer (a socket copies it twice, through the kernel).
+//! Each direction of a connection is a bounded pipe ([`PIPE_CAPACITY`]), so a reader that
+//! stops reading stops its writer, as a socket would. After the handshake the core hands
+//! frames over whole ([`TransportWrite::CARRIES_FRAMES`](flumen_stream::TransportWrite)):
+//! nothing is encoded, decoded or copied, and the peer's handler gets the very bytes the
+//! caller sent. Read as bytes (a wrapper that damages them, a test peer), the pipe is a byte
+//! stream like any other.
 //!
 //! Servers bind a name ([`InProcAddr`]); binding `InProcAddr::any()` picks a fresh one.
 #![warn(missing_docs)]

@@ -1,7 +1,9 @@
-//! One direction of an in-process connection: a bounded byte buffer between a writer and a
-//! reader, each waking the other.
+//! One direction of an in-process connection: a bounded queue between a writer and a reader,
+//! each waking the other. It carries bytes (the handshake) and whole frames (everything
+//! after it) in one order; frames keep their bodies, so nothing is copied on the way.
 
 use std::{
+    collections::VecDeque,
     io::{self, IoSlice},
     pin::Pin,
     sync::Arc,
@@ -9,16 +11,31 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use flumen_stream::TransportRead;
+use flumen_stream::{
+    frame::{Frame, HEADER_LEN},
+    TransportRead, TransportWrite,
+};
 use futures_io::{AsyncRead, AsyncWrite};
 use parking_lot::Mutex;
 
-/// Bytes a pipe holds before its writer waits for the reader: 256 KiB.
+/// Bytes a pipe holds before its writer waits for the reader: 256 KiB. A frame counts its
+/// header and body; one frame larger than this still passes, alone.
 pub const PIPE_CAPACITY: usize = 256 * 1024;
+
+/// What a pipe holds, in order.
+#[derive(Debug)]
+enum Chunk {
+    /// Bytes written with `poll_write`.
+    Bytes(BytesMut),
+    /// A frame handed over whole.
+    Frame(Frame),
+}
 
 #[derive(Debug, Default)]
 struct State {
-    bytes: BytesMut,
+    chunks: VecDeque<Chunk>,
+    /// Bytes the chunks stand for (a frame counts its header and body).
+    held: usize,
     /// The writer closed or went: the reader reads what is left, then the end.
     write_closed: bool,
     /// The reader went: writes fail.
@@ -27,7 +44,36 @@ struct State {
     writer: Option<Waker>,
 }
 
+impl State {
+    /// Takes `n` bytes off what is held and returns the writer to wake, if it waits.
+    fn taken(&mut self, n: usize) -> Option<Waker> {
+        self.held -= n;
+        self.writer.take()
+    }
+
+    /// Whether the writer may add now; registers it to be woken otherwise.
+    fn room(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        if self.read_closed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if self.write_closed {
+            return Err(io::Error::other("write after close"));
+        }
+        if self.held >= PIPE_CAPACITY {
+            self.writer = Some(cx.waker().clone());
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
 type Shared = Arc<Mutex<State>>;
+
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
 
 /// The receiving half of an in-process connection.
 #[derive(Debug)]
@@ -44,7 +90,8 @@ pub(crate) fn pipe() -> (InProcWriter, InProcReader) {
 }
 
 impl InProcReader {
-    /// Takes up to `max` bytes with `take`, or registers to be woken.
+    /// Takes up to `max` bytes with `take`, or registers to be woken. A frame at the front
+    /// is encoded first: read as bytes, the pipe is a byte stream like any other.
     fn poll_take(
         &self,
         cx: &mut Context<'_>,
@@ -52,20 +99,29 @@ impl InProcReader {
         take: impl FnOnce(&mut BytesMut, usize),
     ) -> Poll<io::Result<usize>> {
         let mut state = self.0.lock();
-        if state.bytes.is_empty() {
+        let Some(front) = state.chunks.front_mut() else {
             if state.write_closed {
                 return Poll::Ready(Ok(0));
             }
             state.reader = Some(cx.waker().clone());
             return Poll::Pending;
+        };
+        if let Chunk::Frame(frame) = front {
+            let mut encoded = BytesMut::new();
+            frame.encode(&mut encoded);
+            *front = Chunk::Bytes(encoded);
         }
-        let n = max.min(state.bytes.len());
-        take(&mut state.bytes, n);
-        let writer = state.writer.take();
+        let Chunk::Bytes(bytes) = front else {
+            unreachable!("the front chunk was just made bytes");
+        };
+        let n = max.min(bytes.len());
+        take(bytes, n);
+        if bytes.is_empty() {
+            state.chunks.pop_front();
+        }
+        let writer = state.taken(n);
         drop(state);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        wake(writer);
         Poll::Ready(Ok(n))
     }
 }
@@ -74,12 +130,11 @@ impl Drop for InProcReader {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.read_closed = true;
-        state.bytes = BytesMut::new();
+        state.chunks = VecDeque::new();
+        state.held = 0;
         let writer = state.writer.take();
         drop(state);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        wake(writer);
     }
 }
 
@@ -93,9 +148,11 @@ impl AsyncRead for InProcReader {
     }
 }
 
-/// Appends straight to the core's buffer: no zero-fill, one copy.
+/// Appends bytes straight to the core's buffer (no zero-fill, one copy), and hands frames
+/// over whole (no copy).
 impl TransportRead for InProcReader {
     const READS_UNINIT: bool = true;
+    const CARRIES_FRAMES: bool = true;
 
     fn poll_read_buf(
         self: Pin<&mut Self>,
@@ -108,41 +165,74 @@ impl TransportRead for InProcReader {
             bytes.advance(n);
         })
     }
+
+    fn poll_read_frames(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Frame>,
+        bytes: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.0.lock();
+        let mut n = 0;
+        match state.chunks.pop_front() {
+            None if state.write_closed => return Poll::Ready(Ok(0)),
+            None => {
+                state.reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Some(Chunk::Bytes(front)) => {
+                n = front.len();
+                bytes.extend_from_slice(&front);
+            }
+            Some(Chunk::Frame(first)) => {
+                n += HEADER_LEN + first.body.len();
+                frames.push_back(first);
+                while let Some(Chunk::Frame(_)) = state.chunks.front() {
+                    if let Some(Chunk::Frame(frame)) = state.chunks.pop_front() {
+                        n += HEADER_LEN + frame.body.len();
+                        frames.push_back(frame);
+                    }
+                }
+            }
+        }
+        let writer = state.taken(n);
+        drop(state);
+        wake(writer);
+        Poll::Ready(Ok(n))
+    }
 }
 
 impl InProcWriter {
     /// Appends what fits of `bufs`, or registers to be woken when there is room.
     fn poll_put(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let mut state = self.0.lock();
-        if state.read_closed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        if state.write_closed {
-            return Poll::Ready(Err(io::Error::other("write after close")));
-        }
-        let room = PIPE_CAPACITY.saturating_sub(state.bytes.len());
         let wanted: usize = bufs.iter().map(|b| b.len()).sum();
-        if wanted == 0 {
-            return Poll::Ready(Ok(0));
+        let mut state = self.0.lock();
+        match state.room(cx) {
+            Err(e) => return Poll::Ready(Err(e)),
+            Ok(_) if wanted == 0 => return Poll::Ready(Ok(0)),
+            Ok(false) => return Poll::Pending,
+            Ok(true) => {}
         }
-        if room == 0 {
-            state.writer = Some(cx.waker().clone());
-            return Poll::Pending;
+        let room = PIPE_CAPACITY - state.held;
+        if !matches!(state.chunks.back(), Some(Chunk::Bytes(_))) {
+            state.chunks.push_back(Chunk::Bytes(BytesMut::new()));
         }
+        let Some(Chunk::Bytes(tail)) = state.chunks.back_mut() else {
+            unreachable!("a bytes chunk was just pushed");
+        };
         let mut written = 0;
         for buf in bufs {
             let n = buf.len().min(room - written);
-            state.bytes.extend_from_slice(&buf[..n]);
+            tail.extend_from_slice(&buf[..n]);
             written += n;
             if written == room {
                 break;
             }
         }
+        state.held += written;
         let reader = state.reader.take();
         drop(state);
-        if let Some(reader) = reader {
-            reader.wake();
-        }
+        wake(reader);
         Poll::Ready(Ok(written))
     }
 
@@ -151,9 +241,7 @@ impl InProcWriter {
         state.write_closed = true;
         let reader = state.reader.take();
         drop(state);
-        if let Some(reader) = reader {
-            reader.wake();
-        }
+        wake(reader);
     }
 }
 
@@ -190,8 +278,39 @@ impl AsyncWrite for InProcWriter {
     }
 }
 
+/// Moves frames as they are: the reader gets the writer's bodies, not copies.
+impl TransportWrite for InProcWriter {
+    const CARRIES_FRAMES: bool = true;
+
+    fn poll_write_frames(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<Frame>,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.0.lock();
+        match state.room(cx) {
+            Err(e) => return Poll::Ready(Err(e)),
+            Ok(false) => return Poll::Pending,
+            Ok(true) => {}
+        }
+        while state.held < PIPE_CAPACITY {
+            let Some(frame) = frames.pop_front() else {
+                break;
+            };
+            state.held += HEADER_LEN + frame.body.len();
+            state.chunks.push_back(Chunk::Frame(frame));
+        }
+        let reader = state.reader.take();
+        drop(state);
+        wake(reader);
+        Poll::Ready(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use flumen_stream::frame::{FrameHeader, FrameKind};
     use futures_lite::{future::block_on, AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -224,6 +343,80 @@ mod tests {
         block_on(reader.read_exact(&mut chunk)).unwrap();
         let again = Pin::new(&mut writer).poll_write(&mut cx, &big[PIPE_CAPACITY..]);
         assert!(matches!(again, Poll::Ready(Ok(10))));
+    }
+
+    fn frame(seq: u64, body: &[u8]) -> Frame {
+        Frame::new(
+            FrameHeader::new(FrameKind::Request, seq),
+            Bytes::copy_from_slice(body),
+        )
+    }
+
+    fn poll_frames(reader: &mut InProcReader) -> (VecDeque<Frame>, BytesMut, usize) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (mut frames, mut bytes) = (VecDeque::new(), BytesMut::new());
+        let n = match Pin::new(reader).poll_read_frames(&mut cx, &mut frames, &mut bytes) {
+            Poll::Ready(Ok(n)) => n,
+            other => panic!("no frames ready: {other:?}"),
+        };
+        (frames, bytes, n)
+    }
+
+    fn send_frames(writer: &mut InProcWriter, frames: &mut VecDeque<Frame>) -> Poll<()> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(writer)
+            .poll_write_frames(&mut cx, frames)
+            .map(|r| r.unwrap())
+    }
+
+    #[test]
+    fn frames_pass_whole_after_the_bytes_written_before_them() {
+        let (mut writer, mut reader) = pipe();
+        block_on(writer.write_all(b"hello")).unwrap();
+        let sent = frame(1, &[9; 100]);
+        let body = sent.body.as_ptr();
+        let mut queue = VecDeque::from([sent.clone(), frame(2, b"x")]);
+        assert!(send_frames(&mut writer, &mut queue).is_ready());
+        assert!(queue.is_empty());
+        let (frames, bytes, n) = poll_frames(&mut reader);
+        assert_eq!((frames.len(), &bytes[..], n), (0, &b"hello"[..], 5));
+        let (frames, bytes, n) = poll_frames(&mut reader);
+        assert!(bytes.is_empty());
+        assert_eq!(n, 2 * HEADER_LEN + 101);
+        assert_eq!(frames[0], sent);
+        assert_eq!(
+            frames[0].body.as_ptr(),
+            body,
+            "the body is the one sent, not a copy"
+        );
+        assert_eq!(frames[1].header.seq, 2);
+    }
+
+    #[test]
+    fn frames_read_as_bytes_are_encoded() {
+        let (mut writer, mut reader) = pipe();
+        let sent = frame(7, b"body");
+        assert!(send_frames(&mut writer, &mut VecDeque::from([sent.clone()])).is_ready());
+        drop(writer);
+        let mut got = Vec::new();
+        block_on(reader.read_to_end(&mut got)).unwrap();
+        let mut expected = BytesMut::new();
+        sent.encode(&mut expected);
+        assert_eq!(got, expected.to_vec());
+    }
+
+    #[test]
+    fn a_full_pipe_stops_frames_but_one_larger_frame_passes_alone() {
+        let (mut writer, mut reader) = pipe();
+        let big = frame(1, &vec![1; PIPE_CAPACITY + 1]);
+        let mut queue = VecDeque::from([big, frame(2, b"small")]);
+        assert!(send_frames(&mut writer, &mut queue).is_ready());
+        assert_eq!(queue.len(), 1, "the pipe is full after the large frame");
+        assert!(send_frames(&mut writer, &mut queue).is_pending());
+        let (frames, _, _) = poll_frames(&mut reader);
+        assert_eq!(frames.len(), 1);
+        assert!(send_frames(&mut writer, &mut queue).is_ready());
+        assert!(queue.is_empty());
     }
 
     #[test]

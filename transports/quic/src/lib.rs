@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use flumen_stream::{Listener, Transport, TransportRead};
+use flumen_stream::{Listener, Transport, TransportRead, TransportWrite};
 use flumen_tls::{
     rustls::AlertDescription, ClientTls, HandshakeError, ServerTls, TlsError, Verdict,
 };
@@ -380,6 +380,8 @@ impl Listener for QuicListener {
 pub struct QuicReader(quinn::RecvStream);
 
 impl TransportRead for QuicReader {}
+
+impl TransportWrite for QuicWriter {}
 
 impl AsyncRead for QuicReader {
     fn poll_read(

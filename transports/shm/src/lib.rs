@@ -36,7 +36,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use flumen_stream::{Listener, Transport, TransportRead};
+use flumen_stream::{Listener, Transport, TransportRead, TransportWrite};
 use futures_io::{AsyncRead, AsyncWrite};
 
 pub use crate::bell::Bell;
@@ -252,6 +252,8 @@ impl<B: Bell> AsyncRead for ShmReader<B> {
 }
 
 impl<B: Bell> TransportRead for ShmReader<B> {}
+
+impl<B: Bell> TransportWrite for ShmWriter<B> {}
 
 impl<B: Bell> ShmWriter<B> {
     fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -18,7 +18,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use flumen_stream::{Listener, Transport, TransportRead};
+use flumen_stream::{Listener, Transport, TransportRead, TransportWrite};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use parking_lot::Mutex;
@@ -259,6 +259,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for TlsReader<R, W> 
             .poll_read(cx, buf)
             .map_err(classify_io)
     }
+}
+
+impl<R, W> TransportWrite for TlsWriter<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncWrite for TlsWriter<R, W> {
