@@ -5,8 +5,11 @@
 //! the transports so that noise hits them alike.
 //!
 //! ```sh
-//! cargo run --release -p flumen-bench --bin local-transports -- [PAYLOAD] [IN_FLIGHT] [SECONDS] [ROUNDS]
+//! cargo run --release -p flumen-bench --bin local-transports -- [PAYLOAD] [IN_FLIGHT] [SECONDS] [ROUNDS] [raw]
 //! ```
+//!
+//! Calls are typed (a MessagePack byte string each way); with `raw` they carry `Bytes` bodies
+//! without a codec, so that what the transport copies is all that is copied.
 
 use std::{
     sync::mpsc,
@@ -19,7 +22,7 @@ use flumen::{
     stream::Transport,
     tcp::TokioTcp,
     unix::TokioUnix,
-    Client, ClientConfig, Router, Server, Status,
+    Bytes, Client, ClientConfig, MethodId, Request, Router, Server, Status,
 };
 use serde_bytes::ByteBuf;
 
@@ -30,15 +33,24 @@ fn arg(n: usize, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
-/// Calls per second of `in_flight` callers echoing `payload` bytes over `transport` for
-/// `secs`.
-fn measure<T: Transport + Clone>(
-    transport: T,
-    addr: T::Addr,
+/// What one measurement runs.
+#[derive(Clone, Copy)]
+struct Load {
     payload: usize,
     in_flight: usize,
     secs: f64,
-) -> f64 {
+    raw: bool,
+}
+
+/// Calls per second of `in_flight` callers echoing `payload` bytes over `transport` for
+/// `secs`.
+fn measure<T: Transport + Clone>(transport: T, addr: T::Addr, load: Load) -> f64 {
+    let Load {
+        payload,
+        in_flight,
+        secs,
+        raw,
+    } = load;
     let (bound_tx, bound_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let server_transport = transport.clone();
@@ -49,8 +61,9 @@ fn measure<T: Transport + Clone>(
             .unwrap();
         runtime.block_on(async move {
             let rt = TokioRuntime::current();
-            let router =
-                Router::new().route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) });
+            let router = Router::new()
+                .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
+                .route_raw("raw", |request: Request| async move { Ok(request.into_body()) });
             let server = Server::new(router)
                 .bind(&rt, &server_transport, &addr)
                 .await
@@ -75,14 +88,22 @@ fn measure<T: Transport + Clone>(
                 .unwrap();
         let until = Instant::now() + Duration::from_secs_f64(secs);
         let body = ByteBuf::from(vec![7u8; payload]);
+        let raw_body = Bytes::from(vec![7u8; payload]);
+        let raw_method = MethodId::from_name("raw").as_u32();
         let callers: Vec<_> = (0..in_flight)
             .map(|_| {
-                let (client, body) = (client.clone(), body.clone());
+                let (client, body, raw_body) = (client.clone(), body.clone(), raw_body.clone());
                 tokio::task::spawn_local(async move {
                     let mut calls = 0u64;
                     while Instant::now() < until {
-                        let reply: ByteBuf = client.call("echo", &body).await.unwrap();
-                        assert_eq!(reply.len(), body.len());
+                        let len = if raw {
+                            let reply = client.raw().call(raw_method, raw_body.clone()).await;
+                            reply.unwrap().len()
+                        } else {
+                            let reply: ByteBuf = client.call("echo", &body).await.unwrap();
+                            reply.len()
+                        };
+                        assert_eq!(len, payload);
                         calls += 1;
                     }
                     calls
@@ -105,18 +126,23 @@ fn main() {
     let in_flight = arg(2, 64.0) as usize;
     let secs = arg(3, 3.0);
     let rounds = arg(4, 3.0) as usize;
+    let raw = std::env::args().nth(5).as_deref() == Some("raw");
+    let load = Load {
+        payload,
+        in_flight,
+        secs,
+        raw,
+    };
     let mut totals = [0.0f64; 3];
     for round in 0..rounds {
         let tcp = measure(
             TokioTcp::default(),
             "127.0.0.1:0".parse().unwrap(),
-            payload,
-            in_flight,
-            secs,
+            load,
         );
         let path = std::env::temp_dir().join(format!("flumen-local-{}.sock", std::process::id()));
-        let unix = measure(TokioUnix, path, payload, in_flight, secs);
-        let inproc = measure(InProc, InProcAddr::any(), payload, in_flight, secs);
+        let unix = measure(TokioUnix, path, load);
+        let inproc = measure(InProc, InProcAddr::any(), load);
         println!(
             "round {round}: tcp {tcp:.0} calls/s, unix {unix:.0} ({:.2}x tcp), inproc {inproc:.0} ({:.2}x tcp)",
             unix / tcp,
@@ -128,7 +154,8 @@ fn main() {
     }
     let [tcp, unix, inproc] = totals.map(|t| t / rounds as f64);
     println!(
-        "{payload} B x {in_flight}, mean of {rounds}: tcp {tcp:.0}, unix {unix:.0} ({:.2}x), inproc {inproc:.0} ({:.2}x)",
+        "{payload} B x {in_flight}{}, mean of {rounds}: tcp {tcp:.0}, unix {unix:.0} ({:.2}x), inproc {inproc:.0} ({:.2}x)",
+        if raw { " raw" } else { "" },
         unix / tcp,
         inproc / tcp
     );
