@@ -518,6 +518,33 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn whole_frames_are_checked_as_decoded_ones() {
+        let decoder = FrameDecoder::new(8);
+        let good = Frame::new(
+            FrameHeader::new(FrameKind::Request, 1),
+            Bytes::from_static(b"ok"),
+        );
+        assert_eq!(decoder.check(good.clone()), Ok(good.clone()));
+        let mut flagged = good.clone();
+        flagged.header.flags = 0x80;
+        assert_eq!(decoder.check(flagged), Err(FrameError::UnknownFlags(0x80)));
+        let large = Frame::new(
+            FrameHeader::new(FrameKind::Request, 1),
+            Bytes::from(vec![0; 9]),
+        );
+        assert_eq!(
+            decoder.check(large),
+            Err(FrameError::TooLarge { len: 9, max: 8 })
+        );
+        let mut lying = good;
+        lying.header.len = 3;
+        assert_eq!(
+            decoder.check(lying),
+            Err(FrameError::LengthMismatch { len: 3, body: 2 })
+        );
+    }
+
     proptest! {
         #[test]
         fn encode_decode_identity(frames in proptest::collection::vec(frames(), 1..8)) {

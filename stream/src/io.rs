@@ -921,6 +921,59 @@ mod tests {
         drop(second);
     }
 
+    #[test]
+    fn bytes_decode_before_whole_frames_and_never_around_them() {
+        let frame = |seq| {
+            Frame::new(
+                FrameHeader::new(FrameKind::Request, seq),
+                Bytes::from_static(b"body"),
+            )
+        };
+        let mut read = ReadBuffer::new();
+        let mut decoder = FrameDecoder::new(1024);
+        frame(1).encode(&mut read.buf);
+        read.frames.extend([frame(2), frame(3)]);
+        let seqs: Vec<u64> = std::iter::from_fn(|| read.next_frame(&mut decoder).unwrap())
+            .map(|f| f.header.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        // Whole frames behind a partial one break the stream's order.
+        let mut partial = BytesMut::new();
+        frame(4).encode(&mut partial);
+        read.buf.extend_from_slice(&partial[..HEADER_LEN + 1]);
+        read.frames.push_back(frame(5));
+        assert_eq!(read.next_frame(&mut decoder), Err(FrameError::Interleaved));
+    }
+
+    #[test]
+    fn whole_frames_keep_their_bodies_and_join_parts_only_when_needed() {
+        let mut batch = WriteBatch {
+            carries_frames: true,
+            ..WriteBatch::default()
+        };
+        let body = Bytes::from(vec![1u8; 100]);
+        let header = FrameHeader::new(FrameKind::Response, 1);
+        batch.push_parts(&header, [Bytes::new(), body.clone(), Bytes::new()]);
+        batch.push_parts(
+            &header,
+            [
+                Bytes::from_static(b"m"),
+                body.clone(),
+                Bytes::from_static(b"a"),
+            ],
+        );
+        assert_eq!(batch.len, 2 * HEADER_LEN + 100 + 102);
+        assert!(
+            batch.buf.is_empty() && batch.chunks.is_empty(),
+            "nothing encoded"
+        );
+        assert_eq!(batch.whole[0].body.as_ptr(), body.as_ptr());
+        let joined = &batch.whole[1].body;
+        assert_eq!(&joined[..1], b"m");
+        assert_eq!(&joined[1..101], &body[..]);
+        assert_eq!(&joined[101..], b"a");
+    }
+
     fn drain(batch: &mut WriteBatch, step: usize) -> Vec<u8> {
         let mut out = Vec::new();
         while !batch.is_empty() {

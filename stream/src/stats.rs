@@ -7,18 +7,25 @@ use crate::io::IoCounters;
 
 /// What one connection (or, in [`ServerStats`](crate::ServerStats), all of a server's) has
 /// done: frames and syscalls each way, and the buffer memory held now.
+///
+/// The writer counts a batch (its frames, writes and bytes) once the batch's write returns.
+/// Over a fast transport (shared memory, in process) the peer can answer before that, so a
+/// caller can hold a reply whose request is not counted yet: a test that compares counters
+/// after calls waits for them to settle.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConnectionStats {
-    /// Frames written to the transport.
+    /// Frames written to the transport (or handed to it whole, in process).
     pub frames_written: u64,
-    /// Write calls (one vectored write syscall each on TCP) that moved bytes.
+    /// Write calls (one vectored write syscall each on TCP; one hand-over of frames in
+    /// process) that moved bytes.
     pub writes: u64,
     /// Frames read and decoded.
     pub frames_read: u64,
-    /// Read calls that returned bytes.
+    /// Read calls that returned bytes (or frames, in process).
     pub reads: u64,
-    /// Bytes written to the transport (frame headers included).
+    /// Bytes written to the transport (frame headers included; in process, the bytes the
+    /// frames handed over stand for).
     pub bytes_written: u64,
     /// Bytes read from the transport.
     pub bytes_read: u64,

@@ -8,6 +8,8 @@
 //! cargo run --release -p flumen-bench --bin local-transports -- [PAYLOAD] [IN_FLIGHT] [SECONDS] [ROUNDS] [raw]
 //! ```
 //!
+//! `FLUMEN_LOCAL_ONLY=inproc` (or `tcp`, `unix`) runs that transport alone, for a profiler.
+//!
 //! Calls are typed (a MessagePack byte string each way); with `raw` they carry `Bytes` bodies
 //! without a codec, so that what the transport copies is all that is copied.
 
@@ -63,7 +65,10 @@ fn measure<T: Transport + Clone>(transport: T, addr: T::Addr, load: Load) -> f64
             let rt = TokioRuntime::current();
             let router = Router::new()
                 .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
-                .route_raw("raw", |request: Request| async move { Ok(request.into_body()) });
+                .route_raw(
+                    "raw",
+                    |request: Request| async move { Ok(request.into_body()) },
+                );
             let server = Server::new(router)
                 .bind(&rt, &server_transport, &addr)
                 .await
@@ -121,6 +126,10 @@ fn measure<T: Transport + Clone>(transport: T, addr: T::Addr, load: Load) -> f64
     calls as f64 / secs
 }
 
+fn socket_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("flumen-local-{}.sock", std::process::id()))
+}
+
 fn main() {
     let payload = arg(1, 32.0) as usize;
     let in_flight = arg(2, 64.0) as usize;
@@ -133,15 +142,20 @@ fn main() {
         secs,
         raw,
     };
+    if let Ok(only) = std::env::var("FLUMEN_LOCAL_ONLY") {
+        let rate = match only.as_str() {
+            "tcp" => measure(TokioTcp::default(), "127.0.0.1:0".parse().unwrap(), load),
+            "unix" => measure(TokioUnix, socket_path(), load),
+            "inproc" => measure(InProc, InProcAddr::any(), load),
+            other => panic!("FLUMEN_LOCAL_ONLY={other}: tcp, unix or inproc"),
+        };
+        println!("{only}: {rate:.0} calls/s");
+        return;
+    }
     let mut totals = [0.0f64; 3];
     for round in 0..rounds {
-        let tcp = measure(
-            TokioTcp::default(),
-            "127.0.0.1:0".parse().unwrap(),
-            load,
-        );
-        let path = std::env::temp_dir().join(format!("flumen-local-{}.sock", std::process::id()));
-        let unix = measure(TokioUnix, path, load);
+        let tcp = measure(TokioTcp::default(), "127.0.0.1:0".parse().unwrap(), load);
+        let unix = measure(TokioUnix, socket_path(), load);
         let inproc = measure(InProc, InProcAddr::any(), load);
         println!(
             "round {round}: tcp {tcp:.0} calls/s, unix {unix:.0} ({:.2}x tcp), inproc {inproc:.0} ({:.2}x tcp)",
