@@ -9,6 +9,7 @@
 //! ```
 //!
 //! `FLUMEN_LOCAL_ONLY=inproc` (or `tcp`, `unix`) runs that transport alone, for a profiler.
+//! `FLUMEN_LOCAL_WORKERS=N` gives each side a multi-thread runtime with `N` workers instead.
 //!
 //! Calls are typed (a MessagePack byte string each way); with `raw` they carry `Bytes` bodies
 //! without a codec, so that what the transport copies is all that is copied.
@@ -57,11 +58,7 @@ fn measure<T: Transport + Clone>(transport: T, addr: T::Addr, load: Load) -> f64
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let server_transport = transport.clone();
     let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
+        runtime().block_on(async move {
             let rt = TokioRuntime::current();
             let router = Router::new()
                 .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
@@ -79,12 +76,7 @@ fn measure<T: Transport + Clone>(transport: T, addr: T::Addr, load: Load) -> f64
         });
     });
     let addr = bound_rx.recv().unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    let calls = local.block_on(&runtime, async move {
+    let calls = runtime().block_on(async move {
         let rt = TokioRuntime::current();
         let config = ClientConfig::default().max_in_flight(in_flight);
         let client =
@@ -98,7 +90,7 @@ fn measure<T: Transport + Clone>(transport: T, addr: T::Addr, load: Load) -> f64
         let callers: Vec<_> = (0..in_flight)
             .map(|_| {
                 let (client, body, raw_body) = (client.clone(), body.clone(), raw_body.clone());
-                tokio::task::spawn_local(async move {
+                tokio::spawn(async move {
                     let mut calls = 0u64;
                     while Instant::now() < until {
                         let len = if raw {
@@ -124,6 +116,22 @@ fn measure<T: Transport + Clone>(transport: T, addr: T::Addr, load: Load) -> f64
     let _ = stop_tx.send(());
     let _ = server.join();
     calls as f64 / secs
+}
+
+/// A current-thread runtime, or a multi-thread one with `FLUMEN_LOCAL_WORKERS` workers.
+fn runtime() -> tokio::runtime::Runtime {
+    let workers = std::env::var("FLUMEN_LOCAL_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok());
+    let mut builder = match workers {
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_current_thread(),
+    };
+    builder.enable_all().build().unwrap()
 }
 
 fn socket_path() -> std::path::PathBuf {
