@@ -4,6 +4,7 @@ use std::{
     collections::HashMap,
     fmt,
     future::Future,
+    hash::{BuildHasherDefault, Hasher},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -18,6 +19,31 @@ use crate::MethodId;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
 pub(crate) type Handler = Arc<dyn Fn(Request) -> RouterFuture + Send + Sync>;
+
+/// Routes by method id, hashed with [`MethodIdHasher`].
+type Routes = HashMap<u32, (String, Handler), BuildHasherDefault<MethodIdHasher>>;
+
+/// Hashes a method id with one multiplication (Fibonacci hashing) instead of SipHash on every
+/// call. Ids are hashes of names already; only the server's own methods are inserted (a peer's
+/// ids are looked up, never stored), so no peer can choose keys that collide.
+#[derive(Default)]
+struct MethodIdHasher(u64);
+
+impl Hasher for MethodIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u32(self.0 as u32 ^ u32::from(byte));
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Routes requests by method id to handlers registered with [`route`](Self::route) (typed,
 /// decoded and encoded with codec `C`) or [`route_raw`](Self::route_raw) (raw bodies).
@@ -34,7 +60,7 @@ pub(crate) type Handler = Arc<dyn Fn(Request) -> RouterFuture + Send + Sync>;
 /// ```
 pub struct Router<C = MsgPack> {
     codec: C,
-    routes: HashMap<u32, (String, Handler)>,
+    routes: Routes,
 }
 
 impl Router<MsgPack> {
@@ -55,7 +81,7 @@ impl<C: Codec> Router<C> {
     pub fn with_codec(codec: C) -> Self {
         Self {
             codec,
-            routes: HashMap::new(),
+            routes: Routes::default(),
         }
     }
 

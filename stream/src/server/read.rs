@@ -55,6 +55,9 @@ pub(super) struct ReadTask<R, D: Dispatch> {
     spare: Vec<Pin<Box<D::Future>>>,
     /// The client's limit on reply bodies.
     peer_max_frame_len: u32,
+    /// When the frames being handled were read, once a deadline needed it: one clock read
+    /// per read, and none for calls answered inline.
+    read_at: Option<Instant>,
 }
 
 impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
@@ -66,6 +69,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             dispatch,
             spare: Vec::new(),
             peer_max_frame_len: 0,
+            read_at: None,
         }
     }
 
@@ -198,6 +202,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 None => return false,
                 Some(Event::Read(Ok(0) | Err(_))) => return true,
                 Some(Event::Read(Ok(_))) => {
+                    self.read_at = None;
                     conn.last_read.store(self.shared.now(), Ordering::Relaxed)
                 }
                 // The buffers went back; wait for the next bytes.
@@ -355,8 +360,6 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             Metadata::new()
         };
         let timeout = (header.aux != 0).then(|| Duration::from_millis(header.aux.into()));
-        // Counted from when the request was read: the caller's clock is not ours.
-        let deadline = timeout.map(|t| Instant::now() + t);
         let streaming = header.flags
             & (crate::frame::flags::STREAM_REQUEST | crate::frame::flags::STREAM_REPLY)
             != 0;
@@ -392,7 +395,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             None => Box::pin(future),
         };
         if !self.shared.config.inline_dispatch {
-            let call = self.spawned(header, deadline, registration, permit, span);
+            let call = self.spawned(header, timeout, registration, permit, span);
             handler::spawn(&self.rt, &self.conn, &self.shared, future, call);
             return true;
         }
@@ -412,7 +415,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             Ok(Poll::Pending) => {
                 // It waits on something: give it a task of its own. Its next poll registers
                 // the task's waker, so nothing it waits for is missed.
-                let call = self.spawned(header, deadline, registration, permit, span);
+                let call = self.spawned(header, timeout, registration, permit, span);
                 handler::spawn(&self.rt, &self.conn, &self.shared, future, call);
                 true
             }
@@ -424,13 +427,15 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
     }
 
     fn spawned(
-        &self,
+        &mut self,
         header: FrameHeader,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
         registration: Option<StreamRegistration>,
         permit: Permit,
         span: CallSpan,
     ) -> Spawned {
+        // Counted from when the request was read: the caller's clock is not ours.
+        let deadline = timeout.map(|t| *self.read_at.get_or_insert_with(Instant::now) + t);
         Spawned {
             header,
             deadline,
