@@ -103,33 +103,51 @@ pub(crate) struct Pings {
     waiting: HashMap<u64, Option<Option<std::task::Waker>>>,
 }
 
-/// Converts instants to deadline ticks.
+/// Converts instants to deadline ticks, in `u64` nanoseconds (a `u128` division on every
+/// call costs more than the clock read).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Clock {
     epoch: Instant,
     tick: Duration,
+    /// `tick` in nanoseconds, at least 1.
+    tick_nanos: u64,
+}
+
+/// `d` in nanoseconds, saturating (at about 584 years).
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 impl Clock {
+    /// A clock counting ticks of `tick` from now.
+    fn new(tick: Duration) -> Self {
+        Self {
+            epoch: Instant::now(),
+            tick,
+            tick_nanos: nanos(tick).max(1),
+        }
+    }
+
     pub(crate) fn now_tick(&self) -> u64 {
         self.ticks_at(Instant::now())
     }
 
     /// Ticks elapsed at `at`, rounded down.
     pub(crate) fn ticks_at(&self, at: Instant) -> u64 {
-        (at.saturating_duration_since(self.epoch).as_nanos() / self.tick.as_nanos()) as u64
+        nanos(at.saturating_duration_since(self.epoch)) / self.tick_nanos
     }
 
     /// The tick at which a call made now with `timeout` expires (rounded up, so never early).
     fn deadline(&self, timeout: Duration) -> u64 {
-        let at = Instant::now().saturating_duration_since(self.epoch) + timeout;
-        at.as_nanos().div_ceil(self.tick.as_nanos()) as u64
+        let at = nanos(Instant::now().saturating_duration_since(self.epoch));
+        at.saturating_add(nanos(timeout)).div_ceil(self.tick_nanos)
     }
 
     /// The instant tick `tick` begins.
     pub(crate) fn instant_of(&self, tick: u64) -> Instant {
-        let nanos = u64::try_from(self.tick.as_nanos()).unwrap_or(u64::MAX);
-        self.epoch + Duration::from_nanos(tick.saturating_mul(nanos))
+        self.epoch + Duration::from_nanos(tick.saturating_mul(self.tick_nanos))
     }
 }
 
@@ -466,10 +484,7 @@ impl Conn {
             stop: Stop::default(),
             quiet: Quiet::default(),
             timer: driver::TimerGate::default(),
-            clock: Clock {
-                epoch: Instant::now(),
-                tick: config.tick,
-            },
+            clock: Clock::new(config.tick),
             default_timeout: config.default_timeout,
             peer_max_frame_len,
             window,
@@ -684,10 +699,7 @@ mod tests {
 
     #[test]
     fn deadline_ticks_never_expire_early() {
-        let clock = Clock {
-            epoch: Instant::now(),
-            tick: Duration::from_millis(10),
-        };
+        let clock = Clock::new(Duration::from_millis(10));
         let deadline = clock.deadline(Duration::from_millis(25));
         assert!(clock.instant_of(deadline) >= clock.epoch + Duration::from_millis(25));
     }
