@@ -224,11 +224,19 @@ pub fn decompress(
 /// # Errors
 ///
 /// As [`decompress`].
-#[inline]
+#[inline(always)]
 pub(crate) fn inflate(frame: Frame, accepted: u16, max_len: u32) -> Result<Frame, FrameError> {
     if frame.header.flags & flags::COMPRESSED == 0 {
         return Ok(frame);
     }
+    inflate_compressed(&frame, accepted, max_len)
+}
+
+/// [`inflate`] for a frame that is compressed: kept out of line, so that the check every
+/// frame pays is all the reader inlines.
+#[cold]
+#[inline(never)]
+fn inflate_compressed(frame: &Frame, accepted: u16, max_len: u32) -> Result<Frame, FrameError> {
     let (header, body) = decompress(&frame.header, &frame.body, accepted, max_len)?;
     Ok(Frame::new(header, body))
 }
