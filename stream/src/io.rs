@@ -324,16 +324,16 @@ impl WriteBatch {
 /// One body made of `parts` back to back: the only non-empty part as it is, or a copy of them
 /// joined.
 fn join(parts: [Bytes; 3]) -> Bytes {
-    let mut filled = parts.into_iter().filter(|part| !part.is_empty());
-    let Some(first) = filled.next() else {
-        return Bytes::new();
-    };
-    let Some(second) = filled.next() else {
-        return first;
-    };
-    let mut joined = BytesMut::from(&first[..]);
-    joined.extend_from_slice(&second);
-    filled.for_each(|part| joined.extend_from_slice(&part));
+    let total = parts.iter().map(Bytes::len).sum();
+    if parts.iter().any(|part| part.len() == total) {
+        // At most one part is non-empty: it is the body.
+        return parts
+            .into_iter()
+            .find(|part| part.len() == total)
+            .unwrap_or_default();
+    }
+    let mut joined = BytesMut::with_capacity(total);
+    parts.iter().for_each(|part| joined.extend_from_slice(part));
     joined.freeze()
 }
 
