@@ -391,14 +391,14 @@ impl ReadBuffer {
         &mut self,
         decoder: &mut FrameDecoder,
     ) -> Result<Option<Frame>, FrameError> {
-        if let Some(frame) = decoder.decode(&mut self.buf)? {
-            return Ok(Some(frame));
-        }
-        if self.frames.is_empty() {
-            return Ok(None);
-        }
         if !self.buf.is_empty() {
-            return Err(FrameError::Interleaved);
+            if let Some(frame) = decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if !self.frames.is_empty() {
+                return Err(FrameError::Interleaved);
+            }
+            return Ok(None);
         }
         self.frames
             .pop_front()
