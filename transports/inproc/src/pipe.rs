@@ -99,20 +99,18 @@ impl InProcReader {
         take: impl FnOnce(&mut BytesMut, usize),
     ) -> Poll<io::Result<usize>> {
         let mut state = self.0.lock();
-        let Some(front) = state.chunks.front_mut() else {
+        if let Some(Chunk::Frame(frame)) = state.chunks.front() {
+            let mut encoded = BytesMut::with_capacity(HEADER_LEN + frame.body.len());
+            frame.encode(&mut encoded);
+            state.chunks[0] = Chunk::Bytes(encoded);
+        }
+        // The front chunk, if any, is bytes now.
+        let Some(Chunk::Bytes(bytes)) = state.chunks.front_mut() else {
             if state.write_closed {
                 return Poll::Ready(Ok(0));
             }
             state.reader = Some(cx.waker().clone());
             return Poll::Pending;
-        };
-        if let Chunk::Frame(frame) = front {
-            let mut encoded = BytesMut::new();
-            frame.encode(&mut encoded);
-            *front = Chunk::Bytes(encoded);
-        }
-        let Chunk::Bytes(bytes) = front else {
-            unreachable!("the front chunk was just made bytes");
         };
         let n = max.min(bytes.len());
         take(bytes, n);
@@ -214,20 +212,18 @@ impl InProcWriter {
             Ok(true) => {}
         }
         let room = PIPE_CAPACITY - state.held;
-        if !matches!(state.chunks.back(), Some(Chunk::Bytes(_))) {
-            state.chunks.push_back(Chunk::Bytes(BytesMut::new()));
-        }
-        let Some(Chunk::Bytes(tail)) = state.chunks.back_mut() else {
-            unreachable!("a bytes chunk was just pushed");
-        };
-        let mut written = 0;
+        let mut data = BytesMut::with_capacity(wanted.min(room));
         for buf in bufs {
-            let n = buf.len().min(room - written);
-            tail.extend_from_slice(&buf[..n]);
-            written += n;
-            if written == room {
+            let n = buf.len().min(room - data.len());
+            data.extend_from_slice(&buf[..n]);
+            if data.len() == room {
                 break;
             }
+        }
+        let written = data.len();
+        match state.chunks.back_mut() {
+            Some(Chunk::Bytes(tail)) => tail.extend_from_slice(&data),
+            _ => state.chunks.push_back(Chunk::Bytes(data)),
         }
         state.held += written;
         let reader = state.reader.take();
