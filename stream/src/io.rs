@@ -419,12 +419,11 @@ impl ReadBuffer {
         self.held_bytes()
     }
 
-    /// Bytes of memory the buffer holds (retired buffers and whole frames not yet taken
-    /// included).
+    /// Bytes of memory the buffer holds (retired buffers and the queue of whole frames
+    /// included; those frames' bodies are the peer's memory, bounded by its transport).
     pub(crate) fn held_bytes(&self) -> usize {
         self.buf.capacity()
             + self.frames.capacity() * std::mem::size_of::<Frame>()
-            + self.frames.iter().map(|f| f.body.len()).sum::<usize>()
             + self.spare.capacity()
             + self.retired.iter().map(BytesMut::capacity).sum::<usize>()
     }
