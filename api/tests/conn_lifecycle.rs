@@ -365,8 +365,13 @@ async fn client_timer_wakes_for_a_sooner_deadline<E: Env>(env: E) {
         received.load(Ordering::SeqCst) >= HELLO_LEN + HEADER_LEN
     })
     .await;
-    // Let the timer settle into its long sleep.
-    env.sleep(3 * tick).await;
+    // The timer's first sleep is a tick long; once it has woken from it, the far deadline is
+    // its next target, 100 ticks away (or, while it works that out, any new deadline wakes it).
+    // (It sleeps only while calls have deadlines, and the far call is the first.)
+    eventually(&env, "the timer woke from its first sleep", || {
+        client.raw().stats().timer_wakeups >= 1
+    })
+    .await;
     let timeout = Duration::from_millis(100);
     let started = Instant::now();
     let err = client

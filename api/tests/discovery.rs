@@ -1,9 +1,12 @@
 //! Discovery feeding a balanced client while calls run: a watched file, DNS from a real
 //! server (Debian's `dnsmasq`, started here on a loopback port) with SRV records and with A
-//! records, and a key prefix in a real etcd (Debian's `etcd-server`, started here). Tests
-//! whose server is not installed are skipped with a message; `.ci/run` installs both.
+//! records, and a key prefix in a real etcd (Debian's `etcd-server`, started here). A test
+//! whose server is not installed is reported ignored, and fails with
+//! `FLUMEN_REQUIRE_EXTERNAL=1` (common/external.rs); `.ci/run` installs both.
 
 mod common;
+#[path = "common/external.rs"]
+mod external;
 
 use std::{
     net::SocketAddr,
@@ -82,15 +85,10 @@ struct Dnsmasq {
 
 impl Dnsmasq {
     /// Starts dnsmasq with `records` (its `--srv-host=`/`--host-record=` options) and
-    /// `hosts` as an extra hosts file (re-read on SIGHUP); `None` if it is not installed.
-    fn start(port: u16, records: &[String], hosts: &Path) -> Option<Self> {
-        let binary = ["/usr/sbin/dnsmasq", "dnsmasq"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("--version").output().is_ok());
-        let Some(binary) = binary else {
-            eprintln!("skipped: dnsmasq is not installed (apt-get install dnsmasq-base)");
-            return None;
-        };
+    /// `hosts` as an extra hosts file (re-read on SIGHUP). The harness ran the test only if
+    /// dnsmasq is installed.
+    fn start(port: u16, records: &[String], hosts: &Path) -> Self {
+        let binary = external::dnsmasq_binary().expect("dnsmasq (the harness checked for it)");
         let child = Command::new(binary)
             .args([
                 "--keep-in-foreground",
@@ -109,7 +107,7 @@ impl Dnsmasq {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting dnsmasq");
-        Some(Self { child, port })
+        Self { child, port }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -152,9 +150,7 @@ async fn dns_srv_records_feed_the_balancer<E: Env>(env: E, name: &str) {
     let srv = |port: u16| format!("--srv-host=_rpc._tcp.flumen.test,node.flumen.test,{port},0,1");
     let port = free_port();
     let both = [srv(a.local_addr().port()), srv(b.local_addr().port())];
-    let Some(dns) = Dnsmasq::start(port, &both, &hosts) else {
-        return;
-    };
+    let dns = Dnsmasq::start(port, &both, &hosts);
     let source = Dns::new(DnsName::Srv("_rpc._tcp.flumen.test".into()))
         .server(dns.addr())
         .interval(Duration::from_millis(50));
@@ -163,7 +159,7 @@ async fn dns_srv_records_feed_the_balancer<E: Env>(env: E, name: &str) {
     reaches(&client, 1).await;
     // The service shrinks to one replica: the DNS server now publishes b alone.
     drop(dns);
-    let _dns = Dnsmasq::start(port, &[srv(b.local_addr().port())], &hosts).unwrap();
+    let _dns = Dnsmasq::start(port, &[srv(b.local_addr().port())], &hosts);
     eventually(&env, "the SRV change applied", || {
         client.balancer().unwrap().stats().endpoints.len() == 1
     })
@@ -175,24 +171,28 @@ async fn dns_srv_records_feed_the_balancer<E: Env>(env: E, name: &str) {
 /// A records of one name, one per replica (replicas on 127.0.0.2 and 127.0.0.3, one port):
 /// a replica added to the zone gets calls.
 async fn dns_a_records_feed_the_balancer<E: Env>(env: E, name: &str) {
-    let a = serve(&env, 0, "127.0.0.2:0".parse().unwrap()).await;
-    let port = a.local_addr().port();
-    let Ok(b) = Server::new(Router::new().route("who", |()| async { Ok::<_, Status>(1u32) }))
-        .bind(
-            &env.rt(),
-            &env.transport(),
-            &SocketAddr::from(([127, 0, 0, 3], port)),
-        )
-        .await
-    else {
-        eprintln!("skipped: port {port} is taken on 127.0.0.3");
-        return;
-    };
+    // One port on both addresses: a port free on 127.0.0.2 may be taken on 127.0.0.3, so
+    // look for one that is free on both (a bounded search).
+    let mut pair = None;
+    for _ in 0..50 {
+        let a = serve(&env, 0, "127.0.0.2:0".parse().unwrap()).await;
+        let port = a.local_addr().port();
+        let b = Server::new(Router::new().route("who", |()| async { Ok::<_, Status>(1u32) }))
+            .bind(
+                &env.rt(),
+                &env.transport(),
+                &SocketAddr::from(([127, 0, 0, 3], port)),
+            )
+            .await;
+        if let Ok(b) = b {
+            pair = Some((a, b, port));
+            break;
+        }
+    }
+    let (_a, b, port) = pair.expect("no port free on both 127.0.0.2 and 127.0.0.3 in 50 tries");
     let hosts = scratch(&format!("{name}.hosts"));
     std::fs::write(&hosts, "127.0.0.2 svc.flumen.test\n").unwrap();
-    let Some(dns) = Dnsmasq::start(free_port(), &[], &hosts) else {
-        return;
-    };
+    let dns = Dnsmasq::start(free_port(), &[], &hosts);
     let source = Dns::new(DnsName::Host {
         host: "svc.flumen.test".into(),
         port,
@@ -221,12 +221,9 @@ struct EtcdServer {
 }
 
 impl EtcdServer {
-    /// Starts etcd and waits until it answers; `None` if it is not installed.
-    fn start(name: &str) -> Option<Self> {
-        if Command::new("etcd").arg("--version").output().is_err() {
-            eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
-            return None;
-        }
+    /// Starts etcd and waits until it answers (the harness ran the test only if etcd is
+    /// installed).
+    fn start(name: &str) -> Self {
         let dir = scratch(&format!("{name}.etcd"));
         let _ = std::fs::remove_dir_all(&dir);
         let (client, peer) = (free_tcp_port(), free_tcp_port());
@@ -254,7 +251,7 @@ impl EtcdServer {
             assert!(std::time::Instant::now() < deadline, "etcd did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(server)
+        server
     }
 }
 
@@ -274,9 +271,7 @@ fn free_tcp_port() -> u16 {
 /// Servers register under a prefix in a real etcd; the client follows the registry while
 /// calls run.
 async fn an_etcd_prefix_feeds_the_balancer<E: Env>(env: E, name: &str) {
-    let Some(etcd) = EtcdServer::start(name) else {
-        return;
-    };
+    let etcd = EtcdServer::start(name);
     let (a, b) = (
         serve(&env, 0, common::loopback()).await,
         serve(&env, 1, common::loopback()).await,
@@ -299,29 +294,44 @@ async fn an_etcd_prefix_feeds_the_balancer<E: Env>(env: E, name: &str) {
     assert!(!any_reaches(&client, 0).await);
 }
 
-/// Each test once on tokio and once on smol (TCP); its name names its scratch files.
+/// Each test once on tokio and once on smol (TCP); its name names its scratch files. Tests
+/// run under common/external.rs's harness, each with what it needs.
 macro_rules! on_both_runtimes {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident: $needs:ident),* $(,)?) => {
         mod tokio_tcp {
-            $(#[test]
-            fn $name() {
+            $(pub(super) fn $name() {
                 let scratch = concat!("tokio-", stringify!($name));
                 crate::common::run_tokio(|env: crate::common::TokioEnv| super::$name(env, scratch))
             })*
         }
         mod smol_tcp {
-            $(#[test]
-            fn $name() {
+            $(pub(super) fn $name() {
                 let scratch = concat!("smol-", stringify!($name));
                 crate::common::run_smol(|env: crate::common::SmolEnv| super::$name(env, scratch))
             })*
+        }
+        fn main() -> std::process::ExitCode {
+            let mut tests: Vec<(&str, external::Needs, fn())> = Vec::new();
+            $(
+                tests.push((
+                    concat!("tokio_tcp::", stringify!($name)),
+                    external::Needs::$needs,
+                    tokio_tcp::$name,
+                ));
+                tests.push((
+                    concat!("smol_tcp::", stringify!($name)),
+                    external::Needs::$needs,
+                    smol_tcp::$name,
+                ));
+            )*
+            external::run(tests)
         }
     };
 }
 
 on_both_runtimes!(
-    a_watched_file_feeds_the_balancer,
-    dns_srv_records_feed_the_balancer,
-    dns_a_records_feed_the_balancer,
-    an_etcd_prefix_feeds_the_balancer,
+    a_watched_file_feeds_the_balancer: Nothing,
+    dns_srv_records_feed_the_balancer: Dnsmasq,
+    dns_a_records_feed_the_balancer: Dnsmasq,
+    an_etcd_prefix_feeds_the_balancer: Etcd,
 );

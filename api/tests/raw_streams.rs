@@ -20,9 +20,10 @@ use futures_lite::StreamExt;
 
 const TICKS: u32 = 200;
 
-/// Counts `flood` handlers running; each counts itself out when dropped (stopped).
+/// Counts `flood` handlers running (each counts itself out when dropped: stopped) and the
+/// bytes of the items they sent.
 #[derive(Clone, Default)]
-struct Floods(Arc<AtomicUsize>);
+struct Floods(Arc<AtomicUsize>, Arc<AtomicUsize>);
 
 struct Flooding(Arc<AtomicUsize>);
 
@@ -40,6 +41,11 @@ impl Floods {
 
     fn running(&self) -> usize {
         self.0.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of the items the handlers' sends accepted.
+    fn sent(&self) -> usize {
+        self.1.load(Ordering::SeqCst)
     }
 }
 
@@ -88,6 +94,7 @@ fn router_counting(floods: &Floods) -> Router {
         // Sends forever (until the client stops reading, cancels, or the deadline passes).
         .route_raw("flood", move |request| {
             let flooding = floods.enter();
+            let sent = floods.1.clone();
             async move {
                 let _flooding = flooding;
                 let sink = request
@@ -95,6 +102,7 @@ fn router_counting(floods: &Floods) -> Router {
                     .ok_or(Status::new(ErrorCode::BAD_REQUEST, "not a stream"))?;
                 loop {
                     sink.send(Bytes::from(vec![0u8; 16 * 1024])).await?;
+                    sent.fetch_add(16 * 1024, Ordering::SeqCst);
                 }
             }
         })
@@ -185,7 +193,8 @@ async fn bidirectional_echoes_while_sending<E: Env>(env: E) {
 /// calls on the same connection.
 async fn stalled_consumer_is_bounded_and_stalls_nothing_else<E: Env>(env: E) {
     let window = 64 * 1024;
-    let server = serve(&env, router(), ServerConfig::default()).await;
+    let floods = Floods::default();
+    let server = serve(&env, router_counting(&floods), ServerConfig::default()).await;
     let config = ClientConfig::default().stream_window(window);
     let client = connect(&env, server.local_addr().clone(), config).await;
     let (_, replies) = client
@@ -206,7 +215,14 @@ async fn stalled_consumer_is_bounded_and_stalls_nothing_else<E: Env>(env: E) {
         let pong: String = client.call("ping", &()).await.unwrap();
         assert_eq!(pong, "pong");
     }
-    env.sleep(Duration::from_millis(100)).await;
+    // The pongs came back behind every item the handler had sent before them, on the same
+    // connection: a handler that sent past its credit would have gone on during the 50 round
+    // trips. Both sides are checked: what the handler sent, and what the consumer holds.
+    assert!(
+        floods.sent() <= window as usize + 16 * 1024,
+        "the handler sent {} bytes",
+        floods.sent()
+    );
     assert!(
         replies.buffered() <= window as usize + 16 * 1024,
         "buffered {} bytes",

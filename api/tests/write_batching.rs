@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{connect, run_smol_with, run_tokio_with, serve, Echo, Env, SmolEnv, TokioEnv};
+use common::{
+    connect, eventually, run_smol_with, run_tokio_with, serve, Echo, Env, SmolEnv, TokioEnv,
+};
 use flumen::{
     stream::{Bytes, ConnectionStats},
     ClientConfig, ServerConfig,
@@ -38,6 +40,13 @@ async fn load<E: Env>(env: E) -> (ConnectionStats, ConnectionStats) {
     for _ in 0..IN_FLIGHT {
         finished.recv().await.unwrap();
     }
+    // A writer counts its last batch once that batch's write returns, which can be after the
+    // peer answered it: wait until every request and every reply is counted.
+    let calls = (IN_FLIGHT * CALLS_EACH) as u64;
+    eventually(&env, "the last batches counted", || {
+        client.raw().stats().frames_written >= calls && server.stats().io.frames_written >= calls
+    })
+    .await;
     let client_stats = client.raw().stats();
     let server_stats = server.stats().io;
     (client_stats, server_stats)
@@ -133,6 +142,11 @@ async fn one_at_a_time<E: Env>(env: E) -> ConnectionStats {
         let body = Bytes::from(vec![i as u8; 32]);
         assert_eq!(client.raw().call(1, body.clone()).await.unwrap(), body);
     }
+    // The last request is counted once its write returns, which can be after the reply came.
+    eventually(&env, "the last request counted", || {
+        client.raw().stats().frames_written >= CALLS_EACH as u64
+    })
+    .await;
     client.raw().stats()
 }
 

@@ -25,13 +25,14 @@ pub trait Work {
     /// Which worker answered (safe to ask twice).
     #[idempotent]
     async fn whoami(&self) -> String;
-    /// Takes a payment: must not run twice. Holds until the worker dies when `hold` is set.
-    async fn charge(&self, hold: bool) -> String;
+    /// Takes a payment: must not run twice. The worker named `hold_on` holds it until it dies.
+    async fn charge(&self, hold_on: String) -> String;
 }
 
 struct Worker {
     name: String,
     served: Arc<AtomicU64>,
+    charges: Arc<AtomicU64>,
     charging: async_channel::Sender<()>,
 }
 
@@ -41,8 +42,9 @@ impl Work for Worker {
         self.name.clone()
     }
 
-    async fn charge(&self, hold: bool) -> String {
-        if hold {
+    async fn charge(&self, hold_on: String) -> String {
+        self.charges.fetch_add(1, Ordering::Relaxed);
+        if hold_on == self.name {
             let _ = self.charging.send(()).await;
             futures_lite::future::pending::<()>().await;
         }
@@ -77,6 +79,8 @@ struct Node {
     membership: Membership,
     server: ServerHandle<SocketAddr>,
     served: Arc<AtomicU64>,
+    /// Charges that reached the handler.
+    charges: Arc<AtomicU64>,
     charging: async_channel::Receiver<()>,
 }
 
@@ -91,10 +95,12 @@ where
     E::Rt: UdpRuntime,
 {
     let served = Arc::new(AtomicU64::new(0));
-    let (charging, charges) = async_channel::unbounded();
+    let charges = Arc::new(AtomicU64::new(0));
+    let (charging, held) = async_channel::unbounded();
     let service = WorkServer::new(Worker {
         name: name.into(),
         served: served.clone(),
+        charges: charges.clone(),
         charging,
     });
     let server = Server::new(service)
@@ -107,7 +113,8 @@ where
         membership,
         server,
         served,
-        charging: charges,
+        charges,
+        charging: held,
     }
 }
 
@@ -145,13 +152,22 @@ where
 
 /// The registry's next event, within 10 s (a missing event fails the test, never hangs it).
 async fn next_event<E: Env>(env: &E, events: &async_channel::Receiver<Event>) -> Event {
+    within(env, "the registry's next event", async {
+        events.recv().await.ok()
+    })
+    .await
+    .expect("the registry closed")
+}
+
+/// `future`'s output, or a failure naming `what` after 10 s.
+async fn within<E: Env, T>(env: &E, what: &str, future: impl std::future::Future<Output = T>) -> T {
     let timeout = async {
         env.sleep(Duration::from_secs(10)).await;
         None
     };
-    futures_lite::future::or(async { events.recv().await.ok() }, timeout)
+    futures_lite::future::or(async { Some(future.await) }, timeout)
         .await
-        .expect("no event within 10 s")
+        .unwrap_or_else(|| panic!("timed out waiting for: {what}"))
 }
 
 fn balance() -> BalanceConfig {
@@ -197,20 +213,41 @@ where
     let us = WorkClient::new(cluster.workers("zone=us").unwrap());
     assert_eq!(us.whoami().await.unwrap(), "w2");
 
-    // A non-idempotent call held on w2 when it dies fails, typed, and is not run again.
-    let held = {
-        let us = us.clone();
-        let (done, result) = async_channel::bounded(1);
-        env.spawn(async move {
-            let _ = done.send(us.charge(true).await).await;
-        });
-        result
-    };
-    workers[2].charging.recv().await.unwrap();
+    // A non-idempotent call held on w2 when it dies fails, typed, and is not run again on
+    // w1, the other worker of its pool. Charges go out one at a time until one lands on w2
+    // (those landing on w1 return at once).
+    let pair = WorkClient::new(cluster.workers("zone=us || gpu").unwrap());
+    let (done, results) = async_channel::unbounded();
+    env.spawn(async move {
+        for _ in 0..1000 {
+            let result = pair.charge("w2".into()).await;
+            let failed = result.is_err();
+            if done.send(result).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    within(&env, "a charge held on w2", workers[2].charging.recv())
+        .await
+        .unwrap();
+    let charged_on_w1 = workers[1].charges.load(Ordering::Relaxed);
     workers[2].server.abort();
     workers[2].membership.halt();
-    let err = held.recv().await.unwrap().unwrap_err();
+    let err = loop {
+        // The charges that landed on w1 before the held one, then the held one's outcome.
+        match within(&env, "the held charge's outcome", results.recv()).await {
+            Ok(Ok(who)) => assert_eq!(who, "w1"),
+            Ok(Err(err)) => break err,
+            Err(_) => panic!("the held charge never failed"),
+        }
+    };
     assert!(err.is_connection(), "{err:?}");
+    assert_eq!(
+        workers[1].charges.load(Ordering::Relaxed),
+        charged_on_w1,
+        "the failed charge ran again on w1"
+    );
+    assert_eq!(workers[2].charges.load(Ordering::Relaxed), 1);
 
     // Idempotent calls keep succeeding while w0 dies under them.
     let (done, results) = async_channel::unbounded();
@@ -254,10 +291,15 @@ where
     .await;
     let seen: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok()).collect();
     for name in ["w0", "w2"] {
+        let suspected = seen
+            .iter()
+            .position(|e| matches!(e, Event::Suspect(m) if m.name == name));
+        let failed = seen
+            .iter()
+            .position(|e| matches!(e, Event::Failed(m) if m.name == name));
         assert!(
-            seen.iter()
-                .any(|e| matches!(e, Event::Failed(m) if m.name == name)),
-            "{name}: {seen:?}"
+            matches!((suspected, failed), (Some(s), Some(f)) if s < f),
+            "{name}: not suspected, then failed: {seen:?}"
         );
     }
 }
@@ -285,22 +327,19 @@ where
         matches!(&suspected, Event::Suspect(m) if m.name == "w0"),
         "{suspected:?}"
     );
+    // The pool change reaches the balancer through its discovery task: wait until w0 is out
+    // of the balancer's endpoints, then check that no call lands on it.
+    let w0 = workers[0].server.local_addr().to_string();
+    eventually(&env, "w0 out of the balancer's endpoints", || {
+        let endpoints = eu.client().balancer().unwrap().stats().endpoints;
+        endpoints.len() == 1 && endpoints.iter().all(|e| *e.address != *w0)
+    })
+    .await;
     let before = workers[0].served.load(Ordering::Relaxed);
-    // The pool change reaches the balancer through its discovery task: wait until calls
-    // stop landing on w0, then check that they keep away from it.
-    let w0 = workers[0].served.clone();
-    let mut last = before;
-    for _ in 0..200 {
-        eu.whoami().await.unwrap();
-        let now = w0.load(Ordering::Relaxed);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
     for _ in 0..100 {
         assert_eq!(eu.whoami().await.unwrap(), "w1");
     }
+    assert_eq!(workers[0].served.load(Ordering::Relaxed), before);
     let state = director
         .registry()
         .members()

@@ -2,8 +2,13 @@
 //! namespace with two bridges): they join, one is killed and restarted, the network splits in
 //! two and heals, one leaves. Each member prints its registry's events; this test times them.
 //!
-//! Needs the rights to make namespaces (`CAP_NET_ADMIN`, iproute2); without them it says so
-//! and passes. The namespaces and processes go when the test ends, whatever way it ends.
+//! Needs the rights to make namespaces (`CAP_NET_ADMIN`, iproute2): without them the harness
+//! (api/tests/common/external.rs) reports it ignored, or failed with
+//! `FLUMEN_REQUIRE_EXTERNAL=1`. The namespaces and processes go when the test ends, whatever
+//! way it ends.
+
+#[path = "../../api/tests/common/external.rs"]
+mod external;
 
 use std::{
     collections::HashMap,
@@ -50,16 +55,15 @@ impl Network {
         format!("10.215.0.{}", i + 1)
     }
 
-    /// Makes it, or `None` without the rights.
-    fn create() -> Option<Self> {
+    /// Makes it (the harness ran the test only with the rights to).
+    fn create() -> Self {
         let prefix = format!("flm-{}", std::process::id() % 100_000);
         let network = Self { prefix };
-        if !ip(&["netns", "add", &network.switch()]) {
-            eprintln!(
-                "skipped: cannot create a network namespace (needs CAP_NET_ADMIN and iproute2)"
-            );
-            return None;
-        }
+        assert!(
+            ip(&["netns", "add", &network.switch()]),
+            "making namespace {}",
+            network.switch()
+        );
         let sw = network.switch();
         let mut ok = ip(&["-n", &sw, "link", "set", "lo", "up"]);
         for bridge in ["br0", "br1"] {
@@ -88,7 +92,7 @@ impl Network {
                 && ip(&["-n", &ns, "link", "set", &inner, "up"]);
         }
         assert!(ok, "setting up the namespaces failed");
-        Some(network)
+        network
     }
 
     /// Puts member `i` on bridge `bridge`: members on different bridges cannot reach each
@@ -118,7 +122,6 @@ impl Drop for Network {
 /// The child's half: not a test of its own (it returns at once unless started as a member).
 /// It gossips from its namespace, prints every event of its registry as `EVENT kind name`,
 /// and answers `stats` (`STATS bytes_sent bytes_received`) and `leave` on its stdin.
-#[test]
 fn member() {
     let Ok(role) = std::env::var(ROLE) else {
         return;
@@ -306,14 +309,11 @@ impl Drop for Members {
     }
 }
 
-#[test]
 fn five_members_in_namespaces() {
     if std::env::var(ROLE).is_ok() {
         return;
     }
-    let Some(network) = Network::create() else {
-        return;
-    };
+    let network = Network::create();
     let (lines, from) = mpsc::channel();
     let mut members = Members {
         network,
@@ -456,4 +456,16 @@ fn m_first(members: &Members, observer: usize, subject: usize, since: Instant) -
         .filter_map(|kind| members.when(observer, kind, subject, since))
         .min()
         .map(|at| at.duration_since(since))
+}
+
+fn main() -> std::process::ExitCode {
+    use external::Needs;
+    external::run(vec![
+        ("member", Needs::Nothing, member),
+        (
+            "five_members_in_namespaces",
+            Needs::Netns,
+            five_members_in_namespaces,
+        ),
+    ])
 }

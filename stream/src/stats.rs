@@ -37,6 +37,10 @@ pub struct ConnectionStats {
     /// because the connection's queue (or the server's total) was at its `max_queued_bytes`
     /// limit: the peer reads slower than this side writes.
     pub queue_full_waits: u64,
+    /// Times the client's deadline timer woke from a sleep (a tick's, or one until the
+    /// earliest deadline, cut short by a sooner one); zero on a server, whose timers are
+    /// not per connection.
+    pub timer_wakeups: u64,
     /// Bytes of read and write buffer memory held now (capacity, not contents).
     pub buffered_bytes: usize,
 }
@@ -62,6 +66,7 @@ impl ConnectionStats {
         self.bytes_read += other.bytes_read;
         self.coalesce_yields += other.coalesce_yields;
         self.queue_full_waits += other.queue_full_waits;
+        self.timer_wakeups += other.timer_wakeups;
         self.buffered_bytes += other.buffered_bytes;
     }
 
@@ -78,6 +83,7 @@ impl ConnectionStats {
             queue_full_waits: self
                 .queue_full_waits
                 .saturating_sub(earlier.queue_full_waits),
+            timer_wakeups: self.timer_wakeups.saturating_sub(earlier.timer_wakeups),
             buffered_bytes: self.buffered_bytes,
         }
     }
@@ -102,6 +108,7 @@ impl From<&IoCounters> for ConnectionStats {
             bytes_read: c.bytes_read.load(Ordering::Relaxed),
             coalesce_yields: c.coalesce_yields.load(Ordering::Relaxed),
             queue_full_waits: c.queue_full_waits.load(Ordering::Relaxed),
+            timer_wakeups: c.timer_wakeups.load(Ordering::Relaxed),
             buffered_bytes: c.write_buffered.load(Ordering::Relaxed)
                 + c.read_buffered.load(Ordering::Relaxed),
         }

@@ -1,5 +1,6 @@
 //! Network namespaces for tests that need several hosts: each joined to this one by a veth
-//! pair, made by the test and removed on drop. Without the rights (`CAP_NET_ADMIN`) tests skip.
+//! pair, made by the test and removed on drop. Suites that use it run under external.rs's
+//! harness, which checks the rights (`CAP_NET_ADMIN`) before any test runs.
 #![allow(unsafe_code)]
 
 use std::{os::fd::AsRawFd, process::Command};
@@ -20,23 +21,17 @@ fn ip(args: &[&str]) -> bool {
 }
 
 impl Netns {
-    /// Makes namespace number `n` (distinct per test, so tests can run at once), or `None`
-    /// without the rights.
-    pub fn create(n: u8) -> Option<Self> {
+    /// Makes namespace number `n` (distinct per test, so tests can run at once).
+    pub fn create(n: u8) -> Self {
         let pid = std::process::id() % 100_000;
         let name = format!("flumen-{pid}-{n}");
-        if !ip(&["netns", "add", &name]) {
-            eprintln!(
-                "skipped: cannot create a network namespace (needs CAP_NET_ADMIN and iproute2)"
-            );
-            return None;
-        }
+        assert!(ip(&["netns", "add", &name]), "making namespace {name}");
         let host_if = format!("fh{pid}x{n}");
         let inner_if = format!("fi{pid}x{n}");
         let netns = Self {
             name,
             host_if,
-            inside: format!("10.213.{n}.2").parse().ok()?,
+            inside: format!("10.213.{n}.2").parse().expect("an address"),
         };
         let (host, inside) = (format!("10.213.{n}.1/24"), format!("10.213.{n}.2/24"));
         let exec = |args: &[&str]| {
@@ -60,7 +55,7 @@ impl Netns {
             && exec(&["link", "set", &inner_if, "up"])
             && exec(&["link", "set", "lo", "up"]);
         assert!(ok, "setting up namespace {} failed", netns.name);
-        Some(netns)
+        netns
     }
 
     /// Cuts the link: from now on nothing crosses it either way, and nobody is told.

@@ -452,6 +452,10 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
             {
                 return;
             }
+            conn.out
+                .counters()
+                .timer_wakeups
+                .fetch_add(1, Ordering::Relaxed);
             let now = conn.clock.now_tick();
             // While the next target is worked out, any new deadline wakes the timer again.
             gate.target.store(0, Ordering::Relaxed);
