@@ -2,7 +2,9 @@
 //! against a server with small named limits. Each asserts that the offender is cut off or
 //! throttled, that the process's heap grew by no more than a stated bound while it ran
 //! (counted by a global allocator), and that a well-behaved client of the same server got
-//! every reply meanwhile.
+//! every reply meanwhile. Where the server counts what an attack costs it (bytes queued,
+//! frames read, `hold` handlers started and stopped), that is bounded too, from the limit
+//! that should bind: each limit is tested where no larger one binds first.
 //!
 //! The allocator's count is global, so this binary has one test, which runs the attacks one
 //! after the other on tokio and on smol.
@@ -23,7 +25,8 @@ use common::{connect, eventually, run_smol, run_tokio, serve, Addr, Env};
 use flumen::compress::{Algorithm, Compression};
 use flumen::{
     stream::{
-        frame::{flags, FrameHeader, FrameKind},
+        flow::DEFAULT_STREAM_WINDOW,
+        frame::{flags, FrameHeader, FrameKind, HEADER_LEN},
         hello::Hello,
     },
     Bytes, ClientConfig, ErrorCode, MethodId, Router, ServerConfig, ServerHandle, Status,
@@ -74,8 +77,27 @@ static GLOBAL: Counting = Counting;
 /// what an attack would cost without them.
 const MAX_FRAME_LEN: u32 = 64 * 1024;
 const MAX_QUEUED_BYTES: usize = 256 * 1024;
-const MAX_QUEUED_BYTES_TOTAL: usize = 512 * 1024;
+/// The server-wide budget: far above what the attackers of any attack can queue under their
+/// own limit (at most four of them, 4 x `MAX_QUEUED_BYTES`), and above every heap bound below,
+/// so that the per-connection limit is the one that binds, and a server that ignored it shows
+/// (`many_peers_never_read` lowers it to [`SHARED_TOTAL`] to test the budget itself).
+const MAX_QUEUED_BYTES_TOTAL: usize = 32 * MAX_QUEUED_BYTES;
+/// The budget the four peers of `many_peers_never_read` share: two peers' worth, so that it
+/// binds from the third peer on.
+const SHARED_TOTAL: usize = 2 * MAX_QUEUED_BYTES;
+const MAX_IN_FLIGHT: usize = 64;
 const READ_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The body of the pings that flood a server whose peer never reads its pongs.
+const PING_BODY: usize = 60_000;
+/// What one pong weighs against the queue limits: a header and the ping's body it echoes.
+const PONG: usize = HEADER_LEN + PING_BODY;
+/// A connection's queue at its own limit: as many pongs as fit in `MAX_QUEUED_BYTES`.
+const QUEUE_OF_PONGS: usize = MAX_QUEUED_BYTES / PONG * PONG;
+/// What a connection may queue past every limit: its last words, a `GoAway` with its reason
+/// and a `Close`, queued whatever the queue holds. The read timeout closes a throttled peer's
+/// connection so, with a frame of its half read, at any moment of these attacks.
+const LAST_WORDS: usize = 2 * HEADER_LEN + 64;
 
 /// What an attack may add to the heap, server and well-behaved client together, before the
 /// attacking connections' own share: the good client's calls and the server's bookkeeping.
@@ -93,7 +115,7 @@ fn limits() -> ServerConfig {
         .max_queued_bytes(MAX_QUEUED_BYTES)
         .max_queued_bytes_total(MAX_QUEUED_BYTES_TOTAL)
         .read_timeout(READ_TIMEOUT)
-        .max_in_flight(64)
+        .max_in_flight(MAX_IN_FLIGHT)
         // Compressed bodies accepted (lz4 and zstd advertised): the bombs below need it.
         .compression(Some(Compression::new(Algorithm::Lz4)))
 }
@@ -101,14 +123,59 @@ fn limits() -> ServerConfig {
 const HOLD: &str = "hold";
 const STREAM_OUT: &str = "stream_out";
 
-/// `echo` for the good client; `hold` never answers; `stream_out` streams items of 16 KiB
-/// until the client stops reading or cancels.
-fn router() -> Router {
+/// The `hold` handlers of a scene, counted on the server: how many started, how many stopped
+/// (their futures dropped: cancelled, or their connection gone), and the most held at once.
+#[derive(Default)]
+struct Held {
+    started: AtomicUsize,
+    stopped: AtomicUsize,
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+/// One `hold` handler; counts it stopped when its future is dropped.
+struct Holding(Arc<Held>);
+
+impl Held {
+    fn enter(self: &Arc<Self>) -> Holding {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        Holding(self.clone())
+    }
+
+    fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    fn stopped(&self) -> usize {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+        self.0.stopped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// `echo` for the good client; `hold` never answers (and counts itself in `held`);
+/// `stream_out` streams items of 16 KiB until the client stops reading or cancels.
+fn router(held: Arc<Held>) -> Router {
     Router::new()
         .route("echo", |n: u64| async move { Ok::<_, Status>(n) })
-        .route_raw(HOLD, |_request| async move {
-            std::future::pending::<()>().await;
-            Ok(Bytes::new())
+        .route_raw(HOLD, move |_request| {
+            let held = held.clone();
+            async move {
+                let _holding = held.enter();
+                std::future::pending::<()>().await;
+                Ok(Bytes::new())
+            }
         })
         .route_raw(STREAM_OUT, |request| async move {
             let sink = request
@@ -130,11 +197,19 @@ struct Scene<E: Env> {
     server: ServerHandle<Addr<E>>,
     good: flumen::Client,
     baseline: usize,
+    /// The server's `hold` handlers.
+    held: Arc<Held>,
 }
 
 impl<E: Env> Scene<E> {
     async fn new(env: &E) -> Self {
-        let server = serve(env, router(), limits()).await;
+        Self::with(env, limits()).await
+    }
+
+    /// A scene whose server has `config` instead of [`limits`].
+    async fn with(env: &E, config: ServerConfig) -> Self {
+        let held = Arc::new(Held::default());
+        let server = serve(env, router(held.clone()), config).await;
         let config = ClientConfig::default().default_timeout(Some(Duration::from_secs(5)));
         let good = connect(env, server.local_addr().clone(), config).await;
         // Warm the good client up so that its buffers are in the baseline.
@@ -146,6 +221,7 @@ impl<E: Env> Scene<E> {
             server,
             good,
             baseline,
+            held,
         }
     }
 
@@ -177,6 +253,29 @@ impl<E: Env> Scene<E> {
             bound >> 10
         );
         (grown, bound)
+    }
+
+    /// Never completes: checks the heap as [`check_heap`](Self::check_heap) does every few
+    /// milliseconds, so that an attack whose outcome never comes fails on the heap it costs.
+    async fn watch_heap<T>(&self, attack: &str, attackers: usize) -> T {
+        loop {
+            self.check_heap(attack, attackers);
+            self.env.sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Bytes of frames queued on all the server's connections now.
+    fn queued(&self) -> usize {
+        self.server.stats().queued_bytes
+    }
+
+    /// Connections whose producers waited at a queue limit.
+    fn throttled(&self) -> usize {
+        self.server
+            .connection_stats()
+            .iter()
+            .filter(|c| c.queue_full_waits > 0)
+            .count()
     }
 
     /// Waits until only the good client is connected, then asserts the attack's memory was
@@ -213,11 +312,41 @@ async fn good_calls(good: &flumen::Client) -> Duration {
 /// Tasks playing the attacker's halves; dropping it ends them (and so closes the connection).
 struct Attacker {
     _stop: smol::channel::Sender<()>,
+    /// Closed once the attacker is dropped.
+    stopped: smol::channel::Receiver<()>,
     /// Set once the whole flood was written.
     sent: Arc<AtomicBool>,
 }
 
 impl Attacker {
+    /// Writes `chunk` `times` times from a task of its own, then keeps the connection open
+    /// until the attacker is dropped; what the server sends is read by whoever holds the
+    /// reading half.
+    fn write<E: Env, W>(env: &E, mut writer: W, chunk: Vec<u8>, times: usize) -> Self
+    where
+        W: futures_lite::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (stop, stopped) = smol::channel::bounded::<()>(1);
+        let sent = Arc::new(AtomicBool::new(false));
+        let attacker = Self {
+            _stop: stop,
+            stopped,
+            sent: sent.clone(),
+        };
+        attacker.spawn(env, async move {
+            for _ in 0..times {
+                if writer.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.flush().await;
+            sent.store(true, Ordering::SeqCst);
+            // The connection stays open until the attacker is dropped.
+            std::future::pending::<()>().await;
+        });
+        attacker
+    }
+
     /// Writes `chunk` `times` times from a task of its own; reads (and drops) what the server
     /// sends if `read`, else never reads.
     fn flood<E: Env, R, W>(
@@ -231,22 +360,9 @@ impl Attacker {
         R: futures_lite::AsyncRead + Unpin + Send + 'static,
         W: futures_lite::AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut reader, mut writer) = halves;
-        let (stop, stopped) = smol::channel::bounded::<()>(1);
-        let sent = Arc::new(AtomicBool::new(false));
-        let flag = sent.clone();
-        let writes = async move {
-            for _ in 0..times {
-                if writer.write_all(&chunk).await.is_err() {
-                    return;
-                }
-            }
-            let _ = writer.flush().await;
-            flag.store(true, Ordering::SeqCst);
-            // The connection stays open until the attacker is dropped.
-            std::future::pending::<()>().await;
-        };
-        let reads = async move {
+        let (mut reader, writer) = halves;
+        let attacker = Self::write(env, writer, chunk, times);
+        attacker.spawn(env, async move {
             if read {
                 let mut scratch = vec![0u8; 64 * 1024];
                 while let Ok(1..) =
@@ -256,19 +372,57 @@ impl Attacker {
             } else {
                 std::future::pending::<()>().await;
             }
-        };
-        let until_stopped = stopped.clone();
-        env.spawn(writes.or(async move {
-            let _ = until_stopped.recv().await;
-        }));
-        env.spawn(reads.or(async move {
+        });
+        attacker
+    }
+
+    /// Runs `task` until it ends or the attacker is dropped.
+    fn spawn<E: Env>(&self, env: &E, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stopped = self.stopped.clone();
+        env.spawn(task.or(async move {
             let _ = stopped.recv().await;
         }));
-        Self { _stop: stop, sent }
     }
 
     fn all_sent(&self) -> bool {
         self.sent.load(Ordering::SeqCst)
+    }
+}
+
+/// What the server answered an attacker, frame by frame.
+#[derive(Default)]
+struct Replies {
+    /// `Error OVERLOADED` replies.
+    overloaded: AtomicUsize,
+    /// Every other frame.
+    other: AtomicUsize,
+}
+
+impl Replies {
+    /// Reads what the server sends on `reader` until it closes, counting the frames.
+    async fn count<R>(self: Arc<Self>, reader: R)
+    where
+        R: futures_lite::AsyncRead + Unpin + Send + 'static,
+    {
+        let mut peer = Peer::new(reader, futures_lite::io::sink());
+        while let Ok(Some(frame)) = peer.next_frame().await {
+            let overloaded = frame.header.kind == FrameKind::Error
+                && ErrorCode::from_u32(frame.header.aux) == ErrorCode::OVERLOADED;
+            let counter = if overloaded {
+                &self.overloaded
+            } else {
+                &self.other
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn overloaded(&self) -> usize {
+        self.overloaded.load(Ordering::SeqCst)
+    }
+
+    fn other(&self) -> usize {
+        self.other.load(Ordering::SeqCst)
     }
 }
 
@@ -282,22 +436,35 @@ struct Outcome {
 
 /// One connection sends 60 KB pings and never reads: the server stops reading once its
 /// queue of pongs is at `max_queued_bytes` (the flood can never be written in full), holds no
-/// more than the bound, and gives it all back when the peer leaves.
+/// more than the bound, and gives it all back when the peer leaves. The server-wide budget is
+/// far above that limit: only the connection's own limit can stop the queue.
 async fn pings_never_read<E: Env>(env: E) -> Outcome {
-    let ping = frame(FrameHeader::new(FrameKind::Ping, 1), &[9u8; 60_000]);
+    let ping = frame(FrameHeader::new(FrameKind::Ping, 1), &[9u8; PING_BODY]);
     let chunk = ping.repeat(16);
     let scene = Scene::new(&env).await;
     let peer = scene.peer().await.into_parts();
     // 60 MB of pings: far past the queue limit plus what the sockets hold.
     let attacker = Attacker::flood(&env, peer, chunk, 64, false);
-    eventually(&env, "backpressure (or the whole flood read)", || {
-        scene.server.stats().io.queue_full_waits > 0 || attacker.all_sent()
-    })
+    let mut most = 0;
+    eventually(
+        &env,
+        "the pongs throttled (or the whole flood read)",
+        || {
+            let queued = scene.queued();
+            most = most.max(queued);
+            (queued >= QUEUE_OF_PONGS && scene.throttled() == 1) || attacker.all_sent()
+        },
+    )
     .await;
     let slowest_good_call = good_calls(&scene.good).await;
     assert!(
         !attacker.all_sent(),
         "the server read the whole flood though nobody read its pongs"
+    );
+    most = most.max(scene.queued());
+    assert!(
+        most <= MAX_QUEUED_BYTES + LAST_WORDS,
+        "{most} bytes queued for one peer, limit {MAX_QUEUED_BYTES} (+{LAST_WORDS})"
     );
     let grown = scene.check_heap("pings never read", 1);
     drop(attacker);
@@ -309,34 +476,41 @@ async fn pings_never_read<E: Env>(env: E) -> Outcome {
     }
 }
 
-/// Many connections that never read share `max_queued_bytes_total`: four of them together
-/// make the server queue no more than the total (plus one frame each).
+/// Many connections that never read share `max_queued_bytes_total`: peers join one at a time,
+/// and once each is throttled, what the server queues is within both limits: each peer's
+/// queue within its own (which binds for the first two), and all of them within the total plus
+/// one frame each (which binds from the third on; a connection with nothing queued may take a
+/// frame past it).
 async fn many_peers_never_read<E: Env>(env: E) -> Outcome {
-    let ping = frame(FrameHeader::new(FrameKind::Ping, 1), &[9u8; 60_000]);
+    let ping = frame(FrameHeader::new(FrameKind::Ping, 1), &[9u8; PING_BODY]);
     let mut chunks: Vec<_> = (0..4).map(|_| ping.repeat(16)).collect();
-    let scene = Scene::new(&env).await;
+    let config = limits().max_queued_bytes_total(SHARED_TOTAL);
+    let scene = Scene::with(&env, config).await;
     let mut attackers = Vec::new();
+    let mut slowest_good_call = Duration::ZERO;
     while let Some(chunk) = chunks.pop() {
         let peer = scene.peer().await.into_parts();
         attackers.push(Attacker::flood(&env, peer, chunk, 64, false));
+        let peers = attackers.len();
+        let bound =
+            (peers * MAX_QUEUED_BYTES).min(SHARED_TOTAL + peers * PONG) + peers * LAST_WORDS;
+        // Reached once the new peer's queue is full, or the total is.
+        let full = (peers * QUEUE_OF_PONGS).min(SHARED_TOTAL - PONG);
+        let mut most = 0;
+        eventually(&env, &format!("{peers} peers throttled"), || {
+            let queued = scene.queued();
+            most = most.max(queued);
+            scene.throttled() == peers && queued >= full
+        })
+        .await;
+        slowest_good_call = slowest_good_call.max(good_calls(&scene.good).await);
+        most = most.max(scene.queued());
+        assert!(
+            most <= bound,
+            "{peers} peers that never read: {most} bytes queued, bound {bound} (each peer \
+             {MAX_QUEUED_BYTES}, all {SHARED_TOTAL} + a pong each)"
+        );
     }
-    let stats = || scene.server.stats();
-    eventually(&env, "all four throttled", || {
-        scene
-            .server
-            .connection_stats()
-            .iter()
-            .filter(|c| c.queue_full_waits > 0)
-            .count()
-            == 4
-    })
-    .await;
-    assert!(
-        stats().queued_bytes <= MAX_QUEUED_BYTES_TOTAL + 4 * 60_100,
-        "{} bytes queued in all",
-        stats().queued_bytes
-    );
-    let slowest_good_call = good_calls(&scene.good).await;
     assert!(attackers.iter().all(|a| !a.all_sent()));
     let grown = scene.check_heap("many peers never read", 4);
     drop(attackers);
@@ -371,24 +545,57 @@ async fn tiny_frame_flood<E: Env>(env: E) -> Outcome {
     }
 }
 
+/// Requests in each chunk of the rapid-reset flood (each followed by its `Cancel`), and chunks.
+const RAPID_RESET_CHUNK: usize = 1000;
+const RAPID_RESET_CHUNKS: usize = 100;
+
 /// The rapid-reset pattern: requests for a handler that never answers, each cancelled at once,
-/// 100,000 times. Cancelled handlers are stopped and forgotten; the admitted-calls limit
-/// (`max_in_flight`) answers the excess `OVERLOADED`.
+/// 100,000 times. Cancelled handlers are stopped and forgotten, which frees their places; the
+/// admitted-calls limit (`max_in_flight`) answers the excess `OVERLOADED`. Were cancels
+/// ignored, the first `max_in_flight` handlers would hold their places for good, and every
+/// later request would be refused.
 async fn request_cancel_flood<E: Env>(env: E) -> Outcome {
     let mut chunk = Vec::new();
-    for seq in 0..1000u64 {
+    for seq in 0..RAPID_RESET_CHUNK as u64 {
         chunk.extend_from_slice(&frame(request(method(HOLD), seq), b""));
         chunk.extend_from_slice(&frame(FrameHeader::new(FrameKind::Cancel, seq), b""));
     }
+    let requests = RAPID_RESET_CHUNK * RAPID_RESET_CHUNKS;
     let scene = Scene::new(&env).await;
-    let peer = scene.peer().await.into_parts();
+    let (reader, writer) = scene.peer().await.into_parts();
     let before = scene.server.stats().io.frames_read;
-    let attacker = Attacker::flood(&env, peer, chunk, 100, true);
+    let attacker = Attacker::write(&env, writer, chunk, RAPID_RESET_CHUNKS);
+    let replies = Arc::new(Replies::default());
+    attacker.spawn(&env, replies.clone().count(reader));
     let slowest_good_call = good_calls(&scene.good).await;
     eventually(&env, "the requests and cancels read", || {
-        attacker.all_sent() && scene.server.stats().io.frames_read >= before + 200_000
+        attacker.all_sent() && scene.server.stats().io.frames_read >= before + 2 * requests as u64
     })
     .await;
+    // Every request either ran (and, cancelled, is answered by nobody) or was refused.
+    let held = &scene.held;
+    eventually(&env, "every request run or answered", || {
+        held.started() + replies.overloaded() + replies.other() >= requests
+    })
+    .await;
+    let (started, overloaded) = (held.started(), replies.overloaded());
+    println!("request+cancel flood: {started} ran, {overloaded} refused OVERLOADED");
+    assert_eq!(replies.other(), 0, "replies other than OVERLOADED");
+    assert_eq!(started + overloaded, requests);
+    assert!(
+        started > MAX_IN_FLIGHT,
+        "only {started} of {requests} requests ran: cancelled calls kept their places"
+    );
+    // The attacker is still connected: only the cancels can have stopped them.
+    eventually(&env, "every cancelled handler stopped", || {
+        held.stopped() == held.started()
+    })
+    .await;
+    assert!(
+        held.most() <= MAX_IN_FLIGHT,
+        "{} handlers held at once, limit {MAX_IN_FLIGHT}",
+        held.most()
+    );
     let grown = scene.check_heap("request+cancel flood", 1);
     drop(attacker);
     scene.check_given_back("request+cancel flood").await;
@@ -578,26 +785,60 @@ async fn slowloris<E: Env>(env: E) -> Outcome {
     }
 }
 
-/// Stream items past the credit the server granted: `FLOW_CONTROL`, after at most the
-/// stream window was buffered.
+/// The body of each stream item in `items_past_credit`.
+const ITEM_BODY: usize = 60_000;
+/// What `items_past_credit` sends past the credit: far more than the heap bound, so that a
+/// server that buffered items it never granted credit for would show.
+const PAST_CREDIT: usize = 8 << 20;
+
+/// Stream items past the credit the server granted (megabytes of them, to a handler that
+/// never takes one): `FLOW_CONTROL`, after at most the stream window (plus the item that
+/// crossed it) was buffered.
 async fn items_past_credit<E: Env>(env: E) -> Outcome {
+    // Built before the baseline: the flood's bytes are the attacker's, not the server's.
+    let item = frame(
+        FrameHeader::new(FrameKind::StreamItem, 1),
+        &[3u8; ITEM_BODY],
+    );
+    let items = PAST_CREDIT / item.len() + 1;
+    assert!(items * ITEM_BODY > 2 * (HEAP_BASE + HEAP_PER_ATTACKER));
+    // The server takes items while the window has room left: the one that crosses it, but
+    // not the next.
+    let within_credit = (DEFAULT_STREAM_WINDOW as usize).div_ceil(ITEM_BODY);
     let scene = Scene::new(&env).await;
     let mut peer = scene.peer().await;
+    let before = scene.server.stats();
     let open = FrameHeader {
         flags: flags::STREAM_REQUEST,
         ..request(method(HOLD), 1)
     };
-    let mut bytes = frame(open, b"");
-    let item = frame(FrameHeader::new(FrameKind::StreamItem, 1), &[3u8; 60_000]);
-    // The default window is 256 KiB: the fifth item has no credit.
-    bytes.extend(item.repeat(8));
-    peer.send_bytes(&bytes).await.unwrap();
-    drop((bytes, item));
-    let (code, reason) = peer.go_away().await.unwrap();
+    peer.send_frame(open, b"").await.unwrap();
+    let (reader, writer) = peer.into_parts();
+    let attacker = Attacker::write(&env, writer, item, items);
+    let mut reader = Peer::new(reader, futures_lite::io::sink());
+    // A server that buffered past the credit would read the whole flood and never answer:
+    // it fails on the heap it took instead.
+    let (code, reason) = reader
+        .go_away()
+        .or(scene.watch_heap("items past credit", 1))
+        .await
+        .unwrap();
     assert_eq!(code, ErrorCode::FLOW_CONTROL, "{reason}");
+    // The request, the items within the credit, and the one past it: nothing more was read.
+    let expected = 1 + within_credit + 1;
+    let read = || scene.server.stats().io.frames_read - before.io.frames_read;
+    eventually(&env, "the offender's connection closed and counted", || {
+        scene.server.stats().active == 1 && read() >= expected as u64
+    })
+    .await;
+    assert_eq!(read(), expected as u64, "frames read from the offender");
+    assert_eq!(
+        scene.server.stats().protocol_errors - before.protocol_errors,
+        1
+    );
     let slowest_good_call = good_calls(&scene.good).await;
     let grown = scene.check_heap("items past credit", 1);
-    drop(peer);
+    drop((attacker, reader));
     scene.check_given_back("items past credit").await;
     Outcome {
         attack: "items past credit",
