@@ -69,10 +69,9 @@ fn allocations_per_call() {
     run_tokio(|env: common::TokioEnv| async move {
         tokio_report.send(measure(env, "tokio").await).unwrap()
     });
-    run_smol_with(
-        1,
-        |env: common::SmolEnv| async move { report.send(measure(env, "smol").await).unwrap() },
-    );
+    run_smol_with(1, |env: common::SmolEnv| async move {
+        report.send(measure(env, "smol").await).unwrap()
+    });
     for (runtime, raw, typed) in results.try_iter() {
         println!("{runtime}: {raw:.2} allocations per raw call, {typed:.2} per typed call");
         let i = usize::from(runtime == "smol");

@@ -1,10 +1,13 @@
 //! A peer that vanishes without a FIN, mid-call: the server runs in a network namespace this
 //! test makes, reached over a veth pair whose link the test takes down while a call runs.
 //! Nothing is sent or answered any more, on either side; only keep-alive (Flumen's pings, or
-//! the kernel's `TCP_USER_TIMEOUT`) can tell. Each test makes and removes its own namespace,
-//! and is skipped with a message where it lacks the rights (`CAP_NET_ADMIN`).
+//! the kernel's `TCP_USER_TIMEOUT`) can tell, and each must tell within a few times its
+//! configured window, and not before the window allows. Each test makes and removes its own
+//! namespace, and is skipped with a message where it lacks the rights (`CAP_NET_ADMIN`).
 
 mod common;
+#[path = "common/external.rs"]
+mod external;
 
 use std::{
     net::SocketAddr,
@@ -17,7 +20,7 @@ use std::{
 
 use common::{eventually, netns::Netns, run_smol, run_tokio, Env};
 use flumen::{
-    stream::Transport,
+    stream::{Transport, DEFAULT_TICK},
     tcp::{SmolTcp, TcpOptions, TokioTcp},
     Bytes, CallError, Client, ClientConfig, ConnectionError, MsgPack, Router, Server, ServerConfig,
     ServerHandle,
@@ -25,6 +28,28 @@ use flumen::{
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(300);
+/// The kernel's limit on unacknowledged data, in the `TCP_USER_TIMEOUT` tests.
+const USER_TIMEOUT: Duration = Duration::from_millis(500);
+/// The kernel's least retransmission (and zero-window probe) timeout: it looks at the user
+/// timeout only when one of those timers fires, so its window is the two together.
+const TCP_RTO_MIN: Duration = Duration::from_millis(200);
+/// How late past its configured window a peer may be found out, with both cores busy: a few
+/// timer wake-ups and task switches, never whole windows.
+const SLACK: u32 = 3;
+
+/// Keep-alive's window: a ping after `INTERVAL` of silence, given up `TIMEOUT` later.
+const WINDOW: Duration = INTERVAL.saturating_add(TIMEOUT);
+/// How late the server's watchdog may wake with both cores busy.
+const WATCHDOG_LATE: Duration = Duration::from_millis(100);
+
+/// Asserts that `what` took `took`, at most [`SLACK`] times `window` (a keep-alive that fires
+/// late, or never until something else gives up, fails here).
+fn within(what: &str, took: Duration, window: Duration) {
+    assert!(
+        took <= window * SLACK,
+        "{what} after {took:?}: more than {SLACK} x its window of {window:?}"
+    );
+}
 
 /// Counts handlers running; each counts itself out when dropped (finished or stopped).
 #[derive(Clone, Default)]
@@ -108,15 +133,14 @@ where
 }
 
 /// Flumen's keep-alive: the link goes down under a call without a deadline; the client fails
-/// it with `KeepaliveTimeout`, and the server stops its handler, each within about
-/// `INTERVAL + TIMEOUT`.
+/// it with `KeepaliveTimeout`, and the server stops its handler, each within a few times
+/// `INTERVAL + TIMEOUT` of the cut, and neither before that window (a ping after `INTERVAL`
+/// of silence left unanswered for `TIMEOUT`) has passed since the call began.
 async fn keepalive_finds_a_vanished_peer<E: Env, T>(env: E, transport: T, n: u8)
 where
     T: Transport<Addr = SocketAddr> + Clone,
 {
-    let Some(netns) = Netns::create(n) else {
-        return;
-    };
+    let netns = Netns::create(n);
     let running = Running::default();
     let config = ServerConfig::default().keepalive(Some(INTERVAL), TIMEOUT);
     let server = serve_inside(&env, &netns, transport.clone(), config, &running);
@@ -131,31 +155,65 @@ where
         }
     };
     let (done, result) = smol::channel::bounded(1);
+    // Both sides count silence from the call's start at the earliest.
+    let called = Instant::now();
     env.spawn(async move {
         let _ = done.send(call.await).await;
     });
     eventually(&env, "the handler to start", || running.now() == 1).await;
-    netns.link_down();
+    // Taken before the cut: the time each side took is measured from no later than the cut.
     let cut = Instant::now();
-    let outcome = result.recv().await.unwrap();
-    let client_saw = cut.elapsed();
+    netns.link_down();
+    // Each side watched apart, so that neither's time includes the other's.
+    let client_side = async {
+        let outcome = result.recv().await.unwrap();
+        (outcome, Instant::now())
+    };
+    let server_side = async {
+        eventually(&env, "the server to stop the handler", || {
+            running.now() == 0
+        })
+        .await;
+        Instant::now()
+    };
+    let ((outcome, client_at), server_at) =
+        futures_lite::future::zip(client_side, server_side).await;
     match outcome {
-        Err(CallError::Connection(ConnectionError::KeepaliveTimeout(_))) => {}
+        Err(CallError::Connection(ConnectionError::KeepaliveTimeout(waited))) => {
+            assert!(waited >= TIMEOUT, "gave up {waited:?} after the ping");
+        }
         other => panic!("expected a keep-alive timeout, got {other:?}"),
     }
-    eventually(&env, "the server to stop the handler", || {
-        running.now() == 0
-    })
-    .await;
+    let (client_saw, server_saw) = (client_at - cut, server_at - cut);
     println!(
         "link down: the client failed the call after {client_saw:?}, the server stopped the \
-         handler after {:?} (keep-alive {INTERVAL:?} + {TIMEOUT:?})",
-        cut.elapsed()
+         handler after {server_saw:?} (keep-alive {INTERVAL:?} + {TIMEOUT:?})"
     );
     assert_eq!(
         server.stats().timeouts,
         1,
         "the server's keep-alive closed it"
+    );
+    // Found out within a few windows of the cut: the last thing either side heard came
+    // before it, the ping is due an interval after that, and the peer is given up a timeout
+    // after the ping.
+    within("the client failed the call", client_saw, WINDOW);
+    within("the server stopped the handler", server_saw, WINDOW);
+    // And not before the window: the client's clock counts the silence from the call's start
+    // (rounded down to its tick), and pings only after an interval of it.
+    let client_took = client_at - called;
+    assert!(
+        client_took + 2 * DEFAULT_TICK >= WINDOW,
+        "the client gave up {client_took:?} after the call began, before a ping could go \
+         unanswered for {TIMEOUT:?} after {INTERVAL:?} of silence"
+    );
+    // The server's watchdog starts counting the silence at its first wake after the request,
+    // and counts wakes, not time: a wake late under load starts it early by as much.
+    let server_took = server_at - called;
+    assert!(
+        server_took + WATCHDOG_LATE >= WINDOW,
+        "the server gave up {server_took:?} after the call began, before a ping could go \
+         unanswered for {TIMEOUT:?} after {INTERVAL:?} of silence"
     );
 }
 
@@ -165,9 +223,7 @@ async fn tcp_user_timeout_finds_a_vanished_peer<E: Env, T>(env: E, transport: T,
 where
     T: Transport<Addr = SocketAddr> + Clone,
 {
-    let Some(netns) = Netns::create(n) else {
-        return;
-    };
+    let netns = Netns::create(n);
     let running = Running::default();
     let config = ServerConfig::default().keepalive(None, TIMEOUT);
     let server = serve_inside(&env, &netns, transport.clone(), config, &running);
@@ -183,9 +239,10 @@ where
     env.spawn(call(done.clone()));
     eventually(&env, "the handler to start", || running.now() == 1).await;
     netns.link_down();
+    // The second request is never acknowledged: the kernel gives up on the connection
+    // `USER_TIMEOUT` after it was sent (it is sent after this instant).
+    let sent = Instant::now();
     env.spawn(call(done));
-    // The second request is never acknowledged: the kernel gives up on the connection.
-    let cut = Instant::now();
     for _ in 0..2 {
         match result.recv().await.unwrap() {
             Err(CallError::Connection(ConnectionError::Io(e))) => {
@@ -194,36 +251,69 @@ where
             other => panic!("expected the connection to time out, got {other:?}"),
         }
     }
-    println!(
-        "link down: TCP_USER_TIMEOUT failed both calls after {:?}",
-        cut.elapsed()
+    let took = sent.elapsed();
+    println!("link down: TCP_USER_TIMEOUT ({USER_TIMEOUT:?}) failed both calls after {took:?}");
+    within(
+        "TCP_USER_TIMEOUT failed the calls",
+        took,
+        USER_TIMEOUT + TCP_RTO_MIN,
+    );
+    // Not before: the kernel counts from the request's first transmission (in milliseconds,
+    // its timer in ticks of a few).
+    assert!(
+        took + Duration::from_millis(20) >= USER_TIMEOUT,
+        "the connection failed {took:?} after the request, before {USER_TIMEOUT:?}"
     );
 }
 
 fn user_timeout() -> TcpOptions {
-    TcpOptions::new().user_timeout(Some(Duration::from_millis(500)))
+    TcpOptions::new().user_timeout(Some(USER_TIMEOUT))
 }
 
-#[test]
 fn tokio_keepalive_finds_a_vanished_peer() {
     run_tokio(|env: common::TokioEnv| keepalive_finds_a_vanished_peer(env, TokioTcp::default(), 1));
 }
 
-#[test]
 fn smol_keepalive_finds_a_vanished_peer() {
     run_smol(|env: common::SmolEnv| keepalive_finds_a_vanished_peer(env, SmolTcp::default(), 2));
 }
 
-#[test]
 fn tokio_tcp_user_timeout_finds_a_vanished_peer() {
     run_tokio(|env: common::TokioEnv| {
         tcp_user_timeout_finds_a_vanished_peer(env, TokioTcp::with_options(user_timeout()), 3)
     });
 }
 
-#[test]
 fn smol_tcp_user_timeout_finds_a_vanished_peer() {
     run_smol(|env: common::SmolEnv| {
         tcp_user_timeout_finds_a_vanished_peer(env, SmolTcp::with_options(user_timeout()), 4)
     });
+}
+
+/// Runs under the harness of common/external.rs: ignored without the rights to make
+/// namespaces, a failure then with `FLUMEN_REQUIRE_EXTERNAL=1`.
+fn main() -> std::process::ExitCode {
+    use external::Needs::Netns;
+    external::run(vec![
+        (
+            "tokio_keepalive_finds_a_vanished_peer",
+            Netns,
+            tokio_keepalive_finds_a_vanished_peer,
+        ),
+        (
+            "smol_keepalive_finds_a_vanished_peer",
+            Netns,
+            smol_keepalive_finds_a_vanished_peer,
+        ),
+        (
+            "tokio_tcp_user_timeout_finds_a_vanished_peer",
+            Netns,
+            tokio_tcp_user_timeout_finds_a_vanished_peer,
+        ),
+        (
+            "smol_tcp_user_timeout_finds_a_vanished_peer",
+            Netns,
+            smol_tcp_user_timeout_finds_a_vanished_peer,
+        ),
+    ])
 }

@@ -1,5 +1,6 @@
 //! Keep-alive: a peer that goes silent mid-call (a frozen process, a host gone without a FIN)
-//! is found out by pings, on both sides, on every transport.
+//! is found out by pings, on both sides, on every transport: within a few times the configured
+//! window (a ping after `INTERVAL` of silence, given up `TIMEOUT` later), and not before it.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::{connect, eventually, serve, Env};
@@ -16,7 +17,7 @@ use flumen::{
     stream::{
         frame::{FrameHeader, FrameKind},
         hello::Hello,
-        Listener, Transport,
+        Listener, Transport, DEFAULT_TICK,
     },
     Bytes, CallError, ClientConfig, ConnectionError, ErrorCode, MethodId, Router, ServerConfig,
 };
@@ -29,6 +30,22 @@ e2e!(
 
 const INTERVAL: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_millis(200);
+/// Keep-alive's window: a ping after `INTERVAL` of silence, given up `TIMEOUT` later.
+const WINDOW: Duration = INTERVAL.saturating_add(TIMEOUT);
+/// How late the server's watchdog may wake with both cores busy.
+const WATCHDOG_LATE: Duration = Duration::from_millis(100);
+/// How late past its window a silent peer may be found out, with both cores busy: a few
+/// timer wake-ups and task switches, never whole windows.
+const SLACK: u32 = 3;
+
+/// Asserts that `what` took at most [`SLACK`] windows (a keep-alive that fires late, or never
+/// until something else gives up, fails here).
+fn within_slack(what: &str, took: Duration) {
+    assert!(
+        took <= WINDOW * SLACK,
+        "{what} after {took:?}: more than {SLACK} x the keep-alive window of {WINDOW:?}"
+    );
+}
 
 /// A server that reads the hello and the first call, then never reads or writes again, and
 /// keeps the connection open: the client's only way to know is keep-alive.
@@ -48,14 +65,26 @@ async fn client_fails_calls_to_a_silent_server<E: Env>(env: E) {
         .default_timeout(None)
         .keepalive(Some(INTERVAL), TIMEOUT);
     let client = connect(&env, addr, config).await;
+    // The client counts silence from the call's start at the earliest.
+    let called = Instant::now();
     let err = client
         .call::<_, u64>("echo", &1u64)
         .await
         .expect_err("the call fails");
+    let took = called.elapsed();
     match err {
-        flumen::Error::Call(CallError::Connection(ConnectionError::KeepaliveTimeout(_))) => {}
+        flumen::Error::Call(CallError::Connection(ConnectionError::KeepaliveTimeout(waited))) => {
+            assert!(waited >= TIMEOUT, "gave up {waited:?} after the ping");
+        }
         other => panic!("expected a keep-alive timeout, got {other}"),
     }
+    within_slack("the client failed the call", took);
+    // Not before the window: a ping after an interval of silence, then a whole timeout (the
+    // client's clock rounds the start of the silence down to its tick).
+    assert!(
+        took + 2 * DEFAULT_TICK >= WINDOW,
+        "the client gave up {took:?} after the call began, within the keep-alive window"
+    );
     drop(hold);
 }
 
@@ -74,6 +103,8 @@ async fn server_stops_handlers_of_a_silent_client<E: Env>(env: E) {
     });
     let (server, mut peer) = server_and_peer(&env, router).await;
     let request = flumen_peer::request(MethodId::from_name("hold").as_u32(), 1);
+    // The server counts silence from the request's arrival at the earliest.
+    let sent = Instant::now();
     peer.send_frame(request, b"").await.unwrap();
     eventually(&env, "the handler to start", || {
         running.load(Ordering::SeqCst) == 1
@@ -84,6 +115,15 @@ async fn server_stops_handlers_of_a_silent_client<E: Env>(env: E) {
         running.load(Ordering::SeqCst) == 0
     })
     .await;
+    let took = sent.elapsed();
+    within_slack("the server stopped the handler", took);
+    // Not before the window: the watchdog starts counting the silence at its first wake after
+    // the request, and counts wakes, not time: a wake late under load starts it early by as
+    // much.
+    assert!(
+        took + WATCHDOG_LATE >= WINDOW,
+        "the server gave up {took:?} after the request, within the keep-alive window"
+    );
     peer.read_hello().await.unwrap();
     let frames = peer.frames_until_close().await.unwrap();
     let kinds: Vec<_> = frames.iter().map(|f| f.header.kind).collect();

@@ -56,7 +56,7 @@ fn router() -> Router {
 fn router_counting(floods: &Floods) -> Router {
     let floods = floods.clone();
     Router::new()
-        // Server-streaming: N items of the request's size, then an empty reply.
+        // Server-streaming: N items, then the reply `ticked`.
         .route_raw("ticks", |request| async move {
             let sink = request
                 .sink()
@@ -65,7 +65,7 @@ fn router_counting(floods: &Floods) -> Router {
             for i in 0..n {
                 sink.send(Bytes::from(i.to_le_bytes().to_vec())).await?;
             }
-            Ok(Bytes::new())
+            Ok(Bytes::from_static(b"ticked"))
         })
         // Client-streaming: sums the items' lengths.
         .route_raw("count", |request| async move {
@@ -135,6 +135,11 @@ async fn server_streaming_delivers_every_item_in_order<E: Env>(env: E) {
         expected += 1;
     }
     assert_eq!(expected, TICKS);
+    // The final reply is still there once the items are read to their end.
+    assert_eq!(
+        replies.response().await.unwrap(),
+        Bytes::from_static(b"ticked")
+    );
 }
 
 async fn client_streaming_gets_one_reply<E: Env>(env: E) {

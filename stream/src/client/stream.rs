@@ -280,7 +280,8 @@ impl ReplyStream {
         }
     }
 
-    /// Waits for the server's final reply, dropping any items still to come.
+    /// Waits for the server's final reply, dropping any items still to come (or none, once
+    /// the items were read to their end as a [`Stream`]).
     ///
     /// # Errors
     ///
@@ -309,10 +310,14 @@ impl Stream for ReplyStream {
         match self.poll_item(cx) {
             Poll::Ready(None) => {
                 self.done = true;
-                match self.outcome.take() {
-                    Some(Err(e)) => Poll::Ready(Some(Err(e))),
-                    _ => Poll::Ready(None),
+                // An error ends the stream as its last item; a final reply stays for
+                // `response`, which a caller may still ask for once the items are read.
+                if matches!(self.outcome, Some(Err(_))) {
+                    if let Some(Err(e)) = self.outcome.take() {
+                        return Poll::Ready(Some(Err(e)));
+                    }
                 }
+                Poll::Ready(None)
             }
             other => other,
         }
