@@ -311,19 +311,20 @@ macro_rules! on_both_runtimes {
             })*
         }
         fn main() -> std::process::ExitCode {
-            let mut tests: Vec<(&str, external::Needs, fn())> = Vec::new();
-            $(
-                tests.push((
-                    concat!("tokio_tcp::", stringify!($name)),
-                    external::Needs::$needs,
-                    tokio_tcp::$name,
-                ));
-                tests.push((
-                    concat!("smol_tcp::", stringify!($name)),
-                    external::Needs::$needs,
-                    smol_tcp::$name,
-                ));
-            )*
+            let tests: Vec<(&str, external::Needs, fn())> = vec![
+                $(
+                    (
+                        concat!("tokio_tcp::", stringify!($name)),
+                        external::Needs::$needs,
+                        tokio_tcp::$name,
+                    ),
+                    (
+                        concat!("smol_tcp::", stringify!($name)),
+                        external::Needs::$needs,
+                        smol_tcp::$name,
+                    ),
+                )*
+            ];
             external::run(tests)
         }
     };
