@@ -184,6 +184,28 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Peer<R, W> {
         }
     }
 
+    /// Reads until a `GoAway` arrives (dropping the frames before it) and returns its code and
+    /// reason, without waiting for the close: a server that closes with this side's input
+    /// unread sends a reset, which must not cost the `GoAway` already received.
+    ///
+    /// # Errors
+    ///
+    /// A read error, or the connection ending first (`InvalidData`).
+    pub async fn next_go_away(&mut self) -> io::Result<(ErrorCode, String)> {
+        while let Some(Frame { header, body }) = self.next_frame().await? {
+            if header.kind == FrameKind::GoAway {
+                return Ok((
+                    ErrorCode::from_u32(header.aux),
+                    String::from_utf8_lossy(&body).into_owned(),
+                ));
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the connection ended without a GoAway",
+        ))
+    }
+
     /// The halves, for tests that drive them by hand (bytes already read are dropped).
     pub fn into_parts(self) -> (R, W) {
         (self.reader, self.writer)

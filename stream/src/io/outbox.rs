@@ -111,9 +111,16 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn give_back(&self, bytes: usize) {
+    /// Takes `bytes` off the count, without waking anyone yet.
+    fn uncount(&self, bytes: usize) {
         if bytes > 0 {
             self.used.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// Wakes the producers waiting for room, after `bytes` were taken off.
+    fn wake(&self, bytes: usize) {
+        if bytes > 0 {
             self.space.notify(usize::MAX);
         }
     }
@@ -428,11 +435,18 @@ impl Inbox {
             }
             // Take everything at once; our empty deque (with its capacity) goes back.
             mem::swap(&mut state.items, &mut self.taken);
-            mem::take(&mut state.bytes)
+            let taken = mem::take(&mut state.bytes);
+            // Off the server's count under the same lock that empties the queue: a producer
+            // that finds the queue empty finds its bytes gone from the budget too, so no
+            // byte is ever counted twice (taken, then pushed anew).
+            if let Some(budget) = &self.queue.budget {
+                budget.uncount(taken);
+            }
+            taken
         };
         self.queue.space.notify(usize::MAX);
         if let Some(budget) = &self.queue.budget {
-            budget.give_back(taken);
+            budget.wake(taken);
         }
         self.taken.pop_front()
     }
@@ -472,12 +486,16 @@ impl Drop for Inbox {
         let (dropped, bytes) = {
             let mut state = self.queue.state.lock();
             state.closed = true;
-            (mem::take(&mut state.items), mem::take(&mut state.bytes))
+            let bytes = mem::take(&mut state.bytes);
+            if let Some(budget) = &self.queue.budget {
+                budget.uncount(bytes);
+            }
+            (mem::take(&mut state.items), bytes)
         };
         drop(dropped);
         self.queue.space.notify(usize::MAX);
         if let Some(budget) = &self.queue.budget {
-            budget.give_back(bytes);
+            budget.wake(bytes);
         }
     }
 }
