@@ -13,6 +13,7 @@
 //! The wire format is specified in `PROTOCOL.md` at the repository root.
 #![warn(missing_docs)]
 
+mod body;
 pub mod call;
 mod client;
 pub mod compress;

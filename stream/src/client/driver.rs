@@ -7,7 +7,7 @@ use std::{
         Arc, OnceLock,
     },
     task::{Context, Poll, Waker},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use atomic_waker::AtomicWaker;
@@ -16,6 +16,7 @@ use futures_lite::FutureExt;
 
 use super::{Client, ClientConfig, Conn, Handle};
 use crate::{
+    body::{self, go_away_parts},
     call::CallTable,
     compress,
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
@@ -203,13 +204,6 @@ async fn refusal<R: TransportRead>(
     }
 }
 
-fn go_away_parts(frame: &Frame) -> (ErrorCode, Arc<str>) {
-    (
-        ErrorCode::from_u32(frame.header.aux),
-        String::from_utf8_lossy(&frame.body).into(),
-    )
-}
-
 /// What the reader lets a compressed body be: the algorithms this side advertised, and its
 /// `max_frame_len` once decompressed.
 struct Inflate {
@@ -299,13 +293,8 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
     }
     // The server broke the protocol: tell it why, fail every call, and read (and drop) what
     // it still sends until the GoAway is out and it closes, so no reset destroys the GoAway.
-    let goaway = FrameHeader {
-        aux: error.code().as_u32(),
-        ..FrameHeader::new(FrameKind::GoAway, 0)
-    };
-    let reason = Bytes::from(error.to_string());
-    let _ = conn.out.force_send(Outgoing::frame(goaway, reason))
-        && conn.out.force_send(Outgoing::Close);
+    let goaway = body::go_away(error.code(), error.to_string());
+    let _ = conn.out.force_send(goaway.into()) && conn.out.force_send(Outgoing::Close);
     conn.fail(&error);
     linger(&mut reader, rt.sleep_until(Instant::now() + CLOSE_LINGER)).await;
     conn.close(error);
@@ -400,16 +389,12 @@ fn on_frames(
     Ok(going_away)
 }
 
-/// The error of an `Error OVERLOADED` body: a `u32` retry-after hint in milliseconds (0 for
-/// none), then the reason.
+/// The error of an `Error OVERLOADED` body.
 fn overloaded(body: &[u8]) -> CallError {
-    let (millis, reason) = match body.split_first_chunk::<4>() {
-        Some((millis, reason)) => (u32::from_le_bytes(*millis), reason),
-        None => (0, body),
-    };
+    let (retry_after, message) = body::overloaded_parts(body);
     CallError::Overloaded {
-        retry_after: (millis > 0).then(|| Duration::from_millis(millis.into())),
-        message: String::from_utf8_lossy(reason).into(),
+        retry_after,
+        message,
     }
 }
 

@@ -21,9 +21,10 @@ use parking_lot::Mutex;
 
 use super::{read::ReadTask, Dispatch, Shared};
 use crate::{
+    body,
     compress::{self, Compression},
     error::ErrorCode,
-    frame::{Frame, FrameHeader, FrameKind},
+    frame::{FrameHeader, FrameKind},
     hello::Hello,
     io::{outbox, write_all, write_loop, Inbox, Outbox, Outgoing, Quiet, Stop, WriteWatch, WRITER},
     keepalive::{Action, KeepAlive},
@@ -93,11 +94,13 @@ impl ConnState {
         if !self.draining.set() {
             return;
         }
-        let goaway = FrameHeader::new(FrameKind::GoAway, 0);
-        self.out.force_send(Outgoing::frame(
-            goaway,
-            Bytes::from_static(b"server shutting down"),
-        ));
+        self.out.force_send(
+            body::go_away(
+                ErrorCode::NO_ERROR,
+                Bytes::from_static(b"server shutting down"),
+            )
+            .into(),
+        );
     }
 
     /// Queues a `GoAway` with `code` and closes the connection after it.
@@ -106,13 +109,7 @@ impl ConnState {
             return;
         }
         tracing::debug!(%code, %reason, "closing connection");
-        let header = FrameHeader {
-            aux: code.as_u32(),
-            ..FrameHeader::new(FrameKind::GoAway, 0)
-        };
-        let queued = self
-            .out
-            .force_send(Outgoing::frame(header, Bytes::from(reason)))
+        let queued = self.out.force_send(body::go_away(code, reason).into())
             && self.out.force_send(Outgoing::Close);
         if !queued {
             self.stop.stop();
@@ -357,12 +354,8 @@ async fn write_task<W: TransportWrite>(
 /// Tells a peer over the connection limit why it is refused, then closes.
 async fn refuse<W: AsyncWrite + Unpin>(mut writer: W, max_frame_len: u32) {
     let mut bytes = BytesMut::from(&Hello::new(max_frame_len, 0).encode()[..]);
-    let header = FrameHeader {
-        aux: ErrorCode::TOO_MANY_CONNECTIONS.as_u32(),
-        ..FrameHeader::new(FrameKind::GoAway, 0)
-    };
-    Frame::new(
-        header,
+    body::go_away(
+        ErrorCode::TOO_MANY_CONNECTIONS,
         Bytes::from_static(b"server is at its connection limit"),
     )
     .encode(&mut bytes);

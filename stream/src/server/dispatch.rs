@@ -209,7 +209,7 @@ impl Status {
     ) -> Self {
         let message = message.into();
         Self {
-            details: Some(overloaded_body(retry_after, &message)),
+            details: Some(crate::body::overloaded(retry_after, &message)),
             ..Self::new(ErrorCode::OVERLOADED, message)
         }
     }
@@ -237,23 +237,13 @@ impl Status {
         }
         if self.code == ErrorCode::OVERLOADED {
             // The wire body of OVERLOADED starts with its retry-after hint (none here).
-            return overloaded_body(None, &self.message);
+            return crate::body::overloaded(None, &self.message);
         }
         match self.message {
             Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
             Cow::Owned(s) => Bytes::from(s),
         }
     }
-}
-
-/// The body of an `Error OVERLOADED` frame: the retry-after hint in milliseconds as a `u32`
-/// (0: none), then the reason.
-pub(crate) fn overloaded_body(retry_after: Option<Duration>, reason: &str) -> Bytes {
-    let millis = retry_after.map_or(0, |d| d.as_millis().clamp(1, u32::MAX.into()) as u32);
-    let mut body = Vec::with_capacity(4 + reason.len());
-    body.extend_from_slice(&millis.to_le_bytes());
-    body.extend_from_slice(reason.as_bytes());
-    body.into()
 }
 
 impl fmt::Display for Status {

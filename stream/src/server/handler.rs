@@ -237,10 +237,7 @@ pub(super) fn overloaded(
         aux: ErrorCode::OVERLOADED.as_u32(),
         ..FrameHeader::new(FrameKind::Error, request.seq)
     };
-    Outgoing::frame(
-        header,
-        super::dispatch::overloaded_body(retry_after, reason),
-    )
+    Outgoing::frame(header, crate::body::overloaded(retry_after, reason))
 }
 
 pub(super) fn error_reply(
