@@ -1,4 +1,4 @@
-//! The bodies of control frames, encoded and decoded here for both sides (PROTOCOL.md §5):
+//! The bodies of control frames, encoded and decoded here for both sides (PROTOCOL.md §4, §5):
 //! `GoAway` (code in `aux`, the reason as UTF-8) and the `Error OVERLOADED` body (a `u32`
 //! retry-after hint in milliseconds, then the reason). Pure functions over bytes.
 

@@ -8,7 +8,7 @@ use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::error::ErrorCode;
+use crate::code::ErrorCode;
 
 /// Size of every frame header on the wire, in bytes.
 pub const HEADER_LEN: usize = 24;

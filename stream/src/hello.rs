@@ -1,6 +1,6 @@
 //! The 16-byte hello each side sends first: magic, version, and the sender's limits.
 
-use crate::error::ErrorCode;
+use crate::code::ErrorCode;
 
 /// The four bytes that open every Flumen connection, in both directions.
 pub const MAGIC: [u8; 4] = *b"FLMN";

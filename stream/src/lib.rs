@@ -15,6 +15,7 @@
 
 mod body;
 pub mod call;
+pub mod code;
 mod client;
 pub mod compress;
 pub mod error;
