@@ -16,6 +16,9 @@
 //! held back until then, so that replies find them.
 #![no_main]
 
+#[path = "chunks.rs"]
+mod chunks;
+
 use std::{
     collections::{HashSet, VecDeque},
     future::Future,
@@ -44,6 +47,7 @@ use futures_lite::{
     future::{poll_once, yield_now},
     FutureExt, StreamExt,
 };
+use chunks::chunks;
 use libfuzzer_sys::fuzz_target;
 
 /// The client's `max_frame_len` (and the server's, in the hello this target sends).
@@ -720,21 +724,6 @@ fn check_written(written: &[u8], script: &Script, seen: &[Seen], predictable: bo
             );
         }
     }
-}
-
-/// Splits `data` into chunks of 1 to 64 bytes, sized by a generator seeded with `seed`.
-fn chunks(seed: u8, data: &[u8]) -> VecDeque<Vec<u8>> {
-    let mut state = u32::from(seed) | 1;
-    let mut rest = data;
-    let mut chunks = VecDeque::new();
-    while !rest.is_empty() {
-        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let size = (1 + (state >> 16) as usize % 64).min(rest.len());
-        let (chunk, tail) = rest.split_at(size);
-        chunks.push_back(chunk.to_vec());
-        rest = tail;
-    }
-    chunks
 }
 
 /// Holds the server's bytes after its hello (and the end of its stream) until the client's

@@ -7,6 +7,9 @@
 //! the peer sends.
 #![no_main]
 
+#[path = "chunks.rs"]
+mod chunks;
+
 use std::{
     collections::VecDeque,
     io,
@@ -22,6 +25,7 @@ use flumen::{
 };
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::StreamExt;
+use chunks::chunks;
 use libfuzzer_sys::fuzz_target;
 
 /// The peer's bytes, handed out one chunk per read; then the end of the stream.
@@ -111,21 +115,6 @@ fn router() -> Router {
             }
             Ok(Bytes::new())
         })
-}
-
-/// Splits `data` into chunks of 1 to 64 bytes, sized by a generator seeded with `seed`.
-fn chunks(seed: u8, data: &[u8]) -> VecDeque<Vec<u8>> {
-    let mut state = u32::from(seed) | 1;
-    let mut rest = data;
-    let mut chunks = VecDeque::new();
-    while !rest.is_empty() {
-        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let size = (1 + (state >> 16) as usize % 64).min(rest.len());
-        let (chunk, tail) = rest.split_at(size);
-        chunks.push_back(chunk.to_vec());
-        rest = tail;
-    }
-    chunks
 }
 
 fuzz_target!(|data: &[u8]| {
