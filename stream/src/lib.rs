@@ -15,8 +15,8 @@
 
 mod body;
 pub mod call;
-pub mod code;
 mod client;
+pub mod code;
 pub mod compress;
 pub mod error;
 pub mod flow;
