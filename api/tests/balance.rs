@@ -653,10 +653,18 @@ async fn idempotent_calls_stuck_in_the_tail_are_hedged<E: Env>(env: E) {
         stats.hedges - before.hedges,
         stats.hedges_won - before.hedges_won,
     );
-    // Server 0 ran a first attempt (then hedged, the hedge won) or a hedge of a call first
-    // sent to server 1 (that lost): each is one hedge.
+    // Every run on server 0 is one hedge: a first attempt there (hedged to server 1, whose
+    // answer won) or a hedge of a call first sent to server 1 (which lost). A losing hedge can
+    // be cancelled before server 0 runs it (a loaded machine), so the runs are at most the
+    // hedges; and server 0 runs every first attempt it was sent, so at least the hedges won.
     let stuck = servers.runs()[0] - runs[0];
-    assert_eq!(hedges, stuck, "{stats:?}");
+    assert!(stuck <= hedges, "{stuck} runs on server 0: {stats:?}");
+    eventually(
+        &env,
+        "server 0 ran the first attempts that were hedged",
+        || servers.runs()[0] - runs[0] >= won,
+    )
+    .await;
     assert!(
         won >= 5,
         "round robin sent about half to server 0: {stats:?}"
