@@ -89,7 +89,11 @@ async fn graceful_shutdown_finishes_calls_in_flight<E: Env>(env: E) {
         let (client, done) = (client.clone(), done.clone());
         env.spawn(async move {
             let _ = done
-                .send((id, client.call::<_, u64>("sleep_echo", &(200u64, id)).await))
+                // Long enough that all ten are running at once on a loaded machine.
+                .send((
+                    id,
+                    client.call::<_, u64>("sleep_echo", &(2000u64, id)).await,
+                ))
                 .await;
         });
     }

@@ -26,11 +26,12 @@ e2e!(admitted_calls_keep_their_deadline_under_a_flood);
 /// Calls the handler serves at once (a pool of workers, a database's connections).
 const WORKERS: usize = 4;
 /// What each call takes of a worker.
-const SERVICE: Duration = Duration::from_millis(5);
-/// Calls at once: 400 x 5 ms / 4 workers = 500 ms of queue for the last, were they all let in.
+const SERVICE: Duration = Duration::from_millis(20);
+/// Calls at once: 400 x 20 ms / 4 workers = 2 s of queue for the last, were they all let in.
 const FLOOD: usize = 400;
-/// Each attempt's deadline: shorter than that queue.
-const DEADLINE: Duration = Duration::from_millis(250);
+/// Each attempt's deadline: half that queue, and long enough that a stall of a loaded
+/// machine does not pass it for a call the limit admitted.
+const DEADLINE: Duration = Duration::from_secs(1);
 /// The adaptive limit starts here...
 const INITIAL_LIMIT: usize = 16;
 /// ...and never goes above this: the most handlers that may ever run at once. Far below the

@@ -45,7 +45,7 @@ async fn out_of_order_completion<E: Env>(env: E) {
         let client = client.clone();
         let done = done.clone();
         env.spawn(async move {
-            let millis = (CALLS - id) * 25;
+            let millis = (CALLS - id) * 100;
             let got: u64 = client.call("sleep_echo", &(millis, id)).await.unwrap();
             done.send((id, got)).await.unwrap();
         });

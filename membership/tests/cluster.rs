@@ -52,8 +52,12 @@ impl Work for Worker {
     }
 }
 
+/// Fast gossip, with phi forgiving a pause of half a second: a loaded machine delaying a
+/// heartbeat must not make a live member suspect (the tests halt the ones they mean).
 fn config() -> Config {
-    Config::fast()
+    let mut config = Config::fast();
+    config.phi.acceptable_pause = Duration::from_millis(500);
+    config
 }
 
 fn member<E: Env>(
@@ -322,11 +326,15 @@ where
     }
 
     workers[0].membership.halt();
-    let suspected = next_event(&env, &events).await;
-    assert!(
-        matches!(&suspected, Event::Suspect(m) if m.name == "w0"),
-        "{suspected:?}"
-    );
+    loop {
+        match next_event(&env, &events).await {
+            Event::Suspect(m) if m.name == "w0" => break,
+            Event::Failed(m) | Event::Left(m) if m.name == "w0" => {
+                panic!("w0 {m:?} gone without being suspected first")
+            }
+            _ => {}
+        }
+    }
     // The pool change reaches the balancer through its discovery task: wait until w0 is out
     // of the balancer's endpoints, then check that no call lands on it.
     let w0 = workers[0].server.local_addr().to_string();

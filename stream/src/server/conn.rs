@@ -311,6 +311,13 @@ pub(super) fn start<R, D, Rd, Wr>(
         shared: shared.clone(),
         key,
     });
+    // A stop that came while this connection was being accepted did not see it in the
+    // table (`abort` and `shutdown` stop accepting before they look at the table, under the
+    // same lock as the insert above): it is closed before its hello, and leaves the table.
+    if shared.accepting.is_stopped() {
+        conn.stop.stop();
+        return;
+    }
     rt.spawn(write_task(
         shared.clone(),
         conn.clone(),
