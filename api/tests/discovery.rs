@@ -107,7 +107,21 @@ impl Dnsmasq {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting dnsmasq");
-        Self { child, port }
+        let dns = Self { child, port };
+        dns.wait_until_bound();
+        dns
+    }
+
+    /// Waits until dnsmasq's socket is bound (Linux's socket table lists it), so that the
+    /// resolver's first questions are not refused by a server still starting: what is tested
+    /// is the balancer following the records, not a race with the server's start.
+    fn wait_until_bound(&self) {
+        let local = format!("0100007F:{:04X} ", self.port);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string("/proc/net/udp").is_ok_and(|table| table.contains(&local)) {
+            assert!(std::time::Instant::now() < deadline, "dnsmasq did not bind");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn addr(&self) -> SocketAddr {
