@@ -495,7 +495,7 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
 /// deadlock, which loom reports.
 #[cfg(all(test, flumen_loom))]
 mod loom_models {
-    use std::{pin::pin, task::Poll};
+    use std::{pin::pin, task::Poll, time::Duration};
 
     use loom::{future::block_on, thread};
 
