@@ -27,9 +27,6 @@ pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
 ) {
     loop {
         let accepted = match shared.accepting.guard(READER, listener.accept()).await {
-            // A connection accepted in the same poll as the stop is not served either: once
-            // `abort` or `shutdown` returns, no new connection starts.
-            Some(_) if shared.accepting.is_stopped() => return,
             None => return,
             Some(accepted) => accepted,
         };
