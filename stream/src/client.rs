@@ -35,6 +35,7 @@ use crate::{
     frame::{FrameHeader, FrameKind},
     io::{attempt_or_listen, Outbox, Outgoing, Quiet, Stop},
     metadata::{Metadata, MetadataError},
+    proto,
     runtime::Runtime,
     stats::ConnectionStats,
     streaming::StreamState,
@@ -623,6 +624,44 @@ impl Conn {
         }
     }
 
+    /// Carries out what the engine made of a batch of frames, once the call table's lock is
+    /// released: routes stream events, answers pings, and wakes the callers.
+    ///
+    /// # Errors
+    ///
+    /// The server sent a stream item past its credit: the connection must end.
+    pub(crate) fn apply(&self, fx: &mut proto::client::Effects) -> Result<(), ConnectionError> {
+        if std::mem::take(&mut fx.refusing) {
+            self.refusing.store(true, Ordering::Release);
+        }
+        let mut violation = None;
+        if !fx.streams.is_empty() {
+            let streams = self.streams.lock();
+            for event in fx.streams.drain(..) {
+                // Events for streams this client no longer has are dropped, like late replies.
+                let Some(state) = streams.get(&event.seq()) else {
+                    continue;
+                };
+                match event.apply(state) {
+                    Ok(wakers) => fx.wakers.extend(wakers.into_iter().flatten()),
+                    Err(e) => {
+                        violation = Some(e.into());
+                        break;
+                    }
+                }
+            }
+            fx.streams.clear();
+        }
+        for token in fx.pings.drain(..) {
+            self.answer_ping(token);
+        }
+        // Each caller woken with its reply is likely to queue its next request at once: the
+        // writer waits for them before writing a small batch.
+        self.out.callers_woken(fx.wakers.len());
+        fx.wakers.drain(..).for_each(std::task::Waker::wake);
+        violation.map_or(Ok(()), Err)
+    }
+
     /// The `Pong` of a [`Client::ping`] arrived.
     pub(crate) fn answer_ping(&self, token: u64) {
         let waker = match self.pings.lock().waiting.get_mut(&token) {
@@ -651,11 +690,6 @@ impl Conn {
         if let Some(state) = self.streams.lock().get(&seq) {
             crate::streaming::wake(state.close(code));
         }
-    }
-
-    /// The stream `seq`, if it is open.
-    pub(crate) fn stream(&self, seq: u64) -> Option<Arc<StreamState>> {
-        self.streams.lock().get(&seq).cloned()
     }
 }
 

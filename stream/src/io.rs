@@ -75,6 +75,16 @@ impl Outgoing {
         header.len = body.len() as u32;
         Self::Frame(header, body)
     }
+
+    /// What the message weighs against a queue's limit: its bytes on the wire.
+    pub(crate) fn weight(&self) -> usize {
+        crate::frame::HEADER_LEN
+            + match self {
+                Self::Frame(_, body) => body.len(),
+                Self::Parts(header, _) => header.len as usize,
+                Self::Close => 0,
+            }
+    }
 }
 
 impl From<Frame> for Outgoing {

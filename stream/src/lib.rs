@@ -25,6 +25,7 @@ pub mod hello;
 mod io;
 mod keepalive;
 pub mod metadata;
+mod proto;
 mod runtime;
 mod server;
 mod stats;

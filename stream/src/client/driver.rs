@@ -19,14 +19,15 @@ use crate::{
     body::{self, go_away_parts},
     call::CallTable,
     compress,
-    error::{CallError, ConnectError, ConnectionError, ErrorCode},
-    frame::{Frame, FrameDecoder, FrameError, FrameHeader, FrameKind},
+    error::{ConnectError, ConnectionError, ErrorCode},
+    frame::{FrameDecoder, FrameHeader, FrameKind},
     hello::{Hello, HelloError, HELLO_LEN},
     io::{
         linger, outbox, read_at_least, write_all, write_loop, Outgoing, ReadBuffer, CLOSE_LINGER,
         READER, TIMER,
     },
     keepalive::{Action, KeepAlive},
+    proto::{self, client::Effects},
     runtime::Runtime,
     trace::Peer,
     transport::Transport,
@@ -220,8 +221,7 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
 ) {
     let mut decoder = FrameDecoder::new(limits.max_len);
     let mut frames = Vec::with_capacity(64);
-    let mut wakers = Vec::with_capacity(64);
-    let mut pongs = Vec::new();
+    let mut fx = Effects::default();
     // A GoAway with an error names the reason the stream will end.
     let mut going_away = None;
     let counters = conn.out.counters();
@@ -242,37 +242,32 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
             counters
                 .frames_read
                 .fetch_add(frames.len() as u64, Ordering::Relaxed);
-            let mut drained = None;
-            let mut answered = Vec::new();
-            let applied = on_frames(
-                &conn,
-                &mut frames,
-                &mut wakers,
-                &mut pongs,
-                &mut drained,
-                &mut answered,
+            let streams = conn.open_streams.load(Ordering::Relaxed) > 0;
+            // One lock of the call table for the whole batch; everything else after it.
+            let applied = proto::client::on_frames(
+                &mut conn.table.lock(),
+                frames.drain(..),
+                streams,
+                &mut fx,
             );
-            answered
-                .into_iter()
-                .for_each(|token| conn.answer_ping(token));
-            // Each caller woken with its reply is likely to queue its next request at once:
-            // the writer waits for them before writing a small batch.
-            conn.out.callers_woken(wakers.len());
-            wakers.drain(..).for_each(Waker::wake);
-            match applied {
-                Ok(Some(error)) => going_away = Some(error),
-                Ok(None) => {}
-                Err(e) => break e,
+            if let Err(e) = conn.apply(&mut fx) {
+                break e;
+            }
+            if let Some(error) = fx.going_away.take() {
+                going_away = Some(error);
+            }
+            if let Err(e) = applied {
+                break e;
             }
             // The server drains and this side has no call left on the connection: leave, so
             // that the server can close at once (it waits for that, answering requests that
             // crossed its GoAway instead of losing them).
-            if let Some(error) = drained {
+            if let Some(error) = fx.drained.take() {
                 break error;
             }
             // Every ping is answered; while the writer's queue is full, the reader waits
             // (and so reads no more pings) instead of queueing pongs without bound.
-            for pong in pongs.drain(..) {
+            for pong in fx.frames.drain(..) {
                 if conn.stop.guard(READER, conn.out.send(pong)).await != Some(true) {
                     break 'conn ConnectionError::Closed;
                 }
@@ -298,104 +293,6 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
     conn.fail(&error);
     linger(&mut reader, rt.sleep_until(Instant::now() + CLOSE_LINGER)).await;
     conn.close(error);
-}
-
-/// Applies a batch of frames from the server under one lock of the call table; collects the
-/// pongs to send. `Ok(Some)` is a `GoAway` with an error (the reason the connection will end),
-/// `Err` a violation of the protocol by the server. `drained` is set when the server drains
-/// and no call is left on the connection.
-fn on_frames(
-    conn: &Conn,
-    frames: &mut Vec<Frame>,
-    wakers: &mut Vec<Waker>,
-    pongs: &mut Vec<Outgoing>,
-    drained: &mut Option<ConnectionError>,
-    answered: &mut Vec<u64>,
-) -> Result<Option<ConnectionError>, ConnectionError> {
-    let mut going_away = None;
-    let mut table = conn.table.lock();
-    for frame in frames.drain(..) {
-        let header = frame.header;
-        match header.kind {
-            FrameKind::Response => {
-                conn.end_stream(header.seq, ErrorCode::NO_ERROR);
-                table.complete(header.seq, Ok(frame.body), wakers);
-            }
-            FrameKind::Error => {
-                let code = ErrorCode::from_u32(header.aux);
-                conn.end_stream(header.seq, code);
-                let error = if code == ErrorCode::APPLICATION {
-                    CallError::Application(frame.body)
-                } else if code == ErrorCode::OVERLOADED {
-                    overloaded(&frame.body)
-                } else {
-                    CallError::Remote {
-                        code,
-                        message: String::from_utf8_lossy(&frame.body).into(),
-                    }
-                };
-                table.complete(header.seq, Err(error), wakers);
-            }
-            FrameKind::StreamItem | FrameKind::StreamEnd | FrameKind::Credit => {
-                // Frames for streams this client no longer has are dropped, like late replies.
-                let Some(state) = conn.stream(header.seq) else {
-                    continue;
-                };
-                let waker = match header.kind {
-                    FrameKind::StreamItem => {
-                        let end = header.flags & crate::frame::flags::END != 0;
-                        state.on_item(frame.body, end)?
-                    }
-                    FrameKind::StreamEnd => {
-                        let message = String::from_utf8_lossy(&frame.body).into_owned();
-                        state.on_end(ErrorCode::from_u32(header.aux), message)
-                    }
-                    _ => state.on_credit(header.aux),
-                };
-                wakers.extend(waker);
-            }
-            FrameKind::GoAway => {
-                let (code, reason) = go_away_parts(&frame);
-                let error = ConnectionError::GoAway { code, reason };
-                if code != ErrorCode::NO_ERROR {
-                    going_away = Some(error.clone());
-                }
-                table.drain(error);
-                conn.refusing.store(true, Ordering::Release);
-            }
-            FrameKind::Ping => {
-                let pong = FrameHeader::new(FrameKind::Pong, header.seq);
-                pongs.push(Outgoing::frame(pong, frame.body));
-            }
-            FrameKind::Request => {
-                return Err(FrameError::UnexpectedKind(header.kind).into());
-            }
-            // Answers to `Client::ping`; those to keep-alive pings only prove the peer alive
-            // (any frame does).
-            FrameKind::Pong if header.seq & crate::client::PING_TOKEN != 0 => {
-                answered.push(header.seq);
-            }
-            // Replies to pings we did not send, and cancels, are ignored.
-            FrameKind::Pong | FrameKind::Cancel => {}
-        }
-    }
-    if going_away.is_none() && table.in_use() == 0 {
-        if let Some(error @ ConnectionError::GoAway { code, .. }) = table.refusing() {
-            if *code == ErrorCode::NO_ERROR {
-                *drained = Some(error.clone());
-            }
-        }
-    }
-    Ok(going_away)
-}
-
-/// The error of an `Error OVERLOADED` body.
-fn overloaded(body: &[u8]) -> CallError {
-    let (retry_after, message) = body::overloaded_parts(body);
-    CallError::Overloaded {
-        retry_after,
-        message,
-    }
 }
 
 async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
@@ -491,7 +388,7 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
 /// `src/sync.rs`): the window's permits passed from a finished call to a waiting one, the call
 /// table's slot handed from a cancelled call to the next, and a late reply to the cancelled
 /// call. The caller threads run the real `Client::call_with`; the model's server takes their
-/// frames from the outbox and answers through the reader's `on_frames`. A lost wake-up is a
+/// frames from the outbox and answers through the client's engine, as the reader does. A lost wake-up is a
 /// deadlock, which loom reports.
 #[cfg(all(test, flumen_loom))]
 mod loom_models {
@@ -502,6 +399,8 @@ mod loom_models {
     use super::*;
     use crate::{
         client::CallOptions,
+        error::CallError,
+        frame::Frame,
         io::{Inbox, DEFAULT_MAX_QUEUED_BYTES},
     };
 
@@ -522,7 +421,7 @@ mod loom_models {
     }
 
     /// The server: answers each of the next `requests` requests with its own body, through
-    /// the reader's frame handling. Cancels are read and ignored.
+    /// the client's engine, as the reader feeds it. Cancels are read and ignored.
     fn serve(conn: &Conn, rx: &mut Inbox, requests: usize) {
         let mut answered = 0;
         while answered < requests {
@@ -538,21 +437,15 @@ mod loom_models {
                 }
                 let mut reply = FrameHeader::new(FrameKind::Response, header.seq);
                 reply.len = body.len() as u32;
-                let mut frames = vec![Frame {
+                let frames = [Frame {
                     header: reply,
                     body,
                 }];
-                let mut wakers = Vec::new();
-                let applied = on_frames(
-                    conn,
-                    &mut frames,
-                    &mut wakers,
-                    &mut Vec::new(),
-                    &mut None,
-                    &mut Vec::new(),
-                );
-                assert!(matches!(applied, Ok(None)));
-                wakers.into_iter().for_each(Waker::wake);
+                let mut fx = Effects::default();
+                let applied =
+                    proto::client::on_frames(&mut conn.table.lock(), frames, false, &mut fx);
+                assert!(applied.is_ok());
+                conn.apply(&mut fx).unwrap();
                 answered += 1;
             }
         }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use super::Outgoing;
 use crate::{
-    frame::{FrameHeader, HEADER_LEN},
+    frame::FrameHeader,
     sync::{
         AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Event, EventListener, Mutex, Ordering,
     },
@@ -204,16 +204,6 @@ pub(crate) fn attempt_or_listen<T>(
     attempt().ok_or(listener)
 }
 
-/// What a message weighs against the queue's limit.
-fn weight(message: &Outgoing) -> usize {
-    HEADER_LEN
-        + match message {
-            Outgoing::Frame(_, body) => body.len(),
-            Outgoing::Parts(header, _) => header.len as usize,
-            Outgoing::Close => 0,
-        }
-}
-
 impl Outbox {
     /// Queues `message`, waiting while the queue is over its limit; `false` once the writer
     /// is gone.
@@ -225,6 +215,76 @@ impl Outbox {
                 Err(listener) => listener.await,
             }
         }
+    }
+
+    /// Queues every message of `messages`, in order, with one lock of the queue for as many
+    /// as fit, waiting for room for the rest; `messages` is left empty. `false` once the
+    /// writer is gone.
+    pub(crate) async fn send_all(&self, messages: &mut Vec<Outgoing>) -> bool {
+        loop {
+            let mut full = match self.push_all(messages) {
+                Ok(sent) => return sent,
+                Err(full) => full,
+            };
+            // Listen, then look again, so that room made in between is not missed.
+            let listener = loop {
+                let listener = full.listen();
+                match self.push_all(messages) {
+                    Ok(sent) => return sent,
+                    Err(again) if std::ptr::eq(again, full) => break listener,
+                    Err(other) => full = other,
+                }
+            };
+            let waits = &self.queue.counters.queue_full_waits;
+            waits.fetch_add(1, Ordering::Relaxed);
+            listener.await;
+        }
+    }
+
+    /// Pushes messages from the front of `messages` while they fit: `Ok(true)` all queued,
+    /// `Ok(false)` the writer is gone (`messages` cleared), `Err` the event that says when
+    /// there is room for the next one.
+    fn push_all(&self, messages: &mut Vec<Outgoing>) -> Result<bool, &Event> {
+        let mut stopped = None;
+        let taken = {
+            let mut state = self.queue.state.lock();
+            if state.closed {
+                drop(state);
+                messages.clear();
+                return Ok(false);
+            }
+            let mut taken = 0;
+            let mut added = 0;
+            for message in messages.iter() {
+                let weight = message.weight();
+                let queued = state.bytes + added;
+                // A connection with nothing queued always takes a frame, whatever its size.
+                if queued > 0 {
+                    if queued + weight > self.queue.limit {
+                        stopped = Some(&self.queue.space);
+                        break;
+                    }
+                    if let Some(budget) = &self.queue.budget {
+                        if budget.used() + added + weight > budget.limit {
+                            stopped = Some(&budget.space);
+                            break;
+                        }
+                    }
+                }
+                added += weight;
+                taken += 1;
+            }
+            state.bytes += added;
+            if let Some(budget) = &self.queue.budget {
+                budget.used.fetch_add(added, Ordering::AcqRel);
+            }
+            state.items.extend(messages.drain(..taken));
+            taken
+        };
+        if taken > 0 {
+            self.queue.ring();
+        }
+        stopped.map_or(Ok(true), Err)
     }
 
     /// [`send`](Self::send) for a thread without a runtime, blocking while the queue is full.
@@ -295,7 +355,7 @@ impl Outbox {
             let Some(message) = slot.take() else {
                 return Ok(false);
             };
-            let weight = weight(&message);
+            let weight = message.weight();
             // A connection with nothing queued always takes a frame, whatever its size.
             if !force && state.bytes > 0 {
                 if state.bytes + weight > self.queue.limit {

@@ -1,5 +1,8 @@
-//! A server connection's reader task: the hello, decoding, and dispatch of each request,
-//! inline when its handler is ready at once.
+//! A server connection's reader task: the hello, decoding, and a thin loop around the
+//! server's engine (`proto::server`): each read batch's frames are fed to it one after the
+//! other and its events carried out (requests dispatched, inline when their handler is ready at
+//! once); the replies and answers of a batch go to the writer together, with one lock of the
+//! outbox.
 
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
@@ -9,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::{
@@ -21,10 +23,14 @@ use super::{
 use crate::{
     compress,
     error::ErrorCode,
-    frame::{Frame, FrameDecoder, FrameHeader, FrameKind},
+    frame::{Frame, FrameDecoder, FrameHeader},
     hello::{Hello, HELLO_LEN},
     io::{linger, read_at_least, Outgoing, ReadBuffer, CLOSE_LINGER, READER},
-    metadata::Metadata,
+    proto::{
+        self,
+        server::{Admission, Event as Frames, Incoming, Refusal},
+        StreamEvent,
+    },
     runtime::Runtime,
     streaming::{self, StreamState},
     trace::CallSpan,
@@ -37,6 +43,11 @@ const YIELD_EVERY_FRAMES: u32 = 1024;
 
 /// Spare handler boxes a connection keeps for reuse.
 const SPARE_FUTURES: usize = 16;
+
+/// Bytes of replies the reader collects from one read before it hands them to the writer,
+/// even in the middle of the read: what a read of small requests with large replies makes it
+/// hold is bounded by this, on top of the outbox's own limit (`max_queued_bytes`).
+const MAX_HELD_REPLY_BYTES: usize = 64 * 1024;
 
 /// What wakes the reader.
 enum Event {
@@ -58,6 +69,10 @@ pub(super) struct ReadTask<R, D: Dispatch> {
     /// When the frames being handled were read, once a deadline needed it: one clock read
     /// per read, and none for calls answered inline.
     read_at: Option<Instant>,
+    /// Replies and answers to the frames of the current read, in order, for the writer.
+    held: Vec<Outgoing>,
+    /// What `held` weighs, in bytes.
+    held_bytes: usize,
 }
 
 impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
@@ -70,6 +85,8 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             spare: Vec::new(),
             peer_max_frame_len: 0,
             read_at: None,
+            held: Vec::new(),
+            held_bytes: 0,
         }
     }
 
@@ -138,10 +155,10 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         // Frames handled since this task last let others run.
         let mut unyielded = 0;
         loop {
-            let mut progressed = false;
             // Replies to what this read brought are written together, however the runtime
             // schedules the writer.
             let hold = conn.out.hold();
+            let mut frames = 0;
             loop {
                 let decoded = read.next_frame(&mut decoder).and_then(|frame| {
                     frame
@@ -150,20 +167,28 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 });
                 match decoded {
                     Ok(Some(frame)) => {
-                        progressed = true;
-                        unyielded += 1;
-                        counters.frames_read.fetch_add(1, Ordering::Relaxed);
-                        if !self.on_frame(frame).await {
+                        frames += 1;
+                        if !self.on_frame(frame) {
+                            counters.frames_read.fetch_add(frames, Ordering::Relaxed);
+                            return false;
+                        }
+                        if self.held_bytes >= MAX_HELD_REPLY_BYTES && !self.hand_over().await {
                             return false;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         Shared::count(&self.shared.counters.protocol_errors);
-                        conn.go_away(e.code(), e.to_string());
+                        self.go_away(e.code(), e.to_string());
                         return false;
                     }
                 }
+            }
+            counters.frames_read.fetch_add(frames, Ordering::Relaxed);
+            unyielded += frames as u32;
+            let progressed = frames > 0;
+            if !self.hand_over().await {
+                return false;
             }
             drop(hold);
             // A peer that keeps the socket full (a flood of tiny frames) would otherwise keep
@@ -215,74 +240,79 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         }
     }
 
-    /// Handles one frame; `false` ends the connection.
-    async fn on_frame(&mut self, frame: Frame) -> bool {
-        let header = frame.header;
-        match header.kind {
-            FrameKind::Request => self.on_request(header, frame.body).await,
-            FrameKind::Ping => {
-                let pong = FrameHeader::new(FrameKind::Pong, header.seq);
-                send(&self.conn, Outgoing::frame(pong, frame.body)).await
+    /// Carries out what one frame asks; `false` ends the connection.
+    fn on_frame(&mut self, frame: Frame) -> bool {
+        match proto::server::on_frame(frame) {
+            Ok(Frames::Request(request)) => self.on_request(request),
+            Ok(Frames::Send(answer)) => {
+                self.hold(answer);
+                true
             }
-            FrameKind::Cancel => {
+            Ok(Frames::Cancel(seq)) => {
                 // The call is over for the client, which may reuse its sequence id at once:
                 // forget it now, and stop its handler. A call that already finished (or never
                 // ran in a task) has nothing to stop.
-                let running = self.conn.running.lock().remove(&header.seq);
+                let running = self.conn.running.lock().remove(&seq);
                 if let Some(cancel) = running {
                     cancel.set();
                 }
                 if self.conn.in_flight.load(Ordering::Relaxed) > 0 {
-                    self.conn.streams.lock().remove(&header.seq);
+                    self.conn.streams.lock().remove(&seq);
                 }
                 true
             }
-            FrameKind::StreamItem | FrameKind::StreamEnd | FrameKind::Credit => {
-                self.on_stream_frame(frame)
-            }
-            FrameKind::Pong => true,
-            // A client's GoAway means it is leaving: a draining connection need not wait for
-            // more requests.
-            FrameKind::GoAway => {
+            Ok(Frames::Stream(event)) => self.on_stream_event(event),
+            Ok(Frames::PeerLeaving) => {
                 self.conn.peer_leaving.store(true, Ordering::SeqCst);
                 self.conn.close_if_idle();
                 true
             }
-            FrameKind::Response | FrameKind::Error => {
+            Ok(Frames::Nothing) => true,
+            Err(e) => {
                 Shared::count(&self.shared.counters.protocol_errors);
-                let reason = format!("unexpected {:?} frame from a client", header.kind);
-                self.conn.go_away(ErrorCode::PROTOCOL_ERROR, reason);
+                self.go_away(e.code(), e.to_string());
                 false
             }
         }
     }
 
     /// Routes a stream frame to its call; frames for calls that ended are dropped.
-    fn on_stream_frame(&mut self, frame: Frame) -> bool {
-        let header = frame.header;
-        let Some(state) = self.conn.streams.lock().get(&header.seq).cloned() else {
+    fn on_stream_event(&mut self, event: StreamEvent) -> bool {
+        let Some(state) = self.conn.streams.lock().get(&event.seq()).cloned() else {
             return true;
         };
-        let waker = match header.kind {
-            FrameKind::StreamItem => {
-                let end = header.flags & crate::frame::flags::END != 0;
-                match state.on_item(frame.body, end) {
-                    Ok(waker) => waker,
-                    Err(e) => {
-                        Shared::count(&self.shared.counters.protocol_errors);
-                        self.conn.go_away(ErrorCode::FLOW_CONTROL, e.to_string());
-                        return false;
-                    }
-                }
+        match event.apply(&state) {
+            Ok(wakers) => {
+                streaming::wake(wakers);
+                true
             }
-            FrameKind::StreamEnd => {
-                let message = String::from_utf8_lossy(&frame.body).into_owned();
-                state.on_end(ErrorCode::from_u32(header.aux), message)
+            Err(e) => {
+                Shared::count(&self.shared.counters.protocol_errors);
+                self.go_away(ErrorCode::FLOW_CONTROL, e.to_string());
+                false
             }
-            _ => state.on_credit(header.aux),
-        };
-        streaming::wake([waker]);
-        true
+        }
+    }
+
+    /// Keeps `message` for the writer, with the rest of this read's replies.
+    fn hold(&mut self, message: Outgoing) {
+        self.held_bytes += message.weight();
+        self.held.push(message);
+    }
+
+    /// Hands the replies held so far to the writer, in one lock of its queue (waiting while
+    /// the queue is full); `false` once the writer is gone.
+    async fn hand_over(&mut self) -> bool {
+        self.held_bytes = 0;
+        self.held.is_empty() || self.conn.out.send_all(&mut self.held).await
+    }
+
+    /// Ends the connection with a `GoAway`, after the replies already held.
+    fn go_away(&mut self, code: ErrorCode, reason: String) {
+        for message in self.held.drain(..) {
+            self.conn.out.force_send(message);
+        }
+        self.conn.go_away(code, reason);
     }
 
     /// Opens the stream of a streaming request; grants the client its initial window.
@@ -308,22 +338,27 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         (stream, registration)
     }
 
-    async fn on_request(&mut self, header: FrameHeader, mut body: Bytes) -> bool {
+    fn on_request(&mut self, mut request: Incoming) -> bool {
+        let header = request.header;
         let conn = &*self.conn;
         let span = CallSpan::server(&header, &conn.peer);
-        if conn.draining.is_set() {
-            span.finish(Err(ErrorCode::SHUTTING_DOWN));
-            let status = Status::new(ErrorCode::SHUTTING_DOWN, "server is shutting down");
-            return send(
-                &self.conn,
-                error_reply(&header, status, self.peer_max_frame_len),
-            )
-            .await;
-        }
-        if conn.admitted.load(Ordering::SeqCst) >= self.shared.config.max_in_flight {
-            let reason = "too many calls in flight on this connection";
-            span.finish(Err(ErrorCode::OVERLOADED));
-            return send(&self.conn, overloaded(&header, None, reason)).await;
+        let admission = Admission {
+            draining: conn.draining.is_set(),
+            admitted: conn.admitted.load(Ordering::SeqCst),
+            max_in_flight: self.shared.config.max_in_flight,
+        };
+        if let Err(refusal) = admission.admit() {
+            span.finish(Err(refusal.code()));
+            let answer = match refusal {
+                Refusal::ShuttingDown => error_reply(
+                    &header,
+                    Status::new(refusal.code(), refusal.reason()),
+                    self.peer_max_frame_len,
+                ),
+                Refusal::TooManyInFlight => overloaded(&header, None, refusal.reason()),
+            };
+            self.hold(answer);
+            return true;
         }
         let permit = match Permit::acquire(&self.shared) {
             Ok(permit) => permit,
@@ -331,7 +366,8 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 Shared::count(&self.shared.counters.shed);
                 let reason = "the server is at its concurrency limit";
                 span.finish(Err(ErrorCode::OVERLOADED));
-                return send(&self.conn, overloaded(&header, Some(retry_after), reason)).await;
+                self.hold(overloaded(&header, Some(retry_after), reason));
+                return true;
             }
         };
         // Only calls in a task of their own outlive their request's dispatch, and each of
@@ -342,28 +378,22 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             // Its replies could not be told apart from those of the call still running.
             Shared::count(&self.shared.counters.protocol_errors);
             let reason = format!("sequence id {} reused while its call runs", header.seq);
-            conn.go_away(ErrorCode::PROTOCOL_ERROR, reason);
             span.finish(Err(ErrorCode::PROTOCOL_ERROR));
+            self.go_away(ErrorCode::PROTOCOL_ERROR, reason);
             return false;
         }
-        let metadata = if header.flags & crate::frame::flags::METADATA != 0 {
-            match Metadata::decode(&mut body) {
-                Ok(metadata) => metadata,
-                Err(e) => {
-                    span.finish(Err(ErrorCode::BAD_REQUEST));
-                    let status = Status::new(ErrorCode::BAD_REQUEST, e.to_string());
-                    let reply = error_reply(&header, status, self.peer_max_frame_len);
-                    return send(&self.conn, reply).await;
-                }
+        let metadata = match request.take_metadata() {
+            Ok(metadata) => metadata,
+            Err(e) => {
+                span.finish(Err(ErrorCode::BAD_REQUEST));
+                let status = Status::new(ErrorCode::BAD_REQUEST, e.to_string());
+                let reply = error_reply(&header, status, self.peer_max_frame_len);
+                self.hold(reply);
+                return true;
             }
-        } else {
-            Metadata::new()
         };
-        let timeout = (header.aux != 0).then(|| Duration::from_millis(header.aux.into()));
-        let streaming = header.flags
-            & (crate::frame::flags::STREAM_REQUEST | crate::frame::flags::STREAM_REPLY)
-            != 0;
-        let (stream, registration) = match streaming {
+        let timeout = request.timeout();
+        let (stream, registration) = match request.streams() {
             true => {
                 let (stream, registration) = self.open_stream(&header);
                 (Some(stream), Some(registration))
@@ -373,7 +403,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         let request = Request {
             method: header.method,
             seq: header.seq,
-            body,
+            body: request.body,
             timeout,
             stream,
             metadata,
@@ -385,7 +415,8 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         let dispatched = catch_unwind(AssertUnwindSafe(|| dispatch.dispatch(request)));
         let Ok(future) = dispatched else {
             span.finish(Err(ErrorCode::HANDLER_PANIC));
-            return self.panicked(&header).await;
+            self.panicked(&header);
+            return true;
         };
         let mut future = match self.spare.pop() {
             Some(mut spare) => {
@@ -410,20 +441,20 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 }
                 drop((registration, permit));
                 span.finish(result.as_ref().map(drop).map_err(Status::code));
-                send(&self.conn, reply(&header, result, self.peer_max_frame_len)).await
+                self.hold(reply(&header, result, self.peer_max_frame_len));
             }
             Ok(Poll::Pending) => {
                 // It waits on something: give it a task of its own. Its next poll registers
                 // the task's waker, so nothing it waits for is missed.
                 let call = self.spawned(header, timeout, registration, permit, span);
                 handler::spawn(&self.rt, &self.conn, &self.shared, future, call);
-                true
             }
             Err(_) => {
                 span.finish(Err(ErrorCode::HANDLER_PANIC));
-                self.panicked(&header).await
+                self.panicked(&header);
             }
         }
+        true
     }
 
     fn spawned(
@@ -446,18 +477,9 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
         }
     }
 
-    async fn panicked(&mut self, header: &FrameHeader) -> bool {
+    fn panicked(&mut self, header: &FrameHeader) {
         Shared::count(&self.shared.counters.panics);
         let status = Status::new(ErrorCode::HANDLER_PANIC, "handler panicked");
-        send(
-            &self.conn,
-            error_reply(header, status, self.peer_max_frame_len),
-        )
-        .await
+        self.hold(error_reply(header, status, self.peer_max_frame_len));
     }
-}
-
-/// Queues `message` for the writer; `false` once the writer is gone.
-async fn send(conn: &ConnState, message: Outgoing) -> bool {
-    conn.out.send(message).await
 }
