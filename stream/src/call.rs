@@ -54,6 +54,9 @@ pub struct CallTable {
     wheel: Wheel<u32>,
     /// Set once the connection drains or dies: new calls fail with this error.
     refusing: Option<ConnectionError>,
+    /// Callers waiting for a free slot (counted by the driver, under the same lock as the
+    /// slots): a released slot wakes one of them only while some wait.
+    waiters: usize,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +86,7 @@ impl CallTable {
             window,
             wheel: Wheel::new(WHEEL_BUCKETS, now),
             refusing: None,
+            waiters: 0,
         }
     }
 
@@ -110,6 +114,21 @@ impl CallTable {
     pub fn release(&mut self, slot: u32) {
         debug_assert!(!self.free.contains(&slot), "slot {slot} released twice");
         self.free.push(slot);
+    }
+
+    /// A caller found the window full and waits for a slot.
+    pub(crate) fn add_waiter(&mut self) {
+        self.waiters += 1;
+    }
+
+    /// A caller counted by [`add_waiter`](Self::add_waiter) stopped waiting.
+    pub(crate) fn remove_waiter(&mut self) {
+        self.waiters -= 1;
+    }
+
+    /// Whether any caller waits for a slot.
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.waiters > 0
     }
 
     /// Slots in use now (acquired and not released).

@@ -33,13 +33,13 @@ use crate::{
     call::CallTable,
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     frame::{FrameHeader, FrameKind},
-    io::{attempt_or_listen, Outbox, Outgoing, Quiet, Stop},
+    io::{Outbox, Outgoing, Quiet, Stop},
     metadata::{Metadata, MetadataError},
     proto,
     runtime::Runtime,
     stats::ConnectionStats,
     streaming::StreamState,
-    sync::{Event, Mutex},
+    sync::{Event, EventListener, Mutex},
     trace::{self, Peer},
     transport::Transport,
 };
@@ -289,24 +289,17 @@ impl Client {
     ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
         conn.check_len(head.len() + tail.len(), options)?;
-        let slot = conn.acquire().await?;
-        let mut guard = SlotGuard {
-            conn,
-            slot,
-            begun: false,
-        };
         let timeout = options.timeout_or(conn.default_timeout);
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
-        let seq =
-            poll_fn(|cx| Poll::Ready(conn.begin(slot, deadline, Some(cx.waker().clone())))).await?;
-        guard.begun = true;
+        let (slot, seq) = conn.start(deadline, true).await?;
+        let mut guard = SlotGuard::begun(conn, slot);
         // The writer only goes away with the connection, which then fails the call for us.
         let _ = conn
             .out
             .send(conn.request(method, seq, timeout, 0, (head, tail), options))
             .await;
-        let outcome = poll_fn(|cx| conn.table.lock().poll(slot, cx)).await;
-        guard.begun = false;
+        let outcome = poll_fn(|cx| conn.poll_outcome(slot, cx)).await;
+        guard.released();
         conn.out.caller_resumed();
         outcome
     }
@@ -363,22 +356,15 @@ impl Client {
     ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
         conn.check_len(head.len() + tail.len(), options)?;
-        let slot = conn.acquire_blocking()?;
-        let mut guard = SlotGuard {
-            conn,
-            slot,
-            begun: false,
-        };
         let timeout = options.timeout_or(conn.default_timeout);
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
-        let seq = conn.begin(slot, deadline, None)?;
-        guard.begun = true;
+        let (slot, seq) = conn.start_blocking(deadline)?;
+        let mut guard = SlotGuard::begun(conn, slot);
         let _ =
             conn.out
                 .send_blocking(conn.request(method, seq, timeout, 0, (head, tail), options));
-        let outcome =
-            futures_lite::future::block_on(poll_fn(|cx| conn.table.lock().poll(slot, cx)));
-        guard.begun = false;
+        let outcome = futures_lite::future::block_on(poll_fn(|cx| conn.poll_outcome(slot, cx)));
+        guard.released();
         conn.out.caller_resumed();
         outcome
     }
@@ -515,51 +501,66 @@ impl Conn {
         Ok(())
     }
 
-    /// Takes a slot of the window, waiting while every slot is in use.
-    async fn acquire(&self) -> Result<u32, CallError> {
+    /// Takes a slot of the window (waiting while every slot is in use) and begins a call in
+    /// it, with one lock of the call table: returns the slot and the call's sequence id. With
+    /// `wake`, the task's waker is kept, so that a reply that comes before the caller looks
+    /// for it wakes the caller.
+    pub(crate) async fn start(
+        &self,
+        deadline: Option<(u64, Duration)>,
+        wake: bool,
+    ) -> Result<(u32, u64), CallError> {
+        let mut waiting = Waiting::new(self);
         loop {
-            match attempt_or_listen(&self.window_free, || self.try_acquire()) {
-                Ok(slot) => return slot,
+            let attempt = poll_fn(|cx| {
+                let waker = wake.then(|| cx.waker());
+                Poll::Ready(self.try_start(&mut waiting, deadline, waker))
+            });
+            match attempt.await? {
+                Ok(started) => return Ok(started),
                 Err(listener) => listener.await,
             }
         }
     }
 
-    /// [`acquire`](Self::acquire) for a thread without a runtime.
-    fn acquire_blocking(&self) -> Result<u32, CallError> {
+    /// [`start`](Self::start) for a thread without a runtime.
+    fn start_blocking(&self, deadline: Option<(u64, Duration)>) -> Result<(u32, u64), CallError> {
+        let mut waiting = Waiting::new(self);
         loop {
-            match attempt_or_listen(&self.window_free, || self.try_acquire()) {
-                Ok(slot) => return slot,
+            match self.try_start(&mut waiting, deadline, None)? {
+                Ok(started) => return Ok(started),
                 Err(listener) => crate::sync::wait(listener),
             }
         }
     }
 
-    /// A slot, an error (the connection refuses calls), or `None` while the window is full.
-    fn try_acquire(&self) -> Option<Result<u32, CallError>> {
-        self.table.lock().acquire().transpose()
-    }
-
-    /// Gives `slot` back to the window; with `abandon`, first ends its call if it is still
-    /// pending and returns its sequence id, for the server to be told.
-    pub(crate) fn release(&self, slot: u32, abandon: bool) -> Option<u64> {
-        let seq = {
-            let mut table = self.table.lock();
-            let seq = abandon.then(|| table.abandon(slot)).flatten();
-            table.release(slot);
-            seq
-        };
-        crate::sync::notify_one_more(&self.window_free);
-        seq
-    }
-
-    fn begin(
+    /// One attempt to start a call: the slot and sequence id, or (the window is full) the
+    /// listener to wait on, registered under the table's lock so that no release is missed.
+    fn try_start(
         &self,
-        slot: u32,
+        waiting: &mut Waiting<'_>,
         deadline: Option<(u64, Duration)>,
-        waker: Option<std::task::Waker>,
-    ) -> Result<u64, CallError> {
-        let seq = self.table.lock().begin(slot, deadline, waker)?;
+        waker: Option<&std::task::Waker>,
+    ) -> Result<Result<(u32, u64), EventListener>, CallError> {
+        let mut table = self.table.lock();
+        let Some(slot) = table.acquire()? else {
+            if !waiting.counted {
+                waiting.counted = true;
+                table.add_waiter();
+            }
+            return Ok(Err(self.window_free.listen()));
+        };
+        if std::mem::take(&mut waiting.counted) {
+            table.remove_waiter();
+        }
+        let seq = match table.begin(slot, deadline, waker.cloned()) {
+            Ok(seq) => seq,
+            Err(e) => {
+                table.release(slot);
+                return Err(e);
+            }
+        };
+        drop(table);
         trace::record_client(seq, &self.peer);
         if let Some((tick, _)) = deadline {
             self.timer.arm(tick);
@@ -567,7 +568,40 @@ impl Conn {
             // No deadline, but the timer keeps the connection alive while the call runs.
             self.timer.arm(self.clock.now_tick() + interval);
         }
-        Ok(seq)
+        Ok(Ok((slot, seq)))
+    }
+
+    /// Takes the outcome of the call in `slot` and gives the slot back to the window, with
+    /// one lock of the call table; or registers `cx`'s waker.
+    fn poll_outcome(
+        &self,
+        slot: u32,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Bytes, CallError>> {
+        let mut table = self.table.lock();
+        let outcome = std::task::ready!(table.poll(slot, cx));
+        table.release(slot);
+        let waiters = table.has_waiters();
+        drop(table);
+        if waiters {
+            crate::sync::notify_one_more(&self.window_free);
+        }
+        Poll::Ready(outcome)
+    }
+
+    /// Gives `slot` back to the window; with `abandon`, first ends its call if it is still
+    /// pending and returns its sequence id, for the server to be told.
+    pub(crate) fn release(&self, slot: u32, abandon: bool) -> Option<u64> {
+        let (seq, waiters) = {
+            let mut table = self.table.lock();
+            let seq = abandon.then(|| table.abandon(slot)).flatten();
+            table.release(slot);
+            (seq, table.has_waiters())
+        };
+        if waiters {
+            crate::sync::notify_one_more(&self.window_free);
+        }
+        seq
     }
 
     /// The request frame of call `seq`, with `flags` and the options' metadata.
@@ -588,12 +622,12 @@ impl Conn {
             None if attachment.is_empty() => Outgoing::frame(header, body),
             None => {
                 header.len = (body.len() + attachment.len()) as u32;
-                Outgoing::Parts(header, [body, attachment, Bytes::new()])
+                Outgoing::Parts(header, Box::new([body, attachment, Bytes::new()]))
             }
             Some(metadata) => {
                 header.flags |= crate::frame::flags::METADATA;
                 header.len = (metadata.len() + body.len() + attachment.len()) as u32;
-                Outgoing::Parts(header, [metadata.clone(), body, attachment])
+                Outgoing::Parts(header, Box::new([metadata.clone(), body, attachment]))
             }
         }
     }
@@ -704,17 +738,61 @@ fn timeout_millis(timeout: Duration) -> u32 {
 struct SlotGuard<'a> {
     conn: &'a Conn,
     slot: u32,
-    begun: bool,
+    /// The outcome was taken and the slot went back with it.
+    released: bool,
+}
+
+impl<'a> SlotGuard<'a> {
+    /// Guards `slot`, in which a call has begun.
+    fn begun(conn: &'a Conn, slot: u32) -> Self {
+        Self {
+            conn,
+            slot,
+            released: false,
+        }
+    }
+
+    /// The slot went back to the window with the call's outcome.
+    fn released(&mut self) {
+        self.released = true;
+    }
 }
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        if let Some(seq) = self.conn.release(self.slot, self.begun) {
+        if self.released {
+            return;
+        }
+        if let Some(seq) = self.conn.release(self.slot, true) {
             // Best effort: if the queue is full the server's deadline ends the call.
             self.conn.out.try_send(Outgoing::frame(
                 FrameHeader::new(FrameKind::Cancel, seq),
                 Bytes::new(),
             ));
+        }
+    }
+}
+
+/// A caller's place among those waiting for a slot of the window: counted in the call table
+/// while it waits, and taken off if the caller gives up (its future dropped).
+struct Waiting<'a> {
+    conn: &'a Conn,
+    counted: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(conn: &'a Conn) -> Self {
+        Self {
+            conn,
+            counted: false,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.conn.table.lock().remove_waiter();
         }
     }
 }

@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 
-pub(crate) use self::outbox::{attempt_or_listen, outbox, Budget, Inbox, IoCounters, Outbox};
+pub(crate) use self::outbox::{outbox, Budget, Inbox, IoCounters, Outbox};
 pub use self::outbox::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL};
 use crate::{
     compress::{compress, Compression},
@@ -63,7 +63,8 @@ pub(crate) enum Outgoing {
     Frame(FrameHeader, Bytes),
     /// A frame whose body is up to three parts written back to back (metadata, message,
     /// attachment), so that none is copied to join them; `header.len` is their total length.
-    Parts(FrameHeader, [Bytes; 3]),
+    /// Boxed, so that the common frame of one body moves as half as many bytes.
+    Parts(FrameHeader, Box<[Bytes; 3]>),
     /// Write everything queued before this, close the write half, and stop the connection.
     Close,
 }
@@ -700,10 +701,10 @@ fn fill(rx: &mut Inbox, batch: &mut WriteBatch, compression: Option<&Compression
                 }
             }
             Some(Outgoing::Parts(header, parts)) => {
-                let [first, second, third] = &parts;
+                let [first, second, third] = &*parts;
                 match compression.and_then(|c| compress(c, &header, &[first, second, third])) {
                     Some((header, body)) => batch.push(&header, body),
-                    None => batch.push_parts(&header, parts),
+                    None => batch.push_parts(&header, *parts),
                 }
             }
             Some(Outgoing::Close) => return true,

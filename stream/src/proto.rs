@@ -126,7 +126,11 @@ mod tests {
         let (state, _) = StreamState::new(1, 64);
         let last = StreamEvent::Frame(frame(FrameKind::StreamItem, 1, 0, flags::END, b"x"));
         last.apply(&state).unwrap();
-        assert_eq!(state.closed(), None, "the peer's end closes only its direction");
+        assert_eq!(
+            state.closed(),
+            None,
+            "the peer's end closes only its direction"
+        );
         // Items after the end are dropped, not a violation.
         let late = StreamEvent::Frame(frame(FrameKind::StreamItem, 1, 0, 0, b"y"));
         assert!(late.apply(&state).is_ok());
@@ -158,7 +162,10 @@ mod tests {
         let mut cx = std::task::Context::from_waker(Waker::noop());
         let initial = crate::flow::INITIAL_STREAM_CREDIT as usize;
         assert!(state.poll_send(&mut cx, initial).is_ready());
-        assert!(state.poll_send(&mut cx, 10).is_pending(), "the credit is spent");
+        assert!(
+            state.poll_send(&mut cx, 10).is_pending(),
+            "the credit is spent"
+        );
         let credit = StreamEvent::Frame(frame(FrameKind::Credit, 5, 100, 0, b""));
         credit.apply(&state).unwrap();
         assert!(state.poll_send(&mut cx, 10).is_ready());

@@ -91,15 +91,8 @@ impl Client {
         conn.check_request(&body, options)?;
         // Streams run until they end: they get a deadline only when the options set one.
         let timeout = options.timeout.flatten();
-        let slot = conn.acquire().await?;
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
-        let seq = match conn.begin(slot, deadline, None) {
-            Ok(seq) => seq,
-            Err(e) => {
-                conn.release(slot, false);
-                return Err(e);
-            }
-        };
+        let (slot, seq) = conn.start(deadline, false).await?;
         let (state, grant) = StreamState::new(seq, conn.stream_window);
         let state = Arc::new(state);
         conn.streams.lock().insert(seq, state.clone());

@@ -12,8 +12,9 @@ use std::{
     collections::VecDeque,
     future::{poll_fn, Future},
     mem,
+    pin::Pin,
     sync::Arc,
-    task::Poll,
+    task::{Context, Poll},
 };
 
 use bytes::Bytes;
@@ -159,6 +160,26 @@ struct State {
     closed: bool,
 }
 
+/// The future of [`Outbox::send`]: `true` once the message is queued, `false` if the writer
+/// is gone.
+pub(crate) enum Send<'a> {
+    /// The first attempt settled it.
+    Done(bool),
+    /// The queue was over a limit: waiting for room.
+    Waiting(Pin<Box<dyn Future<Output = bool> + std::marker::Send + 'a>>),
+}
+
+impl Future for Send<'_> {
+    type Output = bool;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        match self.get_mut() {
+            Send::Done(sent) => Poll::Ready(*sent),
+            Send::Waiting(waiting) => waiting.as_mut().poll(cx),
+        }
+    }
+}
+
 /// Keeps the writer from flushing a small batch until it is dropped.
 #[derive(Debug)]
 pub(crate) struct Hold<'a> {
@@ -190,30 +211,25 @@ pub(crate) fn outbox(limit: usize, budget: Option<Arc<Budget>>) -> (Outbox, Inbo
     )
 }
 
-/// Tries `attempt`; if it fails, listens to `event` and tries once more, so that a
-/// notification between the two is not missed. `Err` is the listener to wait on (async or
-/// blocking) before the next round.
-pub(crate) fn attempt_or_listen<T>(
-    event: &Event,
-    mut attempt: impl FnMut() -> Option<T>,
-) -> Result<T, EventListener> {
-    if let Some(done) = attempt() {
-        return Ok(done);
-    }
-    let listener = event.listen();
-    attempt().ok_or(listener)
-}
-
 impl Outbox {
     /// Queues `message`, waiting while the queue is over its limit; `false` once the writer
     /// is gone.
-    pub(crate) async fn send(&self, message: Outgoing) -> bool {
-        let mut message = Some(message);
-        loop {
-            match self.push_or_listen(&mut message) {
-                Ok(sent) => return sent,
-                Err(listener) => listener.await,
-            }
+    ///
+    /// The first attempt is made at once, not on the first poll: a message that fits (the
+    /// common case) is queued before the future exists, which then holds only the outcome.
+    pub(crate) fn send(&self, message: Outgoing) -> Send<'_> {
+        let mut slot = Some(message);
+        match self.push(&mut slot, false) {
+            Ok(sent) => Send::Done(sent),
+            // Over a limit: the rare path, which waits for room, goes in a box.
+            Err(_) => Send::Waiting(Box::pin(async move {
+                loop {
+                    match self.push_or_listen(&mut slot) {
+                        Ok(sent) => return sent,
+                        Err(listener) => listener.await,
+                    }
+                }
+            })),
         }
     }
 

@@ -217,7 +217,12 @@ mod tests {
         let mut overloaded = 250u32.to_le_bytes().to_vec();
         overloaded.extend_from_slice(b"busy");
         let batch = vec![
-            frame(FrameKind::Error, seqs[0], ErrorCode::APPLICATION.as_u32(), b"app"),
+            frame(
+                FrameKind::Error,
+                seqs[0],
+                ErrorCode::APPLICATION.as_u32(),
+                b"app",
+            ),
             frame(
                 FrameKind::Error,
                 seqs[1],

@@ -254,7 +254,10 @@ mod tests {
             header: FrameHeader::new(FrameKind::Request, 2),
             body: Bytes::from_static(b"\xff\xff"),
         };
-        assert!(plain.take_metadata().unwrap().is_empty(), "no flag, no block");
+        assert!(
+            plain.take_metadata().unwrap().is_empty(),
+            "no flag, no block"
+        );
         assert_eq!(plain.body.len(), 2);
 
         let mut bad = Incoming {

@@ -211,7 +211,7 @@ pub(super) fn reply(
                 len: (head.len() + tail.len()) as u32,
                 ..header
             };
-            return Outgoing::Parts(header, [head, tail, Bytes::new()]);
+            return Outgoing::Parts(header, Box::new([head, tail, Bytes::new()]));
         }
         Ok(body) => Status::new(
             ErrorCode::RESPONSE_TOO_LARGE,
