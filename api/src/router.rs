@@ -1,6 +1,7 @@
 //! A [`Dispatch`] that routes method ids to typed handlers.
 
 use std::{
+    any::Any,
     collections::HashMap,
     fmt,
     future::Future,
@@ -17,8 +18,94 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::MethodId;
 
+#[cfg(feature = "tower")]
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
-pub(crate) type Handler = Arc<dyn Fn(Request) -> RouterFuture + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Endpoint>;
+
+/// A route's handler, its type erased.
+pub(crate) trait Endpoint: Send + Sync {
+    /// Starts a call: its future.
+    fn start(&self, request: Request) -> RouterFuture;
+
+    /// Starts a call in `slot`, the finished future of an earlier call, reusing what it
+    /// allocated where it can.
+    fn start_in(&self, request: Request, slot: &mut RouterFuture) {
+        *slot = self.start(request);
+    }
+}
+
+impl<F: Fn(Request) -> RouterFuture + Send + Sync> Endpoint for F {
+    fn start(&self, request: Request) -> RouterFuture {
+        self(request)
+    }
+}
+
+/// An endpoint whose calls' futures are all of one type, `Fut`: the box of a finished call
+/// (kept by the server for the next call on its connection) takes the next call's future in
+/// place, so that a routed call allocates nothing once the connection is warm.
+struct Reusable<Fut> {
+    make: Maker<Fut>,
+}
+
+/// What makes a call's future from its request.
+type Maker<Fut> = Box<dyn Fn(Request) -> Fut + Send + Sync>;
+
+/// A call's future in a box that outlives it: `None` once the call finished.
+trait Call: Send {
+    fn poll_call(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Reply, Status>>;
+
+    /// Starts the next call in this box if `make` makes futures of its type (`make` is a
+    /// [`Maker`]); gives the request back if not.
+    fn restart(self: Pin<&mut Self>, make: &dyn Any, request: Request) -> Result<(), Request>;
+}
+
+impl<Fut> Endpoint for Reusable<Fut>
+where
+    Fut: Future<Output = Result<Reply, Status>> + Send + 'static,
+{
+    fn start(&self, request: Request) -> RouterFuture {
+        RouterFuture::new(Inner::Call(Box::pin(Some((self.make)(request)))))
+    }
+
+    fn start_in(&self, request: Request, slot: &mut RouterFuture) {
+        let request = match &mut slot.inner {
+            Inner::Call(call) => match call.as_mut().restart(&self.make, request) {
+                Ok(()) => return,
+                Err(request) => request,
+            },
+            _ => request,
+        };
+        *slot = self.start(request);
+    }
+}
+
+impl<Fut> Call for Option<Fut>
+where
+    Fut: Future<Output = Result<Reply, Status>> + Send + 'static,
+{
+    fn poll_call(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Reply, Status>> {
+        let Some(future) = self.as_mut().as_pin_mut() else {
+            return Poll::Ready(Err(Status::new(
+                ErrorCode::INTERNAL,
+                "polled after completion",
+            )));
+        };
+        let result = std::task::ready!(future.poll(cx));
+        // What the call held goes now, not when the box is next used.
+        self.set(None);
+        Poll::Ready(result)
+    }
+
+    fn restart(mut self: Pin<&mut Self>, make: &dyn Any, request: Request) -> Result<(), Request> {
+        match make.downcast_ref::<Maker<Fut>>() {
+            Some(make) => {
+                self.set(Some(make(request)));
+                Ok(())
+            }
+            None => Err(request),
+        }
+    }
+}
 
 /// Routes by method id, hashed with [`MethodIdHasher`].
 type Routes = HashMap<u32, (String, Handler), BuildHasherDefault<MethodIdHasher>>;
@@ -120,27 +207,20 @@ impl<C: Codec> Router<C> {
         Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
     {
         let codec = self.codec.clone();
-        let handler: Handler = Arc::new(move |request: Request| {
-            let decoded: Req = match codec.decode(request.body()) {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    return RouterFuture::ready(Err(Status::new(
-                        ErrorCode::BAD_REQUEST,
-                        e.to_string(),
-                    )))
-                }
-            };
-            let reply = handler(decoded);
-            let codec = codec.clone();
-            RouterFuture::boxed(Box::pin(async move {
-                let reply = reply.await?;
+        let handler = Arc::new(handler);
+        self.insert_reusable(method, move |request: Request| {
+            let (codec, handler) = (codec.clone(), handler.clone());
+            async move {
+                let decoded: Req = codec
+                    .decode(request.body())
+                    .map_err(|e| Status::new(ErrorCode::BAD_REQUEST, e.to_string()))?;
+                let reply = handler(decoded).await?;
                 codec
                     .encode(&reply)
                     .map(Reply::from)
                     .map_err(|e| Status::new(ErrorCode::INTERNAL, e.to_string()))
-            }))
-        });
-        self.insert(method, handler)
+            }
+        })
     }
 
     /// Registers a raw handler for `method`: it gets the whole [`Request`] (body untouched) and
@@ -187,9 +267,7 @@ impl<C: Codec> Router<C> {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Reply, Status>> + Send + 'static,
     {
-        let handler: Handler =
-            Arc::new(move |request| RouterFuture::boxed(Box::pin(handler(request))));
-        self.insert(method, handler)
+        self.insert_reusable(method, handler)
     }
 
     /// Adds every method of `service` (a server generated by `#[flumen::service]`).
@@ -225,6 +303,16 @@ impl<C: Codec> Router<C> {
         }
     }
 
+    /// Registers `make` for `method`, its futures reusing the boxes of finished calls.
+    fn insert_reusable<M, Fut>(self, method: &str, make: M) -> Result<Self, RouteError>
+    where
+        M: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply, Status>> + Send + 'static,
+    {
+        let make: Maker<Fut> = Box::new(make);
+        self.insert(method, Arc::new(Reusable { make }))
+    }
+
     fn insert(mut self, method: &str, handler: Handler) -> Result<Self, RouteError> {
         let id = MethodId::from_name(method);
         if let Some((existing, _)) = self.routes.get(&id.as_u32()) {
@@ -244,24 +332,28 @@ impl<C: Codec> Dispatch for Router<C> {
     type Future = RouterFuture;
 
     fn dispatch(&self, request: Request) -> RouterFuture {
-        match self.routes.get(&request.method()) {
-            Some((name, handler)) => {
-                crate::observe::served(name, &request);
-                #[cfg(feature = "metrics")]
-                let served = crate::metrics::server(MethodId::from_u32(request.method()), name)
-                    .map(crate::metrics::Served::start);
-                #[allow(unused_mut)]
-                let mut future = handler(request);
-                #[cfg(feature = "metrics")]
-                {
-                    future.served = served;
-                }
-                future
-            }
-            None => RouterFuture::ready(Err(Status::new(
+        let mut future = RouterFuture::new(Inner::Ready(None));
+        self.dispatch_in(request, Pin::new(&mut future));
+        future
+    }
+
+    fn dispatch_in(&self, request: Request, slot: Pin<&mut RouterFuture>) {
+        let slot = slot.get_mut();
+        let Some((name, handler)) = self.routes.get(&request.method()) else {
+            *slot = RouterFuture::ready(Err(Status::new(
                 ErrorCode::UNKNOWN_METHOD,
                 format!("no method with id {:#010x}", request.method()),
-            ))),
+            )));
+            return;
+        };
+        crate::observe::served(name, &request);
+        #[cfg(feature = "metrics")]
+        let served = crate::metrics::server(MethodId::from_u32(request.method()), name)
+            .map(crate::metrics::Served::start);
+        handler.start_in(request, slot);
+        #[cfg(feature = "metrics")]
+        {
+            slot.served = served;
         }
     }
 }
@@ -287,7 +379,8 @@ pub struct RouteError {
     id: MethodId,
 }
 
-/// The future of a [`Router`] call: ready at once for refused requests, boxed otherwise.
+/// The future of a [`Router`] call: ready at once for refused requests, boxed otherwise (a
+/// box the server reuses for the connection's next call).
 pub struct RouterFuture {
     inner: Inner,
     /// Counts the call in the metrics when it ends.
@@ -297,7 +390,10 @@ pub struct RouterFuture {
 
 enum Inner {
     Ready(Option<Result<Reply, Status>>),
+    #[cfg(feature = "tower")]
     Boxed(BoxFuture),
+    /// A call of a route whose futures all have one type: the box is reused.
+    Call(Pin<Box<dyn Call>>),
 }
 
 impl RouterFuture {
@@ -305,6 +401,7 @@ impl RouterFuture {
         Self::new(Inner::Ready(Some(result)))
     }
 
+    #[cfg(feature = "tower")]
     pub(crate) fn boxed(future: BoxFuture) -> Self {
         Self::new(Inner::Boxed(future))
     }
@@ -327,7 +424,9 @@ impl Future for RouterFuture {
                 Some(result) => result,
                 None => Err(Status::new(ErrorCode::INTERNAL, "polled after completion")),
             },
+            #[cfg(feature = "tower")]
             Inner::Boxed(future) => std::task::ready!(future.as_mut().poll(cx)),
+            Inner::Call(call) => std::task::ready!(call.as_mut().poll_call(cx)),
         };
         #[cfg(feature = "metrics")]
         if let Some(served) = &mut self.served {

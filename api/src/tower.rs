@@ -168,7 +168,7 @@ impl Service<Request> for Route {
     }
 
     fn call(&mut self, request: Request) -> RouterFuture {
-        (self.handler)(request)
+        self.handler.start(request)
     }
 }
 

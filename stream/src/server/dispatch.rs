@@ -1,7 +1,7 @@
 //! What a handler sees and returns: the [`Dispatch`] trait, the [`Request`] it gets, and the
 //! [`Reply`] or [`Status`] it answers with.
 
-use std::{borrow::Cow, fmt, future::Future, time::Duration};
+use std::{borrow::Cow, fmt, future::Future, pin::Pin, time::Duration};
 
 use bytes::Bytes;
 
@@ -39,6 +39,15 @@ pub trait Dispatch: Send + Sync + 'static {
     /// Starts handling `request`. Many calls of one connection run at once; a panic while
     /// polling the future fails that call with `HANDLER_PANIC` and nothing else.
     fn dispatch(&self, request: Request) -> Self::Future;
+
+    /// Starts handling `request` in `slot`, which holds the finished future of an earlier
+    /// call on the same connection: an implementation may reuse what that future allocated
+    /// (the `flumen` router reuses its box when both calls are of one route). The server
+    /// calls it for calls that it keeps a spare future for; the default puts
+    /// [`dispatch`](Self::dispatch)'s future in the slot.
+    fn dispatch_in(&self, request: Request, mut slot: Pin<&mut Self::Future>) {
+        slot.set(self.dispatch(request));
+    }
 }
 
 /// One incoming call, as the server hands it to [`Dispatch`].

@@ -411,19 +411,20 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             span: span.span(),
         };
         let dispatch = &self.dispatch;
-        // Not inside the span: the dispatcher may still give it a parent.
-        let dispatched = catch_unwind(AssertUnwindSafe(|| dispatch.dispatch(request)));
-        let Ok(future) = dispatched else {
+        // Not inside the span: the dispatcher may still give it a parent. A finished call's
+        // box takes the future, and the dispatcher may reuse what that call allocated.
+        let spare = self.spare.pop();
+        let dispatched = catch_unwind(AssertUnwindSafe(|| match spare {
+            Some(mut spare) => {
+                dispatch.dispatch_in(request, spare.as_mut());
+                spare
+            }
+            None => Box::pin(dispatch.dispatch(request)),
+        }));
+        let Ok(mut future) = dispatched else {
             span.finish(Err(ErrorCode::HANDLER_PANIC));
             self.panicked(&header);
             return true;
-        };
-        let mut future = match self.spare.pop() {
-            Some(mut spare) => {
-                spare.as_mut().set(future);
-                spare
-            }
-            None => Box::pin(future),
         };
         if !self.shared.config.inline_dispatch {
             let call = self.spawned(header, timeout, registration, permit, span);
