@@ -240,15 +240,21 @@ impl<C: Codec> Client<C> {
         let (observed, traced) = ClientCall::start_with(method, options);
         let options = traced.as_ref().unwrap_or(options);
         let id = method.id().as_u32();
-        let call = async {
-            match &self.channel {
-                Channel::One(raw) => raw.call_parts(id, head, tail, options).await,
-                Channel::Many(balancer) => {
-                    balancer.call_parts(id, head, tail, options, route).await
-                }
+        match (observed, &self.channel) {
+            // The common call: the connection's future awaited here, not moved into layers.
+            (None, Channel::One(raw)) => raw.call_parts(id, head, tail, options).await,
+            (observed, channel) => {
+                let call = async {
+                    match channel {
+                        Channel::One(raw) => raw.call_parts(id, head, tail, options).await,
+                        Channel::Many(balancer) => {
+                            balancer.call_parts(id, head, tail, options, route).await
+                        }
+                    }
+                };
+                ClientCall::run_if(observed, call).await
             }
-        };
-        ClientCall::run_if(observed, call).await
+        }
     }
 
     /// [`call_parts`](Self::call_parts) from a plain thread.

@@ -12,7 +12,7 @@ mod stream;
 use std::{
     collections::HashMap,
     fmt,
-    future::poll_fn,
+    future::{poll_fn, Future},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -238,9 +238,13 @@ impl Client {
     ///
     /// [`CallError`]: timeout, connection failure, a request over the server's size limit, or
     /// an error answered by the server.
-    pub async fn call(&self, method: u32, body: Bytes) -> Result<Bytes, CallError> {
-        self.call_with_timeout(method, body, self.handle.conn.default_timeout)
-            .await
+    pub fn call(
+        &self,
+        method: u32,
+        body: Bytes,
+    ) -> impl Future<Output = Result<Bytes, CallError>> + Send + '_ {
+        let timeout = self.handle.conn.default_timeout;
+        self.exchange(method, (body, Bytes::new()), timeout, None)
     }
 
     /// Calls `method` with `body`; `timeout` of `None` waits until the reply or the end of the
@@ -250,14 +254,13 @@ impl Client {
     /// # Errors
     ///
     /// As [`call`](Self::call).
-    pub async fn call_with_timeout(
+    pub fn call_with_timeout(
         &self,
         method: u32,
         body: Bytes,
         timeout: Option<Duration>,
-    ) -> Result<Bytes, CallError> {
-        self.call_with(method, body, &CallOptions::new().timeout(timeout))
-            .await
+    ) -> impl Future<Output = Result<Bytes, CallError>> + Send + '_ {
+        self.exchange(method, (body, Bytes::new()), timeout, None)
     }
 
     /// Calls `method` with `body` and `options` (timeout, metadata).
@@ -265,13 +268,13 @@ impl Client {
     /// # Errors
     ///
     /// As [`call`](Self::call).
-    pub async fn call_with(
+    pub fn call_with(
         &self,
         method: u32,
         body: Bytes,
         options: &CallOptions,
-    ) -> Result<Bytes, CallError> {
-        self.call_parts(method, body, Bytes::new(), options).await
+    ) -> impl Future<Output = Result<Bytes, CallError>> + Send + '_ {
+        self.call_parts(method, body, Bytes::new(), options)
     }
 
     /// Calls `method` with a body of `head` followed by `tail`, written back to back without
@@ -280,23 +283,35 @@ impl Client {
     /// # Errors
     ///
     /// As [`call`](Self::call).
-    pub async fn call_parts(
+    pub fn call_parts(
         &self,
         method: u32,
         head: Bytes,
         tail: Bytes,
         options: &CallOptions,
+    ) -> impl Future<Output = Result<Bytes, CallError>> + Send + '_ {
+        let timeout = options.timeout_or(self.handle.conn.default_timeout);
+        self.exchange(method, (head, tail), timeout, options.metadata.clone())
+    }
+
+    /// One call: the body in two parts, the timeout, the encoded metadata. Every async call
+    /// method is this one future, with no layers of futures around it.
+    async fn exchange(
+        &self,
+        method: u32,
+        (head, tail): (Bytes, Bytes),
+        timeout: Option<Duration>,
+        metadata: Option<Bytes>,
     ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
-        conn.check_len(head.len() + tail.len(), options)?;
-        let timeout = options.timeout_or(conn.default_timeout);
+        conn.check_len(head.len() + tail.len(), metadata.as_ref())?;
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
         let (slot, seq) = conn.start(deadline, true).await?;
         let mut guard = SlotGuard::begun(conn, slot);
         // The writer only goes away with the connection, which then fails the call for us.
         let _ = conn
             .out
-            .send(conn.request(method, seq, timeout, 0, (head, tail), options))
+            .send(conn.request(method, seq, timeout, 0, (head, tail), metadata.as_ref()))
             .await;
         let outcome = poll_fn(|cx| conn.poll_outcome(slot, cx)).await;
         guard.released();
@@ -355,14 +370,19 @@ impl Client {
         options: &CallOptions,
     ) -> Result<Bytes, CallError> {
         let conn = &*self.handle.conn;
-        conn.check_len(head.len() + tail.len(), options)?;
+        conn.check_len(head.len() + tail.len(), options.metadata.as_ref())?;
         let timeout = options.timeout_or(conn.default_timeout);
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
         let (slot, seq) = conn.start_blocking(deadline)?;
         let mut guard = SlotGuard::begun(conn, slot);
-        let _ =
-            conn.out
-                .send_blocking(conn.request(method, seq, timeout, 0, (head, tail), options));
+        let _ = conn.out.send_blocking(conn.request(
+            method,
+            seq,
+            timeout,
+            0,
+            (head, tail),
+            options.metadata.as_ref(),
+        ));
         let outcome = futures_lite::future::block_on(poll_fn(|cx| conn.poll_outcome(slot, cx)));
         guard.released();
         conn.out.caller_resumed();
@@ -487,11 +507,11 @@ impl Conn {
     }
 
     fn check_request(&self, body: &Bytes, options: &CallOptions) -> Result<(), CallError> {
-        self.check_len(body.len(), options)
+        self.check_len(body.len(), options.metadata.as_ref())
     }
 
-    fn check_len(&self, body_len: usize, options: &CallOptions) -> Result<(), CallError> {
-        let len = body_len + options.metadata.as_ref().map_or(0, Bytes::len);
+    fn check_len(&self, body_len: usize, metadata: Option<&Bytes>) -> Result<(), CallError> {
+        let len = body_len + metadata.map_or(0, Bytes::len);
         if len > self.peer_max_frame_len as usize {
             return Err(CallError::RequestTooLarge {
                 len,
@@ -612,13 +632,13 @@ impl Conn {
         timeout: Option<Duration>,
         flags: u8,
         (body, attachment): (Bytes, Bytes),
-        options: &CallOptions,
+        metadata: Option<&Bytes>,
     ) -> Outgoing {
         let mut header = FrameHeader::new(FrameKind::Request, seq);
         header.method = method;
         header.flags = flags;
         header.aux = timeout.map_or(0, timeout_millis);
-        match &options.metadata {
+        match metadata {
             None if attachment.is_empty() => Outgoing::frame(header, body),
             None => {
                 header.len = (body.len() + attachment.len()) as u32;

@@ -108,7 +108,7 @@ impl Client {
             timeout,
             mode.flags(),
             (body, Bytes::new()),
-            options,
+            options.metadata.as_ref(),
         );
         let _ = conn.out.send(request).await;
         if grant > 0 && mode != StreamMode::ClientStreaming {
