@@ -37,6 +37,7 @@ use crate::{
     metadata::{Metadata, MetadataError},
     proto,
     runtime::Runtime,
+    signal::TimerGate,
     stats::ConnectionStats,
     streaming::StreamState,
     sync::{Event, EventListener, Mutex},
@@ -72,7 +73,7 @@ pub(crate) struct Conn {
     stop: Stop,
     /// Asks the reader and writer to give their buffers back.
     quiet: Quiet,
-    timer: driver::TimerGate,
+    timer: TimerGate,
     clock: Clock,
     default_timeout: Option<Duration>,
     /// The server's limit on request bodies.
@@ -490,7 +491,7 @@ impl Conn {
             out,
             stop: Stop::default(),
             quiet: Quiet::default(),
-            timer: driver::TimerGate::default(),
+            timer: TimerGate::default(),
             clock: Clock::new(config.tick),
             default_timeout: config.default_timeout,
             peer_max_frame_len,

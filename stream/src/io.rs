@@ -9,19 +9,19 @@ use std::{
     io::{self, IoSlice},
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         OnceLock,
     },
     task::Poll,
 };
 
-use atomic_waker::AtomicWaker;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 
 pub(crate) use self::outbox::{outbox, Budget, Inbox, IoCounters, Outbox};
 pub use self::outbox::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL};
+pub(crate) use crate::signal::{Quiet, Stop, READER, TIMER, WRITER};
 use crate::{
     compress::{compress, Compression},
     frame::{Frame, FrameDecoder, FrameError, FrameHeader, HEADER_LEN},
@@ -91,74 +91,6 @@ impl Outgoing {
 impl From<Frame> for Outgoing {
     fn from(frame: Frame) -> Self {
         Self::Frame(frame.header, frame.body)
-    }
-}
-
-/// Roles of the tasks that wait on a [`Stop`].
-pub(crate) const READER: usize = 0;
-pub(crate) const WRITER: usize = 1;
-pub(crate) const TIMER: usize = 2;
-
-/// A one-way latch that tells a connection's tasks to end, waking each wherever it waits.
-///
-/// The reader, writer and timer each have a waker slot (no allocation to wait); any number of
-/// other tasks (running handlers) can wait through [`Stop::ended`].
-#[derive(Debug, Default)]
-pub(crate) struct Stop {
-    stopped: AtomicBool,
-    wakers: [AtomicWaker; 3],
-    others: event_listener::Event,
-}
-
-impl Stop {
-    /// Sets the latch and wakes every task. Returns `true` for the call that set it.
-    pub(crate) fn stop(&self) -> bool {
-        let first = !self.stopped.swap(true, Ordering::AcqRel);
-        if first {
-            self.wakers.iter().for_each(AtomicWaker::wake);
-            self.others.notify(usize::MAX);
-        }
-        first
-    }
-
-    /// Completes once the latch is set; for tasks without a waker slot of their own.
-    pub(crate) async fn ended(&self) {
-        while !self.is_stopped() {
-            let listener = self.others.listen();
-            if self.is_stopped() {
-                return;
-            }
-            listener.await;
-        }
-    }
-
-    pub(crate) fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Completes once the latch is set; `role` says which task waits.
-    pub(crate) fn wait(&self, role: usize) -> impl Future<Output = ()> + '_ {
-        poll_fn(move |cx| {
-            if self.is_stopped() {
-                return Poll::Ready(());
-            }
-            self.wakers[role].register(cx.waker());
-            if self.is_stopped() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-    }
-
-    /// Runs `fut` unless the latch is set first; `None` means stopped.
-    pub(crate) async fn guard<T>(&self, role: usize, fut: impl Future<Output = T>) -> Option<T> {
-        async { Some(fut.await) }
-            .or(async {
-                self.wait(role).await;
-                None
-            })
-            .await
     }
 }
 
@@ -711,45 +643,6 @@ fn fill(rx: &mut Inbox, batch: &mut WriteBatch, compression: Option<&Compression
         }
     }
     false
-}
-
-/// Tells a connection's reader and writer that it went quiet, so that they give their buffers
-/// back (to be allocated again, small, when traffic returns).
-#[derive(Debug, Default)]
-pub(crate) struct Quiet {
-    flags: [AtomicBool; 2],
-    wakers: [AtomicWaker; 2],
-}
-
-impl Quiet {
-    /// Asks both tasks to release their buffers.
-    pub(crate) fn signal(&self) {
-        for (flag, waker) in self.flags.iter().zip(&self.wakers) {
-            if !flag.swap(true, Ordering::AcqRel) {
-                waker.wake();
-            }
-        }
-    }
-
-    /// Whether `role` was asked to release, clearing the request.
-    pub(crate) fn take(&self, role: usize) -> bool {
-        self.flags[role].load(Ordering::Relaxed) && self.flags[role].swap(false, Ordering::AcqRel)
-    }
-
-    /// Completes once `role` is asked to release (never resolves on its own otherwise).
-    pub(crate) fn wait(&self, role: usize) -> impl Future<Output = ()> + '_ {
-        poll_fn(move |cx| {
-            if self.flags[role].load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            self.wakers[role].register(cx.waker());
-            if self.flags[role].load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-    }
 }
 
 /// Reads until `buf` holds at least `n` bytes.

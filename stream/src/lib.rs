@@ -28,6 +28,7 @@ pub mod metadata;
 mod proto;
 mod runtime;
 mod server;
+mod signal;
 mod stats;
 mod streaming;
 mod sync;

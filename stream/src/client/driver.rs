@@ -2,15 +2,11 @@
 
 use std::{
     future::poll_fn,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, OnceLock,
-    },
-    task::{Context, Poll, Waker},
+    sync::{atomic::Ordering, Arc, OnceLock},
+    task::Waker,
     time::Instant,
 };
 
-use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use futures_lite::FutureExt;
 
@@ -39,69 +35,6 @@ use crate::{
 /// so that a connection with pending calls costs one timer wake-up a second at most instead
 /// of one a tick, and still notices within a second that it went quiet.
 const MAX_TIMER_SLEEP_TICKS: u64 = 100;
-
-/// Lets the timer task sleep while no call has a deadline, and until the earliest deadline
-/// while some have; wakes it when a call needs it sooner.
-#[derive(Debug)]
-pub(super) struct TimerGate {
-    idle: AtomicBool,
-    /// The tick the sleeping timer will wake at (`u64::MAX` while idle).
-    target: AtomicU64,
-    /// Set when a deadline earlier than `target` arrived.
-    sooner: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl Default for TimerGate {
-    fn default() -> Self {
-        Self {
-            idle: AtomicBool::new(false),
-            target: AtomicU64::new(u64::MAX),
-            sooner: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-        }
-    }
-}
-
-impl TimerGate {
-    /// Called after a call with deadline tick `deadline` entered the table.
-    pub(super) fn arm(&self, deadline: u64) {
-        // A relaxed load suffices: the table's mutex orders it after the timer's check.
-        if self.idle.load(Ordering::Relaxed) && self.idle.swap(false, Ordering::AcqRel) {
-            self.waker.wake();
-        } else if deadline < self.target.load(Ordering::Relaxed) {
-            self.sooner.store(true, Ordering::Release);
-            self.waker.wake();
-        }
-    }
-
-    /// Completes when a deadline earlier than the one the timer sleeps for arrives.
-    fn sooner(&self) -> impl std::future::Future<Output = ()> + '_ {
-        poll_fn(move |cx| {
-            if self.sooner.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.sooner.swap(false, Ordering::AcqRel) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-    }
-
-    /// Ready once `has_work` holds; otherwise parks the timer until `arm`.
-    fn park(&self, cx: &mut Context<'_>, has_work: impl Fn() -> bool) -> Poll<()> {
-        self.waker.register(cx.waker());
-        self.idle.store(true, Ordering::SeqCst);
-        if has_work() {
-            self.idle.store(false, Ordering::Relaxed);
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-}
 
 pub(super) async fn connect<R: Runtime, T: Transport>(
     rt: &R,
@@ -307,7 +240,7 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
     let keeps_alive = keepalive.is_some();
     let has_work = |table: &CallTable| table.has_deadlines() || (keeps_alive && table.in_use() > 0);
     loop {
-        gate.target.store(u64::MAX, Ordering::Relaxed);
+        gate.sleeping_until(u64::MAX);
         let work = poll_fn(|cx| gate.park(cx, || has_work(&conn.table.lock())));
         if conn.stop.guard(TIMER, work).await.is_none() {
             return;
@@ -324,7 +257,7 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
             let target = next_expiry
                 .unwrap_or(now + 1)
                 .clamp(now + 1, now + MAX_TIMER_SLEEP_TICKS);
-            gate.target.store(target, Ordering::Relaxed);
+            gate.sleeping_until(target);
             let sleep = rt.sleep_until(conn.clock.instant_of(target));
             if conn
                 .stop
@@ -340,7 +273,7 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
                 .fetch_add(1, Ordering::Relaxed);
             let now = conn.clock.now_tick();
             // While the next target is worked out, any new deadline wakes the timer again.
-            gate.target.store(0, Ordering::Relaxed);
+            gate.sleeping_until(0);
             let (deadlines, busy) = {
                 let mut table = conn.table.lock();
                 table.expire(now, &mut wakers, &mut expired);

@@ -4,17 +4,15 @@
 
 use std::{
     collections::HashMap,
-    future::{poll_fn, Future},
+    future::poll_fn,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, OnceLock,
     },
-    task::Poll,
     time::Duration,
 };
 
-use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use futures_io::AsyncWrite;
 use parking_lot::Mutex;
@@ -29,6 +27,7 @@ use crate::{
     io::{outbox, write_all, write_loop, Inbox, Outbox, Outgoing, Quiet, Stop, WriteWatch, WRITER},
     keepalive::{Action, KeepAlive},
     runtime::Runtime,
+    signal::Signal,
     stats::ConnectionStats,
     streaming::StreamState,
     trace::Peer,
@@ -375,47 +374,5 @@ pub(super) fn remove_same<T>(map: &Mutex<HashMap<u64, Arc<T>>>, seq: u64, value:
     let mut map = map.lock();
     if map.get(&seq).is_some_and(|v| Arc::ptr_eq(v, value)) {
         map.remove(&seq);
-    }
-}
-
-/// A one-way flag a task can wait on: a connection starting to drain, a call being cancelled.
-#[derive(Debug, Default)]
-pub(super) struct Signal {
-    set: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl Signal {
-    pub(super) fn new(set: bool) -> Self {
-        Self {
-            set: AtomicBool::new(set),
-            waker: AtomicWaker::new(),
-        }
-    }
-
-    /// Sets the flag and wakes the waiter; `true` for the call that set it.
-    pub(super) fn set(&self) -> bool {
-        let first = !self.set.swap(true, Ordering::SeqCst);
-        self.waker.wake();
-        first
-    }
-
-    pub(super) fn is_set(&self) -> bool {
-        self.set.load(Ordering::SeqCst)
-    }
-
-    /// Completes once the flag is set (one waiting task at a time).
-    pub(super) fn wait(&self) -> impl Future<Output = ()> + '_ {
-        poll_fn(|cx| {
-            if self.is_set() {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.is_set() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::{
-    conn::{remove_same, ConnState, Signal},
+    conn::{remove_same, ConnState},
     stream::StreamRegistration,
     Reply, Shared, Status,
 };
@@ -24,6 +24,7 @@ use crate::{
     frame::{FrameHeader, FrameKind},
     io::Outgoing,
     runtime::Runtime,
+    signal::Signal,
     trace::CallSpan,
 };
 
