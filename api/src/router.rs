@@ -54,9 +54,9 @@ type Maker<Fut> = Box<dyn Fn(Request) -> Fut + Send + Sync>;
 trait Call: Send {
     fn poll_call(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Reply, Status>>;
 
-    /// Starts the next call in this box if `make` makes futures of its type (`make` is a
-    /// [`Maker`]); gives the request back if not.
-    fn restart(self: Pin<&mut Self>, make: &dyn Any, request: Request) -> Result<(), Request>;
+    /// Starts the next call in this box, taking `request`, if `make` makes futures of its
+    /// type (`make` is a [`Maker`]); leaves `request` alone if not.
+    fn restart(self: Pin<&mut Self>, make: &dyn Any, request: &mut Option<Request>);
 }
 
 impl<Fut> Endpoint for Reusable<Fut>
@@ -68,14 +68,13 @@ where
     }
 
     fn start_in(&self, request: Request, slot: &mut RouterFuture) {
-        let request = match &mut slot.inner {
-            Inner::Call(call) => match call.as_mut().restart(&self.make, request) {
-                Ok(()) => return,
-                Err(request) => request,
-            },
-            _ => request,
-        };
-        *slot = self.start(request);
+        let mut request = Some(request);
+        if let Inner::Call(call) = &mut slot.inner {
+            call.as_mut().restart(&self.make, &mut request);
+        }
+        if let Some(request) = request {
+            *slot = self.start(request);
+        }
     }
 }
 
@@ -96,13 +95,11 @@ where
         Poll::Ready(result)
     }
 
-    fn restart(mut self: Pin<&mut Self>, make: &dyn Any, request: Request) -> Result<(), Request> {
-        match make.downcast_ref::<Maker<Fut>>() {
-            Some(make) => {
+    fn restart(mut self: Pin<&mut Self>, make: &dyn Any, request: &mut Option<Request>) {
+        if let Some(make) = make.downcast_ref::<Maker<Fut>>() {
+            if let Some(request) = request.take() {
                 self.set(Some(make(request)));
-                Ok(())
             }
-            None => Err(request),
         }
     }
 }

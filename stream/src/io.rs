@@ -12,7 +12,6 @@ use std::{
         atomic::{AtomicU64, Ordering},
         OnceLock,
     },
-    task::Poll,
 };
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -699,6 +698,8 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) ->
 
 #[cfg(test)]
 mod tests {
+    use std::task::Poll;
+
     use super::*;
     use crate::frame::FrameKind;
 

@@ -66,11 +66,9 @@ pub(crate) fn on_frames(
                 }
                 table.complete(header.seq, Err(call_error(code, &frame)), &mut fx.wakers);
             }
-            kind if is_stream_frame(kind) => {
-                if streams {
-                    fx.streams.push(StreamEvent::Frame(frame));
-                }
-                // Frames for streams this client no longer has are dropped, like late replies.
+            // Frames for streams this client no longer has are dropped, like late replies.
+            kind if is_stream_frame(kind) && streams => {
+                fx.streams.push(StreamEvent::Frame(frame));
             }
             FrameKind::GoAway => {
                 let (code, reason) = body::go_away_parts(&frame);
