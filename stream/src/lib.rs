@@ -1,8 +1,10 @@
 //! Flumen's multiplexed full-duplex RPC core.
 //!
 //! The protocol core is sans-IO: [`frame`] and [`hello`] encode and decode bytes, [`wheel`] keeps
-//! deadlines in integer ticks, and the call table matches replies to calls. Around it sit thin
-//! async drivers, written against two small traits so that no runtime or socket type is named
+//! deadlines in integer ticks, the call table matches replies to calls, and each side's
+//! connection engine (`proto`) turns a batch of decoded frames into effects (calls completed
+//! with the wakers to wake, frames to queue, stream events, requests to dispatch, typed
+//! protocol violations). Around it sit thin async drivers, written against two small traits so that no runtime or socket type is named
 //! here: [`Runtime`] (spawn, sleep) and [`Transport`] (connect, accept, read and write halves).
 //!
 //! - [`Client`]: calls multiplexed on one connection, batched writes, a sliding window of calls
