@@ -1,0 +1,428 @@
+//! A connection's read buffer: adaptive read sizes, memory reused once the frames cut from it
+//! are dropped, and given back when the connection goes quiet.
+
+use std::{collections::VecDeque, future::poll_fn, io, pin::Pin, sync::atomic::Ordering};
+
+use bytes::{Bytes, BytesMut};
+use futures_io::AsyncRead;
+use futures_lite::FutureExt;
+
+use super::{IoCounters, Quiet, READER};
+use crate::{
+    frame::{Frame, FrameDecoder, FrameError},
+    transport::TransportRead,
+};
+
+/// Smallest and largest amount a single read asks for. The read size adapts between the two:
+/// it doubles when a read fills it and halves when reads come back small.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
+
+/// A fresh read buffer has room for this many reads of the current read size, so a buffer
+/// grows with traffic (8 KiB at first, 128 KiB for bulk) instead of starting at its largest.
+const READS_PER_BUFFER: usize = 2;
+
+/// What a reader without a buffer (a new or quiet connection) reads into first, from memory
+/// it already has; the buffer is allocated once bytes arrive.
+const IDLE_READ: usize = 256;
+
+/// Earlier read buffers a connection keeps to reuse once the frames cut from them are dropped
+/// (at most this many, so at most `RETIRED_BUFFERS x 2 x MAX_READ` per busy connection).
+const RETIRED_BUFFERS: usize = 4;
+
+/// A connection's read buffer with an adaptive read size.
+///
+/// `futures-io` reads into initialised memory, so fresh buffer space must be zero-filled
+/// before a read. To zero each byte of capacity once (not once per read), the initialised space
+/// after the received bytes is kept as `spare` and read into directly; what a read fills is
+/// joined back onto `buf` without copying (the two are contiguous halves of one allocation).
+/// A transport that reads into uninitialised memory ([`TransportRead::READS_UNINIT`]) skips
+/// all of that: it appends to `buf`'s spare capacity, and `spare` stays empty.
+///
+/// A transport that hands over whole frames ([`TransportRead::CARRIES_FRAMES`]) fills
+/// `frames` instead; they are checked as decoded frames are, and their bodies used as they are.
+///
+/// The buffer holds no memory until bytes arrive, and gives it back on [`release`]
+/// (a quiet connection).
+///
+/// [`release`]: Self::release
+#[derive(Debug)]
+pub(crate) struct ReadBuffer {
+    /// Received bytes not yet decoded.
+    pub(crate) buf: BytesMut,
+    /// Whole frames received and not yet taken, after the bytes in `buf`.
+    frames: VecDeque<Frame>,
+    /// Zero-filled memory right after `buf`; the next read lands here.
+    spare: BytesMut,
+    read_size: usize,
+    /// Earlier buffers, possibly still referenced by frames the application holds; one is
+    /// reused as soon as nothing references it, instead of allocating (and faulting in) new
+    /// memory while slow consumers pin the current one.
+    retired: Vec<BytesMut>,
+}
+
+impl ReadBuffer {
+    /// A buffer that holds no memory until bytes arrive.
+    pub(crate) fn new() -> Self {
+        Self {
+            buf: BytesMut::new(),
+            frames: VecDeque::new(),
+            spare: BytesMut::new(),
+            read_size: MIN_READ,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Takes the next frame: decoded from the bytes received, or one received whole and
+    /// checked by `decoder`. `None` means more must be received.
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameDecoder::decode`] and [`FrameDecoder::check`], and [`FrameError::Interleaved`]
+    /// when whole frames arrive while bytes of a partial frame wait.
+    pub(crate) fn next_frame(
+        &mut self,
+        decoder: &mut FrameDecoder,
+    ) -> Result<Option<Frame>, FrameError> {
+        if !self.buf.is_empty() {
+            if let Some(frame) = decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if !self.frames.is_empty() {
+                return Err(FrameError::Interleaved);
+            }
+            return Ok(None);
+        }
+        self.frames
+            .pop_front()
+            .map(|frame| decoder.check(frame))
+            .transpose()
+    }
+
+    /// Gives the memory back if no partial frame is buffered; returns the bytes still held.
+    /// Frames already cut from the buffer keep their part of it alive until they are dropped.
+    pub(crate) fn release(&mut self) -> usize {
+        if self.buf.is_empty() && self.frames.is_empty() {
+            self.frames = VecDeque::new();
+            self.buf = BytesMut::new();
+            self.spare = BytesMut::new();
+            self.retired = Vec::new();
+            self.read_size = MIN_READ;
+        }
+        self.held_bytes()
+    }
+
+    /// Bytes of memory the buffer holds (retired buffers and the queue of whole frames
+    /// included; those frames' bodies are the peer's memory, bounded by its transport).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+            + self.frames.capacity() * std::mem::size_of::<Frame>()
+            + self.spare.capacity()
+            + self.retired.iter().map(BytesMut::capacity).sum::<usize>()
+    }
+
+    /// Reads once from `r` while no memory is held: into a small scratch array, then into a
+    /// buffer sized for what arrived.
+    async fn read_idle<R: TransportRead>(&mut self, r: &mut R) -> io::Result<usize> {
+        let mut scratch = [0u8; IDLE_READ];
+        let n = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut scratch)).await?;
+        if n == 0 {
+            return Ok(0);
+        }
+        if R::READS_UNINIT {
+            // The buffer's spare capacity stays uninitialised; no zero-filled `spare`.
+            self.make_room(self.read_size);
+            self.buf.extend_from_slice(&scratch[..n]);
+        } else {
+            self.grow(self.read_size);
+            self.spare[..n].copy_from_slice(&scratch[..n]);
+            let filled = self.spare.split_to(n);
+            self.buf.unsplit(filled);
+        }
+        Ok(n)
+    }
+
+    /// Reads once from `r` (as [`read_from`](Self::read_from)), unless the connection is told
+    /// it went quiet first: then gives the memory back and returns `None`. Keeps the
+    /// connection's read counters.
+    pub(crate) async fn read_or_release<R: TransportRead>(
+        &mut self,
+        r: &mut R,
+        decoder: &FrameDecoder,
+        quiet: &Quiet,
+        counters: &IoCounters,
+    ) -> Option<io::Result<usize>> {
+        let read = async { Some(self.read_from(r, decoder).await) };
+        let released = async {
+            quiet.wait(READER).await;
+            None
+        };
+        let outcome = read.or(released).await;
+        match &outcome {
+            None => {
+                quiet.take(READER);
+                self.release();
+            }
+            Some(Ok(n)) if *n > 0 => {
+                counters.reads.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_read.fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            Some(_) => {}
+        }
+        counters
+            .read_buffered
+            .store(self.held_bytes(), Ordering::Relaxed);
+        outcome
+    }
+
+    /// Reads once from `r`, with room for at least what `decoder` still needs for its current
+    /// frame (already checked against the frame limit). Returns the number of bytes read;
+    /// zero means end of stream. Cancel-safe: nothing changes unless the read completes.
+    pub(crate) async fn read_from<R: TransportRead>(
+        &mut self,
+        r: &mut R,
+        decoder: &FrameDecoder,
+    ) -> io::Result<usize> {
+        if R::CARRIES_FRAMES {
+            let (frames, buf) = (&mut self.frames, &mut self.buf);
+            return poll_fn(|cx| Pin::new(&mut *r).poll_read_frames(cx, frames, buf)).await;
+        }
+        if self.buf.capacity() == 0 && self.spare.capacity() == 0 && self.retired.is_empty() {
+            return self.read_idle(r).await;
+        }
+        let want = self.read_size.max(decoder.needed());
+        let n = if R::READS_UNINIT {
+            // Straight into spare capacity: nothing to zero-fill. At most `want` bytes, so that
+            // a read of a large frame's rest ends on the frame's boundary and the next buffer
+            // starts without a partial frame to copy over.
+            self.make_room(want);
+            let buf = &mut self.buf;
+            poll_fn(|cx| Pin::new(&mut *r).poll_read_buf(cx, buf, want)).await?
+        } else {
+            if self.spare.len() < want {
+                self.grow(want);
+            }
+            let spare = &mut self.spare;
+            let n = poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut spare[..])).await?;
+            let filled = self.spare.split_to(n);
+            self.buf.unsplit(filled);
+            n
+        };
+        self.read_size = if n >= self.read_size {
+            (self.read_size * 2).min(MAX_READ)
+        } else if n < self.read_size / 4 {
+            (self.read_size / 2).max(MIN_READ)
+        } else {
+            self.read_size
+        };
+        Ok(n)
+    }
+
+    /// The size of a new buffer: one small read while traffic is light (a quiet connection
+    /// waking up), room for several reads once reads come back full.
+    fn fresh_size(&self) -> usize {
+        if self.read_size <= MIN_READ {
+            MIN_READ
+        } else {
+            READS_PER_BUFFER * self.read_size
+        }
+    }
+
+    /// Makes `spare` at least `want` bytes, zero-filling only memory that was never filled.
+    fn grow(&mut self, want: usize) {
+        let len = self.buf.len();
+        self.buf.unsplit(std::mem::take(&mut self.spare));
+        let needed = len + want;
+        if self.buf.len() < needed {
+            // Room in place (the buffer is free again, or has capacity left): use it.
+            // Otherwise frames still held pin it: move the partial frame to a retired buffer
+            // nobody references any more, or to a new one.
+            if !self.buf.try_reclaim(needed - self.buf.len()) {
+                self.move_to_fresh(len, needed);
+            }
+            self.buf.resize(needed, 0);
+        }
+        self.spare = self.buf.split_off(len);
+    }
+
+    /// Makes `buf`'s spare capacity at least `want` bytes, without initialising it (for
+    /// transports that read into uninitialised memory).
+    fn make_room(&mut self, want: usize) {
+        let len = self.buf.len();
+        if self.buf.capacity() - len < want && !self.buf.try_reclaim(want) {
+            self.move_to_fresh(len, len + want);
+        }
+    }
+
+    /// Moves the first `len` bytes (a partial frame) to a retired buffer nobody references any
+    /// more, or to a new one, with room for `needed` bytes; the current buffer, pinned by
+    /// frames still held, is retired.
+    fn move_to_fresh(&mut self, len: usize, needed: usize) {
+        let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(needed));
+        let mut next = match reusable {
+            Some(i) => self.retired.swap_remove(i),
+            None => BytesMut::with_capacity(needed.max(self.fresh_size())),
+        };
+        next.extend_from_slice(&self.buf[..len]);
+        let mut pinned = std::mem::replace(&mut self.buf, next);
+        pinned.clear();
+        if self.retired.len() == RETIRED_BUFFERS {
+            self.retired.remove(0);
+        }
+        self.retired.push(pinned);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Poll;
+
+    use super::*;
+    use crate::frame::{FrameHeader, FrameKind, HEADER_LEN};
+
+    /// A reader over fixed bytes that hands out at most `step` bytes a read; `UNINIT` picks
+    /// the core's read path (into spare capacity, or into zero-filled memory).
+    struct Source<const UNINIT: bool> {
+        bytes: Bytes,
+        step: usize,
+    }
+
+    impl<const UNINIT: bool> AsyncRead for Source<UNINIT> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes.split_to(n));
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl<const UNINIT: bool> TransportRead for Source<UNINIT> {
+        const READS_UNINIT: bool = UNINIT;
+
+        fn poll_read_buf(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut BytesMut,
+            max: usize,
+        ) -> Poll<io::Result<usize>> {
+            assert!(
+                buf.capacity() - buf.len() >= max,
+                "the core makes room first"
+            );
+            let n = max.min(self.step).min(self.bytes.len());
+            buf.extend_from_slice(&self.bytes.split_to(n));
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    /// Decodes every frame of `wire` through `read`, holding all of them (so that buffers
+    /// stay pinned and get retired), and returns their bodies.
+    fn read_all<const UNINIT: bool>(wire: Bytes, step: usize) -> Vec<Bytes> {
+        let mut source = Source::<UNINIT> { bytes: wire, step };
+        let mut read = ReadBuffer::new();
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut frames = Vec::new();
+        loop {
+            while let Some(frame) = decoder.decode(&mut read.buf).unwrap() {
+                frames.push(frame.body);
+            }
+            let n = futures_lite::future::block_on(read.read_from(&mut source, &decoder));
+            if UNINIT {
+                assert_eq!(read.spare.capacity(), 0, "no zero-filled room on this path");
+            }
+            if n.unwrap() == 0 {
+                return frames;
+            }
+        }
+    }
+
+    #[test]
+    fn both_read_paths_cut_the_same_frames_across_buffers() {
+        let mut wire = BytesMut::new();
+        let mut bodies = Vec::new();
+        for (i, len) in [0, 1, 31, 4096, 70_000, 5, 200_000, 17]
+            .into_iter()
+            .enumerate()
+        {
+            let body = Bytes::from(vec![i as u8 + 1; len]);
+            Frame::new(FrameHeader::new(FrameKind::Request, i as u64), body.clone())
+                .encode(&mut wire);
+            bodies.push(body);
+        }
+        let wire = wire.freeze();
+        for step in [7, 1000, 65_536, usize::MAX] {
+            assert_eq!(
+                read_all::<true>(wire.clone(), step),
+                bodies,
+                "uninit, step {step}"
+            );
+            assert_eq!(
+                read_all::<false>(wire.clone(), step),
+                bodies,
+                "zeroed, step {step}"
+            );
+        }
+    }
+
+    /// Fills the spare room completely, as a read would, and cuts it off as a frame the
+    /// application holds.
+    fn fill_and_hold(read: &mut ReadBuffer) -> Bytes {
+        let len = read.spare.len();
+        let filled = read.spare.split_to(len);
+        read.buf.unsplit(filled);
+        read.buf.split_to(len).freeze()
+    }
+
+    #[test]
+    fn read_buffer_reuses_retired_memory_once_its_frames_are_dropped() {
+        let mut read = ReadBuffer::new();
+        // One maximal read fills the first buffer; its frame is held.
+        read.read_size = MAX_READ / READS_PER_BUFFER;
+        read.grow(MAX_READ);
+        let first = fill_and_hold(&mut read);
+        read.read_size = MAX_READ;
+        // That buffer is pinned: the next reads go to a new one, whose frames are held too.
+        let second: Vec<Bytes> = (0..READS_PER_BUFFER)
+            .map(|_| {
+                read.grow(MAX_READ);
+                fill_and_hold(&mut read)
+            })
+            .collect();
+        assert!(second.iter().all(|frame| frame.as_ptr() != first.as_ptr()));
+        let start = first.as_ptr();
+        drop(first);
+        // The second buffer is pinned and full; the first is free again: reused, not
+        // allocated, and zeroed where the next read lands.
+        read.grow(MAX_READ);
+        assert_eq!(read.spare.as_ptr(), start);
+        assert!(read.spare.iter().all(|&b| b == 0));
+        drop(second);
+    }
+
+    #[test]
+    fn bytes_decode_before_whole_frames_and_never_around_them() {
+        let frame = |seq| {
+            Frame::new(
+                FrameHeader::new(FrameKind::Request, seq),
+                Bytes::from_static(b"body"),
+            )
+        };
+        let mut read = ReadBuffer::new();
+        let mut decoder = FrameDecoder::new(1024);
+        frame(1).encode(&mut read.buf);
+        read.frames.extend([frame(2), frame(3)]);
+        let seqs: Vec<u64> = std::iter::from_fn(|| read.next_frame(&mut decoder).unwrap())
+            .map(|f| f.header.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        // Whole frames behind a partial one break the stream's order.
+        let mut partial = BytesMut::new();
+        frame(4).encode(&mut partial);
+        read.buf.extend_from_slice(&partial[..HEADER_LEN + 1]);
+        read.frames.push_back(frame(5));
+        assert_eq!(read.next_frame(&mut decoder), Err(FrameError::Interleaved));
+    }
+}
