@@ -3,8 +3,7 @@
 
 use std::{collections::VecDeque, future::poll_fn, io, pin::Pin, sync::atomic::Ordering};
 
-use bytes::{Bytes, BytesMut};
-use futures_io::AsyncRead;
+use bytes::BytesMut;
 use futures_lite::FutureExt;
 
 use super::{IoCounters, Quiet, READER};
@@ -276,6 +275,9 @@ impl ReadBuffer {
 #[cfg(test)]
 mod tests {
     use std::task::Poll;
+
+    use bytes::Bytes;
+    use futures_io::AsyncRead;
 
     use super::*;
     use crate::frame::{FrameHeader, FrameKind, HEADER_LEN};
