@@ -310,11 +310,19 @@ impl Client {
         let (slot, seq) = conn.start(deadline, true).await?;
         let mut guard = SlotGuard::begun(conn, slot);
         // The writer only goes away with the connection, which then fails the call for us.
-        let _ = conn
-            .out
-            .send(conn.request(method, seq, timeout, 0, (head, tail), metadata.as_ref()))
-            .await;
-        let outcome = poll_fn(|cx| conn.poll_outcome(slot, cx)).await;
+        let send =
+            conn.out
+                .send(conn.request(method, seq, timeout, 0, (head, tail), metadata.as_ref()));
+        // The call began in this poll, with this poll's waker kept for its outcome; unless
+        // sending must wait for room, the first look at the outcome is skipped (a reply that
+        // came meanwhile has woken that waker already).
+        let mut registered = send.is_done();
+        let _ = send.await;
+        let outcome = poll_fn(|cx| match std::mem::take(&mut registered) {
+            true => Poll::Pending,
+            false => conn.poll_outcome(slot, cx),
+        })
+        .await;
         guard.released();
         conn.out.caller_resumed();
         outcome
@@ -750,7 +758,11 @@ impl Conn {
 
 /// The request's timeout on the wire: whole milliseconds, rounded up, at least 1.
 fn timeout_millis(timeout: Duration) -> u32 {
-    let millis = timeout.as_nanos().div_ceil(1_000_000);
+    // In `u64`: a `u128` division on every call costs more than building the whole frame.
+    let millis = timeout
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(timeout.subsec_nanos().div_ceil(1_000_000)));
     u32::try_from(millis).unwrap_or(u32::MAX).max(1)
 }
 
@@ -828,6 +840,15 @@ mod tests {
         assert_eq!(timeout_millis(Duration::from_micros(1500)), 2);
         assert_eq!(timeout_millis(Duration::from_secs(2)), 2000);
         assert_eq!(timeout_millis(Duration::from_secs(u64::MAX)), u32::MAX);
+        // The same as the exact division, at the edges of whole milliseconds and seconds.
+        for nanos in [0, 1, 999_999, 1_000_000, 1_000_001, 999_999_999] {
+            for secs in [0, 1, 7, 4_294_967, 4_294_968] {
+                let timeout = Duration::new(secs, nanos);
+                let exact = timeout.as_nanos().div_ceil(1_000_000);
+                let exact = u32::try_from(exact).unwrap_or(u32::MAX).max(1);
+                assert_eq!(timeout_millis(timeout), exact, "{timeout:?}");
+            }
+        }
     }
 
     #[test]

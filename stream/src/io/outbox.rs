@@ -169,6 +169,13 @@ pub(crate) enum Send<'a> {
     Waiting(Pin<Box<dyn Future<Output = bool> + std::marker::Send + 'a>>),
 }
 
+impl Send<'_> {
+    /// Whether the message was settled (queued, or the writer gone) without waiting.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self, Send::Done(_))
+    }
+}
+
 impl Future for Send<'_> {
     type Output = bool;
 
