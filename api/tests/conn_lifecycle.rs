@@ -396,11 +396,18 @@ async fn client_timer_wakes_for_a_sooner_deadline<E: Env>(env: E) {
 /// A request the client wrote before the drain's `GoAway` reached it is answered
 /// `SHUTTING_DOWN`, not lost in a close: the server keeps reading until the client leaves (or
 /// the drain linger ends for a client that never does), and a client that leaves lets the
-/// shutdown finish at once.
+/// shutdown finish at once, even when its `GoAway` comes in the same write as the request
+/// (the answer is queued before the close).
 async fn a_request_crossing_the_drain_is_answered_not_lost<E: Env>(env: E) {
-    use flumen_peer::request;
+    use flumen_peer::{frame as bytes_of, request};
 
-    for leaves in [true, false] {
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Client {
+        Leaves,
+        Stays,
+        LeavesInTheSameWrite,
+    }
+    for mode in [Client::Leaves, Client::Stays, Client::LeavesInTheSameWrite] {
         let server = serve(&env, common::Echo, ServerConfig::default()).await;
         let mut peer = flumen_peer::connect(&env.transport(), server.local_addr())
             .await
@@ -414,24 +421,31 @@ async fn a_request_crossing_the_drain_is_answered_not_lost<E: Env>(env: E) {
             assert_eq!(frame.header.kind, FrameKind::GoAway);
             assert_eq!(frame.header.aux, ErrorCode::NO_ERROR.as_u32());
             // Written as if before the GoAway arrived.
-            peer.send_frame(request(1, 7), b"late").await.unwrap();
-            let answer = peer.next_frame().await.unwrap().unwrap();
+            let late = bytes_of(request(1, 7), b"late");
+            let leaving = bytes_of(FrameHeader::new(FrameKind::GoAway, 0), b"");
+            if mode == Client::LeavesInTheSameWrite {
+                peer.send_bytes(&[late, leaving.clone()].concat())
+                    .await
+                    .unwrap();
+            } else {
+                peer.send_bytes(&late).await.unwrap();
+            }
+            let answer = peer.next_frame().await.unwrap();
+            let answer = answer.unwrap_or_else(|| panic!("{mode:?}: closed unanswered"));
             assert_eq!(
                 (answer.header.kind, answer.header.seq),
                 (FrameKind::Error, 7)
             );
             assert_eq!(answer.header.aux, ErrorCode::SHUTTING_DOWN.as_u32());
-            if leaves {
-                peer.send_frame(FrameHeader::new(FrameKind::GoAway, 0), b"")
-                    .await
-                    .unwrap();
+            if mode == Client::Leaves {
+                peer.send_bytes(&leaving).await.unwrap();
             }
             peer.frames_until_close().await.unwrap()
         };
         let ((), rest) = futures_lite::future::zip(shutdown, client).await;
         assert!(rest.is_empty(), "{rest:?}");
         // Bounds, not timings: far below the 30 s grace either way.
-        assert!(started.elapsed() < Duration::from_secs(10), "{leaves}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{mode:?}");
         assert_eq!(server.stats().active, 0);
     }
 }

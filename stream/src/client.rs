@@ -715,6 +715,10 @@ impl Conn {
             }
             fx.streams.clear();
         }
+        if !fx.outcomes.is_empty() {
+            // Only now, their stream events routed, may the callers see their calls done.
+            proto::client::complete_held(&mut self.table.lock(), fx);
+        }
         for token in fx.pings.drain(..) {
             self.answer_ping(token);
         }

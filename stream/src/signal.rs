@@ -199,7 +199,12 @@ impl TimerGate {
         // A relaxed load suffices: the table's mutex orders it after the timer's check.
         if self.idle.load(Ordering::Relaxed) && self.idle.swap(false, Ordering::AcqRel) {
             self.waker.wake();
-        } else if deadline < self.target.load(Ordering::Relaxed) {
+            return;
+        }
+        // 0: the timer is working out its next target (it looked at the table before this
+        // call entered it) and must look again.
+        let target = self.target.load(Ordering::Relaxed);
+        if target == 0 || deadline < target {
             self.sooner.swap(true, Ordering::AcqRel);
             self.waker.wake();
         }
@@ -249,7 +254,11 @@ mod loom_models {
             };
             let other = {
                 let stop = stop.clone();
-                thread::spawn(move || block_on(stop.ended()))
+                thread::spawn(move || {
+                    block_on(stop.wait(WRITER));
+                    block_on(stop.wait(TIMER));
+                    block_on(stop.ended());
+                })
             };
             block_on(stop.wait(READER));
             other.join().unwrap();
@@ -269,8 +278,9 @@ mod loom_models {
             block_on(quiet.wait(WRITER));
             assert!(quiet.take(WRITER));
             assert!(!quiet.take(WRITER), "taking clears the request");
-            setter.join().unwrap();
+            block_on(quiet.wait(READER));
             assert!(quiet.take(READER), "the other role was asked too");
+            setter.join().unwrap();
         });
     }
 
@@ -303,6 +313,23 @@ mod loom_models {
             };
             gate.sleeping_until(u64::MAX);
             block_on(poll_fn(|cx| gate.park(cx, || work.load(Ordering::SeqCst))));
+            caller.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_timer_gate_wakes_a_timer_working_out_its_target() {
+        loom::model(|| {
+            let gate = Arc::new(TimerGate::default());
+            // The timer expired what was due and looked at the table: no deadline yet.
+            gate.sleeping_until(0);
+            let caller = {
+                let gate = gate.clone();
+                thread::spawn(move || gate.arm(10))
+            };
+            // It sleeps until its cap; the call that entered the table meanwhile cuts it short.
+            gate.sleeping_until(100);
+            block_on(gate.sooner());
             caller.join().unwrap();
         });
     }

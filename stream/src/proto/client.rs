@@ -7,7 +7,7 @@ use std::task::Waker;
 use super::{is_stream_frame, pong, StreamEvent};
 use crate::{
     body,
-    call::CallTable,
+    call::{CallTable, Outcome},
     client::PING_TOKEN,
     error::{CallError, ConnectionError, ErrorCode},
     frame::{Frame, FrameError, FrameKind},
@@ -24,6 +24,10 @@ pub(crate) struct Effects {
     pub(crate) frames: Vec<Outgoing>,
     /// Events of streaming calls, in the order their frames came, for the streams map.
     pub(crate) streams: Vec<StreamEvent>,
+    /// Outcomes held back while streams are open: a call's stream events must be routed
+    /// before its completion is visible (a caller that sees the call done stops taking items),
+    /// so these complete after `streams`, with [`complete_held`].
+    pub(crate) outcomes: Vec<(u64, Outcome)>,
     /// Tokens of the [`Client::ping`](crate::Client::ping)s answered.
     pub(crate) pings: Vec<u64>,
     /// The server sent a `GoAway`: the table refuses new calls.
@@ -36,7 +40,9 @@ pub(crate) struct Effects {
 }
 
 /// Applies a batch of frames from the server to the calls in `table`. `streams` says whether
-/// any streaming call is open (replies then end their call's stream too).
+/// any streaming call is open: replies then end their call's stream too, and the outcomes are
+/// held in `fx.outcomes`, to complete (with [`complete_held`]) once the stream events before
+/// them are routed.
 ///
 /// # Errors
 ///
@@ -53,18 +59,13 @@ pub(crate) fn on_frames(
         let header = frame.header;
         match header.kind {
             FrameKind::Response => {
-                if streams {
-                    fx.streams
-                        .push(StreamEvent::End(header.seq, ErrorCode::NO_ERROR));
-                }
-                table.complete(header.seq, Ok(frame.body), &mut fx.wakers);
+                let outcome = Ok(frame.body);
+                complete(table, header.seq, outcome, ErrorCode::NO_ERROR, streams, fx);
             }
             FrameKind::Error => {
                 let code = ErrorCode::from_u32(header.aux);
-                if streams {
-                    fx.streams.push(StreamEvent::End(header.seq, code));
-                }
-                table.complete(header.seq, Err(call_error(code, &frame)), &mut fx.wakers);
+                let outcome = Err(call_error(code, &frame));
+                complete(table, header.seq, outcome, code, streams, fx);
             }
             // Frames for streams this client no longer has are dropped, like late replies.
             kind if is_stream_frame(kind) && streams => {
@@ -96,6 +97,32 @@ pub(crate) fn on_frames(
         }
     }
     Ok(())
+}
+
+/// Completes call `seq` with `outcome` at once, or (while streams are open) ends its stream
+/// with `code` and holds the outcome until the stream events are routed.
+fn complete(
+    table: &mut CallTable,
+    seq: u64,
+    outcome: Outcome,
+    code: ErrorCode,
+    streams: bool,
+    fx: &mut Effects,
+) {
+    if streams {
+        fx.streams.push(StreamEvent::End(seq, code));
+        fx.outcomes.push((seq, outcome));
+    } else {
+        table.complete(seq, outcome, &mut fx.wakers);
+    }
+}
+
+/// Completes the calls whose outcomes [`on_frames`] held back, once their stream events are
+/// routed.
+pub(crate) fn complete_held(table: &mut CallTable, fx: &mut Effects) {
+    for (seq, outcome) in fx.outcomes.drain(..) {
+        table.complete(seq, outcome, &mut fx.wakers);
+    }
 }
 
 /// The error of a call the server answered with an `Error` frame of `code`.
@@ -130,7 +157,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::{call::Outcome, frame::FrameHeader};
+    use crate::frame::FrameHeader;
 
     /// Counts its wake-ups.
     #[derive(Default)]
@@ -366,6 +393,28 @@ mod tests {
             kinds,
             [Some(FrameKind::StreamItem), Some(FrameKind::Credit), None]
         );
+        // The call's outcome waits until its stream events are routed: a caller that saw the
+        // call done before its last items would stop reading them.
+        assert!(
+            outcome(&mut table, 0).is_none(),
+            "completed before its stream events"
+        );
+        assert!(fx.wakers.is_empty());
+        complete_held(&mut table, &mut fx);
+        assert!(matches!(
+            outcome(&mut table, 0),
+            Some(Err(CallError::Remote { .. }))
+        ));
+        // A `Response` ends the stream normally.
+        let mut table = CallTable::new(1, 0);
+        let seq = table.begin(0, None, None).unwrap();
+        let mut fx = Effects::default();
+        let response = vec![frame(FrameKind::Response, seq, 0, b"r")];
+        on_frames(&mut table, response, true, &mut fx).unwrap();
+        assert!(matches!(
+            fx.streams.as_slice(),
+            [StreamEvent::End(s, ErrorCode::NO_ERROR)] if *s == seq
+        ));
         // With no stream open, nothing is routed.
         let mut table = CallTable::new(1, 0);
         table.begin(0, None, None).unwrap();

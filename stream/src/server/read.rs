@@ -45,9 +45,12 @@ const YIELD_EVERY_FRAMES: u32 = 1024;
 const SPARE_FUTURES: usize = 16;
 
 /// Bytes of replies the reader collects from one read before it hands them to the writer,
-/// even in the middle of the read: what a read of small requests with large replies makes it
-/// hold is bounded by this, on top of the outbox's own limit (`max_queued_bytes`).
-const MAX_HELD_REPLY_BYTES: usize = 64 * 1024;
+/// even in the middle of the read. Bounds what a connection's reader holds outside its outbox
+/// (and so outside `max_queued_bytes` and `max_queued_bytes_total`) while it waits for room:
+/// this much and one reply. Small enough that many stuck connections add little to those
+/// limits, large enough that a read of small calls takes the outbox's lock a few times at
+/// most (16 KiB: about 300 replies of 32 bytes).
+const MAX_HELD_REPLY_BYTES: usize = 16 * 1024;
 
 /// What wakes the reader.
 enum Event {
@@ -173,11 +176,13 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                             return false;
                         }
                         if self.held_bytes >= MAX_HELD_REPLY_BYTES && !self.hand_over().await {
+                            counters.frames_read.fetch_add(frames, Ordering::Relaxed);
                             return false;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
+                        counters.frames_read.fetch_add(frames, Ordering::Relaxed);
                         Shared::count(&self.shared.counters.protocol_errors);
                         self.go_away(e.code(), e.to_string());
                         return false;
@@ -231,7 +236,9 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                     conn.last_read.store(self.shared.now(), Ordering::Relaxed)
                 }
                 // The buffers went back; wait for the next bytes.
-                Some(Event::Quiet) => {}
+                Some(Event::Quiet) => {
+                    self.held = Vec::new();
+                }
                 Some(Event::Drain) => {
                     drain_seen = true;
                     conn.close_if_idle();
@@ -264,6 +271,9 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             Ok(Frames::Stream(event)) => self.on_stream_event(event),
             Ok(Frames::PeerLeaving) => {
                 self.conn.peer_leaving.store(true, Ordering::SeqCst);
+                // Closing queues a `Close`, which the replies to the frames before the
+                // client's GoAway must precede.
+                self.release_held();
                 self.conn.close_if_idle();
                 true
             }
@@ -309,10 +319,17 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
 
     /// Ends the connection with a `GoAway`, after the replies already held.
     fn go_away(&mut self, code: ErrorCode, reason: String) {
+        self.release_held();
+        self.conn.go_away(code, reason);
+    }
+
+    /// Queues the replies held so far at once, whatever the queue holds (they are few: at
+    /// most [`MAX_HELD_REPLY_BYTES`]): for what must follow them, a `Close` or a `GoAway`.
+    fn release_held(&mut self) {
+        self.held_bytes = 0;
         for message in self.held.drain(..) {
             self.conn.out.force_send(message);
         }
-        self.conn.go_away(code, reason);
     }
 
     /// Opens the stream of a streaming request; grants the client its initial window.
