@@ -239,11 +239,15 @@ async fn client_dies<T: Transport<Addr = PathBuf> + Default>(
     }
 }
 
+/// The socket of test `name` in this process. A file already there is stale: a killed process
+/// leaves its socket file behind, and a later process may get the same id.
 fn socket(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
+    let path = std::env::temp_dir().join(format!(
         "flumen-shm-crash-{name}-{}.sock",
         std::process::id()
-    ))
+    ));
+    let _ = std::fs::remove_file(&path);
+    path
 }
 
 #[test]

@@ -181,11 +181,26 @@ impl MakeTransport for InProc {
     }
 }
 
-/// A socket path no other test uses (the listener removes its file when dropped).
+/// A socket path no other test uses (the listener removes its file when dropped). The
+/// process id alone is not enough: a file left by an earlier process with the same id (one
+/// that crashed, or a server a test leaked) would make the bind fail with `AddrInUse`, so the
+/// name also carries when this process first asked, and a path already taken is skipped.
 pub fn socket_path() -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("flumen-test-{}-{n}.sock", std::process::id()))
+    static STAMP: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let stamp = STAMP.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("flumen-test-{}-{stamp:x}-{n}.sock", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        if !path.exists() {
+            return path;
+        }
+    }
 }
 
 impl MakeTransport for QuicTransport {
