@@ -111,9 +111,11 @@ impl CallTable {
     }
 
     /// Returns `slot` to the window (after [`abandon`](Self::abandon) or a taken outcome).
-    pub fn release(&mut self, slot: u32) {
+    /// Returns whether a caller waits for a slot (counted by the driver): one should be woken.
+    pub fn release(&mut self, slot: u32) -> bool {
         debug_assert!(!self.free.contains(&slot), "slot {slot} released twice");
         self.free.push(slot);
+        self.waiters > 0
     }
 
     /// A caller found the window full and waits for a slot.
@@ -124,11 +126,6 @@ impl CallTable {
     /// A caller counted by [`add_waiter`](Self::add_waiter) stopped waiting.
     pub(crate) fn remove_waiter(&mut self) {
         self.waiters -= 1;
-    }
-
-    /// Whether any caller waits for a slot.
-    pub(crate) fn has_waiters(&self) -> bool {
-        self.waiters > 0
     }
 
     /// Slots in use now (acquired and not released).

@@ -609,28 +609,30 @@ impl Conn {
     ) -> Poll<Result<Bytes, CallError>> {
         let mut table = self.table.lock();
         let outcome = std::task::ready!(table.poll(slot, cx));
-        table.release(slot);
-        let waiters = table.has_waiters();
+        let waits = table.release(slot);
         drop(table);
-        if waiters {
-            crate::sync::notify_one_more(&self.window_free);
-        }
+        self.wake_a_waiter(waits);
         Poll::Ready(outcome)
     }
 
     /// Gives `slot` back to the window; with `abandon`, first ends its call if it is still
     /// pending and returns its sequence id, for the server to be told.
     pub(crate) fn release(&self, slot: u32, abandon: bool) -> Option<u64> {
-        let (seq, waiters) = {
+        let (seq, waits) = {
             let mut table = self.table.lock();
             let seq = abandon.then(|| table.abandon(slot)).flatten();
-            table.release(slot);
-            (seq, table.has_waiters())
+            (seq, table.release(slot))
         };
-        if waiters {
+        self.wake_a_waiter(waits);
+        seq
+    }
+
+    /// Wakes one caller waiting for a slot, if `waits` says one does (the table's lock
+    /// released: the woken caller takes it at once).
+    fn wake_a_waiter(&self, waits: bool) {
+        if waits {
             crate::sync::notify_one_more(&self.window_free);
         }
-        seq
     }
 
     /// The request frame of call `seq`, with `flags` and the options' metadata.

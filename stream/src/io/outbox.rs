@@ -231,7 +231,7 @@ impl Outbox {
             // Over a limit: the rare path, which waits for room, goes in a box.
             Err(_) => Send::Waiting(Box::pin(async move {
                 loop {
-                    match self.push_or_listen(&mut slot) {
+                    match self.attempt_or_listen(|| self.push(&mut slot, false)) {
                         Ok(sent) => return sent,
                         Err(listener) => listener.await,
                     }
@@ -245,22 +245,10 @@ impl Outbox {
     /// writer is gone.
     pub(crate) async fn send_all(&self, messages: &mut Vec<Outgoing>) -> bool {
         loop {
-            let mut full = match self.push_all(messages) {
+            match self.attempt_or_listen(|| self.push_all(messages)) {
                 Ok(sent) => return sent,
-                Err(full) => full,
-            };
-            // Listen, then look again, so that room made in between is not missed.
-            let listener = loop {
-                let listener = full.listen();
-                match self.push_all(messages) {
-                    Ok(sent) => return sent,
-                    Err(again) if std::ptr::eq(again, full) => break listener,
-                    Err(other) => full = other,
-                }
-            };
-            let waits = &self.queue.counters.queue_full_waits;
-            waits.fetch_add(1, Ordering::Relaxed);
-            listener.await;
+                Err(listener) => listener.await,
+            }
         }
     }
 
@@ -280,19 +268,9 @@ impl Outbox {
             let mut added = 0;
             for message in messages.iter() {
                 let weight = message.weight();
-                let queued = state.bytes + added;
-                // A connection with nothing queued always takes a frame, whatever its size.
-                if queued > 0 {
-                    if queued + weight > self.queue.limit {
-                        stopped = Some(&self.queue.space);
-                        break;
-                    }
-                    if let Some(budget) = &self.queue.budget {
-                        if budget.used() + added + weight > budget.limit {
-                            stopped = Some(&budget.space);
-                            break;
-                        }
-                    }
+                if let Err(full) = self.room(state.bytes, added, weight) {
+                    stopped = Some(full);
+                    break;
                 }
                 added += weight;
                 taken += 1;
@@ -314,7 +292,7 @@ impl Outbox {
     pub(crate) fn send_blocking(&self, message: Outgoing) -> bool {
         let mut message = Some(message);
         loop {
-            match self.push_or_listen(&mut message) {
+            match self.attempt_or_listen(|| self.push(&mut message, false)) {
                 Ok(sent) => return sent,
                 Err(listener) => crate::sync::wait(listener),
             }
@@ -332,16 +310,20 @@ impl Outbox {
         self.push(&mut Some(message), true).unwrap_or(false)
     }
 
-    /// Pushes the message out of `slot`, or returns a listener for the limit that stopped it,
-    /// registered before a last try so that the room it waits for cannot be missed.
-    fn push_or_listen(&self, slot: &mut Option<Outgoing>) -> Result<bool, EventListener> {
-        let mut full = match self.push(slot, false) {
+    /// Runs `push` (a push of one message or of several); if a limit stopped it, returns a
+    /// listener for that limit, registered before a last try so that the room it waits for
+    /// cannot be missed.
+    fn attempt_or_listen<'a>(
+        &'a self,
+        mut push: impl FnMut() -> Result<bool, &'a Event>,
+    ) -> Result<bool, EventListener> {
+        let mut full = match push() {
             Ok(sent) => return Ok(sent),
             Err(full) => full,
         };
         loop {
             let listener = full.listen();
-            match self.push(slot, false) {
+            match push() {
                 Ok(sent) => return Ok(sent),
                 // Still full for the same reason: wait for room there.
                 Err(again) if std::ptr::eq(again, full) => {
@@ -379,17 +361,10 @@ impl Outbox {
                 return Ok(false);
             };
             let weight = message.weight();
-            // A connection with nothing queued always takes a frame, whatever its size.
-            if !force && state.bytes > 0 {
-                if state.bytes + weight > self.queue.limit {
+            if !force {
+                if let Err(full) = self.room(state.bytes, 0, weight) {
                     *slot = Some(message);
-                    return Err(&self.queue.space);
-                }
-                if let Some(budget) = &self.queue.budget {
-                    if budget.used() + weight > budget.limit {
-                        *slot = Some(message);
-                        return Err(&budget.space);
-                    }
+                    return Err(full);
                 }
             }
             state.bytes += weight;
@@ -400,6 +375,22 @@ impl Outbox {
         }
         self.queue.ring();
         Ok(true)
+    }
+
+    /// Whether a message of `weight` bytes fits after the `queued` bytes of the queue and the
+    /// `adding` bytes being pushed with it; if not, the event that says when there is room.
+    /// A connection with nothing queued always takes a frame, whatever its size.
+    fn room(&self, queued: usize, adding: usize, weight: usize) -> Result<(), &Event> {
+        if queued + adding == 0 {
+            return Ok(());
+        }
+        if queued + adding + weight > self.queue.limit {
+            return Err(&self.queue.space);
+        }
+        match &self.queue.budget {
+            Some(budget) if budget.used() + adding + weight > budget.limit => Err(&budget.space),
+            _ => Ok(()),
+        }
     }
 
     /// Asks the writer to hold small batches until the returned guard is dropped: the caller

@@ -162,7 +162,8 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             // schedules the writer.
             let hold = conn.out.hold();
             let mut frames = 0;
-            loop {
+            // Whether the connection ends with this read.
+            let ends = loop {
                 let decoded = read.next_frame(&mut decoder).and_then(|frame| {
                     frame
                         .map(|f| compress::inflate(f, accepted, max_len))
@@ -171,25 +172,24 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 match decoded {
                     Ok(Some(frame)) => {
                         frames += 1;
-                        if !self.on_frame(frame) {
-                            counters.frames_read.fetch_add(frames, Ordering::Relaxed);
-                            return false;
-                        }
-                        if self.held_bytes >= MAX_HELD_REPLY_BYTES && !self.hand_over().await {
-                            counters.frames_read.fetch_add(frames, Ordering::Relaxed);
-                            return false;
+                        if !self.on_frame(frame)
+                            || (self.held_bytes >= MAX_HELD_REPLY_BYTES && !self.hand_over().await)
+                        {
+                            break true;
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => break false,
                     Err(e) => {
-                        counters.frames_read.fetch_add(frames, Ordering::Relaxed);
                         Shared::count(&self.shared.counters.protocol_errors);
                         self.go_away(e.code(), e.to_string());
-                        return false;
+                        break true;
                     }
                 }
-            }
+            };
             counters.frames_read.fetch_add(frames, Ordering::Relaxed);
+            if ends {
+                return false;
+            }
             unyielded += frames as u32;
             let progressed = frames > 0;
             if !self.hand_over().await {
