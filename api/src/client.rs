@@ -243,16 +243,15 @@ impl<C: Codec> Client<C> {
         match (observed, &self.channel) {
             // The common call: the connection's future awaited here, not moved into layers.
             (None, Channel::One(raw)) => raw.call_parts(id, head, tail, options).await,
-            (observed, channel) => {
-                let call = async {
-                    match channel {
-                        Channel::One(raw) => raw.call_parts(id, head, tail, options).await,
-                        Channel::Many(balancer) => {
-                            balancer.call_parts(id, head, tail, options, route).await
-                        }
-                    }
-                };
-                ClientCall::run_if(observed, call).await
+            (Some(observed), Channel::One(raw)) => {
+                observed.run(raw.call_parts(id, head, tail, options)).await
+            }
+            // Boxed: the balancer's future (retries, leases, hedging) is several kilobytes,
+            // and held inline it would make every call's future that large, to be moved at
+            // each layer above.
+            (observed, Channel::Many(balancer)) => {
+                let call = balancer.call_parts(id, head, tail, options, route);
+                Box::pin(ClientCall::run_if(observed, call)).await
             }
         }
     }

@@ -8,6 +8,9 @@
 //! peer in it. The server's span (`flumen.server`) is opened by the core; the router records
 //! the method's name in it and, with `opentelemetry`, makes it a child of the caller's span.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 #[cfg(feature = "metrics")]
@@ -75,6 +78,42 @@ pub(crate) fn outcome<T>(result: &Result<T, CallError>) -> std::borrow::Cow<'sta
     .into()
 }
 
+pin_project_lite::pin_project! {
+    /// A call's future that an observer watches: polled inside the call's span, its outcome
+    /// recorded when it resolves. Written by hand rather than as an `async fn`, which would
+    /// hold the call's future twice (as its argument and as what it awaits).
+    pub(crate) struct Observed<F> {
+        #[pin]
+        call: F,
+        // `None` when nothing observes the call, or once its outcome is recorded.
+        observer: Option<ClientCall>,
+    }
+}
+
+impl<F, T> Future for Observed<F>
+where
+    F: Future<Output = Result<T, CallError>>,
+{
+    type Output = Result<T, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        #[cfg(feature = "tracing")]
+        let entered = this
+            .observer
+            .as_ref()
+            .and_then(|observer| observer.span.as_ref())
+            .map(tracing::Span::enter);
+        let result = std::task::ready!(this.call.poll(cx));
+        #[cfg(feature = "tracing")]
+        drop(entered);
+        if let Some(observer) = this.observer.take() {
+            observer.finish(&result);
+        }
+        Poll::Ready(result)
+    }
+}
+
 /// One typed call on the client that something observes, from its start to its outcome.
 pub(crate) struct ClientCall {
     /// The call's span, if a subscriber records it.
@@ -127,13 +166,13 @@ impl ClientCall {
     }
 
     /// Runs `call`, observed if `observed` is `Some`.
-    pub(crate) async fn run_if<T>(
-        observed: Option<Self>,
-        call: impl std::future::Future<Output = Result<T, CallError>>,
-    ) -> Result<T, CallError> {
-        match observed {
-            None => call.await,
-            Some(observed) => observed.run(call).await,
+    pub(crate) fn run_if<F, T>(observed: Option<Self>, call: F) -> Observed<F>
+    where
+        F: Future<Output = Result<T, CallError>>,
+    {
+        Observed {
+            call,
+            observer: observed,
         }
     }
 
@@ -150,19 +189,11 @@ impl ClientCall {
     }
 
     /// Runs the call inside its span and records how it ended.
-    pub(crate) async fn run<T>(
-        self,
-        call: impl std::future::Future<Output = Result<T, CallError>>,
-    ) -> Result<T, CallError> {
-        #[cfg(feature = "tracing")]
-        let result = match &self.span {
-            None => call.await,
-            Some(span) => tracing::Instrument::instrument(call, span.clone()).await,
-        };
-        #[cfg(not(feature = "tracing"))]
-        let result = call.await;
-        self.finish(&result);
-        result
+    pub(crate) fn run<F, T>(self, call: F) -> Observed<F>
+    where
+        F: Future<Output = Result<T, CallError>>,
+    {
+        Self::run_if(Some(self), call)
     }
 
     /// Runs a blocking call inside its span and records how it ended.

@@ -123,6 +123,12 @@ impl CallTable {
         self.waiters += 1;
     }
 
+    /// How many callers wait for a slot.
+    #[cfg(test)]
+    pub(crate) fn waiters(&self) -> usize {
+        self.waiters
+    }
+
     /// A caller counted by [`add_waiter`](Self::add_waiter) stopped waiting.
     pub(crate) fn remove_waiter(&mut self) {
         self.waiters -= 1;

@@ -7,6 +7,7 @@
 
 mod config;
 mod driver;
+mod exchange;
 mod stream;
 
 use std::{
@@ -297,35 +298,21 @@ impl Client {
 
     /// One call: the body in two parts, the timeout, the encoded metadata. Every async call
     /// method is this one future, with no layers of futures around it.
-    async fn exchange(
+    fn exchange(
         &self,
         method: u32,
         (head, tail): (Bytes, Bytes),
         timeout: Option<Duration>,
         metadata: Option<Bytes>,
-    ) -> Result<Bytes, CallError> {
-        let conn = &*self.handle.conn;
-        conn.check_len(head.len() + tail.len(), metadata.as_ref())?;
-        let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
-        let (slot, seq) = conn.start(deadline, true).await?;
-        let mut guard = SlotGuard::begun(conn, slot);
-        // The writer only goes away with the connection, which then fails the call for us.
-        let send =
-            conn.out
-                .send(conn.request(method, seq, timeout, 0, (head, tail), metadata.as_ref()));
-        // The call began in this poll, with this poll's waker kept for its outcome; unless
-        // sending must wait for room, the first look at the outcome is skipped (a reply that
-        // came meanwhile has woken that waker already).
-        let mut registered = send.is_done();
-        let _ = send.await;
-        let outcome = poll_fn(|cx| match std::mem::take(&mut registered) {
-            true => Poll::Pending,
-            false => conn.poll_outcome(slot, cx),
-        })
-        .await;
-        guard.released();
-        conn.out.caller_resumed();
-        outcome
+    ) -> exchange::Exchange<'_> {
+        let request = exchange::Request {
+            method,
+            head,
+            tail,
+            timeout,
+            metadata,
+        };
+        exchange::Exchange::new(&self.handle.conn, request)
     }
 
     /// [`call`](Self::call) from a plain thread, blocking it until the call resolves. Needs no
@@ -543,7 +530,7 @@ impl Conn {
         loop {
             let attempt = poll_fn(|cx| {
                 let waker = wake.then(|| cx.waker());
-                Poll::Ready(self.try_start(&mut waiting, deadline, waker))
+                Poll::Ready(self.try_start(&mut waiting.counted, deadline, waker))
             });
             match attempt.await? {
                 Ok(started) => return Ok(started),
@@ -556,7 +543,7 @@ impl Conn {
     fn start_blocking(&self, deadline: Option<(u64, Duration)>) -> Result<(u32, u64), CallError> {
         let mut waiting = Waiting::new(self);
         loop {
-            match self.try_start(&mut waiting, deadline, None)? {
+            match self.try_start(&mut waiting.counted, deadline, None)? {
                 Ok(started) => return Ok(started),
                 Err(listener) => crate::sync::wait(listener),
             }
@@ -565,21 +552,23 @@ impl Conn {
 
     /// One attempt to start a call: the slot and sequence id, or (the window is full) the
     /// listener to wait on, registered under the table's lock so that no release is missed.
+    /// `counted` says whether the caller is counted among those waiting for a slot; the
+    /// attempt counts it while it must wait and uncounts it once it starts.
     fn try_start(
         &self,
-        waiting: &mut Waiting<'_>,
+        counted: &mut bool,
         deadline: Option<(u64, Duration)>,
         waker: Option<&std::task::Waker>,
     ) -> Result<Result<(u32, u64), EventListener>, CallError> {
         let mut table = self.table.lock();
         let Some(slot) = table.acquire()? else {
-            if !waiting.counted {
-                waiting.counted = true;
+            if !*counted {
+                *counted = true;
                 table.add_waiter();
             }
             return Ok(Err(self.window_free.listen()));
         };
-        if std::mem::take(&mut waiting.counted) {
+        if std::mem::take(counted) {
             table.remove_waiter();
         }
         let seq = match table.begin(slot, deadline, waker.cloned()) {
@@ -625,6 +614,18 @@ impl Conn {
         };
         self.wake_a_waiter(waits);
         seq
+    }
+
+    /// Gives `slot` back for a caller that gave up on its call: a call still pending ends,
+    /// and the server is told (best effort: if the queue is full, the server's deadline ends
+    /// the call).
+    fn abandon(&self, slot: u32) {
+        if let Some(seq) = self.release(slot, true) {
+            self.out.try_send(Outgoing::frame(
+                FrameHeader::new(FrameKind::Cancel, seq),
+                Bytes::new(),
+            ));
+        }
     }
 
     /// Wakes one caller waiting for a slot, if `waits` says one does (the table's lock
@@ -802,13 +803,7 @@ impl Drop for SlotGuard<'_> {
         if self.released {
             return;
         }
-        if let Some(seq) = self.conn.release(self.slot, true) {
-            // Best effort: if the queue is full the server's deadline ends the call.
-            self.conn.out.try_send(Outgoing::frame(
-                FrameHeader::new(FrameKind::Cancel, seq),
-                Bytes::new(),
-            ));
-        }
+        self.conn.abandon(self.slot);
     }
 }
 

@@ -18,7 +18,7 @@ use futures_io::AsyncRead;
 use futures_lite::FutureExt;
 
 pub(crate) use self::batch::write_all;
-pub(crate) use self::outbox::{outbox, Budget, Inbox, IoCounters, Outbox};
+pub(crate) use self::outbox::{outbox, Budget, Inbox, IoCounters, Outbox, Send as Sending};
 pub use self::outbox::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL};
 pub(crate) use self::read::ReadBuffer;
 pub(crate) use self::writer::{write_loop, WriteWatch};

@@ -1,0 +1,363 @@
+//! The future of one unary call, written by hand.
+//!
+//! Every async call method of [`Client`](super::Client) is this one future. As an `async fn`
+//! it held its arguments twice (as arguments, and moved into what it awaited), the futures of
+//! the steps it awaited, and the guards around them: 456 bytes, copied again by each layer
+//! that awaits it. Here it is its request, the step it is at, and the connection.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+
+use super::Conn;
+use crate::{error::CallError, io::Sending, sync::EventListener};
+
+/// A call's request until its frame is queued.
+pub(super) struct Request {
+    pub(super) method: u32,
+    pub(super) head: Bytes,
+    pub(super) tail: Bytes,
+    pub(super) timeout: Option<Duration>,
+    pub(super) metadata: Option<Bytes>,
+}
+
+/// One unary call, from taking a slot of the window to its outcome. Dropping it before it
+/// resolves cancels the call: the slot goes back and, if the request went out, the server is
+/// told (a `Cancel` frame).
+///
+/// Its steps are a plain tag beside the fields they use, so that moving from one to the next
+/// drops nothing.
+#[must_use = "a call does nothing unless awaited"]
+pub(super) struct Exchange<'a> {
+    conn: &'a Conn,
+    step: Step,
+    /// The request, until its frame is made.
+    request: Option<Request>,
+    /// The deadline tick and the timeout, worked out on the first attempt to start (`None`
+    /// until then): waiting for a slot counts against the deadline.
+    deadline: Option<Option<(u64, Duration)>>,
+    /// Set while every slot is in use: wakes the caller when one is given back.
+    listener: Option<EventListener>,
+    /// Whether the caller is counted among those waiting for a slot.
+    counted: bool,
+    /// The slot the call began in (from [`Step::Send`] on).
+    slot: u32,
+    /// The request's frame, while it waits for room in the outbox.
+    send: Option<Sending<'a>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Taking a slot and beginning the call in it.
+    Start,
+    /// The call began; its request waits for room in the outbox.
+    Send,
+    /// The request is queued (or the writer is gone, which fails the call): waiting for the
+    /// call's outcome.
+    Outcome,
+    /// Resolved, or failed before it began.
+    Done,
+}
+
+impl<'a> Exchange<'a> {
+    pub(super) fn new(conn: &'a Conn, request: Request) -> Self {
+        Self {
+            conn,
+            step: Step::Start,
+            request: Some(request),
+            deadline: None,
+            listener: None,
+            counted: false,
+            slot: 0,
+            send: None,
+        }
+    }
+
+    /// Takes a slot and begins the call in it, then queues its request: `Ready` with the
+    /// call's error if it cannot begin, `Pending` while it waits for a slot or once it began.
+    fn start(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        let conn = self.conn;
+        loop {
+            if let Some(listener) = &mut self.listener {
+                ready!(Pin::new(listener).poll(cx));
+                self.listener = None;
+            }
+            let request = self
+                .request
+                .as_ref()
+                .expect("the request is kept until it starts");
+            let deadline = match self.deadline {
+                Some(deadline) => deadline,
+                None => {
+                    let len = request.head.len() + request.tail.len();
+                    conn.check_len(len, request.metadata.as_ref())?;
+                    let at = request.timeout.map(|t| (conn.clock.deadline(t), t));
+                    *self.deadline.insert(at)
+                }
+            };
+            // The waker is kept with the call: a reply that comes before the caller looks for
+            // it wakes the caller.
+            match conn.try_start(&mut self.counted, deadline, Some(cx.waker()))? {
+                Ok((slot, seq)) => {
+                    let request = self.request.take().expect("checked above");
+                    self.slot = slot;
+                    let send = conn.out.send(conn.request(
+                        request.method,
+                        seq,
+                        request.timeout,
+                        0,
+                        (request.head, request.tail),
+                        request.metadata.as_ref(),
+                    ));
+                    if send.is_done() {
+                        self.step = Step::Outcome;
+                    } else {
+                        self.step = Step::Send;
+                        self.send = Some(send);
+                    }
+                    return Poll::Pending;
+                }
+                Err(full) => self.listener = Some(full),
+            }
+        }
+    }
+}
+
+impl Future for Exchange<'_> {
+    type Output = Result<Bytes, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.step == Step::Start {
+            if let Poll::Ready(Err(e)) = this.start(cx) {
+                this.step = Step::Done;
+                return Poll::Ready(Err(e));
+            }
+            // Pending: waiting for a slot, or the call began in this poll with this poll's
+            // waker kept for its outcome (looking for it now would only find it pending).
+            // Only a request waiting for room goes on at once.
+            if this.step != Step::Send {
+                return Poll::Pending;
+            }
+        }
+        if this.step == Step::Send {
+            let send = this.send.as_mut().expect("kept while sending");
+            // Sent or not (the writer gone fails the call), the outcome tells.
+            let _ = ready!(Pin::new(send).poll(cx));
+            this.send = None;
+            this.step = Step::Outcome;
+        }
+        assert!(
+            this.step == Step::Outcome,
+            "a call polled after it resolved"
+        );
+        let outcome = ready!(this.conn.poll_outcome(this.slot, cx));
+        this.step = Step::Done;
+        this.conn.out.caller_resumed();
+        Poll::Ready(outcome)
+    }
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        match self.step {
+            Step::Start if self.counted => self.conn.table.lock().remove_waiter(),
+            Step::Send | Step::Outcome => self.conn.abandon(self.slot),
+            Step::Start | Step::Done => {}
+        }
+    }
+}
+
+#[cfg(all(test, not(flumen_loom)))]
+mod tests {
+    use std::{
+        future::Future,
+        pin::pin,
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Arc,
+        },
+        task::{Context, Poll, Wake, Waker},
+        time::Duration,
+    };
+
+    use bytes::Bytes;
+
+    use crate::{
+        client::{CallOptions, Client, ClientConfig, Conn, Handle},
+        error::CallError,
+        frame::{Frame, FrameHeader, FrameKind},
+        io::{outbox, Inbox, Outgoing, DEFAULT_MAX_QUEUED_BYTES},
+        proto::client::{on_frames, Effects},
+        trace::Peer,
+    };
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A client over no socket with `window` slots, taking request bodies up to `max_len`;
+    /// its frames come out of the returned inbox.
+    fn client(window: usize, max_len: u32) -> (Client, Inbox) {
+        let config = ClientConfig::default()
+            .default_timeout(Some(Duration::from_secs(60)))
+            .keepalive(None, Duration::from_secs(1));
+        let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+        let conn = Arc::new(Conn::new(window, out, &config, max_len, Peer::default()));
+        let handle = Arc::new(Handle { conn });
+        (Client { handle }, rx)
+    }
+
+    /// The kind and sequence id of each frame queued so far.
+    fn queued(rx: &mut Inbox) -> Vec<(FrameKind, u64)> {
+        std::iter::from_fn(|| rx.try_recv())
+            .filter_map(|message| match message {
+                Outgoing::Frame(header, _) | Outgoing::Parts(header, _) => {
+                    Some((header.kind, header.seq))
+                }
+                Outgoing::Close => None,
+            })
+            .collect()
+    }
+
+    /// The server's reply to call `seq`, through the client's engine as its reader does.
+    fn reply(conn: &Conn, seq: u64, body: &'static [u8]) {
+        let mut header = FrameHeader::new(FrameKind::Response, seq);
+        header.len = body.len() as u32;
+        let frame = Frame {
+            header,
+            body: Bytes::from_static(body),
+        };
+        let mut fx = Effects::default();
+        on_frames(&mut conn.table.lock(), [frame], false, &mut fx).unwrap();
+        conn.apply(&mut fx).unwrap();
+    }
+
+    #[test]
+    fn a_reply_wakes_the_waker_kept_when_the_call_began_and_resolves_it() {
+        let (client, mut rx) = client(4, u32::MAX);
+        let woken = Arc::new(Count::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let seq = {
+            let mut call = pin!(client.call(7, Bytes::from_static(b"ping")));
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            let frames = queued(&mut rx);
+            assert_eq!(frames.len(), 1);
+            let (kind, seq) = frames[0];
+            assert_eq!(kind, FrameKind::Request);
+            // The first poll looked for no outcome: the waker it kept must be the one woken.
+            reply(&client.handle.conn, seq, b"pong");
+            assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+            match call.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(body)) => assert_eq!(body, &b"pong"[..]),
+                other => panic!("expected the reply, got {other:?}"),
+            }
+            seq
+        };
+        // The slot went back with the outcome: dropping the resolved call sent nothing, and
+        // a late copy of its reply is refused.
+        assert!(queued(&mut rx).is_empty());
+        let mut fx = Effects::default();
+        let mut header = FrameHeader::new(FrameKind::Response, seq);
+        header.len = 0;
+        let late = Frame {
+            header,
+            body: Bytes::new(),
+        };
+        on_frames(&mut client.handle.conn.table.lock(), [late], false, &mut fx).unwrap();
+        assert!(fx.wakers.is_empty());
+    }
+
+    #[test]
+    fn a_call_dropped_after_its_request_went_out_is_cancelled_and_frees_its_slot() {
+        let (client, mut rx) = client(1, u32::MAX);
+        let mut cx = Context::from_waker(Waker::noop());
+        {
+            let mut call = pin!(client.call(7, Bytes::from_static(b"a")));
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+        }
+        let frames = queued(&mut rx);
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(frames[0].0, FrameKind::Request);
+        assert_eq!(frames[1], (FrameKind::Cancel, frames[0].1));
+        // The only slot is free again: the next call begins at once.
+        let mut next = pin!(client.call(7, Bytes::from_static(b"b")));
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(queued(&mut rx)[0].0, FrameKind::Request);
+    }
+
+    #[test]
+    fn a_caller_that_gives_up_waiting_for_a_slot_is_no_longer_counted() {
+        let (client, mut rx) = client(1, u32::MAX);
+        let conn = &client.handle.conn;
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut first = pin!(client.call(7, Bytes::from_static(b"a")));
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        {
+            let mut second = pin!(client.call(7, Bytes::from_static(b"b")));
+            assert!(second.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(conn.table.lock().waiters(), 1);
+            // Still waiting: polled again, it is not counted twice.
+            assert!(second.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(conn.table.lock().waiters(), 1);
+        }
+        assert_eq!(conn.table.lock().waiters(), 0);
+        // Only the first call's request went out.
+        assert_eq!(queued(&mut rx).len(), 1);
+    }
+
+    #[test]
+    fn a_waiting_caller_takes_the_slot_given_back_and_is_uncounted() {
+        let (client, mut rx) = client(1, u32::MAX);
+        let conn = &client.handle.conn;
+        let woken = Arc::new(Count::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut first = pin!(client.call(7, Bytes::from_static(b"a")));
+        let mut second = pin!(client.call(7, Bytes::from_static(b"b")));
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        let seq = queued(&mut rx)[0].1;
+        reply(conn, seq, b"A");
+        assert!(matches!(first.as_mut().poll(&mut cx), Poll::Ready(Ok(_))));
+        // The slot went back to the waiting caller, which was woken and now begins.
+        assert!(woken.0.load(Ordering::SeqCst) >= 2);
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(conn.table.lock().waiters(), 0);
+        let frames = queued(&mut rx);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].0, FrameKind::Request);
+        assert_ne!(frames[0].1, seq, "a new sequence id on the same slot");
+    }
+
+    #[test]
+    fn a_request_over_the_servers_limit_fails_before_it_takes_a_slot() {
+        let (client, mut rx) = client(1, 8);
+        let mut cx = Context::from_waker(Waker::noop());
+        let options = CallOptions::new().with_entry("k", "v").unwrap();
+        {
+            let mut call = pin!(client.call_with(7, Bytes::from_static(b"0123456"), &options));
+            match call.as_mut().poll(&mut cx) {
+                Poll::Ready(Err(CallError::RequestTooLarge { len, max: 8 })) => assert!(len > 8),
+                other => panic!("expected RequestTooLarge, got {other:?}"),
+            }
+        }
+        assert!(queued(&mut rx).is_empty());
+        assert_eq!(client.handle.conn.table.lock().waiters(), 0);
+        // Nothing was taken: a call that fits begins.
+        let mut fits = pin!(client.call(7, Bytes::from_static(b"ok")));
+        assert!(fits.as_mut().poll(&mut cx).is_pending());
+    }
+}
