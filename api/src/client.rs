@@ -34,6 +34,7 @@ use crate::{
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
+#[must_use = "dropping the last clone closes its connections"]
 pub struct Client<C = MsgPack> {
     channel: Channel,
     codec: C,

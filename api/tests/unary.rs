@@ -27,6 +27,42 @@ e2e!(
     raw_bodies_pass_through,
 );
 
+/// A blocking call on the one thread that runs the runtime: current-thread tokio and smol with
+/// one thread, over TCP and in process (where the hang was seen).
+mod blocking_in_async {
+    use super::common;
+
+    #[test]
+    fn tokio_current_tcp() {
+        common::run_tokio_current(
+            super::a_blocking_call_in_async_code_fails_at_once::<common::TokioEnv>,
+        )
+    }
+
+    #[test]
+    fn tokio_current_inproc() {
+        common::run_tokio_current(
+            super::a_blocking_call_in_async_code_fails_at_once::<common::TokioInProcEnv>,
+        )
+    }
+
+    #[test]
+    fn smol_one_thread_tcp() {
+        common::run_smol_with(
+            1,
+            super::a_blocking_call_in_async_code_fails_at_once::<common::SmolEnv>,
+        )
+    }
+
+    #[test]
+    fn smol_one_thread_inproc() {
+        common::run_smol_with(
+            1,
+            super::a_blocking_call_in_async_code_fails_at_once::<common::SmolInProcEnv>,
+        )
+    }
+}
+
 async fn start<E: Env>(
     env: &E,
     config: ServerConfig,
@@ -310,6 +346,57 @@ async fn blocking_callers_from_plain_threads<E: Env>(env: E) {
     };
     eventually(&env, "blocking call times out", || timed_out.is_finished()).await;
     assert!(timed_out.join().unwrap().unwrap_err().is_timeout());
+}
+
+/// On a thread that runs the connection's tasks, a blocking call would wait for a reply only
+/// this thread could read (it hung past its deadline): it fails at once with a typed error, on
+/// the raw, typed and balanced clients, and the connection goes on serving async calls.
+async fn a_blocking_call_in_async_code_fails_at_once<E: Env>(env: E)
+where
+    common::Addr<E>: flumen::balance::Address,
+{
+    let (server, _) = start(&env, ServerConfig::default()).await;
+    let addr = server.local_addr().clone();
+    let client = connect(&env, addr.clone(), ClientConfig::default()).await;
+    let raw = MethodId::from_name("raw").as_u32();
+    // The connection's tasks have run on this thread: this reply was read here.
+    let body = Bytes::from_static(b"hi");
+    assert_eq!(client.raw().call(raw, body.clone()).await.unwrap(), body);
+    let timeout = Some(Duration::from_secs(20));
+    let started = Instant::now();
+    let refused = client
+        .raw()
+        .call_blocking_with_timeout(raw, body.clone(), timeout)
+        .unwrap_err();
+    assert!(
+        matches!(refused, CallError::BlockingInAsync),
+        "raw: {refused:?}"
+    );
+    assert!(refused.to_string().contains("await the async method"));
+    let typed = client.call_blocking::<_, u64>("sleep_echo", &(0u64, 7u64));
+    assert!(
+        matches!(typed, Err(flumen::Error::Call(CallError::BlockingInAsync))),
+        "typed: {typed:?}"
+    );
+    let balanced = flumen::Client::balanced(
+        &env.rt(),
+        env.transport(),
+        flumen::balance::discovery::Static::new([addr]),
+    );
+    let answer = balanced.call_blocking::<_, u64>("sleep_echo", &(0u64, 7u64));
+    assert!(
+        matches!(answer, Err(flumen::Error::Call(CallError::BlockingInAsync))),
+        "balanced: {answer:?}"
+    );
+    // At once, not at the deadline (which a hang would reach first).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nothing was sent or held: async calls go on.
+    let got: u64 = client.call("sleep_echo", &(0u64, 9u64)).await.unwrap();
+    assert_eq!(got, 9);
 }
 
 async fn raw_bodies_pass_through<E: Env>(env: E) {

@@ -224,6 +224,7 @@ struct Shared {
 /// it; once every clone is dropped the member leaves the cluster, as [`leave`](Self::leave)
 /// does, and its task ends.
 #[derive(Clone, Debug)]
+#[must_use = "once every clone is dropped the member leaves the cluster"]
 pub struct Membership {
     registry: Registry,
     commands: async_channel::Sender<Command>,

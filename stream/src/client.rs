@@ -52,6 +52,7 @@ use crate::{
 /// the window; replies may come back in any order. Dropping the last clone closes the
 /// connection, failing calls still in flight with a connection error.
 #[derive(Clone)]
+#[must_use = "dropping the last clone closes the connection"]
 pub struct Client {
     handle: Arc<Handle>,
 }
@@ -365,10 +366,12 @@ impl Client {
         tail: Bytes,
         options: &CallOptions,
     ) -> Result<Bytes, CallError> {
+        crate::check_blocking()?;
         let conn = &*self.handle.conn;
         conn.check_len(head.len() + tail.len(), options.metadata.as_ref())?;
         let timeout = options.timeout_or(conn.default_timeout);
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
+        let expires = timeout.map(|t| (Instant::now() + t, t));
         let (slot, seq) = conn.start_blocking(deadline)?;
         let mut guard = SlotGuard::begun(conn, slot);
         let _ = conn.out.send_blocking(conn.request(
@@ -379,7 +382,7 @@ impl Client {
             (head, tail),
             options.metadata.as_ref(),
         ));
-        let outcome = futures_lite::future::block_on(poll_fn(|cx| conn.poll_outcome(slot, cx)));
+        let outcome = conn.wait_outcome(slot, expires)?;
         guard.released();
         conn.out.caller_resumed();
         outcome
@@ -604,6 +607,31 @@ impl Conn {
         Poll::Ready(outcome)
     }
 
+    /// Waits on this thread for the outcome of the call in `slot` and takes it, giving the
+    /// slot back. With `expires` (the instant and the timeout), it waits no longer than
+    /// that: the timer task ends the call at its deadline, but a blocking call does not count
+    /// on it to run. `Err` (the slot kept) if it expired first.
+    fn wait_outcome(
+        &self,
+        slot: u32,
+        expires: Option<(Instant, Duration)>,
+    ) -> Result<Result<Bytes, CallError>, CallError> {
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(outcome) = self.poll_outcome(slot, &mut cx) {
+                return Ok(outcome);
+            }
+            match expires {
+                None => std::thread::park(),
+                Some((at, timeout)) => match at.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                    _ => return Err(CallError::Timeout(timeout)),
+                },
+            }
+        }
+    }
+
     /// Gives `slot` back to the window; with `abandon`, first ends its call if it is still
     /// pending and returns its sequence id, for the server to be told.
     pub(crate) fn release(&self, slot: u32, abandon: bool) -> Option<u64> {
@@ -807,6 +835,19 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
+/// Wakes a thread blocked in a `_blocking` call.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
 /// A caller's place among those waiting for a slot of the window: counted in the call table
 /// while it waits, and taken off if the caller gives up (its future dropped).
 struct Waiting<'a> {
@@ -850,6 +891,40 @@ mod tests {
                 assert_eq!(timeout_millis(timeout), exact, "{timeout:?}");
             }
         }
+    }
+
+    /// A blocking call does not count on the timer task to end it: here no task runs at all
+    /// (as on a runtime whose only thread is blocked), and its deadline still fires.
+    #[test]
+    fn a_blocking_calls_deadline_fires_with_no_task_running() {
+        let config = ClientConfig::default().keepalive(None, Duration::from_secs(1));
+        let (out, mut rx) = crate::io::outbox(crate::io::DEFAULT_MAX_QUEUED_BYTES, None);
+        let conn = Arc::new(Conn::new(1, out, &config, u32::MAX, Peer::default()));
+        let client = Client {
+            handle: Arc::new(Handle { conn }),
+        };
+        let timeout = Duration::from_millis(50);
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let outcome =
+                client.call_blocking_with_timeout(1, Bytes::from_static(b"a"), Some(timeout));
+            (outcome, client)
+        });
+        let (outcome, client) = thread.join().unwrap();
+        assert!(
+            matches!(outcome, Err(CallError::Timeout(t)) if t == timeout),
+            "{outcome:?}"
+        );
+        assert!(started.elapsed() >= timeout);
+        // The request went out, then the cancel, and the slot is free again.
+        let kinds: Vec<_> = std::iter::from_fn(|| rx.try_recv())
+            .filter_map(|message| match message {
+                Outgoing::Frame(header, _) => Some(header.kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, [FrameKind::Request, FrameKind::Cancel]);
+        assert!(client.handle.conn.table.lock().acquire().unwrap().is_some());
     }
 
     #[test]

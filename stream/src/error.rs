@@ -100,6 +100,16 @@ pub enum CallError {
         /// The server's message.
         message: Arc<str>,
     },
+    /// A `_blocking` call was made on a thread that runs async tasks (see
+    /// [`check_blocking`](crate::check_blocking)); it was never sent. On such a thread the
+    /// call could wait for a reply that only this thread would read: await the async method
+    /// instead, or make the blocking call from a thread meant for blocking.
+    #[error(
+        "a blocking call was made on a thread that runs async tasks, where it could wait \
+         forever; await the async method instead, or call from a thread meant for blocking \
+         (std::thread::spawn, tokio::task::spawn_blocking, smol::unblock)"
+    )]
+    BlockingInAsync,
     /// The server answered with an error.
     #[error("server error {code}: {message}")]
     Remote {

@@ -53,7 +53,7 @@ pub use crate::{
         CLOSE_LINGER, CLOSE_LINGER_BYTES, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL,
     },
     metadata::Metadata,
-    runtime::Runtime,
+    runtime::{check_blocking, Runtime},
     server::{
         AdaptiveConcurrency, Dispatch, Reply, ReplySink, Request, RequestStream, Server,
         ServerConfig, ServerHandle, ServerStats, Status, DEFAULT_HANDSHAKE_TIMEOUT,

@@ -106,13 +106,11 @@ impl<D: Dispatch> Server<D> {
             queued: Arc::new(Budget::new(total_queued)),
             limiter,
         });
-        rt.spawn(accept::accept_loop(
-            rt.clone(),
-            shared.clone(),
-            listener,
-            self.dispatch,
-        ));
-        rt.spawn(accept::watchdog(rt.clone(), shared.clone()));
+        crate::runtime::spawn_task(
+            rt,
+            accept::accept_loop(rt.clone(), shared.clone(), listener, self.dispatch),
+        );
+        crate::runtime::spawn_task(rt, accept::watchdog(rt.clone(), shared.clone()));
         let sleeper = rt.clone();
         let sleep: Sleep = Arc::new(move |at| Box::pin(sleeper.sleep_until(at)));
         Ok(ServerHandle {
@@ -126,6 +124,7 @@ impl<D: Dispatch> Server<D> {
 type Sleep = Arc<dyn Fn(Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Controls a running server. Dropping it aborts the server.
+#[must_use = "dropping the handle stops the server at once; keep it while the server should run"]
 pub struct ServerHandle<A> {
     shared: Arc<Shared>,
     local_addr: A,

@@ -603,6 +603,7 @@ impl Balancer {
         options: &CallOptions,
         route: Route,
     ) -> Result<Bytes, CallError> {
+        flumen_stream::check_blocking()?;
         let shared = &self.shared;
         let mut attempts = Attempts::new(shared, options);
         loop {

@@ -94,19 +94,22 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         accepted,
         max_len: config.max_frame_len,
     };
-    rt.spawn(read_task(rt.clone(), conn.clone(), reader, read, limits));
+    crate::runtime::spawn_task(
+        rt,
+        read_task(rt.clone(), conn.clone(), reader, read, limits),
+    );
     let writer_conn = conn.clone();
     let compression = match compress::negotiate(config.compression.as_ref(), hello.features) {
         Some(compression) => OnceLock::from(compression),
         None => OnceLock::new(),
     };
-    rt.spawn(async move {
+    crate::runtime::spawn_task(rt, async move {
         let (stop, quiet) = (&writer_conn.stop, &writer_conn.quiet);
         if let Err(e) = write_loop(out_rx, writer, stop, quiet, None, &compression).await {
             writer_conn.close(e.into());
         }
     });
-    rt.spawn(timer_task(rt.clone(), conn.clone()));
+    crate::runtime::spawn_task(rt, timer_task(rt.clone(), conn.clone()));
     Ok(Client {
         handle: Arc::new(Handle { conn }),
     })

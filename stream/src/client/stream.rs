@@ -142,6 +142,7 @@ impl Conn {
 }
 
 /// Sends the client's items of a streaming call, each when the server has granted credit.
+#[must_use = "dropping the sender without `finish` cancels the call's request stream"]
 pub struct RequestSender {
     call: Arc<OpenCall>,
     finished: bool,

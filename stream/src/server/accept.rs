@@ -68,13 +68,16 @@ pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
             }
             Some(Err(e)) => shared.handshake_failed(&e),
             None => {
-                rt.spawn(handshake(
-                    rt.clone(),
-                    shared.clone(),
-                    dispatch.clone(),
-                    Peer::of(&peer),
-                    connecting,
-                ));
+                crate::runtime::spawn_task(
+                    &rt,
+                    handshake(
+                        rt.clone(),
+                        shared.clone(),
+                        dispatch.clone(),
+                        Peer::of(&peer),
+                        connecting,
+                    ),
+                );
             }
         }
     }

@@ -303,7 +303,7 @@ pub(super) fn start<R, D, Rd, Wr>(
     };
     let Some(key) = key else {
         Shared::count(&shared.counters.refused);
-        rt.spawn(refuse(writer, config.max_frame_len));
+        crate::runtime::spawn_task(rt, refuse(writer, config.max_frame_len));
         return;
     };
     let registration = Arc::new(Registration {
@@ -317,15 +317,18 @@ pub(super) fn start<R, D, Rd, Wr>(
         conn.stop.stop();
         return;
     }
-    rt.spawn(write_task(
-        shared.clone(),
-        conn.clone(),
-        registration.clone(),
-        writer,
-        rx,
-    ));
+    crate::runtime::spawn_task(
+        rt,
+        write_task(
+            shared.clone(),
+            conn.clone(),
+            registration.clone(),
+            writer,
+            rx,
+        ),
+    );
     let reader_task = ReadTask::new(rt.clone(), shared.clone(), conn, dispatch.clone());
-    rt.spawn(reader_task.run(reader, registration));
+    crate::runtime::spawn_task(rt, reader_task.run(reader, registration));
 }
 
 async fn write_task<W: TransportWrite>(
