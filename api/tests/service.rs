@@ -172,6 +172,57 @@ pub trait Elsewhere {
     async fn ping(&self) -> String;
 }
 
+/// A service whose methods carry attributes the macro passes through.
+#[flumen::service]
+pub trait Legacy {
+    /// Still served, while callers move on.
+    #[deprecated = "call `add` on `Lab`"]
+    async fn old_add(&self, a: u64, b: u64) -> u64;
+    /// Only in a build no one makes: compiled out of the trait, the client and the routes.
+    #[cfg(any())]
+    async fn hidden(&self) -> u64;
+    /// Eight arguments, which the lint allowed here would count against.
+    #[allow(clippy::too_many_arguments)]
+    #[idempotent]
+    async fn sum8(&self, a: u8, b: u8, c: u8, d: u8, e: u8, f: u8, g: u8, h: u8) -> u64;
+}
+
+struct LegacyImpl;
+
+// No `hidden`: the trait has no such method in this build.
+impl Legacy for LegacyImpl {
+    async fn old_add(&self, a: u64, b: u64) -> u64 {
+        a + b
+    }
+
+    async fn sum8(&self, a: u8, b: u8, c: u8, d: u8, e: u8, f: u8, g: u8, h: u8) -> u64 {
+        [a, b, c, d, e, f, g, h].into_iter().map(u64::from).sum()
+    }
+}
+
+/// `deprecated`, `cfg` and lint attributes on methods pass through the macro: a deprecated
+/// method is still served, a compiled-out one is neither implemented nor routed.
+#[allow(deprecated)]
+async fn method_attributes_pass_through<E: Env>(env: E) {
+    let router = Router::new()
+        .service(LegacyServer::new(LegacyImpl))
+        .unwrap();
+    let server = serve(&env, router, ServerConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
+    let legacy = LegacyClient::new(client.clone());
+    assert_eq!(legacy.old_add(2, 3).await.unwrap(), 5);
+    assert_eq!(legacy.sum8(1, 2, 3, 4, 5, 6, 7, 8).await.unwrap(), 36);
+    let hidden = client
+        .call::<_, u64>("Legacy.hidden", &())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        hidden.code(),
+        Some(flumen::ErrorCode::UNKNOWN_METHOD),
+        "{hidden}"
+    );
+}
+
 async fn lab<E: Env>(env: &E) -> (flumen::ServerHandle<common::Addr<E>>, LabClient, LabImpl) {
     let service = LabImpl::default();
     let router = Router::new()
@@ -389,4 +440,5 @@ e2e!(
     deadline_reaches_the_handler,
     metadata_reaches_the_handler,
     two_services_one_port_and_collisions_refused,
+    method_attributes_pass_through,
 );

@@ -124,7 +124,7 @@ impl CallTable {
     }
 
     /// How many callers wait for a slot.
-    #[cfg(test)]
+    #[cfg(all(test, not(flumen_loom)))]
     pub(crate) fn waiters(&self) -> usize {
         self.waiters
     }

@@ -17,6 +17,7 @@ pub(crate) fn methods(
 ) -> TokenStream2 {
     let name = &method.name;
     let docs = &method.docs;
+    let attrs = &method.attrs;
     let mut client_fns = Vec::new();
     let arg_names: Vec<_> = method.args.iter().map(|(arg, _)| arg).collect();
     let Output { ok, err, .. } = &method.output;
@@ -55,6 +56,7 @@ pub(crate) fn methods(
             };
             client_fns.push(quote! {
                 #(#docs)*
+                #(#attrs)*
                 #[doc = ""]
                 #[doc = #call_doc]
                 pub async fn #name(&self, #(#client_params,)* #attachment_param)
@@ -71,10 +73,12 @@ pub(crate) fn methods(
             let blocking = format_ident!("{}_blocking", name);
             let blocking_doc = format!(
                 "[`{name}`](Self::{name}) from a plain thread (no runtime needed); \
-                 blocks until the call resolves."
+                 blocks until the call resolves. On a thread that runs async tasks it fails at \
+                 once with `CallError::BlockingInAsync`: await [`{name}`](Self::{name}) there."
             );
             client_fns.push(quote! {
                 #(#docs)*
+                #(#attrs)*
                 #[doc = ""]
                 #[doc = #call_doc]
                 pub async fn #name(&self, #(#client_params),*)
@@ -84,6 +88,7 @@ pub(crate) fn methods(
                 }
 
                 #[doc = #blocking_doc]
+                #(#attrs)*
                 pub fn #blocking(&self, #(#client_params),*)
                     -> ::core::result::Result<#ok, #krate::RpcError<#err>>
                 {
@@ -93,6 +98,7 @@ pub(crate) fn methods(
         }
         (None, true) => client_fns.push(quote! {
             #(#docs)*
+                #(#attrs)*
             #[doc = ""]
             #[doc = #call_doc]
             pub async fn #name(&self, #(#client_params),*)
@@ -103,6 +109,7 @@ pub(crate) fn methods(
         }),
         (Some((items, item)), false) => client_fns.push(quote! {
             #(#docs)*
+                #(#attrs)*
             #[doc = ""]
             #[doc = #call_doc]
             pub async fn #name(
@@ -116,6 +123,7 @@ pub(crate) fn methods(
         }),
         (Some((items, item)), true) => client_fns.push(quote! {
             #(#docs)*
+                #(#attrs)*
             #[doc = ""]
             #[doc = #call_doc]
             #[doc = ""]

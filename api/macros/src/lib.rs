@@ -98,6 +98,7 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
 fn trait_fn(krate: &TokenStream2, method: &Method) -> TokenStream2 {
     let name = &method.name;
     let docs = &method.docs;
+    let attrs = &method.attrs;
     let context_param = method.context.as_ref().map(|(pat, ty)| quote!(#pat: #ty,));
     let arg_params = method.args.iter().map(|(arg, ty)| quote!(#arg: #ty));
     let stream_param = method
@@ -123,6 +124,7 @@ fn trait_fn(krate: &TokenStream2, method: &Method) -> TokenStream2 {
     };
     quote! {
         #(#docs)*
+        #(#attrs)*
         fn #name(&self, #context_param #(#params),*)
             -> impl ::core::future::Future<Output = #returns> + ::core::marker::Send;
     }

@@ -56,6 +56,9 @@ pub(crate) struct Output {
 pub(crate) struct Method {
     pub(crate) name: Ident,
     pub(crate) docs: Vec<Attribute>,
+    /// The method's other attributes that pass through to what is generated for it (`cfg`,
+    /// lint levels, `deprecated`).
+    pub(crate) attrs: Vec<Attribute>,
     /// The `Context` parameter, if declared.
     pub(crate) context: Option<(Pat, Type)>,
     /// The message arguments, in order.
@@ -264,14 +267,14 @@ pub(crate) fn parse_method(method: &TraitItemFn) -> syn::Result<Method> {
         args.push((pat.ident.clone(), ty.clone()));
     }
     let output = parse_output(&sig.output)?;
-    let mut idempotent = false;
-    for attr in method
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("idempotent"))
-    {
-        attr.meta.require_path_only()?;
-        idempotent = true;
+    let (docs, attrs, idempotent) = method_attrs(method)?;
+    if let Some(attr) = idempotent.filter(|_| stream_in.is_some() || output.stream.is_some()) {
+        return Err(Error::new_spanned(
+            attr,
+            "`#[idempotent]` has no effect on a streaming method: a stream is never retried \
+             once it started (opening one is retried only when it provably never reached \
+             the server); remove it",
+        ));
     }
     if attachment.is_some() && (stream_in.is_some() || output.stream.is_some()) {
         return Err(Error::new(
@@ -281,17 +284,85 @@ pub(crate) fn parse_method(method: &TraitItemFn) -> syn::Result<Method> {
     }
     Ok(Method {
         name: sig.ident.clone(),
-        docs: method
-            .attrs
-            .iter()
-            .filter(|a| a.path().is_ident("doc"))
-            .cloned()
-            .collect(),
+        docs,
+        attrs,
         context,
         args,
         stream_in,
         attachment,
         output,
-        idempotent,
+        idempotent: idempotent.is_some(),
     })
+}
+
+/// Attributes a service method may carry besides `#[idempotent]`, passed through to the
+/// trait's method and the client's.
+const PASSED_THROUGH: &[&str] = &[
+    "doc",
+    "cfg",
+    "allow",
+    "expect",
+    "warn",
+    "deny",
+    "forbid",
+    "deprecated",
+];
+
+/// A method's doc comments, its other passed-through attributes, and its `#[idempotent]`;
+/// an error for any other attribute (which would otherwise be lost without a word).
+fn method_attrs(
+    method: &TraitItemFn,
+) -> syn::Result<(Vec<Attribute>, Vec<Attribute>, Option<&Attribute>)> {
+    let (mut docs, mut attrs, mut idempotent) = (Vec::new(), Vec::new(), None);
+    for attr in &method.attrs {
+        let path = attr.path();
+        if path.is_ident("idempotent") {
+            attr.meta.require_path_only()?;
+            idempotent = Some(attr);
+        } else if path.is_ident("doc") {
+            docs.push(attr.clone());
+        } else if PASSED_THROUGH.iter().any(|name| path.is_ident(name)) {
+            attrs.push(attr.clone());
+        } else {
+            return Err(unknown_attribute(attr));
+        }
+    }
+    Ok((docs, attrs, idempotent))
+}
+
+fn unknown_attribute(attr: &Attribute) -> Error {
+    let name = quote::ToTokens::to_token_stream(attr.path())
+        .to_string()
+        .replace(' ', "");
+    let known = std::iter::once("idempotent").chain(PASSED_THROUGH.iter().copied());
+    let nearest = known
+        .map(|known| (edit_distance(&name, known), known))
+        .min()
+        .filter(|(distance, _)| *distance <= 2);
+    let message = match nearest {
+        Some((_, known)) => {
+            format!("unknown attribute `#[{name}]` on a service method; did you mean `#[{known}]`?")
+        }
+        None => format!(
+            "unknown attribute `#[{name}]` on a service method: it may carry `#[idempotent]`, \
+             doc comments, `cfg`, `allow`, `expect`, `warn`, `deny`, `forbid` and `deprecated`"
+        ),
+    };
+    Error::new_spanned(attr, message)
+}
+
+/// The Levenshtein distance of `a` and `b` (insertions, deletions and substitutions).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }

@@ -101,7 +101,13 @@ pub(crate) fn registration(krate: &TokenStream2, wire_name: &str, method: &Metho
             }
         }
     };
-    quote!(let router = #registration;)
+    // A method compiled out is not registered; a deprecated one is still served.
+    let cfgs = method.attrs.iter().filter(|a| a.path().is_ident("cfg"));
+    quote! {
+        #(#cfgs)*
+        #[allow(deprecated)]
+        let router = #registration;
+    }
 }
 
 /// The server type of `service`, registering `registrations`.
