@@ -10,10 +10,13 @@
 //! | `flumen_client_call_duration_seconds`, `flumen_server_call_duration_seconds` | histogram | `method` |
 //! | `flumen_client_calls_in_flight`, `flumen_server_calls_in_flight` | gauge | `method` |
 //!
-//! `outcome` is `ok`, the server's error code (`OVERLOADED`, `DEADLINE_EXCEEDED`,
-//! `APPLICATION`, ...), or on the client what failed there (`timeout`, `connection`,
-//! `not_sent`, `too_large`); a server call whose caller left is `cancelled`. A client's
-//! streaming call is counted when its stream opens.
+//! `outcome` is `ok` or an error code's name, the same on both sides for the same end: the
+//! server's code (`OVERLOADED`, `APPLICATION`, ...); `DEADLINE_EXCEEDED` when the deadline
+//! passed, whichever side noticed first (the client's `Cancel` tells the server why);
+//! `CANCELLED` when the caller dropped the call. Failures one side alone sees are named
+//! there: on the client `connection`, `not_sent`, `too_large`, `blocking_in_async`; on the
+//! server `connection` for a call whose connection ended while it ran. A client's streaming
+//! call is counted when its stream opens.
 //!
 //! Per server or client connection (label `server` or `connection`), the core's counters, set
 //! by [`record_server`] and [`record_client`] (call them on a timer or before each scrape; nothing is added to the
@@ -186,7 +189,9 @@ fn label(target: Target) -> Arc<str> {
     }
 }
 
-/// A server call being served, counted when it ends (`cancelled` if it is dropped first).
+/// A server call being served, counted when it ends; if the server drops it first, as the
+/// client counts it: `DEADLINE_EXCEEDED` at its deadline, `CANCELLED` when the client gave
+/// up, `connection` when the connection ended.
 pub(crate) struct Served {
     metrics: &'static MethodMetrics,
     started: std::time::Instant,
@@ -212,7 +217,12 @@ impl Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
-        self.finish("cancelled".into());
+        let outcome = match flumen_stream::drop_reason() {
+            Some(flumen_stream::DropReason::DeadlineExceeded) => "DEADLINE_EXCEEDED",
+            Some(flumen_stream::DropReason::ConnectionEnded) => "connection",
+            _ => crate::observe::CANCELLED,
+        };
+        self.finish(outcome.into());
     }
 }
 

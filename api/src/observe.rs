@@ -54,8 +54,9 @@ impl From<MethodId> for Target {
 }
 
 /// How a call ended, as spans and metrics label it: `ok`, the server's error code (such as
-/// `OVERLOADED`), or what went wrong on this side (`timeout`, `connection`, `not_sent`,
-/// `too_large`).
+/// `OVERLOADED`), `DEADLINE_EXCEEDED` when the deadline passed (here or on the server, as the
+/// server labels it), `CANCELLED` when the caller dropped it, or what went wrong on this side
+/// (`connection`, `not_sent`, `too_large`, `blocking_in_async`).
 #[cfg(any(feature = "tracing", feature = "metrics"))]
 pub(crate) fn outcome<T>(result: &Result<T, CallError>) -> std::borrow::Cow<'static, str> {
     let error = match result {
@@ -69,9 +70,10 @@ pub(crate) fn outcome<T>(result: &Result<T, CallError>) -> std::borrow::Cow<'sta
         };
     }
     match error {
-        CallError::Timeout(_) => "timeout",
+        CallError::Timeout(_) => "DEADLINE_EXCEEDED",
         CallError::NotSent(_) => "not_sent",
         CallError::RequestTooLarge { .. } => "too_large",
+        CallError::BlockingInAsync => "blocking_in_async",
         _ if error.is_connection() => "connection",
         _ => "error",
     }
@@ -123,6 +125,9 @@ pub(crate) struct ClientCall {
     metrics: Option<&'static crate::metrics::MethodMetrics>,
     #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
     started: Instant,
+    /// Its outcome was recorded.
+    #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
+    finished: bool,
 }
 
 impl ClientCall {
@@ -150,6 +155,7 @@ impl ClientCall {
             #[cfg(feature = "metrics")]
             metrics,
             started: Instant::now(),
+            finished: false,
         })
     }
 
@@ -217,19 +223,34 @@ impl ClientCall {
         allow(unused_variables)
     )]
     #[inline]
-    fn finish<T>(&self, result: &Result<T, CallError>) {
+    fn finish<T>(mut self, result: &Result<T, CallError>) {
+        self.finished = true;
         #[cfg(any(feature = "tracing", feature = "metrics"))]
-        {
-            let elapsed = self.started.elapsed();
-            let outcome = outcome(result);
-            #[cfg(feature = "tracing")]
-            if let Some(span) = &self.span {
-                record(span, elapsed, &outcome);
-            }
-            #[cfg(feature = "metrics")]
-            if let Some(metrics) = &self.metrics {
-                metrics.finish(elapsed, &outcome);
-            }
+        self.record(&outcome(result));
+    }
+
+    /// Records how the call ended, `outcome`, in its span and metrics.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[inline]
+    fn record(&self, outcome: &str) {
+        let elapsed = self.started.elapsed();
+        #[cfg(feature = "tracing")]
+        if let Some(span) = &self.span {
+            record(span, elapsed, outcome);
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.finish(elapsed, outcome);
+        }
+    }
+}
+
+impl Drop for ClientCall {
+    /// A call dropped before it resolved was cancelled, as the server counts it too.
+    fn drop(&mut self) {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if !self.finished {
+            self.record(CANCELLED);
         }
     }
 }
@@ -305,6 +326,10 @@ pub(crate) fn served(name: &str, request: &Request) {
     }
 }
 
+/// The outcome of a call its caller dropped, on both sides.
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+pub(crate) const CANCELLED: &str = "CANCELLED";
+
 /// Outcome label of a server call that ended with `status` (`None`: a reply).
 #[cfg(feature = "metrics")]
 pub(crate) fn server_outcome(status: Option<ErrorCode>) -> std::borrow::Cow<'static, str> {
@@ -314,5 +339,33 @@ pub(crate) fn server_outcome(status: Option<ErrorCode>) -> std::borrow::Cow<'sta
             Some(name) => name.into(),
             None => code.to_string().into(),
         },
+    }
+}
+
+#[cfg(all(test, any(feature = "tracing", feature = "metrics")))]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use flumen_stream::{CallError, ConnectionError, ErrorCode};
+
+    use super::outcome;
+
+    /// Outcomes are named as the server names them where both sides can see the same end.
+    #[test]
+    fn a_local_timeout_is_named_as_the_servers_deadline() {
+        let local = outcome::<()>(&Err(CallError::Timeout(Duration::from_millis(5))));
+        let remote = outcome::<()>(&Err(CallError::Remote {
+            code: ErrorCode::DEADLINE_EXCEEDED,
+            message: Arc::from("late"),
+        }));
+        assert_eq!(local, "DEADLINE_EXCEEDED");
+        assert_eq!(local, remote);
+        assert_eq!(outcome::<()>(&Ok(())), "ok");
+        let closed = CallError::Connection(ConnectionError::Closed);
+        assert_eq!(outcome::<()>(&Err(closed)), "connection");
+        assert_eq!(
+            outcome::<()>(&Err(CallError::BlockingInAsync)),
+            "blocking_in_async"
+        );
     }
 }

@@ -45,7 +45,12 @@ pub trait Tally {
     async fn hello(&self, name: String) -> String;
     /// Always fails with the method's error.
     async fn fail(&self) -> Result<(), Refused>;
+    /// Sleeps `millis`, counted in `NAPS` when it starts.
+    async fn nap(&self, millis: u64);
 }
+
+/// `nap` calls that started on the server.
+static NAPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[derive(Clone)]
 struct Greetings;
@@ -57,6 +62,11 @@ impl Tally for Greetings {
 
     async fn fail(&self) -> Result<(), Refused> {
         Err(Refused("always".into()))
+    }
+
+    async fn nap(&self, millis: u64) {
+        NAPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async_io::Timer::after(std::time::Duration::from_millis(millis)).await;
     }
 }
 
@@ -227,6 +237,24 @@ async fn exercise<E: Env>(env: E, addr: SocketAddr, round: u64) {
     for _ in 0..FAILURES {
         client.fail().await.unwrap_err();
     }
+    // A call past its deadline, and a call its caller drops once the server runs it: each
+    // counted alike on both sides.
+    let short = client.with_timeout(Some(std::time::Duration::from_millis(100)));
+    assert!(short.nap(60_000).await.unwrap_err().is_timeout());
+    let naps = NAPS.load(std::sync::atomic::Ordering::SeqCst);
+    let mut dropped = Box::pin(client.nap(60_000));
+    assert!(futures_lite::future::poll_once(&mut dropped)
+        .await
+        .is_none());
+    eventually(&env, "the nap runs", || {
+        NAPS.load(std::sync::atomic::Ordering::SeqCst) > naps
+    })
+    .await;
+    drop(dropped);
+    eventually(&env, "both naps ended on the server", || {
+        server.stats().in_flight == 0
+    })
+    .await;
     let stats = server.stats();
     let name = format!("round{round}");
     flumen::metrics::record_server(&name, &stats);
@@ -244,6 +272,8 @@ async fn exercise<E: Env>(env: E, addr: SocketAddr, round: u64) {
             (FAILURES * round) as f64,
             "{side}"
         );
+        assert_eq!(calls("nap", "DEADLINE_EXCEEDED"), round as f64, "{side}");
+        assert_eq!(calls("nap", "CANCELLED"), round as f64, "{side}");
         let count = format!("flumen_{side}_call_duration_seconds_count{{method=\"Tally.hello\"}}");
         assert_eq!(
             sample(&page, &count),

@@ -382,7 +382,13 @@ impl Client {
             (head, tail),
             options.metadata.as_ref(),
         ));
-        let outcome = conn.wait_outcome(slot, expires)?;
+        let outcome = match conn.wait_outcome(slot, expires) {
+            Ok(outcome) => outcome,
+            Err(timeout) => {
+                conn.abandon(slot, ErrorCode::DEADLINE_EXCEEDED);
+                Err(timeout)
+            }
+        };
         guard.released();
         conn.out.caller_resumed();
         outcome
@@ -645,14 +651,11 @@ impl Conn {
     }
 
     /// Gives `slot` back for a caller that gave up on its call: a call still pending ends,
-    /// and the server is told (best effort: if the queue is full, the server's deadline ends
-    /// the call).
-    fn abandon(&self, slot: u32) {
+    /// and the server is told why (best effort: if the queue is full, the server's deadline
+    /// ends the call).
+    fn abandon(&self, slot: u32, why: ErrorCode) {
         if let Some(seq) = self.release(slot, true) {
-            self.out.try_send(Outgoing::frame(
-                FrameHeader::new(FrameKind::Cancel, seq),
-                Bytes::new(),
-            ));
+            self.out.try_send(proto::cancel(seq, why));
         }
     }
 
@@ -831,7 +834,7 @@ impl Drop for SlotGuard<'_> {
         if self.released {
             return;
         }
-        self.conn.abandon(self.slot);
+        self.conn.abandon(self.slot, ErrorCode::CANCELLED);
     }
 }
 
@@ -917,13 +920,20 @@ mod tests {
         );
         assert!(started.elapsed() >= timeout);
         // The request went out, then the cancel, and the slot is free again.
-        let kinds: Vec<_> = std::iter::from_fn(|| rx.try_recv())
+        let frames: Vec<_> = std::iter::from_fn(|| rx.try_recv())
             .filter_map(|message| match message {
-                Outgoing::Frame(header, _) => Some(header.kind),
+                Outgoing::Frame(header, _) => Some((header.kind, header.aux)),
                 _ => None,
             })
             .collect();
-        assert_eq!(kinds, [FrameKind::Request, FrameKind::Cancel]);
+        let expired = ErrorCode::DEADLINE_EXCEEDED.as_u32();
+        assert_eq!(
+            frames[1],
+            (FrameKind::Cancel, expired),
+            "the cancel says why"
+        );
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(frames[0].0, FrameKind::Request);
         assert!(client.handle.conn.table.lock().acquire().unwrap().is_some());
     }
 

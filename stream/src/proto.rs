@@ -76,6 +76,14 @@ pub(crate) fn is_stream_frame(kind: FrameKind) -> bool {
     )
 }
 
+/// The `Cancel` of call `seq`, saying why in `aux`: `CANCELLED` (the caller dropped it) or
+/// `DEADLINE_EXCEEDED` (its deadline passed).
+pub(crate) fn cancel(seq: u64, why: ErrorCode) -> Outgoing {
+    let mut header = FrameHeader::new(FrameKind::Cancel, seq);
+    header.aux = why.as_u32();
+    Outgoing::frame(header, Bytes::new())
+}
+
 /// The `Pong` that answers a `Ping`: its `seq` and body echoed.
 pub(crate) fn pong(ping: &FrameHeader, body: Bytes) -> Outgoing {
     Outgoing::frame(FrameHeader::new(FrameKind::Pong, ping.seq), body)

@@ -34,6 +34,7 @@ pub use self::config::{
 };
 use self::conn::ConnState;
 pub use self::dispatch::{Dispatch, Reply, Request, Status};
+pub use self::handler::{drop_reason, DropReason};
 pub use self::limit::AdaptiveConcurrency;
 pub use self::stream::{ReplySink, RequestStream};
 use crate::{

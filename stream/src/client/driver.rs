@@ -290,8 +290,8 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
             wakers.drain(..).for_each(Waker::wake);
             for seq in expired.drain(..) {
                 conn.end_stream(seq, ErrorCode::DEADLINE_EXCEEDED);
-                let cancel = FrameHeader::new(FrameKind::Cancel, seq);
-                conn.out.try_send(Outgoing::frame(cancel, Bytes::new()));
+                let cancel = proto::cancel(seq, ErrorCode::DEADLINE_EXCEEDED);
+                conn.out.try_send(cancel);
             }
             if let Some(keepalive) = keepalive.as_mut().filter(|_| busy) {
                 let next = match keepalive.poll(now, reads()) {

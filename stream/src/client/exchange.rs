@@ -15,7 +15,11 @@ use std::{
 use bytes::Bytes;
 
 use super::Conn;
-use crate::{error::CallError, io::Sending, sync::EventListener};
+use crate::{
+    error::{CallError, ErrorCode},
+    io::Sending,
+    sync::EventListener,
+};
 
 /// A call's request until its frame is queued.
 pub(super) struct Request {
@@ -167,7 +171,7 @@ impl Drop for Exchange<'_> {
     fn drop(&mut self) {
         match self.step {
             Step::Start if self.counted => self.conn.table.lock().remove_waiter(),
-            Step::Send | Step::Outcome => self.conn.abandon(self.slot),
+            Step::Send | Step::Outcome => self.conn.abandon(self.slot, ErrorCode::CANCELLED),
             Step::Start | Step::Done => {}
         }
     }
@@ -190,7 +194,7 @@ mod tests {
 
     use crate::{
         client::{CallOptions, Client, ClientConfig, Conn, Handle},
-        error::CallError,
+        error::{CallError, ErrorCode},
         frame::{Frame, FrameHeader, FrameKind},
         io::{outbox, Inbox, Outgoing, DEFAULT_MAX_QUEUED_BYTES},
         proto::client::{on_frames, Effects},
@@ -288,10 +292,18 @@ mod tests {
             let mut call = pin!(client.call(7, Bytes::from_static(b"a")));
             assert!(call.as_mut().poll(&mut cx).is_pending());
         }
-        let frames = queued(&mut rx);
+        let frames: Vec<_> = std::iter::from_fn(|| rx.try_recv())
+            .filter_map(|message| match message {
+                Outgoing::Frame(header, _) => Some(header),
+                _ => None,
+            })
+            .collect();
         assert_eq!(frames.len(), 2, "{frames:?}");
-        assert_eq!(frames[0].0, FrameKind::Request);
-        assert_eq!(frames[1], (FrameKind::Cancel, frames[0].1));
+        assert_eq!(frames[0].kind, FrameKind::Request);
+        assert_eq!(frames[1].kind, FrameKind::Cancel);
+        assert_eq!(frames[1].seq, frames[0].seq);
+        // The server is told the caller gave up, not that a deadline passed.
+        assert_eq!(frames[1].aux, ErrorCode::CANCELLED.as_u32());
         // The only slot is free again: the next call begins at once.
         let mut next = pin!(client.call(7, Bytes::from_static(b"b")));
         assert!(next.as_mut().poll(&mut cx).is_pending());

@@ -15,7 +15,7 @@ use futures_lite::Stream;
 use super::{CallOptions, Client, Conn};
 use crate::{
     error::{CallError, ConnectionError, ErrorCode},
-    frame::{flags, FrameHeader, FrameKind},
+    frame::flags,
     io::Outgoing,
     streaming::{self, StreamState},
 };
@@ -59,10 +59,8 @@ impl Drop for OpenCall {
         self.conn.forget_stream(seq);
         streaming::wake(self.state.close(ErrorCode::CANCELLED));
         if let Some(seq) = self.conn.release(self.slot, true) {
-            let cancel = FrameHeader::new(FrameKind::Cancel, seq);
-            self.conn
-                .out
-                .try_send(Outgoing::frame(cancel, Bytes::new()));
+            let cancel = crate::proto::cancel(seq, ErrorCode::CANCELLED);
+            self.conn.out.try_send(cancel);
         }
     }
 }

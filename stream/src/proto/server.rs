@@ -21,8 +21,8 @@ pub(crate) enum Event {
     /// A call to admit and dispatch.
     Request(Incoming),
     /// The client gave up on call `seq` (and may reuse its sequence id at once): forget it
-    /// and stop its handler.
-    Cancel(u64),
+    /// and stop its handler. `true` when it gave up because the call's deadline passed.
+    Cancel(u64, bool),
     /// A frame for a streaming call.
     Stream(StreamEvent),
     /// A frame to queue for the writer: the answer to a ping.
@@ -75,7 +75,11 @@ pub(crate) fn on_frame(frame: Frame) -> Result<Event, ConnectionError> {
             header,
             body: frame.body,
         }),
-        FrameKind::Cancel => Event::Cancel(header.seq),
+        // Any code but DEADLINE_EXCEEDED (0 from older clients included) is a plain cancel.
+        FrameKind::Cancel => Event::Cancel(
+            header.seq,
+            ErrorCode::from_u32(header.aux) == ErrorCode::DEADLINE_EXCEEDED,
+        ),
         kind if is_stream_frame(kind) => Event::Stream(StreamEvent::Frame(frame)),
         FrameKind::Ping => Event::Send(pong(&header, frame.body)),
         FrameKind::GoAway => Event::PeerLeaving,
@@ -160,7 +164,16 @@ mod tests {
         }
         assert!(matches!(
             on_frame(frame(FrameKind::Cancel, 4, b"")).unwrap(),
-            Event::Cancel(4)
+            Event::Cancel(4, false)
+        ));
+        let mut expired = frame(FrameKind::Cancel, 4, b"");
+        expired.header.aux = ErrorCode::DEADLINE_EXCEEDED.as_u32();
+        assert!(matches!(on_frame(expired).unwrap(), Event::Cancel(4, true)));
+        let mut dropped = frame(FrameKind::Cancel, 4, b"");
+        dropped.header.aux = ErrorCode::CANCELLED.as_u32();
+        assert!(matches!(
+            on_frame(dropped).unwrap(),
+            Event::Cancel(4, false)
         ));
         for kind in [
             FrameKind::StreamItem,

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures_io::AsyncWrite;
 use parking_lot::Mutex;
 
-use super::{read::ReadTask, Dispatch, Shared};
+use super::{handler::Cancel, read::ReadTask, Dispatch, Shared};
 use crate::{
     body,
     compress::{self, Compression},
@@ -50,7 +50,7 @@ pub(crate) struct ConnState {
     /// never refused for a call that is in fact over.
     pub(super) admitted: AtomicUsize,
     /// Cancel signals of the calls running in their own task, by sequence id.
-    pub(super) running: Mutex<HashMap<u64, Arc<Signal>>>,
+    pub(super) running: Mutex<HashMap<u64, Arc<Cancel>>>,
     /// Streams of the streaming calls running, by sequence id.
     pub(super) streams: Mutex<HashMap<u64, Arc<StreamState>>>,
     pub(super) draining: Signal,

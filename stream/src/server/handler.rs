@@ -3,10 +3,14 @@
 //! and the frames that answer it.
 
 use std::{
+    cell::Cell,
     future::Future,
     panic::{catch_unwind, AssertUnwindSafe},
     pin::Pin,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -64,17 +68,15 @@ pub(super) fn spawn<R, F>(
     permit.waited();
     let conn = conn.clone();
     let shared = shared.clone();
-    let cancel = Arc::new(Signal::default());
+    let cancel = Arc::new(Cancel::default());
     conn.running.lock().insert(header.seq, cancel.clone());
     conn.in_flight.fetch_add(1, Ordering::SeqCst);
     conn.admitted.fetch_add(1, Ordering::SeqCst);
     let expiry = deadline.map(|at| rt.sleep_until(at));
     let task = span.clone().instrument(async move {
-        let handler = async { End::Done(CatchUnwind { future }.await) };
-        let cancelled = async {
-            cancel.wait().await;
-            End::Cancelled
-        };
+        let mut handler = CatchUnwind { future };
+        let running = async { End::Done((&mut handler).await) };
+        let cancelled = async { End::Cancelled(cancel.wait().await) };
         let ended = async {
             conn.stop.ended().await;
             End::ConnectionEnded
@@ -86,11 +88,19 @@ pub(super) fn spawn<R, F>(
             }
             End::Expired
         };
-        // Whatever ends first drops the others: a stopped handler's drop guards run here.
-        let end = handler.or(cancelled).or(ended).or(expired).await;
+        let end = running.or(cancelled).or(ended).or(expired).await;
+        // A stopped handler's drop guards run here, where its dispatcher can tell why.
+        match end {
+            End::Done(_) => drop(handler),
+            End::Cancelled(false) => drop_as(handler, DropReason::Cancelled),
+            End::Cancelled(true) => drop_as(handler, DropReason::DeadlineExceeded),
+            End::Expired => drop_as(handler, DropReason::DeadlineExceeded),
+            End::ConnectionEnded => drop_as(handler, DropReason::ConnectionEnded),
+        }
         remove_same(&conn.running, header.seq, &cancel);
         drop((registration, permit));
         conn.admitted.fetch_sub(1, Ordering::SeqCst);
+        let past_deadline = matches!(end, End::Cancelled(true));
         let result = match end {
             End::Done(Some(result)) => Some(result),
             End::Done(None) => {
@@ -105,11 +115,12 @@ pub(super) fn spawn<R, F>(
                 "the call's deadline passed on the server",
             ))),
             // The caller gave up, or nobody is left to read a reply.
-            End::Cancelled | End::ConnectionEnded => None,
+            End::Cancelled(_) | End::ConnectionEnded => None,
         };
         span.finish(match &result {
             Some(Ok(_)) => Ok(()),
             Some(Err(status)) => Err(status.code()),
+            None if past_deadline => Err(ErrorCode::DEADLINE_EXCEEDED),
             None => Err(ErrorCode::CANCELLED),
         });
         if let Some(result) = result {
@@ -172,10 +183,69 @@ impl Drop for Permit {
 enum End {
     /// The handler finished (`None`: it panicked).
     Done(Option<Result<Reply, Status>>),
-    Cancelled,
+    /// The client cancelled the call (`true`: because its deadline passed).
+    Cancelled(bool),
     Expired,
     ConnectionEnded,
 }
+/// Stops a handler running in a task of its own: set when the client cancels its call, with
+/// whether the call's deadline is why.
+#[derive(Default)]
+pub(super) struct Cancel {
+    signal: Signal,
+    expired: AtomicBool,
+}
+
+impl Cancel {
+    /// The client cancelled the call; `expired`: because the call's deadline passed.
+    pub(super) fn set(&self, expired: bool) {
+        self.expired.store(expired, Ordering::Release);
+        self.signal.set();
+    }
+
+    /// Completes once the call is cancelled: whether its deadline is why.
+    async fn wait(&self) -> bool {
+        self.signal.wait().await;
+        self.expired.load(Ordering::Acquire)
+    }
+}
+
+/// Why the server drops the future of a handler that did not finish (see [`drop_reason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The client cancelled the call: it dropped it, or gave up waiting.
+    Cancelled,
+    /// The call's deadline passed on the server.
+    DeadlineExceeded,
+    /// The connection ended: nobody is left to read a reply.
+    ConnectionEnded,
+}
+
+thread_local! {
+    static DROP_REASON: Cell<Option<DropReason>> = const { Cell::new(None) };
+}
+
+/// While the server drops the future of a handler that did not finish, why it does; `None`
+/// anywhere else. A [`Dispatch`](crate::Dispatch) future reads it in its `Drop`, to count the
+/// call's outcome as the client sees it, say (`DEADLINE_EXCEEDED` rather than a cancel).
+pub fn drop_reason() -> Option<DropReason> {
+    DROP_REASON.get()
+}
+
+/// Drops `handler` with [`drop_reason`] telling `reason` meanwhile.
+fn drop_as<T>(handler: T, reason: DropReason) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DROP_REASON.set(None);
+        }
+    }
+    DROP_REASON.set(Some(reason));
+    let _reset = Reset;
+    drop(handler);
+}
+
 /// Polls a handler, turning a panic into `None`.
 struct CatchUnwind<F> {
     future: Pin<Box<F>>,

@@ -255,13 +255,13 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 self.hold(answer);
                 true
             }
-            Ok(Frames::Cancel(seq)) => {
+            Ok(Frames::Cancel(seq, expired)) => {
                 // The call is over for the client, which may reuse its sequence id at once:
                 // forget it now, and stop its handler. A call that already finished (or never
                 // ran in a task) has nothing to stop.
                 let running = self.conn.running.lock().remove(&seq);
                 if let Some(cancel) = running {
-                    cancel.set();
+                    cancel.set(expired);
                 }
                 if self.conn.in_flight.load(Ordering::Relaxed) > 0 {
                     self.conn.streams.lock().remove(&seq);
