@@ -20,8 +20,9 @@
 //!
 //! Per server or client connection (label `server` or `connection`), the core's counters, set
 //! by [`record_server`] and [`record_client`] (call them on a timer or before each scrape; nothing is added to the
-//! call path): connections, bytes and frames each way, frames per write, calls in flight,
-//! bytes queued, refusals.
+//! call path): connections, bytes and frames each way, frames per write, frames compressed
+//! each way (nonzero once compression was negotiated), calls in flight, bytes queued,
+//! refusals.
 //!
 //! Install the recorder before the first call: a method's handles are made on its first call
 //! with a recorder installed, against that recorder. While none is installed, calls record
@@ -254,6 +255,14 @@ pub fn record_server(server: &str, stats: &ServerStats) {
     counter("flumen_server_frames_written_total", io.frames_written);
     counter("flumen_server_frames_read_total", io.frames_read);
     counter("flumen_server_writes_total", io.writes);
+    counter(
+        "flumen_server_frames_compressed_total",
+        io.frames_compressed,
+    );
+    counter(
+        "flumen_server_frames_decompressed_total",
+        io.frames_decompressed,
+    );
     gauge("flumen_server_frames_per_write", io.frames_per_write());
     gauge("flumen_server_buffered_bytes", io.buffered_bytes as f64);
 }
@@ -282,6 +291,14 @@ pub fn record_client(connection: &str, stats: &ConnectionStats) {
     counter("flumen_client_frames_written_total", stats.frames_written);
     counter("flumen_client_frames_read_total", stats.frames_read);
     counter("flumen_client_writes_total", stats.writes);
+    counter(
+        "flumen_client_frames_compressed_total",
+        stats.frames_compressed,
+    );
+    counter(
+        "flumen_client_frames_decompressed_total",
+        stats.frames_decompressed,
+    );
     gauge("flumen_client_frames_per_write", stats.frames_per_write());
     gauge("flumen_client_buffered_bytes", stats.buffered_bytes as f64);
 }

@@ -129,9 +129,17 @@ async fn bodies_travel_compressed<E: Env>(env: E, algorithm: Algorithm) {
         small
     );
 
+    // The stats show compression at work: 24 bodies each way went compressed (16 echoes and
+    // 8 items), the small one and the empty ones did not.
+    let client_io = raw.stats().since(&before.0);
+    let server_io = server.stats().io.since(&before.1);
+    assert_eq!(client_io.frames_compressed, 24, "{client_io:?}");
+    assert_eq!(client_io.frames_decompressed, 24, "{client_io:?}");
+    assert_eq!(server_io.frames_compressed, 24, "{server_io:?}");
+    assert_eq!(server_io.frames_decompressed, 24, "{server_io:?}");
     // 24 bodies of 64 KiB went each way (1.5 MiB); compressed, far less crossed the wire.
-    let sent = raw.stats().since(&before.0).bytes_written;
-    let received = server.stats().io.since(&before.1).bytes_written;
+    let sent = client_io.bytes_written;
+    let received = server_io.bytes_written;
     let raw_bytes = 24 * 65536;
     assert!(
         sent < raw_bytes / 8,
@@ -184,4 +192,10 @@ async fn plain_both_ways<E: Env>(env: &E, client: &flumen::Client) {
         stats.bytes_written > 4 * 65536 && stats.bytes_read > 4 * 65536
     };
     eventually(env, "4 x 64 KiB counted each way", plain).await;
+    let stats = client.raw().stats();
+    assert_eq!(
+        (stats.frames_compressed, stats.frames_decompressed),
+        (0, 0),
+        "not negotiated: nothing compressed"
+    );
 }

@@ -12,9 +12,14 @@
 //! among them) closes it with `PROTOCOL_ERROR`. Flow control and size limits count bodies
 //! before compression.
 
+use std::sync::atomic::Ordering;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::frame::{flags, Frame, FrameError, FrameHeader, FrameKind};
+use crate::{
+    frame::{flags, Frame, FrameError, FrameHeader, FrameKind},
+    io::IoCounters,
+};
 
 /// A compression algorithm for frame bodies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,10 +230,16 @@ pub fn decompress(
 ///
 /// As [`decompress`].
 #[inline(always)]
-pub(crate) fn inflate(frame: Frame, accepted: u16, max_len: u32) -> Result<Frame, FrameError> {
+pub(crate) fn inflate(
+    frame: Frame,
+    accepted: u16,
+    max_len: u32,
+    counters: &IoCounters,
+) -> Result<Frame, FrameError> {
     if frame.header.flags & flags::COMPRESSED == 0 {
         return Ok(frame);
     }
+    counters.frames_decompressed.fetch_add(1, Ordering::Relaxed);
     inflate_compressed(&frame, accepted, max_len)
 }
 

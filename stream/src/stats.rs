@@ -41,6 +41,12 @@ pub struct ConnectionStats {
     /// earliest deadline, cut short by a sooner one); zero on a server, whose timers are
     /// not per connection.
     pub timer_wakeups: u64,
+    /// Frames written with a compressed body: nonzero once compression was negotiated (both
+    /// sides configured it, with an algorithm in common) and a body above its threshold went
+    /// out.
+    pub frames_compressed: u64,
+    /// Frames read with a compressed body.
+    pub frames_decompressed: u64,
     /// Bytes of read and write buffer memory held now (capacity, not contents).
     pub buffered_bytes: usize,
 }
@@ -67,6 +73,8 @@ impl ConnectionStats {
         self.coalesce_yields += other.coalesce_yields;
         self.queue_full_waits += other.queue_full_waits;
         self.timer_wakeups += other.timer_wakeups;
+        self.frames_compressed += other.frames_compressed;
+        self.frames_decompressed += other.frames_decompressed;
         self.buffered_bytes += other.buffered_bytes;
     }
 
@@ -84,6 +92,12 @@ impl ConnectionStats {
                 .queue_full_waits
                 .saturating_sub(earlier.queue_full_waits),
             timer_wakeups: self.timer_wakeups.saturating_sub(earlier.timer_wakeups),
+            frames_compressed: self
+                .frames_compressed
+                .saturating_sub(earlier.frames_compressed),
+            frames_decompressed: self
+                .frames_decompressed
+                .saturating_sub(earlier.frames_decompressed),
             buffered_bytes: self.buffered_bytes,
         }
     }
@@ -109,6 +123,8 @@ impl From<&IoCounters> for ConnectionStats {
             coalesce_yields: c.coalesce_yields.load(Ordering::Relaxed),
             queue_full_waits: c.queue_full_waits.load(Ordering::Relaxed),
             timer_wakeups: c.timer_wakeups.load(Ordering::Relaxed),
+            frames_compressed: c.frames_compressed.load(Ordering::Relaxed),
+            frames_decompressed: c.frames_decompressed.load(Ordering::Relaxed),
             buffered_bytes: c.write_buffered.load(Ordering::Relaxed)
                 + c.read_buffered.load(Ordering::Relaxed),
         }

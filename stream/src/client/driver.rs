@@ -165,7 +165,7 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
         loop {
             match read.next_frame(&mut decoder) {
                 Ok(Some(frame)) => {
-                    match compress::inflate(frame, limits.accepted, limits.max_len) {
+                    match compress::inflate(frame, limits.accepted, limits.max_len, counters) {
                         Ok(frame) => frames.push(frame),
                         Err(e) => break 'conn ConnectionError::Protocol(e),
                     }

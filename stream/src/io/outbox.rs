@@ -82,6 +82,10 @@ pub(crate) struct IoCounters {
     pub(crate) queue_full_waits: AtomicU64,
     /// Times the client's deadline timer woke from a sleep.
     pub(crate) timer_wakeups: AtomicU64,
+    /// Frames written with a compressed body.
+    pub(crate) frames_compressed: AtomicU64,
+    /// Frames read with a compressed body.
+    pub(crate) frames_decompressed: AtomicU64,
     /// Bytes of buffer memory the writer holds (batch buffer and deques).
     pub(crate) write_buffered: AtomicUsize,
     /// Bytes of buffer memory the reader holds.

@@ -124,14 +124,24 @@ fn fill(rx: &mut Inbox, batch: &mut WriteBatch, compression: Option<&Compression
             Some(Outgoing::Frame(header, body)) => {
                 let packed = compression.and_then(|c| compress(c, &header, &[&body]));
                 match packed {
-                    Some((header, body)) => batch.push(&header, body),
+                    Some((header, body)) => {
+                        rx.counters()
+                            .frames_compressed
+                            .fetch_add(1, Ordering::Relaxed);
+                        batch.push(&header, body);
+                    }
                     None => batch.push(&header, body),
                 }
             }
             Some(Outgoing::Parts(header, parts)) => {
                 let [first, second, third] = &*parts;
                 match compression.and_then(|c| compress(c, &header, &[first, second, third])) {
-                    Some((header, body)) => batch.push(&header, body),
+                    Some((header, body)) => {
+                        rx.counters()
+                            .frames_compressed
+                            .fetch_add(1, Ordering::Relaxed);
+                        batch.push(&header, body);
+                    }
                     None => batch.push_parts(&header, *parts),
                 }
             }

@@ -166,7 +166,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             let ends = loop {
                 let decoded = read.next_frame(&mut decoder).and_then(|frame| {
                     frame
-                        .map(|f| compress::inflate(f, accepted, max_len))
+                        .map(|f| compress::inflate(f, accepted, max_len, counters))
                         .transpose()
                 });
                 match decoded {
