@@ -10,7 +10,7 @@ mod common;
 use std::{net::SocketAddr, sync::Mutex};
 
 use common::{Error, Example};
-use flumen::{rt::Runtime, stream::Transport, BoxStream, Client, Server, Streaming};
+use flumen::{rt::Runtime, stream::Transport, BoxStream, Client, Server, Stream, Streaming};
 use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -64,12 +64,14 @@ impl Chat for std::sync::Arc<Room> {
         &self,
         name: String,
         mut messages: Streaming<String>,
-    ) -> BoxStream<Result<Message, ChatError>> {
+    ) -> impl Stream<Item = Result<Message, ChatError>> {
         let (outbox, inbox) = async_channel::bounded(256);
         {
             let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
             if members.iter().any(|(member, _)| *member == name) {
-                return Box::pin(futures_lite::stream::once(Err(ChatError::NameTaken(name))));
+                // Two kinds of stream, picked at run time: boxed, they are one type.
+                let refused = futures_lite::stream::once(Err(ChatError::NameTaken(name)));
+                return Box::pin(refused) as BoxStream<_>;
             }
             members.push((name.clone(), outbox));
         }

@@ -9,7 +9,7 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use common::{Error, Example};
-use flumen::{rt::Runtime, stream::Transport, BoxStream, Client, Server};
+use flumen::{rt::Runtime, stream::Transport, BoxStream, Client, Server, Stream};
 use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -44,9 +44,15 @@ pub trait Ticker {
 struct Clock;
 
 impl Ticker for Clock {
-    async fn ticks(&self, period_ms: u64, count: u32) -> BoxStream<Result<Tick, TickError>> {
+    async fn ticks(
+        &self,
+        period_ms: u64,
+        count: u32,
+    ) -> impl Stream<Item = Result<Tick, TickError>> {
+        // Two kinds of stream, picked at run time: boxed, they are one type.
         if period_ms == 0 {
-            return Box::pin(futures_lite::stream::once(Err(TickError::ZeroPeriod)));
+            let refused = futures_lite::stream::once(Err(TickError::ZeroPeriod));
+            return Box::pin(refused) as BoxStream<_>;
         }
         let start = std::time::Instant::now();
         let period = Duration::from_millis(period_ms);

@@ -84,9 +84,9 @@ where
     })
 }
 
-/// Registers a server-streaming method: each item the handler's stream yields is sent as
-/// the client grants credit; its first error ends the call with that error.
-pub fn server_streaming<S, A, T, E, C, F, Fut, St>(
+/// Registers a server-streaming method: the handler gets the call's [`Replies`] and forwards
+/// its stream there (inside its own future, so the stream may borrow the service).
+pub fn server_streaming<S, A, C, F, Fut>(
     router: Router<C>,
     name: &str,
     service: Arc<S>,
@@ -95,26 +95,23 @@ pub fn server_streaming<S, A, T, E, C, F, Fut, St>(
 where
     S: Send + Sync + 'static,
     A: DeserializeOwned + Send + 'static,
-    T: Serialize + Send + 'static,
-    E: Serialize + fmt::Display + Send + 'static,
     C: Codec,
-    F: Fn(Arc<S>, Context, A) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = St> + Send + 'static,
-    St: Stream<Item = Result<T, E>> + Send + 'static,
+    F: Fn(Arc<S>, Context, A, Replies<C>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
-    streaming_route(router, name, move |request, codec| {
-        let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
-        Ok(handler(
-            service.clone(),
-            Context::from_request(request),
-            args,
-        ))
+    streaming_route(router, name, move |request, replies| {
+        let args = replies
+            .codec
+            .decode::<A>(request.body())
+            .map_err(bad_request)?;
+        let context = Context::from_request(request);
+        Ok(handler(service.clone(), context, args, replies))
     })
 }
 
 /// Registers a bidirectional method: as [`server_streaming`], with the client's items
 /// handed to the handler as a [`Streaming`].
-pub fn bidirectional<S, A, I, T, E, C, F, Fut, St>(
+pub fn bidirectional<S, A, I, C, F, Fut>(
     router: Router<C>,
     name: &str,
     service: Arc<S>,
@@ -124,57 +121,77 @@ where
     S: Send + Sync + 'static,
     A: DeserializeOwned + Send + 'static,
     I: DeserializeOwned + Send + 'static,
-    T: Serialize + Send + 'static,
-    E: Serialize + fmt::Display + Send + 'static,
     C: Codec,
-    F: Fn(Arc<S>, Context, A, Streaming<I>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = St> + Send + 'static,
-    St: Stream<Item = Result<T, E>> + Send + 'static,
+    F: Fn(Arc<S>, Context, A, Streaming<I>, Replies<C>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
-    streaming_route(router, name, move |request, codec| {
-        let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
-        let items = stream_parts(request, codec)?;
-        Ok(handler(
-            service.clone(),
-            Context::from_request(request),
-            args,
-            items,
-        ))
+    streaming_route(router, name, move |request, replies| {
+        let args = replies
+            .codec
+            .decode::<A>(request.body())
+            .map_err(bad_request)?;
+        let items = stream_parts(request, &replies.codec)?;
+        let context = Context::from_request(request);
+        Ok(handler(service.clone(), context, args, items, replies))
     })
 }
 
-fn streaming_route<T, E, C, F, Fut, St>(
+fn streaming_route<C, F, Fut>(
     router: Router<C>,
     name: &str,
     start: F,
 ) -> Result<Router<C>, RouteError>
 where
-    T: Serialize + Send + 'static,
-    E: Serialize + fmt::Display + Send + 'static,
     C: Codec,
-    F: Fn(&Request, &C) -> Result<Fut, Status> + Send + Sync + 'static,
-    Fut: Future<Output = St> + Send + 'static,
-    St: Stream<Item = Result<T, E>> + Send + 'static,
+    F: Fn(&Request, Replies<C>) -> Result<Fut, Status> + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
     let codec = router.codec().clone();
     router.try_route_raw(name, move |request: Request| {
-        let codec = codec.clone();
         let started = request
             .sink()
             .ok_or_else(|| Status::new(ErrorCode::BAD_REQUEST, "expected a stream"))
-            .and_then(|sink| Ok((sink, start(&request, &codec)?)));
-        async move {
-            let (sink, stream) = started?;
-            let mut stream = std::pin::pin!(stream.await);
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(value) => sink.send(codec.encode(&value).map_err(internal)?).await?,
-                    Err(error) => return Err(application(&codec, &error)),
-                }
-            }
-            Ok(Bytes::new())
-        }
+            .and_then(|sink| {
+                let codec = codec.clone();
+                start(&request, Replies { sink, codec })
+            });
+        async move { started?.await }
     })
+}
+
+/// Where a streaming call's items go: its reply sink, and the server's codec to encode them.
+pub struct Replies<C> {
+    sink: flumen_stream::ReplySink,
+    codec: C,
+}
+
+impl<C> fmt::Debug for Replies<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replies").finish_non_exhaustive()
+    }
+}
+
+impl<C: Codec> Replies<C> {
+    /// Sends each item `stream` yields as the client grants credit; its first error ends the
+    /// call with that error.
+    pub async fn forward<T, E, St>(self, stream: St) -> Result<Bytes, Status>
+    where
+        T: Serialize,
+        E: Serialize + fmt::Display,
+        St: Stream<Item = Result<T, E>>,
+    {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(value) => {
+                    let body = self.codec.encode(&value).map_err(internal)?;
+                    self.sink.send(body).await?;
+                }
+                Err(error) => return Err(application(&self.codec, &error)),
+            }
+        }
+        Ok(Bytes::new())
+    }
 }
 
 /// Items of a stream declared without an error type, as `Ok`s.

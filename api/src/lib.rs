@@ -56,6 +56,8 @@ pub use flumen_stream::{
     AdaptiveConcurrency, CallOptions, ClientConfig, Dispatch, Metadata, Request, Server,
     ServerConfig, ServerHandle, ServerStats, Status,
 };
+/// The stream trait of streaming methods (`futures_core`'s, as `futures-lite` re-exports it).
+pub use futures_lite::Stream;
 
 pub use crate::{
     client::Client,
@@ -101,8 +103,10 @@ pub mod __private;
 /// must be owned (they are decoded from the request); a method's error type `E` must be
 /// `Serialize + DeserializeOwned + Display` and reaches the caller as
 /// [`RpcError::Method`]`(E)`; framework failures are [`RpcError::Rpc`]. An implementation of
-/// a streaming method returns [`BoxStream`]`<Item>` (`Box::pin(stream)`), so its stream may
-/// outlive `&self`.
+/// a streaming method is written as the trait declares it, `-> impl Stream<Item = ...>`
+/// ([`Stream`] is re-exported here): any `Send` stream of the items, which may borrow
+/// `&self` (the server forwards it while it holds the service). Returning a [`BoxStream`]
+/// compiles too, but rustc's `refining_impl_trait` lint then asks for `impl Stream`.
 ///
 /// `#[idempotent]` on a method declares it safe to run twice: a balanced client
 /// ([`Client::balanced`]) may then retry it on another endpoint after its connection broke
@@ -116,7 +120,7 @@ pub mod __private;
 /// # Examples
 ///
 /// ```
-/// use flumen::{rt::TokioRuntime, tcp::TokioTcp, BoxStream, Client, RpcError, Server};
+/// use flumen::{rt::TokioRuntime, tcp::TokioTcp, Client, RpcError, Server, Stream};
 /// use futures_lite::StreamExt;
 ///
 /// #[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
@@ -138,8 +142,8 @@ pub mod __private;
 ///         a.checked_div(b).ok_or(DivByZero)
 ///     }
 ///
-///     async fn upto(&self, n: u64) -> BoxStream<u64> {
-///         Box::pin(futures_lite::stream::iter(1..=n))
+///     async fn upto(&self, n: u64) -> impl Stream<Item = u64> {
+///         futures_lite::stream::iter(1..=n)
 ///     }
 /// }
 ///

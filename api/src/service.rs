@@ -58,9 +58,8 @@ impl Context {
     }
 }
 
-/// What a streaming service method's implementation returns: its items as a boxed stream
-/// (`Box::pin(stream)`). The trait declares `-> impl Stream<Item = ...>`; the implementation
-/// returns `BoxStream<...>` of the same item type, so the stream may outlive `&self`.
+/// A boxed stream of items (`Box::pin(stream)`): for a streaming method whose implementation
+/// picks one of several streams at run time, inside its `impl Stream<Item = ...>`.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 
 /// Raw bytes beside a method's typed message: they bypass the codec, go to the socket by

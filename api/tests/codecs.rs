@@ -6,8 +6,8 @@ mod common;
 
 use common::{run_smol, run_tokio, Env, SmolEnv, TokioEnv};
 use flumen::{
-    Bincode, BoxStream, Cbor, Client, ClientConfig, Codec, Json, MsgPack, Postcard, Router,
-    RpcError, Server, ServerConfig, Streaming,
+    Bincode, Cbor, Client, ClientConfig, Codec, Json, MsgPack, Postcard, Router, RpcError, Server,
+    ServerConfig, Stream, Streaming,
 };
 use futures_lite::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,7 @@ impl Store for Shelf {
         }
     }
 
-    async fn list(&self, n: u32) -> BoxStream<Item> {
+    async fn list(&self, n: u32) -> impl Stream<Item = Item> {
         Box::pin(stream::iter((0..u64::from(n)).map(item)))
     }
 
@@ -89,7 +89,7 @@ impl Store for Shelf {
             .await
     }
 
-    async fn stamp(&self, items: Streaming<Item>) -> BoxStream<Item> {
+    async fn stamp(&self, items: Streaming<Item>) -> impl Stream<Item = Item> {
         Box::pin(items.filter_map(|item| {
             item.ok().map(|item| Item {
                 note: Some("stamped".into()),

@@ -14,8 +14,8 @@ use std::{
 
 use common::{connect, eventually, serve, Env};
 use flumen::{
-    Attachment, BoxStream, ClientConfig, Context, Metadata, Router, RpcError, ServerConfig,
-    Streaming, WithAttachment,
+    Attachment, ClientConfig, Context, Metadata, Router, RpcError, ServerConfig, Stream, Streaming,
+    WithAttachment,
 };
 use futures_lite::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -111,16 +111,16 @@ impl Lab for LabImpl {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
-    async fn count(&self, n: u32) -> BoxStream<Result<u32, LabError>> {
+    async fn count(&self, n: u32) -> impl Stream<Item = Result<u32, LabError>> {
         Box::pin(stream::iter((0..n).map(Ok)))
     }
 
-    async fn fail_after(&self, n: u32) -> BoxStream<Result<u32, LabError>> {
+    async fn fail_after(&self, n: u32) -> impl Stream<Item = Result<u32, LabError>> {
         let items = (0..n).map(Ok).chain([Err(LabError::FailedAfter(n))]);
         Box::pin(stream::iter(items))
     }
 
-    async fn flood(&self) -> BoxStream<serde_bytes::ByteBuf> {
+    async fn flood(&self) -> impl Stream<Item = serde_bytes::ByteBuf> {
         let item = serde_bytes::ByteBuf::from(vec![7u8; 16 * 1024]);
         Box::pin(stream::repeat(item))
     }
@@ -137,7 +137,7 @@ impl Lab for LabImpl {
         Ok(WithAttachment::new((name, len), data))
     }
 
-    async fn forever(&self) -> BoxStream<u64> {
+    async fn forever(&self) -> impl Stream<Item = u64> {
         let guard = DropGuard(Some(self.dropped.clone()));
         Box::pin(stream::iter(0..).map(move |n| {
             let _ = &guard;
@@ -157,7 +157,7 @@ impl Lab for LabImpl {
         &self,
         prefix: String,
         items: Streaming<String>,
-    ) -> BoxStream<Result<String, LabError>> {
+    ) -> impl Stream<Item = Result<String, LabError>> {
         Box::pin(items.map(move |item| {
             item.map(|text| format!("{prefix}{}", text.to_uppercase()))
                 .map_err(|status| LabError::Missing(status.to_string()))

@@ -32,7 +32,7 @@ pub mod declared {
 
 #[cfg(test)]
 mod tests {
-    use ::std::{boxed::Box, option::Option, result::Result, string::ToString};
+    use ::std::{option::Option, result::Result, string::ToString};
 
     use super::declared::{Hygienic, HygienicClient, HygienicServer, Refused};
 
@@ -51,8 +51,8 @@ mod tests {
             ctx.remaining().map(|d| d.as_secs())
         }
 
-        async fn items(&self, n: u32) -> ::rpc::BoxStream<Result<u32, Refused>> {
-            Box::pin(::futures_lite::stream::iter((0..n).map(Result::Ok)))
+        async fn items(&self, n: u32) -> impl ::rpc::Stream<Item = Result<u32, Refused>> {
+            ::futures_lite::stream::iter((0..n).map(Result::Ok))
         }
 
         async fn total(&self, items: ::rpc::Streaming<u32>) -> u64 {
@@ -62,9 +62,9 @@ mod tests {
                 .await
         }
 
-        async fn both(&self, items: ::rpc::Streaming<u32>) -> ::rpc::BoxStream<u32> {
+        async fn both(&self, items: ::rpc::Streaming<u32>) -> impl ::rpc::Stream<Item = u32> {
             use ::futures_lite::StreamExt;
-            Box::pin(items.filter_map(Result::ok))
+            items.filter_map(Result::ok)
         }
     }
 

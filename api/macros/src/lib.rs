@@ -114,9 +114,11 @@ fn trait_fn(krate: &TokenStream2, method: &Method) -> TokenStream2 {
         .chain(attachment_param)
         .collect();
     let returns = match &method.output {
+        // The implementation may return any `Send` stream of these items, borrowing `&self`
+        // if it likes (the server forwards it while it holds the service).
         Output {
             stream: Some(item), ..
-        } => quote!(#krate::BoxStream<#item>),
+        } => quote!(impl #krate::Stream<Item = #item> + ::core::marker::Send),
         Output {
             ok, err: Some(err), ..
         } => quote!(::core::result::Result<#ok, #err>),

@@ -80,9 +80,9 @@ pub(crate) fn registration(krate: &TokenStream2, wire_name: &str, method: &Metho
             );
             quote_spanned! {span=>
                 #krate::__private::server_streaming(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
-                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern| async move {
+                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, __flumen_replies| async move {
                         let _ = &__flumen_context;
-                        #body
+                        __flumen_replies.forward(#body).await
                     })?
             }
         }
@@ -94,9 +94,9 @@ pub(crate) fn registration(krate: &TokenStream2, wire_name: &str, method: &Metho
             );
             quote_spanned! {span=>
                 #krate::__private::bidirectional(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
-                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #items: #krate::Streaming<#item>| async move {
+                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #items: #krate::Streaming<#item>, __flumen_replies| async move {
                         let _ = &__flumen_context;
-                        #body
+                        __flumen_replies.forward(#body).await
                     })?
             }
         }
