@@ -221,6 +221,7 @@ impl Drop for Served {
         let outcome = match flumen_stream::drop_reason() {
             Some(flumen_stream::DropReason::DeadlineExceeded) => "DEADLINE_EXCEEDED",
             Some(flumen_stream::DropReason::ConnectionEnded) => "connection",
+            Some(flumen_stream::DropReason::HandlerPanic) => "HANDLER_PANIC",
             _ => crate::observe::CANCELLED,
         };
         self.finish(outcome.into());

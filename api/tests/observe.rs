@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::{connect, eventually, serve, Env};
-use flumen::{ClientConfig, Router, RpcError, ServerConfig};
+use flumen::{ClientConfig, Codec, Router, RpcError, ServerConfig};
 use opentelemetry::{
     trace::{SpanId, SpanKind, Status as OtelStatus, TraceContextExt, TraceId, TracerProvider},
     Value,
@@ -47,6 +47,8 @@ pub trait Tally {
     async fn fail(&self) -> Result<(), Refused>;
     /// Sleeps `millis`, counted in `NAPS` when it starts.
     async fn nap(&self, millis: u64);
+    /// Panics.
+    async fn boom(&self);
 }
 
 /// `nap` calls that started on the server.
@@ -67,6 +69,10 @@ impl Tally for Greetings {
     async fn nap(&self, millis: u64) {
         NAPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         async_io::Timer::after(std::time::Duration::from_millis(millis)).await;
+    }
+
+    async fn boom(&self) {
+        panic!("boom, on purpose");
     }
 }
 
@@ -239,6 +245,7 @@ async fn exercise<E: Env>(env: E, addr: SocketAddr, round: u64) {
     }
     // A call past its deadline, and a call its caller drops once the server runs it: each
     // counted alike on both sides.
+    client.boom().await.unwrap_err();
     let short = client.with_timeout(Some(std::time::Duration::from_millis(100)));
     assert!(short.nap(60_000).await.unwrap_err().is_timeout());
     let naps = NAPS.load(std::sync::atomic::Ordering::SeqCst);
@@ -251,10 +258,35 @@ async fn exercise<E: Env>(env: E, addr: SocketAddr, round: u64) {
     })
     .await;
     drop(dropped);
-    eventually(&env, "both naps ended on the server", || {
+    // A client whose deadline passed says so in its Cancel (`aux`): the server counts that
+    // call DEADLINE_EXCEEDED though its own deadline (none here) never came.
+    let mut peer = flumen_peer::connect(&env.transport(), server.local_addr())
+        .await
+        .unwrap();
+    peer.send_hello(flumen::stream::hello::Hello::new(1 << 20, 64))
+        .await
+        .unwrap();
+    peer.read_hello().await.unwrap();
+    let nap = flumen::MethodId::from_name("Tally.nap").as_u32();
+    let body = flumen::MsgPack::default().encode(&(60_000u64,)).unwrap();
+    let mut request = flumen_peer::request(nap, 1);
+    request.len = body.len() as u32;
+    let naps = NAPS.load(std::sync::atomic::Ordering::SeqCst);
+    peer.send_frame(request, &body).await.unwrap();
+    eventually(&env, "the raw nap runs", || {
+        NAPS.load(std::sync::atomic::Ordering::SeqCst) > naps
+    })
+    .await;
+    let mut cancel =
+        flumen::stream::frame::FrameHeader::new(flumen::stream::frame::FrameKind::Cancel, 1);
+    cancel.aux = flumen::ErrorCode::DEADLINE_EXCEEDED.as_u32();
+    peer.send_frame(cancel, &[]).await.unwrap();
+    eventually(&env, "all naps ended on the server", || {
         server.stats().in_flight == 0
     })
     .await;
+    drop(peer);
+    eventually(&env, "the raw peer gone", || server.stats().active == 1).await;
     let stats = server.stats();
     let name = format!("round{round}");
     flumen::metrics::record_server(&name, &stats);
@@ -272,8 +304,11 @@ async fn exercise<E: Env>(env: E, addr: SocketAddr, round: u64) {
             (FAILURES * round) as f64,
             "{side}"
         );
-        assert_eq!(calls("nap", "DEADLINE_EXCEEDED"), round as f64, "{side}");
+        // The server counts the raw peer's call too.
+        let expired = if side == "server" { 2 * round } else { round };
+        assert_eq!(calls("nap", "DEADLINE_EXCEEDED"), expired as f64, "{side}");
         assert_eq!(calls("nap", "CANCELLED"), round as f64, "{side}");
+        assert_eq!(calls("boom", "HANDLER_PANIC"), round as f64, "{side}");
         let count = format!("flumen_{side}_call_duration_seconds_count{{method=\"Tally.hello\"}}");
         assert_eq!(
             sample(&page, &count),

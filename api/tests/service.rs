@@ -185,6 +185,17 @@ pub trait Legacy {
     #[allow(clippy::too_many_arguments)]
     #[idempotent]
     async fn sum8(&self, a: u8, b: u8, c: u8, d: u8, e: u8, f: u8, g: u8, h: u8) -> u64;
+    /// One of two alternatives under `cfg`, with one name: only the one compiled in exists,
+    /// its method id included.
+    #[cfg(unix)]
+    async fn flavor(&self) -> String;
+    /// The other alternative.
+    #[cfg(not(unix))]
+    async fn flavor(&self) -> String;
+    /// A lint expected on the method (`expect` reaches the trait's method; the client's
+    /// methods, where the lint may or may not fire, get it as an `allow`).
+    #[expect(non_snake_case)]
+    async fn Shout(&self) -> u8;
 }
 
 struct LegacyImpl;
@@ -197,6 +208,15 @@ impl Legacy for LegacyImpl {
 
     async fn sum8(&self, a: u8, b: u8, c: u8, d: u8, e: u8, f: u8, g: u8, h: u8) -> u64 {
         [a, b, c, d, e, f, g, h].into_iter().map(u64::from).sum()
+    }
+
+    async fn flavor(&self) -> String {
+        "compiled in".into()
+    }
+
+    #[allow(non_snake_case)]
+    async fn Shout(&self) -> u8 {
+        7
     }
 }
 
@@ -212,6 +232,8 @@ async fn method_attributes_pass_through<E: Env>(env: E) {
     let legacy = LegacyClient::new(client.clone());
     assert_eq!(legacy.old_add(2, 3).await.unwrap(), 5);
     assert_eq!(legacy.sum8(1, 2, 3, 4, 5, 6, 7, 8).await.unwrap(), 36);
+    assert_eq!(legacy.flavor().await.unwrap(), "compiled in");
+    assert_eq!(legacy.Shout().await.unwrap(), 7);
     let hidden = client
         .call::<_, u64>("Legacy.hidden", &())
         .await

@@ -348,6 +348,62 @@ async fn blocking_callers_from_plain_threads<E: Env>(env: E) {
     assert!(timed_out.join().unwrap().unwrap_err().is_timeout());
 }
 
+/// The client alone on a current-thread runtime (its server on a thread and runtime of its
+/// own): a blocking call made right after connecting fails at once, though nothing but
+/// `connect` has run on this thread yet.
+#[test]
+fn a_blocking_call_right_after_connecting_fails_at_once() {
+    use flumen::{
+        rt::{SmolRuntime, TokioRuntime},
+        tcp::{SmolTcp, TokioTcp},
+        Router, Server, Status,
+    };
+    let (bound, addr) = std::sync::mpsc::channel();
+    let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let server = std::thread::spawn(move || {
+        smol::block_on(async move {
+            let rt = SmolRuntime::global();
+            let router =
+                Router::new().route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) });
+            let any = "127.0.0.1:0".parse().unwrap();
+            let server = Server::new(router)
+                .bind(&rt, &SmolTcp::default(), &any)
+                .await
+                .unwrap();
+            bound.send(*server.local_addr()).unwrap();
+            let _ = stopped.recv().await;
+        })
+    });
+    let addr = addr.recv().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let rt = TokioRuntime::current();
+        let client = flumen::Client::connect(&rt, &TokioTcp::default(), &addr)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let body = flumen::MsgPack::default()
+            .encode(&ByteBuf::from(vec![1u8]))
+            .unwrap();
+        let echo = MethodId::from_name("echo").as_u32();
+        let refused = client
+            .raw()
+            .call_blocking_with_timeout(echo, body, Some(Duration::from_secs(5)))
+            .unwrap_err();
+        assert!(matches!(refused, CallError::BlockingInAsync), "{refused:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+    drop(stop);
+    server.join().unwrap();
+}
+
 /// On a thread that runs the connection's tasks, a blocking call would wait for a reply only
 /// this thread could read (it hung past its deadline): it fails at once with a typed error, on
 /// the raw, typed and balanced clients, and the connection goes on serving async calls.
@@ -359,11 +415,20 @@ where
     let addr = server.local_addr().clone();
     let client = connect(&env, addr.clone(), ClientConfig::default()).await;
     let raw = MethodId::from_name("raw").as_u32();
-    // The connection's tasks have run on this thread: this reply was read here.
     let body = Bytes::from_static(b"hi");
-    assert_eq!(client.raw().call(raw, body.clone()).await.unwrap(), body);
     let timeout = Some(Duration::from_secs(20));
     let started = Instant::now();
+    // Right after connecting, before any call has been answered here.
+    let first = client
+        .raw()
+        .call_blocking_with_timeout(raw, body.clone(), timeout)
+        .unwrap_err();
+    assert!(
+        matches!(first, CallError::BlockingInAsync),
+        "first: {first:?}"
+    );
+    // After a reply read on this thread.
+    assert_eq!(client.raw().call(raw, body.clone()).await.unwrap(), body);
     let refused = client
         .raw()
         .call_blocking_with_timeout(raw, body.clone(), timeout)

@@ -372,17 +372,23 @@ impl Client {
         let timeout = options.timeout_or(conn.default_timeout);
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
         let expires = timeout.map(|t| (Instant::now() + t, t));
-        let (slot, seq) = conn.start_blocking(deadline)?;
+        // Every wait below ends at the deadline, whether or not a task of the connection runs.
+        let (slot, seq) = conn.start_blocking(deadline, expires)?;
         let mut guard = SlotGuard::begun(conn, slot);
-        let _ = conn.out.send_blocking(conn.request(
+        let request = conn.request(
             method,
             seq,
             timeout,
             0,
             (head, tail),
             options.metadata.as_ref(),
-        ));
-        let outcome = match conn.wait_outcome(slot, expires) {
+        );
+        let sent = conn.out.send_blocking(request, expires.map(|(at, _)| at));
+        let waited = match sent {
+            Some(_) => conn.wait_outcome(slot, expires),
+            None => Err(CallError::Timeout(timeout.unwrap_or_default())),
+        };
+        let outcome = match waited {
             Ok(outcome) => outcome,
             Err(timeout) => {
                 conn.abandon(slot, ErrorCode::DEADLINE_EXCEEDED);
@@ -549,12 +555,22 @@ impl Conn {
     }
 
     /// [`start`](Self::start) for a thread without a runtime.
-    fn start_blocking(&self, deadline: Option<(u64, Duration)>) -> Result<(u32, u64), CallError> {
+    /// Waits no longer than `expires` (the instant, and the timeout to fail with).
+    fn start_blocking(
+        &self,
+        deadline: Option<(u64, Duration)>,
+        expires: Option<(Instant, Duration)>,
+    ) -> Result<(u32, u64), CallError> {
         let mut waiting = Waiting::new(self);
         loop {
             match self.try_start(&mut waiting.counted, deadline, None)? {
                 Ok(started) => return Ok(started),
-                Err(listener) => crate::sync::wait(listener),
+                Err(listener) => {
+                    if !crate::sync::wait_until(listener, expires.map(|(at, _)| at)) {
+                        let timeout = expires.map_or(Duration::ZERO, |(_, t)| t);
+                        return Err(CallError::Timeout(timeout));
+                    }
+                }
             }
         }
     }
@@ -570,16 +586,18 @@ impl Conn {
         waker: Option<&std::task::Waker>,
     ) -> Result<Result<(u32, u64), EventListener>, CallError> {
         let mut table = self.table.lock();
-        let Some(slot) = table.acquire()? else {
+        let acquired = table.acquire();
+        // A caller that stops waiting, with a slot or with the table's refusal, is uncounted.
+        if !matches!(acquired, Ok(None)) && std::mem::take(counted) {
+            table.remove_waiter();
+        }
+        let Some(slot) = acquired? else {
             if !*counted {
                 *counted = true;
                 table.add_waiter();
             }
             return Ok(Err(self.window_free.listen()));
         };
-        if std::mem::take(counted) {
-            table.remove_waiter();
-        }
         let seq = match table.begin(slot, deadline, waker.cloned()) {
             Ok(seq) => seq,
             Err(e) => {
@@ -875,7 +893,7 @@ impl Drop for Waiting<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(flumen_loom)))]
 mod tests {
     use super::*;
 
@@ -900,20 +918,10 @@ mod tests {
     /// (as on a runtime whose only thread is blocked), and its deadline still fires.
     #[test]
     fn a_blocking_calls_deadline_fires_with_no_task_running() {
-        let config = ClientConfig::default().keepalive(None, Duration::from_secs(1));
-        let (out, mut rx) = crate::io::outbox(crate::io::DEFAULT_MAX_QUEUED_BYTES, None);
-        let conn = Arc::new(Conn::new(1, out, &config, u32::MAX, Peer::default()));
-        let client = Client {
-            handle: Arc::new(Handle { conn }),
-        };
+        let (client, mut rx) = model(1, crate::io::DEFAULT_MAX_QUEUED_BYTES);
         let timeout = Duration::from_millis(50);
         let started = Instant::now();
-        let thread = std::thread::spawn(move || {
-            let outcome =
-                client.call_blocking_with_timeout(1, Bytes::from_static(b"a"), Some(timeout));
-            (outcome, client)
-        });
-        let (outcome, client) = thread.join().unwrap();
+        let (outcome, client) = blocking_call(client, timeout);
         assert!(
             matches!(outcome, Err(CallError::Timeout(t)) if t == timeout),
             "{outcome:?}"
@@ -935,6 +943,63 @@ mod tests {
         assert_eq!(frames.len(), 2, "{frames:?}");
         assert_eq!(frames[0].0, FrameKind::Request);
         assert!(client.handle.conn.table.lock().acquire().unwrap().is_some());
+    }
+
+    /// The deadline also ends the waits before the request is queued: for a slot of a full
+    /// window, and for room in a full outbox.
+    #[test]
+    fn a_blocking_calls_deadline_ends_its_waits_for_a_slot_and_for_room() {
+        let timeout = Duration::from_millis(50);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        // The only slot taken by a call that is never answered.
+        let (client, _rx) = model(1, crate::io::DEFAULT_MAX_QUEUED_BYTES);
+        let other = client.clone();
+        let mut holder = Box::pin(other.call(1, Bytes::from_static(b"a")));
+        assert!(holder.as_mut().poll(&mut cx).is_pending());
+        let (outcome, client) = blocking_call(client, timeout);
+        assert!(matches!(outcome, Err(CallError::Timeout(_))), "{outcome:?}");
+        assert_eq!(client.handle.conn.table.lock().waiters(), 0);
+        drop(holder);
+        // An outbox of 64 bytes that a request of 100 fills.
+        let (client, _rx) = model(4, 64);
+        let other = client.clone();
+        let mut filler = Box::pin(other.call(1, Bytes::from(vec![0u8; 100])));
+        assert!(filler.as_mut().poll(&mut cx).is_pending());
+        let (outcome, client) = blocking_call(client, timeout);
+        assert!(matches!(outcome, Err(CallError::Timeout(_))), "{outcome:?}");
+        assert_eq!(
+            client.handle.conn.table.lock().in_use(),
+            1,
+            "its slot went back"
+        );
+        drop(filler);
+    }
+
+    /// A client over no socket with `window` slots and an outbox of `queued` bytes; no task
+    /// runs for it.
+    fn model(window: usize, queued: usize) -> (Client, crate::io::Inbox) {
+        let config = ClientConfig::default().keepalive(None, Duration::from_secs(1));
+        let (out, rx) = crate::io::outbox(queued, None);
+        let conn = Arc::new(Conn::new(window, out, &config, u32::MAX, Peer::default()));
+        let client = Client {
+            handle: Arc::new(Handle { conn }),
+        };
+        (client, rx)
+    }
+
+    /// A blocking call with `timeout` from a thread of its own; fails the test (rather than
+    /// hanging it) if the call is not over within 10 s.
+    fn blocking_call(client: Client, timeout: Duration) -> (Result<Bytes, CallError>, Client) {
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result =
+                client.call_blocking_with_timeout(1, Bytes::from_static(b"b"), Some(timeout));
+            let _ = done.send((result, client));
+        });
+        outcome
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the blocking call ended at its deadline")
     }
 
     #[test]

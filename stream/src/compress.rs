@@ -239,8 +239,9 @@ pub(crate) fn inflate(
     if frame.header.flags & flags::COMPRESSED == 0 {
         return Ok(frame);
     }
+    let inflated = inflate_compressed(&frame, accepted, max_len)?;
     counters.frames_decompressed.fetch_add(1, Ordering::Relaxed);
-    inflate_compressed(&frame, accepted, max_len)
+    Ok(inflated)
 }
 
 /// [`inflate`] for a frame that is compressed: kept out of line, so that the check every

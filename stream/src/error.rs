@@ -103,7 +103,8 @@ pub enum CallError {
     /// A `_blocking` call was made on a thread that runs async tasks (see
     /// [`check_blocking`](crate::check_blocking)); it was never sent. On such a thread the
     /// call could wait for a reply that only this thread would read: await the async method
-    /// instead, or make the blocking call from a thread meant for blocking.
+    /// instead, or make the blocking call from a thread meant for blocking (or, where the
+    /// check cannot tell, inside [`allow_blocking`](crate::allow_blocking)).
     #[error(
         "a blocking call was made on a thread that runs async tasks, where it could wait \
          forever; await the async method instead, or call from a thread meant for blocking \

@@ -53,7 +53,7 @@ pub use crate::{
         CLOSE_LINGER, CLOSE_LINGER_BYTES, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL,
     },
     metadata::Metadata,
-    runtime::{check_blocking, Runtime},
+    runtime::{allow_blocking, check_blocking, Runtime},
     server::{
         drop_reason, AdaptiveConcurrency, Dispatch, DropReason, Reply, ReplySink, Request,
         RequestStream, Server, ServerConfig, ServerHandle, ServerStats, Status,

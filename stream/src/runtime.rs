@@ -66,7 +66,10 @@ pub(crate) fn spawn_task<R: Runtime>(rt: &R, task: impl Future<Output = ()> + Se
 ///
 /// A thread is known once it has polled one of the connection tasks of any connection, so a
 /// runtime's thread that has not yet run one passes. Threads meant for blocking work
-/// (`tokio::task::spawn_blocking`, `smol::unblock`, `std::thread::spawn`) always pass.
+/// (`tokio::task::spawn_blocking`, `smol::unblock`, `std::thread::spawn`) pass, unless they
+/// ran the runtime's tasks before: tokio hands a worker's thread over to its blocking pool
+/// after `block_in_place`. Code that knows it may block there says so with
+/// [`allow_blocking`].
 ///
 /// # Errors
 ///
@@ -75,5 +78,48 @@ pub fn check_blocking() -> Result<(), CallError> {
     match RUNS_CONNECTIONS.get() {
         true => Err(CallError::BlockingInAsync),
         false => Ok(()),
+    }
+}
+
+/// Runs `f` with this thread taken for one that may block: `_blocking` calls inside it pass
+/// [`check_blocking`]. For the threads the check cannot tell from a runtime's own: inside
+/// `tokio::task::block_in_place`, and in tokio's blocking pool on a thread that was once a
+/// worker. Calls that do need this thread's tasks then wait until their deadline.
+pub fn allow_blocking<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            RUNS_CONNECTIONS.set(self.0);
+        }
+    }
+    let _restore = Restore(RUNS_CONNECTIONS.replace(false));
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        future::Future,
+        pin::pin,
+        task::{Context, Waker},
+    };
+
+    use super::{allow_blocking, check_blocking, Marked};
+    use crate::error::CallError;
+
+    #[test]
+    fn a_thread_that_polled_a_connection_task_refuses_blocking_unless_allowed() {
+        std::thread::spawn(|| {
+            assert!(check_blocking().is_ok(), "a fresh thread may block");
+            let mut task = pin!(Marked { task: async {} });
+            let _ = task.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+            assert!(matches!(check_blocking(), Err(CallError::BlockingInAsync)));
+            assert!(allow_blocking(|| check_blocking().is_ok()));
+            // Nested, and restored after.
+            allow_blocking(|| allow_blocking(|| assert!(check_blocking().is_ok())));
+            assert!(matches!(check_blocking(), Err(CallError::BlockingInAsync)));
+        })
+        .join()
+        .unwrap();
     }
 }

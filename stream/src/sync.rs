@@ -32,14 +32,21 @@ pub(crate) fn notify_one_more(event: &Event) {
     event.notify(1.additional());
 }
 
-/// Blocks the thread until `listener` is notified.
+/// Blocks the thread until `listener` is notified, or until `deadline` if there is one;
+/// `false` if the deadline came first.
 #[cfg(not(flumen_loom))]
-pub(crate) fn wait(listener: EventListener) {
-    event_listener::Listener::wait(listener);
+pub(crate) fn wait_until(listener: EventListener, deadline: Option<std::time::Instant>) -> bool {
+    match deadline {
+        None => {
+            event_listener::Listener::wait(listener);
+            true
+        }
+        Some(at) => event_listener::Listener::wait_deadline(listener, at).is_some(),
+    }
 }
 
 #[cfg(flumen_loom)]
-pub(crate) use self::loom_shim::{notify_one_more, wait};
+pub(crate) use self::loom_shim::{notify_one_more, wait_until};
 
 #[cfg(flumen_loom)]
 mod loom_shim {
@@ -178,8 +185,13 @@ mod loom_shim {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    pub(crate) fn wait(listener: EventListener) {
+    /// Loom has no clock: waits until notified, whatever the deadline.
+    pub(crate) fn wait_until(
+        listener: EventListener,
+        _deadline: Option<std::time::Instant>,
+    ) -> bool {
         loom::future::block_on(listener);
+        true
     }
 
     /// A listener of an [`Event`]: a future that resolves once it is notified.

@@ -76,7 +76,13 @@ fn expand(args: Args, item: ItemTrait) -> syn::Result<TokenStream2> {
             &krate, &client, &wire_name, &id_const, method,
         ));
         registrations.push(server::registration(&krate, &wire_name, method));
-        ids.push((id_const, wire_name));
+        let cfgs: Vec<_> = method
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("cfg"))
+            .cloned()
+            .collect();
+        ids.push((id_const, wire_name, cfgs));
     }
     let client_type = client::client_type(&krate, vis, &service_name, &client, &ids, &client_fns);
     let server_type =

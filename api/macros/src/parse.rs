@@ -74,6 +74,21 @@ pub(crate) struct Method {
 }
 
 impl Method {
+    /// The passed-through attributes as the client's methods carry them: an `expect` becomes
+    /// an `allow` there, since the lint it expects may fire on the trait's method alone.
+    pub(crate) fn client_attrs(&self) -> Vec<Attribute> {
+        self.attrs
+            .iter()
+            .map(|attr| match &attr.meta {
+                syn::Meta::List(list) if list.path.is_ident("expect") => {
+                    let lints = &list.tokens;
+                    syn::parse_quote!(#[allow(#lints)])
+                }
+                _ => attr.clone(),
+            })
+            .collect()
+    }
+
     /// Whether the reply carries an attachment (`WithAttachment<T>`).
     pub(crate) fn reply_attached(&self) -> bool {
         self.output.stream.is_none()

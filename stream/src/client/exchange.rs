@@ -214,10 +214,15 @@ mod tests {
     /// A client over no socket with `window` slots, taking request bodies up to `max_len`;
     /// its frames come out of the returned inbox.
     fn client(window: usize, max_len: u32) -> (Client, Inbox) {
+        client_queueing(window, max_len, DEFAULT_MAX_QUEUED_BYTES)
+    }
+
+    /// [`client`] whose outbox holds up to `queued` bytes.
+    fn client_queueing(window: usize, max_len: u32, queued: usize) -> (Client, Inbox) {
         let config = ClientConfig::default()
             .default_timeout(Some(Duration::from_secs(60)))
             .keepalive(None, Duration::from_secs(1));
-        let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+        let (out, rx) = outbox(queued, None);
         let conn = Arc::new(Conn::new(window, out, &config, max_len, Peer::default()));
         let handle = Arc::new(Handle { conn });
         (Client { handle }, rx)
@@ -368,8 +373,74 @@ mod tests {
         }
         assert!(queued(&mut rx).is_empty());
         assert_eq!(client.handle.conn.table.lock().waiters(), 0);
-        // Nothing was taken: a call that fits begins.
+        // Nothing was taken: a call that fits begins and sends its request.
         let mut fits = pin!(client.call(7, Bytes::from_static(b"ok")));
         assert!(fits.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(queued(&mut rx)[0].0, FrameKind::Request);
+    }
+
+    #[test]
+    fn a_caller_waiting_for_a_slot_when_the_connection_fails_is_uncounted() {
+        let (client, _rx) = client(1, u32::MAX);
+        let conn = &client.handle.conn;
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut first = pin!(client.call(7, Bytes::from_static(b"a")));
+        let mut second = pin!(client.call(7, Bytes::from_static(b"b")));
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(conn.table.lock().waiters(), 1);
+        conn.fail(&crate::error::ConnectionError::Closed);
+        assert!(matches!(
+            second.as_mut().poll(&mut cx),
+            Poll::Ready(Err(CallError::NotSent(_)))
+        ));
+        assert_eq!(
+            conn.table.lock().waiters(),
+            0,
+            "the refused waiter is uncounted"
+        );
+    }
+
+    #[test]
+    fn a_request_waits_for_room_in_the_outbox_then_goes_or_is_cancelled() {
+        // An outbox of 64 bytes: the first request fills it, the second waits for room.
+        let (client, mut rx) = client_queueing(4, u32::MAX, 64);
+        let woken = Arc::new(Count::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let body = Bytes::from(vec![7u8; 100]);
+        let mut first = pin!(client.call(7, body.clone()));
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        {
+            let mut second = pin!(client.call(7, body.clone()));
+            assert!(second.as_mut().poll(&mut cx).is_pending());
+            // Only the first request is queued; taking it makes room and wakes the second.
+            let frames = queued(&mut rx);
+            assert_eq!(frames.len(), 1);
+            assert!(
+                woken.0.load(Ordering::SeqCst) >= 1,
+                "the waiting sender is woken"
+            );
+            assert!(second.as_mut().poll(&mut cx).is_pending());
+            let frames = queued(&mut rx);
+            assert_eq!(frames.len(), 1, "the second request went out");
+            assert_eq!(frames[0].0, FrameKind::Request);
+        }
+        // Dropped after its request went out: cancelled.
+        assert_eq!(queued(&mut rx)[0].0, FrameKind::Cancel);
+        {
+            // A third waits for room (the first fills the outbox again), then is dropped
+            // while it waits: its slot goes back, and nothing of it is queued.
+            let mut refill = pin!(client.call(7, body.clone()));
+            assert!(refill.as_mut().poll(&mut cx).is_pending());
+            let mut third = pin!(client.call(7, body.clone()));
+            assert!(third.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(client.handle.conn.table.lock().in_use(), 3);
+        }
+        assert_eq!(
+            client.handle.conn.table.lock().in_use(),
+            1,
+            "only the first is left"
+        );
     }
 }

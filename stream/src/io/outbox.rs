@@ -292,13 +292,22 @@ impl Outbox {
         stopped.map_or(Ok(true), Err)
     }
 
-    /// [`send`](Self::send) for a thread without a runtime, blocking while the queue is full.
-    pub(crate) fn send_blocking(&self, message: Outgoing) -> bool {
+    /// [`send`](Self::send) for a thread without a runtime, blocking while the queue is full,
+    /// until `deadline` if there is one: `None` if it came first (the message not queued).
+    pub(crate) fn send_blocking(
+        &self,
+        message: Outgoing,
+        deadline: Option<std::time::Instant>,
+    ) -> Option<bool> {
         let mut message = Some(message);
         loop {
             match self.attempt_or_listen(|| self.push(&mut message, false)) {
-                Ok(sent) => return sent,
-                Err(listener) => crate::sync::wait(listener),
+                Ok(sent) => return Some(sent),
+                Err(listener) => {
+                    if !crate::sync::wait_until(listener, deadline) {
+                        return None;
+                    }
+                }
             }
         }
     }

@@ -91,7 +91,8 @@ pub(super) fn spawn<R, F>(
         let end = running.or(cancelled).or(ended).or(expired).await;
         // A stopped handler's drop guards run here, where its dispatcher can tell why.
         match end {
-            End::Done(_) => drop(handler),
+            End::Done(Some(_)) => drop(handler),
+            End::Done(None) => drop_as(handler, DropReason::HandlerPanic),
             End::Cancelled(false) => drop_as(handler, DropReason::Cancelled),
             End::Cancelled(true) => drop_as(handler, DropReason::DeadlineExceeded),
             End::Expired => drop_as(handler, DropReason::DeadlineExceeded),
@@ -220,6 +221,8 @@ pub enum DropReason {
     DeadlineExceeded,
     /// The connection ended: nobody is left to read a reply.
     ConnectionEnded,
+    /// The handler panicked; the client is answered `HANDLER_PANIC`.
+    HandlerPanic,
 }
 
 thread_local! {
@@ -234,7 +237,7 @@ pub fn drop_reason() -> Option<DropReason> {
 }
 
 /// Drops `handler` with [`drop_reason`] telling `reason` meanwhile.
-fn drop_as<T>(handler: T, reason: DropReason) {
+pub(super) fn drop_as<T>(handler: T, reason: DropReason) {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {

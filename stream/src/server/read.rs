@@ -16,7 +16,7 @@ use futures_lite::FutureExt;
 
 use super::{
     conn::{ConnState, Registration},
-    handler::{self, error_reply, overloaded, reply, Permit, Spawned},
+    handler::{self, error_reply, overloaded, reply, DropReason, Permit, Spawned},
     stream::{CallStream, StreamRegistration},
     Dispatch, Request, Shared, Status,
 };
@@ -470,6 +470,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             Err(_) => {
                 span.finish(Err(ErrorCode::HANDLER_PANIC));
                 self.panicked(&header);
+                handler::drop_as(future, DropReason::HandlerPanic);
             }
         }
         true
