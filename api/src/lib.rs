@@ -162,6 +162,28 @@ pub mod __private;
 /// ```
 pub use flumen_macros::service;
 
+/// Which error a call meets where: a page of documentation, no items.
+///
+/// | Where | Error | What it holds |
+/// |-------|-------|---------------|
+/// | A method of a generated client (`KvClient::get`) | [`RpcError<E>`](crate::RpcError) | [`RpcError::Method`]`(E)`, the method's own error type as the handler returned it; or [`RpcError::Rpc`]`(`[`Error`]`)` for everything the framework saw |
+/// | A typed call by name ([`Client::call`], `call_blocking`) | [`Error`] | [`Error::Call`]`(`[`CallError`]`)`, or the codec failing to encode the request / decode the reply |
+/// | A raw call ([`stream::Client::call`], bodies as `Bytes`) | [`CallError`] | timeout, the connection ([`ConnectionError`] inside), not sent, too large, overloaded, a remote [`ErrorCode`] with its message, an application error's encoded body, a blocking call made in async code |
+/// | Connecting ([`Client::connect`]) | [`ConnectError`] | the transport, the handshake (TLS failures inside: `flumen::tls::HandshakeError::find`), a refusing server, the connect timeout |
+/// | Building a router ([`Router::service`], [`Router::try_route`]; `route` panics instead) | [`RouteError`] | two method names with one id |
+///
+/// Each tier narrows to the one below: an [`RpcError`] holds an
+/// [`Error`], which holds a [`CallError`]. The predicates
+/// answer the usual questions at every tier: `is_timeout()`, `is_connection()`,
+/// `is_not_sent()` (provably never ran: safe to retry), `code()` (the server's
+/// [`ErrorCode`]); [`RpcError`] adds `method()`,
+/// `is_unknown_method()`, `is_overloaded()` and more.
+///
+/// On the server, a handler fails a call with its method's error type (a generated server) or
+/// a [`Status`] (a route); the client sees the first as
+/// [`RpcError::Method`] and the second as a remote code.
+pub mod errors {}
+
 /// Runtimes: `TokioRuntime` (feature `tokio`) and `SmolRuntime` (feature `smol`).
 pub mod rt {
     #[cfg(any(feature = "tokio", feature = "smol"))]

@@ -24,9 +24,12 @@ use std::{
 
 use bytes::Bytes;
 
+#[allow(deprecated)]
+pub use self::config::DEFAULT_MAX_IN_FLIGHT;
 pub use self::config::{
-    ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
+    ClientConfig, DEFAULT_CLIENT_MAX_IN_FLIGHT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_TICK, DEFAULT_TIMEOUT,
+    MAX_WINDOW,
 };
 pub use self::stream::{ReplyStream, RequestSender, StreamMode};
 // `CallOptions` is defined below.
@@ -271,13 +274,31 @@ impl Client {
     /// # Errors
     ///
     /// As [`call`](Self::call).
-    pub fn call_with(
+    pub fn call_with_options(
         &self,
         method: u32,
         body: Bytes,
         options: &CallOptions,
     ) -> impl Future<Output = Result<Bytes, CallError>> + Send + '_ {
         self.call_parts(method, body, Bytes::new(), options)
+    }
+
+    /// The former name of [`call_with_options`](Self::call_with_options).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    #[deprecated(
+        since = "0.1.1",
+        note = "renamed `call_with_options`, as on the typed client"
+    )]
+    pub fn call_with(
+        &self,
+        method: u32,
+        body: Bytes,
+        options: &CallOptions,
+    ) -> impl Future<Output = Result<Bytes, CallError>> + Send + '_ {
+        self.call_with_options(method, body, options)
     }
 
     /// Calls `method` with a body of `head` followed by `tail`, written back to back without
@@ -323,7 +344,7 @@ impl Client {
     ///
     /// As [`call`](Self::call).
     pub fn call_blocking(&self, method: u32, body: Bytes) -> Result<Bytes, CallError> {
-        self.call_blocking_with(method, body, &CallOptions::new())
+        self.call_blocking_with_options(method, body, &CallOptions::new())
     }
 
     /// [`call_with_timeout`](Self::call_with_timeout) from a plain thread.
@@ -337,21 +358,39 @@ impl Client {
         body: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Bytes, CallError> {
-        self.call_blocking_with(method, body, &CallOptions::new().timeout(timeout))
+        self.call_blocking_with_options(method, body, &CallOptions::new().timeout(timeout))
     }
 
-    /// [`call_with`](Self::call_with) from a plain thread.
+    /// [`call_with_options`](Self::call_with_options) from a plain thread.
     ///
     /// # Errors
     ///
     /// As [`call`](Self::call).
-    pub fn call_blocking_with(
+    pub fn call_blocking_with_options(
         &self,
         method: u32,
         body: Bytes,
         options: &CallOptions,
     ) -> Result<Bytes, CallError> {
         self.call_blocking_parts(method, body, Bytes::new(), options)
+    }
+
+    /// The former name of [`call_blocking_with_options`](Self::call_blocking_with_options).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    #[deprecated(
+        since = "0.1.1",
+        note = "renamed `call_blocking_with_options`, as on the typed client"
+    )]
+    pub fn call_blocking_with(
+        &self,
+        method: u32,
+        body: Bytes,
+        options: &CallOptions,
+    ) -> Result<Bytes, CallError> {
+        self.call_blocking_with_options(method, body, options)
     }
 
     /// [`call_parts`](Self::call_parts) from a plain thread.

@@ -42,11 +42,14 @@ pub mod wheel;
 
 pub use bytes::Bytes;
 
+#[allow(deprecated)]
+pub use crate::client::DEFAULT_MAX_IN_FLIGHT;
+
 pub use crate::{
     client::{
         CallOptions, Client, ClientConfig, ReplyStream, RequestSender, StreamMode,
-        DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
-        DEFAULT_MAX_IN_FLIGHT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
+        DEFAULT_CLIENT_MAX_IN_FLIGHT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+        DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
     },
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     io::{

@@ -71,7 +71,7 @@ impl Service<RawCall> for Client {
         let client = self.clone();
         Box::pin(async move {
             client
-                .call_with(call.method, call.body, &call.options)
+                .call_with_options(call.method, call.body, &call.options)
                 .await
         })
     }

@@ -356,7 +356,7 @@ impl Attempts {
         shared.budget.deposit();
         let timeout = options
             .timeout_setting()
-            .unwrap_or_else(|| shared.config.client.call_timeout());
+            .unwrap_or_else(|| shared.config.client.default_timeout_setting());
         let started = Instant::now();
         Self {
             started,

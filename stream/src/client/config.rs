@@ -8,7 +8,14 @@ use crate::frame::DEFAULT_MAX_FRAME_LEN;
 ///
 /// Bounds the client's memory per connection (one slot per call) and the load one client can put
 /// on a server; the server's own limit (sent in its hello) caps it further.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+pub const DEFAULT_CLIENT_MAX_IN_FLIGHT: usize = 1024;
+
+/// The former name of [`DEFAULT_CLIENT_MAX_IN_FLIGHT`].
+#[deprecated(
+    since = "0.1.1",
+    note = "renamed `DEFAULT_CLIENT_MAX_IN_FLIGHT`, beside `DEFAULT_SERVER_MAX_IN_FLIGHT`"
+)]
+pub const DEFAULT_MAX_IN_FLIGHT: usize = DEFAULT_CLIENT_MAX_IN_FLIGHT;
 
 /// Hard cap on the window, whatever is configured: sequence ids carry the slot in 32 bits and
 /// the slot table is allocated up front.
@@ -53,7 +60,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: DEFAULT_CLIENT_MAX_IN_FLIGHT,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             default_timeout: Some(DEFAULT_TIMEOUT),
             tick: DEFAULT_TICK,
@@ -68,7 +75,7 @@ impl Default for ClientConfig {
 
 impl ClientConfig {
     /// Most calls in flight on the connection; callers past it wait (async) or block.
-    /// Default [`DEFAULT_MAX_IN_FLIGHT`]; clamped to `1..=`[`MAX_WINDOW`] and to the server's
+    /// Default [`DEFAULT_CLIENT_MAX_IN_FLIGHT`]; clamped to `1..=`[`MAX_WINDOW`] and to the server's
     /// announced limit.
     pub fn max_in_flight(mut self, calls: usize) -> Self {
         self.max_in_flight = calls.clamp(1, MAX_WINDOW);
@@ -82,9 +89,19 @@ impl ClientConfig {
         self
     }
 
-    /// The timeout of a call that sets none (see [`default_timeout`](Self::default_timeout)).
-    pub fn call_timeout(&self) -> Option<Duration> {
+    /// The timeout of a call that sets none, as [`default_timeout`](Self::default_timeout)
+    /// set it (named as [`CallOptions::timeout_setting`](crate::CallOptions::timeout_setting)).
+    pub fn default_timeout_setting(&self) -> Option<Duration> {
         self.default_timeout
+    }
+
+    /// The former name of [`default_timeout_setting`](Self::default_timeout_setting).
+    #[deprecated(
+        since = "0.1.1",
+        note = "renamed `default_timeout_setting`: it reads what `default_timeout` sets"
+    )]
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.default_timeout_setting()
     }
 
     /// Timeout of calls that name none; `None` lets them wait forever (until the connection

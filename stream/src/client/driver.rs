@@ -327,7 +327,7 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
 /// Loom models of the client's call path against its reader (`--cfg flumen_loom`, see
 /// `src/sync.rs`): the window's permits passed from a finished call to a waiting one, the call
 /// table's slot handed from a cancelled call to the next, and a late reply to the cancelled
-/// call. The caller threads run the real `Client::call_with`; the model's server takes their
+/// call. The caller threads run the real `Client::call_with_options`; the model's server takes their
 /// frames from the outbox and answers through the client's engine, as the reader does. A lost wake-up is a
 /// deadlock, which loom reports.
 #[cfg(all(test, flumen_loom))]
@@ -392,7 +392,7 @@ mod loom_models {
     }
 
     fn call(client: &Client, body: &'static [u8]) -> Result<Bytes, CallError> {
-        block_on(client.call_with(1, Bytes::from_static(body), &CallOptions::new()))
+        block_on(client.call_with_options(1, Bytes::from_static(body), &CallOptions::new()))
     }
 
     #[test]
@@ -421,7 +421,7 @@ mod loom_models {
                     // and the call waits, or its reply came at once; then it is dropped,
                     // which cancels it if it still waits, and frees its slot.
                     let mut first =
-                        pin!(client.call_with(1, Bytes::from_static(b"first"), &options));
+                        pin!(client.call_with_options(1, Bytes::from_static(b"first"), &options));
                     block_on(std::future::poll_fn(|cx| {
                         let _ = first.as_mut().poll(cx);
                         Poll::Ready(())

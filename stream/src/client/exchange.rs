@@ -365,7 +365,8 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let options = CallOptions::new().with_entry("k", "v").unwrap();
         {
-            let mut call = pin!(client.call_with(7, Bytes::from_static(b"0123456"), &options));
+            let mut call =
+                pin!(client.call_with_options(7, Bytes::from_static(b"0123456"), &options));
             match call.as_mut().poll(&mut cx) {
                 Poll::Ready(Err(CallError::RequestTooLarge { len, max: 8 })) => assert!(len > 8),
                 other => panic!("expected RequestTooLarge, got {other:?}"),
