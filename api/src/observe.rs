@@ -264,6 +264,7 @@ fn client_span(target: Target) -> Option<tracing::Span> {
         return None;
     }
     let span = tracing::info_span!(
+        target: flumen_stream::SPAN_TARGET,
         "flumen.client",
         otel.name = Empty,
         otel.kind = "client",

@@ -95,6 +95,28 @@ async fn greeter<E: Env>(env: &E) -> (flumen::ServerHandle<common::Addr<E>>, Gre
     (server, GreeterClient::new(client))
 }
 
+/// The target of every span opened, by span name.
+static TARGETS: std::sync::Mutex<Vec<(&'static str, &'static str)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records each new span's name and target in [`TARGETS`].
+struct SpanTargets;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanTargets {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let metadata = attrs.metadata();
+        TARGETS
+            .lock()
+            .unwrap()
+            .push((metadata.name(), metadata.target()));
+    }
+}
+
 /// The spans every test of this binary exports (one subscriber per process).
 fn spans() -> &'static InMemorySpanExporter {
     static SPANS: OnceLock<InMemorySpanExporter> = OnceLock::new();
@@ -104,7 +126,7 @@ fn spans() -> &'static InMemorySpanExporter {
             .with_simple_exporter(exporter.clone())
             .build();
         let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("flumen-tests"));
-        let subscriber = tracing_subscriber::registry().with(layer);
+        let subscriber = tracing_subscriber::registry().with(layer).with(SpanTargets);
         tracing::subscriber::set_global_default(subscriber).unwrap();
         exporter
     })
@@ -155,6 +177,18 @@ async fn client_and_server_spans_join_across_the_wire<E: Env>(env: E) {
         of_trace(trace).len() == 5
     })
     .await;
+    // One target for both sides' spans, which one filter directive selects.
+    let targets = TARGETS.lock().unwrap().clone();
+    for side in ["flumen.client", "flumen.server"] {
+        let of_side: Vec<_> = targets.iter().filter(|(name, _)| *name == side).collect();
+        assert!(!of_side.is_empty(), "no {side} span");
+        assert!(
+            of_side
+                .iter()
+                .all(|(_, target)| *target == flumen::stream::SPAN_TARGET),
+            "{of_side:?}"
+        );
+    }
     let spans = of_trace(trace);
     let root = spans.iter().find(|s| s.name == "test.root").unwrap();
     for (method, outcome) in [("hello", "ok"), ("fail", "APPLICATION")] {

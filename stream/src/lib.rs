@@ -37,6 +37,7 @@ mod sync;
 #[cfg(feature = "tower")]
 pub mod tower;
 mod trace;
+pub use crate::trace::SPAN_TARGET;
 mod transport;
 pub mod wheel;
 

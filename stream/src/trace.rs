@@ -8,6 +8,12 @@
 //! it. On the client, a layer above opens the call's span; the core records the sequence id
 //! and the peer in it ([`record_client`]), since only the core knows them.
 //!
+//! Both sides' spans have the target `flumen` ([`SPAN_TARGET`]): one filter directive
+//! (`flumen=info`) turns them on. `rpc.seq` is the call's sequence id as it goes on the wire:
+//! a Flumen client puts a slot of its window in the low 32 bits and that slot's generation
+//! (1 for its first call) above them (PROTOCOL.md §5), so the first call in slot 0 is
+//! `4294967296`.
+//!
 //! Spans are at `INFO`. Until a `tracing` subscriber is installed, nothing is built or
 //! recorded (one relaxed load per call; this also keeps `tracing`'s `log` fallback, which
 //! turns every disabled span into a log record, out of the call path); after that, a span
@@ -18,6 +24,9 @@ use std::fmt::Debug;
 use std::time::Instant;
 
 use crate::{error::ErrorCode, frame::FrameHeader};
+
+/// The target of every call span, client and server (`flumen.client`, `flumen.server`).
+pub const SPAN_TARGET: &str = "flumen";
 
 /// The peer of a connection, as spans show it.
 #[derive(Clone, Debug, Default)]
@@ -54,6 +63,7 @@ impl CallSpan {
                 return Self { recorded: None };
             }
             let span = tracing::info_span!(
+                target: SPAN_TARGET,
                 "flumen.server",
                 otel.name = tracing::field::Empty,
                 otel.kind = "server",
