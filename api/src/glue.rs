@@ -48,6 +48,15 @@ fn application<E: Serialize + fmt::Display, C: Codec>(codec: &C, error: &E) -> S
     }
 }
 
+/// A streaming call's arguments, decoded, and its context.
+fn arguments<A: DeserializeOwned, C: Codec>(
+    request: &Request,
+    codec: &C,
+) -> Result<(A, Context), Status> {
+    let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
+    Ok((args, Context::from_request(request)))
+}
+
 fn stream_parts<C: Codec, I: DeserializeOwned>(
     request: &Request,
     codec: &C,
@@ -100,11 +109,7 @@ where
     Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
     streaming_route(router, name, move |request, replies| {
-        let args = replies
-            .codec
-            .decode::<A>(request.body())
-            .map_err(bad_request)?;
-        let context = Context::from_request(request);
+        let (args, context) = arguments(request, &replies.codec)?;
         Ok(handler(service.clone(), context, args, replies))
     })
 }
@@ -126,12 +131,8 @@ where
     Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
     streaming_route(router, name, move |request, replies| {
-        let args = replies
-            .codec
-            .decode::<A>(request.body())
-            .map_err(bad_request)?;
+        let (args, context) = arguments(request, &replies.codec)?;
         let items = stream_parts(request, &replies.codec)?;
-        let context = Context::from_request(request);
         Ok(handler(service.clone(), context, args, items, replies))
     })
 }
