@@ -369,7 +369,8 @@ impl<C: Codec> Client<C> {
     ///
     /// # Errors
     ///
-    /// As [`call`](Self::call).
+    /// As [`call`](Self::call); `CallError::BlockingInAsync` at once on a thread that runs
+    /// async tasks.
     pub fn call_blocking<Req, Resp>(
         &self,
         method: impl Into<MethodId>,

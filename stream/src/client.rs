@@ -337,12 +337,15 @@ impl Client {
         exchange::Exchange::new(&self.handle.conn, request)
     }
 
-    /// [`call`](Self::call) from a plain thread, blocking it until the call resolves. Needs no
-    /// runtime in the calling thread; do not call it from inside an async task.
+    /// [`call`](Self::call) from a plain thread, blocking it until the call resolves or its
+    /// deadline passes (whether or not the connection's tasks run). Needs no runtime in the
+    /// calling thread.
     ///
     /// # Errors
     ///
-    /// As [`call`](Self::call).
+    /// As [`call`](Self::call); and [`CallError::BlockingInAsync`] at once on a thread that
+    /// runs async tasks (see [`check_blocking`](crate::check_blocking)), where it could wait
+    /// for a reply that only this thread would read.
     pub fn call_blocking(&self, method: u32, body: Bytes) -> Result<Bytes, CallError> {
         self.call_blocking_with_options(method, body, &CallOptions::new())
     }
