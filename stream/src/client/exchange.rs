@@ -34,13 +34,13 @@ pub(super) struct Request {
 /// resolves cancels the call: the slot goes back and, if the request went out, the server is
 /// told (a `Cancel` frame).
 ///
-/// Its steps are a plain tag beside the fields they use, so that moving from one to the next
-/// drops nothing.
+/// Where the call is follows from its fields: starting while `request` is kept, waiting for
+/// room while `send` is, waiting for its outcome while `slot` is; resolved once none is.
+/// Moving on takes a field out and drops nothing else.
 #[must_use = "a call does nothing unless awaited"]
 pub(super) struct Exchange<'a> {
     conn: &'a Conn,
-    step: Step,
-    /// The request, until its frame is made.
+    /// The request, until the call begins and its frame is made.
     request: Option<Request>,
     /// The deadline tick and the timeout, worked out on the first attempt to start (`None`
     /// until then): waiting for a slot counts against the deadline.
@@ -49,41 +49,28 @@ pub(super) struct Exchange<'a> {
     listener: Option<EventListener>,
     /// Whether the caller is counted among those waiting for a slot.
     counted: bool,
-    /// The slot the call began in (from [`Step::Send`] on).
-    slot: u32,
+    /// The slot the call began in, until its outcome is taken.
+    slot: Option<u32>,
     /// The request's frame, while it waits for room in the outbox.
     send: Option<Sending<'a>>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// Taking a slot and beginning the call in it.
-    Start,
-    /// The call began; its request waits for room in the outbox.
-    Send,
-    /// The request is queued (or the writer is gone, which fails the call): waiting for the
-    /// call's outcome.
-    Outcome,
-    /// Resolved, or failed before it began.
-    Done,
 }
 
 impl<'a> Exchange<'a> {
     pub(super) fn new(conn: &'a Conn, request: Request) -> Self {
         Self {
             conn,
-            step: Step::Start,
             request: Some(request),
             deadline: None,
             listener: None,
             counted: false,
-            slot: 0,
+            slot: None,
             send: None,
         }
     }
 
     /// Takes a slot and begins the call in it, then queues its request: `Ready` with the
-    /// call's error if it cannot begin, `Pending` while it waits for a slot or once it began.
+    /// call's error if it cannot begin (the request dropped), `Pending` while it waits for a
+    /// slot or once it began.
     fn start(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         let conn = self.conn;
         loop {
@@ -91,42 +78,44 @@ impl<'a> Exchange<'a> {
                 ready!(Pin::new(listener).poll(cx));
                 self.listener = None;
             }
-            let request = self
-                .request
-                .as_ref()
-                .expect("the request is kept until it starts");
+            let Some(request) = &self.request else {
+                return Poll::Pending;
+            };
             let deadline = match self.deadline {
                 Some(deadline) => deadline,
                 None => {
                     let len = request.head.len() + request.tail.len();
-                    conn.check_len(len, request.metadata.as_ref())?;
+                    if let Err(e) = conn.check_len(len, request.metadata.as_ref()) {
+                        self.request = None;
+                        return Poll::Ready(Err(e));
+                    }
                     let at = request.timeout.map(|t| (conn.clock.deadline(t), t));
                     *self.deadline.insert(at)
                 }
             };
             // The waker is kept with the call: a reply that comes before the caller looks for
             // it wakes the caller.
-            match conn.try_start(&mut self.counted, deadline, Some(cx.waker()))? {
-                Ok((slot, seq)) => {
-                    let request = self.request.take().expect("checked above");
-                    self.slot = slot;
-                    let send = conn.out.send(conn.request(
-                        request.method,
-                        seq,
-                        request.timeout,
-                        0,
-                        (request.head, request.tail),
-                        request.metadata.as_ref(),
-                    ));
-                    if send.is_done() {
-                        self.step = Step::Outcome;
-                    } else {
-                        self.step = Step::Send;
-                        self.send = Some(send);
+            match conn.try_start(&mut self.counted, deadline, Some(cx.waker())) {
+                Ok(Ok((slot, seq))) => {
+                    self.slot = Some(slot);
+                    if let Some(request) = self.request.take() {
+                        let send = conn.out.send(conn.request(
+                            request.method,
+                            seq,
+                            request.timeout,
+                            0,
+                            (request.head, request.tail),
+                            request.metadata.as_ref(),
+                        ));
+                        self.send = (!send.is_done()).then_some(send);
                     }
                     return Poll::Pending;
                 }
-                Err(full) => self.listener = Some(full),
+                Ok(Err(full)) => self.listener = Some(full),
+                Err(e) => {
+                    self.request = None;
+                    return Poll::Ready(Err(e));
+                }
             }
         }
     }
@@ -137,31 +126,27 @@ impl Future for Exchange<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if this.step == Step::Start {
+        if this.request.is_some() {
             if let Poll::Ready(Err(e)) = this.start(cx) {
-                this.step = Step::Done;
                 return Poll::Ready(Err(e));
             }
             // Pending: waiting for a slot, or the call began in this poll with this poll's
             // waker kept for its outcome (looking for it now would only find it pending).
             // Only a request waiting for room goes on at once.
-            if this.step != Step::Send {
+            if this.send.is_none() {
                 return Poll::Pending;
             }
         }
-        if this.step == Step::Send {
-            let send = this.send.as_mut().expect("kept while sending");
+        if let Some(send) = &mut this.send {
             // Sent or not (the writer gone fails the call), the outcome tells.
             let _ = ready!(Pin::new(send).poll(cx));
             this.send = None;
-            this.step = Step::Outcome;
         }
-        assert!(
-            this.step == Step::Outcome,
-            "a call polled after it resolved"
-        );
-        let outcome = ready!(this.conn.poll_outcome(this.slot, cx));
-        this.step = Step::Done;
+        let Some(slot) = this.slot else {
+            panic!("a call polled after it resolved");
+        };
+        let outcome = ready!(this.conn.poll_outcome(slot, cx));
+        this.slot = None;
         this.conn.out.caller_resumed();
         Poll::Ready(outcome)
     }
@@ -169,10 +154,11 @@ impl Future for Exchange<'_> {
 
 impl Drop for Exchange<'_> {
     fn drop(&mut self) {
-        match self.step {
-            Step::Start if self.counted => self.conn.table.lock().remove_waiter(),
-            Step::Send | Step::Outcome => self.conn.abandon(self.slot, ErrorCode::CANCELLED),
-            Step::Start | Step::Done => {}
+        if self.counted {
+            self.conn.table.lock().remove_waiter();
+        }
+        if let Some(slot) = self.slot {
+            self.conn.abandon(slot, ErrorCode::CANCELLED);
         }
     }
 }
