@@ -34,6 +34,8 @@ mod signal;
 mod stats;
 mod streaming;
 mod sync;
+#[cfg(test)]
+mod testing;
 #[cfg(feature = "tower")]
 pub mod tower;
 mod trace;

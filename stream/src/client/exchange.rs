@@ -168,11 +168,8 @@ mod tests {
     use std::{
         future::Future,
         pin::pin,
-        sync::{
-            atomic::{AtomicUsize, Ordering},
-            Arc,
-        },
-        task::{Context, Poll, Wake, Waker},
+        sync::Arc,
+        task::{Context, Poll, Waker},
         time::Duration,
     };
 
@@ -184,18 +181,9 @@ mod tests {
         frame::{Frame, FrameHeader, FrameKind},
         io::{outbox, Inbox, Outgoing, DEFAULT_MAX_QUEUED_BYTES},
         proto::client::{on_frames, Effects},
+        testing::Count,
         trace::Peer,
     };
-
-    /// A waker that counts its wake-ups.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     /// A client over no socket with `window` slots, taking request bodies up to `max_len`;
     /// its frames come out of the returned inbox.
@@ -254,7 +242,7 @@ mod tests {
             assert_eq!(kind, FrameKind::Request);
             // The first poll looked for no outcome: the waker it kept must be the one woken.
             reply(&client.handle.conn, seq, b"pong");
-            assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+            assert_eq!(woken.get(), 1);
             match call.as_mut().poll(&mut cx) {
                 Poll::Ready(Ok(body)) => assert_eq!(body, &b"pong"[..]),
                 other => panic!("expected the reply, got {other:?}"),
@@ -336,7 +324,7 @@ mod tests {
         reply(conn, seq, b"A");
         assert!(matches!(first.as_mut().poll(&mut cx), Poll::Ready(Ok(_))));
         // The slot went back to the waiting caller, which was woken and now begins.
-        assert!(woken.0.load(Ordering::SeqCst) >= 2);
+        assert!(woken.get() >= 2);
         assert!(second.as_mut().poll(&mut cx).is_pending());
         assert_eq!(conn.table.lock().waiters(), 0);
         let frames = queued(&mut rx);
@@ -404,10 +392,7 @@ mod tests {
             // Only the first request is queued; taking it makes room and wakes the second.
             let frames = queued(&mut rx);
             assert_eq!(frames.len(), 1);
-            assert!(
-                woken.0.load(Ordering::SeqCst) >= 1,
-                "the waiting sender is woken"
-            );
+            assert!(woken.get() >= 1, "the waiting sender is woken");
             assert!(second.as_mut().poll(&mut cx).is_pending());
             let frames = queued(&mut rx);
             assert_eq!(frames.len(), 1, "the second request went out");

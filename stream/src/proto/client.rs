@@ -146,28 +146,15 @@ fn call_error(code: ErrorCode, frame: &Frame) -> CallError {
 #[cfg(test)]
 mod tests {
     use std::{
-        sync::{
-            atomic::{AtomicUsize, Ordering},
-            Arc,
-        },
-        task::{Context, Poll, Wake},
+        sync::Arc,
+        task::{Context, Poll},
         time::Duration,
     };
 
     use bytes::Bytes;
 
     use super::*;
-    use crate::frame::FrameHeader;
-
-    /// Counts its wake-ups.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::{frame::FrameHeader, testing::Count};
 
     fn frame(kind: FrameKind, seq: u64, aux: u32, body: &[u8]) -> Frame {
         let mut header = FrameHeader::new(kind, seq);
@@ -208,10 +195,10 @@ mod tests {
         ];
         apply(&mut table, batch, &mut fx);
         // Nobody is woken inside the engine: the wakers come out, to wake after the lock.
-        assert!(counts.iter().all(|c| c.0.load(Ordering::SeqCst) == 0));
+        assert!(counts.iter().all(|c| c.get() == 0));
         assert_eq!(fx.wakers.len(), 2);
         fx.wakers.drain(..).for_each(Waker::wake);
-        let woken: Vec<_> = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).collect();
+        let woken: Vec<_> = counts.iter().map(|c| c.get()).collect();
         assert_eq!(woken, [1, 0, 1]);
         assert_eq!(outcome(&mut table, 0).unwrap().unwrap(), &b"a"[..]);
         assert!(outcome(&mut table, 1).is_none(), "call 1 still waits");
