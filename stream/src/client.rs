@@ -628,18 +628,26 @@ impl Conn {
         waker: Option<&std::task::Waker>,
     ) -> Result<Result<(u32, u64), EventListener>, CallError> {
         let mut table = self.table.lock();
-        let acquired = table.acquire();
         // A caller that stops waiting, with a slot or with the table's refusal, is uncounted.
-        if !matches!(acquired, Ok(None)) && std::mem::take(counted) {
+        let slot = match table.acquire() {
+            Ok(Some(slot)) => slot,
+            Ok(None) => {
+                if !*counted {
+                    *counted = true;
+                    table.add_waiter();
+                }
+                return Ok(Err(self.window_free.listen()));
+            }
+            Err(refused) => {
+                if std::mem::take(counted) {
+                    table.remove_waiter();
+                }
+                return Err(refused);
+            }
+        };
+        if std::mem::take(counted) {
             table.remove_waiter();
         }
-        let Some(slot) = acquired? else {
-            if !*counted {
-                *counted = true;
-                table.add_waiter();
-            }
-            return Ok(Err(self.window_free.listen()));
-        };
         let seq = match table.begin(slot, deadline, waker.cloned()) {
             Ok(seq) => seq,
             Err(e) => {
