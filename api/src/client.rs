@@ -141,6 +141,8 @@ impl<C: Codec> Client<C> {
         codec: C,
     ) -> Result<Self, ConnectError> {
         let raw = flumen_stream::Client::connect(rt, transport, addr, config).await?;
+        #[cfg(feature = "metrics")]
+        crate::metrics::start_publisher();
         Ok(Self::from_raw(raw, codec).with_runtime(rt))
     }
 

@@ -11,7 +11,7 @@ use futures_lite::{FutureExt, StreamExt};
 
 use crate::{
     service::{
-        attached, detach, rpc_error, Attachment, Context, NoError, Pump, ReplyItems, RpcError,
+        attached, detach, rpc_error, Attachment, CallContext, NoError, Pump, ReplyItems, RpcError,
         Streaming, WithAttachment,
     },
     Client, Error, RouteError, Router,
@@ -52,9 +52,9 @@ fn application<E: Serialize + fmt::Display, C: Codec>(codec: &C, error: &E) -> S
 fn arguments<A: DeserializeOwned, C: Codec>(
     request: &Request,
     codec: &C,
-) -> Result<(A, Context), Status> {
+) -> Result<(A, CallContext), Status> {
     let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
-    Ok((args, Context::from_request(request)))
+    Ok((args, CallContext::from_request(request)))
 }
 
 fn stream_parts<C: Codec, I: DeserializeOwned>(
@@ -80,13 +80,13 @@ where
     T: Serialize + Send + 'static,
     E: Serialize + fmt::Display + Send + 'static,
     C: Codec,
-    F: Fn(Arc<S>, Context, A) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<S>, CallContext, A) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     let codec = router.codec().clone();
     router.try_route_raw(name, move |request: Request| {
         let args = codec.decode::<A>(request.body()).map_err(bad_request);
-        let context = Context::from_request(&request);
+        let context = CallContext::from_request(&request);
         let codec = codec.clone();
         let call = args.map(|args| handler(service.clone(), context, args));
         async move { reply(&codec, call?.await) }
@@ -105,7 +105,7 @@ where
     S: Send + Sync + 'static,
     A: DeserializeOwned + Send + 'static,
     C: Codec,
-    F: Fn(Arc<S>, Context, A, Replies<C>) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<S>, CallContext, A, Replies<C>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
     streaming_route(router, name, move |request, replies| {
@@ -127,7 +127,7 @@ where
     A: DeserializeOwned + Send + 'static,
     I: DeserializeOwned + Send + 'static,
     C: Codec,
-    F: Fn(Arc<S>, Context, A, Streaming<I>, Replies<C>) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<S>, CallContext, A, Streaming<I>, Replies<C>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
 {
     streaming_route(router, name, move |request, replies| {
@@ -215,7 +215,7 @@ where
     T: Serialize + Send + 'static,
     E: Serialize + fmt::Display + Send + 'static,
     C: Codec,
-    F: Fn(Arc<S>, Context, A, Streaming<I>) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<S>, CallContext, A, Streaming<I>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     let codec = router.codec().clone();
@@ -224,7 +224,7 @@ where
         let started = (|| {
             let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
             let items = stream_parts(&request, &codec)?;
-            let context = Context::from_request(&request);
+            let context = CallContext::from_request(&request);
             Ok(handler(service.clone(), context, args, items))
         })();
         async move { reply(&codec, started?.await) }
@@ -450,12 +450,12 @@ where
     R: ReplyBody,
     E: Serialize + fmt::Display + Send + 'static,
     C: Codec,
-    F: Fn(Arc<S>, Context, A, Attachment) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<S>, CallContext, A, Attachment) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, E>> + Send + 'static,
 {
     let codec = router.codec().clone();
     router.try_route_reply(name, move |request: Request| {
-        let context = Context::from_request(&request);
+        let context = CallContext::from_request(&request);
         let body = request.into_body();
         let parts = match request_attached {
             true => detach(body).map_err(bad_request),

@@ -5,6 +5,20 @@
 //! async tasks and from plain threads. Pick the runtime (`tokio`, `smol`) and the transport
 //! (`tcp`, `unix`, `inproc`, `tls`, `quic`) with cargo features; MessagePack is the default codec.
 //!
+//! # Which type for what
+//!
+//! - [`Client`] is the typed client: arguments and replies go through a codec, and every
+//!   generated service client (`KvClient`) wraps one. [`stream::Client`] is the raw connection
+//!   underneath (bodies as [`Bytes`], method ids as `u32`), for custom protocols and
+//!   benchmarks; [`Client::raw`] reaches it.
+//! - Functions that only use a transport borrow it (`Client::connect(&rt, &transport, ..)`,
+//!   `Server::bind`); those that keep it for later connections take it
+//!   ([`Client::balanced`]). The runtime is always borrowed (handles are cheap clones).
+//! - [`CallContext`] is what a handler learns about its call; [`errors`] says which error a
+//!   caller meets where.
+//! - [`stream::advanced`] holds the core's sans-IO pieces (call table, timing wheel) for
+//!   benchmarks and custom drivers; no call needs them.
+//!
 //! # Examples
 //!
 //! ```
@@ -65,10 +79,17 @@ pub use crate::{
     method::MethodId,
     router::{RouteError, Router, RouterFuture},
     service::{
-        Attachment, BoxStream, Context, NoError, ReplyItems, RpcError, Service, Streaming,
+        Attachment, BoxStream, CallContext, NoError, ReplyItems, RpcError, Service, Streaming,
         WithAttachment,
     },
 };
+
+/// The former name of [`CallContext`].
+#[deprecated(
+    since = "0.1.1",
+    note = "renamed `CallContext`: `Context` shadowed `std::task::Context` in handler code"
+)]
+pub type Context = CallContext;
 
 /// The glue `#[flumen::service]` expands to. Not a stable API.
 #[doc(hidden)]
@@ -99,7 +120,7 @@ pub mod __private;
 /// | `async fn m(&self, a: A, items: Streaming<I>) -> Result<T, E>` | client streaming | `m(a, impl Stream<Item = I>) -> Result<T, RpcError<E>>` |
 /// | `async fn m(&self, items: Streaming<I>) -> impl Stream<...>` | bidirectional | `m(impl Stream<Item = I>) -> Result<ReplyItems<..>, ..>` |
 ///
-/// A first parameter of type [`Context`] receives the call's deadline and metadata. Arguments
+/// A first parameter of type [`CallContext`] receives the call's deadline and metadata. Arguments
 /// must be owned (they are decoded from the request); a method's error type `E` must be
 /// `Serialize + DeserializeOwned + Display` and reaches the caller as
 /// [`RpcError::Method`]`(E)`; framework failures are [`RpcError::Rpc`]. An implementation of

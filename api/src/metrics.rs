@@ -18,11 +18,16 @@
 //! server `connection` for a call whose connection ended while it ran. A client's streaming
 //! call is counted when its stream opens.
 //!
-//! Per server or client connection (label `server` or `connection`), the core's counters, set
-//! by [`record_server`] and [`record_client`] (call them on a timer or before each scrape; nothing is added to the
-//! call path): connections, bytes and frames each way, frames per write, frames compressed
-//! each way (nonzero once compression was negotiated), calls in flight, bytes queued,
-//! refusals.
+//! Per server (label `server`, its local address) and per client connection (label
+//! `connection`, the peer's address and the connection's number, `127.0.0.1:7000#3`), the
+//! core's counters: connections, bytes and frames each way, frames per write, frames
+//! compressed each way (nonzero once compression was negotiated), calls in flight, bytes
+//! queued, refusals. They are published without being asked for: once a recorder is installed,
+//! the first call (or typed client connected) starts a thread, `flumen-metrics`, that sets them
+//! every [`publish_interval`] (default [`DEFAULT_PUBLISH_INTERVAL`], one second) for every
+//! server and connection alive ([`flumen_stream::live`]); nothing is added to the call path.
+//! [`record_server`] and [`record_client`] set the same counters at once, under a name of the
+//! caller's choosing.
 //!
 //! Install the recorder before the first call: a method's handles are made on its first call
 //! with a recorder installed, against that recorder. While none is installed, calls record
@@ -33,7 +38,10 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Once, OnceLock,
+    },
     time::Duration,
 };
 
@@ -123,6 +131,7 @@ fn method(
     if !recorder_installed() {
         return None;
     }
+    start_publisher();
     let key = (side as u8, id.as_u32());
     let cached = LOCAL.with(|local| local.borrow().get(&key).copied());
     let metrics = match cached {
@@ -266,6 +275,57 @@ pub fn record_server(server: &str, stats: &ServerStats) {
     );
     gauge("flumen_server_frames_per_write", io.frames_per_write());
     gauge("flumen_server_buffered_bytes", io.buffered_bytes as f64);
+}
+
+/// How often the `flumen-metrics` thread publishes servers' and connections' counters when
+/// [`set_publish_interval`] was not called.
+pub const DEFAULT_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The publishing period in milliseconds.
+static PUBLISH_MILLIS: AtomicU64 = AtomicU64::new(DEFAULT_PUBLISH_INTERVAL.as_millis() as u64);
+
+/// How often servers' and connections' counters are published.
+pub fn publish_interval() -> Duration {
+    Duration::from_millis(PUBLISH_MILLIS.load(Ordering::Relaxed))
+}
+
+/// Sets how often servers' and connections' counters are published (at least every
+/// millisecond; the new period applies from the next one).
+pub fn set_publish_interval(every: Duration) {
+    let millis = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+    PUBLISH_MILLIS.store(millis, Ordering::Relaxed);
+}
+
+/// Starts the `flumen-metrics` thread if a recorder is installed and it is not running yet.
+/// A thread rather than a task: it serves every runtime a process uses, and sleeps between
+/// rounds.
+pub(crate) fn start_publisher() {
+    static STARTED: Once = Once::new();
+    if STARTED.is_completed() || !recorder_installed() {
+        return;
+    }
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("flumen-metrics".into())
+            .spawn(|| loop {
+                publish_live();
+                std::thread::sleep(publish_interval());
+            });
+        if let Err(e) = spawned {
+            eprintln!("flumen: no `flumen-metrics` thread ({e}): connection counters unpublished");
+        }
+    });
+}
+
+/// Publishes the counters of every server and connection alive now.
+fn publish_live() {
+    for live in flumen_stream::live::live() {
+        match live.snapshot {
+            flumen_stream::live::Snapshot::Server(stats) => record_server(&live.name, &stats),
+            flumen_stream::live::Snapshot::Connection(stats) => record_client(&live.name, &stats),
+            _ => {}
+        }
+    }
 }
 
 /// Setters of gauges and absolute counters labelled `label` = `value`.

@@ -21,12 +21,12 @@ use crate::{Error, RouteError, Router};
 /// What a handler knows about its call: when the caller stops waiting, and the caller's
 /// metadata. Declare a first parameter of this type on a service method to receive it.
 #[derive(Clone, Debug, Default)]
-pub struct Context {
+pub struct CallContext {
     deadline: Option<Instant>,
     metadata: Metadata,
 }
 
-impl Context {
+impl CallContext {
     /// The context of `request`: its deadline counted from now (when the server got it).
     pub fn from_request(request: &Request) -> Self {
         Self {

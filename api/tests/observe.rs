@@ -260,6 +260,8 @@ fn a_prometheus_page_counts_calls_and_connections() {
         .with_http_listener(addr)
         .install()
         .unwrap();
+    // Servers and connections publish on their own: often, so that the test sees it soon.
+    flumen::metrics::set_publish_interval(std::time::Duration::from_millis(20));
     common::run_tokio(|env: common::TokioEnv| exercise(env, addr, 1));
     common::run_smol(|env: common::SmolEnv| exercise(env, addr, 2));
 }
@@ -372,5 +374,25 @@ async fn exercise<E: Env>(env: E, addr: SocketAddr, round: u64) {
     );
     let frames = sample(&page, &labelled("flumen_server_frames_read_total")).unwrap();
     assert!(frames >= (CALLS + FAILURES) as f64, "{frames}");
+    // With no record call: the `flumen-metrics` thread publishes the server under its
+    // address, and the client's connection under the server's address and a number.
+    let address = format!("{:?}", server.local_addr());
+    let published = format!("flumen_server_connections{{server=\"{address}\"}}");
+    let connection = format!("flumen_client_bytes_written_total{{connection=\"{address}#");
+    let written = |page: &str| {
+        page.lines()
+            .find_map(|line| line.strip_prefix(&connection)?.split_once("\"} "))
+            .and_then(|(_, value)| value.parse::<f64>().ok())
+    };
+    let min_written = ((CALLS + FAILURES) * 16) as f64;
+    eventually(
+        &env,
+        "the server and its client's connection published",
+        || {
+            let page = scrape(addr);
+            sample(&page, &published) == Some(1.0) && written(&page) >= Some(min_written)
+        },
+    )
+    .await;
     eventually(&env, "no call in flight", || server.stats().in_flight == 0).await;
 }

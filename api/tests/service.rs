@@ -14,8 +14,8 @@ use std::{
 
 use common::{connect, eventually, serve, Env};
 use flumen::{
-    Attachment, ClientConfig, Context, Metadata, Router, RpcError, ServerConfig, Stream, Streaming,
-    WithAttachment,
+    Attachment, CallContext, ClientConfig, Metadata, Router, RpcError, ServerConfig, Stream,
+    Streaming, WithAttachment,
 };
 use futures_lite::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -39,9 +39,9 @@ pub trait Lab {
     /// Looks a key up.
     async fn get(&self, key: String) -> Result<String, LabError>;
     /// Sleeps, then answers; counts handlers dropped before they finished.
-    async fn sleep(&self, ctx: Context, millis: u64) -> Result<Option<u64>, LabError>;
+    async fn sleep(&self, ctx: CallContext, millis: u64) -> Result<Option<u64>, LabError>;
     /// The caller's `user` metadata.
-    async fn whoami(&self, ctx: Context) -> Option<String>;
+    async fn whoami(&self, ctx: CallContext) -> Option<String>;
     /// `0..n`.
     async fn count(&self, n: u32) -> impl Stream<Item = Result<u32, LabError>>;
     /// `0..n`, then an error.
@@ -96,7 +96,7 @@ impl Lab for LabImpl {
         }
     }
 
-    async fn sleep(&self, ctx: Context, millis: u64) -> Result<Option<u64>, LabError> {
+    async fn sleep(&self, ctx: CallContext, millis: u64) -> Result<Option<u64>, LabError> {
         let mut guard = DropGuard(Some(self.dropped.clone()));
         self.started.fetch_add(1, Ordering::SeqCst);
         let remaining = ctx.remaining().map(|d| d.as_millis() as u64);
@@ -105,7 +105,7 @@ impl Lab for LabImpl {
         Ok(remaining)
     }
 
-    async fn whoami(&self, ctx: Context) -> Option<String> {
+    async fn whoami(&self, ctx: CallContext) -> Option<String> {
         ctx.metadata()
             .get("user")
             .map(|v| String::from_utf8_lossy(v).into_owned())

@@ -18,9 +18,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use flumen::{
     rt::TokioRuntime,
     stream::{
-        call::CallTable,
+        advanced::{CallTable, Wheel},
         frame::{Frame, FrameDecoder, FrameHeader, FrameKind, DEFAULT_MAX_FRAME_LEN},
-        wheel::Wheel,
         Listener, Transport,
     },
     Codec, MsgPack, Request, Server, Status,

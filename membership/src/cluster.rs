@@ -1,11 +1,4 @@
-//! Calls to "any worker with tag X": a balanced client per tag filter, over the registry's
-//! pool of the alive members passing it.
-//!
-//! A member leaves its pools as soon as it is suspected, so new calls move off it before it is
-//! declared down. What happens to the calls it already had is the balanced client's rule: a
-//! call that provably never ran is retried elsewhere; a call whose connection broke mid-call is
-//! retried only if its method is `#[idempotent]`, and otherwise fails with
-//! [`flumen::CallError::Connection`] (it may or may not have run: the caller decides).
+//! Calls to "any worker with tag X" ([`ClusterClient`](crate::ClusterClient)).
 
 use std::{
     collections::HashMap,
@@ -47,8 +40,17 @@ pub enum ClusterError {
 
 type Open<C> = dyn Fn(crate::registry::Pool) -> Client<C> + Send + Sync;
 
-/// Balanced clients over the cluster's workers, one per tag filter (see the [module](self)).
-/// Cheap to clone; clones share the clients.
+/// Balanced clients over the cluster's workers, one per tag filter. Cheap to clone; clones
+/// share the clients.
+///
+/// Calls to "any worker with tag X": a balanced client per tag filter, over the registry's
+/// pool of the alive members passing it.
+///
+/// A member leaves its pools as soon as it is suspected, so new calls move off it before it is
+/// declared down. What happens to the calls it already had is the balanced client's rule: a
+/// call that provably never ran is retried elsewhere; a call whose connection broke mid-call is
+/// retried only if its method is `#[idempotent]`, and otherwise fails with
+/// [`flumen::CallError::Connection`] (it may or may not have run: the caller decides).
 #[derive(Clone)]
 pub struct ClusterClient<C: Codec = MsgPack> {
     registry: Registry,

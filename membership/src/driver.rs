@@ -1,6 +1,4 @@
-//! Runs a [`Node`] over a UDP socket, as one task on a Flumen [`Runtime`] (tokio or smol):
-//! it waits for a datagram, a command or the node's next deadline, hands it in, and sends what
-//! the node queued.
+//! Runs a [`Node`] over a UDP socket ([`Membership`](crate::Membership)).
 
 use std::{
     future::Future,
@@ -220,9 +218,12 @@ struct Shared {
     running: bool,
 }
 
-/// A member of the cluster, gossiping from its own task (see the [module](self)). Clones share
-/// it; once every clone is dropped the member leaves the cluster, as [`leave`](Self::leave)
-/// does, and its task ends.
+/// A member of the cluster, gossiping from its own task. Clones share it; once every clone is
+/// dropped the member leaves the cluster, as [`leave`](Self::leave) does, and its task ends.
+///
+/// Runs a [`Node`] over a UDP socket, as one task on a Flumen [`Runtime`] (tokio or smol):
+/// it waits for a datagram, a command or the node's next deadline, hands it in, and sends what
+/// the node queued.
 #[derive(Clone, Debug)]
 #[must_use = "once every clone is dropped the member leaves the cluster"]
 pub struct Membership {

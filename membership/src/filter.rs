@@ -1,28 +1,4 @@
-//! Tag filters: which members a call may go to, by their tags.
-//!
-//! A member's tags are names with optional values (`gpu`, `zone=eu`). A filter is an
-//! expression over them:
-//!
-//! ```text
-//! filter := or
-//! or     := and ("||" and)*
-//! and    := not ("&&" not)*
-//! not    := "!" not | "(" filter ")" | test
-//! test   := name | name "=" value | name "!=" value
-//! ```
-//!
-//! `name` holds when the member has the tag (with any value); `name=value` when it has it
-//! with that value; `name!=value` when it does not (absent, or another value). Names and
-//! values are letters, digits and `_ . : / -`. The empty filter matches every member.
-//!
-//! ```
-//! use flumen_membership::{Filter, Tags};
-//!
-//! let filter: Filter = "zone=eu && (gpu || tier=gold) && !draining".parse().unwrap();
-//! let worker = Tags::from_iter([("zone", "eu"), ("gpu", "")]);
-//! assert!(filter.matches(&worker));
-//! assert!(!filter.matches(&Tags::from_iter([("zone", "us"), ("gpu", "")])));
-//! ```
+//! Tag filters ([`Filter`](crate::Filter)).
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
@@ -64,7 +40,33 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Tags {
     }
 }
 
-/// A parsed tag filter (see the [module](self) for the syntax).
+/// A parsed tag filter.
+///
+/// Tag filters: which members a call may go to, by their tags.
+///
+/// A member's tags are names with optional values (`gpu`, `zone=eu`). A filter is an
+/// expression over them:
+///
+/// ```text
+/// filter := or
+/// or     := and ("||" and)*
+/// and    := not ("&&" not)*
+/// not    := "!" not | "(" filter ")" | test
+/// test   := name | name "=" value | name "!=" value
+/// ```
+///
+/// `name` holds when the member has the tag (with any value); `name=value` when it has it
+/// with that value; `name!=value` when it does not (absent, or another value). Names and
+/// values are letters, digits and `_ . : / -`. The empty filter matches every member.
+///
+/// ```
+/// use flumen_membership::{Filter, Tags};
+///
+/// let filter: Filter = "zone=eu && (gpu || tier=gold) && !draining".parse().unwrap();
+/// let worker = Tags::from_iter([("zone", "eu"), ("gpu", "")]);
+/// assert!(filter.matches(&worker));
+/// assert!(!filter.matches(&Tags::from_iter([("zone", "us"), ("gpu", "")])));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter(Node);
 

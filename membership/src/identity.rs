@@ -1,11 +1,4 @@
-//! A node's identity in the gossip protocol: where it gossips, its name, where its RPC server
-//! listens, its tags, and the version of that announcement.
-//!
-//! foca tells members apart by their gossip address ([`foca::Identity::addr`]); two
-//! identities with one address are versions of one node, and the newer wins. A node starts at
-//! a version taken from the wall clock, so a restarted process beats what the cluster still
-//! remembers of its previous life, and bumps it for every new announcement (new tags, a
-//! rejoin after being declared down, leaving).
+//! A node's identity in the gossip protocol ([`NodeId`](crate::NodeId)).
 
 use std::{
     net::SocketAddr,
@@ -21,6 +14,15 @@ use crate::{filter::Tags, registry::Member};
 pub const MAX_IDENTITY_LEN: usize = 512;
 
 /// A node's identity, as gossiped.
+///
+/// A node's identity in the gossip protocol: where it gossips, its name, where its RPC server
+/// listens, its tags, and the version of that announcement.
+///
+/// foca tells members apart by their gossip address ([`foca::Identity::addr`]); two
+/// identities with one address are versions of one node, and the newer wins. A node starts at
+/// a version taken from the wall clock, so a restarted process beats what the cluster still
+/// remembers of its previous life, and bumps it for every new announcement (new tags, a
+/// rejoin after being declared down, leaving).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeId {
     gossip: SocketAddr,

@@ -2,19 +2,19 @@
 //! it): members find each other by gossip, failures are detected, and calls go to "any worker
 //! with tag X".
 //!
-//! - Gossip is [foca]'s SWIM ([`node`]): join through seed addresses, probes and indirect
+//! - Gossip is [foca]'s SWIM ([`Node`]): join through seed addresses, probes and indirect
 //!   probes, suspicion and its refutation, incarnations, dissemination piggybacked on probes.
 //!   Each member's identity carries its name, its RPC address, its tags and a version seeded
 //!   from the clock ([`NodeId`]); a graceful leave is told from a failure. Anti-entropy view
 //!   syncs repair what gossip missed.
-//! - Failure detection is foca's verdicts plus a phi-accrual detector ([`phi`]) per peer, fed
+//! - Failure detection is foca's verdicts plus a phi-accrual detector ([`PhiAccrual`]) per peer, fed
 //!   by heartbeats each member sends its peers in a steady rotation: a peer foca still holds
 //!   alive is suspected as soon as its silence is unlikely for its own rhythm; RPC answers
 //!   (reported by [`ClusterClient::for_member`]) count as signs of life.
-//! - The [`registry`] is the live view (alive, suspect, down, left) with an event stream and
+//! - The [`Registry`] is the live view (alive, suspect, down, left) with an event stream and
 //!   filtered pools; a suspected member leaves every pool at once, before it is declared down.
-//! - [`Membership`] runs a member over UDP on tokio or smol ([`driver`]); [`ClusterClient`]
-//!   calls the workers passing a tag [`filter`], and hands out balanced clients for the
+//! - [`Membership`] runs a member over UDP on tokio or smol (any [`UdpRuntime`]); [`ClusterClient`]
+//!   calls the workers passing a tag [`Filter`], and hands out balanced clients for the
 //!   generated typed clients.
 //! - [`sim`] runs many members on an in-memory network and a virtual clock, for tests and for
 //!   traffic figures at sizes one host cannot run.
@@ -38,23 +38,23 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod cluster;
-pub mod driver;
-pub mod filter;
-pub mod identity;
-pub mod node;
-pub mod phi;
-pub mod registry;
+mod cluster;
+mod driver;
+mod filter;
+mod identity;
+mod node;
+mod phi;
+mod registry;
 pub mod sim;
 
 pub use foca;
 
 pub use crate::{
-    cluster::{ClusterClient, ClusterError},
+    cluster::{ClusterClient, ClusterError, REPORT_EVERY},
     driver::{Builder, Datagrams, Membership, UdpRuntime},
-    filter::{Filter, FilterError, Tags},
-    identity::NodeId,
+    filter::{Filter, FilterError, Tags, MAX_FILTER_DEPTH, MAX_FILTER_LEN},
+    identity::{NodeId, MAX_IDENTITY_LEN},
     node::{Config, Error, Node, Stats},
     phi::{PhiAccrual, PhiConfig},
-    registry::{Event, Member, Pool, Registry, State},
+    registry::{Event, Member, Pool, Registry, State, EVENT_BACKLOG},
 };

@@ -1,14 +1,4 @@
-//! One member's side of the gossip protocol, sans-IO: foca's SWIM state machine, a phi-accrual
-//! detector per peer, and the registry they feed, driven by datagrams and timeouts that the
-//! caller hands in with the time, and giving back datagrams to send and the next deadline.
-//!
-//! The [`driver`](crate::driver) runs one over a UDP socket on a Flumen runtime; the traffic
-//! simulation runs hundreds over an in-memory network on a virtual clock.
-//!
-//! A peer's state in the registry combines both detectors. foca's verdict comes first (down,
-//! or suspected after a missed probe); on top of it, a peer foca still holds alive is suspected
-//! as soon as its silence is unlikely for its own rhythm (phi at or above the threshold), which
-//! is sooner than a probe reaches it in most cases. Suspected peers leave every pool at once.
+//! One member's side of the gossip protocol, sans-IO ([`Node`](crate::Node)).
 
 use std::{
     cmp::Reverse,
@@ -240,7 +230,19 @@ struct Peer {
     seen: u64,
 }
 
-/// One member of the cluster (see the [module](self)).
+/// One member of the cluster.
+///
+/// One member's side of the gossip protocol, sans-IO: foca's SWIM state machine, a phi-accrual
+/// detector per peer, and the registry they feed, driven by datagrams and timeouts that the
+/// caller hands in with the time, and giving back datagrams to send and the next deadline.
+///
+/// [`Membership`](crate::Membership) runs one over a UDP socket on a Flumen runtime; the traffic
+/// simulation runs hundreds over an in-memory network on a virtual clock.
+///
+/// A peer's state in the registry combines both detectors. foca's verdict comes first (down,
+/// or suspected after a missed probe); on top of it, a peer foca still holds alive is suspected
+/// as soon as its silence is unlikely for its own rhythm (phi at or above the threshold), which
+/// is sooner than a probe reaches it in most cases. Suspected peers leave every pool at once.
 pub struct Node {
     foca: Foca<NodeId, foca::PostcardCodec, SmallRng, NoCustomBroadcast>,
     out: AccumulatingRuntime<NodeId>,

@@ -1,11 +1,4 @@
-//! The phi-accrual failure detector, sans-IO: the caller feeds arrival times and asks for phi
-//! at a time of its choosing, so tests run on a fake clock.
-//!
-//! phi is `-log10` of the probability that a heartbeat still comes, given how long it has been
-//! since the last one and the mean and deviation of the intervals seen so far (a normal
-//! distribution, as in Akka's detector). phi 1 means a 10% chance that the member is still
-//! alive and merely late, phi 8 one in 10^8. A threshold of 8 is a common choice for members on
-//! one network.
+//! The phi-accrual failure detector ([`PhiAccrual`](crate::PhiAccrual)).
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -40,6 +33,15 @@ impl Default for PhiConfig {
 
 /// A failure detector for one member. Times are durations since an epoch of the caller's
 /// choosing (a monotonic clock).
+///
+/// The phi-accrual failure detector, sans-IO: the caller feeds arrival times and asks for phi
+/// at a time of its choosing, so tests run on a fake clock.
+///
+/// phi is `-log10` of the probability that a heartbeat still comes, given how long it has been
+/// since the last one and the mean and deviation of the intervals seen so far (a normal
+/// distribution, as in Akka's detector). phi 1 means a 10% chance that the member is still
+/// alive and merely late, phi 8 one in 10^8. A threshold of 8 is a common choice for members on
+/// one network.
 #[derive(Clone, Debug)]
 pub struct PhiAccrual {
     config: PhiConfig,

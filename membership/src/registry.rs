@@ -1,10 +1,4 @@
-//! The live view of a cluster's members, fed by the membership layer (gossip, or an
-//! application's own source), with an event stream and filtered worker pools that a balanced
-//! client takes as its discovery source.
-//!
-//! A member is alive, suspect, down or left. Pools hold the alive members whose tags pass
-//! their filter: a member leaves every pool as soon as it is suspected, before it is declared
-//! down, so calls move off it early; it comes back if it answers again.
+//! The live view of a cluster's members ([`Registry`](crate::Registry)).
 
 use std::{
     collections::BTreeMap,
@@ -68,6 +62,14 @@ pub enum Event {
 
 /// The live view: cheap to clone, shared by the membership layer that feeds it and the
 /// clients and applications that read it.
+///
+/// The live view of a cluster's members, fed by the membership layer (gossip, or an
+/// application's own source), with an event stream and filtered worker pools that a balanced
+/// client takes as its discovery source.
+///
+/// A member is alive, suspect, down or left. Pools hold the alive members whose tags pass
+/// their filter: a member leaves every pool as soon as it is suspected, before it is declared
+/// down, so calls move off it early; it comes back if it answers again.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,

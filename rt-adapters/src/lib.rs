@@ -12,6 +12,6 @@ mod smol;
 mod tokio;
 
 #[cfg(feature = "smol")]
-pub use crate::smol::{SmolRuntime, SmolSleep};
+pub use crate::smol::SmolRuntime;
 #[cfg(feature = "tokio")]
 pub use crate::tokio::TokioRuntime;

@@ -35,7 +35,7 @@ pub type Outcome = Result<Bytes, CallError>;
 ///
 /// ```
 /// use std::task::{Context, Waker};
-/// use flumen_stream::{call::CallTable, Bytes};
+/// use flumen_stream::{advanced::CallTable, Bytes};
 ///
 /// let mut table = CallTable::new(8, 0);
 /// let seq = table.begin(3, None, None).unwrap();

@@ -65,6 +65,12 @@ struct Handle {
     conn: Arc<Conn>,
 }
 
+impl crate::live::Source for Conn {
+    fn snapshot(&self) -> crate::live::Snapshot {
+        crate::live::Snapshot::Connection(self.out.counters().into())
+    }
+}
+
 /// State shared by a connection's callers and its reader, writer and timer tasks.
 pub(crate) struct Conn {
     table: Mutex<CallTable>,

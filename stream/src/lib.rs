@@ -1,11 +1,12 @@
 //! Flumen's multiplexed full-duplex RPC core.
 //!
-//! The protocol core is sans-IO: [`frame`] and [`hello`] encode and decode bytes, [`wheel`] keeps
-//! deadlines in integer ticks, the call table matches replies to calls, and each side's
-//! connection engine (`proto`) turns a batch of decoded frames into effects (calls completed
-//! with the wakers to wake, frames to queue, stream events, requests to dispatch, typed
-//! protocol violations). Around it sit thin async drivers, written against two small traits so that no runtime or socket type is named
-//! here: [`Runtime`] (spawn, sleep) and [`Transport`] (connect, accept, read and write halves).
+//! The protocol core is sans-IO: [`frame`] and [`hello`] encode and decode bytes, a timing
+//! wheel keeps deadlines in integer ticks, the call table matches replies to calls (both in
+//! [`advanced`]), and each side's connection engine (`proto`) turns a batch of decoded frames
+//! into effects (calls completed with the wakers to wake, frames to queue, stream events,
+//! requests to dispatch, typed protocol violations). Around it sit thin async drivers, written
+//! against two small traits so that no runtime or socket type is named here: [`Runtime`]
+//! (spawn, sleep) and [`Transport`] (connect, accept, read and write halves).
 //!
 //! - [`Client`]: calls multiplexed on one connection, batched writes, a sliding window of calls
 //!   in flight, deadlines on a timing wheel, async and blocking callers.
@@ -16,7 +17,7 @@
 #![warn(missing_docs)]
 
 mod body;
-pub mod call;
+mod call;
 mod client;
 pub mod code;
 pub mod compress;
@@ -26,6 +27,7 @@ pub mod frame;
 pub mod hello;
 mod io;
 mod keepalive;
+pub mod live;
 pub mod metadata;
 mod proto;
 mod runtime;
@@ -41,9 +43,19 @@ pub mod tower;
 mod trace;
 pub use crate::trace::SPAN_TARGET;
 mod transport;
-pub mod wheel;
+mod wheel;
 
 pub use bytes::Bytes;
+
+/// The core's sans-IO pieces and fixed constants, for benchmarks and custom drivers: nothing
+/// here is needed to make or serve calls, and it may change between minor releases.
+pub mod advanced {
+    pub use crate::{
+        call::{CallTable, Outcome},
+        io::{CLOSE_LINGER, CLOSE_LINGER_BYTES},
+        wheel::{TimerKey, Wheel},
+    };
+}
 
 #[allow(deprecated)]
 pub use crate::client::DEFAULT_MAX_IN_FLIGHT;
@@ -55,9 +67,7 @@ pub use crate::{
         DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_TICK, DEFAULT_TIMEOUT, MAX_WINDOW,
     },
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
-    io::{
-        CLOSE_LINGER, CLOSE_LINGER_BYTES, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL,
-    },
+    io::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL},
     metadata::Metadata,
     runtime::{allow_blocking, check_blocking, Runtime},
     server::{

@@ -112,6 +112,7 @@ impl<D: Dispatch> Server<D> {
             accept::accept_loop(rt.clone(), shared.clone(), listener, self.dispatch),
         );
         crate::runtime::spawn_task(rt, accept::watchdog(rt.clone(), shared.clone()));
+        crate::live::register_server(&local_addr, &shared);
         let sleeper = rt.clone();
         let sleep: Sleep = Arc::new(move |at| Box::pin(sleeper.sleep_until(at)));
         Ok(ServerHandle {
@@ -165,6 +166,12 @@ pub struct ServerStats {
     pub queued_bytes: usize,
 }
 
+impl crate::live::Source for Shared {
+    fn snapshot(&self) -> crate::live::Snapshot {
+        crate::live::Snapshot::Server(self.stats())
+    }
+}
+
 impl<A> ServerHandle<A> {
     /// The address the server listens on.
     pub fn local_addr(&self) -> &A {
@@ -173,43 +180,12 @@ impl<A> ServerHandle<A> {
 
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> ServerStats {
-        let c = &self.shared.counters;
-        let (active, in_flight) = {
-            let conns = self.shared.conns.lock();
-            let in_flight = conns.iter().map(|(_, conn)| conn.in_flight()).sum();
-            (conns.len(), in_flight)
-        };
-        ServerStats {
-            accepted: c.accepted.load(Ordering::Relaxed),
-            active,
-            refused: c.refused.load(Ordering::Relaxed),
-            handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
-            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
-            timeouts: c.timeouts.load(Ordering::Relaxed),
-            panics: c.panics.load(Ordering::Relaxed),
-            io: self.io(),
-            shed: c.shed.load(Ordering::Relaxed),
-            concurrency_limit: self.shared.limiter.as_ref().map(limit::Limiter::limit),
-            in_flight,
-            queued_bytes: self.shared.queued.used(),
-        }
+        self.shared.stats()
     }
 
     /// The counters of each connection open now.
     pub fn connection_stats(&self) -> Vec<ConnectionStats> {
-        let conns = self.shared.conns.lock();
-        conns
-            .iter()
-            .map(|(_, conn)| conn.out.counters().into())
-            .collect()
-    }
-
-    fn io(&self) -> ConnectionStats {
-        let mut total = *self.shared.closed_io.lock();
-        for stats in self.connection_stats() {
-            total.add(&stats);
-        }
-        total
+        self.shared.connection_stats()
     }
 
     /// Stops gracefully: stops accepting, tells every peer `GoAway` (their new calls fail
@@ -298,6 +274,41 @@ struct Counters {
 }
 
 impl Shared {
+    fn stats(&self) -> ServerStats {
+        let c = &self.counters;
+        let (active, in_flight) = {
+            let conns = self.conns.lock();
+            let in_flight = conns.iter().map(|(_, conn)| conn.in_flight()).sum();
+            (conns.len(), in_flight)
+        };
+        let mut io = *self.closed_io.lock();
+        for stats in self.connection_stats() {
+            io.add(&stats);
+        }
+        ServerStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            active,
+            refused: c.refused.load(Ordering::Relaxed),
+            handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
+            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            panics: c.panics.load(Ordering::Relaxed),
+            io,
+            shed: c.shed.load(Ordering::Relaxed),
+            concurrency_limit: self.limiter.as_ref().map(limit::Limiter::limit),
+            in_flight,
+            queued_bytes: self.queued.used(),
+        }
+    }
+
+    fn connection_stats(&self) -> Vec<ConnectionStats> {
+        let conns = self.conns.lock();
+        conns
+            .iter()
+            .map(|(_, conn)| conn.out.counters().into())
+            .collect()
+    }
+
     fn now(&self) -> u64 {
         self.clock.load(Ordering::Relaxed)
     }

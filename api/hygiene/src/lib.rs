@@ -20,7 +20,7 @@ pub mod declared {
         /// Unary with an error.
         async fn check(&self, value: u32) -> ::std::result::Result<u32, Refused>;
         /// Unary without one, with the call context.
-        async fn plain(&self, ctx: ::rpc::Context) -> ::std::option::Option<u64>;
+        async fn plain(&self, ctx: ::rpc::CallContext) -> ::std::option::Option<u64>;
         /// Server streaming.
         async fn items(&self, n: u32) -> impl Stream<Item = ::std::result::Result<u32, Refused>>;
         /// Client streaming.
@@ -47,7 +47,7 @@ mod tests {
             }
         }
 
-        async fn plain(&self, ctx: ::rpc::Context) -> Option<u64> {
+        async fn plain(&self, ctx: ::rpc::CallContext) -> Option<u64> {
             ctx.remaining().map(|d| d.as_secs())
         }
 

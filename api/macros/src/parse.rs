@@ -246,7 +246,7 @@ pub(crate) fn parse_method(method: &TraitItemFn) -> syn::Result<Method> {
             ));
         }
         let segment = last_segment(ty);
-        if index == 0 && segment.is_some_and(|s| s.ident == "Context") {
+        if index == 0 && segment.is_some_and(|s| s.ident == "CallContext" || s.ident == "Context") {
             context = Some(((*typed.pat).clone(), ty.clone()));
             continue;
         }

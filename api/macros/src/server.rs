@@ -37,7 +37,7 @@ pub(crate) fn registration(krate: &TokenStream2, wire_name: &str, method: &Metho
             };
             quote_spanned! {span=>
                 #krate::__private::unary_attached(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc), #request_attached,
-                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #attachment_arg: #krate::Attachment| async move {
+                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::CallContext, #args_pattern, #attachment_arg: #krate::Attachment| async move {
                         let _ = &__flumen_context;
                         let _ = &#attachment_arg;
                         #body
@@ -52,7 +52,7 @@ pub(crate) fn registration(krate: &TokenStream2, wire_name: &str, method: &Metho
             );
             quote_spanned! {span=>
                 #krate::__private::unary(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
-                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern| async move {
+                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::CallContext, #args_pattern| async move {
                         let _ = &__flumen_context;
                         #body
                     })?
@@ -66,7 +66,7 @@ pub(crate) fn registration(krate: &TokenStream2, wire_name: &str, method: &Metho
             );
             quote_spanned! {span=>
                 #krate::__private::client_streaming(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
-                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #items: #krate::Streaming<#item>| async move {
+                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::CallContext, #args_pattern, #items: #krate::Streaming<#item>| async move {
                         let _ = &__flumen_context;
                         #body
                     })?
@@ -80,7 +80,7 @@ pub(crate) fn registration(krate: &TokenStream2, wire_name: &str, method: &Metho
             );
             quote_spanned! {span=>
                 #krate::__private::server_streaming(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
-                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, __flumen_replies| async move {
+                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::CallContext, #args_pattern, __flumen_replies| async move {
                         let _ = &__flumen_context;
                         __flumen_replies.forward(#body).await
                     })?
@@ -94,7 +94,7 @@ pub(crate) fn registration(krate: &TokenStream2, wire_name: &str, method: &Metho
             );
             quote_spanned! {span=>
                 #krate::__private::bidirectional(router, #wire_name, ::core::clone::Clone::clone(__flumen_service_arc),
-                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::Context, #args_pattern, #items: #krate::Streaming<#item>, __flumen_replies| async move {
+                    |__flumen_service: ::std::sync::Arc<S>, __flumen_context: #krate::CallContext, #args_pattern, #items: #krate::Streaming<#item>, __flumen_replies| async move {
                         let _ = &__flumen_context;
                         __flumen_replies.forward(#body).await
                     })?

@@ -110,6 +110,7 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         }
     });
     crate::runtime::spawn_task(rt, timer_task(rt.clone(), conn.clone()));
+    crate::live::register_connection(addr, &conn);
     // Lets the tasks start before the first call. On a runtime with one thread, that is
     // this thread, which they then mark: a blocking call made next on it fails at once
     // (`check_blocking`) instead of waiting for a writer that cannot run.
