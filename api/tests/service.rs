@@ -196,6 +196,10 @@ pub trait Legacy {
     /// methods, where the lint may or may not fire, get it as an `allow`).
     #[expect(non_snake_case)]
     async fn Shout(&self) -> u8;
+    /// Attributes under `cfg_attr` pass through as well (an `expect` under it becomes an
+    /// `allow` on the client's methods, as a plain one does).
+    #[cfg_attr(all(), deprecated = "call `Shout`", expect(non_snake_case))]
+    async fn Mumble(&self) -> u8;
 }
 
 struct LegacyImpl;
@@ -218,6 +222,11 @@ impl Legacy for LegacyImpl {
     async fn Shout(&self) -> u8 {
         7
     }
+
+    #[allow(non_snake_case)]
+    async fn Mumble(&self) -> u8 {
+        3
+    }
 }
 
 /// `deprecated`, `cfg` and lint attributes on methods pass through the macro: a deprecated
@@ -234,6 +243,7 @@ async fn method_attributes_pass_through<E: Env>(env: E) {
     assert_eq!(legacy.sum8(1, 2, 3, 4, 5, 6, 7, 8).await.unwrap(), 36);
     assert_eq!(legacy.flavor().await.unwrap(), "compiled in");
     assert_eq!(legacy.Shout().await.unwrap(), 7);
+    assert_eq!(legacy.Mumble().await.unwrap(), 3);
     let hidden = client
         .call::<_, u64>("Legacy.hidden", &())
         .await

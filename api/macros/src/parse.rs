@@ -74,17 +74,29 @@ pub(crate) struct Method {
 }
 
 impl Method {
-    /// The passed-through attributes as the client's methods carry them: an `expect` becomes
-    /// an `allow` there, since the lint it expects may fire on the trait's method alone.
+    /// The passed-through attributes as the client's methods carry them: an `expect` (plain
+    /// or under `cfg_attr`) becomes an `allow` there, since the lint it expects may fire on
+    /// the trait's method alone.
     pub(crate) fn client_attrs(&self) -> Vec<Attribute> {
         self.attrs
             .iter()
             .map(|attr| match &attr.meta {
-                syn::Meta::List(list) if list.path.is_ident("expect") => {
-                    let lints = &list.tokens;
-                    syn::parse_quote!(#[allow(#lints)])
+                syn::Meta::List(list) if list.path.is_ident("cfg_attr") => {
+                    let parsed = list.parse_args_with(
+                        syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
+                    );
+                    match parsed {
+                        Ok(metas) => {
+                            let metas = metas.iter().map(allow_for_expect);
+                            syn::parse_quote!(#[cfg_attr(#(#metas),*)])
+                        }
+                        Err(_) => attr.clone(),
+                    }
                 }
-                _ => attr.clone(),
+                meta => {
+                    let meta = allow_for_expect(meta);
+                    syn::parse_quote!(#[#meta])
+                }
             })
             .collect()
     }
@@ -93,6 +105,17 @@ impl Method {
     pub(crate) fn reply_attached(&self) -> bool {
         self.output.stream.is_none()
             && last_segment(&self.output.ok).is_some_and(|s| s.ident == "WithAttachment")
+    }
+}
+
+/// `expect(lints)` as `allow(lints)`; any other meta as it is.
+fn allow_for_expect(meta: &syn::Meta) -> syn::Meta {
+    match meta {
+        syn::Meta::List(list) if list.path.is_ident("expect") => {
+            let lints = &list.tokens;
+            syn::parse_quote!(allow(#lints))
+        }
+        other => other.clone(),
     }
 }
 
@@ -338,6 +361,9 @@ fn method_attrs(
             docs.push(attr.clone());
         } else if PASSED_THROUGH.iter().any(|name| path.is_ident(name)) {
             attrs.push(attr.clone());
+        } else if path.is_ident("cfg_attr") {
+            check_cfg_attr(attr)?;
+            attrs.push(attr.clone());
         } else {
             return Err(unknown_attribute(attr));
         }
@@ -345,8 +371,40 @@ fn method_attrs(
     Ok((docs, attrs, idempotent))
 }
 
+/// A `#[cfg_attr(predicate, attrs..)]` passes through when every attribute it applies would:
+/// a lint level, `deprecated` or a doc comment. `idempotent` and `cfg` are read by the macro
+/// itself, which sees them before the compiler evaluates the predicate, so they must be
+/// written plainly.
+fn check_cfg_attr(attr: &Attribute) -> syn::Result<()> {
+    let list = attr.parse_args_with(
+        syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
+    )?;
+    for applied in list.iter().skip(1) {
+        let path = applied.path();
+        if path.is_ident("idempotent") || path.is_ident("cfg") {
+            let name = quote::ToTokens::to_token_stream(path).to_string();
+            return Err(Error::new_spanned(
+                applied,
+                format!(
+                    "`#[{name}]` cannot be applied through `cfg_attr` on a service method: the \
+                     service macro reads it before the condition is known; write it plainly \
+                     (or put the whole method under `#[cfg(..)]`)"
+                ),
+            ));
+        }
+        if !PASSED_THROUGH.iter().any(|name| path.is_ident(name)) {
+            return Err(unknown_attribute_in(applied.path(), applied));
+        }
+    }
+    Ok(())
+}
+
 fn unknown_attribute(attr: &Attribute) -> Error {
-    let name = quote::ToTokens::to_token_stream(attr.path())
+    unknown_attribute_in(attr.path(), attr)
+}
+
+fn unknown_attribute_in(path: &syn::Path, spanned: &dyn quote::ToTokens) -> Error {
+    let name = quote::ToTokens::to_token_stream(path)
         .to_string()
         .replace(' ', "");
     let known = std::iter::once("idempotent").chain(PASSED_THROUGH.iter().copied());
@@ -360,10 +418,11 @@ fn unknown_attribute(attr: &Attribute) -> Error {
         }
         None => format!(
             "unknown attribute `#[{name}]` on a service method: it may carry `#[idempotent]`, \
-             doc comments, `cfg`, `allow`, `expect`, `warn`, `deny`, `forbid` and `deprecated`"
+             doc comments, `cfg`, `cfg_attr`, `allow`, `expect`, `warn`, `deny`, `forbid` and \
+             `deprecated`"
         ),
     };
-    Error::new_spanned(attr, message)
+    Error::new_spanned(spanned, message)
 }
 
 /// The Levenshtein distance of `a` and `b` (insertions, deletions and substitutions).
