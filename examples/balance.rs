@@ -16,11 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Error, Example};
+use common::Error;
 use flumen::{
     balance::{discovery::Static, Backoff, BalanceConfig, Strategy},
-    rt::Runtime,
+    rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::Transport,
+    tcp::{SmolTcp, TokioTcp},
     Client, MsgPack, Server, ServerHandle,
 };
 
@@ -47,24 +48,21 @@ impl Lookup for Replica {
 const REPLICAS: usize = 3;
 const CALLS_PER_ROUND: u64 = 3_000;
 
-struct Demo;
-
-impl Demo {
-    async fn start<R: Runtime, T: Transport<Addr = SocketAddr>>(
-        rt: &R,
-        transport: &T,
-        i: usize,
-        addr: SocketAddr,
-        served: &Arc<AtomicU64>,
-    ) -> Result<ServerHandle<SocketAddr>, Error> {
-        let replica = Replica {
-            name: format!("replica-{i}"),
-            served: served.clone(),
-        };
-        Ok(Server::new(LookupServer::new(replica))
-            .bind(rt, transport, &addr)
-            .await?)
-    }
+/// Starts replica `i` on `addr`, counting its calls in `served`.
+async fn start<R: Runtime, T: Transport<Addr = SocketAddr>>(
+    rt: &R,
+    transport: &T,
+    i: usize,
+    addr: SocketAddr,
+    served: &Arc<AtomicU64>,
+) -> Result<ServerHandle<SocketAddr>, Error> {
+    let replica = Replica {
+        name: format!("replica-{i}"),
+        served: served.clone(),
+    };
+    Ok(Server::new(LookupServer::new(replica))
+        .bind(rt, transport, &addr)
+        .await?)
 }
 
 /// Runs a round of calls from 16 concurrent callers; returns the calls each replica served
@@ -99,88 +97,94 @@ async fn round<R: Runtime>(
         .collect())
 }
 
-impl Example for Demo {
-    async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
-        self,
-        rt: R,
-        transport: T,
-    ) -> Result<(), Error> {
-        let served: Vec<Arc<AtomicU64>> = (0..REPLICAS).map(|_| Arc::default()).collect();
-        let mut servers = Vec::new();
-        for (i, served) in served.iter().enumerate() {
-            servers.push(Some(
-                Self::start(&rt, &transport, i, common::loopback(), served).await?,
-            ));
+/// The demo, on runtime `rt` over `transport`.
+async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    let served: Vec<Arc<AtomicU64>> = (0..REPLICAS).map(|_| Arc::default()).collect();
+    let mut servers = Vec::new();
+    for (i, served) in served.iter().enumerate() {
+        servers.push(Some(
+            start(&rt, &transport, i, common::loopback(), served).await?,
+        ));
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().flatten().map(|s| *s.local_addr()).collect();
+    println!("replicas on {addrs:?}");
+
+    let config = BalanceConfig::new()
+        .strategy(Strategy::RoundRobin)
+        .backoff(Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(200),
+        });
+    let client = Client::balanced_with(
+        &rt,
+        transport.clone(),
+        Static::new(addrs.clone()),
+        config,
+        MsgPack::default(),
+    );
+    let lookup = LookupClient::new(client.clone());
+
+    let spread = round(&rt, &lookup, &served).await?;
+    println!("{CALLS_PER_ROUND} calls, round robin: served {spread:?}");
+
+    if let Some(server) = servers[1].take() {
+        server.abort();
+    }
+    let killed = Instant::now();
+    let spread = round(&rt, &lookup, &served).await?;
+    println!(
+        "replica-1 killed: {CALLS_PER_ROUND} calls, none failed, served {spread:?} (the round took {:?})",
+        killed.elapsed()
+    );
+
+    servers[1] = Some(start(&rt, &transport, 1, addrs[1], &served[1]).await?);
+    let balancer = client.balancer().ok_or("the client is balanced")?;
+    // Calls reconnect the pool; wait until it holds every replica again.
+    let restarted = Instant::now();
+    while balancer
+        .stats()
+        .endpoints
+        .iter()
+        .any(|e| e.connections == 0)
+    {
+        if restarted.elapsed() > Duration::from_secs(10) {
+            return Err("replica-1 never came back".into());
         }
-        let addrs: Vec<SocketAddr> = servers.iter().flatten().map(|s| *s.local_addr()).collect();
-        println!("replicas on {addrs:?}");
-
-        let config = BalanceConfig::new()
-            .strategy(Strategy::RoundRobin)
-            .backoff(Backoff {
-                base: Duration::from_millis(10),
-                max: Duration::from_millis(200),
-            });
-        let client = Client::balanced_with(
-            &rt,
-            transport.clone(),
-            Static::new(addrs.clone()),
-            config,
-            MsgPack::default(),
-        );
-        let lookup = LookupClient::new(client.clone());
-
-        let spread = round(&rt, &lookup, &served).await?;
-        println!("{CALLS_PER_ROUND} calls, round robin: served {spread:?}");
-
-        if let Some(server) = servers[1].take() {
-            server.abort();
-        }
-        let killed = Instant::now();
-        let spread = round(&rt, &lookup, &served).await?;
-        println!(
-            "replica-1 killed: {CALLS_PER_ROUND} calls, none failed, served {spread:?} (the round took {:?})",
-            killed.elapsed()
-        );
-
-        servers[1] = Some(Self::start(&rt, &transport, 1, addrs[1], &served[1]).await?);
-        let balancer = client.balancer().ok_or("the client is balanced")?;
-        // Calls reconnect the pool; wait until it holds every replica again.
-        let restarted = Instant::now();
-        while balancer
-            .stats()
+        lookup.whoami().await?;
+        rt.sleep_until(Instant::now() + Duration::from_millis(5))
+            .await;
+    }
+    let spread = round(&rt, &lookup, &served).await?;
+    println!("replica-1 restarted: {CALLS_PER_ROUND} calls, served {spread:?}");
+    let stats = balancer.stats();
+    println!(
+        "retries {} (refused by the budget: {}); per endpoint: {}",
+        stats.retries,
+        stats.retries_refused,
+        stats
             .endpoints
             .iter()
-            .any(|e| e.connections == 0)
-        {
-            if restarted.elapsed() > Duration::from_secs(10) {
-                return Err("replica-1 never came back".into());
-            }
-            lookup.whoami().await?;
-            rt.sleep_until(Instant::now() + Duration::from_millis(5))
-                .await;
-        }
-        let spread = round(&rt, &lookup, &served).await?;
-        println!("replica-1 restarted: {CALLS_PER_ROUND} calls, served {spread:?}");
-        let stats = balancer.stats();
-        println!(
-            "retries {} (refused by the budget: {}); per endpoint: {}",
-            stats.retries,
-            stats.retries_refused,
-            stats
-                .endpoints
-                .iter()
-                .map(|e| format!("{} {} calls, {} failures", e.address, e.calls, e.failures))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        if spread.contains(&0) {
-            return Err("a replica got no calls after the restart".into());
-        }
-        Ok(())
+            .map(|e| format!("{} {} calls, {} failures", e.address, e.calls, e.failures))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    if spread.contains(&0) {
+        return Err("a replica got no calls after the restart".into());
     }
+    Ok(())
 }
 
-fn main() {
-    common::main(Demo);
+fn main() -> Result<(), Error> {
+    // The same demo on either runtime: only the runtime, its spawner and the transport differ.
+    if common::smol_requested()? {
+        // smol's global executor runs the server's and the client's tasks.
+        smol::block_on(run(SmolRuntime::global(), SmolTcp::default()))
+    } else {
+        let tokio = tokio::runtime::Runtime::new()?;
+        let rt = TokioRuntime::new(tokio.handle().clone());
+        tokio.block_on(run(rt, TokioTcp::default()))
+    }
 }

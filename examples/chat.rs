@@ -9,8 +9,13 @@ mod common;
 
 use std::{net::SocketAddr, sync::Mutex};
 
-use common::{Error, Example};
-use flumen::{rt::Runtime, stream::Transport, BoxStream, Client, Server, Stream, Streaming};
+use common::Error;
+use flumen::{
+    rt::{Runtime, SmolRuntime, TokioRuntime},
+    stream::Transport,
+    tcp::{SmolTcp, TokioTcp},
+    BoxStream, Client, Server, Stream, Streaming,
+};
 use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -104,52 +109,56 @@ impl Chat for std::sync::Arc<Room> {
     }
 }
 
-struct Demo;
-
-impl Example for Demo {
-    async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
-        self,
-        rt: R,
-        transport: T,
-    ) -> Result<(), Error> {
-        let room = std::sync::Arc::new(Room::default());
-        let server = Server::new(ChatServer::new(room))
-            .bind(&rt, &transport, &common::loopback())
-            .await?;
-        let connect = || async {
-            Ok::<_, Error>(ChatClient::new(
-                Client::connect(&rt, &transport, server.local_addr()).await?,
-            ))
-        };
-        let (ada, bob) = (connect().await?, connect().await?);
-        // Each member types into a channel; their stream out ends when they leave.
-        let (ada_says, ada_lines) = async_channel::bounded::<String>(8);
-        let (bob_says, bob_lines) = async_channel::bounded::<String>(8);
-        let hear =
-            |who: &'static str, message: Option<Result<Message, flumen::RpcError<ChatError>>>| {
-                let message = message.ok_or("room closed")??;
-                println!("{who} hears {}: {}", message.from, message.text);
-                Ok::<_, Error>(())
-            };
-        let mut ada_hears = ada.join("ada".into(), ada_lines).await?;
-        hear("ada", ada_hears.next().await)?; // ada joined
-        let mut bob_hears = bob.join("bob".into(), bob_lines).await?;
-        hear("bob", bob_hears.next().await)?; // bob joined
-        hear("ada", ada_hears.next().await)?; // bob joined
-        bob_says.send("hi ada".into()).await?;
-        ada_says.send("hello bob".into()).await?;
-        for _ in 0..2 {
-            hear("bob", bob_hears.next().await)?;
-            hear("ada", ada_hears.next().await)?;
-        }
-        // Leaving: closing a member's messages ends their stream.
-        drop((ada_says, bob_says));
-        let rest = ada_hears.count().await + bob_hears.count().await;
-        println!("both left ({rest} messages unread)");
-        Ok(())
+/// The demo, on runtime `rt` over `transport`.
+async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    let room = std::sync::Arc::new(Room::default());
+    let server = Server::new(ChatServer::new(room))
+        .bind(&rt, &transport, &common::loopback())
+        .await?;
+    let connect = || async {
+        Ok::<_, Error>(ChatClient::new(
+            Client::connect(&rt, &transport, server.local_addr()).await?,
+        ))
+    };
+    let (ada, bob) = (connect().await?, connect().await?);
+    // Each member types into a channel; their stream out ends when they leave.
+    let (ada_says, ada_lines) = async_channel::bounded::<String>(8);
+    let (bob_says, bob_lines) = async_channel::bounded::<String>(8);
+    let hear = |who: &'static str,
+                message: Option<Result<Message, flumen::RpcError<ChatError>>>| {
+        let message = message.ok_or("room closed")??;
+        println!("{who} hears {}: {}", message.from, message.text);
+        Ok::<_, Error>(())
+    };
+    let mut ada_hears = ada.join("ada".into(), ada_lines).await?;
+    hear("ada", ada_hears.next().await)?; // ada joined
+    let mut bob_hears = bob.join("bob".into(), bob_lines).await?;
+    hear("bob", bob_hears.next().await)?; // bob joined
+    hear("ada", ada_hears.next().await)?; // bob joined
+    bob_says.send("hi ada".into()).await?;
+    ada_says.send("hello bob".into()).await?;
+    for _ in 0..2 {
+        hear("bob", bob_hears.next().await)?;
+        hear("ada", ada_hears.next().await)?;
     }
+    // Leaving: closing a member's messages ends their stream.
+    drop((ada_says, bob_says));
+    let rest = ada_hears.count().await + bob_hears.count().await;
+    println!("both left ({rest} messages unread)");
+    Ok(())
 }
 
-fn main() {
-    common::main(Demo);
+fn main() -> Result<(), Error> {
+    // The same demo on either runtime: only the runtime, its spawner and the transport differ.
+    if common::smol_requested()? {
+        // smol's global executor runs the server's and the client's tasks.
+        smol::block_on(run(SmolRuntime::global(), SmolTcp::default()))
+    } else {
+        let tokio = tokio::runtime::Runtime::new()?;
+        let rt = TokioRuntime::new(tokio.handle().clone());
+        tokio.block_on(run(rt, TokioTcp::default()))
+    }
 }

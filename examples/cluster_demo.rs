@@ -29,7 +29,7 @@ use std::{
 
 use common::Error;
 use flumen::{
-    rt::Runtime,
+    rt::{Runtime, SmolRuntime, TokioRuntime},
     stream::Transport,
     tcp::{SmolTcp, TokioTcp},
     Server, ServerHandle,
@@ -426,13 +426,17 @@ async fn role<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
     }
 }
 
-fn main() {
+fn main() -> Result<(), Error> {
     let demo = Demo {
         start: Instant::now(),
     };
-    common::main_on(
-        demo,
-        |demo, rt| role(demo, rt, TokioTcp::default()),
-        |demo, rt| role(demo, rt, SmolTcp::default()),
-    );
+    // The same roles on either runtime: only the runtime, its spawner and the transport differ.
+    if common::smol_requested()? {
+        // smol's global executor runs the members' and the servers' tasks.
+        smol::block_on(role(demo, SmolRuntime::global(), SmolTcp::default()))
+    } else {
+        let tokio = tokio::runtime::Runtime::new()?;
+        let rt = TokioRuntime::new(tokio.handle().clone());
+        tokio.block_on(role(demo, rt, TokioTcp::default()))
+    }
 }

@@ -8,8 +8,13 @@ mod common;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
 
-use common::{Error, Example};
-use flumen::{rt::Runtime, stream::Transport, Client, RpcError, Server};
+use common::Error;
+use flumen::{
+    rt::{Runtime, SmolRuntime, TokioRuntime},
+    stream::Transport,
+    tcp::{SmolTcp, TokioTcp},
+    Client, RpcError, Server,
+};
 use serde::{Deserialize, Serialize};
 
 /// Why a key-value operation failed; the client receives it as this very type.
@@ -76,45 +81,49 @@ impl Kv for Store {
     }
 }
 
-struct Demo;
+/// The demo, on runtime `rt` over `transport`.
+async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    // A generated server is a Dispatch: serve it alone, or add it to a Router with others.
+    let server = Server::new(KvServer::new(Store::default()))
+        .bind(&rt, &transport, &common::loopback())
+        .await?;
+    let kv = KvClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
 
-impl Example for Demo {
-    async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
-        self,
-        rt: R,
-        transport: T,
-    ) -> Result<(), Error> {
-        // A generated server is a Dispatch: serve it alone, or add it to a Router with others.
-        let server = Server::new(KvServer::new(Store::default()))
-            .bind(&rt, &transport, &common::loopback())
-            .await?;
-        let kv = KvClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
-
-        println!(
-            "put colour=blue -> previous {:?}",
-            kv.put("colour".into(), "blue".into()).await?
-        );
-        println!("get colour -> {:?}", kv.get("colour".into()).await?);
-        match kv.get("size".into()).await {
-            Err(RpcError::Method(KvError::NotFound(key))) => {
-                println!("get size -> not found ({key})")
-            }
-            other => return Err(format!("expected NotFound, got {other:?}").into()),
+    println!(
+        "put colour=blue -> previous {:?}",
+        kv.put("colour".into(), "blue".into()).await?
+    );
+    println!("get colour -> {:?}", kv.get("colour".into()).await?);
+    match kv.get("size".into()).await {
+        Err(RpcError::Method(KvError::NotFound(key))) => {
+            println!("get size -> not found ({key})")
         }
-        let stale = kv
-            .swap("colour".into(), Some("red".into()), "green".into())
-            .await;
-        println!("swap red->green -> {stale:?}");
-        kv.swap("colour".into(), Some("blue".into()), "green".into())
-            .await?;
-        println!(
-            "swap blue->green -> ok, now {:?}",
-            kv.get("colour".into()).await?
-        );
-        Ok(())
+        other => return Err(format!("expected NotFound, got {other:?}").into()),
     }
+    let stale = kv
+        .swap("colour".into(), Some("red".into()), "green".into())
+        .await;
+    println!("swap red->green -> {stale:?}");
+    kv.swap("colour".into(), Some("blue".into()), "green".into())
+        .await?;
+    println!(
+        "swap blue->green -> ok, now {:?}",
+        kv.get("colour".into()).await?
+    );
+    Ok(())
 }
 
-fn main() {
-    common::main(Demo);
+fn main() -> Result<(), Error> {
+    // The same demo on either runtime: only the runtime, its spawner and the transport differ.
+    if common::smol_requested()? {
+        // smol's global executor runs the server's and the client's tasks.
+        smol::block_on(run(SmolRuntime::global(), SmolTcp::default()))
+    } else {
+        let tokio = tokio::runtime::Runtime::new()?;
+        let rt = TokioRuntime::new(tokio.handle().clone());
+        tokio.block_on(run(rt, TokioTcp::default()))
+    }
 }

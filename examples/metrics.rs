@@ -1,6 +1,7 @@
 //! Metrics through the `metrics` facade, exported by Prometheus's exporter on an HTTP
-//! `/metrics` page: a server and a client make calls (some fail), the server's connection
-//! counters are recorded, and the page is scraped and its Flumen lines printed. With `--hold`
+//! `/metrics` page: a server and a client make calls (some fail), the server's and the
+//! connection's counters are published by the `flumen-metrics` thread, and the page is scraped
+//! and its Flumen lines printed. With `--hold`
 //! the page stays up for a real Prometheus (or `curl`) until Ctrl-C.
 //!
 //! ```text
@@ -15,8 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Error, Example};
-use flumen::{rt::Runtime, stream::Transport, Client, Server};
+use common::Error;
+use flumen::{
+    rt::{Runtime, SmolRuntime, TokioRuntime},
+    stream::Transport,
+    tcp::{SmolTcp, TokioTcp},
+    Client, Server,
+};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -43,45 +49,50 @@ impl Directory for Users {
     }
 }
 
-struct Demo {
+/// The demo, on runtime `rt` over `transport`.
+async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
     listen: SocketAddr,
     hold: bool,
-}
-
-impl Example for Demo {
-    async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
-        self,
-        rt: R,
-        transport: T,
-    ) -> Result<(), Error> {
-        let server = Server::new(DirectoryServer::new(Users))
-            .bind(&rt, &transport, &common::loopback())
-            .await?;
-        let client =
-            DirectoryClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
-        for id in 0..1_000 {
-            // One call in ten asks for a user that does not exist.
-            let _ = client.lookup(id % 110).await;
-        }
-        flumen::metrics::record_server("directory", &server.stats());
-        if let Some(raw) = client.client().connection() {
-            flumen::metrics::record_client("directory", &raw.stats());
-        }
-        let page = scrape(self.listen)?;
-        println!("GET http://{}/metrics (Flumen's lines):\n", self.listen);
-        for line in page.lines().filter(|l| l.starts_with("flumen_")) {
-            println!("{line}");
-        }
-        if self.hold {
-            println!("\nserving http://{}/metrics until Ctrl-C", self.listen);
-            loop {
-                rt.sleep_until(Instant::now() + Duration::from_secs(1))
-                    .await;
-                flumen::metrics::record_server("directory", &server.stats());
-            }
-        }
-        Ok(())
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    let server = Server::new(DirectoryServer::new(Users))
+        .bind(&rt, &transport, &common::loopback())
+        .await?;
+    let client = DirectoryClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
+    for id in 0..1_000 {
+        // One call in ten asks for a user that does not exist.
+        let _ = client.lookup(id % 110).await;
     }
+    // The server's and the connection's counters are published by the `flumen-metrics`
+    // thread (every second by default): wait for a round that saw the calls.
+    let requests_read = |page: &str| {
+        page.lines()
+            .filter(|line| line.starts_with("flumen_server_frames_read_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let mut page = scrape(listen)?;
+    for _ in 0..100 {
+        if requests_read(&page) >= 1_000.0 {
+            break;
+        }
+        rt.sleep_until(Instant::now() + Duration::from_millis(50))
+            .await;
+        page = scrape(listen)?;
+    }
+    println!("GET http://{}/metrics (Flumen's lines):\n", listen);
+    for line in page.lines().filter(|l| l.starts_with("flumen_")) {
+        println!("{line}");
+    }
+    if hold {
+        println!("\nserving http://{}/metrics until Ctrl-C", listen);
+        loop {
+            rt.sleep_until(Instant::now() + Duration::from_secs(1))
+                .await;
+        }
+    }
+    Ok(())
 }
 
 /// The body of `GET /metrics`.
@@ -99,25 +110,23 @@ fn scrape(addr: SocketAddr) -> Result<String, Error> {
     }
 }
 
-fn main() {
+fn main() -> Result<(), Error> {
     let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
-    let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:9464".into());
+    let listen: SocketAddr = arg("--listen")
+        .unwrap_or_else(|| "127.0.0.1:9464".into())
+        .parse()?;
     let hold = std::env::args().any(|a| a == "--hold");
-    let installed = listen
-        .parse::<SocketAddr>()
-        .map_err(Error::from)
-        .and_then(|listen| {
-            PrometheusBuilder::new()
-                .with_http_listener(listen)
-                .install()
-                .map_err(Error::from)
-                .map(|()| listen)
-        });
-    match installed {
-        Ok(listen) => common::main(Demo { listen, hold }),
-        Err(e) => {
-            eprintln!("error: cannot serve /metrics on {listen}: {e}");
-            std::process::exit(1);
-        }
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .install()
+        .map_err(|e| format!("cannot serve /metrics on {listen}: {e}"))?;
+    // The same demo on either runtime: only the runtime, its spawner and the transport differ.
+    if common::smol_requested()? {
+        // smol's global executor runs the server's and the client's tasks.
+        smol::block_on(run(listen, hold, SmolRuntime::global(), SmolTcp::default()))
+    } else {
+        let tokio = tokio::runtime::Runtime::new()?;
+        let rt = TokioRuntime::new(tokio.handle().clone());
+        tokio.block_on(run(listen, hold, rt, TokioTcp::default()))
     }
 }

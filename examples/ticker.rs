@@ -8,8 +8,13 @@ mod common;
 
 use std::{net::SocketAddr, time::Duration};
 
-use common::{Error, Example};
-use flumen::{rt::Runtime, stream::Transport, BoxStream, Client, Server, Stream};
+use common::Error;
+use flumen::{
+    rt::{Runtime, SmolRuntime, TokioRuntime},
+    stream::Transport,
+    tcp::{SmolTcp, TokioTcp},
+    BoxStream, Client, Server, Stream,
+};
 use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -72,30 +77,33 @@ impl Ticker for Clock {
     }
 }
 
-struct Demo;
-
-impl Example for Demo {
-    async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
-        self,
-        rt: R,
-        transport: T,
-    ) -> Result<(), Error> {
-        let server = Server::new(TickerServer::new(Clock))
-            .bind(&rt, &transport, &common::loopback())
-            .await?;
-        let ticker =
-            TickerClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
-        let mut ticks = ticker.ticks(100, 5).await?;
-        while let Some(tick) = ticks.next().await {
-            let tick = tick?;
-            println!("tick {} at {} ms", tick.n, tick.elapsed_ms);
-        }
-        let err = ticker.ticks(0, 1).await?.next().await;
-        println!("period 0 -> {err:?}");
-        Ok(())
+/// The demo, on runtime `rt` over `transport`.
+async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    let server = Server::new(TickerServer::new(Clock))
+        .bind(&rt, &transport, &common::loopback())
+        .await?;
+    let ticker = TickerClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
+    let mut ticks = ticker.ticks(100, 5).await?;
+    while let Some(tick) = ticks.next().await {
+        let tick = tick?;
+        println!("tick {} at {} ms", tick.n, tick.elapsed_ms);
     }
+    let err = ticker.ticks(0, 1).await?.next().await;
+    println!("period 0 -> {err:?}");
+    Ok(())
 }
 
-fn main() {
-    common::main(Demo);
+fn main() -> Result<(), Error> {
+    // The same demo on either runtime: only the runtime, its spawner and the transport differ.
+    if common::smol_requested()? {
+        // smol's global executor runs the server's and the client's tasks.
+        smol::block_on(run(SmolRuntime::global(), SmolTcp::default()))
+    } else {
+        let tokio = tokio::runtime::Runtime::new()?;
+        let rt = TokioRuntime::new(tokio.handle().clone());
+        tokio.block_on(run(rt, TokioTcp::default()))
+    }
 }

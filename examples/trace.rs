@@ -11,8 +11,13 @@ mod common;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use common::{Error, Example};
-use flumen::{rt::Runtime, stream::Transport, Client, Router, Server};
+use common::Error;
+use flumen::{
+    rt::{Runtime, SmolRuntime, TokioRuntime},
+    stream::Transport,
+    tcp::{SmolTcp, TokioTcp},
+    Client, Router, Server,
+};
 use opentelemetry::trace::TracerProvider;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing::Instrument;
@@ -56,45 +61,39 @@ impl Backend for Names {
     }
 }
 
-struct Demo {
+/// The demo, on runtime `rt` over `transport`.
+async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
     spans: InMemorySpanExporter,
-}
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    let backend = Server::new(BackendServer::new(Names))
+        .bind(&rt, &transport, &common::loopback())
+        .await?;
+    let to_backend = Client::connect(&rt, &transport, backend.local_addr()).await?;
+    let frontend = Greeter {
+        backend: BackendClient::new(to_backend),
+    };
+    let router = Router::new().service(FrontendServer::new(frontend))?;
+    let server = Server::new(router)
+        .bind(&rt, &transport, &common::loopback())
+        .await?;
+    let client = FrontendClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
 
-impl Example for Demo {
-    async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
-        self,
-        rt: R,
-        transport: T,
-    ) -> Result<(), Error> {
-        let backend = Server::new(BackendServer::new(Names))
-            .bind(&rt, &transport, &common::loopback())
-            .await?;
-        let to_backend = Client::connect(&rt, &transport, backend.local_addr()).await?;
-        let frontend = Greeter {
-            backend: BackendClient::new(to_backend),
-        };
-        let router = Router::new().service(FrontendServer::new(frontend))?;
-        let server = Server::new(router)
-            .bind(&rt, &transport, &common::loopback())
-            .await?;
-        let client =
-            FrontendClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
+    let request = tracing::info_span!("handle_request");
+    let greeting = client.greet(1).instrument(request).await?;
+    println!("{greeting}\n");
 
-        let request = tracing::info_span!("handle_request");
-        let greeting = client.greet(1).instrument(request).await?;
-        println!("{greeting}\n");
-
-        // The servers' spans end when their replies are queued: wait for all five.
-        for _ in 0..200 {
-            if self.spans.get_finished_spans()?.len() >= 5 {
-                break;
-            }
-            rt.sleep_until(std::time::Instant::now() + std::time::Duration::from_millis(5))
-                .await;
+    // The servers' spans end when their replies are queued: wait for all five.
+    for _ in 0..200 {
+        if spans.get_finished_spans()?.len() >= 5 {
+            break;
         }
-        print_tree(&self.spans.get_finished_spans()?);
-        Ok(())
+        rt.sleep_until(std::time::Instant::now() + std::time::Duration::from_millis(5))
+            .await;
     }
+    print_tree(&spans.get_finished_spans()?);
+    Ok(())
 }
 
 /// Prints spans as a tree per trace: name, kind, what the call recorded, ids.
@@ -163,17 +162,26 @@ fn print_span(
     }
 }
 
-fn main() {
+fn main() -> Result<(), Error> {
     let spans = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(spans.clone())
         .build();
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("trace-example"));
     let subscriber = tracing_subscriber::registry().with(layer);
-    if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    tracing::subscriber::set_global_default(subscriber)?;
     let _keep = Arc::new(provider);
-    common::main(Demo { spans });
+    // The same demo on either runtime: only the runtime, its spawner and the transport differ.
+    if common::smol_requested()? {
+        // smol's global executor runs the server's and the client's tasks.
+        smol::block_on(run(
+            spans.clone(),
+            SmolRuntime::global(),
+            SmolTcp::default(),
+        ))
+    } else {
+        let tokio = tokio::runtime::Runtime::new()?;
+        let rt = TokioRuntime::new(tokio.handle().clone());
+        tokio.block_on(run(spans.clone(), rt, TokioTcp::default()))
+    }
 }

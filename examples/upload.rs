@@ -9,8 +9,13 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{Error, Example};
-use flumen::{rt::Runtime, stream::Transport, Client, Server, Streaming};
+use common::Error;
+use flumen::{
+    rt::{Runtime, SmolRuntime, TokioRuntime},
+    stream::Transport,
+    tcp::{SmolTcp, TokioTcp},
+    Client, Server, Streaming,
+};
 use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -89,57 +94,60 @@ impl Uploads for Sink {
     }
 }
 
-struct Demo;
-
-impl Example for Demo {
-    async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
-        self,
-        rt: R,
-        transport: T,
-    ) -> Result<(), Error> {
-        let server = Server::new(UploadsServer::new(Sink))
-            .bind(&rt, &transport, &common::loopback())
-            .await?;
-        let uploads =
-            UploadsClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
-        let path = std::env::args().skip_while(|a| a != "--file").nth(1);
-        let (name, content) = match path {
-            Some(path) => (path.clone(), std::fs::read(&path)?),
-            None => (
-                "generated.bin".to_owned(),
-                (0..8_000_000u32).map(|i| (i % 251) as u8).collect(),
-            ),
-        };
-        let expected = fnv(FNV_START, &content);
-        let chunks: Vec<serde_bytes::ByteBuf> = content
-            .chunks(64 * 1024)
-            .map(|c| serde_bytes::ByteBuf::from(c.to_vec()))
-            .collect();
-        let start = std::time::Instant::now();
-        let receipt = uploads
-            .upload(name, futures_lite::stream::iter(chunks))
-            .await?;
-        let elapsed = start.elapsed();
-        println!(
-            "{}: {} bytes in {} chunks, digest {:016x} ({}), {:.0} MB/s",
-            receipt.name,
-            receipt.bytes,
-            receipt.chunks,
-            receipt.digest,
-            if receipt.digest == expected {
-                "matches"
-            } else {
-                "MISMATCH"
-            },
-            receipt.bytes as f64 / elapsed.as_secs_f64() / 1e6,
-        );
-        if receipt.digest != expected {
-            return Err("digest mismatch".into());
-        }
-        Ok(())
+/// The demo, on runtime `rt` over `transport`.
+async fn run<R: Runtime, T: Transport<Addr = SocketAddr> + Clone>(
+    rt: R,
+    transport: T,
+) -> Result<(), Error> {
+    let server = Server::new(UploadsServer::new(Sink))
+        .bind(&rt, &transport, &common::loopback())
+        .await?;
+    let uploads = UploadsClient::new(Client::connect(&rt, &transport, server.local_addr()).await?);
+    let path = std::env::args().skip_while(|a| a != "--file").nth(1);
+    let (name, content) = match path {
+        Some(path) => (path.clone(), std::fs::read(&path)?),
+        None => (
+            "generated.bin".to_owned(),
+            (0..8_000_000u32).map(|i| (i % 251) as u8).collect(),
+        ),
+    };
+    let expected = fnv(FNV_START, &content);
+    let chunks: Vec<serde_bytes::ByteBuf> = content
+        .chunks(64 * 1024)
+        .map(|c| serde_bytes::ByteBuf::from(c.to_vec()))
+        .collect();
+    let start = std::time::Instant::now();
+    let receipt = uploads
+        .upload(name, futures_lite::stream::iter(chunks))
+        .await?;
+    let elapsed = start.elapsed();
+    println!(
+        "{}: {} bytes in {} chunks, digest {:016x} ({}), {:.0} MB/s",
+        receipt.name,
+        receipt.bytes,
+        receipt.chunks,
+        receipt.digest,
+        if receipt.digest == expected {
+            "matches"
+        } else {
+            "MISMATCH"
+        },
+        receipt.bytes as f64 / elapsed.as_secs_f64() / 1e6,
+    );
+    if receipt.digest != expected {
+        return Err("digest mismatch".into());
     }
+    Ok(())
 }
 
-fn main() {
-    common::main(Demo);
+fn main() -> Result<(), Error> {
+    // The same demo on either runtime: only the runtime, its spawner and the transport differ.
+    if common::smol_requested()? {
+        // smol's global executor runs the server's and the client's tasks.
+        smol::block_on(run(SmolRuntime::global(), SmolTcp::default()))
+    } else {
+        let tokio = tokio::runtime::Runtime::new()?;
+        let rt = TokioRuntime::new(tokio.handle().clone());
+        tokio.block_on(run(rt, TokioTcp::default()))
+    }
 }
