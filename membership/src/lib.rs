@@ -30,7 +30,7 @@
 //!     .config(Config::default())
 //!     .bind(&rt, "10.0.0.7:7946".parse()?)?;
 //! let cluster = ClusterClient::for_member(&rt, flumen::tcp::TokioTcp::default(), &member);
-//! let answer: String = cluster.call_worker("zone=eu && gpu", "Jobs/run", &42u64).await?;
+//! let answer: String = cluster.call_worker("zone=eu && gpu", "Jobs.run", &42u64).await?;
 //! # let _ = answer;
 //! member.leave().await?;
 //! # Ok(())
