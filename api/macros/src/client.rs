@@ -127,7 +127,7 @@ pub(crate) fn methods(
             #[doc = ""]
             #[doc = #call_doc]
             #[doc = ""]
-            #[doc = "Your items are sent as you poll the returned stream."]
+            #[doc = "Your items are sent from a task of their own on the client's runtime (a client made with a runtime: `connect`, `balanced`, `with_runtime`), or else as you poll the returned stream."]
             pub async fn #name(
                 &self,
                 #(#client_params,)*

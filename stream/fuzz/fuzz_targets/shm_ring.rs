@@ -1,40 +1,44 @@
 //! The shared-memory transport's client side against a hostile server: its handshake over the
-//! socket (the announcement of the file and the ring size), and its rings, whose peer indices,
-//! flags and bytes the server scribbles at will between the client's reads and writes. The
-//! socket is an in-memory `Bell`; the rings are a real file mapped by the client, which this
-//! target (the server) writes and reads with plain file I/O.
+//! socket (the announcement of the ring size, with the region's descriptor attached), and its
+//! rings, whose peer indices, flags and bytes the server scribbles at will between the
+//! client's reads and writes. The socket is an in-memory `Bell` that carries descriptors; the
+//! region is real anonymous memory (a memfd, sealed against resizing unless the input says
+//! otherwise) mapped by the client, which this target (the server) writes and reads with plain
+//! file I/O through its own descriptor.
 //!
 //! The client never panics and never touches memory outside its rings. The handshake succeeds
-//! exactly when the announcement is well formed and names a file of the announced size with
-//! both ring headers intact, and then acknowledges; otherwise it fails with a typed error
-//! (`InvalidData`, `UnexpectedEof`, `NotFound`) and acknowledges nothing. Each read and write
-//! does what a model of the ring says, byte for byte over the whole mapping: a read takes
-//! exactly `min(asked, published)` bytes from the ring's next positions (so never more than
-//! the ring holds), or fails with `InvalidData` when the server's index claims more than the
-//! ring holds, or ends when the server closed the ring or hung up, or waits (parked) for a
-//! wake-up; a write takes what fits after the server's index, or waits parked while the ring
-//! is full, and fails once closed or once the server hung up; only the client's own indices
-//! and flags change, and the socket carries one wake-up for each parked peer it found.
+//! exactly when the announcement is well formed, carries exactly one descriptor, of a region
+//! sealed against shrinking and growing, of the announced size, with both ring headers intact,
+//! and then acknowledges; otherwise it fails with a typed error (`InvalidData`) and
+//! acknowledges nothing. Each read and write does what a model of the ring says, byte for byte
+//! over the whole mapping: a read takes exactly `min(asked, published)` bytes from the ring's
+//! next positions (so never more than the ring holds), or fails with `InvalidData` when the
+//! server's index claims more than the ring holds, or ends when the server closed the ring or
+//! hung up, or waits (parked) for a wake-up; a write takes what fits after the server's index,
+//! or waits parked while the ring is full, and fails once closed or once the server hung up;
+//! only the client's own indices and flags change, and the socket carries one wake-up for each
+//! parked peer it found.
 //!
 //! Input: a setup byte (bit 0: rings of 8 KiB, else 4 KiB; bit 1: the announcement's magic is
 //! the next 4 bytes; bit 2: the announced ring size is the next `u32`; bit 3: the announced
-//! name length is at least the next `u32`; bit 4: the announced file does not exist; bits 5
-//! and 6: the header of ring 0 (the client's) or ring 1 (the server's) is scribbled by the next
-//! byte), its fields, then operations of one byte each with their arguments (see `run`).
+//! descriptor count is the next `u32` (else 1); bit 4: the region is not sealed; bits 5 and 6:
+//! the header of ring 0 (the client's) or ring 1 (the server's) is scribbled by the next byte;
+//! bit 7: a second descriptor comes with the first), its fields, then operations of one byte
+//! each with their arguments (see `run`).
 #![no_main]
 
 use std::{
     collections::VecDeque,
-    fs::{File, OpenOptions},
+    fs::File,
     future::Future,
     io::{self, IoSlice},
-    os::unix::{ffi::OsStrExt, fs::FileExt},
+    os::{
+        fd::{BorrowedFd, OwnedFd},
+        unix::fs::FileExt,
+    },
     path::{Path, PathBuf},
     pin::{pin, Pin},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
 };
 
@@ -71,8 +75,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         input.u32()
     };
-    let name_len = (setup & 8 != 0).then(|| input.u32());
-    let missing = setup & 16 != 0;
+    let declared_fds = if setup & 8 == 0 { 1 } else { input.u32() };
+    let unsealed = setup & 16 != 0;
+    let extra_fd = setup & 128 != 0;
     let mut model = Model::new(capacity);
     let mut scribbled = false;
     for (bit, ring) in [(32, OUT), (64, IN)] {
@@ -82,35 +87,29 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // The server's file, then its announcement on the socket.
-    let file = RingFile::create(&model.mirror);
-    let mut name = file.path.as_os_str().as_bytes().to_vec();
-    if missing {
-        name.extend_from_slice(b"-missing");
-    }
-    // Never shorter than the name: a prefix of the path could name some other file.
-    let declared = name_len.map_or(name.len(), |n| (n as usize).max(name.len()));
+    // The server's region, then its announcement on the socket, the descriptor attached.
+    let file = RingFile::create(&model.mirror, !unsealed);
     let line = Arc::new(Mutex::new(Line::default()));
     {
         let mut line = line.lock().unwrap();
         line.incoming.extend(magic);
         line.incoming.extend(announced.to_le_bytes());
-        line.incoming.extend((declared as u32).to_le_bytes());
-        line.incoming.extend(&name);
+        line.incoming.extend(declared_fds.to_le_bytes());
+        line.fds.push(file.file.try_clone().expect("a second descriptor").into());
+        if extra_fd {
+            line.fds.push(file.file.try_clone().expect("a third descriptor").into());
+        }
     }
-    let expected = if magic != *b"FSHM" {
-        Err(io::ErrorKind::InvalidData)
-    } else if !(announced as usize).is_power_of_two()
+    let expected = if magic != *b"FSHM"
+        || !(announced as usize).is_power_of_two()
         || !(4096..=MAX_RING_CAPACITY).contains(&(announced as usize))
-        || declared > 4096
+        || declared_fds != 1
+        || extra_fd
+        || unsealed
+        // A region of another size, or a ring header that is not the creator's.
+        || announced as usize != capacity
+        || scribbled
     {
-        Err(io::ErrorKind::InvalidData)
-    } else if declared > name.len() {
-        Err(io::ErrorKind::UnexpectedEof)
-    } else if missing {
-        Err(io::ErrorKind::NotFound)
-    } else if announced as usize != capacity || scribbled {
-        // A file of another size, or a ring header that is not the creator's.
         Err(io::ErrorKind::InvalidData)
     } else {
         Ok(())
@@ -132,7 +131,6 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     };
-    file.unlink();
     let (reader, writer) = match (expected, connected) {
         (Ok(()), Ok(halves)) => halves,
         (Err(kind), Err(e)) => {
@@ -528,43 +526,30 @@ impl Model {
 /// The server's file, named only until the client has mapped it (or failed to).
 struct RingFile {
     file: File,
-    path: PathBuf,
 }
 
 impl RingFile {
-    fn create(contents: &[u8]) -> Self {
-        static CREATED: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "flumen-fuzz-shm-{}-{}",
-            std::process::id(),
-            CREATED.fetch_add(1, Ordering::Relaxed)
-        ));
-        // A file of a crashed run with the same process id is ours to reuse.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("create the ring file");
-        file.write_all_at(contents, 0).expect("fill the ring file");
-        Self { file, path }
+    /// Anonymous memory holding `contents`, sealed against resizing if `sealed`.
+    fn create(contents: &[u8], sealed: bool) -> Self {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create(
+            "flumen-fuzz-shm",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .expect("create the region");
+        let file = File::from(fd);
+        file.write_all_at(contents, 0).expect("fill the region");
+        if sealed {
+            rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW)
+                .expect("seal the region");
+        }
+        Self { file }
     }
 
     fn write(&self, offset: usize, bytes: &[u8]) {
         self.file
             .write_all_at(bytes, offset as u64)
-            .expect("write the ring file");
-    }
-
-    fn unlink(&self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl Drop for RingFile {
-    fn drop(&mut self) {
-        self.unlink();
+            .expect("write the region");
     }
 }
 
@@ -573,6 +558,8 @@ impl Drop for RingFile {
 struct Line {
     /// What the server sent and the client has not read.
     incoming: VecDeque<u8>,
+    /// Descriptors the server sent with its first bytes, until the client reads them.
+    fds: Vec<OwnedFd>,
     /// The server closed its end.
     hung_up: bool,
     /// What the client wrote.
@@ -635,6 +622,18 @@ impl Bell for FakeBell {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         self.0.lock().unwrap().written.extend_from_slice(buf);
         Ok(buf.len())
+    }
+
+    fn try_write_with_fd(&self, _: &[u8], _: BorrowedFd<'_>) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn try_read_with_fds(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        let n = self.try_read(buf)?;
+        if n > 0 {
+            fds.append(&mut self.0.lock().unwrap().fds);
+        }
+        Ok(n)
     }
 }
 

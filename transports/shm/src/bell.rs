@@ -3,6 +3,7 @@
 use std::{
     future::{poll_fn, Future},
     io,
+    os::fd::{BorrowedFd, OwnedFd},
     path::Path,
     sync::Arc,
     task::{Context, Poll, Wake, Waker},
@@ -56,6 +57,22 @@ pub trait Bell: Send + Sync + Sized + 'static {
     ///
     /// As `write(2)`.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+
+    /// Writes what fits of `buf` with descriptor `fd` attached (`SCM_RIGHTS`), without
+    /// waiting (`WouldBlock` if nothing fits): the handshake passes the shared region so.
+    ///
+    /// # Errors
+    ///
+    /// As `sendmsg(2)`.
+    fn try_write_with_fd(&self, buf: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize>;
+
+    /// Reads what is there without waiting (`WouldBlock` if nothing is), adding the
+    /// descriptors that came with the bytes to `fds`.
+    ///
+    /// # Errors
+    ///
+    /// As `recvmsg(2)`; `InvalidData` if more descriptors came than a message may carry.
+    fn try_read_with_fds(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize>;
 }
 
 /// Which half waits on the bell.
@@ -139,14 +156,49 @@ pub(crate) async fn read_exact<B: Bell>(bell: &B, buf: &mut [u8]) -> io::Result<
     Ok(())
 }
 
-/// Writes all of `buf` (the handshake).
-pub(crate) async fn write_all<B: Bell>(bell: &B, buf: &[u8]) -> io::Result<()> {
+/// Reads exactly `buf.len()` bytes (the handshake), adding the descriptors that came with
+/// them to `fds`.
+pub(crate) async fn read_exact_with_fds<B: Bell>(
+    bell: &B,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        filled += poll_fn(|cx| loop {
+            std::task::ready!(bell.poll_readable(cx))?;
+            match bell.try_read_with_fds(&mut buf[filled..], fds) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` (the handshake), the first bytes with `fd` attached if given.
+pub(crate) async fn write_all<B: Bell>(
+    bell: &B,
+    buf: &[u8],
+    mut fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let mut written = 0;
     while written < buf.len() {
         written += poll_fn(|cx| loop {
             std::task::ready!(bell.poll_writable(cx))?;
-            match bell.try_write(&buf[written..]) {
-                Ok(n) => return Poll::Ready(Ok(n)),
+            let wrote = match fd {
+                Some(fd) => bell.try_write_with_fd(&buf[written..], fd),
+                None => bell.try_write(&buf[written..]),
+            };
+            match wrote {
+                Ok(n) => {
+                    // The descriptor went with these bytes.
+                    fd = None;
+                    return Poll::Ready(Ok(n));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -192,6 +244,21 @@ impl Bell for TokioBell {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         self.0.try_write(buf)
     }
+
+    fn try_write_with_fd(&self, buf: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+        use std::os::fd::AsFd;
+        // Through `try_io`, so that `WouldBlock` clears the readiness tokio cached.
+        self.0.try_io(tokio::io::Interest::WRITABLE, || {
+            crate::region::send_with_fd(self.0.as_fd(), buf, fd)
+        })
+    }
+
+    fn try_read_with_fds(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        use std::os::fd::AsFd;
+        self.0.try_io(tokio::io::Interest::READABLE, || {
+            crate::region::recv_with_fds(self.0.as_fd(), buf, fds)
+        })
+    }
 }
 
 /// An async-io (smol) Unix socket as a bell.
@@ -231,5 +298,15 @@ impl Bell for SmolBell {
 
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         io::Write::write(&mut self.0.get_ref(), buf)
+    }
+
+    fn try_write_with_fd(&self, buf: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+        use std::os::fd::AsFd;
+        crate::region::send_with_fd(self.0.get_ref().as_fd(), buf, fd)
+    }
+
+    fn try_read_with_fds(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        use std::os::fd::AsFd;
+        crate::region::recv_with_fds(self.0.get_ref().as_fd(), buf, fds)
     }
 }

@@ -1,18 +1,25 @@
 //! A shared-memory transport for Flumen, for processes on one host: `TokioShm` behind the
 //! `tokio` feature, `SmolShm` behind the `smol` feature.
 //!
-//! A connection is a Unix socket plus a file mapped by both processes that holds two bounded
-//! rings, one per direction ([`ShmConfig::ring_capacity`] bytes each). Frames go through the
-//! rings, copied once in and once out, with no system call while both sides are busy. The
-//! socket carries the rest:
+//! A connection is a Unix socket plus a region of memory mapped by both processes that holds
+//! two bounded rings, one per direction ([`ShmConfig::ring_capacity`] bytes each). Frames go
+//! through the rings, copied once in and once out, with no system call while both sides are
+//! busy. The socket carries the rest:
 //!
-//! - the handshake: the server creates the file (mode 0600, under `/dev/shm` where it exists),
-//!   sends its path and the ring size, and removes it once the client has mapped it, so
-//!   nothing is left behind whatever happens next;
+//! - the handshake: the server creates the region as anonymous memory (`memfd_create` on
+//!   Linux), seals it against shrinking and growing, and passes its descriptor with the ring
+//!   size (`SCM_RIGHTS`); the client checks the seals, the size and the ring headers before it
+//!   acknowledges. Nothing is left on a file system, and a peer cannot resize the region under
+//!   the other's mapping (which would make its next access a bus error);
 //! - wake-ups: a side that finds its ring empty (or full) says so in the ring's header and
 //!   waits for a byte on the socket, which the other side sends only then;
 //! - liveness: when either process ends, crashed or not, the kernel closes its socket, and the
 //!   other side reads the end of the connection, which fails every pending call.
+//!
+//! The peer is another process and may be broken or hostile: every byte read from the region
+//! is copied into private memory with atomic loads before it is looked at, and every index
+//! the peer publishes is checked against the ring's size on every use; a bad one is an
+//! `InvalidData` error that ends that connection alone.
 //!
 //! The address is the listener's socket path, as with the Unix transport. All `unsafe` code
 //! (the mapping and the copies in and out of it) is in the `ring` module.
@@ -20,19 +27,17 @@
 #![cfg(unix)]
 
 mod bell;
+mod region;
 mod ring;
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     future::Future,
     io,
-    os::unix::fs::OpenOptionsExt,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -89,7 +94,8 @@ impl ShmConfig {
         self
     }
 
-    /// Where a listener creates the mapped files (each is removed once both sides mapped it).
+    /// Where a listener creates the regions' files on systems without sealed anonymous memory
+    /// (each is removed as soon as it is open; Linux uses `memfd_create` and no directory).
     /// Default `/dev/shm` if it is a directory, else the system's temporary directory.
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
@@ -371,93 +377,85 @@ fn rings(capacity: usize, server: bool) -> (Ring, Ring) {
     }
 }
 
-/// Files created by this process, numbered so that names never repeat.
-static CREATED: AtomicU64 = AtomicU64::new(0);
+/// The server's announcement: magic, ring capacity, descriptors attached (one, the region).
+const ANNOUNCEMENT_LEN: usize = 12;
+const ANNOUNCEMENT_MAGIC: &[u8; 4] = b"FSHM";
 
-/// The server's side of the handshake: create, map and announce the file; remove it once the
-/// client mapped it.
+fn announcement(capacity: usize) -> [u8; ANNOUNCEMENT_LEN] {
+    let mut bytes = [0u8; ANNOUNCEMENT_LEN];
+    bytes[..4].copy_from_slice(ANNOUNCEMENT_MAGIC);
+    bytes[4..8].copy_from_slice(&(capacity as u32).to_le_bytes());
+    bytes[8..].copy_from_slice(&1u32.to_le_bytes());
+    bytes
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+/// The ring capacity a server announced, if the announcement is well formed.
+fn parse_announcement(bytes: &[u8; ANNOUNCEMENT_LEN]) -> io::Result<usize> {
+    let field =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    if &bytes[..4] != ANNOUNCEMENT_MAGIC {
+        return Err(invalid("not a Flumen shared-memory listener"));
+    }
+    let capacity = field(4) as usize;
+    if !capacity.is_power_of_two()
+        || !(4096..=MAX_RING_CAPACITY).contains(&capacity)
+        || field(8) != 1
+    {
+        return Err(invalid("bad shared-memory announcement"));
+    }
+    Ok(capacity)
+}
+
+/// The server's side of the handshake: create, seal and map the region, and pass it to the
+/// client with the announcement; wait for the client's acknowledgement.
 async fn accept_handshake<B: Bell>(
     bell: B,
     config: ShmConfig,
 ) -> io::Result<(ShmReader<B>, ShmWriter<B>)> {
     let capacity = config.ring_capacity;
-    let path = config.dir_or_default().join(format!(
-        "flumen-shm-{}-{}-{:016x}",
-        std::process::id(),
-        CREATED.fetch_add(1, Ordering::Relaxed),
-        fastrand::u64(..)
-    ));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    // Removed on every path out of here: once mapped by both, it needs no name.
-    let _unlink = Unlink(&path);
-    file.set_len(mapping_len(capacity) as u64)?;
-    let map = Mapping::new(&file, mapping_len(capacity))?;
+    let len = mapping_len(capacity);
+    let region = region::create(len, &config.dir_or_default())?;
+    let map = Mapping::new(&region, len)?;
     let (out, inbound) = rings(capacity, true);
     out.init(&map);
     inbound.init(&map);
-    let name = path.as_os_str().as_encoded_bytes();
-    let mut hello = Vec::with_capacity(12 + name.len());
-    hello.extend_from_slice(b"FSHM");
-    hello.extend_from_slice(&(capacity as u32).to_le_bytes());
-    hello.extend_from_slice(&(name.len() as u32).to_le_bytes());
-    hello.extend_from_slice(name);
-    bell::write_all(&bell, &hello).await?;
+    bell::write_all(&bell, &announcement(capacity), Some(region.as_fd())).await?;
+    // The mapping keeps the memory; the descriptor is no longer needed on this side.
+    drop(region);
     let mut ack = [0u8; 1];
     bell::read_exact(&bell, &mut ack).await?;
     if ack != [1] {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "client refused the shared memory",
-        ));
+        return Err(invalid("client refused the shared memory"));
     }
     Ok(halves(map, (out, inbound), bell, config.spin_checks))
 }
 
-/// The client's side: map the announced file, check it, acknowledge.
+/// The client's side: take the announced region, check its seals, size and ring headers,
+/// map it, acknowledge.
 async fn connect_handshake<B: Bell>(
     bell: B,
     spin: u32,
 ) -> io::Result<(ShmReader<B>, ShmWriter<B>)> {
-    let mut head = [0u8; 12];
-    bell::read_exact(&bell, &mut head).await?;
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    if &head[..4] != b"FSHM" {
-        return Err(invalid("not a Flumen shared-memory listener"));
-    }
-    let capacity = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-    let name_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
-    if !capacity.is_power_of_two()
-        || !(4096..=MAX_RING_CAPACITY).contains(&capacity)
-        || name_len > 4096
-    {
-        return Err(invalid("bad shared-memory announcement"));
-    }
-    let mut name = vec![0u8; name_len];
-    bell::read_exact(&bell, &mut name).await?;
-    let path = PathBuf::from(std::ffi::OsString::from_vec(name));
-    let file: File = OpenOptions::new().read(true).write(true).open(&path)?;
-    let map = Mapping::new(&file, mapping_len(capacity))?;
+    let mut head = [0u8; ANNOUNCEMENT_LEN];
+    let mut fds = Vec::new();
+    bell::read_exact_with_fds(&bell, &mut head, &mut fds).await?;
+    let capacity = parse_announcement(&head)?;
+    let [fd]: [OwnedFd; 1] = fds
+        .try_into()
+        .map_err(|_| invalid("the announcement must carry exactly one descriptor"))?;
+    let region = File::from(fd);
+    region::check_sealed(&region)?;
+    let map = Mapping::new(&region, mapping_len(capacity))?;
+    drop(region);
     let (out, inbound) = rings(capacity, false);
     out.check(&map)?;
     inbound.check(&map)?;
-    bell::write_all(&bell, &[1]).await?;
+    bell::write_all(&bell, &[1], None).await?;
     Ok(halves(map, (out, inbound), bell, spin))
-}
-
-use std::os::unix::ffi::OsStringExt;
-
-/// Removes a path when dropped.
-struct Unlink<'a>(&'a Path);
-
-impl Drop for Unlink<'_> {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.0);
-    }
 }
 
 /// Removes a listener's socket file when it goes.

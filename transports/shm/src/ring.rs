@@ -15,7 +15,9 @@
 //!
 //! Each side keeps its own copy of the index it writes and only reads the other's: the peer
 //! is another process and may be broken or hostile, so an index that says more than the
-//! ring holds is an error, never trusted for a copy.
+//! ring holds is an error, never trusted for a copy. Bytes cross the mapping only through
+//! atomic loads and stores (word by word), never plain copies: the peer may write while this
+//! side reads, and what this side checks is its private copy.
 #![allow(unsafe_code)]
 
 use std::{
@@ -23,7 +25,7 @@ use std::{
     io,
     os::fd::AsRawFd,
     ptr::NonNull,
-    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering},
 };
 
 /// Bytes of a ring's header.
@@ -97,33 +99,74 @@ impl Mapping {
         unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
     }
 
-    /// Copies `src` into the mapping at `offset`.
+    /// Copies `src` into the mapping at `offset`, with atomic stores: the peer may touch the
+    /// same bytes at the same time (it must not, but it may be hostile), and a race through
+    /// atomics is defined behaviour where one through plain writes is not.
     fn write(&self, offset: usize, src: &[u8]) {
         assert!(offset
             .checked_add(src.len())
             .is_some_and(|end| end <= self.len));
-        // SAFETY: the range is in bounds (checked above) and, by the ring protocol, owned by
-        // this side until it publishes it; `src` is our own memory, so they do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
+        let (head, words, tail) = split_aligned(offset, src.len());
+        for (i, &byte) in src[..head].iter().enumerate() {
+            self.byte(offset + i).store(byte, Ordering::Relaxed);
+        }
+        let body = &src[head..head + 8 * words];
+        for (i, word) in body.chunks_exact(8).enumerate() {
+            let word = u64::from_ne_bytes(word.try_into().unwrap_or_default());
+            self.word(offset + head + 8 * i)
+                .store(word, Ordering::Relaxed);
+        }
+        let at = offset + head + 8 * words;
+        for (i, &byte) in src[src.len() - tail..].iter().enumerate() {
+            self.byte(at + i).store(byte, Ordering::Relaxed);
         }
     }
 
-    /// Copies from the mapping at `offset` into `dst`.
+    /// Copies from the mapping at `offset` into `dst`, with atomic loads (see `write`): what
+    /// the caller then checks and uses is its own copy, which the peer cannot change.
     fn read(&self, offset: usize, dst: &mut [u8]) {
         assert!(offset
             .checked_add(dst.len())
             .is_some_and(|end| end <= self.len));
-        // SAFETY: in bounds (checked above); by the ring protocol the peer does not write
-        // this range until we publish that we read it; `dst` is our own memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
+        let len = dst.len();
+        let (head, words, tail) = split_aligned(offset, len);
+        for (i, byte) in dst[..head].iter_mut().enumerate() {
+            *byte = self.byte(offset + i).load(Ordering::Relaxed);
+        }
+        let body = &mut dst[head..head + 8 * words];
+        for (i, word) in body.chunks_exact_mut(8).enumerate() {
+            let loaded = self.word(offset + head + 8 * i).load(Ordering::Relaxed);
+            word.copy_from_slice(&loaded.to_ne_bytes());
+        }
+        let at = offset + head + 8 * words;
+        for (i, byte) in dst[len - tail..].iter_mut().enumerate() {
+            *byte = self.byte(at + i).load(Ordering::Relaxed);
         }
     }
+
+    /// The byte at `offset`, which the caller checked is in bounds.
+    fn byte(&self, offset: usize) -> &AtomicU8 {
+        debug_assert!(offset < self.len);
+        // SAFETY: in bounds (the callers check whole ranges), any alignment suits a byte, and
+        // the memory is accessed only atomically by this process.
+        unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(offset)) }
+    }
+
+    /// The 8-byte word at `offset`, 8-aligned, which the caller checked is in bounds.
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset % 8 == 0 && offset + 8 <= self.len);
+        // SAFETY: in bounds (the callers check whole ranges) and 8-aligned (the mapping is
+        // page-aligned and `offset` a multiple of 8), accessed only atomically here.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset).cast::<u64>()) }
+    }
+}
+
+/// Splits `len` bytes from `offset` into bytes before the first 8-aligned offset, whole
+/// aligned words, and bytes after them.
+fn split_aligned(offset: usize, len: usize) -> (usize, usize, usize) {
+    let head = ((8 - offset % 8) % 8).min(len);
+    let words = (len - head) / 8;
+    (head, words, len - head - 8 * words)
 }
 
 impl Drop for Mapping {
