@@ -113,8 +113,28 @@ pub(crate) enum Net {
     Tls(Box<TlsTransport<()>>),
     /// Unix domain sockets.
     Unix,
-    /// Shared memory (rings in a mapped file, a Unix socket beside them).
+    /// Shared memory (rings in a sealed memfd, a Unix socket beside them; `FLUMEN_SHM_RING` and
+    /// `FLUMEN_SHM_SPIN` tune it).
     Shm,
+}
+
+/// Shared-memory settings for both the client and the server process: the defaults, or
+/// `FLUMEN_SHM_RING` (bytes a ring) and `FLUMEN_SHM_SPIN` (checks before parking) from the
+/// environment, for tuning runs.
+fn shm_config() -> flumen::shm::ShmConfig {
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let mut config = flumen::shm::ShmConfig::default();
+    if let Some(bytes) = env("FLUMEN_SHM_RING") {
+        config = config.ring_capacity(bytes);
+    }
+    if let Some(checks) = env("FLUMEN_SHM_SPIN") {
+        config = config.spin_checks(u32::try_from(checks).unwrap_or(u32::MAX));
+    }
+    config
 }
 
 /// Calls `$body` with the runtime handle and the transport for `$net` on `$spawner`; with
@@ -124,11 +144,11 @@ macro_rules! with_transport {
     ($net:expr, $spawner:expr, |$rt:ident, $transport:ident| $body:expr) => {
         with_transport!($net, $spawner, |$rt, $transport| $body, unix: match ($net, $spawner) {
             (Net::Shm, Spawner::Tokio($rt)) => {
-                let $transport = TokioShm::default();
+                let $transport = TokioShm::new(shm_config());
                 $body
             }
             (Net::Shm, Spawner::Smol($rt)) => {
-                let $transport = SmolShm::default();
+                let $transport = SmolShm::new(shm_config());
                 $body
             }
             (_, Spawner::Tokio($rt)) => {

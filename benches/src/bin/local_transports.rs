@@ -1,5 +1,5 @@
 //! Flumen over the transports for one host, side by side in one process: TCP loopback, Unix
-//! sockets and the in-process transport (which cannot cross processes, so `flumen-bench`, which
+//! sockets, shared memory and the in-process transport (which cannot cross processes, so `flumen-bench`, which
 //! runs its server in a process of its own, cannot measure it). The server runs on a thread
 //! with its own current-thread tokio runtime, the callers on another; rounds alternate between
 //! the transports so that noise hits them alike.
@@ -8,7 +8,8 @@
 //! cargo run --release -p flumen-bench --bin local-transports -- [PAYLOAD] [IN_FLIGHT] [SECONDS] [ROUNDS] [raw]
 //! ```
 //!
-//! `FLUMEN_LOCAL_ONLY=inproc` (or `tcp`, `unix`) runs that transport alone, for a profiler.
+//! `FLUMEN_LOCAL_ONLY=inproc` (or `tcp`, `unix`, `shm`) runs that transport alone, for a
+//! profiler.
 //! `FLUMEN_LOCAL_WORKERS=N` gives each side a multi-thread runtime with `N` workers instead.
 //!
 //! Calls are typed (a MessagePack byte string each way); with `raw` they carry `Bytes` bodies
@@ -22,6 +23,7 @@ use std::{
 use flumen::{
     inproc::{InProc, InProcAddr},
     rt::TokioRuntime,
+    shm::{ShmConfig, TokioShm},
     stream::Transport,
     tcp::TokioTcp,
     unix::TokioUnix,
@@ -134,6 +136,24 @@ fn runtime() -> tokio::runtime::Runtime {
     builder.enable_all().build().unwrap()
 }
 
+/// Shared memory as configured by `FLUMEN_SHM_RING` (bytes a ring) and `FLUMEN_SHM_SPIN`
+/// (checks before parking), defaults otherwise.
+fn shm() -> TokioShm {
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let mut config = ShmConfig::default();
+    if let Some(bytes) = env("FLUMEN_SHM_RING") {
+        config = config.ring_capacity(bytes);
+    }
+    if let Some(checks) = env("FLUMEN_SHM_SPIN") {
+        config = config.spin_checks(checks as u32);
+    }
+    TokioShm::new(config)
+}
+
 fn socket_path() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("flumen-local-{}.sock", std::process::id()))
 }
@@ -155,30 +175,34 @@ fn main() {
             "tcp" => measure(TokioTcp::default(), "127.0.0.1:0".parse().unwrap(), load),
             "unix" => measure(TokioUnix, socket_path(), load),
             "inproc" => measure(InProc, InProcAddr::any(), load),
-            other => panic!("FLUMEN_LOCAL_ONLY={other}: tcp, unix or inproc"),
+            "shm" => measure(shm(), socket_path(), load),
+            other => panic!("FLUMEN_LOCAL_ONLY={other}: tcp, unix, inproc or shm"),
         };
         println!("{only}: {rate:.0} calls/s");
         return;
     }
-    let mut totals = [0.0f64; 3];
+    let mut totals = [0.0f64; 4];
     for round in 0..rounds {
         let tcp = measure(TokioTcp::default(), "127.0.0.1:0".parse().unwrap(), load);
         let unix = measure(TokioUnix, socket_path(), load);
         let inproc = measure(InProc, InProcAddr::any(), load);
+        let shm = measure(shm(), socket_path(), load);
         println!(
-            "round {round}: tcp {tcp:.0} calls/s, unix {unix:.0} ({:.2}x tcp), inproc {inproc:.0} ({:.2}x tcp)",
+            "round {round}: tcp {tcp:.0} calls/s, unix {unix:.0} ({:.2}x tcp), inproc {inproc:.0} ({:.2}x tcp), shm {shm:.0} ({:.2}x unix)",
             unix / tcp,
-            inproc / tcp
+            inproc / tcp,
+            shm / unix
         );
-        for (total, rate) in totals.iter_mut().zip([tcp, unix, inproc]) {
+        for (total, rate) in totals.iter_mut().zip([tcp, unix, inproc, shm]) {
             *total += rate;
         }
     }
-    let [tcp, unix, inproc] = totals.map(|t| t / rounds as f64);
+    let [tcp, unix, inproc, shm] = totals.map(|t| t / rounds as f64);
     println!(
-        "{payload} B x {in_flight}{}, mean of {rounds}: tcp {tcp:.0}, unix {unix:.0} ({:.2}x), inproc {inproc:.0} ({:.2}x)",
+        "{payload} B x {in_flight}{}, mean of {rounds}: tcp {tcp:.0}, unix {unix:.0} ({:.2}x), inproc {inproc:.0} ({:.2}x), shm {shm:.0} ({:.2}x unix)",
         if raw { " raw" } else { "" },
         unix / tcp,
-        inproc / tcp
+        inproc / tcp,
+        shm / unix
     );
 }

@@ -58,6 +58,13 @@ pub trait Bell: Send + Sync + Sized + 'static {
     /// As `write(2)`.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
 
+    /// Sends the peer one wake-up byte, without waiting. A full socket buffer means wake-ups
+    /// are already waiting for the peer, so nothing is lost by dropping this one; but nothing
+    /// else may stop it (a runtime's cached view of the socket's readiness included).
+    fn wake_peer(&self) {
+        let _ = self.try_write(&[1]);
+    }
+
     /// Writes what fits of `buf` with descriptor `fd` attached (`SCM_RIGHTS`), without
     /// waiting (`WouldBlock` if nothing fits): the handshake passes the shared region so.
     ///
@@ -243,6 +250,17 @@ impl Bell for TokioBell {
 
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         self.0.try_write(buf)
+    }
+
+    fn wake_peer(&self) {
+        use std::os::fd::AsFd;
+        // Straight to the socket: tokio's `try_write` answers `WouldBlock` without trying
+        // while its cached readiness says not writable, which would lose the wake-up.
+        let _ = rustix::net::send(
+            self.0.as_fd(),
+            &[1],
+            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+        );
     }
 
     fn try_write_with_fd(&self, buf: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {

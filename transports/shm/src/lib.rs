@@ -164,8 +164,7 @@ struct Side<B> {
 
 impl<B: Bell> Side<B> {
     fn ring(&self) {
-        // A full socket buffer means wake-ups are already waiting for the peer.
-        let _ = self.bell.try_write(&[1]);
+        self.bell.wake_peer();
     }
 }
 
@@ -213,32 +212,35 @@ fn halves<B: Bell>(
     (reader, writer)
 }
 
-impl<B: Bell> AsyncRead for ShmReader<B> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl<B: Bell> ShmReader<B> {
+    /// Takes bytes from the ring with `pop` (which returns how many it took, at most `max`),
+    /// waiting while the ring is empty: spinning a little, then parked until the peer rings.
+    /// Zero at the end (the peer closed its ring or is gone, and every byte was taken).
+    fn poll_fill(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut [u8],
+        max: usize,
+        mut pop: impl FnMut(&Ring, &Mapping, &mut u64) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let side = &*this.side;
+        let side = &*self.side;
         loop {
-            let n = side.inbound.pop(&side.map, &mut this.head, buf)?;
-            if n > 0 || buf.is_empty() {
+            let n = pop(&side.inbound, &side.map, &mut self.head)?;
+            if n > 0 || max == 0 {
                 if side.inbound.take_parked(&side.map, false) {
                     side.ring();
                 }
                 return Poll::Ready(Ok(n));
             }
-            if side.inbound.is_closed(&side.map) && !side.inbound.has_data(&side.map, this.head) {
+            if side.inbound.is_closed(&side.map) && !side.inbound.has_data(&side.map, self.head) {
                 return Poll::Ready(Ok(0));
             }
             // The peer runs on another core: bytes often follow within a moment, sooner than
             // a wake-up through the socket would bring them.
-            if spin(side.spin, || side.inbound.has_data(&side.map, this.head)) {
+            if spin(side.spin, || side.inbound.has_data(&side.map, self.head)) {
                 continue;
             }
             side.inbound.park(&side.map, true);
-            if side.inbound.has_data(&side.map, this.head) || side.inbound.is_closed(&side.map) {
+            if side.inbound.has_data(&side.map, self.head) || side.inbound.is_closed(&side.map) {
                 side.inbound.unpark(&side.map, true);
                 continue;
             }
@@ -248,7 +250,7 @@ impl<B: Bell> AsyncRead for ShmReader<B> {
                 // The peer is gone: what it wrote before is still read, then the end.
                 Poll::Ready(Ok(bell::Rang::Gone)) => {
                     side.inbound.unpark(&side.map, true);
-                    let n = side.inbound.pop(&side.map, &mut this.head, buf)?;
+                    let n = pop(&side.inbound, &side.map, &mut self.head)?;
                     return Poll::Ready(Ok(n));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -257,7 +259,33 @@ impl<B: Bell> AsyncRead for ShmReader<B> {
     }
 }
 
-impl<B: Bell> TransportRead for ShmReader<B> {}
+impl<B: Bell> AsyncRead for ShmReader<B> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let max = buf.len();
+        self.poll_fill(cx, max, |ring, map, head| ring.pop(map, head, buf))
+    }
+}
+
+impl<B: Bell> TransportRead for ShmReader<B> {
+    // Bytes go from the ring straight into the read buffer's spare capacity: no zero-filling
+    // first, and a read of a large frame's rest stops at its end.
+    const READS_UNINIT: bool = true;
+
+    fn poll_read_buf(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.poll_fill(cx, max, |ring, map, head| {
+            ring.pop_into(map, head, buf, max)
+        })
+    }
+}
 
 impl<B: Bell> TransportWrite for ShmWriter<B> {}
 

@@ -16,17 +16,20 @@
 //! Each side keeps its own copy of the index it writes and only reads the other's: the peer
 //! is another process and may be broken or hostile, so an index that says more than the
 //! ring holds is an error, never trusted for a copy. Bytes cross the mapping only through
-//! atomic loads and stores (word by word), never plain copies: the peer may write while this
-//! side reads, and what this side checks is its private copy.
+//! volatile loads and stores (16 bytes at a time on x86-64), never plain copies: the peer may
+//! write while this side reads, and what this side checks is its private copy.
 #![allow(unsafe_code)]
 
 use std::{
     fs::File,
     io,
+    mem::MaybeUninit,
     os::fd::AsRawFd,
     ptr::NonNull,
-    sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering},
+    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
 };
+
+use bytes::BytesMut;
 
 /// Bytes of a ring's header.
 pub(crate) const HEADER: usize = 256;
@@ -99,74 +102,92 @@ impl Mapping {
         unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
     }
 
-    /// Copies `src` into the mapping at `offset`, with atomic stores: the peer may touch the
-    /// same bytes at the same time (it must not, but it may be hostile), and a race through
-    /// atomics is defined behaviour where one through plain writes is not.
+    /// Copies `src` into the mapping at `offset` with volatile stores: the peer may touch the
+    /// same bytes at the same time (it must not, but it may be hostile), and volatile accesses
+    /// are never merged, split differently or elided by the compiler, whatever the peer does.
+    /// [`Chunk`] by [`Chunk`] where the mapping is aligned for it (16 bytes a store on x86-64).
     fn write(&self, offset: usize, src: &[u8]) {
         assert!(offset
             .checked_add(src.len())
             .is_some_and(|end| end <= self.len));
-        let (head, words, tail) = split_aligned(offset, src.len());
-        for (i, &byte) in src[..head].iter().enumerate() {
-            self.byte(offset + i).store(byte, Ordering::Relaxed);
-        }
-        let body = &src[head..head + 8 * words];
-        for (i, word) in body.chunks_exact(8).enumerate() {
-            let word = u64::from_ne_bytes(word.try_into().unwrap_or_default());
-            self.word(offset + head + 8 * i)
-                .store(word, Ordering::Relaxed);
-        }
-        let at = offset + head + 8 * words;
-        for (i, &byte) in src[src.len() - tail..].iter().enumerate() {
-            self.byte(at + i).store(byte, Ordering::Relaxed);
+        let (head, chunks, tail) = split_aligned(offset, src.len());
+        let from = src.as_ptr();
+        // SAFETY: `offset..offset + src.len()` is in the mapping (checked above), so every
+        // address below is; chunks are at addresses aligned for them (the mapping is
+        // page-aligned and `head` brings `offset` to a multiple of `CHUNK`); `src` is private
+        // memory, read plainly (unaligned).
+        unsafe {
+            let to = self.ptr.as_ptr().add(offset);
+            for i in 0..head {
+                to.add(i).write_volatile(*from.add(i));
+            }
+            let (chunks_from, chunks_to) = (from.add(head), to.add(head).cast::<Chunk>());
+            for i in 0..chunks {
+                let chunk = chunks_from.add(CHUNK * i).cast::<Chunk>().read_unaligned();
+                chunks_to.add(i).write_volatile(chunk);
+            }
+            let done = head + CHUNK * chunks;
+            for i in 0..tail {
+                to.add(done + i).write_volatile(*from.add(done + i));
+            }
         }
     }
 
-    /// Copies from the mapping at `offset` into `dst`, with atomic loads (see `write`): what
+    /// Copies from the mapping at `offset` into `dst`, with volatile loads (see `write`): what
     /// the caller then checks and uses is its own copy, which the peer cannot change.
     fn read(&self, offset: usize, dst: &mut [u8]) {
+        // SAFETY: `read_uninit` writes initialised bytes only, so `dst` stays initialised.
+        let dst = unsafe { &mut *(std::ptr::from_mut(dst) as *mut [MaybeUninit<u8>]) };
+        self.read_uninit(offset, dst);
+    }
+
+    /// [`read`](Self::read) into memory that may be uninitialised; all of `dst` is
+    /// initialised afterwards.
+    fn read_uninit(&self, offset: usize, dst: &mut [MaybeUninit<u8>]) {
         assert!(offset
             .checked_add(dst.len())
             .is_some_and(|end| end <= self.len));
-        let len = dst.len();
-        let (head, words, tail) = split_aligned(offset, len);
-        for (i, byte) in dst[..head].iter_mut().enumerate() {
-            *byte = self.byte(offset + i).load(Ordering::Relaxed);
+        let (head, chunks, tail) = split_aligned(offset, dst.len());
+        let to = dst.as_mut_ptr().cast::<u8>();
+        // SAFETY: as in `write`, with the roles swapped: the mapping's range is in bounds and
+        // its chunks aligned, read only with volatile loads; `dst` is private memory written
+        // plainly (unaligned), `dst.len()` bytes of it.
+        unsafe {
+            let from = self.ptr.as_ptr().add(offset);
+            for i in 0..head {
+                *to.add(i) = from.add(i).read_volatile();
+            }
+            let (chunks_from, chunks_to) = (from.add(head).cast::<Chunk>(), to.add(head));
+            for i in 0..chunks {
+                let chunk = chunks_from.add(i).read_volatile();
+                chunks_to
+                    .add(CHUNK * i)
+                    .cast::<Chunk>()
+                    .write_unaligned(chunk);
+            }
+            let done = head + CHUNK * chunks;
+            for i in 0..tail {
+                *to.add(done + i) = from.add(done + i).read_volatile();
+            }
         }
-        let body = &mut dst[head..head + 8 * words];
-        for (i, word) in body.chunks_exact_mut(8).enumerate() {
-            let loaded = self.word(offset + head + 8 * i).load(Ordering::Relaxed);
-            word.copy_from_slice(&loaded.to_ne_bytes());
-        }
-        let at = offset + head + 8 * words;
-        for (i, byte) in dst[len - tail..].iter_mut().enumerate() {
-            *byte = self.byte(at + i).load(Ordering::Relaxed);
-        }
-    }
-
-    /// The byte at `offset`, which the caller checked is in bounds.
-    fn byte(&self, offset: usize) -> &AtomicU8 {
-        debug_assert!(offset < self.len);
-        // SAFETY: in bounds (the callers check whole ranges), any alignment suits a byte, and
-        // the memory is accessed only atomically by this process.
-        unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(offset)) }
-    }
-
-    /// The 8-byte word at `offset`, 8-aligned, which the caller checked is in bounds.
-    fn word(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset % 8 == 0 && offset + 8 <= self.len);
-        // SAFETY: in bounds (the callers check whole ranges) and 8-aligned (the mapping is
-        // page-aligned and `offset` a multiple of 8), accessed only atomically here.
-        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset).cast::<u64>()) }
     }
 }
 
-/// Splits `len` bytes from `offset` into bytes before the first 8-aligned offset, whole
-/// aligned words, and bytes after them.
+/// What a copy in or out of the mapping moves a volatile access at a time: a vector register
+/// on x86-64 (SSE2 is part of its baseline), a word elsewhere.
+#[cfg(target_arch = "x86_64")]
+type Chunk = std::arch::x86_64::__m128i;
+#[cfg(not(target_arch = "x86_64"))]
+type Chunk = u64;
+
+const CHUNK: usize = std::mem::size_of::<Chunk>();
+
+/// Splits `len` bytes from `offset` into bytes before the first offset aligned for a
+/// [`Chunk`], whole aligned chunks, and bytes after them.
 fn split_aligned(offset: usize, len: usize) -> (usize, usize, usize) {
-    let head = ((8 - offset % 8) % 8).min(len);
-    let words = (len - head) / 8;
-    (head, words, len - head - 8 * words)
+    let head = ((CHUNK - offset % CHUNK) % CHUNK).min(len);
+    let chunks = (len - head) / CHUNK;
+    (head, chunks, len - head - CHUNK * chunks)
 }
 
 impl Drop for Mapping {
@@ -248,20 +269,54 @@ impl Ring {
     /// Consumer: takes up to `dst.len()` bytes after `head` (this side's count of bytes read);
     /// returns how many, 0 if the ring is empty.
     pub(crate) fn pop(&self, map: &Mapping, head: &mut u64, dst: &mut [u8]) -> io::Result<usize> {
-        let tail = map.u64_at(self.base + TAIL).load(Ordering::Acquire);
-        let available = tail.wrapping_sub(*head);
-        if available > self.capacity as u64 {
-            return Err(corrupt("producer index past the ring"));
-        }
-        let n = dst.len().min(available as usize);
+        let n = dst.len().min(self.available(map, *head)?);
         let start = (*head % self.capacity as u64) as usize;
         let first = n.min(self.capacity - start);
         let data = self.base + HEADER;
         map.read(data + start, &mut dst[..first]);
         map.read(data, &mut dst[first..n]);
+        self.consumed(map, head, n);
+        Ok(n)
+    }
+
+    /// Consumer: [`pop`](Self::pop) into `buf`'s spare capacity (no zero-filling first), at
+    /// most `max` bytes and at most the spare capacity there is.
+    pub(crate) fn pop_into(
+        &self,
+        map: &Mapping,
+        head: &mut u64,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> io::Result<usize> {
+        let available = self.available(map, *head)?;
+        let filled = buf.len();
+        let spare = buf.spare_capacity_mut();
+        let n = max.min(spare.len()).min(available);
+        let start = (*head % self.capacity as u64) as usize;
+        let first = n.min(self.capacity - start);
+        let data = self.base + HEADER;
+        map.read_uninit(data + start, &mut spare[..first]);
+        map.read_uninit(data, &mut spare[first..n]);
+        // SAFETY: the first `n` bytes of the spare capacity were just written.
+        unsafe { buf.set_len(filled + n) };
+        self.consumed(map, head, n);
+        Ok(n)
+    }
+
+    /// Consumer: the bytes published after `head`, checked against the ring's size.
+    fn available(&self, map: &Mapping, head: u64) -> io::Result<usize> {
+        let tail = map.u64_at(self.base + TAIL).load(Ordering::Acquire);
+        let available = tail.wrapping_sub(head);
+        if available > self.capacity as u64 {
+            return Err(corrupt("producer index past the ring"));
+        }
+        Ok(available as usize)
+    }
+
+    /// Consumer: `n` more bytes were taken; publishes the new `head`.
+    fn consumed(&self, map: &Mapping, head: &mut u64, n: usize) {
         *head = head.wrapping_add(n as u64);
         map.u64_at(self.base + HEAD).store(*head, Ordering::Release);
-        Ok(n)
     }
 
     /// Producer: whether the ring has room after `tail`.
