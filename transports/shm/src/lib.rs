@@ -17,7 +17,7 @@
 //!   other side reads the end of the connection, which fails every pending call.
 //!
 //! The peer is another process and may be broken or hostile: every byte read from the region
-//! is copied into private memory with atomic loads before it is looked at, and every index
+//! is copied into private memory with volatile loads before it is looked at, and every index
 //! the peer publishes is checked against the ring's size on every use; a bad one is an
 //! `InvalidData` error that ends that connection alone.
 //!
