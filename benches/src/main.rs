@@ -210,6 +210,10 @@ fn default_systems() -> Vec<System> {
     systems
 }
 
+/// How long past its warm-up and measured window a load may take (connecting, the last
+/// replies) before it counts as hung.
+const LOAD_GRACE: Duration = Duration::from_secs(60);
+
 fn main() {
     let cli = Cli::parse();
     observe();
@@ -453,7 +457,14 @@ fn run_load(
                 let _ = window_tx.send(window);
                 window
             };
-            system::load(system, &net, spawner, addr, load, make_window, counter).await
+            let load = system::load(system, &net, spawner, addr, load, make_window, counter);
+            // A phase that does not end (a hung transport) fails this row, not the whole run.
+            let limit = warmup + duration + LOAD_GRACE;
+            let hung = async move {
+                smol::Timer::after(limit).await;
+                Err(format!("the load did not end within {limit:?}"))
+            };
+            futures_lite::future::or(load, hung).await
         })
     });
     done.store(true, Ordering::SeqCst);
