@@ -39,6 +39,7 @@
 
 mod client;
 mod error;
+pub mod health;
 mod method;
 #[cfg(feature = "metrics")]
 pub mod metrics;

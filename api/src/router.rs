@@ -145,6 +145,8 @@ impl Hasher for MethodIdHasher {
 pub struct Router<C = MsgPack> {
     codec: C,
     routes: Routes,
+    /// Told when the server starts a graceful shutdown (the health service's statuses).
+    on_drain: Vec<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Router<MsgPack> {
@@ -166,6 +168,7 @@ impl<C: Codec> Router<C> {
         Self {
             codec,
             routes: Routes::default(),
+            on_drain: Vec::new(),
         }
     }
 
@@ -277,6 +280,21 @@ impl<C: Codec> Router<C> {
         service.register(self)
     }
 
+    /// Mounts the health service (`FlumenHealth`, see [`crate::health`]) serving `health`'s
+    /// statuses; when the server starts a graceful shutdown, every status turns not serving.
+    ///
+    /// # Errors
+    ///
+    /// [`RouteError`] if a route already takes one of its method ids.
+    pub fn with_health(self, health: &crate::health::Health) -> Result<Self, RouteError> {
+        let mut router = self.service(crate::health::FlumenHealthServer::new(health.clone()))?;
+        let health = health.clone();
+        router
+            .on_drain
+            .push(Arc::new(move || health.set_all_not_serving()));
+        Ok(router)
+    }
+
     /// The codec typed routes use.
     pub fn codec(&self) -> &C {
         &self.codec
@@ -327,6 +345,12 @@ impl<C: Codec> Router<C> {
 
 impl<C: Codec> Dispatch for Router<C> {
     type Future = RouterFuture;
+
+    fn drain(&self) {
+        for on_drain in &self.on_drain {
+            on_drain();
+        }
+    }
 
     fn dispatch(&self, request: Request) -> RouterFuture {
         let mut future = RouterFuture::new(Inner::Ready(None));

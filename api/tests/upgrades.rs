@@ -156,12 +156,13 @@ async fn old_client_new_server<C: Codec>(
     old.get("nut".into()).await
 }
 
-/// A new client against an old server: a new method is a typed `UNKNOWN_METHOD` error, old
-/// methods work with values that leave the new field at its default. Returns what the old
-/// server makes of a request of the new shape with the new field set.
+/// A new client against an old server: a new method is a typed `UNKNOWN_METHOD` error, and
+/// a reply of the old shape reads with the new field at its default. Returns what the old
+/// server makes of a request of the new type, its new field `shelf`.
 async fn new_client_old_server<C: Codec>(
     rt: TokioRuntime,
     codec: C,
+    shelf: Option<String>,
 ) -> Result<u32, RpcError<flumen::NoError>> {
     let router = Router::with_codec(codec.clone())
         .service(v1::InventoryServer::new(V1Store::default()))
@@ -178,13 +179,26 @@ async fn new_client_old_server<C: Codec>(
         .unwrap();
     let item = new.get("bolt".into()).await.unwrap().unwrap();
     assert_eq!(item.shelf, None);
-    // A request of the new shape, the new field set, read by the old server.
+    // A request of the new type, read by the old server.
     new.put(v2::Item {
         name: "nut".into(),
         count: 9,
-        shelf: Some("B4".into()),
+        shelf,
     })
     .await
+}
+
+/// Method ids are the wire's names for methods: fixed by the name alone, whatever the build,
+/// or two builds of one service would not find each other's methods.
+#[test]
+fn method_ids_are_fixed_by_name() {
+    let put = v1::InventoryClient::PUT.as_u32();
+    assert_eq!(put, v2::InventoryClient::PUT.as_u32());
+    // FNV-1a of "Inventory.put", as PROTOCOL.md defines method ids.
+    let fnv = b"Inventory.put".iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    assert_eq!(put, fnv);
 }
 
 #[test]
@@ -197,23 +211,28 @@ fn json_peers_of_either_version_interoperate_both_ways() {
             count: 9,
         };
         assert_eq!(read.unwrap(), Some(nut));
-        let stored = new_client_old_server(rt, Json).await.unwrap();
-        assert_eq!(stored, 2);
+        let stored = new_client_old_server(rt.clone(), Json, Some("B4".into())).await;
+        assert_eq!(stored.unwrap(), 2);
+        let stored = new_client_old_server(rt, Json, None).await;
+        assert_eq!(stored.unwrap(), 2);
     });
 }
 
 #[test]
-fn msgpack_old_peers_read_new_fields_only_where_they_are_left_out() {
-    // Arrays: a missing trailing field takes its default, but an extra element is an error
-    // (`invalid length`), a typed codec error on the side that decodes it.
+fn msgpack_old_peers_cannot_read_values_of_the_new_type() {
+    // Arrays: a missing trailing field takes its default, but a value of the new type always
+    // has the extra element (`None` is written as nil), which an old peer refuses (`invalid
+    // length`): a typed codec error on the side that decodes it.
     run(|rt| async move {
         let e = old_client_new_server(rt.clone(), MsgPack::default())
             .await
             .unwrap_err();
         assert!(e.is_codec(), "the old client reading a longer reply: {e}");
-        let e = new_client_old_server(rt, MsgPack::default())
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Some(ErrorCode::BAD_REQUEST), "{e}");
+        for shelf in [Some("B4".to_owned()), None] {
+            let e = new_client_old_server(rt.clone(), MsgPack::default(), shelf)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Some(ErrorCode::BAD_REQUEST), "{e}");
+        }
     });
 }

@@ -94,7 +94,9 @@ impl<D: Dispatch> Server<D> {
         let local_addr = listener.local_addr()?;
         let total_queued = self.config.max_queued_bytes_total;
         let limiter = self.config.adaptive_concurrency.map(limit::Limiter::new);
+        let dispatch = self.dispatch.clone();
         let shared = Arc::new(Shared {
+            on_drain: Box::new(move || dispatch.drain()),
             config: self.config,
             conns: Mutex::new(Slab::new()),
             accepting: Stop::default(),
@@ -195,6 +197,7 @@ impl<A> ServerHandle<A> {
         let deadline = Instant::now() + grace;
         self.shared.draining.store(true, Ordering::SeqCst);
         self.shared.accepting.stop();
+        (self.shared.on_drain)();
         let conns: Vec<_> = self
             .shared
             .conns
@@ -242,6 +245,8 @@ impl<A> Drop for ServerHandle<A> {
 
 /// State shared by a server's tasks and its handle.
 pub(crate) struct Shared {
+    /// Tells the dispatch that a graceful shutdown began.
+    on_drain: Box<dyn Fn() + Send + Sync>,
     config: ServerConfig,
     conns: Mutex<Slab<Arc<ConnState>>>,
     /// Ends the accept loop.

@@ -40,6 +40,14 @@ pub trait Dispatch: Send + Sync + 'static {
     /// polling the future fails that call with `HANDLER_PANIC` and nothing else.
     fn dispatch(&self, request: Request) -> Self::Future;
 
+    /// Told once a graceful shutdown begins ([`ServerHandle::shutdown`]): the server stops
+    /// accepting and refuses new calls from here on. A router uses it to report itself not
+    /// serving to health watchers before its connections close. The default does nothing.
+    /// Called on the task that shuts down; it may be called again by a second shutdown.
+    ///
+    /// [`ServerHandle::shutdown`]: crate::ServerHandle::shutdown
+    fn drain(&self) {}
+
     /// Starts handling `request` in `slot`, which holds the finished future of an earlier
     /// call on the same connection: an implementation may reuse what that future allocated
     /// (the `flumen` router reuses its box when both calls are of one route). The server
