@@ -131,12 +131,14 @@ fn method(
     if !recorder_installed() {
         return None;
     }
-    start_publisher();
     let key = (side as u8, id.as_u32());
     let cached = LOCAL.with(|local| local.borrow().get(&key).copied());
     let metrics = match cached {
         Some(metrics) => metrics,
         None => {
+            // Once per method and thread, not per call: the first handles made start the
+            // publisher of the servers' and connections' counters.
+            start_publisher();
             let metrics = *REGISTRY
                 .get_or_init(Registry::default)
                 .lock()
