@@ -18,6 +18,7 @@ use crate::{
 };
 
 pub use crate::observe::Target;
+pub use crate::reflection::{MethodSpec, Shape};
 pub use flumen_balance::Route;
 pub use futures_lite::Stream;
 pub use serde::{de::DeserializeOwned, Serialize};
@@ -65,6 +66,12 @@ fn stream_parts<C: Codec, I: DeserializeOwned>(
         .items()
         .map(|items| Streaming::new(items, codec.clone()))
         .ok_or_else(|| Status::new(ErrorCode::BAD_REQUEST, "expected a client stream"))
+}
+
+/// Records what the service macro knows of a method for reflection.
+pub fn describe<C: Codec>(router: Router<C>, spec: &MethodSpec) -> Router<C> {
+    router.describe(spec);
+    router
 }
 
 /// Registers a unary method: decode the arguments, run, encode the result.

@@ -46,6 +46,7 @@ pub mod metrics;
 mod observe;
 #[cfg(feature = "opentelemetry")]
 mod otel;
+pub mod reflection;
 mod router;
 mod service;
 #[cfg(feature = "tower")]

@@ -16,7 +16,10 @@ use flumen_codec::{Codec, MsgPack};
 use flumen_stream::{Dispatch, ErrorCode, Reply, Request, Status};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::MethodId;
+use crate::{
+    reflection::{Catalog, MethodSpec, Shape},
+    MethodId,
+};
 
 #[cfg(feature = "tower")]
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
@@ -147,6 +150,8 @@ pub struct Router<C = MsgPack> {
     routes: Routes,
     /// Told when the server starts a graceful shutdown (the health service's statuses).
     on_drain: Vec<Arc<dyn Fn() + Send + Sync>>,
+    /// What reflection tells of the routes.
+    catalog: Catalog,
 }
 
 impl Router<MsgPack> {
@@ -166,6 +171,7 @@ impl<C: Codec> Router<C> {
     /// An empty router using `codec`.
     pub fn with_codec(codec: C) -> Self {
         Self {
+            catalog: Catalog::new(codec.name()),
             codec,
             routes: Routes::default(),
             on_drain: Vec::new(),
@@ -208,7 +214,7 @@ impl<C: Codec> Router<C> {
     {
         let codec = self.codec.clone();
         let handler = Arc::new(handler);
-        self.insert_reusable(method, move |request: Request| {
+        let router = self.insert_reusable(method, move |request: Request| {
             let (codec, handler) = (codec.clone(), handler.clone());
             async move {
                 let decoded: Req = codec
@@ -220,7 +226,10 @@ impl<C: Codec> Router<C> {
                     .map(Reply::from)
                     .map_err(|e| Status::new(ErrorCode::INTERNAL, e.to_string()))
             }
-        })
+        })?;
+        let (request, response) = (type_name::<Req>(), type_name::<Resp>());
+        router.catalog.add(method, Some(&request), Some(&response));
+        Ok(router)
     }
 
     /// Registers a raw handler for `method`: it gets the whole [`Request`] (body untouched) and
@@ -295,6 +304,38 @@ impl<C: Codec> Router<C> {
         Ok(router)
     }
 
+    /// Mounts the reflection service (`FlumenReflection`, see [`crate::reflection`]): it
+    /// describes every method this router routes, those added later included.
+    ///
+    /// # Errors
+    ///
+    /// [`RouteError`] if a route already takes its method id.
+    pub fn with_reflection(self) -> Result<Self, RouteError> {
+        let catalog = self.catalog.clone();
+        let router = self.try_route_raw(crate::reflection::DESCRIBE, move |_: Request| {
+            std::future::ready(catalog.reply())
+        })?;
+        router.describe(&MethodSpec {
+            name: crate::reflection::DESCRIBE,
+            service: "FlumenReflection",
+            shape: Shape::Unary,
+            idempotent: true,
+            args: &[],
+            request_item: None,
+            response: "ServerDescription",
+            error: None,
+            request_attachment: false,
+            reply_attachment: false,
+            doc: "What this server routes. The reply is MessagePack whatever the server's codec.",
+        });
+        Ok(router)
+    }
+
+    /// Replaces the reflection's description of a method with what the service macro knows.
+    pub(crate) fn describe(&self, spec: &MethodSpec) {
+        self.catalog.refine(spec);
+    }
+
     /// The codec typed routes use.
     pub fn codec(&self) -> &C {
         &self.codec
@@ -339,8 +380,33 @@ impl<C: Codec> Router<C> {
         }
         self.routes
             .insert(id.as_u32(), (method.to_owned(), handler));
+        self.catalog.add(method, None, None);
         Ok(self)
     }
+}
+
+/// `T`'s name without module paths (`Vec<String>`, not `alloc::vec::Vec<alloc::string::String>`).
+fn type_name<T: ?Sized>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut short = String::with_capacity(full.len());
+    let mut rest = full;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("::") {
+            // Drop the path segment just written: back to the start of the identifier.
+            let start = short
+                .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .map_or(0, |at| at + 1);
+            short.truncate(start);
+            rest = after;
+        } else {
+            let mut chars = rest.chars();
+            if let Some(c) = chars.next() {
+                short.push(c);
+            }
+            rest = chars.as_str();
+        }
+    }
+    short
 }
 
 impl<C: Codec> Dispatch for Router<C> {
@@ -497,6 +563,16 @@ mod tests {
 
         let unknown = block_on(router.dispatch(Request::new(add + 1, Bytes::new(), None)));
         assert_eq!(unknown.unwrap_err().code(), ErrorCode::UNKNOWN_METHOD);
+    }
+
+    #[test]
+    fn type_names_lose_their_paths() {
+        assert_eq!(type_name::<Vec<String>>(), "Vec<String>");
+        assert_eq!(
+            type_name::<(u8, Option<std::collections::HashMap<String, bool>>)>(),
+            "(u8, Option<HashMap<String, bool>>)"
+        );
+        assert_eq!(type_name::<&[u8]>(), "&[u8]");
     }
 
     #[test]

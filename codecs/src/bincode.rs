@@ -24,6 +24,10 @@ pub const BINCODE_MAX_ALLOC: usize = 64 << 20;
 pub struct Bincode;
 
 impl Codec for Bincode {
+    fn name(&self) -> &'static str {
+        "bincode"
+    }
+
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, CodecError> {
         scratch::encode(|mut out| {
             bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())

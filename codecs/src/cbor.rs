@@ -38,6 +38,10 @@ impl Cbor {
 }
 
 impl Codec for Cbor {
+    fn name(&self) -> &'static str {
+        "cbor"
+    }
+
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, CodecError> {
         scratch::encode(|out| ciborium::into_writer(value, out))
     }

@@ -21,6 +21,10 @@ use crate::{scratch, Codec, CodecError};
 pub struct Json;
 
 impl Codec for Json {
+    fn name(&self) -> &'static str {
+        "json"
+    }
+
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, CodecError> {
         scratch::encode(|out| serde_json::to_writer(out, value))
     }

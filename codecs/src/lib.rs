@@ -59,6 +59,14 @@ pub trait Codec: Clone + Send + Sync + 'static {
     ///
     /// If `body` is not a valid encoding of `T` or nests deeper than the codec allows.
     fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, CodecError>;
+
+    /// The format's short name: `"msgpack"`, `"json"`, `"cbor"`, `"postcard"` or `"bincode"`
+    /// for the codecs of this crate, `"custom"` unless an implementation says otherwise.
+    /// Reflection reports it, so that a tool such as the `flumen` command line knows how to
+    /// encode requests for a server it has never seen.
+    fn name(&self) -> &'static str {
+        "custom"
+    }
 }
 
 /// A value that could not be encoded, or bytes that could not be decoded.

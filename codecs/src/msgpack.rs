@@ -37,6 +37,10 @@ impl MsgPack {
 }
 
 impl Codec for MsgPack {
+    fn name(&self) -> &'static str {
+        "msgpack"
+    }
+
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, CodecError> {
         scratch::encode(|out| rmp_serde::encode::write(out, value))
     }

@@ -21,6 +21,10 @@ use crate::{scratch, Codec, CodecError};
 pub struct Postcard;
 
 impl Codec for Postcard {
+    fn name(&self) -> &'static str {
+        "postcard"
+    }
+
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, CodecError> {
         scratch::encode(|out| postcard::to_io(value, out).map(drop))
     }

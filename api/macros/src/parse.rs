@@ -108,6 +108,62 @@ impl Method {
     }
 }
 
+impl Method {
+    /// The reply's message type: the declared one, less a `WithAttachment` around it.
+    pub(crate) fn reply_message(&self) -> &Type {
+        if self.reply_attached() {
+            if let Some([message]) = last_segment(&self.output.ok).map(type_args).as_deref() {
+                return message;
+            }
+        }
+        &self.output.ok
+    }
+
+    /// The method's documentation as one string, each line's leading space removed.
+    pub(crate) fn doc_text(&self) -> String {
+        let lines: Vec<String> = self
+            .docs
+            .iter()
+            .filter_map(|attr| match &attr.meta {
+                syn::Meta::NameValue(syn::MetaNameValue {
+                    value:
+                        syn::Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Str(text),
+                            ..
+                        }),
+                    ..
+                }) => Some(text.value()),
+                _ => None,
+            })
+            .map(|line| line.strip_prefix(' ').unwrap_or(&line).to_owned())
+            .collect();
+        lines.join("\n").trim().to_owned()
+    }
+}
+
+/// `ty` as a person writes it: `Option<Vec<u8>>`, not the tokens' `Option < Vec < u8 > >`.
+pub(crate) fn type_text(ty: &Type) -> String {
+    let tokens = quote::ToTokens::to_token_stream(ty).to_string();
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '\'';
+    let chars: Vec<char> = tokens.chars().collect();
+    let mut text = String::with_capacity(tokens.len());
+    for (i, &c) in chars.iter().enumerate() {
+        if c == ' ' {
+            let before = i.checked_sub(1).map(|j| chars[j]);
+            let after = chars.get(i + 1).copied();
+            // A space stays between two words (`dyn Trait`, `&'a mut T`) and after a comma.
+            if before.is_some_and(word) && after.is_some_and(word)
+                || matches!(before, Some(',' | ';'))
+            {
+                text.push(' ');
+            }
+        } else {
+            text.push(c);
+        }
+    }
+    text
+}
+
 /// `expect(lints)` as `allow(lints)`; any other meta as it is.
 fn allow_for_expect(meta: &syn::Meta) -> syn::Meta {
     match meta {

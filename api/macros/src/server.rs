@@ -4,7 +4,7 @@
 use proc_macro2::{Ident, TokenStream as TokenStream2};
 use quote::{quote, quote_spanned};
 
-use crate::parse::Method;
+use crate::parse::{type_text, Method};
 
 /// The statement that adds `method`'s handler to `router` (a `Router<C>` in scope), calling
 /// the implementation behind `__flumen_service_arc`.
@@ -102,11 +102,61 @@ pub(crate) fn registration(krate: &TokenStream2, wire_name: &str, method: &Metho
         }
     };
     // A method compiled out is not registered; a deprecated one is still served.
-    let cfgs = method.attrs.iter().filter(|a| a.path().is_ident("cfg"));
+    let cfgs: Vec<_> = method
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("cfg"))
+        .collect();
+    let spec = spec(krate, wire_name, method);
     quote! {
         #(#cfgs)*
         #[allow(deprecated)]
         let router = #registration;
+        #(#cfgs)*
+        let router = #krate::__private::describe(router, &#spec);
+    }
+}
+
+/// What reflection tells of `method`: a `MethodSpec` literal.
+fn spec(krate: &TokenStream2, wire_name: &str, method: &Method) -> TokenStream2 {
+    let service = wire_name
+        .rsplit_once('.')
+        .map_or("", |(service, _)| service);
+    let shape = match (&method.stream_in, &method.output.stream) {
+        (None, None) => quote!(Unary),
+        (None, Some(_)) => quote!(ServerStreaming),
+        (Some(_), None) => quote!(ClientStreaming),
+        (Some(_), Some(_)) => quote!(Bidirectional),
+    };
+    let idempotent = method.idempotent;
+    let args = method.args.iter().map(|(name, ty)| {
+        let (name, ty) = (name.to_string(), type_text(ty));
+        quote!((#name, #ty))
+    });
+    let option = |text: Option<String>| match text {
+        Some(text) => quote!(::core::option::Option::Some(#text)),
+        None => quote!(::core::option::Option::None),
+    };
+    let request_item = option(method.stream_in.as_ref().map(|(_, item)| type_text(item)));
+    let response = type_text(method.reply_message());
+    let error = option(method.output.err.as_ref().map(type_text));
+    let request_attachment = method.attachment.is_some();
+    let reply_attachment = method.reply_attached();
+    let doc = method.doc_text();
+    quote! {
+        #krate::__private::MethodSpec {
+            name: #wire_name,
+            service: #service,
+            shape: #krate::__private::Shape::#shape,
+            idempotent: #idempotent,
+            args: &[#(#args),*],
+            request_item: #request_item,
+            response: #response,
+            error: #error,
+            request_attachment: #request_attachment,
+            reply_attachment: #reply_attachment,
+            doc: #doc,
+        }
     }
 }
 
