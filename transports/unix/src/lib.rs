@@ -31,7 +31,7 @@ impl Drop for Unlink {
 }
 
 /// The path a peer connected from: unnamed (empty) unless the peer bound its socket.
-#[cfg(any(feature = "smol", feature = "tokio"))]
+#[cfg(feature = "smol")]
 fn peer_path(addr: &std::os::unix::net::SocketAddr) -> std::path::PathBuf {
     addr.as_pathname()
         .map(ToOwned::to_owned)
