@@ -5,8 +5,9 @@
 //! methods and to turn JSON into requests.
 //!
 //! On the wire it is one unary method, `FlumenReflection.describe` ([`DESCRIBE`]): its request
-//! body is ignored, and its reply is a [`ServerDescription`] encoded with MessagePack whatever
-//! codec the server's other methods use, so that a tool can read it before it knows that codec.
+//! body is ignored, and its reply is a [`ServerDescription`] encoded with MessagePack (structs as
+//! maps) whatever codec the server's other methods use, so that a tool can read it before it
+//! knows that codec.
 //!
 //! ```
 //! use flumen::{reflection::{self, Shape}, rt::TokioRuntime, tcp::TokioTcp};
@@ -257,9 +258,11 @@ impl Catalog {
         }
     }
 
-    /// The reflection route's reply: the description in MessagePack.
+    /// The reflection route's reply: the description in MessagePack, structs as maps so that
+    /// readers of other versions skip the fields they do not know.
     pub(crate) fn reply(&self) -> Result<Bytes, Status> {
         MsgPack::default()
+            .struct_maps(true)
             .encode(&self.snapshot())
             .map_err(|e| Status::new(ErrorCode::INTERNAL, e.to_string()))
     }
@@ -291,4 +294,129 @@ pub struct MethodSpec {
     pub reply_attachment: bool,
     /// The documentation.
     pub doc: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get() -> MethodSpec {
+        MethodSpec {
+            name: "Kv.get",
+            service: "Kv",
+            shape: Shape::Unary,
+            idempotent: true,
+            args: &[("key", "String")],
+            request_item: None,
+            response: "Option<Vec<u8>>",
+            error: None,
+            request_attachment: false,
+            reply_attachment: false,
+            doc: "The value.",
+        }
+    }
+
+    /// PROTOCOL.md section 12's layout: each key, in order, with its type.
+    #[derive(Serialize)]
+    struct Documented {
+        codec: &'static str,
+        methods: [DocumentedMethod; 1],
+    }
+
+    #[derive(Serialize)]
+    struct DocumentedMethod {
+        name: &'static str,
+        service: &'static str,
+        id: u32,
+        shape: &'static str,
+        idempotent: bool,
+        raw: bool,
+        args: Option<[DocumentedArgument; 1]>,
+        request: &'static str,
+        request_item: Option<&'static str>,
+        response: &'static str,
+        error: Option<&'static str>,
+        request_attachment: bool,
+        reply_attachment: bool,
+        doc: &'static str,
+        /// Present only to show that a reader skips what it does not know.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        later: Option<&'static str>,
+    }
+
+    #[derive(Serialize)]
+    struct DocumentedArgument {
+        name: &'static str,
+        ty: &'static str,
+    }
+
+    fn documented(later: Option<&'static str>) -> Documented {
+        Documented {
+            codec: "msgpack",
+            methods: [DocumentedMethod {
+                name: "Kv.get",
+                service: "Kv",
+                id: MethodId::from_name("Kv.get").as_u32(),
+                shape: "Unary",
+                idempotent: true,
+                raw: false,
+                args: Some([DocumentedArgument {
+                    name: "key",
+                    ty: "String",
+                }]),
+                request: "(String,)",
+                request_item: None,
+                response: "Option<Vec<u8>>",
+                error: None,
+                request_attachment: false,
+                reply_attachment: false,
+                doc: "The value.",
+                later,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_wire_layout_is_the_documented_one() {
+        let catalog = Catalog::new("msgpack");
+        catalog.add("Kv.get", None, None);
+        catalog.refine(&get());
+        let codec = MsgPack::default().struct_maps(true);
+        assert_eq!(
+            catalog.reply().unwrap(),
+            codec.encode(&documented(None)).unwrap()
+        );
+    }
+
+    /// A later version's extra fields are skipped, missing ones take their defaults.
+    #[test]
+    fn descriptions_of_other_versions_decode() {
+        let codec = MsgPack::default().struct_maps(true);
+        let body = codec.encode(&documented(Some("a later field"))).unwrap();
+        let description: ServerDescription = MsgPack::default().decode(&body).unwrap();
+        assert_eq!(description.methods[0].name, "Kv.get");
+        assert!(description.methods[0].idempotent);
+
+        #[derive(Serialize)]
+        struct Earlier {
+            name: &'static str,
+        }
+        let body = codec.encode(&("json", [Earlier { name: "a" }])).unwrap();
+        let description: ServerDescription = MsgPack::default().decode(&body).unwrap();
+        assert_eq!(description.methods[0].name, "a");
+        assert_eq!(description.methods[0].shape, Shape::Unary);
+    }
+
+    #[test]
+    fn plain_routes_are_described_by_what_the_router_knows() {
+        let catalog = Catalog::new("json");
+        catalog.add("echo", None, None);
+        catalog.add("Math.add", Some("(u8, u8)"), Some("u8"));
+        let description = catalog.snapshot();
+        assert_eq!(description.services(), ["", "Math"]);
+        let echo = description.method("echo").unwrap();
+        assert!(echo.raw && echo.args.is_none());
+        let add = description.method("Math.add").unwrap();
+        assert_eq!((add.raw, add.request.as_str()), (false, "(u8, u8)"));
+    }
 }

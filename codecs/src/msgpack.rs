@@ -3,7 +3,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{scratch, Codec, CodecError, DEFAULT_MAX_DEPTH};
 
-/// MessagePack via rmp-serde. Structs are encoded as arrays (compact, field order matters).
+/// MessagePack via rmp-serde. Structs are encoded as arrays (compact, field order matters),
+/// or as maps keyed by field name with [`struct_maps`](Self::struct_maps) (larger, and a
+/// reader ignores fields it does not know). Either decodes both.
 ///
 /// # Examples
 ///
@@ -18,12 +20,14 @@ use crate::{scratch, Codec, CodecError, DEFAULT_MAX_DEPTH};
 #[derive(Clone, Copy, Debug)]
 pub struct MsgPack {
     max_depth: usize,
+    struct_maps: bool,
 }
 
 impl Default for MsgPack {
     fn default() -> Self {
         Self {
             max_depth: DEFAULT_MAX_DEPTH,
+            struct_maps: false,
         }
     }
 }
@@ -34,6 +38,16 @@ impl MsgPack {
         self.max_depth = depth;
         self
     }
+
+    /// Encodes structs as maps keyed by field name instead of arrays. Default `false`.
+    ///
+    /// A struct of a later version with fields added then decodes in an earlier one (unknown
+    /// keys are skipped; as an array, its extra elements are an error), at the cost of the
+    /// names on the wire. Decoding accepts both layouts whatever this says.
+    pub fn struct_maps(mut self, maps: bool) -> Self {
+        self.struct_maps = maps;
+        self
+    }
 }
 
 impl Codec for MsgPack {
@@ -42,7 +56,11 @@ impl Codec for MsgPack {
     }
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, CodecError> {
-        scratch::encode(|out| rmp_serde::encode::write(out, value))
+        if self.struct_maps {
+            scratch::encode(|out| rmp_serde::encode::write_named(out, value))
+        } else {
+            scratch::encode(|out| rmp_serde::encode::write(out, value))
+        }
     }
 
     fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, CodecError> {
@@ -72,6 +90,28 @@ mod tests {
     fn golden_struct_is_an_array() {
         let body = MsgPack::default().encode(&(1u8, "a")).unwrap();
         assert_eq!(&body[..], &[0x92, 0x01, 0xa1, b'a']);
+    }
+
+    #[test]
+    fn struct_maps_name_the_fields_and_skip_unknown_ones() {
+        #[derive(Serialize)]
+        struct Later {
+            x: i64,
+            added: bool,
+        }
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Earlier {
+            x: i64,
+        }
+        let codec = MsgPack::default().struct_maps(true);
+        let body = codec.encode(&Later { x: 1, added: true }).unwrap();
+        // fixmap of 2: "x" => 1, "added" => true.
+        assert_eq!(&body[..], b"\x82\xa1x\x01\xa5added\xc3");
+        assert_eq!(codec.decode::<Earlier>(&body).unwrap(), Earlier { x: 1 });
+        let as_array = MsgPack::default()
+            .encode(&Later { x: 1, added: true })
+            .unwrap();
+        assert!(MsgPack::default().decode::<Earlier>(&as_array).is_err());
     }
 
     #[test]
