@@ -147,3 +147,23 @@ impl FlumenHealth for Health {
         Health::watch(self, service)
     }
 }
+
+/// The balancer's health check of the standard service
+/// ([`BalanceConfig::health_check`](crate::balance::BalanceConfig::health_check)): it calls
+/// `FlumenHealth.check` for `service` (`""`: the server as a whole) in `codec`, the servers'
+/// codec, and the endpoint serves while the answer is [`ServingStatus::Serving`].
+///
+/// ```
+/// use flumen::{balance::BalanceConfig, health, MsgPack};
+///
+/// let config = BalanceConfig::new().health_check(Some(health::balancer_check("Kv", &MsgPack::default())));
+/// # let _ = config;
+/// ```
+pub fn balancer_check<C: crate::Codec>(service: &str, codec: &C) -> crate::balance::HealthCheck {
+    // A name always encodes: a string in a one-element tuple.
+    let body = codec.encode(&(service,)).unwrap_or_default();
+    let codec = codec.clone();
+    crate::balance::HealthCheck::new(FlumenHealthClient::CHECK.as_u32(), body, move |reply| {
+        matches!(codec.decode(reply), Ok(ServingStatus::Serving))
+    })
+}

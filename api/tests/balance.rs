@@ -19,6 +19,7 @@ use flumen::{
         discovery::{self, Static, Target},
         Backoff, BalanceConfig, Hedging, Mode, OutlierDetection, RetryBudget, Strategy,
     },
+    health::{self, Health, ServingStatus},
     stream::CallError,
     Client, ClientConfig, MsgPack, Router, RpcError, Server, ServerHandle, Status,
 };
@@ -71,6 +72,8 @@ struct Servers<E: Env> {
     runs: Vec<Arc<AtomicU64>>,
     marked: Vec<Arc<AtomicU64>>,
     delays: Vec<Arc<AtomicU64>>,
+    /// Each server's health statuses (the standard health service, mounted on every one).
+    healths: Vec<Health>,
     /// The address that followers name in their redirects, if any.
     leader: Option<SocketAddr>,
 }
@@ -84,12 +87,14 @@ impl<E: Env> Servers<E> {
             runs: Vec::new(),
             marked: Vec::new(),
             delays: Vec::new(),
+            healths: Vec::new(),
             leader: None,
         };
         for i in 0..n {
             servers.runs.push(Arc::new(AtomicU64::new(0)));
             servers.marked.push(Arc::new(AtomicU64::new(0)));
             servers.delays.push(Arc::new(AtomicU64::new(0)));
+            servers.healths.push(Health::new());
             let handle = servers.bind(i, loopback()).await;
             servers.addrs.push(*handle.local_addr());
             servers.handles.push(Some(handle));
@@ -137,6 +142,8 @@ impl<E: Env> Servers<E> {
                     }
                 }
             })
+            .with_health(&self.healths[i])
+            .unwrap()
     }
 
     async fn bind(&self, i: usize, addr: SocketAddr) -> ServerHandle<SocketAddr> {
@@ -278,6 +285,58 @@ async fn calls_move_off_a_dead_server_and_back<E: Env>(env: E) {
     }
     let stats = client.balancer().unwrap().stats();
     assert_eq!(stats.endpoints.len(), 3);
+}
+
+/// With health checks that call the health service, a server whose service stops serving
+/// gets no calls, though its connection stays up, until it serves again. (With pings alone it
+/// would keep getting its share: the mutation of ignoring the answer leaves it in rotation.)
+async fn a_server_not_serving_gets_no_calls_until_it_serves<E: Env>(env: E) {
+    let servers = Servers::start(&env, 2).await;
+    for health in &servers.healths {
+        health.set("Fleet", ServingStatus::Serving);
+    }
+    let check = health::balancer_check("Fleet", &MsgPack::default());
+    let config = quick()
+        .strategy(Strategy::RoundRobin)
+        .health_check(Some(check));
+    let client = balanced(&env, servers.discovery(), config);
+    let fleet = FleetClient::new(client.clone());
+    fleet.read(0).await.unwrap();
+    all_connected(&env, &client).await;
+    let balancer = client.balancer().unwrap().clone();
+
+    servers.healths[1].set("Fleet", ServingStatus::NotServing);
+    eventually(&env, "server 1 seen not serving", || {
+        balancer.stats().endpoints[1].not_serving
+    })
+    .await;
+    let before = servers.runs();
+    for _ in 0..100 {
+        assert_eq!(fleet.read(0).await.unwrap(), 0);
+    }
+    assert_eq!(
+        servers.runs()[1],
+        before[1],
+        "the server not serving ran nothing"
+    );
+    assert_eq!(
+        balancer.stats().endpoints[1].connections,
+        1,
+        "its connection stays"
+    );
+
+    servers.healths[1].set("Fleet", ServingStatus::Serving);
+    eventually(&env, "server 1 seen serving", || {
+        !balancer.stats().endpoints[1].not_serving
+    })
+    .await;
+    let back = servers.runs()[1];
+    for _ in 0..100 {
+        fleet.read(0).await.unwrap();
+    }
+    // Round robin over two: half of them.
+    let share = servers.runs()[1] - back;
+    assert!((40..=60).contains(&share), "{share} of 100 calls");
 }
 
 /// A call whose server dies while it runs is not retried: it may have run. Declared
@@ -773,6 +832,7 @@ e2e_ip!(
     dropping_the_client_stops_its_discovery,
     a_silent_idle_connection_is_found_by_a_health_ping,
     calls_move_off_a_dead_server_and_back,
+    a_server_not_serving_gets_no_calls_until_it_serves,
     only_idempotent_calls_are_retried_after_they_ran,
     calls_leave_a_draining_server,
     a_leader_redirect_is_followed_and_remembered,

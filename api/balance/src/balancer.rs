@@ -187,16 +187,17 @@ impl Shared {
                 endpoint.want();
                 continue;
             }
-            if endpoint.is_available(now) {
+            if endpoint.is_available(now) && !endpoint.is_not_serving() {
                 ready.push(endpoint);
-            } else if endpoint.is_ejected(now) {
+            } else if endpoint.is_ejected(now) || endpoint.is_not_serving() {
                 ejected.push(endpoint);
             } else {
                 backing_off = true;
             }
         }
         if ready.is_empty() {
-            // Every connected endpoint is ejected: better a suspect endpoint than none.
+            // Every connected endpoint is ejected or not serving: better a suspect endpoint
+            // than none.
             ready = ejected;
         }
         // A retry goes elsewhere if it can.
@@ -238,11 +239,12 @@ impl Shared {
         Self::lease_or_wait(reachable[index], now)
     }
 
-    /// Whether `endpoint` should get its calls: present, not ejected, and connected or about
-    /// to be (no failed connection attempt since its last success).
+    /// Whether `endpoint` should get its calls: present, not ejected, serving, and connected
+    /// or about to be (no failed connection attempt since its last success).
     fn can_reach(endpoint: &Endpoint, now: Instant) -> bool {
         !endpoint.is_removed()
             && !endpoint.is_ejected(now)
+            && !endpoint.is_not_serving()
             && (endpoint.connect_failures() == 0 || endpoint.open_count() > 0)
     }
 
@@ -715,6 +717,7 @@ impl Balancer {
                         connections: e.open_count(),
                         latency: e.latency_now(now),
                         ejected: e.is_ejected(now),
+                        not_serving: e.is_not_serving(),
                         weight: e.weight(),
                         io: e.io(),
                     }
@@ -818,6 +821,9 @@ pub struct EndpointStats {
     pub latency: Duration,
     /// Ejected by outlier detection now.
     pub ejected: bool,
+    /// Its last health check by call ([`BalanceConfig::health_check`](crate::BalanceConfig::health_check))
+    /// said it does not serve.
+    pub not_serving: bool,
     /// The weight discovery gave it.
     pub weight: u32,
     /// I/O counters of its open connections (frames per write, bytes buffered).

@@ -1,7 +1,8 @@
 //! The balanced client's settings.
 
-use std::time::Duration;
+use std::{fmt, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use flumen_stream::ClientConfig;
 
 use crate::{Backoff, Hedging, OutlierDetection, RetryBudget, Strategy};
@@ -46,6 +47,7 @@ pub struct BalanceConfig {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_attempts: u32,
     pub(crate) hedging: Option<Hedging>,
+    pub(crate) health_check: Option<HealthCheck>,
 }
 
 impl Default for BalanceConfig {
@@ -63,6 +65,7 @@ impl Default for BalanceConfig {
             idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             hedging: None,
+            health_check: None,
         }
     }
 }
@@ -156,5 +159,53 @@ impl BalanceConfig {
     pub fn hedging(mut self, hedging: Option<Hedging>) -> Self {
         self.hedging = hedging;
         self
+    }
+
+    /// Checks each endpoint by calling its health service instead of pinging idle
+    /// connections (`flumen::health::balancer_check` makes the check of the standard one).
+    ///
+    /// Every [`health_interval`](Self::health_interval), busy or idle, the check is called on
+    /// one of the endpoint's connections with [`health_timeout`](Self::health_timeout) as its
+    /// deadline. An endpoint whose answer says it is not serving (or an error the server
+    /// answered, such as a server without the service) takes no calls while another endpoint
+    /// serves, and takes them again after an answer that it serves; it keeps its connections.
+    /// A check unanswered in time counts as a failed ping: the connection is closed and it
+    /// counts against the endpoint. A new connection is checked at once. Default `None`: pings.
+    pub fn health_check(mut self, check: Option<HealthCheck>) -> Self {
+        self.health_check = check;
+        self
+    }
+}
+
+/// A health check made by a call: its method, its request body, and what in the reply means
+/// the endpoint serves (see [`BalanceConfig::health_check`]).
+#[derive(Clone)]
+pub struct HealthCheck {
+    pub(crate) method: u32,
+    pub(crate) body: Bytes,
+    pub(crate) serving: Arc<dyn Fn(&[u8]) -> bool + Send + Sync>,
+}
+
+impl HealthCheck {
+    /// Calls `method` with `body`; the endpoint serves while `serving` says so of the reply.
+    pub fn new(
+        method: u32,
+        body: Bytes,
+        serving: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            method,
+            body,
+            serving: Arc::new(serving),
+        }
+    }
+}
+
+impl fmt::Debug for HealthCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthCheck")
+            .field("method", &format_args!("{:#010x}", self.method))
+            .field("body", &self.body)
+            .finish_non_exhaustive()
     }
 }

@@ -209,8 +209,12 @@ async fn connector<R: Runtime, T: Transport>(
             let Some(strong) = shared.upgrade() else {
                 return;
             };
-            // A new connection is pinged once it has been idle for a health interval.
-            next_ping = Instant::now() + strong.config.health_interval;
+            // A new connection is pinged once it has been idle for a health interval, or
+            // checked at once by a health check that calls.
+            next_ping = match strong.config.health_check {
+                Some(_) => Instant::now(),
+                None => Instant::now() + strong.config.health_interval,
+            };
             match result {
                 Ok(conn) if !endpoint.is_removed() => {
                     endpoint.add_connection(conn, &strong.config.outlier)
@@ -231,10 +235,42 @@ async fn connector<R: Runtime, T: Transport>(
             endpoint.release_connections();
             continue;
         }
+        // A health check that calls runs busy or idle: what it asks can change under load.
+        if let Some(check) = config
+            .health_check
+            .clone()
+            .filter(|_| open > 0 && now >= next_ping)
+        {
+            next_ping = now + config.health_interval;
+            let (timeout, policy) = (config.health_timeout, config.outlier);
+            drop(strong);
+            if let Some(conn) = endpoint.connections().into_iter().next() {
+                let reply = conn
+                    .call_with_timeout(check.method, check.body.clone(), Some(timeout))
+                    .await;
+                match reply {
+                    Ok(reply) => endpoint.set_serving((check.serving)(&reply)),
+                    Err(error) if error.is_timeout() || error.is_connection() => {
+                        endpoint.ping_failed(Instant::now(), &policy);
+                        conn.close();
+                    }
+                    // The server answered, but not that it serves.
+                    Err(_) => endpoint.set_serving(false),
+                }
+            }
+            if let Some(strong) = shared.upgrade() {
+                strong.changed.notify(usize::MAX);
+            }
+            continue;
+        }
         // Idle connections are pinged (keep-alive watches those with calls in flight): one
         // that does not answer within the health timeout is closed, and counts against the
         // endpoint.
-        if open > 0 && endpoint.in_flight() == 0 && now >= next_ping {
+        if config.health_check.is_none()
+            && open > 0
+            && endpoint.in_flight() == 0
+            && now >= next_ping
+        {
             next_ping = now + config.health_interval;
             let (timeout, policy) = (config.health_timeout, config.outlier);
             drop(strong);

@@ -48,6 +48,9 @@ pub(crate) struct Endpoint {
     wanted: AtomicBool,
     /// Discovery dropped the endpoint: no new calls, connections close once their calls end.
     removed: AtomicBool,
+    /// Its last health check by call said it does not serve: it takes calls only when no
+    /// other endpoint serves.
+    not_serving: AtomicBool,
     /// Connection attempts that failed in a row; the last one's error.
     connect_failures: AtomicU32,
     last_error: Mutex<Option<ConnectionError>>,
@@ -85,6 +88,7 @@ impl Endpoint {
             ejected_until: AtomicU64::new(0),
             wanted: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            not_serving: AtomicBool::new(false),
             connect_failures: AtomicU32::new(0),
             last_error: Mutex::new(None),
             idle_mark: Mutex::new((0, Instant::now())),
@@ -299,6 +303,16 @@ impl Endpoint {
     pub(crate) fn opens_at(&self, now: Instant) -> Option<Instant> {
         let until = self.closed_until.load(Ordering::Acquire);
         (until > self.stamp(now)).then(|| self.epoch + Duration::from_nanos(until - 1))
+    }
+
+    /// Records what the endpoint's health check answered.
+    pub(crate) fn set_serving(&self, serving: bool) {
+        self.not_serving.store(!serving, Ordering::Release);
+    }
+
+    /// Its last health check said it does not serve.
+    pub(crate) fn is_not_serving(&self) -> bool {
+        self.not_serving.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {

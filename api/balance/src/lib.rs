@@ -28,8 +28,8 @@ pub use crate::{
     balancer::{BalanceStats, Balancer, EndpointStats, Route},
     budget::RetryBudget,
     config::{
-        BalanceConfig, Mode, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
-        DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_SIZE, MAX_REDIRECTS,
+        BalanceConfig, HealthCheck, Mode, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
+        DEFAULT_MAX_ATTEMPTS, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_SIZE, MAX_REDIRECTS,
     },
     driver::Address,
     health::OutlierDetection,
