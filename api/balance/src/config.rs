@@ -183,8 +183,11 @@ impl BalanceConfig {
 pub struct HealthCheck {
     pub(crate) method: u32,
     pub(crate) body: Bytes,
-    pub(crate) serving: Arc<dyn Fn(&[u8]) -> bool + Send + Sync>,
+    pub(crate) serving: Arc<Verdict>,
 }
+
+/// Whether a health check's reply says the endpoint serves.
+type Verdict = dyn Fn(&[u8]) -> bool + Send + Sync;
 
 impl HealthCheck {
     /// Calls `method` with `body`; the endpoint serves while `serving` says so of the reply.
