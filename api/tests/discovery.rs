@@ -9,15 +9,16 @@ mod common;
 mod external;
 
 use std::{
+    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
+    process::{Child, Command, ExitCode, Stdio},
+    time::{Duration, Instant},
 };
 
 use common::{eventually, IpEnv as Env};
 use flumen::{
-    balance::discovery::{Dns, DnsName, Etcd, FileWatch, Registry},
+    balance::discovery::{Dns, DnsName, Etcd, FileWatch, Registry, MIN_LEASE_TTL},
     Client, Router, Server, ServerHandle, Status,
 };
 
@@ -283,7 +284,8 @@ fn free_tcp_port() -> u16 {
 }
 
 /// Servers register under a prefix in a real etcd; the client follows the registry while
-/// calls run.
+/// calls run, through etcd's watch: it reads the prefix again only an hour after a failure,
+/// so no change could reach it by a second read.
 async fn an_etcd_prefix_feeds_the_balancer<E: Env>(env: E, name: &str) {
     let etcd = EtcdServer::start(name);
     let (a, b) = (
@@ -295,7 +297,7 @@ async fn an_etcd_prefix_feeds_the_balancer<E: Env>(env: E, name: &str) {
     registry.put(&key(&a), &a.local_addr().to_string()).unwrap();
     // Another service's entry under a neighbouring prefix is not ours.
     registry.put("/services/whom/x", "127.0.0.1:1").unwrap();
-    let source = Etcd::new(etcd.client, "/services/who/").interval(Duration::from_millis(50));
+    let source = Etcd::new(etcd.client, "/services/who/").interval(Duration::from_secs(3600));
     let client = Client::balanced(&env.rt(), env.transport(), source);
     assert!(!any_reaches(&client, 1).await);
     registry.put(&key(&b), &b.local_addr().to_string()).unwrap();
@@ -306,6 +308,125 @@ async fn an_etcd_prefix_feeds_the_balancer<E: Env>(env: E, name: &str) {
     })
     .await;
     assert!(!any_reaches(&client, 0).await);
+}
+
+/// The prefix the lease test's servers register under.
+const LEASED: &str = "/services/leased/";
+
+/// A server registered under a lease by another process: SIGKILL leaves no chance to
+/// deregister, so only the lease's expiry removes its entry. The process is killed on drop.
+struct RegisteredChild {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RegisteredChild {
+    /// Starts this test binary as the child ([`registered_child`]), and waits until it has
+    /// registered.
+    fn spawn(etcd: SocketAddr, ttl: Duration) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD, format!("{etcd} {}", ttl.as_secs()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the child did not register: {line:?}")
+        });
+        Self { child, addr }
+    }
+}
+
+impl Drop for RegisteredChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The environment variable that makes this binary the registered child: `ETCD_ADDR TTL_SECS`.
+const CHILD: &str = "FLUMEN_ETCD_CHILD";
+
+/// The child of [`RegisteredChild`], when [`CHILD`] is set: serves `who` (index 9) on
+/// loopback, registers it under [`LEASED`] with a lease, prints its address and waits to be
+/// killed.
+fn registered_child() -> Option<ExitCode> {
+    let spec = std::env::var(CHILD).ok()?;
+    let (etcd, ttl) = spec.split_once(' ').expect("ETCD_ADDR TTL_SECS");
+    let etcd: SocketAddr = etcd.parse().unwrap();
+    let ttl = Duration::from_secs(ttl.parse().unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let rt = flumen::rt::TokioRuntime::current();
+        let router = Router::new().route("who", |()| async { Ok::<_, Status>(9u32) });
+        let server = Server::new(router)
+            .bind(&rt, &flumen::tcp::TokioTcp::default(), &common::loopback())
+            .await
+            .unwrap();
+        let addr = server.local_addr().to_string();
+        let _registration = Registry::new(etcd)
+            .register(&format!("{LEASED}{addr}"), &addr, ttl)
+            .unwrap();
+        println!("{addr}");
+        std::future::pending::<()>().await;
+    });
+    Some(ExitCode::SUCCESS)
+}
+
+/// A registered server's entry lives while its lease is renewed (past its time to live);
+/// killed with SIGKILL, the server cannot deregister, and its entry, then its traffic, go
+/// within the lease's time to live. A registration dropped deletes its entry at once.
+async fn a_killed_server_leaves_the_registry_within_its_ttl<E: Env>(env: E, name: &str) {
+    const TTL: Duration = MIN_LEASE_TTL;
+    let etcd = EtcdServer::start(name);
+    let registry = Registry::new(etcd.client);
+    let a = serve(&env, 0, common::loopback()).await;
+    let key = format!("{LEASED}{}", a.local_addr());
+    let registration = registry
+        .register(&key, &a.local_addr().to_string(), TTL)
+        .unwrap();
+    let child = RegisteredChild::spawn(etcd.client, TTL);
+    let source = Etcd::new(etcd.client, LEASED).interval(Duration::from_secs(3600));
+    let client = Client::balanced(&env.rt(), env.transport(), source);
+    reaches(&client, 9).await;
+
+    // Four renewals, a third of the time to live apart: the lease has outlived its TTL.
+    eventually(&env, "the lease renewed four times", || {
+        registration.renewals() >= 4
+    })
+    .await;
+    assert_eq!(registry.values(LEASED).unwrap().len(), 2);
+
+    let killed = Instant::now();
+    let child_addr = child.addr;
+    drop(child);
+    eventually(&env, "the killed server's entry gone", || {
+        registry.values(LEASED).unwrap() == [a.local_addr().to_string()]
+    })
+    .await;
+    let gone = killed.elapsed();
+    assert!(
+        gone <= TTL + Duration::from_secs(2),
+        "{child_addr}'s entry went {gone:?} after the kill; its lease lives {TTL:?}"
+    );
+    eventually(&env, "the balancer followed the watch", || {
+        client.balancer().unwrap().stats().endpoints.len() == 1
+    })
+    .await;
+    assert!(!any_reaches(&client, 9).await);
+
+    drop(registration);
+    assert!(
+        registry.values(LEASED).unwrap().is_empty(),
+        "a dropped registration revokes its lease"
+    );
 }
 
 /// Each test once on tokio and once on smol (TCP); its name names its scratch files. Tests
@@ -325,6 +446,9 @@ macro_rules! on_both_runtimes {
             })*
         }
         fn main() -> std::process::ExitCode {
+            if let Some(code) = registered_child() {
+                return code;
+            }
             let tests: Vec<(&str, external::Needs, fn())> = vec![
                 $(
                     (
@@ -349,4 +473,5 @@ on_both_runtimes!(
     dns_srv_records_feed_the_balancer: Dnsmasq,
     dns_a_records_feed_the_balancer: Dnsmasq,
     an_etcd_prefix_feeds_the_balancer: Etcd,
+    a_killed_server_leaves_the_registry_within_its_ttl: Etcd,
 );

@@ -26,7 +26,10 @@ mod etcd;
 #[cfg(feature = "dns")]
 pub use dns::{Dns, DnsName, DEFAULT_DNS_INTERVAL};
 #[cfg(feature = "etcd")]
-pub use etcd::{Etcd, Registry, DEFAULT_ETCD_INTERVAL, ETCD_REQUEST_TIMEOUT, MAX_ETCD_RESPONSE};
+pub use etcd::{
+    Etcd, LeaseId, Registration, Registry, DEFAULT_ETCD_INTERVAL, ETCD_REQUEST_TIMEOUT,
+    ETCD_WATCH_TICK, MAX_ETCD_RESPONSE, MIN_LEASE_TTL,
+};
 
 /// The weight of an endpoint whose source gives none.
 pub const DEFAULT_WEIGHT: u32 = 1;
