@@ -86,7 +86,7 @@ impl<A: FromStr + Clone + Eq + Send + 'static> Etcd<A> {
             .name("flumen-etcd".into())
             .spawn(move || {
                 let mut last: Option<Vec<Target<A>>> = None;
-                let mut publish = |entries: &BTreeMap<Vec<u8>, String>| {
+                let mut publish = |entries: &Entries| {
                     let values: Vec<&str> = entries.values().map(String::as_str).collect();
                     let set: Vec<Target<A>> = parse_targets(&values.join("\n"));
                     if last.as_ref() != Some(&set) {
@@ -154,6 +154,9 @@ struct KeyValue {
     #[serde(default)]
     value: String,
 }
+
+/// Entries under a prefix: each key and its value as text, in key order.
+type Entries = BTreeMap<Vec<u8>, String>;
 
 /// One message of a watch stream.
 #[derive(Deserialize)]
@@ -346,7 +349,7 @@ impl Registry {
     }
 
     /// The entries under `prefix` by key, and the revision they were read at.
-    fn range(&self, prefix: &str) -> io::Result<(BTreeMap<Vec<u8>, String>, i64)> {
+    fn range(&self, prefix: &str) -> io::Result<(Entries, i64)> {
         let body = format!(
             r#"{{"key":"{}","range_end":"{}"}}"#,
             STANDARD.encode(prefix),
@@ -369,7 +372,7 @@ impl Registry {
         &self,
         prefix: &str,
         stop: &AtomicBool,
-        publish: &mut dyn FnMut(&BTreeMap<Vec<u8>, String>),
+        publish: &mut dyn FnMut(&Entries),
     ) -> io::Result<()> {
         let (mut entries, revision) = self.range(prefix)?;
         publish(&entries);
