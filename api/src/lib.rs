@@ -47,6 +47,8 @@ mod observe;
 #[cfg(feature = "opentelemetry")]
 mod otel;
 pub mod reflection;
+#[cfg(unix)]
+pub mod restart;
 mod router;
 mod service;
 #[cfg(feature = "tower")]

@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    fmt::Display,
     hash::Hash,
     io,
     marker::PhantomData,
@@ -22,10 +21,26 @@ use crate::{
 };
 
 /// What an address type needs to be balanced over: compared and hashed to tell endpoints apart,
-/// shown and parsed as text (stats, redirects, discovery files).
-pub trait Address: Clone + Eq + Hash + Display + FromStr + Send + Sync + 'static {}
+/// written as text (endpoint labels in stats) and parsed from it (redirects, discovery files).
+/// Implemented for IP socket addresses and Unix socket paths; a transport with an address
+/// type of its own implements it to be balanced.
+pub trait Address: Clone + Eq + Hash + FromStr + Send + Sync + 'static {
+    /// The address as text, as `FromStr` reads it back.
+    fn to_text(&self) -> String;
+}
 
-impl<A: Clone + Eq + Hash + Display + FromStr + Send + Sync + 'static> Address for A {}
+impl Address for std::net::SocketAddr {
+    fn to_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Unix socket paths. A path that is not UTF-8 is written lossily, as labels only.
+impl Address for std::path::PathBuf {
+    fn to_text(&self) -> String {
+        self.display().to_string()
+    }
+}
 
 /// The runtime and transport a balancer opens connections with.
 struct Driver<R, T: Transport> {
@@ -92,7 +107,7 @@ where
     T::Addr: Address,
 {
     let endpoint = Arc::new(Endpoint::new(
-        target.address.to_string().into(),
+        target.address.to_text().into(),
         target.weight,
     ));
     rt.spawn(connector(
@@ -152,7 +167,7 @@ where
             .collect();
         let mut next = Vec::with_capacity(targets.len());
         for target in &targets {
-            let label = target.address.to_string();
+            let label = target.address.to_text();
             match by_label.remove(label.as_str()) {
                 Some(endpoint) => {
                     endpoint.set_weight(target.weight);

@@ -21,8 +21,18 @@ pub use crate::tokio::{TokioTcp, TokioTcpListener, TokioTcpReader, TokioTcpWrite
 /// Backlog of a listener: connections the kernel completes before the server accepts them.
 pub const LISTEN_BACKLOG: i32 = 1024;
 
-/// A non-blocking listener on `addr` with `SO_REUSEADDR`, for either runtime to adopt.
-#[cfg(any(feature = "smol", feature = "tokio"))]
+/// A non-blocking listener on `addr` bound as the transports bind (`SO_REUSEADDR`,
+/// [`LISTEN_BACKLOG`]), for either runtime to adopt with `listener_from_std`, or to hand to
+/// another process (a restart).
+///
+/// # Errors
+///
+/// If the address cannot be bound.
+pub fn std_listener(addr: &std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    listener(addr)
+}
+
+/// See [`std_listener`].
 pub(crate) fn listener(addr: &std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
 

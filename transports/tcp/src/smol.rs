@@ -35,6 +35,20 @@ impl SmolTcp {
     pub const fn with_options(options: TcpOptions) -> Self {
         Self { options }
     }
+
+    /// Adopts a listener bound elsewhere (inherited from another process, or made with
+    /// [`std_listener`](crate::std_listener)); accepted connections get this transport's
+    /// options.
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot be made non-blocking or registered with the reactor.
+    pub fn listener_from_std(&self, listener: TcpListener) -> io::Result<SmolTcpListener> {
+        Ok(SmolTcpListener {
+            listener: Async::new(listener)?,
+            options: self.options,
+        })
+    }
 }
 
 fn split(

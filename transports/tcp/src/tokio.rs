@@ -37,6 +37,24 @@ impl TokioTcp {
     pub const fn with_options(options: TcpOptions) -> Self {
         Self { options }
     }
+
+    /// Adopts a listener bound elsewhere (inherited from another process, or made with
+    /// [`std_listener`](crate::std_listener)); accepted connections get this transport's
+    /// options.
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot be made non-blocking or registered with tokio.
+    pub fn listener_from_std(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> io::Result<TokioTcpListener> {
+        listener.set_nonblocking(true)?;
+        Ok(TokioTcpListener {
+            listener: TcpListener::from_std(listener)?,
+            options: self.options,
+        })
+    }
 }
 
 fn split(stream: TcpStream, options: &TcpOptions) -> io::Result<(TokioTcpReader, TokioTcpWriter)> {

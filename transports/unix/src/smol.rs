@@ -21,11 +21,30 @@ pub type SmolUnixReader = SmolIo<UnixStream>;
 /// The sending half of a smol Unix socket connection; closing it shuts the write side down.
 pub type SmolUnixWriter = SmolIo<UnixStream>;
 
-/// A smol Unix socket listener; dropping it removes its socket file.
+/// A smol Unix socket listener; dropping it removes its socket file if it bound it.
 #[derive(Debug)]
 pub struct SmolUnixListener {
     listener: Async<UnixListener>,
-    path: Unlink,
+    path: PathBuf,
+    /// Set if this listener bound the path: its file goes with it.
+    _unlink: Option<Unlink>,
+}
+
+impl SmolUnix {
+    /// Adopts a listener bound elsewhere (inherited from another process); dropping the
+    /// adopted listener leaves its socket file alone.
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot be made non-blocking or registered with the reactor.
+    pub fn listener_from_std(&self, listener: UnixListener) -> io::Result<SmolUnixListener> {
+        let path = crate::bound_path(&listener)?;
+        Ok(SmolUnixListener {
+            listener: Async::new(listener)?,
+            path,
+            _unlink: None,
+        })
+    }
 }
 
 fn split(stream: Async<UnixStream>) -> (SmolUnixReader, SmolUnixWriter) {
@@ -45,7 +64,8 @@ impl Transport for SmolUnix {
     async fn bind(&self, path: &PathBuf) -> io::Result<SmolUnixListener> {
         Ok(SmolUnixListener {
             listener: Async::new(UnixListener::bind(path)?)?,
-            path: Unlink(path.clone()),
+            path: path.clone(),
+            _unlink: Some(Unlink(path.clone())),
         })
     }
 }
@@ -62,6 +82,6 @@ impl Listener for SmolUnixListener {
     }
 
     fn local_addr(&self) -> io::Result<PathBuf> {
-        Ok(self.path.0.clone())
+        Ok(self.path.clone())
     }
 }

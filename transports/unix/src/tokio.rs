@@ -23,11 +23,34 @@ pub type TokioUnixReader = TokioIo<OwnedReadHalf>;
 /// The sending half of a tokio Unix socket connection; closing it shuts the write side down.
 pub type TokioUnixWriter = TokioIo<OwnedWriteHalf>;
 
-/// A tokio Unix socket listener; dropping it removes its socket file.
+/// A tokio Unix socket listener; dropping it removes its socket file if it bound it.
 #[derive(Debug)]
 pub struct TokioUnixListener {
     listener: UnixListener,
-    path: Unlink,
+    path: PathBuf,
+    /// Set if this listener bound the path: its file goes with it.
+    _unlink: Option<Unlink>,
+}
+
+impl TokioUnix {
+    /// Adopts a listener bound elsewhere (inherited from another process); dropping the
+    /// adopted listener leaves its socket file alone.
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot be made non-blocking or registered with tokio.
+    pub fn listener_from_std(
+        &self,
+        listener: std::os::unix::net::UnixListener,
+    ) -> io::Result<TokioUnixListener> {
+        listener.set_nonblocking(true)?;
+        let path = crate::bound_path(&listener)?;
+        Ok(TokioUnixListener {
+            listener: UnixListener::from_std(listener)?,
+            path,
+            _unlink: None,
+        })
+    }
 }
 
 fn split(stream: UnixStream) -> (TokioUnixReader, TokioUnixWriter) {
@@ -48,7 +71,8 @@ impl Transport for TokioUnix {
     async fn bind(&self, path: &PathBuf) -> io::Result<TokioUnixListener> {
         Ok(TokioUnixListener {
             listener: UnixListener::bind(path)?,
-            path: Unlink(path.clone()),
+            path: path.clone(),
+            _unlink: Some(Unlink(path.clone())),
         })
     }
 }
@@ -69,6 +93,6 @@ impl Listener for TokioUnixListener {
     }
 
     fn local_addr(&self) -> io::Result<PathBuf> {
-        Ok(self.path.0.clone())
+        Ok(self.path.clone())
     }
 }
