@@ -3,7 +3,9 @@
 //! ([`ServerHandle::shutdown`]: it stops accepting, tells its clients `GoAway`, finishes the
 //! calls it has) and exits. Clients reconnect to the same address, now served by the new
 //! process; a call that reached the old one just after its `GoAway` is refused unrun, so a
-//! balanced client retries it there, idempotent or not.
+//! balanced client retries it there, idempotent or not. (A single connection made with
+//! `Client::connect` ends with the `GoAway`: its owner reconnects, or uses a balanced client
+//! over the one address.)
 //!
 //! Both processes name a control socket, a path only their user can reach. A process that
 //! finds a predecessor there asks it for its listeners, each under the name it was opened

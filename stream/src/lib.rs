@@ -78,5 +78,5 @@ pub use crate::{
         DEFAULT_WRITE_TIMEOUT,
     },
     stats::ConnectionStats,
-    transport::{Listener, Transport, TransportRead, TransportWrite},
+    transport::{AddressText, Listener, Transport, TransportRead, TransportWrite},
 };

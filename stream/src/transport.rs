@@ -39,6 +39,28 @@ pub trait Transport: Send + Sync + 'static {
     fn bind(&self, addr: &Self::Addr) -> impl Future<Output = io::Result<Self::Listener>> + Send;
 }
 
+/// An address as text, as its `FromStr` reads it back: endpoint labels in statistics,
+/// redirects, discovery files. Implemented for IP socket addresses and Unix socket paths; a
+/// transport whose address type is its own implements it for that type, so that its
+/// connections can be balanced.
+pub trait AddressText {
+    /// The address as text.
+    fn to_text(&self) -> String;
+}
+
+impl AddressText for std::net::SocketAddr {
+    fn to_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A path that is not UTF-8 is written lossily.
+impl AddressText for std::path::PathBuf {
+    fn to_text(&self) -> String {
+        self.display().to_string()
+    }
+}
+
 /// Accepts incoming connections.
 ///
 /// Accepting is split in two so that a slow or hostile peer cannot hold up the accept loop:

@@ -11,7 +11,7 @@ use std::{
     time::Instant,
 };
 
-use flumen_stream::{ConnectError, ConnectionError, Runtime, Transport};
+use flumen_stream::{AddressText, ConnectError, ConnectionError, Runtime, Transport};
 
 use crate::{
     balancer::{BoxFuture, Control, Shared},
@@ -21,26 +21,11 @@ use crate::{
 };
 
 /// What an address type needs to be balanced over: compared and hashed to tell endpoints apart,
-/// written as text (endpoint labels in stats) and parsed from it (redirects, discovery files).
-/// Implemented for IP socket addresses and Unix socket paths; a transport with an address
-/// type of its own implements it to be balanced.
-pub trait Address: Clone + Eq + Hash + FromStr + Send + Sync + 'static {
-    /// The address as text, as `FromStr` reads it back.
-    fn to_text(&self) -> String;
-}
+/// written as text (endpoint labels in stats, [`AddressText`]) and parsed from it (redirects,
+/// discovery files).
+pub trait Address: Clone + Eq + Hash + AddressText + FromStr + Send + Sync + 'static {}
 
-impl Address for std::net::SocketAddr {
-    fn to_text(&self) -> String {
-        self.to_string()
-    }
-}
-
-/// Unix socket paths. A path that is not UTF-8 is written lossily, as labels only.
-impl Address for std::path::PathBuf {
-    fn to_text(&self) -> String {
-        self.display().to_string()
-    }
-}
+impl<A: Clone + Eq + Hash + AddressText + FromStr + Send + Sync + 'static> Address for A {}
 
 /// The runtime and transport a balancer opens connections with.
 struct Driver<R, T: Transport> {

@@ -64,6 +64,12 @@ impl fmt::Display for InProcAddr {
     }
 }
 
+impl flumen_stream::AddressText for InProcAddr {
+    fn to_text(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl std::str::FromStr for InProcAddr {
     type Err = io::Error;
 
