@@ -37,6 +37,8 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod client;
 mod error;
 pub mod health;

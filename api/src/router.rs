@@ -108,7 +108,16 @@ where
 }
 
 /// Routes by method id, hashed with [`MethodIdHasher`].
-type Routes = HashMap<u32, (String, Handler), BuildHasherDefault<MethodIdHasher>>;
+type Routes = HashMap<u32, Route, BuildHasherDefault<MethodIdHasher>>;
+
+/// One method's handler, under its name.
+struct Route {
+    name: String,
+    handler: Handler,
+    /// Its calls, errors and latencies for the admin page.
+    #[cfg(feature = "admin")]
+    stats: Arc<crate::admin::MethodStats>,
+}
 
 /// Hashes a method id with one multiplication (Fibonacci hashing) instead of SipHash on every
 /// call. Ids are hashes of names already; only the server's own methods are inserted (a peer's
@@ -354,8 +363,8 @@ impl<C: Codec> Router<C> {
     /// Replaces every registered handler with what `wrap` makes of it.
     #[cfg(feature = "tower")]
     pub(crate) fn map_handlers(&mut self, mut wrap: impl FnMut(Handler) -> Handler) {
-        for (_, handler) in self.routes.values_mut() {
-            *handler = wrap(handler.clone());
+        for route in self.routes.values_mut() {
+            route.handler = wrap(route.handler.clone());
         }
     }
 
@@ -371,15 +380,20 @@ impl<C: Codec> Router<C> {
 
     fn insert(mut self, method: &str, handler: Handler) -> Result<Self, RouteError> {
         let id = MethodId::from_name(method);
-        if let Some((existing, _)) = self.routes.get(&id.as_u32()) {
+        if let Some(existing) = self.routes.get(&id.as_u32()) {
             return Err(RouteError {
                 method: method.to_owned(),
-                existing: existing.clone(),
+                existing: existing.name.clone(),
                 id,
             });
         }
-        self.routes
-            .insert(id.as_u32(), (method.to_owned(), handler));
+        let route = Route {
+            name: method.to_owned(),
+            handler,
+            #[cfg(feature = "admin")]
+            stats: crate::admin::MethodStats::register(method),
+        };
+        self.routes.insert(id.as_u32(), route);
         self.catalog.add(method, None, None);
         Ok(self)
     }
@@ -426,21 +440,27 @@ impl<C: Codec> Dispatch for Router<C> {
 
     fn dispatch_in(&self, request: Request, slot: Pin<&mut RouterFuture>) {
         let slot = slot.get_mut();
-        let Some((name, handler)) = self.routes.get(&request.method()) else {
+        let Some(route) = self.routes.get(&request.method()) else {
             *slot = RouterFuture::ready(Err(Status::new(
                 ErrorCode::UNKNOWN_METHOD,
                 format!("no method with id {:#010x}", request.method()),
             )));
             return;
         };
-        crate::observe::served(name, &request);
+        crate::observe::served(&route.name, &request);
         #[cfg(feature = "metrics")]
-        let served = crate::metrics::server(MethodId::from_u32(request.method()), name)
+        let served = crate::metrics::server(MethodId::from_u32(request.method()), &route.name)
             .map(crate::metrics::Served::start);
-        handler.start_in(request, slot);
+        #[cfg(feature = "admin")]
+        let timed = route.stats.start();
+        route.handler.start_in(request, slot);
         #[cfg(feature = "metrics")]
         {
             slot.served = served;
+        }
+        #[cfg(feature = "admin")]
+        {
+            slot.timed = timed;
         }
     }
 }
@@ -450,7 +470,7 @@ impl<C> fmt::Debug for Router<C> {
         let mut names: Vec<_> = self
             .routes
             .values()
-            .map(|(name, _)| name.as_str())
+            .map(|route| route.name.as_str())
             .collect();
         names.sort_unstable();
         f.debug_struct("Router").field("methods", &names).finish()
@@ -473,6 +493,9 @@ pub struct RouterFuture {
     /// Counts the call in the metrics when it ends.
     #[cfg(feature = "metrics")]
     served: Option<crate::metrics::Served>,
+    /// Times the call for the admin page when it ends.
+    #[cfg(feature = "admin")]
+    timed: Option<crate::admin::Timed>,
 }
 
 enum Inner {
@@ -498,6 +521,8 @@ impl RouterFuture {
             inner,
             #[cfg(feature = "metrics")]
             served: None,
+            #[cfg(feature = "admin")]
+            timed: None,
         }
     }
 }
@@ -519,6 +544,10 @@ impl Future for RouterFuture {
         if let Some(served) = &mut self.served {
             let code = result.as_ref().err().map(Status::code);
             served.finish(crate::observe::server_outcome(code));
+        }
+        #[cfg(feature = "admin")]
+        if let Some(timed) = &mut self.timed {
+            timed.finish(result.is_err());
         }
         Poll::Ready(result)
     }

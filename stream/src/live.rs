@@ -17,7 +17,10 @@ use std::{
 
 use parking_lot::Mutex;
 
-use crate::{server::ServerStats, stats::ConnectionStats};
+use crate::{
+    server::{ServerConnection, ServerLimits, ServerStats},
+    stats::ConnectionStats,
+};
 
 /// The counters of one live server or client connection, read when [`live`] was called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +34,7 @@ pub enum Snapshot {
 }
 
 /// A live server or client connection and its counters.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Live {
     /// A server's name is its local address (`127.0.0.1:7000`); a client connection's is its
@@ -41,11 +44,45 @@ pub struct Live {
     pub name: Arc<str>,
     /// Its counters now.
     pub snapshot: Snapshot,
+    source: Arc<dyn Source>,
+}
+
+impl Live {
+    /// A server's open connections now (what
+    /// [`ServerHandle::connections`](crate::ServerHandle::connections) returns); none for a
+    /// client connection.
+    pub fn connections(&self) -> Vec<ServerConnection> {
+        self.source.connections()
+    }
+
+    /// A server's limits; `None` for a client connection.
+    pub fn limits(&self) -> Option<ServerLimits> {
+        self.source.limits()
+    }
+}
+
+impl Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("name", &self.name)
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whatever can tell its counters: a server's or a connection's shared state.
 pub(crate) trait Source: Send + Sync {
     fn snapshot(&self) -> Snapshot;
+
+    /// A server's connections; none for a client connection.
+    fn connections(&self) -> Vec<ServerConnection> {
+        Vec::new()
+    }
+
+    /// A server's limits.
+    fn limits(&self) -> Option<ServerLimits> {
+        None
+    }
 }
 
 struct Entry {
@@ -117,6 +154,7 @@ pub fn live() -> Vec<Live> {
         .map(|(name, source)| Live {
             name,
             snapshot: source.snapshot(),
+            source,
         })
         .collect()
 }

@@ -28,9 +28,9 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 pub use self::config::{
-    ServerConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HANDSHAKES, DEFAULT_READ_TIMEOUT, DEFAULT_SERVER_MAX_IN_FLIGHT,
-    DEFAULT_WRITE_TIMEOUT,
+    ServerConfig, ServerLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, DEFAULT_READ_TIMEOUT,
+    DEFAULT_SERVER_MAX_IN_FLIGHT, DEFAULT_WRITE_TIMEOUT,
 };
 use self::conn::ConnState;
 pub use self::dispatch::{Dispatch, Reply, Request, Status};
@@ -172,6 +172,32 @@ impl crate::live::Source for Shared {
     fn snapshot(&self) -> crate::live::Snapshot {
         crate::live::Snapshot::Server(self.stats())
     }
+
+    fn connections(&self) -> Vec<ServerConnection> {
+        Shared::connections(self)
+    }
+
+    fn limits(&self) -> Option<ServerLimits> {
+        Some(self.config.limits())
+    }
+}
+
+/// One open connection of a server, as [`ServerHandle::connections`] lists it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConnection {
+    /// The client's address, as the transport's address type prints it (`Debug`).
+    pub peer: Arc<str>,
+    /// How long it has been open.
+    pub age: Duration,
+    /// Calls running now.
+    pub in_flight: usize,
+    /// Streaming calls open now.
+    pub streams: usize,
+    /// What replies are compressed with, once the client's hello agreed on it.
+    pub compression: Option<crate::compress::Compression>,
+    /// Its I/O counters.
+    pub io: ConnectionStats,
 }
 
 impl<A> ServerHandle<A> {
@@ -185,7 +211,18 @@ impl<A> ServerHandle<A> {
         self.shared.stats()
     }
 
-    /// The counters of each connection open now.
+    /// The server's limits, as its configuration set them.
+    pub fn limits(&self) -> ServerLimits {
+        self.shared.config.limits()
+    }
+
+    /// Each connection open now: its peer, age, calls and streams running, compression and
+    /// I/O counters.
+    pub fn connections(&self) -> Vec<ServerConnection> {
+        self.shared.connections()
+    }
+
+    /// The I/O counters of each connection open now.
     pub fn connection_stats(&self) -> Vec<ConnectionStats> {
         self.shared.connection_stats()
     }
@@ -311,6 +348,21 @@ impl Shared {
         conns
             .iter()
             .map(|(_, conn)| conn.out.counters().into())
+            .collect()
+    }
+
+    fn connections(&self) -> Vec<ServerConnection> {
+        let conns = self.conns.lock();
+        conns
+            .iter()
+            .map(|(_, conn)| ServerConnection {
+                peer: conn.peer.text().clone(),
+                age: conn.opened.elapsed(),
+                in_flight: conn.in_flight(),
+                streams: conn.streams.lock().len(),
+                compression: conn.compression.get().copied(),
+                io: conn.out.counters().into(),
+            })
             .collect()
     }
 

@@ -19,27 +19,28 @@
 //! turns every disabled span into a log record, out of the call path); after that, a span
 //! the subscriber does not want costs a check of its callsite's interest.
 
-use std::fmt::Debug;
 #[cfg(feature = "tracing")]
 use std::time::Instant;
+use std::{fmt::Debug, sync::Arc};
 
 use crate::{error::ErrorCode, frame::FrameHeader};
 
 /// The target of every call span, client and server (`flumen.client`, `flumen.server`).
 pub const SPAN_TARGET: &str = "flumen";
 
-/// The peer of a connection, as spans show it.
+/// The peer of a connection, as spans and a server's connection list show it.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Peer(#[cfg(feature = "tracing")] Box<str>);
+pub(crate) struct Peer(Arc<str>);
 
 impl Peer {
-    /// `addr` as spans show it (formatted only with the feature).
-    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+    /// `addr` as spans show it (once per connection).
     pub(crate) fn of(addr: &impl Debug) -> Self {
-        Self(
-            #[cfg(feature = "tracing")]
-            format!("{addr:?}").into_boxed_str(),
-        )
+        Self(format!("{addr:?}").into())
+    }
+
+    /// The address as text.
+    pub(crate) fn text(&self) -> &Arc<str> {
+        &self.0
     }
 }
 

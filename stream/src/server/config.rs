@@ -80,7 +80,53 @@ impl Default for ServerConfig {
     }
 }
 
+/// A server's limits, as its [`ServerConfig`] sets them: what an operator's page shows beside
+/// their current use ([`ServerStats`](crate::ServerStats)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerLimits {
+    /// [`ServerConfig::max_connections`].
+    pub max_connections: usize,
+    /// [`ServerConfig::max_in_flight`], per connection.
+    pub max_in_flight: usize,
+    /// [`ServerConfig::max_frame_len`].
+    pub max_frame_len: u32,
+    /// [`ServerConfig::max_handshakes`].
+    pub max_handshakes: usize,
+    /// [`ServerConfig::max_queued_bytes`], per connection.
+    pub max_queued_bytes: usize,
+    /// [`ServerConfig::max_queued_bytes_total`].
+    pub max_queued_bytes_total: usize,
+    /// [`ServerConfig::stream_window`].
+    pub stream_window: u32,
+    /// [`ServerConfig::idle_timeout`].
+    pub idle_timeout: Duration,
+    /// [`ServerConfig::read_timeout`].
+    pub read_timeout: Duration,
+    /// [`ServerConfig::write_timeout`].
+    pub write_timeout: Duration,
+    /// [`ServerConfig::handshake_timeout`].
+    pub handshake_timeout: Duration,
+}
+
 impl ServerConfig {
+    /// The limits these settings set.
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            max_in_flight: self.max_in_flight,
+            max_frame_len: self.max_frame_len,
+            max_handshakes: self.max_handshakes,
+            max_queued_bytes: self.max_queued_bytes,
+            max_queued_bytes_total: self.max_queued_bytes_total,
+            stream_window: self.stream_window,
+            idle_timeout: self.idle_timeout,
+            read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
+            handshake_timeout: self.handshake_timeout,
+        }
+    }
+
     /// Most open connections. Default [`DEFAULT_MAX_CONNECTIONS`].
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = connections;

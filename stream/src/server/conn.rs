@@ -74,6 +74,8 @@ pub(crate) struct ConnState {
     pub(super) peer: Peer,
     /// What this side compresses its replies with, once the client's hello is read.
     pub(super) compression: OnceLock<Compression>,
+    /// When the connection was accepted.
+    pub(super) opened: std::time::Instant,
 }
 
 /// The watchdog's limits, in watchdog periods.
@@ -292,6 +294,7 @@ pub(super) fn start<R, D, Rd, Wr>(
         alive: Mutex::new(keepalive(config, now)),
         peer,
         compression: OnceLock::new(),
+        opened: std::time::Instant::now(),
     });
     let key = {
         let mut conns = shared.conns.lock();
