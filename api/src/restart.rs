@@ -254,6 +254,7 @@ impl Restart {
 
     /// The inherited descriptor named `name`, if any; an error if this generation already
     /// has a listener of that name.
+    #[cfg(any(feature = "tcp", feature = "unix"))]
     fn inherit(&self, name: &str) -> io::Result<Option<OwnedFd>> {
         if self.listeners.lock().iter().any(|(taken, _)| taken == name) {
             return Err(io::Error::new(
@@ -266,6 +267,7 @@ impl Restart {
         Ok(found.map(|at| inherited.swap_remove(at).1))
     }
 
+    #[cfg(any(feature = "tcp", feature = "unix"))]
     fn keep(&self, name: &str, fd: OwnedFd) {
         self.listeners.lock().push((name.to_owned(), fd));
     }

@@ -152,6 +152,39 @@ impl Registry {
         self.inner.lock().members.values().cloned().collect()
     }
 
+    /// Every member as a table for the admin page (feature `admin`): name, RPC address,
+    /// state, tags and announcement version, by name. Add it with
+    /// `Admin::section("membership", move || registry.admin_table())`.
+    #[cfg(feature = "admin")]
+    pub fn admin_table(&self) -> flumen::admin::Table {
+        let columns = ["member", "address", "state", "tags", "version"];
+        let rows = self
+            .members()
+            .into_iter()
+            .map(|(member, state)| {
+                let tags: Vec<String> = member
+                    .tags
+                    .iter()
+                    .map(|(name, value)| match value {
+                        "" => name.to_owned(),
+                        value => format!("{name}={value}"),
+                    })
+                    .collect();
+                vec![
+                    member.name,
+                    member.addr.to_string(),
+                    format!("{state:?}"),
+                    tags.join(" "),
+                    member.version.to_string(),
+                ]
+            })
+            .collect();
+        flumen::admin::Table {
+            columns: columns.map(String::from).to_vec(),
+            rows,
+        }
+    }
+
     /// The alive members whose tags pass `filter`.
     pub fn matching(&self, filter: &Filter) -> Vec<Member> {
         self.inner
@@ -260,6 +293,29 @@ mod tests {
 
     fn ports(pool: &mut Pool) -> Vec<u16> {
         now(pool).iter().map(|t| t.address.port()).collect()
+    }
+
+    #[cfg(feature = "admin")]
+    #[test]
+    fn the_admin_table_lists_every_member() {
+        let registry = Registry::new();
+        registry.update(
+            member("b", 2, &[("zone", "eu"), ("gpu", "")], 3),
+            State::Suspect,
+        );
+        registry.update(member("a", 1, &[], 1), State::Alive);
+        let table = registry.admin_table();
+        assert_eq!(
+            table.columns,
+            ["member", "address", "state", "tags", "version"]
+        );
+        assert_eq!(
+            table.rows,
+            [
+                ["a", "127.0.0.1:1", "Alive", "", "1"],
+                ["b", "127.0.0.1:2", "Suspect", "gpu zone=eu", "3"],
+            ]
+        );
     }
 
     #[test]
