@@ -17,11 +17,12 @@ use common::{eventually, loopback, IpEnv as Env};
 use flumen::{
     balance::{
         discovery::{self, Static, Target},
-        Backoff, BalanceConfig, Hedging, Mode, OutlierDetection, RetryBudget, Strategy,
+        Backoff, BalanceConfig, HealthCheck, Hedging, Mode, OutlierDetection, RetryBudget,
+        Strategy,
     },
     health::{self, Health, ServingStatus},
     stream::CallError,
-    Client, ClientConfig, MsgPack, Router, RpcError, Server, ServerHandle, Status,
+    Client, ClientConfig, MethodId, MsgPack, Router, RpcError, Server, ServerHandle, Status,
 };
 
 #[flumen::service]
@@ -287,14 +288,14 @@ async fn calls_move_off_a_dead_server_and_back<E: Env>(env: E) {
     assert_eq!(stats.endpoints.len(), 3);
 }
 
-/// With health checks that call the health service, a server whose service stops serving
-/// gets no calls, though its connection stays up, until it serves again. (With pings alone it
-/// would keep getting its share: the mutation of ignoring the answer leaves it in rotation.)
+/// With health checks that call the health service, a server takes calls only once it says
+/// it serves (a new one is unknown until its first answer), and none while it says it does
+/// not, though its connection stays up. (With pings alone it would get its share from the
+/// start: the mutation of ignoring the answer leaves it in rotation.)
 async fn a_server_not_serving_gets_no_calls_until_it_serves<E: Env>(env: E) {
     let servers = Servers::start(&env, 2).await;
-    for health in &servers.healths {
-        health.set("Fleet", ServingStatus::Serving);
-    }
+    // Server 1 has set no status yet: `Unknown`.
+    servers.healths[0].set("Fleet", ServingStatus::Serving);
     let check = health::balancer_check("Fleet", &MsgPack::default());
     let config = quick()
         .strategy(Strategy::RoundRobin)
@@ -304,26 +305,17 @@ async fn a_server_not_serving_gets_no_calls_until_it_serves<E: Env>(env: E) {
     fleet.read(0).await.unwrap();
     all_connected(&env, &client).await;
     let balancer = client.balancer().unwrap().clone();
-
-    servers.healths[1].set("Fleet", ServingStatus::NotServing);
-    eventually(&env, "server 1 seen not serving", || {
-        balancer.stats().endpoints[1].not_serving
-    })
-    .await;
-    let before = servers.runs();
-    for _ in 0..100 {
-        assert_eq!(fleet.read(0).await.unwrap(), 0);
-    }
-    assert_eq!(
-        servers.runs()[1],
-        before[1],
-        "the server not serving ran nothing"
-    );
-    assert_eq!(
-        balancer.stats().endpoints[1].connections,
-        1,
-        "its connection stays"
-    );
+    let only_server_0 = |what: &'static str| {
+        let (fleet, servers) = (&fleet, &servers);
+        async move {
+            let before = servers.runs();
+            for _ in 0..100 {
+                assert_eq!(fleet.read(0).await.unwrap(), 0, "{what}");
+            }
+            assert_eq!(servers.runs()[1], before[1], "{what}: server 1 ran calls");
+        }
+    };
+    only_server_0("unknown").await;
 
     servers.healths[1].set("Fleet", ServingStatus::Serving);
     eventually(&env, "server 1 seen serving", || {
@@ -337,6 +329,42 @@ async fn a_server_not_serving_gets_no_calls_until_it_serves<E: Env>(env: E) {
     // Round robin over two: half of them.
     let share = servers.runs()[1] - back;
     assert!((40..=60).contains(&share), "{share} of 100 calls");
+
+    servers.healths[1].set("Fleet", ServingStatus::NotServing);
+    eventually(&env, "server 1 seen not serving", || {
+        balancer.stats().endpoints[1].not_serving
+    })
+    .await;
+    only_server_0("not serving").await;
+    assert_eq!(
+        balancer.stats().endpoints[1].connections,
+        1,
+        "its connection stays"
+    );
+}
+
+/// A check the servers answer with an error (here a method they do not have) says they do
+/// not serve; with none serving, calls still go to them rather than fail.
+async fn a_check_answered_with_an_error_is_not_serving<E: Env>(env: E) {
+    let servers = Servers::start(&env, 2).await;
+    let check = HealthCheck::new(
+        MethodId::from_name("Nobody.check").as_u32(),
+        Default::default(),
+        |_| true,
+    );
+    let client = balanced(&env, servers.discovery(), quick().health_check(Some(check)));
+    let fleet = FleetClient::new(client.clone());
+    fleet.read(0).await.unwrap();
+    all_connected(&env, &client).await;
+    let balancer = client.balancer().unwrap().clone();
+    for _ in 0..20 {
+        fleet.read(0).await.unwrap();
+    }
+    assert!(
+        balancer.stats().endpoints.iter().all(|e| e.not_serving),
+        "{:?}",
+        balancer.stats().endpoints
+    );
 }
 
 /// A call whose server dies while it runs is not retried: it may have run. Declared
@@ -833,6 +861,7 @@ e2e_ip!(
     a_silent_idle_connection_is_found_by_a_health_ping,
     calls_move_off_a_dead_server_and_back,
     a_server_not_serving_gets_no_calls_until_it_serves,
+    a_check_answered_with_an_error_is_not_serving,
     only_idempotent_calls_are_retried_after_they_ran,
     calls_leave_a_draining_server,
     a_leader_redirect_is_followed_and_remembered,

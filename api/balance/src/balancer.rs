@@ -187,9 +187,11 @@ impl Shared {
                 endpoint.want();
                 continue;
             }
-            if endpoint.is_available(now) && !endpoint.is_not_serving() {
+            let available = endpoint.is_available(now);
+            if available && !endpoint.is_not_serving() {
                 ready.push(endpoint);
-            } else if endpoint.is_ejected(now) || endpoint.is_not_serving() {
+            } else if endpoint.is_ejected(now) || available {
+                // Ejected, or not serving: the fallback if nothing else can take the call.
                 ejected.push(endpoint);
             } else {
                 backing_off = true;

@@ -165,12 +165,15 @@ impl BalanceConfig {
     /// connections (`flumen::health::balancer_check` makes the check of the standard one).
     ///
     /// Every [`health_interval`](Self::health_interval), busy or idle, the check is called on
-    /// one of the endpoint's connections with [`health_timeout`](Self::health_timeout) as its
-    /// deadline. An endpoint whose answer says it is not serving (or an error the server
-    /// answered, such as a server without the service) takes no calls while another endpoint
-    /// serves, and takes them again after an answer that it serves; it keeps its connections.
-    /// A check unanswered in time counts as a failed ping: the connection is closed and it
-    /// counts against the endpoint. A new connection is checked at once. Default `None`: pings.
+    /// each of the endpoint's connections with [`health_timeout`](Self::health_timeout) as its
+    /// deadline. An endpoint takes no calls while another one serves until an answer says it
+    /// serves (a new endpoint is checked at once, on its first connection); one whose answer
+    /// says it does not (or an error the server answered, such as a server without the
+    /// service) leaves the rotation again, keeping its connections. When no endpoint serves,
+    /// calls go to those that do not rather than fail. A check unanswered in time counts as an
+    /// unanswered ping: the connection is closed and it counts against the endpoint; a check
+    /// refused unrun (overloaded, draining) or cut by its connection's end changes nothing.
+    /// Default `None`: pings.
     pub fn health_check(mut self, check: Option<HealthCheck>) -> Self {
         self.health_check = check;
         self

@@ -95,6 +95,10 @@ where
         target.address.to_text().into(),
         target.weight,
     ));
+    // Checked by a call: unknown, so not preferred, until its first answer.
+    if shared.config.health_check.is_some() {
+        endpoint.set_serving(false);
+    }
     rt.spawn(connector(
         rt.clone(),
         transport.clone(),
@@ -244,17 +248,24 @@ async fn connector<R: Runtime, T: Transport>(
             next_ping = now + config.health_interval;
             let (timeout, policy) = (config.health_timeout, config.outlier);
             drop(strong);
-            if let Some(conn) = endpoint.connections().into_iter().next() {
+            // Every connection is asked: the answer is the server's, and each check is also
+            // that connection's liveness probe.
+            for conn in endpoint.connections() {
                 let reply = conn
                     .call_with_timeout(check.method, check.body.clone(), Some(timeout))
                     .await;
                 match reply {
                     Ok(reply) => endpoint.set_serving((check.serving)(&reply)),
-                    Err(error) if error.is_timeout() || error.is_connection() => {
+                    // Silence past the timeout: as an unanswered ping.
+                    Err(error) if error.is_timeout() => {
                         endpoint.ping_failed(Instant::now(), &policy);
                         conn.close();
                     }
-                    // The server answered, but not that it serves.
+                    // Refused unrun (overloaded, draining) or the connection ended for a
+                    // reason of its own: no verdict on the server's service.
+                    Err(error) if error.is_not_sent() || error.is_connection() => {}
+                    // The server answered with an error (no health service, say): not that
+                    // it serves.
                     Err(_) => endpoint.set_serving(false),
                 }
             }
