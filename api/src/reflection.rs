@@ -155,19 +155,30 @@ impl Shape {
     }
 }
 
-/// Asks the server behind `client` what it routes.
+/// Asks the server behind `client` what it routes, with the client's default timeout.
 ///
 /// # Errors
 ///
 /// [`Error`]: the call failed (`UNKNOWN_METHOD` from a server that did not mount reflection),
 /// or the reply was not a description.
 pub async fn describe<C: Codec>(client: &Client<C>) -> Result<ServerDescription, Error> {
-    let options = CallOptions::new();
+    describe_with_options(client, &CallOptions::new()).await
+}
+
+/// [`describe`] with `options` (a deadline, metadata).
+///
+/// # Errors
+///
+/// As [`describe`].
+pub async fn describe_with_options<C: Codec>(
+    client: &Client<C>,
+    options: &CallOptions,
+) -> Result<ServerDescription, Error> {
     let body = client
         .call_parts(
             MethodId::from_name(DESCRIBE),
             (Bytes::new(), Bytes::new()),
-            &options,
+            options,
             Default::default(),
         )
         .await?;
@@ -224,9 +235,13 @@ impl Catalog {
         };
         let args = spec.args.iter().map(|(name, ty)| Argument {
             name: (*name).to_owned(),
-            ty: (*ty).to_owned(),
+            ty: short_type(ty),
         });
-        let request = spec.args.iter().map(|(_, ty)| *ty).collect::<Vec<_>>();
+        let request = spec
+            .args
+            .iter()
+            .map(|(_, ty)| short_type(ty))
+            .collect::<Vec<_>>();
         let request = match request.as_slice() {
             [one] => format!("({one},)"),
             all => format!("({})", all.join(", ")),
@@ -237,12 +252,12 @@ impl Catalog {
             id: description.id,
             shape: spec.shape,
             idempotent: spec.idempotent,
-            raw: false,
+            raw: spec.raw,
             args: Some(args.collect()),
             request,
-            request_item: spec.request_item.map(str::to_owned),
-            response: spec.response.to_owned(),
-            error: spec.error.map(str::to_owned),
+            request_item: spec.request_item.map(short_type),
+            response: short_type(spec.response),
+            error: spec.error.map(short_type),
             request_attachment: spec.request_attachment,
             reply_attachment: spec.reply_attachment,
             doc: spec.doc.to_owned(),
@@ -292,8 +307,34 @@ pub struct MethodSpec {
     pub request_attachment: bool,
     /// The reply carries an attachment.
     pub reply_attachment: bool,
+    /// The bodies bypass the codec.
+    pub raw: bool,
     /// The documentation.
     pub doc: &'static str,
+}
+
+/// A type's name without module paths: `Vec<String>` for `alloc::vec::Vec<alloc::string::String>`,
+/// `Item` for `crate::model::Item`.
+pub(crate) fn short_type(full: &str) -> String {
+    let mut short = String::with_capacity(full.len());
+    let mut rest = full;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("::") {
+            // Drop the path segment just written: back to the start of the identifier.
+            let start = short
+                .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .map_or(0, |at| at + 1);
+            short.truncate(start);
+            rest = after;
+        } else {
+            let mut chars = rest.chars();
+            if let Some(c) = chars.next() {
+                short.push(c);
+            }
+            rest = chars.as_str();
+        }
+    }
+    short
 }
 
 #[cfg(test)]
@@ -312,6 +353,7 @@ mod tests {
             error: None,
             request_attachment: false,
             reply_attachment: false,
+            raw: false,
             doc: "The value.",
         }
     }
@@ -405,6 +447,22 @@ mod tests {
         let description: ServerDescription = MsgPack::default().decode(&body).unwrap();
         assert_eq!(description.methods[0].name, "a");
         assert_eq!(description.methods[0].shape, Shape::Unary);
+    }
+
+    #[test]
+    fn paths_in_a_service_s_types_are_dropped() {
+        let catalog = Catalog::new("msgpack");
+        catalog.add("Kv.put", None, None);
+        catalog.refine(&MethodSpec {
+            name: "Kv.put",
+            args: &[("item", "crate::model::Item")],
+            response: "std::result::Result<(), super::Error>",
+            ..get()
+        });
+        let put = catalog.snapshot().methods.remove(0);
+        assert_eq!(put.args.unwrap()[0].ty, "Item");
+        assert_eq!(put.request, "(Item,)");
+        assert_eq!(put.response, "Result<(), Error>");
     }
 
     #[test]

@@ -212,26 +212,29 @@ impl Restart {
     pub fn ready(&self) -> io::Result<()> {
         let predecessor = self.predecessor.lock().take();
         self.inherited.lock().clear();
-        if predecessor.is_some() {
-            // The predecessor's control socket: its thread keeps its descriptor to the end.
-            match std::fs::remove_file(&self.control) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        } else {
+        if predecessor.is_none() {
             remove_stale_socket(&self.control)?;
         }
-        let control = UnixListener::bind(&self.control)?;
-        std::fs::set_permissions(&self.control, std::fs::Permissions::from_mode(0o600))?;
+        // Bound beside the control path, private before anyone can reach it, and put in its
+        // place only once the predecessor was told: a successor that dies in between leaves
+        // the predecessor's control socket where the next successor finds it.
+        let staging = self
+            .control
+            .with_extension(format!("{}.new", std::process::id()));
+        let _ = std::fs::remove_file(&staging);
+        let control = UnixListener::bind(&staging)?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
         control.set_nonblocking(true)?;
+        let told = match predecessor {
+            Some(mut predecessor) => predecessor.write_all(DONE),
+            None => Ok(()),
+        };
+        std::fs::rename(&staging, &self.control)?;
         let (listeners, shared) = (self.listeners.clone(), self.shared.clone());
         std::thread::Builder::new()
             .name("flumen-restart".into())
             .spawn(move || serve_successors(&control, &listeners, &shared))?;
-        if let Some(mut predecessor) = predecessor {
-            predecessor.write_all(DONE)?;
-        }
-        Ok(())
+        told
     }
 
     /// Resolves once a successor has taken this generation's listeners and is serving on
@@ -394,8 +397,8 @@ fn hand_over(
     Ok(&done == DONE)
 }
 
-/// Whether the peer on `stream` runs as this process's user (the control socket's mode
-/// already keeps others out; this holds where a directory's permissions do not).
+/// Whether the peer on `stream` runs as this process's user, where the system tells (Linux;
+/// elsewhere the control socket's mode, owner only, is the guard).
 fn same_user(stream: &UnixStream) -> io::Result<bool> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {

@@ -335,6 +335,7 @@ impl<C: Codec> Router<C> {
             error: None,
             request_attachment: false,
             reply_attachment: false,
+            raw: true,
             doc: "What this server routes. The reply is MessagePack whatever the server's codec.",
         });
         Ok(router)
@@ -401,26 +402,7 @@ impl<C: Codec> Router<C> {
 
 /// `T`'s name without module paths (`Vec<String>`, not `alloc::vec::Vec<alloc::string::String>`).
 fn type_name<T: ?Sized>() -> String {
-    let full = std::any::type_name::<T>();
-    let mut short = String::with_capacity(full.len());
-    let mut rest = full;
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix("::") {
-            // Drop the path segment just written: back to the start of the identifier.
-            let start = short
-                .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .map_or(0, |at| at + 1);
-            short.truncate(start);
-            rest = after;
-        } else {
-            let mut chars = rest.chars();
-            if let Some(c) = chars.next() {
-                short.push(c);
-            }
-            rest = chars.as_str();
-        }
-    }
-    short
+    crate::reflection::short_type(std::any::type_name::<T>())
 }
 
 impl<C: Codec> Dispatch for Router<C> {
@@ -592,6 +574,23 @@ mod tests {
 
         let unknown = block_on(router.dispatch(Request::new(add + 1, Bytes::new(), None)));
         assert_eq!(unknown.unwrap_err().code(), ErrorCode::UNKNOWN_METHOD);
+    }
+
+    #[test]
+    fn reflection_describes_methods_added_after_it() {
+        let router = Router::new()
+            .with_reflection()
+            .unwrap()
+            .route("late", |x: u8| async move { Ok::<_, Status>(x) });
+        let reflect = MethodId::from_name(crate::reflection::DESCRIBE).as_u32();
+        let reply = block_on(router.dispatch(Request::new(reflect, Bytes::new(), None))).unwrap();
+        let description: crate::reflection::ServerDescription =
+            MsgPack::default().decode(&reply.into_parts().0).unwrap();
+        let late = description.method("late").expect("described");
+        assert_eq!(
+            (late.request.as_str(), late.response.as_str()),
+            ("u8", "u8")
+        );
     }
 
     #[test]

@@ -81,9 +81,14 @@ fn generation(spec: &str) -> ExitCode {
     };
     let generation: u32 = generation.parse().unwrap();
     let restart = Restart::new(control).unwrap();
-    assert_eq!(restart.is_successor(), generation > 0);
+    assert_eq!(restart.is_successor(), generation > 0 || runtime == "fail");
     let tcp = restart.tcp("api", "127.0.0.1:0".parse().unwrap()).unwrap();
     let unix = restart.unix("local", Path::new(unix)).unwrap();
+    if runtime == "fail" {
+        // A successor that dies after taking the listeners, before it is ready.
+        drop((tcp, unix));
+        return ExitCode::from(3);
+    }
     let router =
         || Router::new().route("who", move |()| async move { Ok::<_, Status>(generation) });
     let grace = Duration::from_secs(20);
@@ -287,6 +292,25 @@ where
             Box::new(move || before.served(generation - 1) >= 100),
         )
         .await;
+        if generation == 2 {
+            // A successor that fails before it is ready changes nothing.
+            let mut failed = Generation::start("fail", 99, &dir);
+            let status = loop {
+                if let Some(status) = failed.child.try_wait().unwrap() {
+                    break status;
+                }
+                rt.sleep_until(Instant::now() + Duration::from_millis(5))
+                    .await;
+            };
+            assert_eq!(status.code(), Some(3));
+            let served = tally.served(generation - 1);
+            let after = tally.clone();
+            wait_for(
+                "calls served after a failed successor",
+                Box::new(move || after.served(generation - 1) >= served + 100),
+            )
+            .await;
+        }
         let next = Generation::start(runtime, generation as u32, &dir);
         let line = next.line(&rt, "serving ").await;
         assert_eq!(line, format!("serving {addr}"), "the address is kept");

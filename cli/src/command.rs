@@ -24,7 +24,11 @@ const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs `command`.
 pub(crate) async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::List { target, json } => list(&target, json).await,
+        Command::List {
+            target,
+            json,
+            timeout,
+        } => list(&target, json, timeout).await,
         Command::Call(args) => call(args, false).await,
         Command::Watch(args) => call(args, true).await,
         Command::Health {
@@ -36,9 +40,9 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-async fn list(target: &Target, as_json: bool) -> Result<(), Failure> {
+async fn list(target: &Target, as_json: bool, timeout: Option<Duration>) -> Result<(), Failure> {
     let client = connect(target).await?;
-    let Some(description) = describe(&client).await? else {
+    let Some(description) = describe(&client, timeout).await? else {
         return Err(Failure::Usage(
             "the server does not serve reflection (Router::with_reflection), so its methods \
              cannot be listed; `flumen call` still works, with --codec"
@@ -127,10 +131,15 @@ fn signature(method: &MethodDescription) -> String {
     format!("{}{args}{items} -> {response}{error}{notes}", method.name)
 }
 
-/// The server's description; `None` if it does not serve reflection.
-async fn describe(client: &Client) -> Result<Option<ServerDescription>, Failure> {
+/// The server's description, asked with `timeout` (default [`DEFAULT_CALL_TIMEOUT`]); `None`
+/// if it does not serve reflection.
+async fn describe(
+    client: &Client,
+    timeout: Option<Duration>,
+) -> Result<Option<ServerDescription>, Failure> {
     let typed = flumen::Client::from_raw(client.clone(), MsgPack::default());
-    match reflection::describe(&typed).await {
+    let options = CallOptions::new().timeout(Some(timeout.unwrap_or(DEFAULT_CALL_TIMEOUT)));
+    match reflection::describe_with_options(&typed, &options).await {
         Ok(description) => Ok(Some(description)),
         Err(e) if e.code() == Some(ErrorCode::UNKNOWN_METHOD) => Ok(None),
         Err(flumen::Error::Call(e)) => Err(call_failure(reflection::DESCRIBE, e)),
@@ -154,8 +163,9 @@ impl Plan {
         target: &Target,
         name: &str,
         streams: bool,
+        timeout: Option<Duration>,
     ) -> Result<Self, Failure> {
-        let description = describe(client).await?;
+        let description = describe(client, timeout).await?;
         let method = match &description {
             Some(description) => Some(
                 description
@@ -170,7 +180,13 @@ impl Plan {
             (None, Some(description)) => description.codec.as_str(),
             (None, None) => "msgpack",
         };
-        let format = Format::by_name(codec)?;
+        // A raw method needs no codec: a codec JSON cannot reach is an error only for the
+        // others.
+        let format = match Format::by_name(codec) {
+            Ok(format) => format,
+            Err(_) if method.as_ref().is_some_and(|m| m.raw) => Format::MsgPack(MsgPack::default()),
+            Err(e) => return Err(e),
+        };
         let shape = match &method {
             Some(method) => method.shape,
             None if streams => Shape::ServerStreaming,
@@ -329,7 +345,14 @@ fn options(flags: &CallFlags, default_timeout: Option<Duration>) -> Result<CallO
 
 async fn call(args: CallArgs, watch: bool) -> Result<(), Failure> {
     let client = connect(&args.target).await?;
-    let plan = Plan::new(&client, &args.target, &args.method, watch).await?;
+    let plan = Plan::new(
+        &client,
+        &args.target,
+        &args.method,
+        watch,
+        args.options.timeout,
+    )
+    .await?;
     let attachment = match &args.attachment {
         Some(path) => Some(Bytes::from(std::fs::read(path).map_err(|e| {
             Failure::Usage(format!("attachment {}: {e}", path.display()))
@@ -433,7 +456,7 @@ async fn health(
     } else {
         "FlumenHealth.check"
     };
-    let plan = Plan::new(&client, target, method, watch).await?;
+    let plan = Plan::new(&client, target, method, watch, flags.timeout).await?;
     // Both methods take one argument, the service's name: the body is the tuple of it.
     let body = plan
         .format

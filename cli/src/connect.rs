@@ -56,10 +56,19 @@ async fn open<T: Transport>(
         .map_err(|e| Failure::Connection(format!("cannot connect to {}: {e}", target.addr)))
 }
 
-/// `HOST:PORT`'s first address.
+/// `HOST:PORT`'s first address: a usage error if it is not of that form, a connection
+/// failure if the name does not resolve.
 fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
+    let well_formed = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !well_formed {
+        return Err(Failure::Usage(format!(
+            "{addr:?} is not HOST:PORT or unix:PATH"
+        )));
+    }
     addr.to_socket_addrs()
-        .map_err(|e| Failure::Usage(format!("{addr:?} is not HOST:PORT or unix:PATH: {e}")))?
+        .map_err(|e| Failure::Connection(format!("cannot resolve {addr:?}: {e}")))?
         .next()
         .ok_or_else(|| Failure::Connection(format!("{addr:?} resolves to no address")))
 }

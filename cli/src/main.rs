@@ -45,6 +45,9 @@ enum Command {
         /// Prints the description as JSON (for tools) instead of a listing.
         #[arg(long)]
         json: bool,
+        /// How long the server may take to answer (default 10 s).
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        timeout: Option<Duration>,
     },
     /// Calls METHOD with JSON arguments and prints the reply as JSON. A method taking a client
     /// stream reads its items from standard input, one JSON value per line; a method

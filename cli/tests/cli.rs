@@ -443,6 +443,74 @@ fn health_reports_the_status_and_exits_by_it() {
 }
 
 #[test]
+fn health_watch_prints_each_change() {
+    let mut fixture = Fixture::new();
+    let addr = fixture.tcp();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flumen"))
+        .args(["health", &addr, "Shop", "--watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, got) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        got.recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap()
+    };
+    assert_eq!(next(), "Serving");
+    fixture.health.set("Shop", ServingStatus::NotServing);
+    assert_eq!(next(), "NotServing");
+    fixture.health.set("Shop", ServingStatus::Serving);
+    assert_eq!(next(), "Serving");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A server that takes the reflection call and never answers: the deadline ends the wait.
+#[test]
+fn a_silent_reflection_times_out() {
+    let mut fixture = Fixture::new();
+    let router = Router::new().route_raw(flumen::reflection::DESCRIBE, |_| {
+        std::future::pending::<Result<flumen::Bytes, flumen::Status>>()
+    });
+    let handle = fixture.runtime.block_on(async {
+        Server::new(router)
+            .bind(
+                &TokioRuntime::current(),
+                &TokioTcp::default(),
+                &"127.0.0.1:0".parse().unwrap(),
+            )
+            .await
+            .unwrap()
+    });
+    let addr = handle.local_addr().to_string();
+    fixture.keep(handle);
+    let message = fails(&["list", &addr, "--timeout", "300ms"], 4);
+    assert!(
+        message.contains("no reply before the deadline"),
+        "{message}"
+    );
+    let message = fails(
+        &["call", &addr, "Shop.add", "[1, 2]", "--timeout", "300ms"],
+        4,
+    );
+    assert!(
+        message.contains("no reply before the deadline"),
+        "{message}"
+    );
+    let message = fails(&["list", "no-port-here"], 2);
+    assert!(message.contains("is not HOST:PORT"), "{message}");
+}
+
+#[test]
 fn requests_that_do_not_fit_are_refused_with_the_reason() {
     let mut fixture = Fixture::new();
     let addr = fixture.tcp();

@@ -155,6 +155,7 @@ fn spec(krate: &TokenStream2, wire_name: &str, method: &Method) -> TokenStream2 
             error: #error,
             request_attachment: #request_attachment,
             reply_attachment: #reply_attachment,
+            raw: false,
             doc: #doc,
         }
     }
