@@ -214,8 +214,9 @@ impl Tally {
     }
 }
 
-/// Calls `who` on `client` until `stop`, counting answers by generation.
-async fn call_until(client: Client, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
+/// Calls `who` on `client` until `stop`, counting answers by generation. After a failure it
+/// waits a millisecond: a call that fails at once must not starve the runtime.
+async fn call_until<R: Runtime>(rt: R, client: Client, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         match client.call::<_, u32>("who", &()).await {
             Ok(generation) => {
@@ -224,6 +225,8 @@ async fn call_until(client: Client, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
             Err(e) => {
                 tally.failed.fetch_add(1, Ordering::SeqCst);
                 tally.first_failure.lock().get_or_insert(e.to_string());
+                rt.sleep_until(Instant::now() + Duration::from_millis(1))
+                    .await;
             }
         }
     }
@@ -266,7 +269,7 @@ where
         };
         let done = Arc::new(AtomicBool::new(false));
         let notify = done.clone();
-        let call = call_until(client.clone(), tally.clone(), stop.clone());
+        let call = call_until(rt.clone(), client.clone(), tally.clone(), stop.clone());
         rt.spawn(async move {
             call.await;
             notify.store(true, Ordering::SeqCst);
