@@ -10,8 +10,8 @@
 //!
 //! It serves counters only, never a call's payload or metadata. [`Admin::serve`] binds
 //! [`DEFAULT_ADMIN_ADDR`], on loopback, unless told another address; the page says which,
-//! and warns when it is reachable from other hosts. Methods are timed only once an admin
-//! endpoint serves (until then a call pays one relaxed load for it).
+//! and warns when it is reachable from other hosts. Methods are timed once an admin endpoint
+//! has served in the process (until then a call pays one relaxed load for it).
 //!
 //! ```
 //! use flumen::{admin::Admin, rt::TokioRuntime, tcp::TokioTcp, Router, Server, Status};
@@ -29,7 +29,8 @@
 //!
 //! The endpoint runs on a thread of its own, one request at a time: a request's head must
 //! arrive within [`ADMIN_READ_TIMEOUT`] and fit in [`MAX_REQUEST_HEAD`], or the connection is
-//! closed, so a slow or hostile client holds the page up for at most that long.
+//! closed, so a slow or hostile client holds the page up for a few times that at most (the
+//! head, the answer's writing, and what the client still sends after it).
 
 mod methods;
 mod page;
@@ -195,11 +196,12 @@ impl Drop for AdminHandle {
     }
 }
 
-/// Reads one request from `stream` and answers it.
+/// Reads one request from `stream` and answers it, all within [`ADMIN_READ_TIMEOUT`] of
+/// the connection's arrival (twice that with the answer's writing).
 fn answer(mut stream: TcpStream, page: &page::Page, metrics: Option<&Text>) -> io::Result<()> {
-    stream.set_read_timeout(Some(ADMIN_READ_TIMEOUT))?;
+    let deadline = Instant::now() + ADMIN_READ_TIMEOUT;
     stream.set_write_timeout(Some(ADMIN_READ_TIMEOUT))?;
-    let Some(head) = read_head(&mut stream)? else {
+    let Some(head) = read_head(&mut stream, deadline)? else {
         return respond(
             &mut stream,
             "431 Request Header Fields Too Large",
@@ -250,15 +252,16 @@ fn answer(mut stream: TcpStream, page: &page::Page, metrics: Option<&Text>) -> i
     }
 }
 
-/// The request's head, up to its blank line; `None` if it is longer than
+/// The request's head, up to its blank line, read by `deadline`; `None` if it is longer than
 /// [`MAX_REQUEST_HEAD`].
-fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<String>> {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         if head.len() > MAX_REQUEST_HEAD {
             return Ok(None);
         }
+        stream.set_read_timeout(Some(left(deadline)?))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -268,9 +271,18 @@ fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&head).into_owned()))
 }
 
+/// The time left before `deadline`; `TimedOut` once it passed.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    Ok(left)
+}
+
 /// Writes the answer, then reads what the client still sends (at most
-/// [`MAX_REQUEST_HEAD`] bytes more, within the read timeout), so that closing with its bytes
-/// unread does not reset the connection before the answer is read.
+/// [`MAX_REQUEST_HEAD`] bytes more, for at most [`ADMIN_READ_TIMEOUT`]), so that closing with
+/// its bytes unread does not reset the connection before the answer is read.
 fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &[u8]) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
@@ -281,6 +293,14 @@ fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &[u8]) -> io:
     stream.write_all(body)?;
     stream.flush()?;
     stream.shutdown(std::net::Shutdown::Write)?;
-    let mut rest = (&*stream).take(MAX_REQUEST_HEAD as u64 * 4);
-    io::copy(&mut rest, &mut io::sink()).map(drop)
+    let deadline = Instant::now() + ADMIN_READ_TIMEOUT;
+    let (mut chunk, mut drained) = ([0u8; 1024], 0);
+    while drained < MAX_REQUEST_HEAD * 4 {
+        stream.set_read_timeout(Some(left(deadline)?))?;
+        match stream.read(&mut chunk)? {
+            0 => break,
+            n => drained += n,
+        }
+    }
+    Ok(())
 }

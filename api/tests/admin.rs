@@ -236,6 +236,36 @@ fn bad_requests_are_answered_and_the_page_keeps_serving() {
         started.elapsed()
     );
     drop(silent);
+
+    // A client that sends its head a byte at a time, each just inside a per-read timeout,
+    // is cut off at the deadline of the whole head, not served for ever.
+    let mut drip = TcpStream::connect(at).unwrap();
+    let dripping = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        for byte in b"GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            .iter()
+            .cycle()
+        {
+            if drip.write_all(&[*byte]).is_err() || started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            std::thread::sleep(ADMIN_READ_TIMEOUT / 4);
+        }
+        started.elapsed()
+    });
+    std::thread::sleep(ADMIN_READ_TIMEOUT / 2);
+    let started = std::time::Instant::now();
+    assert_eq!(get(at, "/json").0, "HTTP/1.1 200 OK");
+    assert!(
+        started.elapsed() < ADMIN_READ_TIMEOUT * 2 + Duration::from_secs(8),
+        "a dripping client held the page for {:?}",
+        started.elapsed()
+    );
+    let dripped = dripping.join().unwrap();
+    assert!(
+        dripped < Duration::from_secs(30),
+        "the dripping client was never cut off"
+    );
 }
 
 /// Bound to every address, the page says it can be reached from other hosts.

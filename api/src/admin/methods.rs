@@ -1,5 +1,6 @@
 //! Per-method statistics for the admin page: calls, errors, calls running, and a latency
-//! histogram per routed method, kept only while an admin endpoint serves ([`recording`]).
+//! histogram per routed method, kept once an admin endpoint has served in the process
+//! ([`recording`]).
 //!
 //! The histogram has four buckets per power of two of microseconds (each bucket's width is a
 //! quarter of its lower bound), so a percentile is read within 25% of the truth; it takes two
