@@ -403,6 +403,14 @@ async fn a_killed_server_leaves_the_registry_within_its_ttl<E: Env>(env: E, name
     })
     .await;
     assert_eq!(registry.values(LEASED).unwrap().len(), 2);
+    // A lease lost (revoked here, as an expiry while etcd was away would) is replaced, and
+    // the entry put back under the new one.
+    let lost = registration.lease();
+    registry.revoke(lost).unwrap();
+    eventually(&env, "the entry back under a new lease", || {
+        registration.lease() != lost && registry.values(LEASED).unwrap().len() == 2
+    })
+    .await;
 
     let killed = Instant::now();
     let child_addr = child.addr;

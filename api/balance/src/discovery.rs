@@ -28,7 +28,7 @@ pub use dns::{Dns, DnsName, DEFAULT_DNS_INTERVAL};
 #[cfg(feature = "etcd")]
 pub use etcd::{
     Etcd, LeaseId, Registration, Registry, DEFAULT_ETCD_INTERVAL, ETCD_REQUEST_TIMEOUT,
-    ETCD_WATCH_TICK, MAX_ETCD_RESPONSE, MIN_LEASE_TTL,
+    ETCD_WATCH_CHECK, ETCD_WATCH_TICK, MAX_ETCD_RESPONSE, MIN_LEASE_TTL,
 };
 
 /// The weight of an endpoint whose source gives none.

@@ -32,6 +32,9 @@ pub const DEFAULT_ETCD_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a watching thread looks at whether its [`Etcd`] was dropped while no change
 /// arrives (a read of the watch times out this often).
 pub const ETCD_WATCH_TICK: Duration = Duration::from_millis(250);
+/// How long a watch may stay silent before the prefix is read again: a check that etcd still
+/// answers (a watch on a host that vanished would wait for ever) and a resync of the set.
+pub const ETCD_WATCH_CHECK: Duration = Duration::from_secs(10);
 /// The shortest lease [`Registry::register`] takes: etcd refuses shorter ones (its minimum
 /// follows its election timeout).
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
@@ -386,6 +389,7 @@ impl Registry {
         let mut buffer = Vec::new();
         let mut head_read = false;
         let mut chunk = [0u8; 8192];
+        let mut heard = std::time::Instant::now();
         while !stop.load(Ordering::Acquire) {
             let n = match stream.read(&mut chunk) {
                 Ok(0) => return Err(io::Error::other("etcd ended the watch")),
@@ -396,10 +400,20 @@ impl Registry {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    continue
+                    if heard.elapsed() >= ETCD_WATCH_CHECK {
+                        // Silent a while: is etcd still there? The set is resynced too.
+                        let (fresh, _) = self.range(prefix)?;
+                        if fresh != entries {
+                            entries = fresh;
+                            publish(&entries);
+                        }
+                        heard = std::time::Instant::now();
+                    }
+                    continue;
                 }
                 Err(e) => return Err(e),
             };
+            heard = std::time::Instant::now();
             buffer.extend_from_slice(&chunk[..n]);
             if buffer.len() > MAX_ETCD_RESPONSE {
                 return Err(io::Error::other("etcd watch message too large"));
@@ -495,7 +509,10 @@ fn decode_entry(kv: KeyValue) -> io::Result<(Vec<u8>, String)> {
 }
 
 /// An entry kept in etcd under a lease while it lives ([`Registry::register`]); dropping it
-/// revokes the lease, which deletes the entry.
+/// revokes the lease, which deletes the entry. Dropping it blocks while the renewing thread
+/// finishes a request of its own and the revoke is sent (each within
+/// [`ETCD_REQUEST_TIMEOUT`]): drop it off the runtime's threads, or call
+/// [`deregister`](Self::deregister) from a blocking task.
 #[derive(Debug)]
 #[must_use = "dropping the registration deletes the entry"]
 pub struct Registration {
