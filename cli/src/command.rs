@@ -101,7 +101,7 @@ fn signature(method: &MethodDescription) -> String {
         .as_ref()
         .map(|item| format!(" + stream of {item}"))
         .unwrap_or_default();
-    let response = if method.raw {
+    let response = if method.raw && method.response == "bytes" {
         "raw bytes".to_owned()
     } else if method.shape.server_streams() {
         format!("stream of {}", method.response)
