@@ -825,14 +825,15 @@ impl Conn {
         }
         if !fx.outcomes.is_empty() {
             // Only now, their stream events routed, may the callers see their calls done.
-            proto::client::complete_held(&mut self.table.lock(), fx);
+            let mut table = self.table.lock();
+            proto::client::complete_held(&mut table, fx);
+            // Announced before the lock goes, as the reader does for the calls the engine
+            // completed: see `callers_woken`.
+            self.out.callers_woken(fx.wakers.len());
         }
         for token in fx.pings.drain(..) {
             self.answer_ping(token);
         }
-        // Each caller woken with its reply is likely to queue its next request at once: the
-        // writer waits for them before writing a small batch.
-        self.out.callers_woken(fx.wakers.len());
         fx.wakers.drain(..).for_each(std::task::Waker::wake);
         violation.map_or(Ok(()), Err)
     }

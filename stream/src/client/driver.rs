@@ -185,12 +185,19 @@ async fn read_task<R: Runtime, Rd: TransportRead>(
                 .fetch_add(frames.len() as u64, Ordering::Relaxed);
             let streams = conn.open_streams.load(Ordering::Relaxed) > 0;
             // One lock of the call table for the whole batch; everything else after it.
-            let applied = proto::client::on_frames(
-                &mut conn.table.lock(),
-                frames.drain(..),
-                streams,
-                &mut fx,
-            );
+            let applied = {
+                let mut table = conn.table.lock();
+                let applied =
+                    proto::client::on_frames(&mut table, frames.drain(..), streams, &mut fx);
+                // Each caller woken with its reply is likely to queue its next request at once:
+                // the writer waits for them before writing a small batch. Announced while the
+                // table is locked, so that a caller that finds its outcome early (a spurious
+                // poll) takes itself off a count that includes it; announced later, a caller
+                // that had already resumed would be counted again, and the writer would wait
+                // for a request already queued.
+                conn.out.callers_woken(fx.wakers.len());
+                applied
+            };
             if let Err(e) = conn.apply(&mut fx) {
                 break e;
             }

@@ -413,7 +413,9 @@ impl Outbox {
         Hold { queue: &self.queue }
     }
 
-    /// Tells the writer that about `n` tasks were just woken and will each push a frame soon.
+    /// Tells the writer that about `n` tasks are about to be woken and will each push a frame
+    /// soon. Called before those tasks can see why they are woken (under the call table's
+    /// lock), so that each one's [`caller_resumed`](Self::caller_resumed) comes after it.
     pub(crate) fn callers_woken(&self, n: usize) {
         self.queue.expected.store(n, Ordering::Relaxed);
     }
