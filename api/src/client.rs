@@ -1,14 +1,14 @@
 //! The typed client.
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use flumen_balance::{Address, BalanceConfig, Balancer, Route};
 use flumen_codec::Codec;
 use flumen_codec::MsgPack;
 use flumen_stream::{
-    CallError, CallOptions, ClientConfig, ConnectError, ReplyStream, RequestSender, Runtime,
-    StreamMode, Transport,
+    AnyRuntime, CallError, CallOptions, ClientConfig, ConnectError, ReplyStream, RequestSender,
+    Runtime, StreamMode, Transport,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -38,7 +38,8 @@ use crate::{
 pub struct Client<C = MsgPack> {
     channel: Channel,
     codec: C,
-    spawner: Option<Spawner>,
+    /// Where the sending half of a bidirectional call runs, if set.
+    rt: Option<AnyRuntime>,
 }
 
 /// Where a client's calls go.
@@ -48,30 +49,6 @@ enum Channel {
     One(flumen_stream::Client),
     /// Many endpoints, each with its pool.
     Many(Balancer),
-}
-
-/// Spawns tasks on the runtime a client was connected with (to send a bidirectional call's
-/// items while the caller reads replies).
-#[derive(Clone)]
-pub(crate) struct Spawner(Arc<dyn Fn(BoxFuture) + Send + Sync>);
-
-pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-impl Spawner {
-    fn new<R: Runtime>(rt: &R) -> Self {
-        let rt = rt.clone();
-        Self(Arc::new(move |future| rt.spawn(future)))
-    }
-
-    pub(crate) fn spawn(&self, future: BoxFuture) {
-        (self.0)(future);
-    }
-}
-
-impl fmt::Debug for Spawner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Spawner")
-    }
 }
 
 impl Client<MsgPack> {
@@ -172,7 +149,7 @@ impl<C: Codec> Client<C> {
         Self {
             channel: Channel::Many(balancer),
             codec,
-            spawner: None,
+            rt: None,
         }
     }
 
@@ -183,18 +160,18 @@ impl<C: Codec> Client<C> {
         Self {
             channel: Channel::One(raw),
             codec,
-            spawner: None,
+            rt: None,
         }
     }
 
     /// The same client, spawning the sending side of bidirectional calls on `rt`.
     pub fn with_runtime<R: Runtime>(mut self, rt: &R) -> Self {
-        self.spawner = Some(Spawner::new(rt));
+        self.rt = Some(AnyRuntime::new(rt));
         self
     }
 
-    pub(crate) fn spawner(&self) -> Option<&Spawner> {
-        self.spawner.as_ref()
+    pub(crate) fn runtime(&self) -> Option<&AnyRuntime> {
+        self.rt.as_ref()
     }
 
     /// The codec.

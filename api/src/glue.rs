@@ -6,7 +6,7 @@ use std::{fmt, future::Future, sync::Arc};
 
 use bytes::Bytes;
 use flumen_codec::{Codec, CodecError};
-use flumen_stream::{CallOptions, ErrorCode, Request, Status, StreamMode};
+use flumen_stream::{CallOptions, ErrorCode, Request, Runtime, Status, StreamMode};
 use futures_lite::{FutureExt, StreamExt};
 
 use crate::{
@@ -409,12 +409,12 @@ where
         .await
         .map_err(|e| RpcError::Rpc(Error::Call(e)))?;
     let mut pump = sender.map(|sender| pump(sender, items, codec.clone()));
-    if let (Some(spawner), Some(sending)) = (client.spawner(), pump.take()) {
+    if let (Some(rt), Some(sending)) = (client.runtime(), pump.take()) {
         // An item that does not encode drops the sender unfinished: the server sees the
         // stream abandoned and ends the call with an error.
-        spawner.spawn(Box::pin(async move {
+        rt.spawn(async move {
             let _ = sending.await;
-        }));
+        });
     }
     Ok(ReplyItems::new(replies, codec.clone(), pump))
 }

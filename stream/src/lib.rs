@@ -69,7 +69,7 @@ pub use crate::{
     error::{CallError, ConnectError, ConnectionError, ErrorCode},
     io::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL},
     metadata::Metadata,
-    runtime::{allow_blocking, check_blocking, Runtime},
+    runtime::{allow_blocking, check_blocking, AnyRuntime, BoxFuture, Runtime},
     server::{
         drop_reason, AdaptiveConcurrency, Dispatch, DropReason, Reply, ReplySink, Request,
         RequestStream, Server, ServerConfig, ServerConnection, ServerHandle, ServerLimits,

@@ -2,8 +2,10 @@
 
 use std::{
     cell::Cell,
+    fmt,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -26,6 +28,70 @@ pub trait Runtime: Clone + Send + Sync + 'static {
 
     /// A future that completes at `deadline` (at once if it has passed).
     fn sleep_until(&self, deadline: Instant) -> Self::Sleep;
+}
+
+/// A boxed task or timer, as [`AnyRuntime`] takes and gives them.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Any [`Runtime`], its type erased: for code that must keep a runtime without being generic
+/// over it (a client that spawns the sending half of bidirectional calls, a balancer's timers).
+/// Cheap to clone (one `Arc`); it is itself a `Runtime`, whose tasks and timers are boxed.
+///
+/// # Examples
+///
+/// ```
+/// # fn demo<R: flumen_stream::Runtime>(rt: &R) {
+/// use flumen_stream::{AnyRuntime, Runtime};
+///
+/// let any = AnyRuntime::new(rt);
+/// any.spawn(async { /* runs on `rt` */ });
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AnyRuntime(Arc<dyn Erased>);
+
+/// The object-safe face of a [`Runtime`].
+trait Erased: Send + Sync + 'static {
+    fn spawn(&self, future: BoxFuture);
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture;
+}
+
+impl<R: Runtime> Erased for R {
+    fn spawn(&self, future: BoxFuture) {
+        Runtime::spawn(self, future);
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture {
+        Box::pin(Runtime::sleep_until(self, deadline))
+    }
+}
+
+impl AnyRuntime {
+    /// Erases `rt`'s type (a clone of it is kept).
+    pub fn new<R: Runtime>(rt: &R) -> Self {
+        Self(Arc::new(rt.clone()))
+    }
+}
+
+impl fmt::Debug for AnyRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AnyRuntime")
+    }
+}
+
+impl Runtime for AnyRuntime {
+    type Sleep = BoxFuture;
+
+    fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.0.spawn(Box::pin(future));
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture {
+        self.0.sleep_until(deadline)
+    }
 }
 
 thread_local! {

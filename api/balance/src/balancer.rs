@@ -5,7 +5,7 @@ use std::{
     borrow::Cow,
     future::{poll_fn, Future},
     io,
-    pin::{pin, Pin},
+    pin::pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -18,7 +18,8 @@ use bytes::Bytes;
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard};
 use event_listener::{Event, Listener};
 use flumen_stream::{
-    CallError, CallOptions, ConnectionError, ReplyStream, RequestSender, StreamMode,
+    AnyRuntime, CallError, CallOptions, ConnectionError, ReplyStream, RequestSender, Runtime,
+    StreamMode,
 };
 use parking_lot::Mutex;
 
@@ -35,16 +36,10 @@ use crate::{
 /// overload backoff ends without an event).
 const WAIT_SLICE: Duration = Duration::from_millis(20);
 
-pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// What a balanced call needs from the runtime and transport it was built on.
-pub(crate) trait Control: Send + Sync + 'static {
-    /// A timer on the client's runtime.
-    fn sleep_until(&self, deadline: Instant) -> BoxFuture;
-    /// Adds the endpoint a redirect named (parsing its address), with its connector; `None`
-    /// if the address does not parse.
-    fn add_endpoint(&self, shared: &Arc<Shared>, address: &str) -> Option<Arc<Endpoint>>;
-}
+/// Adds the endpoint a redirect named (parsing its address) and starts its connector; `None`
+/// if the address does not parse. Made by the driver, which knows the transport.
+pub(crate) type AddEndpoint =
+    Box<dyn Fn(&Arc<Shared>, &str) -> Option<Arc<Endpoint>> + Send + Sync>;
 
 /// How one call may be routed and retried: set by the typed layer from the method's
 /// declaration and the caller's affinity key.
@@ -94,7 +89,9 @@ pub(crate) struct Shared {
     /// Discovery delivered its first set (until then callers wait instead of failing).
     pub(crate) discovered: AtomicBool,
     pub(crate) closed: AtomicBool,
-    pub(crate) control: Box<dyn Control>,
+    /// The runtime the balancer was built on: its timers.
+    pub(crate) rt: AnyRuntime,
+    add_endpoint: AddEndpoint,
     redirects: AtomicU64,
     /// Per-method latencies, for [`Hedging::Percentile`](crate::Hedging).
     latencies: Latencies,
@@ -125,7 +122,7 @@ impl std::fmt::Debug for Balancer {
 }
 
 impl Shared {
-    pub(crate) fn new(config: BalanceConfig, control: Box<dyn Control>) -> Self {
+    pub(crate) fn new(config: BalanceConfig, rt: AnyRuntime, add_endpoint: AddEndpoint) -> Self {
         Self {
             endpoints: Endpoints(ShardedLock::new(Arc::from(Vec::new()))),
             picker: Picker::new(config.strategy),
@@ -135,7 +132,8 @@ impl Shared {
             changed: Event::new(),
             discovered: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            control,
+            rt,
+            add_endpoint,
             redirects: AtomicU64::new(0),
             latencies: Latencies::default(),
             hedges: AtomicU64::new(0),
@@ -289,7 +287,7 @@ impl Shared {
         let set = self.endpoints.snapshot();
         let endpoint = match set.iter().find(|e| &*e.label == address && !e.is_removed()) {
             Some(endpoint) => endpoint.clone(),
-            None => match self.control.add_endpoint(self, address) {
+            None => match (self.add_endpoint)(self, address) {
                 Some(endpoint) => endpoint,
                 None => return false,
             },
@@ -517,7 +515,7 @@ impl Balancer {
         let shared = &self.shared;
         let started = Instant::now();
         let mut one = pin!(call(first.conn.clone(), attempt));
-        let mut timer = shared.control.sleep_until(started + delay);
+        let mut timer = shared.rt.sleep_until(started + delay);
         let early = poll_fn(|cx| match one.as_mut().poll(cx) {
             Poll::Ready(result) => Poll::Ready(Some(result)),
             Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
@@ -679,7 +677,7 @@ impl Balancer {
                 return Ok(lease);
             }
             let wake = wake_at(shared, deadline);
-            futures_lite::future::or(listener, shared.control.sleep_until(wake)).await;
+            futures_lite::future::or(listener, shared.rt.sleep_until(wake)).await;
             check_deadline(deadline, started)?;
         }
     }

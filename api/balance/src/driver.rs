@@ -5,16 +5,15 @@ use std::{
     collections::HashMap,
     hash::Hash,
     io,
-    marker::PhantomData,
     str::FromStr,
     sync::{Arc, Weak},
     time::Instant,
 };
 
-use flumen_stream::{AddressText, ConnectError, ConnectionError, Runtime, Transport};
+use flumen_stream::{AddressText, AnyRuntime, ConnectError, ConnectionError, Runtime, Transport};
 
 use crate::{
-    balancer::{BoxFuture, Control, Shared},
+    balancer::{AddEndpoint, Shared},
     discovery::{Discover, Target},
     endpoint::Endpoint,
     BalanceConfig, Balancer,
@@ -26,32 +25,6 @@ use crate::{
 pub trait Address: Clone + Eq + Hash + AddressText + FromStr + Send + Sync + 'static {}
 
 impl<A: Clone + Eq + Hash + AddressText + FromStr + Send + Sync + 'static> Address for A {}
-
-/// The runtime and transport a balancer opens connections with.
-struct Driver<R, T: Transport> {
-    rt: R,
-    transport: Arc<T>,
-    addr: PhantomData<fn() -> T::Addr>,
-}
-
-impl<R: Runtime, T: Transport> Control for Driver<R, T>
-where
-    T::Addr: Address,
-{
-    fn sleep_until(&self, deadline: Instant) -> BoxFuture {
-        Box::pin(self.rt.sleep_until(deadline))
-    }
-
-    fn add_endpoint(&self, shared: &Arc<Shared>, address: &str) -> Option<Arc<Endpoint>> {
-        let address: T::Addr = address.parse().ok()?;
-        let target = Target::new(address);
-        let mut endpoints = shared.endpoints.snapshot().to_vec();
-        let endpoint = start(&self.rt, &self.transport, shared, &target);
-        endpoints.push(endpoint.clone());
-        shared.endpoints.replace(endpoints);
-        Some(endpoint)
-    }
-}
 
 impl Balancer {
     /// A balanced client over the endpoints `discovery` finds, connecting over `transport` on
@@ -65,12 +38,18 @@ impl Balancer {
         D: Discover<T::Addr>,
     {
         let transport = Arc::new(transport);
-        let driver = Driver {
-            rt: rt.clone(),
-            transport: transport.clone(),
-            addr: PhantomData,
+        let add_endpoint: AddEndpoint = {
+            let (rt, transport) = (rt.clone(), transport.clone());
+            Box::new(move |shared, address| {
+                let address: T::Addr = address.parse().ok()?;
+                let endpoint = start(&rt, &transport, shared, &Target::new(address));
+                let mut endpoints = shared.endpoints.snapshot().to_vec();
+                endpoints.push(endpoint.clone());
+                shared.endpoints.replace(endpoints);
+                Some(endpoint)
+            })
         };
-        let shared = Arc::new(Shared::new(config, Box::new(driver)));
+        let shared = Arc::new(Shared::new(config, AnyRuntime::new(rt), add_endpoint));
         rt.spawn(discover(
             rt.clone(),
             transport,
