@@ -34,9 +34,7 @@ use flumen::{
     tcp::{SmolTcp, TokioTcp},
     Server, ServerHandle,
 };
-use flumen_membership::{
-    ClusterClient, Config, Event, Membership, Registry, State, Tags, UdpRuntime,
-};
+use flumen_membership::{ClusterClient, Config, Event, Membership, Net, Registry, State, Tags};
 
 /// What workers do.
 #[flumen::service]
@@ -90,7 +88,7 @@ impl Demo {
     }
 
     /// A member gossiping on a loopback UDP port, with settings that answer within a second.
-    fn member<R: UdpRuntime>(
+    fn member<R: Net>(
         rt: &R,
         name: &str,
         rpc: SocketAddr,
@@ -104,7 +102,7 @@ impl Demo {
             .bind(rt, common::loopback())?)
     }
 
-    async fn worker<R: UdpRuntime, T: Transport<Addr = SocketAddr>>(
+    async fn worker<R: Net, T: Transport<Addr = SocketAddr>>(
         rt: &R,
         transport: &T,
         (name, spec): (&str, &str),
@@ -237,7 +235,7 @@ fn state_of(registry: &Registry, name: &str) -> Option<State> {
         .map(|(_, s)| s)
 }
 
-async fn script<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
+async fn script<R: Net, T: Transport<Addr = SocketAddr> + Clone>(
     demo: Demo,
     rt: R,
     transport: T,
@@ -338,7 +336,7 @@ fn arg(name: &str) -> Option<String> {
 
 /// `--role director`: a director that joins nobody, prints the cluster's events, and sends
 /// 200 jobs a second to the workers passing `--filter`, printing who ran them.
-async fn director<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
+async fn director<R: Net, T: Transport<Addr = SocketAddr> + Clone>(
     demo: Demo,
     rt: R,
     transport: T,
@@ -375,7 +373,7 @@ async fn director<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
 
 /// `--role worker`: a worker that joins through `--seed`, serves jobs, and leaves after
 /// `--for` seconds (or runs until killed: a crash, to the cluster).
-async fn worker<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
+async fn worker<R: Net, T: Transport<Addr = SocketAddr> + Clone>(
     demo: Demo,
     rt: R,
     transport: T,
@@ -413,7 +411,7 @@ async fn worker<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
 }
 
 /// Runs what `--role` asks for (default: the scripted demo in one process).
-async fn role<R: UdpRuntime, T: Transport<Addr = SocketAddr> + Clone>(
+async fn role<R: Net, T: Transport<Addr = SocketAddr> + Clone>(
     demo: Demo,
     rt: R,
     transport: T,

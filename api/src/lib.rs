@@ -225,8 +225,8 @@ pub mod tcp {
     pub use flumen_tcp::*;
 }
 
-/// Unix domain sockets (feature `unix`, on Unix): `TokioUnix` and `SmolUnix`, addressed by
-/// the socket's path.
+/// Unix domain sockets (feature `unix`, on Unix): `Unix<R>` over any runtime with sockets
+/// (`flumen_rt::Net`), as `TokioUnix` and `SmolUnix`, addressed by the socket's path.
 #[cfg(all(feature = "unix", unix))]
 pub mod unix {
     pub use flumen_unix::*;

@@ -1,13 +1,13 @@
 //! Runs a [`Node`] over a UDP socket ([`Membership`](crate::Membership)).
 
 use std::{
-    future::Future,
     io,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use flumen_rt::{Datagrams, Net};
 use flumen_stream::Runtime;
 use futures_lite::future;
 use parking_lot::Mutex;
@@ -18,119 +18,6 @@ use crate::{
     node::{Config, Error, Node, Stats},
     registry::Registry,
 };
-
-/// A datagram socket the membership task gossips over: `tokio::net::UdpSocket` (feature
-/// `tokio`) and `async_io::Async<std::net::UdpSocket>` (feature `smol`) are.
-pub trait Datagrams: Send + Sync + 'static {
-    /// The address the socket is bound to.
-    fn local_addr(&self) -> io::Result<SocketAddr>;
-
-    /// Sends `data` to `to`.
-    fn send_to<'a>(
-        &'a self,
-        data: &'a [u8],
-        to: SocketAddr,
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
-
-    /// Receives a datagram into `buf`: its length and sender. Cancel-safe: a datagram is not
-    /// lost if the future is dropped before it completes.
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
-
-    /// Receives a datagram that has arrived already, without waiting (`WouldBlock` when none
-    /// has).
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
-}
-
-#[cfg(feature = "tokio")]
-impl Datagrams for tokio::net::UdpSocket {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        tokio::net::UdpSocket::local_addr(self)
-    }
-
-    fn send_to<'a>(
-        &'a self,
-        data: &'a [u8],
-        to: SocketAddr,
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
-        tokio::net::UdpSocket::send_to(self, data, to)
-    }
-
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
-        tokio::net::UdpSocket::recv_from(self, buf)
-    }
-
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        tokio::net::UdpSocket::try_recv_from(self, buf)
-    }
-}
-
-#[cfg(feature = "smol")]
-impl Datagrams for async_io::Async<std::net::UdpSocket> {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.get_ref().local_addr()
-    }
-
-    fn send_to<'a>(
-        &'a self,
-        data: &'a [u8],
-        to: SocketAddr,
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
-        async_io::Async::<std::net::UdpSocket>::send_to(self, data, to)
-    }
-
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
-        async_io::Async::<std::net::UdpSocket>::recv_from(self, buf)
-    }
-
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        // The socket is non-blocking (`Async` made it so).
-        self.get_ref().recv_from(buf)
-    }
-}
-
-/// A runtime that can open the UDP socket a member gossips over: `TokioRuntime` (feature
-/// `tokio`) and `SmolRuntime` (feature `smol`).
-pub trait UdpRuntime: Runtime {
-    /// Its socket type.
-    type Socket: Datagrams;
-
-    /// Binds a UDP socket to `addr`.
-    ///
-    /// # Errors
-    ///
-    /// The operating system's, binding.
-    fn bind_udp(&self, addr: SocketAddr) -> io::Result<Self::Socket>;
-}
-
-#[cfg(feature = "tokio")]
-impl UdpRuntime for flumen_rt::TokioRuntime {
-    type Socket = tokio::net::UdpSocket;
-
-    fn bind_udp(&self, addr: SocketAddr) -> io::Result<Self::Socket> {
-        let socket = std::net::UdpSocket::bind(addr)?;
-        socket.set_nonblocking(true)?;
-        let _context = self.handle().enter();
-        tokio::net::UdpSocket::from_std(socket)
-    }
-}
-
-#[cfg(feature = "smol")]
-impl UdpRuntime for flumen_rt::SmolRuntime {
-    type Socket = async_io::Async<std::net::UdpSocket>;
-
-    fn bind_udp(&self, addr: SocketAddr) -> io::Result<Self::Socket> {
-        async_io::Async::<std::net::UdpSocket>::bind(addr)
-    }
-}
 
 /// How a member presents itself and joins: see [`Membership::builder`].
 #[derive(Clone, Debug)]
@@ -170,13 +57,14 @@ impl Builder {
         self
     }
 
-    /// Binds a UDP socket to `gossip` on `rt` and starts gossiping from it.
+    /// Binds a UDP socket to `gossip` on `rt` (any runtime with sockets, [`Net`]: tokio's,
+    /// smol's) and starts gossiping from it.
     ///
     /// # Errors
     ///
     /// As [`start`](Self::start), and [`Error::Io`] if the socket cannot be bound.
-    pub fn bind<R: UdpRuntime>(self, rt: &R, gossip: SocketAddr) -> Result<Membership, Error> {
-        let socket = rt.bind_udp(gossip)?;
+    pub fn bind<R: Net>(self, rt: &R, gossip: SocketAddr) -> Result<Membership, Error> {
+        let socket = rt.enter(|| R::udp(std::net::UdpSocket::bind(gossip)?))?;
         self.start(rt, socket)
     }
 

@@ -13,7 +13,7 @@
 //!   (reported by [`ClusterClient::for_member`]) count as signs of life.
 //! - The [`Registry`] is the live view (alive, suspect, down, left) with an event stream and
 //!   filtered pools; a suspected member leaves every pool at once, before it is declared down.
-//! - [`Membership`] runs a member over UDP on tokio or smol (any [`UdpRuntime`]); [`ClusterClient`]
+//! - [`Membership`] runs a member over UDP on tokio or smol (any runtime with [`Net`]); [`ClusterClient`]
 //!   calls the workers passing a tag [`Filter`], and hands out balanced clients for the
 //!   generated typed clients.
 //! - [`sim`] runs many members on an in-memory network and a virtual clock, for tests and for
@@ -47,11 +47,12 @@ mod phi;
 mod registry;
 pub mod sim;
 
+pub use flumen_rt::{Datagrams, Net};
 pub use foca;
 
 pub use crate::{
     cluster::{ClusterClient, ClusterError, REPORT_EVERY},
-    driver::{Builder, Datagrams, Membership, UdpRuntime},
+    driver::{Builder, Membership},
     filter::{Filter, FilterError, Tags, MAX_FILTER_DEPTH, MAX_FILTER_LEN},
     identity::{NodeId, MAX_IDENTITY_LEN},
     node::{Config, Error, Node, Stats},

@@ -17,7 +17,7 @@ use std::{
 
 use common::{eventually, IpEnv as Env};
 use flumen::{balance::BalanceConfig, Server, ServerConfig, ServerHandle};
-use flumen_membership::{ClusterClient, Config, Event, Membership, State, Tags, UdpRuntime};
+use flumen_membership::{ClusterClient, Config, Event, Membership, Net, State, Tags};
 
 /// A worker's service.
 #[flumen::service]
@@ -69,7 +69,7 @@ fn member<E: Env>(
     config: Config,
 ) -> Membership
 where
-    E::Rt: UdpRuntime,
+    E::Rt: Net,
 {
     Membership::builder(name, rpc)
         .tags(tags.iter().copied().collect())
@@ -96,7 +96,7 @@ async fn worker<E: Env>(
     config: Config,
 ) -> Node
 where
-    E::Rt: UdpRuntime,
+    E::Rt: Net,
 {
     let served = Arc::new(AtomicU64::new(0));
     let charges = Arc::new(AtomicU64::new(0));
@@ -126,7 +126,7 @@ where
 /// w1 `zone=eu gpu`, w2 `zone=us`; returns once the director sees all four alive.
 async fn cluster<E: Env>(env: &E, config: Config) -> (Membership, Vec<Node>)
 where
-    E::Rt: UdpRuntime,
+    E::Rt: Net,
 {
     let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let director = member(
@@ -183,7 +183,7 @@ fn balance() -> BalanceConfig {
 /// with a connection error; the crash is seen.
 async fn calls_follow_tags_and_survive_a_crash<E: Env>(env: E)
 where
-    E::Rt: UdpRuntime,
+    E::Rt: Net,
 {
     let (director, workers) = cluster(&env, config()).await;
     let cluster = ClusterClient::with_config(
@@ -312,7 +312,7 @@ where
 /// calls, long before it could be declared down.
 async fn a_suspected_worker_gets_no_new_calls<E: Env>(env: E)
 where
-    E::Rt: UdpRuntime,
+    E::Rt: Net,
 {
     let mut config = config();
     // Suspicion alone must move calls: the verdict is far away.
@@ -361,7 +361,7 @@ where
 /// while its answers come (the cluster client reports them); once they stop, it is.
 async fn answers_hold_off_suspicion<E: Env>(env: E)
 where
-    E::Rt: UdpRuntime,
+    E::Rt: Net,
 {
     let mut config = config();
     // Probes an hour apart: only phi judges here. A pause of half a second is forgiven, so
@@ -414,7 +414,7 @@ where
 /// worker into a pool.
 async fn leaves_and_new_tags_reach_the_pools<E: Env>(env: E)
 where
-    E::Rt: UdpRuntime,
+    E::Rt: Net,
 {
     let (director, workers) = cluster(&env, config()).await;
     let cluster = ClusterClient::new(&env.rt(), env.transport(), director.registry().clone());

@@ -1,16 +1,19 @@
 //! [`Runtime`](flumen_stream::Runtime) implementations: `TokioRuntime` behind the `tokio`
-//! feature and `SmolRuntime` behind the `smol` feature; and [`io`], the connection halves
-//! the socket transports (TCP, Unix) share on each runtime.
+//! feature and `SmolRuntime` behind the `smol` feature; [`net`], each runtime's sockets (TCP,
+//! Unix, UDP) behind one trait, over which the socket transports and cluster membership are
+//! written once; and [`io`], the connection halves they share.
 #![warn(missing_docs)]
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub mod io;
+pub mod net;
 
 #[cfg(feature = "smol")]
 mod smol;
 #[cfg(feature = "tokio")]
 mod tokio;
 
+pub use crate::net::{Datagrams, Net};
 #[cfg(feature = "smol")]
 pub use crate::smol::SmolRuntime;
 #[cfg(feature = "tokio")]

@@ -1,22 +1,44 @@
-//! TCP for Flumen: `TokioTcp` behind the `tokio` feature, `SmolTcp` behind the `smol`
-//! feature. Both turn Nagle's algorithm off (`TCP_NODELAY`): Flumen batches writes itself.
-//! [`TcpOptions`] adds keepalive probes and `TCP_USER_TIMEOUT`. Listeners set `SO_REUSEADDR`
-//! on both runtimes, so a restarted server takes its port back while connections of its last
-//! run linger in `TIME_WAIT`.
+//! TCP for Flumen: [`Tcp<R>`](Tcp), written once over the runtime's sockets
+//! ([`flumen_rt::Net`]), with `TokioTcp` behind the `tokio` feature and `SmolTcp` behind the
+//! `smol` feature. Both turn Nagle's algorithm off (`TCP_NODELAY`): Flumen batches writes
+//! itself. [`TcpOptions`] adds keepalive probes and `TCP_USER_TIMEOUT`. Listeners set
+//! `SO_REUSEADDR` on both runtimes, so a restarted server takes its port back while
+//! connections of its last run linger in `TIME_WAIT`.
 #![warn(missing_docs)]
 
 mod options;
-
-#[cfg(feature = "smol")]
-mod smol;
-#[cfg(feature = "tokio")]
-mod tokio;
+#[cfg(any(feature = "tokio", feature = "smol"))]
+mod transport;
 
 pub use crate::options::TcpOptions;
-#[cfg(feature = "smol")]
-pub use crate::smol::{SmolTcp, SmolTcpListener, SmolTcpReader, SmolTcpWriter};
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub use crate::transport::{Tcp, TcpListener};
+
+/// TCP on tokio. Must be used from within a tokio runtime.
 #[cfg(feature = "tokio")]
-pub use crate::tokio::{TokioTcp, TokioTcpListener, TokioTcpReader, TokioTcpWriter};
+pub type TokioTcp = Tcp<flumen_rt::TokioRuntime>;
+/// A tokio TCP listener.
+#[cfg(feature = "tokio")]
+pub type TokioTcpListener = TcpListener<flumen_rt::TokioRuntime>;
+/// The receiving half of a tokio TCP connection.
+#[cfg(feature = "tokio")]
+pub type TokioTcpReader = <flumen_rt::TokioRuntime as flumen_rt::Net>::TcpReader;
+/// The sending half of a tokio TCP connection; closing it sends `FIN`.
+#[cfg(feature = "tokio")]
+pub type TokioTcpWriter = <flumen_rt::TokioRuntime as flumen_rt::Net>::TcpWriter;
+
+/// TCP on smol (`async-io`'s reactor). Works with any executor.
+#[cfg(feature = "smol")]
+pub type SmolTcp = Tcp<flumen_rt::SmolRuntime>;
+/// A smol TCP listener.
+#[cfg(feature = "smol")]
+pub type SmolTcpListener = TcpListener<flumen_rt::SmolRuntime>;
+/// The receiving half of a smol TCP connection.
+#[cfg(feature = "smol")]
+pub type SmolTcpReader = <flumen_rt::SmolRuntime as flumen_rt::Net>::TcpReader;
+/// The sending half of a smol TCP connection; closing it sends `FIN`.
+#[cfg(feature = "smol")]
+pub type SmolTcpWriter = <flumen_rt::SmolRuntime as flumen_rt::Net>::TcpWriter;
 
 /// Backlog of a listener: connections the kernel completes before the server accepts them.
 pub const LISTEN_BACKLOG: i32 = 1024;

@@ -74,6 +74,7 @@ impl TcpOptions {
     }
 
     /// Applies the options (and `TCP_NODELAY`) to `socket`.
+    #[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
     pub(crate) fn apply(&self, socket: SockRef<'_>) -> io::Result<()> {
         socket.set_tcp_nodelay(true)?;
         if let Some(keepalive) = self.keepalive {

@@ -1,5 +1,6 @@
-//! Unix domain sockets for Flumen: `TokioUnix` behind the `tokio` feature, `SmolUnix` behind
-//! the `smol` feature, for services on one host. The address is the socket's path.
+//! Unix domain sockets for Flumen, for services on one host: [`Unix<R>`](Unix), written once
+//! over the runtime's sockets ([`flumen_rt::Net`]), with `TokioUnix` behind the `tokio`
+//! feature and `SmolUnix` behind the `smol` feature. The address is the socket's path.
 //!
 //! Binding fails if a file exists at the path (`AddrInUse`), as `bind(2)` does: a socket
 //! left by a server that crashed is the operator's to remove, never silently replaced. A
@@ -9,43 +10,42 @@
 #![warn(missing_docs)]
 #![cfg(unix)]
 
-#[cfg(feature = "smol")]
-mod smol;
+#[cfg(any(feature = "tokio", feature = "smol"))]
+mod transport;
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub use crate::transport::{Unix, UnixListener};
+
+/// Unix domain sockets on tokio. Must be used from within a tokio runtime.
 #[cfg(feature = "tokio")]
-mod tokio;
-
-#[cfg(feature = "smol")]
-pub use crate::smol::{SmolUnix, SmolUnixListener, SmolUnixReader, SmolUnixWriter};
+pub type TokioUnix = Unix<flumen_rt::TokioRuntime>;
+/// The tokio Unix transport, as a value: `TokioUnix` reads as the unit struct it once was.
 #[cfg(feature = "tokio")]
-pub use crate::tokio::{TokioUnix, TokioUnixListener, TokioUnixReader, TokioUnixWriter};
+#[allow(non_upper_case_globals)]
+pub const TokioUnix: TokioUnix = Unix::new();
+/// A tokio Unix socket listener; dropping it removes its socket file if it bound it.
+#[cfg(feature = "tokio")]
+pub type TokioUnixListener = UnixListener<flumen_rt::TokioRuntime>;
+/// The receiving half of a tokio Unix socket connection.
+#[cfg(feature = "tokio")]
+pub type TokioUnixReader = <flumen_rt::TokioRuntime as flumen_rt::Net>::UnixReader;
+/// The sending half of a tokio Unix socket connection; closing it shuts the write side down.
+#[cfg(feature = "tokio")]
+pub type TokioUnixWriter = <flumen_rt::TokioRuntime as flumen_rt::Net>::UnixWriter;
 
-/// Removes the socket file of a listener when it goes.
-#[cfg(any(feature = "smol", feature = "tokio"))]
-#[derive(Debug)]
-struct Unlink(std::path::PathBuf);
-
-#[cfg(any(feature = "smol", feature = "tokio"))]
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        // Best effort: the file may already be gone.
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// The path of a listener bound elsewhere (empty if unnamed).
-#[cfg(any(feature = "smol", feature = "tokio"))]
-fn bound_path(listener: &std::os::unix::net::UnixListener) -> std::io::Result<std::path::PathBuf> {
-    Ok(listener
-        .local_addr()?
-        .as_pathname()
-        .map(ToOwned::to_owned)
-        .unwrap_or_default())
-}
-
-/// The path a peer connected from: unnamed (empty) unless the peer bound its socket.
+/// Unix domain sockets on smol (`async-io`'s reactor). Works with any executor.
 #[cfg(feature = "smol")]
-fn peer_path(addr: &std::os::unix::net::SocketAddr) -> std::path::PathBuf {
-    addr.as_pathname()
-        .map(ToOwned::to_owned)
-        .unwrap_or_default()
-}
+pub type SmolUnix = Unix<flumen_rt::SmolRuntime>;
+/// The smol Unix transport, as a value: `SmolUnix` reads as the unit struct it once was.
+#[cfg(feature = "smol")]
+#[allow(non_upper_case_globals)]
+pub const SmolUnix: SmolUnix = Unix::new();
+/// A smol Unix socket listener; dropping it removes its socket file if it bound it.
+#[cfg(feature = "smol")]
+pub type SmolUnixListener = UnixListener<flumen_rt::SmolRuntime>;
+/// The receiving half of a smol Unix socket connection.
+#[cfg(feature = "smol")]
+pub type SmolUnixReader = <flumen_rt::SmolRuntime as flumen_rt::Net>::UnixReader;
+/// The sending half of a smol Unix socket connection; closing it shuts the write side down.
+#[cfg(feature = "smol")]
+pub type SmolUnixWriter = <flumen_rt::SmolRuntime as flumen_rt::Net>::UnixWriter;
