@@ -179,7 +179,8 @@ pub(crate) struct TimerGate {
 impl Default for TimerGate {
     fn default() -> Self {
         Self {
-            idle: AtomicBool::new(false),
+            // Parked from the start: nothing was armed before the first park.
+            idle: AtomicBool::new(true),
             target: AtomicU64::new(u64::MAX),
             sooner: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -225,17 +226,33 @@ impl TimerGate {
         })
     }
 
-    /// Ready once `has_work` holds; otherwise parks the timer until `arm`.
-    pub(crate) fn park(&self, cx: &mut Context<'_>, has_work: impl Fn() -> bool) -> Poll<()> {
+    /// Ready with [`Parked::Work`] once `has_work` holds; with [`Parked::Missed`] when the
+    /// timer was armed since it last parked but the work is gone already (calls that began and
+    /// ended before the timer ran: the connection went quiet without it); otherwise parks the
+    /// timer until `arm`.
+    pub(crate) fn park(&self, cx: &mut Context<'_>, has_work: impl Fn() -> bool) -> Poll<Parked> {
         self.waker.register(cx.waker());
-        self.idle.store(true, Ordering::SeqCst);
+        // Set by the timer, cleared by `arm` (or by the timer going to work): found clear,
+        // something was armed since the last park.
+        let armed = !self.idle.swap(true, Ordering::SeqCst);
         if has_work() {
             self.idle.store(false, Ordering::Relaxed);
-            Poll::Ready(())
+            Poll::Ready(Parked::Work)
+        } else if armed {
+            Poll::Ready(Parked::Missed)
         } else {
             Poll::Pending
         }
     }
+}
+
+/// Why [`TimerGate::park`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Parked {
+    /// Calls with deadlines (or to keep alive) are in the table.
+    Work,
+    /// Calls were armed and are gone: the connection went quiet since the timer last looked.
+    Missed,
 }
 
 #[cfg(all(test, flumen_loom))]
@@ -312,7 +329,11 @@ mod loom_models {
                 })
             };
             gate.sleeping_until(u64::MAX);
-            block_on(poll_fn(|cx| gate.park(cx, || work.load(Ordering::SeqCst))));
+            // Armed before it looked but the work not seen yet (the store is, in this model),
+            // the timer may hear of a call gone, and parks again.
+            while block_on(poll_fn(|cx| gate.park(cx, || work.load(Ordering::SeqCst))))
+                != Parked::Work
+            {}
             caller.join().unwrap();
         });
     }
@@ -348,5 +369,43 @@ mod loom_models {
             block_on(gate.sooner());
             caller.join().unwrap();
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        future::{poll_fn, Future},
+        pin::pin,
+        sync::atomic::{AtomicBool, Ordering},
+        task::{Context, Poll, Waker},
+    };
+
+    use super::{Parked, TimerGate};
+
+    #[test]
+    fn a_call_armed_and_gone_before_the_timer_looks_is_reported() {
+        let gate = TimerGate::default();
+        let work = AtomicBool::new(false);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut park = || {
+            let mut parked = pin!(poll_fn(|cx| gate.park(cx, || work.load(Ordering::SeqCst))));
+            parked.as_mut().poll(&mut cx)
+        };
+        // A fresh timer with nothing armed sleeps.
+        assert_eq!(park(), Poll::Pending);
+        // A call armed it, and is still there.
+        work.store(true, Ordering::SeqCst);
+        gate.arm(5);
+        assert_eq!(park(), Poll::Ready(Parked::Work));
+        // Worked until the table emptied, then parks: it might have missed a call, so it says
+        // so once, then sleeps.
+        work.store(false, Ordering::SeqCst);
+        assert_eq!(park(), Poll::Ready(Parked::Missed));
+        assert_eq!(park(), Poll::Pending);
+        // A call armed it and ended before the timer ran: reported, not slept through.
+        gate.arm(7);
+        assert_eq!(park(), Poll::Ready(Parked::Missed));
+        assert_eq!(park(), Poll::Pending);
     }
 }

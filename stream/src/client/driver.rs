@@ -25,6 +25,7 @@ use crate::{
     keepalive::{Action, KeepAlive},
     proto::{self, client::Effects},
     runtime::Runtime,
+    signal::Parked,
     trace::Peer,
     transport::Transport,
     transport::TransportRead,
@@ -257,8 +258,15 @@ async fn timer_task<R: Runtime>(rt: R, conn: Arc<Conn>) {
     loop {
         gate.sleeping_until(u64::MAX);
         let work = poll_fn(|cx| gate.park(cx, || has_work(&conn.table.lock())));
-        if conn.stop.guard(TIMER, work).await.is_none() {
-            return;
+        match conn.stop.guard(TIMER, work).await {
+            None => return,
+            Some(Parked::Work) => {}
+            Some(Parked::Missed) => {
+                // Calls came and went before this task ran: the connection went quiet, and
+                // nobody else will say so.
+                conn.quiet.signal();
+                continue;
+            }
         }
         // Silence before these calls began needed nobody's attention.
         if let Some(keepalive) = &mut keepalive {
