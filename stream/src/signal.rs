@@ -342,7 +342,9 @@ mod loom_models {
     fn loom_timer_gate_wakes_a_timer_working_out_its_target() {
         loom::model(|| {
             let gate = Arc::new(TimerGate::default());
-            // The timer expired what was due and looked at the table: no deadline yet.
+            // The timer is awake (not idle), expired what was due and looked at the table: no
+            // deadline yet.
+            gate.idle.store(false, Ordering::SeqCst);
             gate.sleeping_until(0);
             let caller = {
                 let gate = gate.clone();
