@@ -12,6 +12,7 @@ mod pipe;
 mod plot;
 mod soak;
 mod system;
+mod tails;
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -139,6 +140,20 @@ enum Cmd {
         /// Seconds per row.
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
+    },
+    /// The fast calls' latency distribution at an open-loop rate, without slow calls and with
+    /// 1% of calls waiting 5 ms in their handler, on a current-thread, a multi-thread and a
+    /// smol server: how much slow calls drag the others.
+    Tails {
+        /// Calls a second, sent open-loop.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Measured seconds per row (after one of warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Client connections (the calls go round them).
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
     },
 }
 
@@ -283,6 +298,11 @@ fn main() {
         } => conns::run(Setup { runtime, threads }, count, call_first),
         Cmd::Soak { duration } => soak::run(Duration::from_secs_f64(duration)),
         Cmd::Overload { duration } => overload::run(Duration::from_secs_f64(duration)),
+        Cmd::Tails {
+            rate,
+            duration,
+            connections,
+        } => tails::run(rate, Duration::from_secs_f64(duration), connections),
     };
     if let Err(e) = result {
         eprintln!("flumen-bench: {e}");
