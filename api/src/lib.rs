@@ -48,6 +48,8 @@ pub mod metrics;
 mod observe;
 #[cfg(feature = "opentelemetry")]
 mod otel;
+#[cfg(all(feature = "tcp", any(feature = "tokio", feature = "smol")))]
+pub mod per_core;
 pub mod reflection;
 #[cfg(unix)]
 pub mod restart;

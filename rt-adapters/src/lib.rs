@@ -1,9 +1,12 @@
 //! [`Runtime`](flumen_stream::Runtime) implementations: `TokioRuntime` behind the `tokio`
 //! feature and `SmolRuntime` behind the `smol` feature; [`net`], each runtime's sockets (TCP,
 //! Unix, UDP) behind one trait, over which the socket transports and cluster membership are
-//! written once; and [`io`], the connection halves they share.
+//! written once; [`Cores`], a single-threaded runtime per core; and [`io`], the connection
+//! halves the socket transports share.
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "tokio", feature = "smol"))]
+mod cores;
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub mod io;
 pub mod net;
@@ -13,6 +16,8 @@ mod smol;
 #[cfg(feature = "tokio")]
 mod tokio;
 
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub use crate::cores::Cores;
 pub use crate::net::{Datagrams, Net};
 #[cfg(feature = "smol")]
 pub use crate::smol::SmolRuntime;

@@ -682,9 +682,29 @@ impl Conn {
         let mut table = self.table.lock();
         let outcome = std::task::ready!(table.poll(slot, cx));
         let waits = table.release(slot);
+        let drained = self.drained(&table);
         drop(table);
         self.wake_a_waiter(waits);
+        if let Some(error) = drained {
+            self.close(error);
+        }
         Poll::Ready(outcome)
+    }
+
+    /// The `GoAway` to leave with, if the server drains and the call just released was this
+    /// side's last: the server waits for the client to close (answering requests that crossed
+    /// its `GoAway`), and the reader, which leaves when a batch of frames ends the last call,
+    /// may have read that batch before the caller took its outcome.
+    fn drained(&self, table: &CallTable) -> Option<ConnectionError> {
+        if !self.refusing.load(Ordering::Relaxed) || table.in_use() > 0 {
+            return None;
+        }
+        match table.refusing() {
+            Some(error @ ConnectionError::GoAway { code, .. }) if *code == ErrorCode::NO_ERROR => {
+                Some(error.clone())
+            }
+            _ => None,
+        }
     }
 
     /// Waits on this thread for the outcome of the call in `slot` and takes it, giving the
@@ -715,12 +735,18 @@ impl Conn {
     /// Gives `slot` back to the window; with `abandon`, first ends its call if it is still
     /// pending and returns its sequence id, for the server to be told.
     pub(crate) fn release(&self, slot: u32, abandon: bool) -> Option<u64> {
-        let (seq, waits) = {
+        let (seq, waits, drained) = {
             let mut table = self.table.lock();
             let seq = abandon.then(|| table.abandon(slot)).flatten();
-            (seq, table.release(slot))
+            let waits = table.release(slot);
+            (seq, waits, self.drained(&table))
         };
         self.wake_a_waiter(waits);
+        if let Some(error) = drained {
+            // An abandoned call's cancel is not worth keeping the connection for: the server
+            // ends the calls of a client that leaves.
+            self.close(error);
+        }
         seq
     }
 

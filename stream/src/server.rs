@@ -81,6 +81,30 @@ impl<D: Dispatch> Server<D> {
         self.serve(rt, listener)
     }
 
+    /// Starts one server per `(runtime, listener)` pair, sharing this dispatch and
+    /// configuration, under one handle ([`ServerHandle::join`]): a server per core, each
+    /// runtime single-threaded and accepting on its own listener (bound to one address with
+    /// `SO_REUSEPORT`), serving its connections from accept to close. Each applies the limits
+    /// to its own connections. `None` if `parts` is empty.
+    ///
+    /// # Errors
+    ///
+    /// If a listener cannot tell its local address.
+    pub fn serve_each<R: Runtime, L: Listener>(
+        self,
+        parts: impl IntoIterator<Item = (R, L)>,
+    ) -> io::Result<Option<ServerHandle<L::Addr>>> {
+        let mut handles = Vec::new();
+        for (rt, listener) in parts {
+            let server = Self {
+                dispatch: self.dispatch.clone(),
+                config: self.config.clone(),
+            };
+            handles.push(server.serve(&rt, listener)?);
+        }
+        Ok(ServerHandle::join(handles))
+    }
+
     /// Starts serving connections from `listener` on `rt`.
     ///
     /// # Errors
@@ -118,20 +142,26 @@ impl<D: Dispatch> Server<D> {
         let sleeper = rt.clone();
         let sleep: Sleep = Arc::new(move |at| Box::pin(sleeper.sleep_until(at)));
         Ok(ServerHandle {
-            shared,
+            parts: vec![Part { shared, sleep }],
             local_addr,
-            sleep,
         })
     }
 }
 
 type Sleep = Arc<dyn Fn(Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// Controls a running server. Dropping it aborts the server.
+/// Controls a running server, or several serving one address as one (a server per core,
+/// [`ServerHandle::join`]). Dropping it aborts the server.
 #[must_use = "dropping the handle stops the server at once; keep it while the server should run"]
 pub struct ServerHandle<A> {
-    shared: Arc<Shared>,
+    /// One server each, with a timer on its runtime.
+    parts: Vec<Part>,
     local_addr: A,
+}
+
+/// One of the servers a handle controls.
+struct Part {
+    shared: Arc<Shared>,
     sleep: Sleep,
 }
 
@@ -168,6 +198,28 @@ pub struct ServerStats {
     pub queued_bytes: usize,
 }
 
+impl ServerStats {
+    /// Adds `other`'s counters to these (servers that serve as one); concurrency limits add
+    /// up, as each server applies its own.
+    pub fn add(&mut self, other: &Self) {
+        self.accepted += other.accepted;
+        self.active += other.active;
+        self.refused += other.refused;
+        self.handshake_failures += other.handshake_failures;
+        self.protocol_errors += other.protocol_errors;
+        self.timeouts += other.timeouts;
+        self.panics += other.panics;
+        self.io.add(&other.io);
+        self.shed += other.shed;
+        self.concurrency_limit = match (self.concurrency_limit, other.concurrency_limit) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.in_flight += other.in_flight;
+        self.queued_bytes += other.queued_bytes;
+    }
+}
+
 impl crate::live::Source for Shared {
     fn snapshot(&self) -> crate::live::Snapshot {
         crate::live::Snapshot::Server(self.stats())
@@ -201,66 +253,104 @@ pub struct ServerConnection {
 }
 
 impl<A> ServerHandle<A> {
+    /// One handle over `handles`, servers that serve one address together (one per core,
+    /// each on its own runtime and listener): its stats are their sums, its connections all
+    /// of theirs, and shutting it down drains them all at once. The address is the first
+    /// one's. `None` if `handles` is empty.
+    pub fn join(handles: impl IntoIterator<Item = Self>) -> Option<Self> {
+        let mut handles = handles.into_iter();
+        let mut first = handles.next()?;
+        for mut handle in handles {
+            first.parts.append(&mut handle.parts);
+        }
+        Some(first)
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> &A {
         &self.local_addr
     }
 
-    /// A snapshot of the server's counters.
-    pub fn stats(&self) -> ServerStats {
-        self.shared.stats()
+    /// How many servers this handle controls: 1, or as many as were [joined](Self::join).
+    pub fn servers(&self) -> usize {
+        self.parts.len()
     }
 
-    /// The server's limits, as its configuration set them.
+    /// A snapshot of the server's counters (summed over joined servers).
+    pub fn stats(&self) -> ServerStats {
+        let mut stats = ServerStats::default();
+        for part in &self.parts {
+            stats.add(&part.shared.stats());
+        }
+        stats
+    }
+
+    /// The server's limits, as its configuration set them (the first joined server's: each
+    /// applies them to its own connections).
     pub fn limits(&self) -> ServerLimits {
-        self.shared.config.limits()
+        self.parts[0].shared.config.limits()
     }
 
     /// Each connection open now: its peer, age, calls and streams running, compression and
     /// I/O counters.
     pub fn connections(&self) -> Vec<ServerConnection> {
-        self.shared.connections()
+        self.parts
+            .iter()
+            .flat_map(|part| part.shared.connections())
+            .collect()
     }
 
     /// The I/O counters of each connection open now.
     pub fn connection_stats(&self) -> Vec<ConnectionStats> {
-        self.shared.connection_stats()
+        self.parts
+            .iter()
+            .flat_map(|part| part.shared.connection_stats())
+            .collect()
     }
 
     /// Stops gracefully: stops accepting, tells every peer `GoAway` (their new calls fail
     /// without running), lets calls in flight finish for up to `grace`, then closes whatever
-    /// is left. Resolves when every connection is closed (its tasks ended).
+    /// is left. Resolves when every connection is closed (its tasks ended). Joined servers
+    /// drain together, under one deadline.
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
-        self.shared.draining.store(true, Ordering::SeqCst);
-        self.shared.accepting.stop();
-        (self.shared.on_drain)();
-        let conns: Vec<_> = self
-            .shared
-            .conns
-            .lock()
-            .iter()
-            .map(|(_, c)| c.clone())
-            .collect();
-        conns.iter().for_each(|conn| conn.drain());
-        while !self.shared.conns.lock().is_empty() && Instant::now() < deadline {
+        for part in &self.parts {
+            let shared = &part.shared;
+            shared.draining.store(true, Ordering::SeqCst);
+            shared.accepting.stop();
+            (shared.on_drain)();
+            let conns: Vec<_> = shared.conns.lock().iter().map(|(_, c)| c.clone()).collect();
+            conns.iter().for_each(|conn| conn.drain());
+        }
+        let sleep = &self.parts[0].sleep;
+        while !self.is_closed() && Instant::now() < deadline {
             let step = (Instant::now() + Duration::from_millis(5)).min(deadline);
-            (self.sleep)(step).await;
+            sleep(step).await;
         }
         self.abort();
         // Aborted connections end at once: their tasks only have to notice.
-        while !self.shared.conns.lock().is_empty() {
-            (self.sleep)(Instant::now() + Duration::from_millis(1)).await;
+        while !self.is_closed() {
+            sleep(Instant::now() + Duration::from_millis(1)).await;
         }
+    }
+
+    /// Whether no connection is open on any of the servers.
+    fn is_closed(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|part| part.shared.conns.lock().is_empty())
     }
 
     /// Stops at once: closes the listener and every connection; calls in flight are lost and
     /// their callers see a connection error.
     pub fn abort(&self) {
-        self.shared.accepting.stop();
-        self.shared.halted.stop();
-        for (_, conn) in self.shared.conns.lock().iter() {
-            conn.stop.stop();
+        for part in &self.parts {
+            let shared = &part.shared;
+            shared.accepting.stop();
+            shared.halted.stop();
+            for (_, conn) in shared.conns.lock().iter() {
+                conn.stop.stop();
+            }
         }
     }
 }

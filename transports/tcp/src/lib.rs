@@ -54,13 +54,46 @@ pub fn std_listener(addr: &std::net::SocketAddr) -> std::io::Result<std::net::Tc
     listener(addr)
 }
 
+/// `n` non-blocking listeners on one address, bound as the transports bind and with
+/// `SO_REUSEPORT`, so that the kernel spreads incoming connections over them: one per runtime
+/// of a server per core. With port 0, the first picks the port and the others share it.
+///
+/// # Errors
+///
+/// If the address cannot be bound, and `Unsupported` where the system has no `SO_REUSEPORT`
+/// (outside Unix).
+pub fn std_listeners(
+    addr: &std::net::SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut addr = *addr;
+    for _ in 0..n {
+        let listener = bind(&addr, true)?;
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
 /// See [`std_listener`].
 pub(crate) fn listener(addr: &std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    bind(addr, false)
+}
+
+/// A listener on `addr`, optionally with `SO_REUSEPORT`.
+fn bind(addr: &std::net::SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
 
     let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        #[cfg(not(unix))]
+        return Err(std::io::ErrorKind::Unsupported.into());
+    }
     socket.bind(&(*addr).into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;

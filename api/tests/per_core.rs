@@ -1,0 +1,151 @@
+//! A server per core (`flumen::per_core`), on tokio and on smol: connections spread over its
+//! runtimes, each served on one runtime's thread from accept to close; the handle's stats are
+//! the sums; a shutdown drains every runtime's calls and closes every connection.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use futures_lite::future::zip;
+
+use flumen::{
+    per_core::{self, Cores},
+    rt::{Net, Runtime, SmolRuntime, TokioRuntime},
+    stream::Transport,
+    tcp::{SmolTcp, Tcp, TokioTcp},
+    Client, Router, Server, Status,
+};
+
+/// Runtimes the server runs.
+const CORES: usize = 2;
+/// Connections opened at most while looking for one on each runtime: the kernel spreads them
+/// by a hash of their addresses, so that all of 64 land on one of two listeners with
+/// probability 2^-63.
+const MAX_CONNECTIONS: usize = 64;
+
+/// The name of the thread a handler runs on: `flumen-core-N` for a server per core.
+fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_owned()
+}
+
+/// `core` names the thread that serves; `hold` waits until `release` is closed.
+fn router(release: smol::channel::Receiver<()>) -> Router {
+    Router::new()
+        .route("core", |()| async move { Ok::<_, Status>(thread_name()) })
+        .route("hold", move |()| {
+            let release = release.clone();
+            async move {
+                let _ = release.recv().await;
+                Ok::<_, Status>(thread_name())
+            }
+        })
+}
+
+async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>(
+    cores: Cores<R>,
+    client_rt: C,
+    client_transport: T,
+) {
+    let (release, held) = smol::channel::bounded::<()>(1);
+    let server = per_core::serve(
+        Server::new(router(held)),
+        &cores,
+        &Tcp::<R>::default(),
+        &SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .unwrap();
+    assert_eq!(server.servers(), CORES);
+    let addr = *server.local_addr();
+
+    // Connections until one is served on each runtime; each is served on one thread only.
+    let mut clients: Vec<(Client, String)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    while seen.len() < CORES {
+        assert!(
+            clients.len() < MAX_CONNECTIONS,
+            "{} connections, all served on {seen:?}",
+            clients.len()
+        );
+        let client = Client::connect(&client_rt, &client_transport, &addr)
+            .await
+            .unwrap();
+        let core: String = client.call("core", &()).await.unwrap();
+        assert!(core.starts_with("flumen-core-"), "served on {core}");
+        for _ in 0..3 {
+            let again: String = client.call("core", &()).await.unwrap();
+            assert_eq!(again, core, "a connection moved between runtimes");
+        }
+        seen.insert(core.clone());
+        clients.push((client, core));
+    }
+    // The handle sums the runtimes' servers.
+    let stats = server.stats();
+    assert_eq!(stats.active, clients.len(), "{stats:?}");
+    assert_eq!(stats.accepted, clients.len() as u64, "{stats:?}");
+    assert_eq!(server.connections().len(), clients.len());
+
+    // A call held on each runtime, then a shutdown: it waits for both.
+    let hold = |core: &String| {
+        let (client, _) = clients.iter().find(|(_, c)| c == core).unwrap();
+        let client = client.clone();
+        async move { client.call::<_, String>("hold", &()).await }
+    };
+    let [first, second] = [0, 1].map(|i| seen.iter().nth(i).unwrap().clone());
+    let drain = async {
+        // Once both run, the server drains; the calls go on until released.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().in_flight < CORES {
+            assert!(Instant::now() < deadline, "{:?}", server.stats());
+            client_rt
+                .sleep_until(Instant::now() + Duration::from_millis(2))
+                .await;
+        }
+        let shutdown = server.shutdown(Duration::from_secs(10));
+        let release_later = async {
+            // Draining: a new call on any connection is refused unrun, on every runtime.
+            for (client, core) in &clients {
+                let refused = client.call::<_, String>("core", &()).await;
+                assert!(
+                    refused.as_ref().is_err_and(|e| e.is_not_sent()),
+                    "a call on {core} while draining: {refused:?}"
+                );
+            }
+            assert_eq!(server.stats().in_flight, CORES);
+            release.close();
+        };
+        zip(shutdown, release_later).await;
+    };
+    let ((a, b), ()) = zip(zip(hold(&first), hold(&second)), drain).await;
+    let held = [a, b];
+    let mut cores_answered: Vec<String> = held.into_iter().map(Result::unwrap).collect();
+    cores_answered.sort();
+    assert_eq!(cores_answered, seen.into_iter().collect::<Vec<_>>());
+    // Every connection closed, on every runtime.
+    let stats = server.stats();
+    assert_eq!(stats.active, 0, "{stats:?}");
+    assert!(server.connections().is_empty());
+}
+
+#[test]
+fn a_server_per_core_spreads_and_drains_on_tokio() {
+    let cores = Cores::tokio(CORES).unwrap();
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = TokioRuntime::new(client.handle().clone());
+    client.block_on(spreads_and_drains(cores, rt, TokioTcp::default()));
+}
+
+#[test]
+fn a_server_per_core_spreads_and_drains_on_smol() {
+    let cores = Cores::smol(CORES).unwrap();
+    let executor = std::sync::Arc::new(smol::Executor::new());
+    let rt = SmolRuntime::new(executor.clone());
+    smol::block_on(executor.run(spreads_and_drains(cores, rt, SmolTcp::default())));
+}
