@@ -60,6 +60,10 @@ enum Cmd {
         /// tokio runtime with N workers or a smol executor on N threads.
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// With `--threads N` (Flumen over TCP): a server per core, N single-threaded
+        /// runtimes each accepting on its own `SO_REUSEPORT` listener.
+        #[arg(long)]
+        per_core: bool,
     },
     /// Run callers against a server and report.
     Load {
@@ -144,6 +148,26 @@ enum Cmd {
     /// The fast calls' latency distribution at an open-loop rate, without slow calls and with
     /// 1% of calls waiting 5 ms in their handler, on a current-thread, a multi-thread and a
     /// smol server: how much slow calls drag the others.
+    /// How a server's calls/s grow with its cores: many client connections against Flumen
+    /// servers on 1, 2, ... cores (tokio multi-thread, a tokio server per core, smol on N
+    /// threads, a smol server per core) and pipe on a multi-thread tokio runtime; calls/s, per
+    /// server core, and the server's CPU per call. TCP only.
+    Scaling {
+        /// Server cores (runtime threads) to run, each a row per flavor.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
+        cores: Vec<usize>,
+        /// Payload bytes per call.
+        #[arg(long, default_value_t = 32)]
+        payload: usize,
+        /// Calls in flight per connection.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+        /// Threads of the load generator (a multi-thread runtime of its own).
+        #[arg(long, default_value_t = 2)]
+        client_threads: usize,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     Tails {
         /// Calls a second, sent open-loop.
         #[arg(long, default_value_t = 20_000.0)]
@@ -241,7 +265,11 @@ fn main() {
             transport,
             cert_out,
             threads,
-        } => serve(system, runtime, threads, addr, transport, &cert_out),
+            per_core,
+        } => match per_core {
+            true => serve_per_core(system, runtime, threads, addr, transport),
+            false => serve(system, runtime, threads, addr, transport, &cert_out),
+        },
         Cmd::Load {
             system,
             runtime,
@@ -298,6 +326,13 @@ fn main() {
         } => conns::run(Setup { runtime, threads }, count, call_first),
         Cmd::Soak { duration } => soak::run(Duration::from_secs_f64(duration)),
         Cmd::Overload { duration } => overload::run(Duration::from_secs_f64(duration)),
+        Cmd::Scaling {
+            cores,
+            payload,
+            in_flight,
+            client_threads,
+            run,
+        } => scaling(&cores, payload, in_flight, client_threads, &run),
         Cmd::Tails {
             rate,
             duration,
@@ -388,6 +423,100 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// `serve --per-core`: a Flumen server per core over TCP, until standard input closes.
+fn serve_per_core(
+    system: System,
+    runtime: Rt,
+    cores: usize,
+    addr: Address,
+    wire: Wire,
+) -> Result<(), String> {
+    if system != System::Flumen || wire != Wire::Tcp || cores == 0 {
+        return Err("--per-core serves Flumen over TCP, with --threads 1 or more".into());
+    }
+    let addr = addr.ip()?;
+    let bound = system::serve_flumen_per_core(runtime, cores, addr).map_err(|e| e.to_string())?;
+    println!("listening on {bound}");
+    let _ = std::io::stdout().flush();
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    if let Some(stats) = system::SERVER_STATS.get() {
+        let stats = stats();
+        println!("stats {} {}", stats.frames_written, stats.writes);
+        let _ = std::io::stdout().flush();
+    }
+    std::process::exit(0);
+}
+
+/// `flumen-bench scaling`: see [`Cmd::Scaling`].
+fn scaling(
+    cores: &[usize],
+    payload: usize,
+    in_flight: usize,
+    client_threads: usize,
+    run: &RunArgs,
+) -> Result<(), String> {
+    if run.transport != Wire::Tcp {
+        return Err("scaling runs over TCP".into());
+    }
+    let load = Load {
+        payload,
+        in_flight,
+        connections: run.connections,
+    };
+    println!(
+        "{} connections x {in_flight} in flight, {payload} B, load generator on {client_threads} \
+         threads, {:.0} s a row",
+        run.connections, run.duration
+    );
+    println!(
+        "{:<22} {:>6} {:>11} {:>14} {:>16} {:>9}",
+        "server", "cores", "calls/s", "calls/s/core", "server us/call", "p99 us"
+    );
+    let flavors: [(&str, System, Rt, bool); 5] = [
+        ("pipe, tokio", System::Pipe, Rt::Tokio, false),
+        ("tokio multi-thread", System::Flumen, Rt::Tokio, false),
+        ("tokio per core", System::Flumen, Rt::Tokio, true),
+        ("smol N threads", System::Flumen, Rt::Smol, false),
+        ("smol per core", System::Flumen, Rt::Smol, true),
+    ];
+    for &n in cores {
+        for (name, system, runtime, per_core) in flavors {
+            let server = ServerProcess::start_with(
+                system,
+                Setup {
+                    runtime,
+                    threads: n,
+                },
+                run,
+                per_core,
+            )?;
+            let client = Setup {
+                runtime,
+                threads: client_threads,
+            };
+            let report = run_load(
+                system,
+                client,
+                server.addr.clone(),
+                load,
+                run,
+                Some(server.child.id()),
+            )?;
+            drop(server);
+            let cpu = report
+                .server_cpu_us_per_call
+                .map_or_else(|| "-".to_owned(), |us| format!("{us:.2}"));
+            println!(
+                "{name:<22} {n:>6} {:>11.0} {:>14.0} {cpu:>16} {:>9.0}",
+                report.calls_per_s,
+                report.calls_per_s / n as f64,
+                report.p99_us
+            );
+        }
+    }
+    Ok(())
 }
 
 fn serve(
@@ -547,6 +676,17 @@ pub(crate) struct ServerProcess {
 impl ServerProcess {
     /// Starts the server `system` calls (its [`System::server`]).
     pub(crate) fn start(system: System, setup: Setup, run: &RunArgs) -> Result<Self, String> {
+        Self::start_with(system, setup, run, false)
+    }
+
+    /// As [`start`](Self::start); with `per_core`, a server per core on `setup.threads`
+    /// runtimes.
+    pub(crate) fn start_with(
+        system: System,
+        setup: Setup,
+        run: &RunArgs,
+        per_core: bool,
+    ) -> Result<Self, String> {
         let runtime = setup.runtime;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let wire = match run.transport {
@@ -575,6 +715,7 @@ impl ServerProcess {
             ])
             .args(["--transport", wire, "--cert-out"])
             .arg(&run.cert)
+            .args(per_core.then_some("--per-core"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

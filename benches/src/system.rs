@@ -272,7 +272,7 @@ impl Spawner {
 pub(crate) const ECHO: MethodId = MethodId::from_name("echo");
 pub(crate) const ECHO_RAW: MethodId = MethodId::from_name("echo_raw");
 
-fn router() -> Router {
+pub(crate) fn router() -> Router {
     Router::new()
         .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
         .route_raw("echo_raw", |request| async move {
@@ -313,6 +313,39 @@ pub(crate) async fn serve(
             "{} does not run on this runtime or build",
             system.name()
         ))),
+    }
+}
+
+/// Serves Flumen over TCP with a server per core: `cores` single-threaded runtimes of
+/// `runtime`, each accepting on its own `SO_REUSEPORT` listener; returns once bound, the
+/// servers running until the process exits.
+pub(crate) fn serve_flumen_per_core(
+    runtime: Rt,
+    cores: usize,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<std::net::SocketAddr> {
+    fn start<R: flumen::rt::Net>(
+        cores: flumen::per_core::Cores<R>,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        let server = flumen::per_core::serve(
+            Server::new(router()),
+            &cores,
+            &flumen::tcp::Tcp::<R>::default(),
+            &addr,
+        )?;
+        let bound = *server.local_addr();
+        let server = Arc::new(server);
+        let stats = server.clone();
+        let _ = SERVER_STATS.set(Box::new(move || stats.stats().io));
+        // Both live as long as the process: it ends by `exit`.
+        std::mem::forget(server);
+        std::mem::forget(cores);
+        Ok(bound)
+    }
+    match runtime {
+        Rt::Tokio => start(flumen::per_core::Cores::tokio(cores)?, addr),
+        Rt::Smol => start(flumen::per_core::Cores::smol(cores)?, addr),
     }
 }
 
