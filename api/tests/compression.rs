@@ -18,6 +18,11 @@ e2e!(
     zstd_bodies_travel_compressed,
     only_a_side_that_asks_gets_compressed_bodies
 );
+e2e_per_core!(
+    lz4_bodies_travel_compressed,
+    zstd_bodies_travel_compressed,
+    only_a_side_that_asks_gets_compressed_bodies
+);
 
 /// 64 KiB of text-like bytes that compress well.
 fn compressible(seed: u8) -> Bytes {

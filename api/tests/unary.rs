@@ -26,6 +26,18 @@ e2e!(
     blocking_callers_from_plain_threads,
     raw_bodies_pass_through,
 );
+e2e_per_core!(
+    out_of_order_completion,
+    ten_thousand_calls_512_in_flight,
+    timeout_resolves_while_others_succeed,
+    window_is_never_exceeded,
+    server_limit_caps_the_window,
+    unknown_method_is_a_clear_error,
+    handler_panic_fails_only_that_call,
+    request_too_large_is_not_sent,
+    blocking_callers_from_plain_threads,
+    raw_bodies_pass_through,
+);
 
 /// A blocking call on the one thread that runs the runtime: current-thread tokio and smol with
 /// one thread, over TCP and in process (where the hang was seen).

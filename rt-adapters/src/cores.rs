@@ -24,7 +24,7 @@ use std::{fmt, io, thread};
 pub struct Cores<R> {
     runtimes: Vec<R>,
     /// Ends the thread's loop when dropped, one per thread.
-    stops: Vec<Box<dyn Send>>,
+    stops: Vec<Box<dyn Send + Sync>>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
@@ -49,7 +49,7 @@ impl<R> Cores<R> {
     fn start<S: Send + 'static>(
         n: usize,
         run: impl Fn(std::sync::mpsc::Sender<io::Result<R>>, S) + Clone + Send + 'static,
-        stop: impl Fn() -> (Box<dyn Send>, S),
+        stop: impl Fn() -> (Box<dyn Send + Sync>, S),
     ) -> io::Result<Self>
     where
         R: Send + 'static,
@@ -102,7 +102,7 @@ impl Cores<crate::TokioRuntime> {
             },
             || {
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                (Box::new(stop) as Box<dyn Send>, stopped)
+                (Box::new(stop) as Box<dyn Send + Sync>, stopped)
             },
         )
     }
@@ -127,7 +127,7 @@ impl Cores<crate::SmolRuntime> {
             },
             || {
                 let (stop, stopped) = smol::channel::bounded::<()>(1);
-                (Box::new(stop) as Box<dyn Send>, stopped)
+                (Box::new(stop) as Box<dyn Send + Sync>, stopped)
             },
         )
     }

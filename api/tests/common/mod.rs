@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flumen::{
     inproc::{InProc, InProcAddr},
-    rt::{Runtime, SmolRuntime, TokioRuntime},
+    per_core::{self, Cores},
+    rt::{Net, Runtime, SmolRuntime, TokioRuntime},
     shm::{SmolShm, TokioShm},
     stream::Transport,
-    tcp::{SmolTcp, TokioTcp},
+    tcp::{SmolTcp, Tcp, TokioTcp},
     unix::{SmolUnix, TokioUnix},
     ClientConfig, Dispatch, Request, Router, Server, ServerConfig, ServerHandle, Status,
 };
@@ -64,6 +65,85 @@ pub trait Env: Clone + Send + Sync + 'static {
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, future: F) {
         self.rt().spawn(future)
     }
+
+    /// Starts `server` on a fresh address: on this environment's runtime, or (a server per
+    /// core) on its cores.
+    fn start<D: Dispatch>(
+        &self,
+        server: Server<D>,
+    ) -> impl Future<Output = ServerHandle<Addr<Self>>> + Send {
+        let (rt, transport, addr) = (self.rt(), self.transport(), self.addr());
+        async move { server.bind(&rt, &transport, &addr).await.unwrap() }
+    }
+}
+
+/// A server per core (`flumen::per_core`, two single-threaded runtimes) over TCP; the
+/// clients run on the test's runtime.
+#[derive(Clone)]
+pub struct PerCore<R: Net> {
+    rt: R,
+    cores: Arc<Cores<R>>,
+}
+
+impl<R: Net> Env for PerCore<R> {
+    type Rt = R;
+    type Tr = Tcp<R>;
+
+    fn rt(&self) -> R {
+        self.rt.clone()
+    }
+
+    fn transport(&self) -> Tcp<R> {
+        Tcp::default()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        loopback()
+    }
+
+    fn start<D: Dispatch>(
+        &self,
+        server: Server<D>,
+    ) -> impl Future<Output = ServerHandle<SocketAddr>> + Send {
+        let served = per_core::serve(server, &self.cores, &Tcp::default(), &loopback());
+        async move { served.unwrap() }
+    }
+}
+
+pub type TokioPerCoreEnv = PerCore<TokioRuntime>;
+pub type SmolPerCoreEnv = PerCore<SmolRuntime>;
+
+/// Runtimes of a per-core server in the tests.
+const PER_CORE: usize = 2;
+
+/// Runs `test` with a tokio server per core, its clients on a two-worker runtime.
+pub fn run_tokio_per_core<F, Fut>(test: F)
+where
+    F: FnOnce(TokioPerCoreEnv) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let cores = Arc::new(Cores::tokio(PER_CORE).unwrap());
+    run_tokio(|env: TokioEnv| {
+        test(PerCore {
+            rt: env.rt(),
+            cores,
+        })
+    });
+}
+
+/// Runs `test` with a smol server per core, its clients on two executor threads.
+pub fn run_smol_per_core<F, Fut>(test: F)
+where
+    F: FnOnce(SmolPerCoreEnv) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let cores = Arc::new(Cores::smol(PER_CORE).unwrap());
+    run_smol(|env: SmolEnv| {
+        test(PerCore {
+            rt: env.rt(),
+            cores,
+        })
+    });
 }
 
 /// A runtime and a transport.
@@ -401,6 +481,20 @@ macro_rules! e2e {
     };
 }
 
+/// The tests again against a server per core (two single-threaded runtimes, TCP), on tokio
+/// and on smol: for suites whose tests use [`serve`] and no per-server limit.
+#[macro_export]
+macro_rules! e2e_per_core {
+    ($($name:ident),* $(,)?) => {
+        mod tokio_per_core {
+            $(#[test] fn $name() { $crate::common::run_tokio_per_core(super::$name::<$crate::common::TokioPerCoreEnv>) })*
+        }
+        mod smol_per_core {
+            $(#[test] fn $name() { $crate::common::run_smol_per_core(super::$name::<$crate::common::SmolPerCoreEnv>) })*
+        }
+    };
+}
+
 /// Echoes every request's body, without allocating.
 pub struct Echo;
 
@@ -422,11 +516,7 @@ pub async fn serve<E: Env, D: Dispatch>(
     dispatch: D,
     config: ServerConfig,
 ) -> ServerHandle<Addr<E>> {
-    Server::new(dispatch)
-        .config(config)
-        .bind(&env.rt(), &env.transport(), &env.addr())
-        .await
-        .unwrap()
+    env.start(Server::new(dispatch).config(config)).await
 }
 
 /// A typed client to `addr`.
