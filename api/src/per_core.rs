@@ -1,5 +1,6 @@
 //! A server per core: single-threaded runtimes ([`Cores`]), each accepting TCP connections on
-//! its own listener and serving them from accept to close, under one [`ServerHandle`].
+//! its own listener and serving them from accept to close, under one [`ServerHandle`]; and
+//! balanced clients whose connections spread over such runtimes ([`balanced`]).
 //!
 //! A multi-thread runtime moves work between threads: a connection's reader, writer and
 //! handlers may run on different workers, and every hand-over is a cross-thread wake-up. A
@@ -31,10 +32,14 @@
 
 use std::{io, net::SocketAddr};
 
+use flumen_balance::{discovery::Discover, Address, BalanceConfig, Balancer};
+use flumen_codec::Codec;
 pub use flumen_rt::Cores;
 use flumen_rt::Net;
-use flumen_stream::{Dispatch, Server, ServerHandle};
+use flumen_stream::{Dispatch, Server, ServerHandle, Transport};
 use flumen_tcp::Tcp;
+
+use crate::Client;
 
 /// Serves `server` on every runtime of `cores`: binds a listener per runtime to `addr` (with
 /// `SO_REUSEPORT`; port 0 picks one port for all), each registered with its runtime and
@@ -67,4 +72,30 @@ pub fn serve<D: Dispatch, R: Net>(
     server
         .serve_each(parts)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no runtime to serve on"))
+}
+
+/// A balanced client whose connections spread over the runtimes of `cores` (each opened on
+/// the next runtime in turn, [`Balancer::spread`]): for a process that holds many connections
+/// (a gateway, a service calling others through wide pools) and runs them a thread each, as a
+/// server per core does. Bidirectional calls send from the first runtime.
+///
+/// # Panics
+///
+/// If `cores` is empty.
+pub fn balanced<R, T, D, C>(
+    cores: &Cores<R>,
+    transport: T,
+    discovery: D,
+    config: BalanceConfig,
+    codec: C,
+) -> Client<C>
+where
+    R: Net,
+    T: Transport,
+    T::Addr: Address,
+    D: Discover<T::Addr>,
+    C: Codec,
+{
+    let balancer = Balancer::spread(cores.runtimes(), transport, discovery, config);
+    Client::from_balancer(balancer, codec).with_runtime(&cores.runtimes()[0])
 }

@@ -5,12 +5,17 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use futures_lite::future::zip;
 
 use flumen::{
+    balance::{discovery::Static, BalanceConfig, Balancer},
     per_core::{self, Cores},
     rt::{Net, Runtime, SmolRuntime, TokioRuntime},
     stream::Transport,
@@ -148,4 +153,74 @@ fn a_server_per_core_spreads_and_drains_on_smol() {
     let executor = std::sync::Arc::new(smol::Executor::new());
     let rt = SmolRuntime::new(executor.clone());
     smol::block_on(executor.run(spreads_and_drains(cores, rt, SmolTcp::default())));
+}
+
+/// A runtime that counts the tasks spawned on it.
+#[derive(Clone)]
+struct Counted {
+    rt: TokioRuntime,
+    spawned: Arc<AtomicUsize>,
+}
+
+impl Runtime for Counted {
+    type Sleep = <TokioRuntime as Runtime>::Sleep;
+
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
+        self.spawned.fetch_add(1, Ordering::Relaxed);
+        self.rt.spawn(future);
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        self.rt.sleep_until(deadline)
+    }
+}
+
+#[test]
+fn a_balanced_client_spreads_its_connections_over_runtimes() {
+    let server_cores = Cores::tokio(CORES).unwrap();
+    let client_cores = Cores::tokio(CORES).unwrap();
+    let runtimes: Vec<Counted> = client_cores
+        .runtimes()
+        .iter()
+        .map(|rt| Counted {
+            rt: rt.clone(),
+            spawned: Arc::new(AtomicUsize::new(0)),
+        })
+        .collect();
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    main.block_on(async {
+        let (_release, held) = smol::channel::bounded::<()>(1);
+        let server = per_core::serve(
+            Server::new(router(held)),
+            &server_cores,
+            &TokioTcp::default(),
+            &SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .unwrap();
+        let pool = 4;
+        let balancer = Balancer::spread(
+            &runtimes,
+            TokioTcp::default(),
+            Static::new([*server.local_addr()]),
+            BalanceConfig::default().pool_size(pool),
+        );
+        let client = Client::from_balancer(balancer, flumen::MsgPack::default());
+        // Calls until the pool is full: its connections were opened on both runtimes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().active < pool {
+            assert!(Instant::now() < deadline, "{:?}", server.stats());
+            let _: String = client.call("core", &()).await.unwrap();
+        }
+        let spawned: Vec<usize> = runtimes
+            .iter()
+            .map(|rt| rt.spawned.load(Ordering::Relaxed))
+            .collect();
+        assert!(
+            spawned.iter().all(|&n| n > 0),
+            "tasks spawned on each runtime: {spawned:?}"
+        );
+    });
 }

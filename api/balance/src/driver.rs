@@ -6,7 +6,10 @@ use std::{
     hash::Hash,
     io,
     str::FromStr,
-    sync::{Arc, Weak},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Weak,
+    },
     time::Instant,
 };
 
@@ -37,21 +40,50 @@ impl Balancer {
         T::Addr: Address,
         D: Discover<T::Addr>,
     {
+        Self::spread(std::slice::from_ref(rt), transport, discovery, config)
+    }
+
+    /// As [`new`](Self::new), with the connections spread over `runtimes`, each opened on the
+    /// next one in turn: a client that holds many connections uses several single-threaded
+    /// runtimes (`flumen_rt::Cores`) as a server per core does, each connection's tasks on
+    /// one thread. Timers and discovery run on the first.
+    ///
+    /// # Panics
+    ///
+    /// If `runtimes` is empty.
+    pub fn spread<R, T, D>(
+        runtimes: &[R],
+        transport: T,
+        discovery: D,
+        config: BalanceConfig,
+    ) -> Self
+    where
+        R: Runtime,
+        T: Transport,
+        T::Addr: Address,
+        D: Discover<T::Addr>,
+    {
+        assert!(!runtimes.is_empty(), "a balancer needs a runtime");
+        let spread = Arc::new(Spread {
+            runtimes: runtimes.into(),
+            next: AtomicUsize::new(0),
+        });
+        let first = runtimes[0].clone();
         let transport = Arc::new(transport);
         let add_endpoint: AddEndpoint = {
-            let (rt, transport) = (rt.clone(), transport.clone());
+            let (spread, transport) = (spread.clone(), transport.clone());
             Box::new(move |shared, address| {
                 let address: T::Addr = address.parse().ok()?;
-                let endpoint = start(&rt, &transport, shared, &Target::new(address));
+                let endpoint = start(&spread, &transport, shared, &Target::new(address));
                 let mut endpoints = shared.endpoints.snapshot().to_vec();
                 endpoints.push(endpoint.clone());
                 shared.endpoints.replace(endpoints);
                 Some(endpoint)
             })
         };
-        let shared = Arc::new(Shared::new(config, AnyRuntime::new(rt), add_endpoint));
-        rt.spawn(discover(
-            rt.clone(),
+        let shared = Arc::new(Shared::new(config, AnyRuntime::new(&first), add_endpoint));
+        first.spawn(discover(
+            spread,
             transport,
             Arc::downgrade(&shared),
             discovery,
@@ -60,9 +92,23 @@ impl Balancer {
     }
 }
 
+/// The runtimes a balancer's connections are opened on, in turn.
+struct Spread<R> {
+    runtimes: Arc<[R]>,
+    next: AtomicUsize,
+}
+
+impl<R> Spread<R> {
+    /// The runtime the next connection runs on.
+    fn pick(&self) -> &R {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.runtimes.len();
+        &self.runtimes[i]
+    }
+}
+
 /// Creates an endpoint and starts its connector.
 fn start<R: Runtime, T: Transport>(
-    rt: &R,
+    spread: &Arc<Spread<R>>,
     transport: &Arc<T>,
     shared: &Arc<Shared>,
     target: &Target<T::Addr>,
@@ -78,8 +124,11 @@ where
     if shared.config.health_check.is_some() {
         endpoint.set_serving(false);
     }
+    // Each endpoint's connector on a runtime of its own (in turn); its connections in turn.
+    let rt = spread.pick();
     rt.spawn(connector(
         rt.clone(),
+        spread.clone(),
         transport.clone(),
         target.address.clone(),
         endpoint.clone(),
@@ -90,8 +139,12 @@ where
 
 /// Applies each endpoint set discovery reports: new endpoints start, missing ones are removed
 /// (their connections close once their calls end), weights are updated.
-async fn discover<R, T, D>(rt: R, transport: Arc<T>, shared: Weak<Shared>, mut discovery: D)
-where
+async fn discover<R, T, D>(
+    spread: Arc<Spread<R>>,
+    transport: Arc<T>,
+    shared: Weak<Shared>,
+    mut discovery: D,
+) where
     R: Runtime,
     T: Transport,
     T::Addr: Address,
@@ -108,7 +161,7 @@ where
         let alive = || {
             shared
                 .upgrade()
-                .is_some_and(|s| !s.closed.load(std::sync::atomic::Ordering::Acquire))
+                .is_some_and(|s| !s.closed.load(Ordering::Acquire))
         };
         if !alive() {
             return;
@@ -124,7 +177,7 @@ where
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if shared.closed.load(Ordering::Acquire) {
             return;
         }
         let current = shared.endpoints.snapshot();
@@ -142,16 +195,14 @@ where
                     next.push(endpoint.clone());
                 }
                 None if next.iter().any(|e: &Arc<Endpoint>| *e.label == *label) => {}
-                None => next.push(start(&rt, &transport, &shared, target)),
+                None => next.push(start(&spread, &transport, &shared, target)),
             }
         }
         for gone in by_label.into_values() {
             gone.remove();
         }
         shared.endpoints.replace(next);
-        shared
-            .discovered
-            .store(true, std::sync::atomic::Ordering::Release);
+        shared.discovered.store(true, Ordering::Release);
         shared.changed.notify(usize::MAX);
     }
 }
@@ -161,6 +212,7 @@ where
 /// removed or the balancer dropped.
 async fn connector<R: Runtime, T: Transport>(
     rt: R,
+    spread: Arc<Spread<R>>,
     transport: Arc<T>,
     address: T::Addr,
     endpoint: Arc<Endpoint>,
@@ -173,7 +225,7 @@ async fn connector<R: Runtime, T: Transport>(
             endpoint.release_connections();
             return;
         };
-        if endpoint.is_removed() || strong.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if endpoint.is_removed() || strong.closed.load(Ordering::Acquire) {
             endpoint.release_connections();
             strong.changed.notify(usize::MAX);
             return;
@@ -188,7 +240,8 @@ async fn connector<R: Runtime, T: Transport>(
             if !delay.is_zero() {
                 rt.sleep_until(now + delay).await;
             }
-            let result = flumen_stream::Client::connect(&rt, &*transport, &address, client).await;
+            let result =
+                flumen_stream::Client::connect(spread.pick(), &*transport, &address, client).await;
             let Some(strong) = shared.upgrade() else {
                 return;
             };
