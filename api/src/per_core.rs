@@ -45,7 +45,8 @@ use crate::Client;
 /// `SO_REUSEPORT`; port 0 picks one port for all), each registered with its runtime and
 /// accepting with `transport`'s options. The handle's stats are the sums over the runtimes;
 /// its shutdown drains them all. The dispatch (a `Router`, a generated server) is shared by
-/// the runtimes.
+/// the runtimes. Shut the server down (or drop its handle) before dropping `cores`: the
+/// graceful shutdown times itself on the first runtime.
 ///
 /// # Errors
 ///
@@ -74,8 +75,8 @@ pub fn serve<D: Dispatch, R: Net>(
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no runtime to serve on"))
 }
 
-/// A balanced client whose connections spread over the runtimes of `cores` (each opened on
-/// the next runtime in turn, [`Balancer::spread`]): for a process that holds many connections
+/// A balanced client whose pools spread over the runtimes of `cores` (each endpoint's on the
+/// next runtime in turn, [`Balancer::spread`]): for a process that holds many connections
 /// (a gateway, a service calling others through wide pools) and runs them a thread each, as a
 /// server per core does. Bidirectional calls send from the first runtime.
 ///

@@ -192,26 +192,32 @@ fn a_balanced_client_spreads_its_connections_over_runtimes() {
         .build()
         .unwrap();
     main.block_on(async {
-        let (_release, held) = smol::channel::bounded::<()>(1);
-        let server = per_core::serve(
-            Server::new(router(held)),
-            &server_cores,
-            &TokioTcp::default(),
-            &SocketAddr::from(([127, 0, 0, 1], 0)),
-        )
-        .unwrap();
-        let pool = 4;
+        // Two endpoints, each a server per core.
+        let servers: Vec<_> = (0..2)
+            .map(|_| {
+                let (_, held) = smol::channel::bounded::<()>(1);
+                per_core::serve(
+                    Server::new(router(held)),
+                    &server_cores,
+                    &TokioTcp::default(),
+                    &SocketAddr::from(([127, 0, 0, 1], 0)),
+                )
+                .unwrap()
+            })
+            .collect();
+        let pool = 2;
         let balancer = Balancer::spread(
             &runtimes,
             TokioTcp::default(),
-            Static::new([*server.local_addr()]),
+            Static::new(servers.iter().map(|server| *server.local_addr())),
             BalanceConfig::default().pool_size(pool),
         );
         let client = Client::from_balancer(balancer, flumen::MsgPack::default());
-        // Calls until the pool is full: its connections were opened on both runtimes.
+        // Calls until both pools are full: each endpoint's connections were opened on a
+        // runtime of their own.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while server.stats().active < pool {
-            assert!(Instant::now() < deadline, "{:?}", server.stats());
+        while servers.iter().any(|server| server.stats().active < pool) {
+            assert!(Instant::now() < deadline, "pools not full");
             let _: String = client.call("core", &()).await.unwrap();
         }
         let spawned: Vec<usize> = runtimes
@@ -222,5 +228,38 @@ fn a_balanced_client_spreads_its_connections_over_runtimes() {
             spawned.iter().all(|&n| n > 0),
             "tasks spawned on each runtime: {spawned:?}"
         );
+        drop(client);
+        for server in servers {
+            server.shutdown(Duration::from_secs(5)).await;
+        }
     });
+}
+
+/// Dropping the runtimes ends their servers' tasks: the listeners close (a connection is
+/// refused), none left in the port's `SO_REUSEPORT` group to take connections nobody accepts.
+fn dropped_cores_close_their_listeners<R: Net>(cores: Cores<R>) {
+    let (_release, held) = smol::channel::bounded::<()>(1);
+    let server = per_core::serve(
+        Server::new(router(held)),
+        &cores,
+        &Tcp::<R>::default(),
+        &SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .unwrap();
+    let addr = *server.local_addr();
+    assert!(std::net::TcpStream::connect(addr).is_ok(), "serving");
+    drop(server);
+    drop(cores);
+    let refused = std::net::TcpStream::connect(addr);
+    assert!(refused.is_err(), "a listener outlived its runtime");
+}
+
+#[test]
+fn dropped_tokio_cores_close_their_listeners() {
+    dropped_cores_close_their_listeners(Cores::tokio(CORES).unwrap());
+}
+
+#[test]
+fn dropped_smol_cores_close_their_listeners() {
+    dropped_cores_close_their_listeners(Cores::smol(CORES).unwrap());
 }

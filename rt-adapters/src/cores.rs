@@ -7,7 +7,10 @@ use std::{fmt, io, thread};
 /// `n` single-threaded runtimes, each run by a thread of its own until the `Cores` is dropped:
 /// tokio current-thread runtimes ([`Cores::tokio`]) or smol executors ([`Cores::smol`]).
 ///
-/// Dropping it stops the runtimes (their tasks are dropped) and joins their threads.
+/// Dropping it stops the runtimes (their tasks are dropped, and what is spawned on them
+/// later is dropped unrun) and joins their threads. Shut a server or client running on them
+/// down (or drop it) first: a `ServerHandle`'s graceful shutdown times itself on its first
+/// runtime.
 ///
 /// # Examples
 ///
@@ -120,10 +123,13 @@ impl Cores<crate::SmolRuntime> {
         Self::start(
             n,
             |tell, stopped: smol::channel::Receiver<()>| {
+                // The only strong reference: the tasks' runtimes are weak, so that the
+                // executor, and with it every task, goes when this thread ends.
                 let executor = std::sync::Arc::new(smol::Executor::new());
-                let _ = tell.send(Ok(crate::SmolRuntime::new(executor.clone())));
+                let _ = tell.send(Ok(crate::SmolRuntime::borrowed(&executor)));
                 // Ends when the sender is dropped.
                 let _ = smol::block_on(executor.run(stopped.recv()));
+                drop(executor);
             },
             || {
                 let (stop, stopped) = smol::channel::bounded::<()>(1);

@@ -2,7 +2,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Weak},
     task::{Context, Poll},
     time::Instant,
 };
@@ -27,7 +27,19 @@ use smol::{Executor, Timer};
 /// ```
 #[derive(Clone)]
 pub struct SmolRuntime {
-    executor: Option<Arc<Executor<'static>>>,
+    executor: Exec,
+}
+
+/// Where a [`SmolRuntime`] spawns.
+#[derive(Clone)]
+enum Exec {
+    /// smol's global executor.
+    Global,
+    /// An executor the runtime keeps alive.
+    Owned(Arc<Executor<'static>>),
+    /// An executor its thread keeps alive ([`Cores`](crate::Cores)): the tasks, which hold
+    /// runtimes, do not keep it (and so themselves) alive once the thread ends.
+    Borrowed(Weak<Executor<'static>>),
 }
 
 impl SmolRuntime {
@@ -35,21 +47,31 @@ impl SmolRuntime {
     /// on one or more threads).
     pub fn new(executor: Arc<Executor<'static>>) -> Self {
         Self {
-            executor: Some(executor),
+            executor: Exec::Owned(executor),
+        }
+    }
+
+    /// Spawns on `executor` while something else keeps it alive; once it is gone, what is
+    /// spawned is dropped unrun.
+    pub(crate) fn borrowed(executor: &Arc<Executor<'static>>) -> Self {
+        Self {
+            executor: Exec::Borrowed(Arc::downgrade(executor)),
         }
     }
 
     /// Spawns on smol's global executor (`smol::spawn`), which runs on its own threads
     /// (`SMOL_THREADS`, default 1).
     pub fn global() -> Self {
-        Self { executor: None }
+        Self {
+            executor: Exec::Global,
+        }
     }
 }
 
 impl fmt::Debug for SmolRuntime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SmolRuntime")
-            .field("global", &self.executor.is_none())
+            .field("global", &matches!(self.executor, Exec::Global))
             .finish()
     }
 }
@@ -62,8 +84,14 @@ impl Runtime for SmolRuntime {
         F: Future<Output = ()> + Send + 'static,
     {
         match &self.executor {
-            Some(executor) => executor.spawn(future).detach(),
-            None => smol::spawn(future).detach(),
+            Exec::Owned(executor) => executor.spawn(future).detach(),
+            Exec::Borrowed(executor) => {
+                // A runtime that stopped drops what is spawned on it, as tokio's does.
+                if let Some(executor) = executor.upgrade() {
+                    executor.spawn(future).detach();
+                }
+            }
+            Exec::Global => smol::spawn(future).detach(),
         }
     }
 

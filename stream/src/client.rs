@@ -696,7 +696,9 @@ impl Conn {
     /// its `GoAway`), and the reader, which leaves when a batch of frames ends the last call,
     /// may have read that batch before the caller took its outcome.
     fn drained(&self, table: &CallTable) -> Option<ConnectionError> {
-        if !self.refusing.load(Ordering::Relaxed) || table.in_use() > 0 {
+        // The table's own record, read under its lock: the `refusing` flag is set only once
+        // the reader has released it, after the caller may have taken its outcome.
+        if table.in_use() > 0 {
             return None;
         }
         match table.refusing() {
@@ -852,10 +854,12 @@ impl Conn {
         if !fx.outcomes.is_empty() {
             // Only now, their stream events routed, may the callers see their calls done.
             let mut table = self.table.lock();
+            let routed = fx.wakers.len();
             proto::client::complete_held(&mut table, fx);
-            // Announced before the lock goes, as the reader does for the calls the engine
-            // completed: see `callers_woken`.
-            self.out.callers_woken(fx.wakers.len());
+            // The callers just completed (not the stream tasks woken above), announced before
+            // the lock goes, as the reader does for the calls the engine completed: see
+            // `callers_woken`.
+            self.out.callers_woken(fx.wakers.len() - routed);
         }
         for token in fx.pings.drain(..) {
             self.answer_ping(token);

@@ -100,7 +100,10 @@ impl<D: Dispatch> Server<D> {
                 dispatch: self.dispatch.clone(),
                 config: self.config.clone(),
             };
-            handles.push(server.serve(&rt, listener)?);
+            let mut handle = server.serve(&rt, listener)?;
+            // One dispatch, told once that the servers drain.
+            handle.parts[0].drains = handles.is_empty();
+            handles.push(handle);
         }
         Ok(ServerHandle::join(handles))
     }
@@ -142,7 +145,11 @@ impl<D: Dispatch> Server<D> {
         let sleeper = rt.clone();
         let sleep: Sleep = Arc::new(move |at| Box::pin(sleeper.sleep_until(at)));
         Ok(ServerHandle {
-            parts: vec![Part { shared, sleep }],
+            parts: vec![Part {
+                shared,
+                sleep,
+                drains: true,
+            }],
             local_addr,
         })
     }
@@ -163,6 +170,9 @@ pub struct ServerHandle<A> {
 struct Part {
     shared: Arc<Shared>,
     sleep: Sleep,
+    /// Whether a shutdown tells this part's dispatch it drains: servers started together
+    /// ([`Server::serve_each`]) share one, told once.
+    drains: bool,
 }
 
 /// Counters of a running server.
@@ -311,14 +321,17 @@ impl<A> ServerHandle<A> {
     /// Stops gracefully: stops accepting, tells every peer `GoAway` (their new calls fail
     /// without running), lets calls in flight finish for up to `grace`, then closes whatever
     /// is left. Resolves when every connection is closed (its tasks ended). Joined servers
-    /// drain together, under one deadline.
+    /// drain together, under one deadline, timed on the first one's runtime (which must
+    /// still run).
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         for part in &self.parts {
             let shared = &part.shared;
             shared.draining.store(true, Ordering::SeqCst);
             shared.accepting.stop();
-            (shared.on_drain)();
+            if part.drains {
+                (shared.on_drain)();
+            }
             let conns: Vec<_> = shared.conns.lock().iter().map(|(_, c)| c.clone()).collect();
             conns.iter().for_each(|conn| conn.drain());
         }

@@ -43,10 +43,10 @@ impl Balancer {
         Self::spread(std::slice::from_ref(rt), transport, discovery, config)
     }
 
-    /// As [`new`](Self::new), with the connections spread over `runtimes`, each opened on the
-    /// next one in turn: a client that holds many connections uses several single-threaded
-    /// runtimes (`flumen_rt::Cores`) as a server per core does, each connection's tasks on
-    /// one thread. Timers and discovery run on the first.
+    /// As [`new`](Self::new), with the endpoints' pools spread over `runtimes`, each
+    /// endpoint's on the next one in turn: a client that holds many connections uses several
+    /// single-threaded runtimes (`flumen_rt::Cores`) as a server per core does, each
+    /// connection's socket and tasks on one thread. Timers and discovery run on the first.
     ///
     /// # Panics
     ///
@@ -124,11 +124,11 @@ where
     if shared.config.health_check.is_some() {
         endpoint.set_serving(false);
     }
-    // Each endpoint's connector on a runtime of its own (in turn); its connections in turn.
+    // Each endpoint's pool on a runtime, in turn: its connector opens its connections there,
+    // so that each socket is registered with the runtime that runs its tasks.
     let rt = spread.pick();
     rt.spawn(connector(
         rt.clone(),
-        spread.clone(),
         transport.clone(),
         target.address.clone(),
         endpoint.clone(),
@@ -212,7 +212,6 @@ async fn discover<R, T, D>(
 /// removed or the balancer dropped.
 async fn connector<R: Runtime, T: Transport>(
     rt: R,
-    spread: Arc<Spread<R>>,
     transport: Arc<T>,
     address: T::Addr,
     endpoint: Arc<Endpoint>,
@@ -240,8 +239,7 @@ async fn connector<R: Runtime, T: Transport>(
             if !delay.is_zero() {
                 rt.sleep_until(now + delay).await;
             }
-            let result =
-                flumen_stream::Client::connect(spread.pick(), &*transport, &address, client).await;
+            let result = flumen_stream::Client::connect(&rt, &*transport, &address, client).await;
             let Some(strong) = shared.upgrade() else {
                 return;
             };
