@@ -146,7 +146,7 @@ enum Cmd {
         duration: f64,
     },
     /// The fast calls' latency distribution at an open-loop rate, without slow calls and with
-    /// 1% of calls waiting 5 ms in their handler, on a current-thread, a multi-thread and a
+    /// 1% of calls waiting 5 ms in their handler, on a current-thread, a multi-thread, a per-core and a
     /// smol server: how much slow calls drag the others.
     /// How a server's calls/s grow with its cores: many client connections against Flumen
     /// servers on 1, 2, ... cores (tokio multi-thread, a tokio server per core, smol on N

@@ -3,7 +3,8 @@
 //! A client sends calls open-loop at a fixed rate (a new call on schedule, whatever the others
 //! do) over a few TCP connections, from a current-thread runtime on a thread of its own. Every
 //! call but a share of them asks for `fast` (an echo); the others ask for `slow`, whose handler
-//! waits [`SLOW`] on the server's timer. Each server flavor runs twice, without slow calls and
+//! waits [`SLOW`] on the server's timer. Each server flavor (current-thread, multi-thread,
+//! smol, a server per core) runs twice, without slow calls and
 //! with [`SLOW_SHARE`] of them, and the fast calls' latency distribution of both is printed
 //! with the ratio of their p99s: how much slow calls drag the others.
 //!
@@ -11,7 +12,9 @@
 //! timed from its own send; both rows of a flavor have the same bursts, so their ratio holds.
 
 use std::{
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{mpsc, Arc},
     thread,
     time::{Duration, Instant},
@@ -44,6 +47,8 @@ enum Flavor {
     MultiThread,
     /// One thread running a smol executor.
     Smol,
+    /// A server per core: two tokio current-thread runtimes, each with its own listener.
+    PerCore,
 }
 
 impl Flavor {
@@ -52,6 +57,7 @@ impl Flavor {
             Self::CurrentThread => "tokio current-thread",
             Self::MultiThread => "tokio 2 workers",
             Self::Smol => "smol 1 thread",
+            Self::PerCore => "tokio per core, 2",
         }
     }
 }
@@ -69,7 +75,12 @@ pub(crate) fn run(rate: f64, duration: Duration, connections: usize) -> Result<(
         "{:<22} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
         "server", "slow", "calls", "p50", "p90", "p99", "p99.9", "p99.99", "max", "p99 ratio"
     );
-    for flavor in [Flavor::CurrentThread, Flavor::MultiThread, Flavor::Smol] {
+    for flavor in [
+        Flavor::CurrentThread,
+        Flavor::MultiThread,
+        Flavor::Smol,
+        Flavor::PerCore,
+    ] {
         let mut without = None;
         for share in [0.0, SLOW_SHARE] {
             let server = ServerThread::start(flavor)?;
@@ -99,12 +110,27 @@ pub(crate) fn run(rate: f64, duration: Duration, connections: usize) -> Result<(
     Ok(())
 }
 
-/// The methods: `fast` echoes, `slow` waits [`SLOW`] on `rt`'s timer first.
-fn router<R: Runtime>(rt: R) -> Router {
+/// A timer of the runtime a handler runs on.
+type Sleep = fn(Instant) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// tokio's timer, of whichever tokio runtime the handler runs on.
+fn tokio_sleep(at: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(tokio::time::sleep_until(at.into()))
+}
+
+/// `async-io`'s timer.
+fn smol_sleep(at: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        smol::Timer::at(at).await;
+    })
+}
+
+/// The methods: `fast` echoes, `slow` waits [`SLOW`] on `sleep` first.
+fn router(sleep: Sleep) -> Router {
     Router::new()
         .route("fast", |n: u64| async move { Ok::<_, Status>(n) })
         .route("slow", move |n: u64| {
-            let wait = rt.sleep_until(Instant::now() + SLOW);
+            let wait = sleep(Instant::now() + SLOW);
             async move {
                 wait.await;
                 Ok::<_, Status>(n)
@@ -136,6 +162,7 @@ impl ServerThread {
                 match builder.enable_all().build() {
                     Ok(runtime) => runtime.block_on(serve_until(
                         TokioRuntime::current,
+                        tokio_sleep,
                         TokioTcp::default(),
                         tell,
                         stopped,
@@ -143,11 +170,31 @@ impl ServerThread {
                     Err(e) => drop(tell.send(Err(e.to_string()))),
                 }
             }
+            Flavor::PerCore => match flumen::per_core::Cores::tokio(2) {
+                Ok(cores) => {
+                    let served = flumen::per_core::serve(
+                        Server::new(router(tokio_sleep)),
+                        &cores,
+                        &TokioTcp::default(),
+                        &SocketAddr::from(([127, 0, 0, 1], 0)),
+                    );
+                    match served {
+                        Ok(server) => {
+                            let _ = tell.send(Ok(*server.local_addr()));
+                            let _ = smol::block_on(stopped.recv());
+                            server.abort();
+                        }
+                        Err(e) => drop(tell.send(Err(e.to_string()))),
+                    }
+                }
+                Err(e) => drop(tell.send(Err(e.to_string()))),
+            },
             Flavor::Smol => {
                 let executor = Arc::new(smol::Executor::new());
                 let rt = SmolRuntime::new(executor.clone());
                 smol::block_on(executor.run(serve_until(
                     move || rt,
+                    smol_sleep,
                     SmolTcp::default(),
                     tell,
                     stopped,
@@ -170,12 +217,13 @@ impl ServerThread {
 /// address, and serves until told to stop.
 async fn serve_until<R: Runtime, T: Transport<Addr = SocketAddr>>(
     rt: impl FnOnce() -> R,
+    sleep: Sleep,
     transport: T,
     tell: mpsc::Sender<Result<SocketAddr, String>>,
     stopped: smol::channel::Receiver<()>,
 ) {
     let rt = rt();
-    let bound = Server::new(router(rt.clone()))
+    let bound = Server::new(router(sleep))
         .bind(&rt, &transport, &SocketAddr::from(([127, 0, 0, 1], 0)))
         .await;
     match bound {
