@@ -13,12 +13,7 @@ use flumen::{
 };
 use futures_lite::StreamExt;
 
-e2e!(
-    lz4_bodies_travel_compressed,
-    zstd_bodies_travel_compressed,
-    only_a_side_that_asks_gets_compressed_bodies
-);
-e2e_per_core!(
+e2e_and_per_core!(
     lz4_bodies_travel_compressed,
     zstd_bodies_travel_compressed,
     only_a_side_that_asks_gets_compressed_bodies

@@ -51,19 +51,27 @@ fn router(release: smol::channel::Receiver<()>) -> Router {
         })
 }
 
+/// A server per core on `cores`, on loopback, with [`router`].
+fn serve_on<R: Net>(
+    cores: &Cores<R>,
+    held: smol::channel::Receiver<()>,
+) -> flumen::ServerHandle<SocketAddr> {
+    per_core::serve(
+        Server::new(router(held)),
+        cores,
+        &Tcp::<R>::default(),
+        &SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .unwrap()
+}
+
 async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>(
     cores: Cores<R>,
     client_rt: C,
     client_transport: T,
 ) {
     let (release, held) = smol::channel::bounded::<()>(1);
-    let server = per_core::serve(
-        Server::new(router(held)),
-        &cores,
-        &Tcp::<R>::default(),
-        &SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .unwrap();
+    let server = serve_on(&cores, held);
     assert_eq!(server.servers(), CORES);
     let addr = *server.local_addr();
 
@@ -196,13 +204,7 @@ fn a_balanced_client_spreads_its_connections_over_runtimes() {
         let servers: Vec<_> = (0..2)
             .map(|_| {
                 let (_, held) = smol::channel::bounded::<()>(1);
-                per_core::serve(
-                    Server::new(router(held)),
-                    &server_cores,
-                    &TokioTcp::default(),
-                    &SocketAddr::from(([127, 0, 0, 1], 0)),
-                )
-                .unwrap()
+                serve_on(&server_cores, held)
             })
             .collect();
         let pool = 2;
@@ -239,13 +241,7 @@ fn a_balanced_client_spreads_its_connections_over_runtimes() {
 /// refused), none left in the port's `SO_REUSEPORT` group to take connections nobody accepts.
 fn dropped_cores_close_their_listeners<R: Net>(cores: Cores<R>) {
     let (_release, held) = smol::channel::bounded::<()>(1);
-    let server = per_core::serve(
-        Server::new(router(held)),
-        &cores,
-        &Tcp::<R>::default(),
-        &SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .unwrap();
+    let server = serve_on(&cores, held);
     let addr = *server.local_addr();
     assert!(std::net::TcpStream::connect(addr).is_ok(), "serving");
     drop(server);

@@ -293,15 +293,7 @@ async fn stream_deadline_ends_it_on_both_sides<E: Env>(env: E) {
     let _ = server;
 }
 
-e2e!(
-    server_streaming_delivers_every_item_in_order,
-    client_streaming_gets_one_reply,
-    bidirectional_echoes_while_sending,
-    stalled_consumer_is_bounded_and_stalls_nothing_else,
-    dropping_the_stream_cancels_the_handler,
-    stream_deadline_ends_it_on_both_sides,
-);
-e2e_per_core!(
+e2e_and_per_core!(
     server_streaming_delivers_every_item_in_order,
     client_streaming_gets_one_reply,
     bidirectional_echoes_while_sending,

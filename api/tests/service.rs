@@ -459,22 +459,7 @@ async fn attachments_travel_beside_the_message<E: Env>(env: E) {
     );
 }
 
-e2e!(
-    attachments_travel_beside_the_message,
-    unary_calls_and_their_errors,
-    unknown_service_is_a_clear_error,
-    hundred_streams_each_in_order,
-    error_mid_stream_arrives_typed,
-    client_streaming_and_bidirectional,
-    unread_stream_is_bounded_and_blocks_nothing,
-    dropped_call_runs_the_handlers_drop_guard,
-    dropped_stream_drops_the_servers_stream,
-    deadline_reaches_the_handler,
-    metadata_reaches_the_handler,
-    two_services_one_port_and_collisions_refused,
-    method_attributes_pass_through,
-);
-e2e_per_core!(
+e2e_and_per_core!(
     attachments_travel_beside_the_message,
     unary_calls_and_their_errors,
     unknown_service_is_a_clear_error,

@@ -17,15 +17,7 @@ use flumen::{
     Bytes, ClientConfig, ConnectError, ErrorCode, MethodId, Router, ServerConfig,
 };
 
-e2e!(
-    requests_past_the_in_flight_limit_are_overloaded,
-    requests_read_while_draining_are_refused,
-    replies_over_the_callers_limit_are_refused,
-    malformed_metadata_is_a_bad_request,
-    connect_timeout_bounds_a_server_that_never_answers,
-    a_hello_with_a_zero_frame_limit_is_refused,
-);
-e2e_per_core!(
+e2e_and_per_core!(
     requests_past_the_in_flight_limit_are_overloaded,
     requests_read_while_draining_are_refused,
     replies_over_the_callers_limit_are_refused,

@@ -14,19 +14,7 @@ use common::{connect, eventually, join_all, router, serve, Env, Gauge};
 use flumen::{Bytes, CallError, ClientConfig, Codec, ErrorCode, MethodId, ServerConfig};
 use serde_bytes::ByteBuf;
 
-e2e!(
-    out_of_order_completion,
-    ten_thousand_calls_512_in_flight,
-    timeout_resolves_while_others_succeed,
-    window_is_never_exceeded,
-    server_limit_caps_the_window,
-    unknown_method_is_a_clear_error,
-    handler_panic_fails_only_that_call,
-    request_too_large_is_not_sent,
-    blocking_callers_from_plain_threads,
-    raw_bodies_pass_through,
-);
-e2e_per_core!(
+e2e_and_per_core!(
     out_of_order_completion,
     ten_thousand_calls_512_in_flight,
     timeout_resolves_while_others_succeed,

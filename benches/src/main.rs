@@ -440,6 +440,12 @@ fn serve_per_core(
     let bound = system::serve_flumen_per_core(runtime, cores, addr).map_err(|e| e.to_string())?;
     println!("listening on {bound}");
     let _ = std::io::stdout().flush();
+    serve_until_stdin_closes()
+}
+
+/// The parent closes a server's standard input to stop it; a Flumen server reports its I/O
+/// counters first ("stats FRAMES_WRITTEN WRITES"). Exits the process.
+fn serve_until_stdin_closes() -> ! {
     let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
     if let Some(stats) = system::SERVER_STATS.get() {
         let stats = stats();
@@ -528,17 +534,7 @@ fn serve(
     cert: &std::path::Path,
 ) -> Result<(), String> {
     let net = net(wire, runtime, cert, true)?;
-    // The parent closes our standard input to stop us; a Flumen server reports its I/O
-    // counters first ("stats FRAMES_WRITTEN WRITES").
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        if let Some(stats) = system::SERVER_STATS.get() {
-            let stats = stats();
-            println!("stats {} {}", stats.frames_written, stats.writes);
-            let _ = std::io::stdout().flush();
-        }
-        std::process::exit(0);
-    });
+    std::thread::spawn(|| serve_until_stdin_closes());
     runtime
         .block_on(threads, move |spawner| {
             Box::pin(async move {

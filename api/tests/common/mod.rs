@@ -481,11 +481,12 @@ macro_rules! e2e {
     };
 }
 
-/// The tests again against a server per core (two single-threaded runtimes, TCP), on tokio
-/// and on smol: for suites whose tests use [`serve`] and no per-server limit.
+/// `e2e!`, and the tests again against a server per core (two single-threaded runtimes, TCP),
+/// on tokio and on smol: for suites whose tests use [`serve`] and no per-server limit.
 #[macro_export]
-macro_rules! e2e_per_core {
+macro_rules! e2e_and_per_core {
     ($($name:ident),* $(,)?) => {
+        $crate::e2e!($($name),*);
         mod tokio_per_core {
             $(#[test] fn $name() { $crate::common::run_tokio_per_core(super::$name::<$crate::common::TokioPerCoreEnv>) })*
         }
