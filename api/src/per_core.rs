@@ -5,9 +5,10 @@
 //! A multi-thread runtime moves work between threads: a connection's reader, writer and
 //! handlers may run on different workers, and every hand-over is a cross-thread wake-up. A
 //! server per core keeps each connection on one thread, as a current-thread runtime does,
-//! and uses the cores by running one such server per runtime. The kernel spreads incoming
-//! connections over the listeners (`SO_REUSEPORT`, Linux and the BSDs; macOS hands them all
-//! to one).
+//! and uses the cores by running one such server per runtime. Incoming connections are spread
+//! over the runtimes by the kernel (a listener each with `SO_REUSEPORT`, on Linux) or by a task
+//! that accepts on one listener and hands them out in turn (elsewhere, or when asked:
+//! [`Spread`]).
 //!
 //! Pick it for servers with many client connections (internal services behind pools): each
 //! connection's work is then as cheap as on a current-thread runtime. With a few busy
@@ -41,38 +42,89 @@ use flumen_tcp::Tcp;
 
 use crate::Client;
 
-/// Serves `server` on every runtime of `cores`: binds a listener per runtime to `addr` (with
-/// `SO_REUSEPORT`; port 0 picks one port for all), each registered with its runtime and
-/// accepting with `transport`'s options. The handle's stats are the sums over the runtimes;
-/// its shutdown drains them all. The dispatch (a `Router`, a generated server) is shared by
-/// the runtimes. Shut the server down (or drop its handle) before dropping `cores`: the
-/// graceful shutdown times itself on the first runtime.
+/// How a server per core shares its connections out among its runtimes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spread {
+    /// A listener per runtime on one port, bound with `SO_REUSEPORT`: the kernel picks one for
+    /// each connection by a hash of its addresses, and nothing in the process hands out. The
+    /// kernel balances so on Linux and Android; macOS gives every connection to one listener.
+    /// Unix only.
+    ReusePort,
+    /// One listener, accepted on the first runtime, each connection handed to the next runtime
+    /// in turn ([`Tcp::hand_out`]): an even share on every system, for one hop per connection
+    /// (none per call).
+    HandOut,
+}
+
+impl Spread {
+    /// [`ReusePort`](Self::ReusePort) where the kernel balances it (Linux, Android),
+    /// [`HandOut`](Self::HandOut) elsewhere.
+    pub const fn native() -> Self {
+        if cfg!(any(target_os = "linux", target_os = "android")) {
+            Self::ReusePort
+        } else {
+            Self::HandOut
+        }
+    }
+}
+
+/// Serves `server` on every runtime of `cores`, its connections spread as this system does
+/// best ([`Spread::native`]; see [`serve_with`]).
 ///
 /// # Errors
 ///
-/// If the address cannot be bound, `SO_REUSEPORT` is missing, or `cores` is empty
-/// (`InvalidInput`).
+/// As [`serve_with`].
 pub fn serve<D: Dispatch, R: Net>(
     server: Server<D>,
     cores: &Cores<R>,
     transport: &Tcp<R>,
     addr: &SocketAddr,
 ) -> io::Result<ServerHandle<SocketAddr>> {
-    let listeners = flumen_tcp::std_listeners(addr, cores.len())?;
-    let parts = cores
-        .runtimes()
-        .iter()
-        .zip(listeners)
-        .map(|(rt, listener)| {
-            Ok((
-                rt.clone(),
-                rt.enter(|| transport.listener_from_std(listener))?,
-            ))
-        })
-        .collect::<io::Result<Vec<_>>>()?;
-    server
-        .serve_each(parts)?
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no runtime to serve on"))
+    serve_with(server, cores, transport, addr, Spread::native())
+}
+
+/// Serves `server` on every runtime of `cores`, listening on `addr` (port 0 picks one port for
+/// all) with `transport`'s options, the connections spread as `spread` says; each is served
+/// from accept to close on the runtime it went to. The handle's stats are the sums over the
+/// runtimes; its shutdown drains them all and closes the listeners. The dispatch (a `Router`,
+/// a generated server) is shared by the runtimes. Shut the server down (or drop its handle)
+/// before dropping `cores`: the graceful shutdown times itself on the first runtime.
+///
+/// # Errors
+///
+/// If the address cannot be bound, `SO_REUSEPORT` is missing ([`Spread::ReusePort`] outside
+/// Unix), or `cores` is empty (`InvalidInput`).
+pub fn serve_with<D: Dispatch, R: Net>(
+    server: Server<D>,
+    cores: &Cores<R>,
+    transport: &Tcp<R>,
+    addr: &SocketAddr,
+    spread: Spread,
+) -> io::Result<ServerHandle<SocketAddr>> {
+    let no_runtime = || io::Error::new(io::ErrorKind::InvalidInput, "no runtime to serve on");
+    let runtimes = cores.runtimes();
+    let served = match spread {
+        Spread::ReusePort => {
+            let listeners = flumen_tcp::std_listeners(addr, runtimes.len())?;
+            let parts = runtimes
+                .iter()
+                .zip(listeners)
+                .map(|(rt, listener)| {
+                    let listener = rt.enter(|| transport.listener_from_std(listener))?;
+                    Ok((rt.clone(), listener))
+                })
+                .collect::<io::Result<Vec<_>>>()?;
+            server.serve_each(parts)?
+        }
+        Spread::HandOut => {
+            if runtimes.is_empty() {
+                return Err(no_runtime());
+            }
+            let shares = transport.hand_out(flumen_tcp::std_listener(addr)?, runtimes)?;
+            server.serve_each(runtimes.iter().cloned().zip(shares))?
+        }
+    };
+    served.ok_or_else(no_runtime)
 }
 
 /// A balanced client whose pools spread over the runtimes of `cores` (each endpoint's on the

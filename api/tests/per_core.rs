@@ -16,7 +16,7 @@ use futures_lite::future::zip;
 
 use flumen::{
     balance::{discovery::Static, BalanceConfig, Balancer},
-    per_core::{self, Cores},
+    per_core::{self, Cores, Spread},
     rt::{Net, Runtime, SmolRuntime, TokioRuntime},
     stream::Transport,
     tcp::{SmolTcp, Tcp, TokioTcp},
@@ -51,27 +51,31 @@ fn router(release: smol::channel::Receiver<()>) -> Router {
         })
 }
 
-/// A server per core on `cores`, on loopback, with [`router`].
+/// A server per core on `cores`, on loopback, with [`router`], its connections spread as
+/// `spread` says.
 fn serve_on<R: Net>(
     cores: &Cores<R>,
     held: smol::channel::Receiver<()>,
+    spread: Spread,
 ) -> flumen::ServerHandle<SocketAddr> {
-    per_core::serve(
+    per_core::serve_with(
         Server::new(router(held)),
         cores,
         &Tcp::<R>::default(),
         &SocketAddr::from(([127, 0, 0, 1], 0)),
+        spread,
     )
     .unwrap()
 }
 
 async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>(
     cores: Cores<R>,
+    spread: Spread,
     client_rt: C,
     client_transport: T,
 ) {
     let (release, held) = smol::channel::bounded::<()>(1);
-    let server = serve_on(&cores, held);
+    let server = serve_on(&cores, held, spread);
     assert_eq!(server.servers(), CORES);
     let addr = *server.local_addr();
 
@@ -89,6 +93,11 @@ async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>
             .unwrap();
         let core: String = client.call("core", &()).await.unwrap();
         assert!(core.starts_with("flumen-core-"), "served on {core}");
+        if spread == Spread::HandOut {
+            // Handed out in turn: the n-th connection to the n-th runtime.
+            let turn = format!("flumen-core-{}", clients.len() % CORES);
+            assert_eq!(core, turn, "connection {} handed out", clients.len());
+        }
         for _ in 0..3 {
             let again: String = client.call("core", &()).await.unwrap();
             assert_eq!(again, core, "a connection moved between runtimes");
@@ -142,25 +151,53 @@ async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>
     let stats = server.stats();
     assert_eq!(stats.active, 0, "{stats:?}");
     assert!(server.connections().is_empty());
+    // And the listeners: nothing accepts on the port any more (a hand-out acceptor stops once
+    // the runtimes' servers drop their shares; it may take a turn of its runtime).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after shutdown");
+        client_rt
+            .sleep_until(Instant::now() + Duration::from_millis(2))
+            .await;
+    }
 }
 
-#[test]
-fn a_server_per_core_spreads_and_drains_on_tokio() {
+fn spreads_and_drains_on_tokio(spread: Spread) {
     let cores = Cores::tokio(CORES).unwrap();
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let rt = TokioRuntime::new(client.handle().clone());
-    client.block_on(spreads_and_drains(cores, rt, TokioTcp::default()));
+    client.block_on(spreads_and_drains(cores, spread, rt, TokioTcp::default()));
+}
+
+fn spreads_and_drains_on_smol(spread: Spread) {
+    let cores = Cores::smol(CORES).unwrap();
+    let executor = std::sync::Arc::new(smol::Executor::new());
+    let rt = SmolRuntime::new(executor.clone());
+    let test = spreads_and_drains(cores, spread, rt, SmolTcp::default());
+    smol::block_on(executor.run(test));
+}
+
+#[test]
+fn a_server_per_core_spreads_and_drains_on_tokio() {
+    spreads_and_drains_on_tokio(Spread::ReusePort);
 }
 
 #[test]
 fn a_server_per_core_spreads_and_drains_on_smol() {
-    let cores = Cores::smol(CORES).unwrap();
-    let executor = std::sync::Arc::new(smol::Executor::new());
-    let rt = SmolRuntime::new(executor.clone());
-    smol::block_on(executor.run(spreads_and_drains(cores, rt, SmolTcp::default())));
+    spreads_and_drains_on_smol(Spread::ReusePort);
+}
+
+#[test]
+fn a_server_per_core_hands_out_in_turn_and_drains_on_tokio() {
+    spreads_and_drains_on_tokio(Spread::HandOut);
+}
+
+#[test]
+fn a_server_per_core_hands_out_in_turn_and_drains_on_smol() {
+    spreads_and_drains_on_smol(Spread::HandOut);
 }
 
 /// A runtime that counts the tasks spawned on it.
@@ -204,7 +241,7 @@ fn a_balanced_client_spreads_its_connections_over_runtimes() {
         let servers: Vec<_> = (0..2)
             .map(|_| {
                 let (_, held) = smol::channel::bounded::<()>(1);
-                serve_on(&server_cores, held)
+                serve_on(&server_cores, held, Spread::native())
             })
             .collect();
         let pool = 2;
@@ -238,10 +275,11 @@ fn a_balanced_client_spreads_its_connections_over_runtimes() {
 }
 
 /// Dropping the runtimes ends their servers' tasks: the listeners close (a connection is
-/// refused), none left in the port's `SO_REUSEPORT` group to take connections nobody accepts.
-fn dropped_cores_close_their_listeners<R: Net>(cores: Cores<R>) {
+/// refused), none left in the port's `SO_REUSEPORT` group (or a hand-out acceptor) to take
+/// connections nobody serves.
+fn dropped_cores_close_their_listeners<R: Net>(cores: Cores<R>, spread: Spread) {
     let (_release, held) = smol::channel::bounded::<()>(1);
-    let server = serve_on(&cores, held);
+    let server = serve_on(&cores, held, spread);
     let addr = *server.local_addr();
     assert!(std::net::TcpStream::connect(addr).is_ok(), "serving");
     drop(server);
@@ -252,10 +290,14 @@ fn dropped_cores_close_their_listeners<R: Net>(cores: Cores<R>) {
 
 #[test]
 fn dropped_tokio_cores_close_their_listeners() {
-    dropped_cores_close_their_listeners(Cores::tokio(CORES).unwrap());
+    for spread in [Spread::ReusePort, Spread::HandOut] {
+        dropped_cores_close_their_listeners(Cores::tokio(CORES).unwrap(), spread);
+    }
 }
 
 #[test]
 fn dropped_smol_cores_close_their_listeners() {
-    dropped_cores_close_their_listeners(Cores::smol(CORES).unwrap());
+    for spread in [Spread::ReusePort, Spread::HandOut] {
+        dropped_cores_close_their_listeners(Cores::smol(CORES).unwrap(), spread);
+    }
 }

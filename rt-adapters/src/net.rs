@@ -51,6 +51,22 @@ pub trait Net: Runtime {
     /// The socket under `stream`, to set options on.
     fn tcp_socket(stream: &Self::TcpStream) -> socket2::SockRef<'_>;
 
+    /// Takes `stream` out of this runtime (its reactor forgets it), non-blocking, for another
+    /// runtime to adopt with [`tcp_from_std`](Self::tcp_from_std): a connection accepted on
+    /// one runtime and served on another.
+    ///
+    /// # Errors
+    ///
+    /// If the runtime cannot deregister it.
+    fn tcp_into_std(stream: Self::TcpStream) -> io::Result<std::net::TcpStream>;
+
+    /// Adopts a connected socket (made non-blocking here).
+    ///
+    /// # Errors
+    ///
+    /// If it cannot be made non-blocking or registered with the runtime.
+    fn tcp_from_std(stream: std::net::TcpStream) -> io::Result<Self::TcpStream>;
+
     /// The two halves of `stream`: the reading one, then the writing one.
     fn tcp_split(stream: Self::TcpStream) -> (Self::TcpReader, Self::TcpWriter);
 
@@ -176,6 +192,15 @@ mod tokio_net {
             socket2::SockRef::from(stream)
         }
 
+        fn tcp_into_std(stream: TcpStream) -> io::Result<std::net::TcpStream> {
+            stream.into_std()
+        }
+
+        fn tcp_from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+            stream.set_nonblocking(true)?;
+            TcpStream::from_std(stream)
+        }
+
         fn tcp_split(stream: TcpStream) -> (Self::TcpReader, Self::TcpWriter) {
             let (reader, writer) = stream.into_split();
             (TokioIo(reader), TokioIo(writer))
@@ -299,6 +324,14 @@ mod smol_net {
 
         fn tcp_socket(stream: &Async<TcpStream>) -> socket2::SockRef<'_> {
             socket2::SockRef::from(stream.get_ref())
+        }
+
+        fn tcp_into_std(stream: Async<TcpStream>) -> io::Result<TcpStream> {
+            stream.into_inner()
+        }
+
+        fn tcp_from_std(stream: TcpStream) -> io::Result<Async<TcpStream>> {
+            Async::new(stream)
         }
 
         fn tcp_split(stream: Async<TcpStream>) -> (Self::TcpReader, Self::TcpWriter) {

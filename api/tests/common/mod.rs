@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flumen::{
     inproc::{InProc, InProcAddr},
-    per_core::{self, Cores},
+    per_core::{self, Cores, Spread},
     rt::{Net, Runtime, SmolRuntime, TokioRuntime},
     shm::{SmolShm, TokioShm},
     stream::Transport,
@@ -78,11 +78,13 @@ pub trait Env: Clone + Send + Sync + 'static {
 }
 
 /// A server per core (`flumen::per_core`, two single-threaded runtimes) over TCP; the
-/// clients run on the test's runtime.
+/// clients run on the test's runtime. Tokio's runtimes each listen (`SO_REUSEPORT`); smol's
+/// are handed their connections by an acceptor, so that the suites run over both spreads.
 #[derive(Clone)]
 pub struct PerCore<R: Net> {
     rt: R,
     cores: Arc<Cores<R>>,
+    spread: Spread,
 }
 
 impl<R: Net> Env for PerCore<R> {
@@ -105,7 +107,13 @@ impl<R: Net> Env for PerCore<R> {
         &self,
         server: Server<D>,
     ) -> impl Future<Output = ServerHandle<SocketAddr>> + Send {
-        let served = per_core::serve(server, &self.cores, &Tcp::default(), &loopback());
+        let served = per_core::serve_with(
+            server,
+            &self.cores,
+            &Tcp::default(),
+            &loopback(),
+            self.spread,
+        );
         async move { served.unwrap() }
     }
 }
@@ -127,11 +135,13 @@ where
         test(PerCore {
             rt: env.rt(),
             cores,
+            spread: Spread::ReusePort,
         })
     });
 }
 
-/// Runs `test` with a smol server per core, its clients on two executor threads.
+/// Runs `test` with a smol server per core (connections handed out), its clients on two
+/// executor threads.
 pub fn run_smol_per_core<F, Fut>(test: F)
 where
     F: FnOnce(SmolPerCoreEnv) -> Fut,
@@ -142,6 +152,7 @@ where
         test(PerCore {
             rt: env.rt(),
             cores,
+            spread: Spread::HandOut,
         })
     });
 }

@@ -6,6 +6,8 @@
 //! connections of its last run linger in `TIME_WAIT`.
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "tokio", feature = "smol"))]
+mod hand_out;
 mod options;
 #[cfg(any(feature = "tokio", feature = "smol"))]
 mod transport;
@@ -13,6 +15,8 @@ mod transport;
 pub use crate::options::TcpOptions;
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub use crate::transport::{Tcp, TcpListener};
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub use crate::hand_out::{HandedOut, HAND_OUT_QUEUE};
 
 /// TCP on tokio. Must be used from within a tokio runtime.
 #[cfg(feature = "tokio")]

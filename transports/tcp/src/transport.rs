@@ -16,7 +16,7 @@ use crate::TcpOptions;
 /// TCP on the runtime `R`: [`TokioTcp`](crate::TokioTcp) (feature `tokio`; used from within
 /// a tokio runtime) or [`SmolTcp`](crate::SmolTcp) (feature `smol`; any executor).
 pub struct Tcp<R> {
-    options: TcpOptions,
+    pub(crate) options: TcpOptions,
     rt: PhantomData<fn() -> R>,
 }
 
@@ -85,7 +85,7 @@ impl<R: Net> fmt::Debug for TcpListener<R> {
 }
 
 /// Applies `options` to a new connection and splits it.
-fn split<R: Net>(
+pub(crate) fn split<R: Net>(
     stream: R::TcpStream,
     options: &TcpOptions,
 ) -> io::Result<(R::TcpReader, R::TcpWriter)> {
