@@ -78,6 +78,7 @@ async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>
     let server = serve_on(&cores, held, spread);
     assert_eq!(server.servers(), CORES);
     let addr = *server.local_addr();
+    assert!(listening(addr), "{addr} not in the kernel's table");
 
     // Connections until one is served on each runtime; each is served on one thread only.
     let mut clients: Vec<(Client, String)> = Vec::new();
@@ -151,15 +152,35 @@ async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>
     let stats = server.stats();
     assert_eq!(stats.active, 0, "{stats:?}");
     assert!(server.connections().is_empty());
-    // And the listeners: nothing accepts on the port any more (a hand-out acceptor stops once
-    // the runtimes' servers drop their shares; it may take a turn of its runtime).
+    // And the listeners: nothing listens on the port any more (a hand-out acceptor stops once
+    // the runtimes' servers drop their shares, at its runtime's next turn). Read from the
+    // kernel's table, not by connecting: a connect would be accepted by a lingering acceptor
+    // and end it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after shutdown");
+    while listening(addr) {
+        assert!(Instant::now() < deadline, "still listening after shutdown");
         client_rt
             .sleep_until(Instant::now() + Duration::from_millis(2))
             .await;
     }
+}
+
+/// Whether a socket listens on `addr` (IPv4), as the kernel's table of TCP sockets says.
+fn listening(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(addr) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("the kernel's TCP table");
+    // Columns: slot, local address, remote address, state (0A: listening), ...
+    table.lines().skip(1).any(|line| {
+        let mut columns = line.split_whitespace().skip(1);
+        columns.next() == Some(local.as_str()) && columns.nth(1) == Some("0A")
+    })
 }
 
 fn spreads_and_drains_on_tokio(spread: Spread) {
