@@ -176,3 +176,51 @@ impl<R: Net> fmt::Debug for HandedOut<R> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An item to hand out, told apart by its message.
+    fn item(name: &str) -> Accepted {
+        Err(io::Error::other(name.to_owned()))
+    }
+
+    fn name(received: Accepted) -> String {
+        received.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn turns_pass_over_full_and_closed_queues() {
+        let (queues, receivers): (Vec<_>, Vec<_>) =
+            (0..3).map(|_| async_channel::bounded(1)).unzip();
+        let mut next = 0;
+        // In turn while every queue has room.
+        assert!(offer(&queues, &mut next, item("a")).is_none());
+        assert!(offer(&queues, &mut next, item("b")).is_none());
+        assert_eq!(next, 2);
+        // The second runtime stops accepting: its turn passes on.
+        let [r0, r1, r2]: [Receiver<Accepted>; 3] = receivers.try_into().unwrap();
+        drop(r1);
+        assert!(offer(&queues, &mut next, item("c")).is_none());
+        assert_eq!(name(r2.try_recv().unwrap()), "c");
+        assert_eq!(name(r0.try_recv().unwrap()), "a");
+        // The first queue is empty again, the third too: "d" to the first (its turn), "e"
+        // skips the closed second and goes to the third.
+        assert!(offer(&queues, &mut next, item("d")).is_none());
+        assert!(offer(&queues, &mut next, item("e")).is_none());
+        assert_eq!(name(r0.try_recv().unwrap()), "d");
+        assert_eq!(name(r2.try_recv().unwrap()), "e");
+        // The first queue full at its turn: on to the next with room.
+        assert!(offer(&queues, &mut next, item("f")).is_none());
+        assert_eq!(next, 1);
+        next = 0;
+        assert!(offer(&queues, &mut next, item("g")).is_none());
+        assert_eq!(name(r2.try_recv().unwrap()), "g");
+        // Every open queue full: the item comes back.
+        assert!(offer(&queues, &mut next, item("h")).is_none());
+        let back = offer(&queues, &mut next, item("i")).expect("no room anywhere");
+        assert_eq!(name(back), "i");
+        assert_eq!(name(r0.try_recv().unwrap()), "f");
+    }
+}
