@@ -26,6 +26,7 @@ use std::{
 
 use address::Address;
 use clap::{Args, Parser, Subcommand};
+use flumen::per_core::Spread;
 use measure::{print_table, Report, Tally, Window};
 use system::{Load, Rt, System};
 
@@ -64,6 +65,10 @@ enum Cmd {
         /// runtimes each accepting on its own `SO_REUSEPORT` listener.
         #[arg(long)]
         per_core: bool,
+        /// With `--per-core`: one listener, its connections handed to the runtimes in turn
+        /// (`per_core::Spread::HandOut`), instead of a listener each.
+        #[arg(long, requires = "per_core")]
+        hand_out: bool,
     },
     /// Run callers against a server and report.
     Load {
@@ -145,9 +150,6 @@ enum Cmd {
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
     },
-    /// The fast calls' latency distribution at an open-loop rate, without slow calls and with
-    /// 1% of calls waiting 5 ms in their handler, on a current-thread, a multi-thread, a per-core and a
-    /// smol server: how much slow calls drag the others.
     /// How a server's calls/s grow with its cores: many client connections against Flumen
     /// servers on 1, 2, ... cores (tokio multi-thread, a tokio server per core, smol on N
     /// threads, a smol server per core) and pipe on a multi-thread tokio runtime; calls/s, per
@@ -168,6 +170,9 @@ enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// The fast calls' latency distribution at an open-loop rate, without slow calls and with
+    /// 1% of calls waiting 5 ms in their handler, on a current-thread, a multi-thread, a
+    /// per-core and a smol server: how much slow calls drag the others.
     Tails {
         /// Calls a second, sent open-loop.
         #[arg(long, default_value_t = 20_000.0)]
@@ -266,9 +271,15 @@ fn main() {
             cert_out,
             threads,
             per_core,
-        } => match per_core {
-            true => serve_per_core(system, runtime, threads, addr, transport),
-            false => serve(system, runtime, threads, addr, transport, &cert_out),
+            hand_out,
+        } => match (per_core, hand_out) {
+            (true, false) => {
+                serve_per_core(system, runtime, threads, addr, transport, Spread::ReusePort)
+            }
+            (true, true) => {
+                serve_per_core(system, runtime, threads, addr, transport, Spread::HandOut)
+            }
+            (false, _) => serve(system, runtime, threads, addr, transport, &cert_out),
         },
         Cmd::Load {
             system,
@@ -432,12 +443,14 @@ fn serve_per_core(
     cores: usize,
     addr: Address,
     wire: Wire,
+    spread: Spread,
 ) -> Result<(), String> {
     if system != System::Flumen || wire != Wire::Tcp || cores == 0 {
         return Err("--per-core serves Flumen over TCP, with --threads 1 or more".into());
     }
     let addr = addr.ip()?;
-    let bound = system::serve_flumen_per_core(runtime, cores, addr).map_err(|e| e.to_string())?;
+    let bound =
+        system::serve_flumen_per_core(runtime, cores, addr, spread).map_err(|e| e.to_string())?;
     println!("listening on {bound}");
     let _ = std::io::stdout().flush();
     serve_until_stdin_closes()
@@ -480,12 +493,28 @@ fn scaling(
         "{:<22} {:>6} {:>11} {:>14} {:>16} {:>9}",
         "server", "cores", "calls/s", "calls/s/core", "server us/call", "p99 us"
     );
-    let flavors: [(&str, System, Rt, bool); 5] = [
-        ("pipe, tokio", System::Pipe, Rt::Tokio, false),
-        ("tokio multi-thread", System::Flumen, Rt::Tokio, false),
-        ("tokio per core", System::Flumen, Rt::Tokio, true),
-        ("smol N threads", System::Flumen, Rt::Smol, false),
-        ("smol per core", System::Flumen, Rt::Smol, true),
+    let flavors: [(&str, System, Rt, Option<Spread>); 6] = [
+        ("pipe, tokio", System::Pipe, Rt::Tokio, None),
+        ("tokio multi-thread", System::Flumen, Rt::Tokio, None),
+        (
+            "tokio per core",
+            System::Flumen,
+            Rt::Tokio,
+            Some(Spread::ReusePort),
+        ),
+        (
+            "tokio per core, handed",
+            System::Flumen,
+            Rt::Tokio,
+            Some(Spread::HandOut),
+        ),
+        ("smol N threads", System::Flumen, Rt::Smol, None),
+        (
+            "smol per core",
+            System::Flumen,
+            Rt::Smol,
+            Some(Spread::ReusePort),
+        ),
     ];
     for &n in cores {
         for (name, system, runtime, per_core) in flavors {
@@ -672,16 +701,16 @@ pub(crate) struct ServerProcess {
 impl ServerProcess {
     /// Starts the server `system` calls (its [`System::server`]).
     pub(crate) fn start(system: System, setup: Setup, run: &RunArgs) -> Result<Self, String> {
-        Self::start_with(system, setup, run, false)
+        Self::start_with(system, setup, run, None)
     }
 
     /// As [`start`](Self::start); with `per_core`, a server per core on `setup.threads`
-    /// runtimes.
+    /// runtimes, its connections spread so.
     pub(crate) fn start_with(
         system: System,
         setup: Setup,
         run: &RunArgs,
-        per_core: bool,
+        per_core: Option<Spread>,
     ) -> Result<Self, String> {
         let runtime = setup.runtime;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -711,7 +740,8 @@ impl ServerProcess {
             ])
             .args(["--transport", wire, "--cert-out"])
             .arg(&run.cert)
-            .args(per_core.then_some("--per-core"))
+            .args(per_core.map(|_| "--per-core"))
+            .args((per_core == Some(Spread::HandOut)).then_some("--hand-out"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -317,22 +317,25 @@ pub(crate) async fn serve(
 }
 
 /// Serves Flumen over TCP with a server per core: `cores` single-threaded runtimes of
-/// `runtime`, each accepting on its own `SO_REUSEPORT` listener; returns once bound, the
-/// servers running until the process exits.
+/// `runtime`, the connections spread as `spread` says; returns once bound, the servers
+/// running until the process exits.
 pub(crate) fn serve_flumen_per_core(
     runtime: Rt,
     cores: usize,
     addr: std::net::SocketAddr,
+    spread: flumen::per_core::Spread,
 ) -> std::io::Result<std::net::SocketAddr> {
     fn start<R: flumen::rt::Net>(
         cores: flumen::per_core::Cores<R>,
         addr: std::net::SocketAddr,
+        spread: flumen::per_core::Spread,
     ) -> std::io::Result<std::net::SocketAddr> {
-        let server = flumen::per_core::serve(
+        let server = flumen::per_core::serve_with(
             Server::new(router()),
             &cores,
             &flumen::tcp::Tcp::<R>::default(),
             &addr,
+            spread,
         )?;
         let bound = *server.local_addr();
         let server = Arc::new(server);
@@ -344,8 +347,8 @@ pub(crate) fn serve_flumen_per_core(
         Ok(bound)
     }
     match runtime {
-        Rt::Tokio => start(flumen::per_core::Cores::tokio(cores)?, addr),
-        Rt::Smol => start(flumen::per_core::Cores::smol(cores)?, addr),
+        Rt::Tokio => start(flumen::per_core::Cores::tokio(cores)?, addr, spread),
+        Rt::Smol => start(flumen::per_core::Cores::smol(cores)?, addr, spread),
     }
 }
 

@@ -108,7 +108,10 @@ async fn accept_and_hand_out<R: Net>(
             continue;
         };
         // Every queue full or closed: wait for room in the next open one.
-        let Some(turn) = (0..n).map(|k| (next + k) % n).find(|&i| !queues[i].is_closed()) else {
+        let Some(turn) = (0..n)
+            .map(|k| (next + k) % n)
+            .find(|&i| !queues[i].is_closed())
+        else {
             return;
         };
         next = (turn + 1) % n;

@@ -12,11 +12,11 @@ mod options;
 #[cfg(any(feature = "tokio", feature = "smol"))]
 mod transport;
 
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub use crate::hand_out::{HandedOut, HAND_OUT_QUEUE};
 pub use crate::options::TcpOptions;
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub use crate::transport::{Tcp, TcpListener};
-#[cfg(any(feature = "tokio", feature = "smol"))]
-pub use crate::hand_out::{HandedOut, HAND_OUT_QUEUE};
 
 /// TCP on tokio. Must be used from within a tokio runtime.
 #[cfg(feature = "tokio")]
