@@ -298,6 +298,21 @@ impl FrameDecoder {
         Ok(frame)
     }
 
+    /// Forgets what `decode` last found missing: the next frame starts afresh (after a frame
+    /// that arrived whole, not through `decode`).
+    pub(crate) fn expect_header(&mut self) {
+        self.needed = HEADER_LEN;
+    }
+
+    /// The header of an incomplete frame at the front of `buf`, once all of it has arrived
+    /// (checked as `decode` checks it); `None` while it is incomplete, or invalid (`decode`
+    /// reports that).
+    pub(crate) fn pending_header(&self, buf: &[u8]) -> Option<FrameHeader> {
+        let head = buf.first_chunk::<HEADER_LEN>()?;
+        let header = FrameHeader::decode(head, self.max_len).ok()?;
+        (buf.len() < HEADER_LEN + header.len as usize).then_some(header)
+    }
+
     /// Bytes still missing for the frame at the front of the buffer after the last `decode`
     /// returned `None` (already checked against the limit, so safe to reserve).
     pub fn needed(&self) -> usize {

@@ -1,14 +1,21 @@
 //! A connection's read buffer: adaptive read sizes, memory reused once the frames cut from it
 //! are dropped, and given back when the connection goes quiet.
 
-use std::{collections::VecDeque, future::poll_fn, io, pin::Pin, sync::atomic::Ordering};
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    io,
+    pin::Pin,
+    sync::{atomic::Ordering, Arc},
+};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_lite::FutureExt;
+use parking_lot::Mutex;
 
 use super::{IoCounters, Quiet, READER};
 use crate::{
-    frame::{Frame, FrameDecoder, FrameError},
+    frame::{Frame, FrameDecoder, FrameError, FrameHeader, HEADER_LEN},
     transport::TransportRead,
 };
 
@@ -29,6 +36,17 @@ const IDLE_READ: usize = 256;
 /// (at most this many, so at most `RETIRED_BUFFERS x 2 x MAX_READ` per busy connection).
 const RETIRED_BUFFERS: usize = 4;
 
+/// Bodies at least this long are read, on transports that read into initialised memory, into a
+/// body buffer of their own, reused once the frame is dropped, instead of the read buffer:
+/// the read buffer's fresh memory would have to be zero-filled before every such body.
+const OWN_BODY_MIN: usize = 16 * 1024;
+
+/// Body buffers a connection keeps for reuse ([`OWN_BODY_MIN`]), and the largest one kept:
+/// at most `BODY_POOL x MAX_POOLED_BODY` (1 MiB) per busy connection, given back when it goes
+/// quiet. A longer body gets a buffer of its own, freed with its frame.
+const BODY_POOL: usize = 4;
+const MAX_POOLED_BODY: usize = 256 * 1024;
+
 /// A connection's read buffer with an adaptive read size.
 ///
 /// `futures-io` reads into initialised memory, so fresh buffer space must be zero-filled
@@ -37,6 +55,12 @@ const RETIRED_BUFFERS: usize = 4;
 /// joined back onto `buf` without copying (the two are contiguous halves of one allocation).
 /// A transport that reads into uninitialised memory ([`TransportRead::READS_UNINIT`]) skips
 /// all of that: it appends to `buf`'s spare capacity, and `spare` stays empty.
+///
+/// On that path a large body ([`OWN_BODY_MIN`]) skips the buffer: once its header has arrived,
+/// the rest is read straight into a body buffer from a small pool of initialised ones
+/// ([`Body`]), handed out as the frame's body with [`Bytes::from_owner`] and given back to the
+/// pool when the frame is dropped, so that bulk traffic zero-fills nothing after the first
+/// few bodies.
 ///
 /// A transport that hands over whole frames ([`TransportRead::CARRIES_FRAMES`]) fills
 /// `frames` instead; they are checked as decoded frames are, and their bodies used as they are.
@@ -58,6 +82,53 @@ pub(crate) struct ReadBuffer {
     /// reused as soon as nothing references it, instead of allocating (and faulting in) new
     /// memory while slow consumers pin the current one.
     retired: Vec<BytesMut>,
+    /// A large body being read into a buffer of its own (initialised-memory transports).
+    body: Option<Body>,
+    /// Body buffers given back by dropped frames; `None` until a large body arrives.
+    pool: Option<Arc<BodyPool>>,
+    /// Bytes zero-filled before reads so far: what reading into initialised memory cost.
+    zeroed: usize,
+}
+
+/// A large frame whose body is being read into a buffer of its own.
+#[derive(Debug)]
+struct Body {
+    header: FrameHeader,
+    /// Initialised memory, at least `header.len` bytes.
+    buf: Vec<u8>,
+    /// Body bytes received so far.
+    filled: usize,
+}
+
+/// Body buffers for reuse, each fully initialised (`len == capacity`).
+#[derive(Debug, Default)]
+struct BodyPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// A frame body in a pooled buffer: its first `len` bytes. Dropping the last `Bytes` of it
+/// gives the buffer back to the pool (unless the pool is full or the buffer too large).
+struct PooledBody {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Arc<BodyPool>,
+}
+
+impl AsRef<[u8]> for PooledBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if self.buf.capacity() <= MAX_POOLED_BODY {
+            let mut free = self.pool.free.lock();
+            if free.len() < BODY_POOL {
+                free.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
 }
 
 impl ReadBuffer {
@@ -69,6 +140,9 @@ impl ReadBuffer {
             spare: BytesMut::new(),
             read_size: MIN_READ,
             retired: Vec::new(),
+            body: None,
+            pool: None,
+            zeroed: 0,
         }
     }
 
@@ -92,32 +166,39 @@ impl ReadBuffer {
             }
             return Ok(None);
         }
-        self.frames
-            .pop_front()
-            .map(|frame| decoder.check(frame))
-            .transpose()
+        let frame = self.frames.pop_front().map(|frame| decoder.check(frame));
+        decoder.expect_header();
+        frame.transpose()
     }
 
     /// Gives the memory back if no partial frame is buffered; returns the bytes still held.
     /// Frames already cut from the buffer keep their part of it alive until they are dropped.
     pub(crate) fn release(&mut self) -> usize {
-        if self.buf.is_empty() && self.frames.is_empty() {
+        if self.buf.is_empty() && self.frames.is_empty() && self.body.is_none() {
             self.frames = VecDeque::new();
             self.buf = BytesMut::new();
             self.spare = BytesMut::new();
             self.retired = Vec::new();
             self.read_size = MIN_READ;
+            // Frames still held give their buffers back to a pool nobody reads any more.
+            self.pool = None;
         }
         self.held_bytes()
     }
 
-    /// Bytes of memory the buffer holds (retired buffers and the queue of whole frames
-    /// included; those frames' bodies are the peer's memory, bounded by its transport).
+    /// Bytes of memory the buffer holds (retired buffers, the body being read, the pool of
+    /// body buffers and the queue of whole frames included; those frames' bodies are the
+    /// peer's memory, bounded by its transport).
     pub(crate) fn held_bytes(&self) -> usize {
+        let pooled = self.pool.as_ref().map_or(0, |pool| {
+            pool.free.lock().iter().map(Vec::capacity).sum::<usize>()
+        });
         self.buf.capacity()
             + self.frames.capacity() * std::mem::size_of::<Frame>()
             + self.spare.capacity()
             + self.retired.iter().map(BytesMut::capacity).sum::<usize>()
+            + self.body.as_ref().map_or(0, |body| body.buf.capacity())
+            + pooled
     }
 
     /// Reads once from `r` while no memory is held: into a small scratch array, then into a
@@ -186,6 +267,11 @@ impl ReadBuffer {
             let (frames, buf) = (&mut self.frames, &mut self.buf);
             return poll_fn(|cx| Pin::new(&mut *r).poll_read_frames(cx, frames, buf)).await;
         }
+        if !R::READS_UNINIT {
+            if let Some(n) = self.read_body(r, decoder).await {
+                return n;
+            }
+        }
         if self.buf.capacity() == 0 && self.spare.capacity() == 0 && self.retired.is_empty() {
             return self.read_idle(r).await;
         }
@@ -217,6 +303,67 @@ impl ReadBuffer {
         Ok(n)
     }
 
+    /// Reads into a large body's own buffer, if one is being read or one starts at the front
+    /// of the buffer (its header received, [`OWN_BODY_MIN`] or longer); `None` otherwise. A
+    /// completed body joins the whole frames, taken after the bytes in `buf` (none then: `buf`
+    /// held only this frame's start).
+    async fn read_body<R: TransportRead>(
+        &mut self,
+        r: &mut R,
+        decoder: &FrameDecoder,
+    ) -> Option<io::Result<usize>> {
+        if self.body.is_none() {
+            let header = decoder.pending_header(&self.buf)?;
+            if (header.len as usize) < OWN_BODY_MIN {
+                return None;
+            }
+            self.body = Some(self.start_body(header));
+        }
+        let body = self.body.as_mut()?;
+        let len = body.header.len as usize;
+        let rest = &mut body.buf[body.filled..len];
+        let n = match poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, rest)).await {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        body.filled += n;
+        if n > 0 && body.filled == len {
+            if let Some(Body { header, buf, .. }) = self.body.take() {
+                let pool = self.pool.get_or_insert_with(Default::default).clone();
+                let body = Bytes::from_owner(PooledBody { buf, len, pool });
+                self.frames.push_back(Frame { header, body });
+            }
+        }
+        Some(Ok(n))
+    }
+
+    /// A body buffer for `header`'s frame, with the body bytes already in `buf` moved into it:
+    /// from the pool if it has one, zero-filled where never filled. The memory those bytes
+    /// (and the header) took in `buf` becomes spare room again, still initialised, so that the
+    /// next frame's header is read without zero-filling anything.
+    fn start_body(&mut self, header: FrameHeader) -> Body {
+        let len = header.len as usize;
+        let pooled = self.pool.as_ref().and_then(|pool| pool.free.lock().pop());
+        let mut buf = pooled.unwrap_or_default();
+        if buf.len() < len {
+            self.zeroed += len - buf.len();
+            buf.resize(len, 0);
+        }
+        let mut taken = self.buf.split_to(self.buf.len());
+        let filled = taken.len() - HEADER_LEN;
+        buf[..filled].copy_from_slice(&taken[HEADER_LEN..]);
+        // `taken` ends where `spare` begins (`grow` split them so): joined, without copying.
+        if taken.as_ptr_range().end == self.spare.as_ptr() {
+            taken.unsplit(std::mem::take(&mut self.spare));
+            self.spare = taken;
+        }
+        Body {
+            header,
+            buf,
+            filled,
+        }
+    }
+
     /// The size of a new buffer: one small read while traffic is light (a quiet connection
     /// waking up), room for several reads once reads come back full.
     fn fresh_size(&self) -> usize {
@@ -239,6 +386,7 @@ impl ReadBuffer {
             if !self.buf.try_reclaim(needed - self.buf.len()) {
                 self.move_to_fresh(len, needed);
             }
+            self.zeroed += needed - self.buf.len();
             self.buf.resize(needed, 0);
         }
         self.spare = self.buf.split_off(len);
@@ -328,7 +476,7 @@ mod tests {
         let mut decoder = FrameDecoder::new(1 << 20);
         let mut frames = Vec::new();
         loop {
-            while let Some(frame) = decoder.decode(&mut read.buf).unwrap() {
+            while let Some(frame) = read.next_frame(&mut decoder).unwrap() {
                 frames.push(frame.body);
             }
             let n = futures_lite::future::block_on(read.read_from(&mut source, &decoder));
@@ -367,6 +515,46 @@ mod tests {
                 "zeroed, step {step}"
             );
         }
+    }
+
+    #[test]
+    fn large_bodies_reuse_their_buffers_instead_of_zero_filling() {
+        const FRAMES: usize = 20;
+        const BODY: usize = 64 * 1024;
+        let mut wire = BytesMut::new();
+        for i in 0..FRAMES {
+            let body = Bytes::from(vec![i as u8; BODY]);
+            Frame::new(FrameHeader::new(FrameKind::Request, i as u64), body).encode(&mut wire);
+        }
+        let mut source = Source::<false> {
+            bytes: wire.freeze(),
+            step: 16 * 1024,
+        };
+        let mut read = ReadBuffer::new();
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut taken = 0;
+        loop {
+            while let Some(frame) = read.next_frame(&mut decoder).unwrap() {
+                assert_eq!(frame.body, vec![taken as u8; BODY], "frame {taken}");
+                taken += 1;
+                // Dropped at once, as a typed call's body is once decoded.
+            }
+            let n = futures_lite::future::block_on(read.read_from(&mut source, &decoder));
+            if n.unwrap() == 0 {
+                break;
+            }
+        }
+        assert_eq!(taken, FRAMES);
+        // The first body's buffer is zero-filled once and then reused, and headers land in
+        // the read buffer's small spare room: nowhere near one fill per byte received.
+        let received = FRAMES * (BODY + HEADER_LEN);
+        assert!(
+            read.zeroed < 2 * BODY,
+            "{} bytes zero-filled for {received} received",
+            read.zeroed
+        );
+        assert!(read.held_bytes() >= BODY, "the pooled body buffer is counted");
+        assert_eq!(read.release(), 0, "and given back when quiet");
     }
 
     /// Fills the spare room completely, as a read would, and cuts it off as a frame the
