@@ -1,6 +1,8 @@
 //! A server per core (`flumen::per_core`), on tokio and on smol: connections spread over its
 //! runtimes, each served on one runtime's thread from accept to close; the handle's stats are
-//! the sums; a shutdown drains every runtime's calls and closes every connection.
+//! the sums; a shutdown drains every runtime's calls and closes every connection. Linux: the
+//! kernel balances `SO_REUSEPORT` there, and its table of sockets shows the listeners.
+#![cfg(target_os = "linux")]
 
 use std::{
     collections::BTreeSet,
@@ -38,10 +40,22 @@ fn thread_name() -> String {
         .to_owned()
 }
 
-/// `core` names the thread that serves; `hold` waits until `release` is closed.
-fn router(release: smol::channel::Receiver<()>) -> Router {
+/// `core` names the thread that serves; `hold` waits until `release` is closed; `block` says
+/// it runs on `entered` (if given) and blocks its thread until then.
+fn router(
+    release: smol::channel::Receiver<()>,
+    entered: Option<smol::channel::Sender<()>>,
+) -> Router {
+    let blocked = release.clone();
     Router::new()
         .route("core", |()| async move { Ok::<_, Status>(thread_name()) })
+        .route("block", move |()| {
+            if let Some(entered) = &entered {
+                let _ = entered.try_send(());
+            }
+            let _ = blocked.recv_blocking();
+            async move { Ok::<_, Status>(thread_name()) }
+        })
         .route("hold", move |()| {
             let release = release.clone();
             async move {
@@ -59,7 +73,7 @@ fn serve_on<R: Net>(
     spread: Spread,
 ) -> flumen::ServerHandle<SocketAddr> {
     per_core::serve_with(
-        Server::new(router(held)),
+        Server::new(router(held, None)),
         cores,
         &Tcp::<R>::default(),
         &SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -83,7 +97,12 @@ async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>
     // Connections until one is served on each runtime; each is served on one thread only.
     let mut clients: Vec<(Client, String)> = Vec::new();
     let mut seen = BTreeSet::new();
-    while seen.len() < CORES {
+    // Handed out: past a full round, so that the turn is seen to wrap.
+    let at_least = match spread {
+        Spread::HandOut => 2 * CORES + 1,
+        Spread::ReusePort => 0,
+    };
+    while seen.len() < CORES || clients.len() < at_least {
         assert!(
             clients.len() < MAX_CONNECTIONS,
             "{} connections, all served on {seen:?}",
@@ -219,6 +238,54 @@ fn a_server_per_core_hands_out_in_turn_and_drains_on_tokio() {
 #[test]
 fn a_server_per_core_hands_out_in_turn_and_drains_on_smol() {
     spreads_and_drains_on_smol(Spread::HandOut);
+}
+
+/// A connection handed to the second runtime is served by that runtime's reactor alone: calls
+/// on it go on while a handler blocks the first runtime's thread (tokio's runtimes each have a
+/// reactor; one that held the socket would never wake the call).
+#[test]
+fn a_handed_out_connection_is_registered_with_its_own_runtime() {
+    let cores = Cores::tokio(CORES).unwrap();
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = TokioRuntime::new(client.handle().clone());
+    client.block_on(async {
+        let (release, held) = smol::channel::bounded::<()>(1);
+        let (entered, blocking_runs) = smol::channel::bounded::<()>(1);
+        let server = per_core::serve_with(
+            Server::new(router(held, Some(entered))),
+            &cores,
+            &TokioTcp::default(),
+            &SocketAddr::from(([127, 0, 0, 1], 0)),
+            Spread::HandOut,
+        )
+        .unwrap();
+        let addr = *server.local_addr();
+        let mut clients = Vec::new();
+        for turn in 0..CORES {
+            let client = Client::connect(&rt, &TokioTcp::default(), &addr)
+                .await
+                .unwrap();
+            let core: String = client.call("core", &()).await.unwrap();
+            assert_eq!(core, format!("flumen-core-{turn}"));
+            clients.push(client);
+        }
+        let blocking = clients[0].clone();
+        let blocked = tokio::spawn(async move { blocking.call::<_, String>("block", &()).await });
+        blocking_runs.recv().await.unwrap();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            clients[1].call::<_, String>("core", &()),
+        )
+        .await;
+        release.close();
+        let answer = answer.expect("a call on the second runtime waited for the first");
+        assert_eq!(answer.unwrap(), "flumen-core-1");
+        assert_eq!(blocked.await.unwrap().unwrap(), "flumen-core-0");
+        server.shutdown(Duration::from_secs(5)).await;
+    });
 }
 
 /// A runtime that counts the tasks spawned on it.

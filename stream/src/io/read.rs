@@ -553,7 +553,10 @@ mod tests {
             "{} bytes zero-filled for {received} received",
             read.zeroed
         );
-        assert!(read.held_bytes() >= BODY, "the pooled body buffer is counted");
+        assert!(
+            read.held_bytes() >= BODY,
+            "the pooled body buffer is counted"
+        );
         assert_eq!(read.release(), 0, "and given back when quiet");
     }
 
