@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_lite::future::zip;
+use futures_lite::{future::zip, FutureExt};
 
 use flumen::{
     balance::{discovery::Static, BalanceConfig, Balancer},
@@ -286,6 +286,47 @@ fn a_handed_out_connection_is_registered_with_its_own_runtime() {
         assert_eq!(blocked.await.unwrap().unwrap(), "flumen-core-0");
         server.shutdown(Duration::from_secs(5)).await;
     });
+}
+
+/// With every runtime's queue full, the acceptor waits for room (and loses nothing): the
+/// connection after `HAND_OUT_QUEUE` each goes out once a runtime takes one.
+#[test]
+fn a_full_hand_out_waits_for_room() {
+    use flumen::stream::Listener;
+    use flumen::tcp::HAND_OUT_QUEUE;
+
+    let cores = Cores::tokio(CORES).unwrap();
+    let listener = flumen::tcp::std_listener(&SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut shares = TokioTcp::default()
+        .hand_out(listener, cores.runtimes())
+        .unwrap();
+    let total = CORES * HAND_OUT_QUEUE + 1;
+    // Completed by the kernel (its backlog), accepted by the acceptor as it can.
+    let peers: Vec<_> = (0..total)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let accept = |share: &mut flumen::tcp::HandedOut<TokioRuntime>| {
+        let timeout = async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            None
+        };
+        let accepted = async { Some(share.accept().await.map(drop)) };
+        futures_lite::future::block_on(accepted.or(timeout))
+    };
+    // Each runtime's turn in order; the last connection waits for room, then goes to the turn
+    // after the last (the first runtime: it took one first).
+    let mut accepted = 0;
+    for turn in (0..CORES).cycle().take(total) {
+        let got = accept(&mut shares[turn]);
+        assert!(
+            matches!(got, Some(Ok(()))),
+            "connection {accepted} of {total}: {got:?}"
+        );
+        accepted += 1;
+    }
+    assert_eq!(accepted, total);
+    drop(peers);
 }
 
 /// A runtime that counts the tasks spawned on it.
