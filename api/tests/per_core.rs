@@ -314,8 +314,14 @@ fn a_full_hand_out_waits_for_room() {
         let accepted = async { Some(share.accept().await.map(drop)) };
         futures_lite::future::block_on(accepted.or(timeout))
     };
-    // Each runtime's turn in order; the last connection waits for room, then goes to the turn
-    // after the last (the first runtime: it took one first).
+    // Every queue fills; the last connection waits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shares.iter().any(|share| share.waiting() < HAND_OUT_QUEUE) {
+        assert!(Instant::now() < deadline, "queues never filled: {shares:?}");
+        std::thread::yield_now();
+    }
+    // Each runtime's turn in order; the last connection goes out once the first runtime
+    // (its turn) takes one.
     let mut accepted = 0;
     for turn in (0..CORES).cycle().take(total) {
         let got = accept(&mut shares[turn]);

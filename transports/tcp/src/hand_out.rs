@@ -201,6 +201,13 @@ fn offer<T>(queues: &[Sender<T>], next: &mut usize, mut item: T) -> Option<T> {
     Some(item)
 }
 
+impl<R: Net> HandedOut<R> {
+    /// Connections handed to this runtime and not accepted yet (at most [`HAND_OUT_QUEUE`]).
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+}
+
 impl<R: Net> Listener for HandedOut<R> {
     type Addr = SocketAddr;
     type Reader = R::TcpReader;
