@@ -86,7 +86,7 @@ pub fn serve<D: Dispatch, R: Net>(
 /// Serves `server` on every runtime of `cores`, listening on `addr` (port 0 picks one port for
 /// all) with `transport`'s options, the connections spread as `spread` says; each is served
 /// from accept to close on the runtime it went to. The handle's stats are the sums over the
-/// runtimes; its shutdown drains them all and closes the listeners. The dispatch (a `Router`,
+/// runtimes; its shutdown drains them all and stops accepting. The dispatch (a `Router`,
 /// a generated server) is shared by the runtimes. Shut the server down (or drop its handle)
 /// before dropping `cores`: the graceful shutdown times itself on the first runtime.
 ///
