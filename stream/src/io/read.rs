@@ -344,11 +344,17 @@ impl ReadBuffer {
     fn start_body(&mut self, header: FrameHeader) -> Body {
         let len = header.len as usize;
         let pooled = self.pool.as_ref().and_then(|pool| pool.free.lock().pop());
-        let mut buf = pooled.unwrap_or_default();
-        if buf.len() < len {
-            self.zeroed += len - buf.len();
-            buf.resize(len, 0);
-        }
+        self.zeroed += len.saturating_sub(pooled.as_ref().map_or(0, Vec::len));
+        let mut buf = match pooled {
+            Some(mut buf) => {
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
+                buf
+            }
+            // Zeroed by the allocator: fresh pages from the system need no filling.
+            None => vec![0; len],
+        };
         let mut taken = self.buf.split_to(self.buf.len());
         let filled = taken.len() - HEADER_LEN;
         buf[..filled].copy_from_slice(&taken[HEADER_LEN..]);
