@@ -304,6 +304,15 @@ impl FrameDecoder {
         self.needed = HEADER_LEN;
     }
 
+    /// Reads and checks a frame header as `decode` does.
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameHeader::decode`].
+    pub(crate) fn header(&self, head: &[u8; HEADER_LEN]) -> Result<FrameHeader, FrameError> {
+        FrameHeader::decode(head, self.max_len)
+    }
+
     /// The header of an incomplete frame at the front of `buf`, once all of it has arrived
     /// (checked as `decode` checks it); `None` while it is incomplete, or invalid (`decode`
     /// reports that).

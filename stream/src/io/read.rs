@@ -36,16 +36,15 @@ const IDLE_READ: usize = 256;
 /// (at most this many, so at most `RETIRED_BUFFERS x 2 x MAX_READ` per busy connection).
 const RETIRED_BUFFERS: usize = 4;
 
-/// Bodies at least this long are read, on transports that read into initialised memory, into a
-/// body buffer of their own, reused once the frame is dropped, instead of the read buffer:
-/// the read buffer's fresh memory would have to be zero-filled before every such body.
+/// Frames with bodies at least this long are read, on transports that read into initialised
+/// memory, into a frame buffer of their own, reused once the frame is dropped, instead of the
+/// read buffer: the read buffer's fresh memory would have to be zero-filled before every one.
 const OWN_BODY_MIN: usize = 16 * 1024;
 
-/// Body buffers a connection keeps for reuse ([`OWN_BODY_MIN`]), and the largest one kept:
-/// at most `BODY_POOL x MAX_POOLED_BODY` (1 MiB) per busy connection, given back when it goes
-/// quiet. A longer body gets a buffer of its own, freed with its frame.
-const BODY_POOL: usize = 4;
-const MAX_POOLED_BODY: usize = 256 * 1024;
+/// Bytes of frame buffers ([`OWN_BODY_MIN`]) a connection keeps for reuse: at most this much
+/// per busy connection (16 buffers of 64 KiB frames), given back when it goes quiet. A frame
+/// buffer that does not fit is freed with its frame.
+const BODY_POOL_BYTES: usize = 1024 * 1024;
 
 /// A connection's read buffer with an adaptive read size.
 ///
@@ -56,11 +55,13 @@ const MAX_POOLED_BODY: usize = 256 * 1024;
 /// A transport that reads into uninitialised memory ([`TransportRead::READS_UNINIT`]) skips
 /// all of that: it appends to `buf`'s spare capacity, and `spare` stays empty.
 ///
-/// On that path a large body ([`OWN_BODY_MIN`]) skips the buffer: once its header has arrived,
-/// the rest is read straight into a body buffer from a small pool of initialised ones
-/// ([`Body`]), handed out as the frame's body with [`Bytes::from_owner`] and given back to the
-/// pool when the frame is dropped, so that bulk traffic zero-fills nothing after the first
-/// few bodies.
+/// On that path a large frame ([`OWN_BODY_MIN`]) skips the buffer: once its header has arrived,
+/// the rest is read straight into a frame buffer from a pool of initialised ones ([`Body`]),
+/// whose body is handed out with [`Bytes::from_owner`] and which goes back to the pool when
+/// the frame is dropped. After a large frame, the next is expected to be as long: it is read
+/// whole (header and body) into a frame buffer, so that bulk traffic neither zero-fills nor
+/// copies anything once the pool is warm. A frame of another length moves its bytes where
+/// they belong, once.
 ///
 /// A transport that hands over whole frames ([`TransportRead::CARRIES_FRAMES`]) fills
 /// `frames` instead; they are checked as decoded frames are, and their bodies used as they are.
@@ -82,32 +83,68 @@ pub(crate) struct ReadBuffer {
     /// reused as soon as nothing references it, instead of allocating (and faulting in) new
     /// memory while slow consumers pin the current one.
     retired: Vec<BytesMut>,
-    /// A large body being read into a buffer of its own (initialised-memory transports).
+    /// A large frame being read into a buffer of its own (initialised-memory transports).
     body: Option<Body>,
-    /// Body buffers given back by dropped frames; `None` until a large body arrives.
+    /// Frame buffers given back by dropped frames; `None` until a large frame arrives.
     pool: Option<Arc<BodyPool>>,
+    /// The body length of the last frame read into a buffer of its own: the next frame is
+    /// expected to be as long (0: no expectation).
+    expect: usize,
     /// Bytes zero-filled before reads so far: what reading into initialised memory cost.
     zeroed: usize,
+    /// Bytes moved between the read buffer and frame buffers so far.
+    moved: usize,
 }
 
-/// A large frame whose body is being read into a buffer of its own.
+/// A large frame being read into a buffer of its own: its header, then its body.
 #[derive(Debug)]
 struct Body {
-    header: FrameHeader,
-    /// Initialised memory, at least `header.len` bytes.
+    /// Initialised memory, at least `end` bytes.
     buf: Vec<u8>,
-    /// Body bytes received so far.
+    /// Bytes received so far, header included.
     filled: usize,
+    /// Where the frame ends in `buf`: as its header says, or as expected until it arrives.
+    end: usize,
+    /// The header, once received.
+    header: Option<FrameHeader>,
 }
 
-/// Body buffers for reuse, each fully initialised (`len == capacity`).
+/// Frame buffers for reuse, each fully initialised (`len == capacity`), at most
+/// [`BODY_POOL_BYTES`] of them.
 #[derive(Debug, Default)]
 struct BodyPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<(Vec<Vec<u8>>, usize)>,
 }
 
-/// A frame body in a pooled buffer: its first `len` bytes. Dropping the last `Bytes` of it
-/// gives the buffer back to the pool (unless the pool is full or the buffer too large).
+impl BodyPool {
+    /// A buffer of at least `len` initialised bytes, if one is free.
+    fn take(&self, len: usize) -> Option<Vec<u8>> {
+        let mut free = self.free.lock();
+        let (buffers, bytes) = &mut *free;
+        let i = buffers.iter().rposition(|buf| buf.len() >= len)?;
+        let buf = buffers.swap_remove(i);
+        *bytes -= buf.capacity();
+        Some(buf)
+    }
+
+    /// Keeps `buf` for reuse if it fits in [`BODY_POOL_BYTES`].
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock();
+        let (buffers, bytes) = &mut *free;
+        if *bytes + buf.capacity() <= BODY_POOL_BYTES {
+            *bytes += buf.capacity();
+            buffers.push(buf);
+        }
+    }
+
+    /// Bytes the pool keeps.
+    fn bytes(&self) -> usize {
+        self.free.lock().1
+    }
+}
+
+/// A frame's body in a frame buffer: `len` bytes after the header. Dropping the last `Bytes`
+/// of it gives the buffer back to the pool.
 struct PooledBody {
     buf: Vec<u8>,
     len: usize,
@@ -116,18 +153,13 @@ struct PooledBody {
 
 impl AsRef<[u8]> for PooledBody {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[HEADER_LEN..HEADER_LEN + self.len]
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if self.buf.capacity() <= MAX_POOLED_BODY {
-            let mut free = self.pool.free.lock();
-            if free.len() < BODY_POOL {
-                free.push(std::mem::take(&mut self.buf));
-            }
-        }
+        self.pool.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -142,7 +174,9 @@ impl ReadBuffer {
             retired: Vec::new(),
             body: None,
             pool: None,
+            expect: 0,
             zeroed: 0,
+            moved: 0,
         }
     }
 
@@ -174,6 +208,10 @@ impl ReadBuffer {
     /// Gives the memory back if no partial frame is buffered; returns the bytes still held.
     /// Frames already cut from the buffer keep their part of it alive until they are dropped.
     pub(crate) fn release(&mut self) -> usize {
+        // A frame buffer waiting for a frame that has not begun holds nothing to keep.
+        if self.body.as_ref().is_some_and(|body| body.filled == 0) {
+            self.body = None;
+        }
         if self.buf.is_empty() && self.frames.is_empty() && self.body.is_none() {
             self.frames = VecDeque::new();
             self.buf = BytesMut::new();
@@ -182,6 +220,7 @@ impl ReadBuffer {
             self.read_size = MIN_READ;
             // Frames still held give their buffers back to a pool nobody reads any more.
             self.pool = None;
+            self.expect = 0;
         }
         self.held_bytes()
     }
@@ -190,9 +229,7 @@ impl ReadBuffer {
     /// body buffers and the queue of whole frames included; those frames' bodies are the
     /// peer's memory, bounded by its transport).
     pub(crate) fn held_bytes(&self) -> usize {
-        let pooled = self.pool.as_ref().map_or(0, |pool| {
-            pool.free.lock().iter().map(Vec::capacity).sum::<usize>()
-        });
+        let pooled = self.pool.as_ref().map_or(0, |pool| pool.bytes());
         self.buf.capacity()
             + self.frames.capacity() * std::mem::size_of::<Frame>()
             + self.spare.capacity()
@@ -303,70 +340,138 @@ impl ReadBuffer {
         Ok(n)
     }
 
-    /// Reads into a large body's own buffer, if one is being read or one starts at the front
-    /// of the buffer (its header received, [`OWN_BODY_MIN`] or longer); `None` otherwise. A
-    /// completed body joins the whole frames, taken after the bytes in `buf` (none then: `buf`
-    /// held only this frame's start).
+    /// Reads into a large frame's own buffer, if one is being read, one starts at the front
+    /// of the buffer (its header received, its body [`OWN_BODY_MIN`] or longer), or one is
+    /// expected (the last frame was large, and nothing of the next has arrived); `None`
+    /// otherwise. A completed frame joins the whole frames, taken after the bytes in `buf`
+    /// (none then: `buf` held only this frame's start, or nothing).
     async fn read_body<R: TransportRead>(
         &mut self,
         r: &mut R,
         decoder: &FrameDecoder,
     ) -> Option<io::Result<usize>> {
         if self.body.is_none() {
-            let header = decoder.pending_header(&self.buf)?;
-            if (header.len as usize) < OWN_BODY_MIN {
-                return None;
-            }
-            self.body = Some(self.start_body(header));
+            let body = if self.buf.is_empty() {
+                if self.expect == 0 {
+                    return None;
+                }
+                self.frame_buffer(self.expect, &[])
+            } else {
+                let header = decoder.pending_header(&self.buf)?;
+                if (header.len as usize) < OWN_BODY_MIN {
+                    return None;
+                }
+                self.from_read_buffer(header)
+            };
+            self.body = Some(body);
         }
         let body = self.body.as_mut()?;
-        let len = body.header.len as usize;
-        let rest = &mut body.buf[body.filled..len];
+        let rest = &mut body.buf[body.filled..body.end];
         let n = match poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, rest)).await {
             Ok(n) => n,
             Err(e) => return Some(Err(e)),
         };
         body.filled += n;
-        if n > 0 && body.filled == len {
-            if let Some(Body { header, buf, .. }) = self.body.take() {
+        if n > 0 {
+            self.after_body_read(decoder);
+        }
+        Some(Ok(n))
+    }
+
+    /// After a read into the frame buffer: reads its header once whole, and hands over the
+    /// frame once complete. A frame unlike the one expected (another length, or a header the
+    /// decoder must reject) goes back to the read buffer, decoded there as any other.
+    fn after_body_read(&mut self, decoder: &FrameDecoder) {
+        let Some(body) = self.body.as_mut() else {
+            return;
+        };
+        if body.header.is_none() {
+            let Some(head) = body.buf[..body.filled].first_chunk::<HEADER_LEN>() else {
+                return;
+            };
+            let header = decoder.header(head).ok();
+            let end = header.map_or(0, |header| HEADER_LEN + header.len as usize);
+            match header {
+                Some(header) if header.len as usize >= OWN_BODY_MIN && body.filled <= end => {
+                    if body.buf.len() < end {
+                        self.zeroed += end - body.buf.len();
+                        body.buf.resize(end, 0);
+                    }
+                    body.end = end;
+                    body.header = Some(header);
+                }
+                _ => {
+                    // Small, invalid, or shorter than expected with the next frame's bytes
+                    // read after it: the read buffer sorts it out.
+                    self.expect = header
+                        .map(|header| header.len as usize)
+                        .filter(|&len| len >= OWN_BODY_MIN)
+                        .unwrap_or(0);
+                    if let Some(body) = self.body.take() {
+                        self.moved += body.filled;
+                        self.buf.extend_from_slice(&body.buf[..body.filled]);
+                        self.give_back(body.buf);
+                    }
+                    return;
+                }
+            }
+        }
+        if body.filled == body.end {
+            if let Some(Body {
+                buf,
+                header: Some(header),
+                ..
+            }) = self.body.take()
+            {
+                let len = header.len as usize;
+                self.expect = len;
                 let pool = self.pool.get_or_insert_with(Default::default).clone();
                 let body = Bytes::from_owner(PooledBody { buf, len, pool });
                 self.frames.push_back(Frame { header, body });
             }
         }
-        Some(Ok(n))
     }
 
-    /// A body buffer for `header`'s frame, with the body bytes already in `buf` moved into it:
-    /// from the pool if it has one, zero-filled where never filled. The memory those bytes
-    /// (and the header) took in `buf` becomes spare room again, still initialised, so that the
-    /// next frame's header is read without zero-filling anything.
-    fn start_body(&mut self, header: FrameHeader) -> Body {
-        let len = header.len as usize;
-        let pooled = self.pool.as_ref().and_then(|pool| pool.free.lock().pop());
-        self.zeroed += len.saturating_sub(pooled.as_ref().map_or(0, Vec::len));
-        let mut buf = match pooled {
-            Some(mut buf) => {
-                if buf.len() < len {
-                    buf.resize(len, 0);
-                }
-                buf
-            }
+    /// A frame buffer for a frame with a `len`-byte body, holding `received` (its first
+    /// bytes): from the pool if it has one, zero-filled where never filled.
+    fn frame_buffer(&mut self, len: usize, received: &[u8]) -> Body {
+        let end = HEADER_LEN + len;
+        let pooled = self.pool.as_ref().and_then(|pool| pool.take(end));
+        let mut buf = pooled.unwrap_or_else(|| {
+            self.zeroed += end;
             // Zeroed by the allocator: fresh pages from the system need no filling.
-            None => vec![0; len],
-        };
+            vec![0; end]
+        });
+        self.moved += received.len();
+        buf[..received.len()].copy_from_slice(received);
+        Body {
+            buf,
+            filled: received.len(),
+            end,
+            header: None,
+        }
+    }
+
+    /// A frame buffer for `header`'s frame, with what `buf` holds of it moved in. The memory
+    /// those bytes took in `buf` becomes spare room again, still initialised, so that the
+    /// next read into `buf` zero-fills nothing.
+    fn from_read_buffer(&mut self, header: FrameHeader) -> Body {
         let mut taken = self.buf.split_to(self.buf.len());
-        let filled = taken.len() - HEADER_LEN;
-        buf[..filled].copy_from_slice(&taken[HEADER_LEN..]);
+        let mut body = self.frame_buffer(header.len as usize, &taken);
+        body.header = Some(header);
+        self.expect = header.len as usize;
         // `taken` ends where `spare` begins (`grow` split them so): joined, without copying.
         if taken.as_ptr_range().end == self.spare.as_ptr() {
             taken.unsplit(std::mem::take(&mut self.spare));
             self.spare = taken;
         }
-        Body {
-            header,
-            buf,
-            filled,
+        body
+    }
+
+    /// Returns a frame buffer that was not handed out to the pool.
+    fn give_back(&mut self, buf: Vec<u8>) {
+        if let Some(pool) = &self.pool {
+            pool.give(buf);
         }
     }
 
@@ -499,10 +604,13 @@ mod tests {
     fn both_read_paths_cut_the_same_frames_across_buffers() {
         let mut wire = BytesMut::new();
         let mut bodies = Vec::new();
-        for (i, len) in [0, 1, 31, 4096, 70_000, 5, 200_000, 17]
-            .into_iter()
-            .enumerate()
-        {
+        // Large frames of one length, then shorter, longer, small and invalid-looking
+        // neighbours: the frame expected after a large one is not always the one that comes.
+        let lengths = [
+            0, 1, 31, 4096, 70_000, 5, 200_000, 17, 70_000, 70_000, 20_000, 90_000, 16_384, 16_383,
+            65_536, 65_536, 1, 65_536,
+        ];
+        for (i, len) in lengths.into_iter().enumerate() {
             let body = Bytes::from(vec![i as u8 + 1; len]);
             Frame::new(FrameHeader::new(FrameKind::Request, i as u64), body.clone())
                 .encode(&mut wire);
@@ -558,6 +666,13 @@ mod tests {
             read.zeroed < 2 * BODY,
             "{} bytes zero-filled for {received} received",
             read.zeroed
+        );
+        // Only the first frame's start is moved (from the read buffer); the others are read
+        // whole into their frame buffers.
+        assert!(
+            read.moved <= BODY,
+            "{} bytes moved for {received} received",
+            read.moved
         );
         assert!(
             read.held_bytes() >= BODY,
