@@ -6,7 +6,10 @@ use std::{
     future::poll_fn,
     io,
     pin::Pin,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
 };
 
 use bytes::{Bytes, BytesMut};
@@ -55,7 +58,7 @@ const BODY_POOL_BYTES: usize = 1024 * 1024;
 /// A transport that reads into uninitialised memory ([`TransportRead::READS_UNINIT`]) skips
 /// all of that: it appends to `buf`'s spare capacity, and `spare` stays empty.
 ///
-/// On that path a large frame ([`OWN_BODY_MIN`]) skips the buffer: once its header has arrived,
+/// On the other path (initialised memory), a large frame ([`OWN_BODY_MIN`]) skips the buffer: once its header has arrived,
 /// the rest is read straight into a frame buffer from a pool of initialised ones ([`Body`]),
 /// whose body is handed out with [`Bytes::from_owner`] and which goes back to the pool when
 /// the frame is dropped. After a large frame, the next is expected to be as long: it is read
@@ -114,27 +117,45 @@ struct Body {
 #[derive(Debug, Default)]
 struct BodyPool {
     free: Mutex<(Vec<Vec<u8>>, usize)>,
+    /// Set when the connection gave its memory back: buffers of frames dropped later are
+    /// freed, not kept for a reader that is gone.
+    closed: AtomicBool,
 }
 
 impl BodyPool {
-    /// A buffer of at least `len` initialised bytes, if one is free.
+    /// The smallest free buffer of at least `len` initialised bytes and at most twice that
+    /// (a larger one would hold memory the frame does not use for as long as it lives).
     fn take(&self, len: usize) -> Option<Vec<u8>> {
         let mut free = self.free.lock();
         let (buffers, bytes) = &mut *free;
-        let i = buffers.iter().rposition(|buf| buf.len() >= len)?;
+        let (i, _) = buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, buf)| buf.len() >= len && buf.len() <= 2 * len)
+            .min_by_key(|(_, buf)| buf.len())?;
         let buf = buffers.swap_remove(i);
         *bytes -= buf.capacity();
         Some(buf)
     }
 
-    /// Keeps `buf` for reuse if it fits in [`BODY_POOL_BYTES`].
+    /// Keeps `buf` for reuse if it fits in [`BODY_POOL_BYTES`] and the pool is open.
     fn give(&self, buf: Vec<u8>) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         let mut free = self.free.lock();
         let (buffers, bytes) = &mut *free;
         if *bytes + buf.capacity() <= BODY_POOL_BYTES {
             *bytes += buf.capacity();
             buffers.push(buf);
         }
+    }
+
+    /// Frees what the pool keeps, and whatever is given back later.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let mut free = self.free.lock();
+        *free = (Vec::new(), 0);
     }
 
     /// Bytes the pool keeps.
@@ -205,24 +226,34 @@ impl ReadBuffer {
         frame.transpose()
     }
 
-    /// Gives the memory back if no partial frame is buffered; returns the bytes still held.
-    /// Frames already cut from the buffer keep their part of it alive until they are dropped.
+    /// Gives the memory back, all of it if no partial frame is buffered, all but the frame
+    /// buffer if a large frame is partly read; returns the bytes still held. Frames already
+    /// cut from the buffer keep their part of it alive until they are dropped.
     pub(crate) fn release(&mut self) -> usize {
         // A frame buffer waiting for a frame that has not begun holds nothing to keep.
         if self.body.as_ref().is_some_and(|body| body.filled == 0) {
             self.body = None;
         }
-        if self.buf.is_empty() && self.frames.is_empty() && self.body.is_none() {
+        if self.buf.is_empty() && self.frames.is_empty() {
             self.frames = VecDeque::new();
             self.buf = BytesMut::new();
             self.spare = BytesMut::new();
             self.retired = Vec::new();
             self.read_size = MIN_READ;
-            // Frames still held give their buffers back to a pool nobody reads any more.
-            self.pool = None;
-            self.expect = 0;
+            if let Some(pool) = self.pool.take() {
+                pool.close();
+            }
+            if self.body.is_none() {
+                self.expect = 0;
+            }
         }
         self.held_bytes()
+    }
+
+    /// Whether part of a frame has arrived and waits for the rest (in the buffer, or in a
+    /// large frame's own buffer).
+    pub(crate) fn has_partial(&self) -> bool {
+        !self.buf.is_empty() || self.body.as_ref().is_some_and(|body| body.filled > 0)
     }
 
     /// Bytes of memory the buffer holds (retired buffers, the body being read, the pool of
@@ -294,7 +325,8 @@ impl ReadBuffer {
 
     /// Reads once from `r`, with room for at least what `decoder` still needs for its current
     /// frame (already checked against the frame limit). Returns the number of bytes read;
-    /// zero means end of stream. Cancel-safe: nothing changes unless the read completes.
+    /// zero means end of stream. Cancel-safe: no byte is lost if the read is dropped (a large
+    /// frame's start may have moved into its own buffer meanwhile).
     pub(crate) async fn read_from<R: TransportRead>(
         &mut self,
         r: &mut R,
@@ -679,6 +711,83 @@ mod tests {
             "the pooled body buffer is counted"
         );
         assert_eq!(read.release(), 0, "and given back when quiet");
+    }
+
+    /// `count` frames with `body`-byte bodies, each of its own byte.
+    fn large_frames(count: usize, body: usize) -> Bytes {
+        let mut wire = BytesMut::new();
+        for i in 0..count {
+            let frame = Frame::new(
+                FrameHeader::new(FrameKind::Request, i as u64),
+                Bytes::from(vec![i as u8; body]),
+            );
+            frame.encode(&mut wire);
+        }
+        wire.freeze()
+    }
+
+    #[test]
+    fn frame_buffers_are_counted_and_given_back() {
+        const BODY: usize = 64 * 1024;
+        let mut source = Source::<false> {
+            bytes: large_frames(3, BODY),
+            step: usize::MAX,
+        };
+        let mut read = ReadBuffer::new();
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut held = Vec::new();
+        while held.len() < 3 {
+            while let Some(frame) = read.next_frame(&mut decoder).unwrap() {
+                held.push(frame);
+            }
+            if held.len() < 3 {
+                let n = futures_lite::future::block_on(read.read_from(&mut source, &decoder));
+                assert!(n.unwrap() > 0);
+            }
+        }
+        let pool = read.pool.clone().expect("frame buffers were used");
+        // Two dropped: their buffers wait in the pool, and the connection counts them.
+        let last = held.pop();
+        drop(held);
+        assert!(pool.bytes() >= 2 * BODY);
+        assert!(read.held_bytes() >= pool.bytes(), "the pool is counted");
+        // Quiet: everything goes, and the frame still held frees its buffer when dropped.
+        assert_eq!(read.release(), 0);
+        drop(last);
+        assert_eq!(pool.bytes(), 0, "a buffer went back to a released pool");
+    }
+
+    #[test]
+    fn a_partly_read_large_frame_survives_release() {
+        const BODY: usize = 64 * 1024;
+        let mut source = Source::<false> {
+            bytes: large_frames(2, BODY),
+            step: 10_000,
+        };
+        let mut read = ReadBuffer::new();
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut read_once = |read: &mut ReadBuffer, decoder: &FrameDecoder| {
+            let n = futures_lite::future::block_on(read.read_from(&mut source, decoder));
+            n.unwrap()
+        };
+        // The header and some of the body: the frame moves into its own buffer.
+        while read.body.is_none() {
+            assert_eq!(read.next_frame(&mut decoder).unwrap(), None);
+            read_once(&mut read, &decoder);
+        }
+        assert!(read.buf.is_empty() && read.has_partial(), "{read:?}");
+        // Quiet meanwhile: all but the frame's own buffer goes.
+        let body = read.body.as_ref().map_or(0, |body| body.buf.capacity());
+        assert_eq!(read.release(), body);
+        let mut bodies = Vec::new();
+        while bodies.len() < 2 {
+            match read.next_frame(&mut decoder).unwrap() {
+                Some(frame) => bodies.push(frame.body),
+                None => assert!(read_once(&mut read, &decoder) > 0, "ended early"),
+            }
+        }
+        assert_eq!(bodies, [vec![0u8; BODY], vec![1u8; BODY]]);
+        assert!(!read.has_partial());
     }
 
     /// Fills the spare room completely, as a read would, and cuts it off as a frame the

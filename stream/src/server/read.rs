@@ -204,7 +204,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 futures_lite::future::yield_now().await;
             }
             // A frame must complete within the read timeout of its first byte.
-            if read.buf.is_empty() {
+            if !read.has_partial() {
                 conn.partial_since.store(0, Ordering::Relaxed);
             } else if progressed || conn.partial_since.load(Ordering::Relaxed) == 0 {
                 conn.partial_since
