@@ -393,7 +393,7 @@ impl ReadBuffer {
                 if (header.len as usize) < OWN_BODY_MIN {
                     return None;
                 }
-                self.from_read_buffer(header)
+                self.move_to_frame_buffer(header)
             };
             self.body = Some(body);
         }
@@ -487,7 +487,7 @@ impl ReadBuffer {
     /// A frame buffer for `header`'s frame, with what `buf` holds of it moved in. The memory
     /// those bytes took in `buf` becomes spare room again, still initialised, so that the
     /// next read into `buf` zero-fills nothing.
-    fn from_read_buffer(&mut self, header: FrameHeader) -> Body {
+    fn move_to_frame_buffer(&mut self, header: FrameHeader) -> Body {
         let mut taken = self.buf.split_to(self.buf.len());
         let mut body = self.frame_buffer(header.len as usize, &taken);
         body.header = Some(header);
