@@ -39,9 +39,10 @@ const IDLE_READ: usize = 256;
 /// (at most this many, so at most `RETIRED_BUFFERS x 2 x MAX_READ` per busy connection).
 const RETIRED_BUFFERS: usize = 4;
 
-/// Frames with bodies at least this long are read, on transports that read into initialised
-/// memory, into a frame buffer of their own, reused once the frame is dropped, instead of the
-/// read buffer: the read buffer's fresh memory would have to be zero-filled before every one.
+/// Frames with bodies at least this long are read into a frame buffer of their own, reused
+/// once the frame is dropped, instead of the read buffer: there, fresh memory would have to be
+/// zero-filled before every one (transports that read into initialised memory), and frames
+/// held by the application pin the buffer, so that partial frames move to fresh ones.
 const OWN_BODY_MIN: usize = 16 * 1024;
 
 /// Bytes of frame buffers ([`OWN_BODY_MIN`]) a connection keeps for reuse: at most this much
@@ -58,10 +59,10 @@ const BODY_POOL_BYTES: usize = 1024 * 1024;
 /// A transport that reads into uninitialised memory ([`TransportRead::READS_UNINIT`]) skips
 /// all of that: it appends to `buf`'s spare capacity, and `spare` stays empty.
 ///
-/// On the other path (initialised memory), a large frame ([`OWN_BODY_MIN`]) skips the buffer: once its header has arrived,
-/// the rest is read straight into a frame buffer from a pool of initialised ones ([`Body`]),
-/// whose body is handed out with [`Bytes::from_owner`] and which goes back to the pool when
-/// the frame is dropped. After a large frame, the next is expected to be as long: it is read
+/// On either path, a large frame ([`OWN_BODY_MIN`]) skips the buffer: once its header has
+/// arrived, the rest is read straight into a frame buffer from a pool of initialised ones
+/// ([`Body`]), whose body is handed out with [`Bytes::from_owner`] and which goes back to the
+/// pool when the frame is dropped. After a large frame, the next is expected to be as long: it is read
 /// whole (header and body) into a frame buffer, so that bulk traffic neither zero-fills nor
 /// copies anything once the pool is warm. A frame of another length moves its bytes where
 /// they belong, once.
@@ -336,10 +337,8 @@ impl ReadBuffer {
             let (frames, buf) = (&mut self.frames, &mut self.buf);
             return poll_fn(|cx| Pin::new(&mut *r).poll_read_frames(cx, frames, buf)).await;
         }
-        if !R::READS_UNINIT {
-            if let Some(n) = self.read_body(r, decoder).await {
-                return n;
-            }
+        if let Some(n) = self.read_body(r, decoder).await {
+            return n;
         }
         if self.buf.capacity() == 0 && self.spare.capacity() == 0 && self.retired.is_empty() {
             return self.read_idle(r).await;
@@ -493,7 +492,7 @@ impl ReadBuffer {
         body.header = Some(header);
         self.expect = header.len as usize;
         // `taken` ends where `spare` begins (`grow` split them so): joined, without copying.
-        if taken.as_ptr_range().end == self.spare.as_ptr() {
+        if self.spare.capacity() > 0 && taken.as_ptr_range().end == self.spare.as_ptr() {
             taken.unsplit(std::mem::take(&mut self.spare));
             self.spare = taken;
         }
