@@ -62,10 +62,10 @@ const BODY_POOL_BYTES: usize = 1024 * 1024;
 /// On either path, a large frame ([`OWN_BODY_MIN`]) skips the buffer: once its header has
 /// arrived, the rest is read straight into a frame buffer from a pool of initialised ones
 /// ([`Body`]), whose body is handed out with [`Bytes::from_owner`] and which goes back to the
-/// pool when the frame is dropped. After a large frame, the next is expected to be as long: it is read
-/// whole (header and body) into a frame buffer, so that bulk traffic neither zero-fills nor
-/// copies anything once the pool is warm. A frame of another length moves its bytes where
-/// they belong, once.
+/// pool when the frame is dropped. After a large frame, the next is expected to be as long:
+/// it is read whole (header and body) into a frame buffer, so that bulk traffic neither
+/// zero-fills nor copies anything once the pool is warm. A frame of another length moves its
+/// bytes where they belong, once.
 ///
 /// A transport that hands over whole frames ([`TransportRead::CARRIES_FRAMES`]) fills
 /// `frames` instead; they are checked as decoded frames are, and their bodies used as they are.
