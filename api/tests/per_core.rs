@@ -92,7 +92,12 @@ async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>
     let server = serve_on(&cores, held, spread);
     assert_eq!(server.servers(), CORES);
     let addr = *server.local_addr();
-    assert!(listening(addr), "{addr} not in the kernel's table");
+    // A listener per runtime, or one handing out.
+    let expected = match spread {
+        Spread::ReusePort => CORES,
+        Spread::HandOut => 1,
+    };
+    assert_eq!(listeners(addr), expected, "{spread:?}");
 
     // Connections until one is served on each runtime; each is served on one thread only.
     let mut clients: Vec<(Client, String)> = Vec::new();
@@ -186,6 +191,11 @@ async fn spreads_and_drains<R: Net, C: Runtime, T: Transport<Addr = SocketAddr>>
 
 /// Whether a socket listens on `addr` (IPv4), as the kernel's table of TCP sockets says.
 fn listening(addr: SocketAddr) -> bool {
+    listeners(addr) > 0
+}
+
+/// Sockets listening on `addr` (IPv4), as the kernel's table of TCP sockets says.
+fn listeners(addr: SocketAddr) -> usize {
     let SocketAddr::V4(addr) = addr else {
         panic!("IPv4 only: {addr}")
     };
@@ -196,10 +206,17 @@ fn listening(addr: SocketAddr) -> bool {
     );
     let table = std::fs::read_to_string("/proc/net/tcp").expect("the kernel's TCP table");
     // Columns: slot, local address, remote address, state (0A: listening), ...
-    table.lines().skip(1).any(|line| {
+    let listening = |line: &&str| {
         let mut columns = line.split_whitespace().skip(1);
         columns.next() == Some(local.as_str()) && columns.nth(1) == Some("0A")
-    })
+    };
+    table.lines().skip(1).filter(listening).count()
+}
+
+#[test]
+fn linux_spreads_with_reuse_port() {
+    // The kernel balances `SO_REUSEPORT` here: no acceptor in between.
+    assert_eq!(Spread::native(), Spread::ReusePort);
 }
 
 fn spreads_and_drains_on_tokio(spread: Spread) {
@@ -332,6 +349,43 @@ fn a_full_hand_out_waits_for_room() {
         accepted += 1;
     }
     assert_eq!(accepted, total);
+    drop(peers);
+
+    // Once more on one runtime: its queue full, the acceptor waits without keeping the
+    // runtime's thread (a task there still runs), and stops when the share is dropped.
+    let listener = flumen::tcp::std_listener(&SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first = &cores.runtimes()[..1];
+    let mut share = TokioTcp::default().hand_out(listener, first).unwrap();
+    let peers: Vec<_> = (0..=HAND_OUT_QUEUE)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while share[0].waiting() < HAND_OUT_QUEUE {
+        assert!(
+            Instant::now() < deadline,
+            "the queue never filled: {share:?}"
+        );
+        std::thread::yield_now();
+    }
+    let (ran, runs) = smol::channel::bounded::<()>(1);
+    first[0].spawn(async move {
+        let _ = ran.send(()).await;
+    });
+    let ran = futures_lite::future::block_on(async { runs.recv().await.ok() }.or(async {
+        smol::Timer::after(Duration::from_secs(10)).await;
+        None
+    }));
+    assert!(ran.is_some(), "the acceptor keeps its runtime's thread");
+    share.clear();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listening(addr) {
+        assert!(
+            Instant::now() < deadline,
+            "a full acceptor outlived its shares"
+        );
+        std::thread::yield_now();
+    }
     drop(peers);
 }
 

@@ -752,8 +752,64 @@ mod tests {
         assert!(read.held_bytes() >= pool.bytes(), "the pool is counted");
         // Quiet: everything goes, and the frame still held frees its buffer when dropped.
         assert_eq!(read.release(), 0);
+        assert_eq!(read.expect, 0, "a quiet connection expects no large frame");
         drop(last);
         assert_eq!(pool.bytes(), 0, "a buffer went back to a released pool");
+    }
+
+    #[test]
+    fn the_pool_keeps_fitting_buffers_within_its_bound() {
+        let pool = BodyPool::default();
+        // A buffer much larger than the frame is not handed out for it.
+        pool.give(vec![0; 200_000]);
+        assert!(pool.take(20_000).is_none());
+        assert!(pool.take(150_000).is_some());
+        // Never more than its bound.
+        for _ in 0..20 {
+            pool.give(vec![0; HEADER_LEN + 64 * 1024]);
+        }
+        assert!(pool.bytes() <= BODY_POOL_BYTES, "{}", pool.bytes());
+        assert!(pool.bytes() > BODY_POOL_BYTES / 2);
+    }
+
+    #[test]
+    fn an_oversized_header_after_a_large_frame_is_refused_before_its_body() {
+        const BODY: usize = 64 * 1024;
+        let mut wire = BytesMut::from(&large_frames(1, BODY)[..]);
+        let mut header = [0u8; HEADER_LEN];
+        FrameHeader {
+            len: 1 << 30,
+            ..FrameHeader::new(FrameKind::Request, 9)
+        }
+        .encode(&mut header);
+        wire.extend_from_slice(&header);
+        let mut source = Source::<false> {
+            bytes: wire.freeze(),
+            step: usize::MAX,
+        };
+        let mut read = ReadBuffer::new();
+        let mut decoder = FrameDecoder::new(128 * 1024);
+        let mut frames = 0;
+        let refused = loop {
+            match read.next_frame(&mut decoder) {
+                Ok(Some(_)) => frames += 1,
+                Ok(None) => {
+                    let n = futures_lite::future::block_on(read.read_from(&mut source, &decoder));
+                    assert!(n.unwrap() > 0, "ended without a verdict");
+                }
+                Err(e) => break e,
+            }
+            assert!(
+                read.held_bytes() < 1 << 20,
+                "{} bytes held",
+                read.held_bytes()
+            );
+        };
+        assert_eq!(frames, 1);
+        assert!(
+            matches!(refused, FrameError::TooLarge { .. }),
+            "{refused:?}"
+        );
     }
 
     #[test]
