@@ -7,7 +7,7 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
 };
@@ -117,7 +117,10 @@ struct Body {
 /// [`BODY_POOL_BYTES`] of them.
 #[derive(Debug, Default)]
 struct BodyPool {
-    free: Mutex<(Vec<Vec<u8>>, usize)>,
+    free: Mutex<Vec<Vec<u8>>>,
+    /// The capacity of the buffers in `free`: changed under its lock, read without it (the
+    /// reader reports what it holds after every read).
+    bytes: AtomicUsize,
     /// Set when the connection gave its memory back: buffers of frames dropped later are
     /// freed, not kept for a reader that is gone.
     closed: AtomicBool,
@@ -128,14 +131,13 @@ impl BodyPool {
     /// (a larger one would hold memory the frame does not use for as long as it lives).
     fn take(&self, len: usize) -> Option<Vec<u8>> {
         let mut free = self.free.lock();
-        let (buffers, bytes) = &mut *free;
-        let (i, _) = buffers
+        let (i, _) = free
             .iter()
             .enumerate()
             .filter(|(_, buf)| buf.len() >= len && buf.len() <= 2 * len)
             .min_by_key(|(_, buf)| buf.len())?;
-        let buf = buffers.swap_remove(i);
-        *bytes -= buf.capacity();
+        let buf = free.swap_remove(i);
+        self.bytes.fetch_sub(buf.capacity(), Ordering::Relaxed);
         Some(buf)
     }
 
@@ -145,10 +147,9 @@ impl BodyPool {
             return;
         }
         let mut free = self.free.lock();
-        let (buffers, bytes) = &mut *free;
-        if *bytes + buf.capacity() <= BODY_POOL_BYTES {
-            *bytes += buf.capacity();
-            buffers.push(buf);
+        if self.bytes() + buf.capacity() <= BODY_POOL_BYTES {
+            self.bytes.fetch_add(buf.capacity(), Ordering::Relaxed);
+            free.push(buf);
         }
     }
 
@@ -156,12 +157,13 @@ impl BodyPool {
     fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         let mut free = self.free.lock();
-        *free = (Vec::new(), 0);
+        *free = Vec::new();
+        self.bytes.store(0, Ordering::Relaxed);
     }
 
     /// Bytes the pool keeps.
     fn bytes(&self) -> usize {
-        self.free.lock().1
+        self.bytes.load(Ordering::Relaxed)
     }
 }
 
