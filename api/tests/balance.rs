@@ -305,6 +305,12 @@ async fn a_server_not_serving_gets_no_calls_until_it_serves<E: Env>(env: E) {
     fleet.read(0).await.unwrap();
     all_connected(&env, &client).await;
     let balancer = client.balancer().unwrap().clone();
+    // Until its first check answers, server 0 is not preferred either, and with no endpoint
+    // serving the calls go to both.
+    eventually(&env, "server 0 seen serving", || {
+        !balancer.stats().endpoints[0].not_serving
+    })
+    .await;
     let only_server_0 = |what: &'static str| {
         let (fleet, servers) = (&fleet, &servers);
         async move {
