@@ -596,7 +596,7 @@ impl Conn {
                 Poll::Ready(self.try_start(&mut waiting.counted, deadline, waker))
             });
             match attempt.await? {
-                Ok(started) => return Ok(started),
+                Ok((slot, seq, _)) => return Ok((slot, seq)),
                 Err(listener) => listener.await,
             }
         }
@@ -612,7 +612,7 @@ impl Conn {
         let mut waiting = Waiting::new(self);
         loop {
             match self.try_start(&mut waiting.counted, deadline, None)? {
-                Ok(started) => return Ok(started),
+                Ok((slot, seq, _)) => return Ok((slot, seq)),
                 Err(listener) => {
                     if !crate::sync::wait_until(listener, expires.map(|(at, _)| at)) {
                         let timeout = expires.map_or(Duration::ZERO, |(_, t)| t);
@@ -623,7 +623,8 @@ impl Conn {
         }
     }
 
-    /// One attempt to start a call: the slot and sequence id, or (the window is full) the
+    /// One attempt to start a call: the slot, the sequence id and whether it is the only call
+    /// in flight, or (the window is full) the
     /// listener to wait on, registered under the table's lock so that no release is missed.
     /// `counted` says whether the caller is counted among those waiting for a slot; the
     /// attempt counts it while it must wait and uncounts it once it starts.
@@ -632,7 +633,7 @@ impl Conn {
         counted: &mut bool,
         deadline: Option<(u64, Duration)>,
         waker: Option<&std::task::Waker>,
-    ) -> Result<Result<(u32, u64), EventListener>, CallError> {
+    ) -> Result<Result<(u32, u64, bool), EventListener>, CallError> {
         let mut table = self.table.lock();
         // A caller that stops waiting, with a slot or with the table's refusal, is uncounted.
         let slot = match table.acquire() {
@@ -661,6 +662,7 @@ impl Conn {
                 return Err(e);
             }
         };
+        let alone = table.in_use() == 1;
         drop(table);
         trace::record_client(seq, &self.peer);
         if let Some((tick, _)) = deadline {
@@ -669,7 +671,7 @@ impl Conn {
             // No deadline, but the timer keeps the connection alive while the call runs.
             self.timer.arm(self.clock.now_tick() + interval);
         }
-        Ok(Ok((slot, seq)))
+        Ok(Ok((slot, seq, alone)))
     }
 
     /// Takes the outcome of the call in `slot` and gives the slot back to the window, with

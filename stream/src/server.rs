@@ -463,7 +463,7 @@ impl Shared {
                 age: conn.opened.elapsed(),
                 in_flight: conn.in_flight(),
                 streams: conn.streams.lock().len(),
-                compression: conn.compression.get().copied(),
+                compression: conn.out.compression(),
                 io: conn.out.counters().into(),
             })
             .collect()

@@ -33,6 +33,12 @@ pub struct ConnectionStats {
     /// it had just woken were expected to queue more (zero with one call in flight: nothing
     /// is expected then, so nothing waits).
     pub coalesce_yields: u64,
+    /// Writes made by the task that queued the frames, while the connection's writer task
+    /// was parked with nothing to write: a lone call's caller writing its request, the
+    /// server's reader or the only handler running writing replies. Each one spared a
+    /// wake-up of the writer task, one task hop per call when calls come one at a time.
+    /// Included in `writes`.
+    pub direct_writes: u64,
     /// Times a task producing frames (a caller, a handler, the server's reader) waited
     /// because the connection's queue (or the server's total) was at its `max_queued_bytes`
     /// limit: the peer reads slower than this side writes.
@@ -71,6 +77,7 @@ impl ConnectionStats {
         self.bytes_written += other.bytes_written;
         self.bytes_read += other.bytes_read;
         self.coalesce_yields += other.coalesce_yields;
+        self.direct_writes += other.direct_writes;
         self.queue_full_waits += other.queue_full_waits;
         self.timer_wakeups += other.timer_wakeups;
         self.frames_compressed += other.frames_compressed;
@@ -88,6 +95,7 @@ impl ConnectionStats {
             bytes_written: self.bytes_written.saturating_sub(earlier.bytes_written),
             bytes_read: self.bytes_read.saturating_sub(earlier.bytes_read),
             coalesce_yields: self.coalesce_yields.saturating_sub(earlier.coalesce_yields),
+            direct_writes: self.direct_writes.saturating_sub(earlier.direct_writes),
             queue_full_waits: self
                 .queue_full_waits
                 .saturating_sub(earlier.queue_full_waits),
@@ -121,6 +129,7 @@ impl From<&IoCounters> for ConnectionStats {
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
             bytes_read: c.bytes_read.load(Ordering::Relaxed),
             coalesce_yields: c.coalesce_yields.load(Ordering::Relaxed),
+            direct_writes: c.direct_writes.load(Ordering::Relaxed),
             queue_full_waits: c.queue_full_waits.load(Ordering::Relaxed),
             timer_wakeups: c.timer_wakeups.load(Ordering::Relaxed),
             frames_compressed: c.frames_compressed.load(Ordering::Relaxed),

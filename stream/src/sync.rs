@@ -71,6 +71,14 @@ mod loom_shim {
         pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
             self.0.lock().unwrap_or_else(PoisonError::into_inner)
         }
+
+        pub(crate) fn try_lock(&self) -> Option<loom::sync::MutexGuard<'_, T>> {
+            match self.0.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(loom::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(loom::sync::TryLockError::WouldBlock) => None,
+            }
+        }
     }
 
     impl<T: Default> Default for Mutex<T> {

@@ -2,7 +2,7 @@
 
 use std::{
     future::poll_fn,
-    sync::{atomic::Ordering, Arc, OnceLock},
+    sync::{atomic::Ordering, Arc},
     task::Waker,
     time::Instant,
 };
@@ -100,13 +100,12 @@ pub(super) async fn connect<R: Runtime, T: Transport>(
         read_task(rt.clone(), conn.clone(), reader, read, limits),
     );
     let writer_conn = conn.clone();
-    let compression = match compress::negotiate(config.compression.as_ref(), hello.features) {
-        Some(compression) => OnceLock::from(compression),
-        None => OnceLock::new(),
-    };
+    if let Some(compression) = compress::negotiate(config.compression.as_ref(), hello.features) {
+        conn.out.compress_with(compression);
+    }
     crate::runtime::spawn_task(rt, async move {
         let (stop, quiet) = (&writer_conn.stop, &writer_conn.quiet);
-        if let Err(e) = write_loop(out_rx, writer, stop, quiet, None, &compression).await {
+        if let Err(e) = write_loop(out_rx, writer, stop, quiet, None).await {
             writer_conn.close(e.into());
         }
     });

@@ -96,17 +96,23 @@ impl<'a> Exchange<'a> {
             // The waker is kept with the call: a reply that comes before the caller looks for
             // it wakes the caller.
             match conn.try_start(&mut self.counted, deadline, Some(cx.waker())) {
-                Ok(Ok((slot, seq))) => {
+                Ok(Ok((slot, seq, alone))) => {
                     self.slot = Some(slot);
                     if let Some(request) = self.request.take() {
-                        let send = conn.out.send(conn.request(
+                        let request = conn.request(
                             request.method,
                             seq,
                             request.timeout,
                             0,
                             (request.head, request.tail),
                             request.metadata.as_ref(),
-                        ));
+                        );
+                        // The only call in flight: no other request is on its way to batch
+                        // this one with.
+                        let send = match alone {
+                            true => conn.out.send_now(request),
+                            false => conn.out.send(request),
+                        };
                         self.send = (!send.is_done()).then_some(send);
                     }
                     return Poll::Pending;

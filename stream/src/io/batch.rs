@@ -7,6 +7,7 @@ use std::{
     future::poll_fn,
     io::{self, IoSlice},
     pin::Pin,
+    task::{ready, Context, Poll},
 };
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -23,7 +24,7 @@ const COPY_MAX: usize = 4 * 1024;
 
 /// A batch stops taking queued frames once it holds this many bytes, so one flush never
 /// buffers without bound while producers keep the queue full.
-const MAX_BATCH_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Most `IoSlice`s handed to one vectored write.
 const MAX_IOVECS: usize = 64;
@@ -37,24 +38,29 @@ pub(crate) struct WriteBatch {
     chunks: VecDeque<Bytes>,
     buf: BytesMut,
     len: usize,
-    /// Frames pushed since the last flush.
+    /// Frames pushed since the last completed flush.
     frames: u64,
+    /// Bytes pushed since the last completed flush.
+    bytes: u64,
+    /// Writes made since the last completed flush.
+    writes: u64,
     /// Whether frames are kept whole, in `whole`, instead of encoded.
     carries_frames: bool,
     whole: VecDeque<Frame>,
 }
 
+/// What one completed flush wrote, for the connection's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Flushed {
+    /// Frames written.
+    pub(crate) frames: u64,
+    /// Bytes written (headers and bodies).
+    pub(crate) bytes: u64,
+    /// Writes (syscalls, or hand-overs of whole frames) it took.
+    pub(crate) writes: u64,
+}
+
 impl WriteBatch {
-    /// Frames pushed since the last flush.
-    pub(crate) fn frames(&self) -> u64 {
-        self.frames
-    }
-
-    /// Bytes pushed and not yet written.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
     /// An empty batch for writer `W`; its buffer is allocated by the first frame and grows
     /// with traffic.
     pub(crate) fn for_writer<W: TransportWrite>() -> Self {
@@ -94,8 +100,10 @@ impl WriteBatch {
     pub(crate) fn push(&mut self, header: &FrameHeader, body: Bytes) {
         self.frames += 1;
         self.len += HEADER_LEN;
+        self.bytes += HEADER_LEN as u64;
         if self.carries_frames {
             self.len += body.len();
+            self.bytes += body.len() as u64;
             self.whole.push_back(Frame {
                 header: *header,
                 body,
@@ -125,6 +133,7 @@ impl WriteBatch {
             return;
         }
         self.len += body.len();
+        self.bytes += body.len() as u64;
         if body.len() <= COPY_MAX {
             self.buf.extend_from_slice(&body);
         } else {
@@ -171,40 +180,59 @@ impl WriteBatch {
         }
     }
 
-    /// Writes (or hands over) the whole batch to `w`; returns the number of writes it took.
-    pub(crate) async fn flush<W: TransportWrite>(&mut self, w: &mut W) -> io::Result<u64> {
-        if !self.carries_frames {
-            return self.flush_bytes(w).await;
+    /// Writes (or hands over) the whole batch to `w`, and flushes `w`; returns what was
+    /// written since the last completed flush. Resumable: `Pending` keeps what is left, and
+    /// the next call, with any task's context, goes on from there.
+    ///
+    /// # Errors
+    ///
+    /// What the transport's write or flush returns.
+    pub(crate) fn poll_flush<W: TransportWrite>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+    ) -> Poll<io::Result<Flushed>> {
+        if self.carries_frames {
+            while !self.whole.is_empty() {
+                ready!(Pin::new(&mut *w).poll_write_frames(cx, &mut self.whole))?;
+                self.writes += 1;
+            }
+            self.len = 0;
+        } else {
+            ready!(self.poll_write_bytes(cx, w))?;
         }
-        let mut writes = 0;
-        self.frames = 0;
-        while !self.whole.is_empty() {
-            poll_fn(|cx| Pin::new(&mut *w).poll_write_frames(cx, &mut self.whole)).await?;
-            writes += 1;
-        }
-        self.len = 0;
-        Ok(writes)
+        ready!(Pin::new(&mut *w).poll_flush(cx))?;
+        Poll::Ready(Ok(self.flushed()))
     }
 
-    /// Writes the whole encoded batch to `w`; returns the number of writes it took.
-    async fn flush_bytes<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<u64> {
-        let mut writes = 0;
-        self.frames = 0;
+    /// Writes the encoded bytes left in the batch to `w`.
+    fn poll_write_bytes<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+    ) -> Poll<io::Result<()>> {
         while !self.is_empty() {
-            let written = poll_fn(|cx| {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let n = self.slices(&mut slices);
-                Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n])
-            })
-            .await?;
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = self.slices(&mut slices);
+            let written = ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n]))?;
             if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.advance(written);
-            writes += 1;
+            self.writes += 1;
         }
-        poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)).await?;
-        Ok(writes)
+        Poll::Ready(Ok(()))
+    }
+
+    /// What was written since the last completed flush; starts the next count.
+    fn flushed(&mut self) -> Flushed {
+        let flushed = Flushed {
+            frames: self.frames,
+            bytes: self.bytes,
+            writes: self.writes,
+        };
+        (self.frames, self.bytes, self.writes) = (0, 0, 0);
+        flushed
     }
 }
 
@@ -224,12 +252,13 @@ fn join(parts: [Bytes; 3]) -> Bytes {
     joined.freeze()
 }
 
-/// Writes all of `bytes`.
+/// Writes all of `bytes`, and flushes.
 pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
     let mut batch = WriteBatch::default();
     batch.buf.extend_from_slice(bytes);
     batch.len = bytes.len();
-    batch.flush_bytes(w).await.map(drop)
+    poll_fn(|cx| batch.poll_write_bytes(cx, w)).await?;
+    poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)).await
 }
 
 #[cfg(test)]

@@ -13,14 +13,19 @@ use std::{
     future::{poll_fn, Future},
     mem,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock, Weak},
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
 
-use super::Outgoing;
+use super::{
+    batch::{WriteBatch, MAX_BATCH_BYTES},
+    writer::pack,
+    Outgoing,
+};
 use crate::{
+    compress::Compression,
     frame::FrameHeader,
     sync::{
         AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Event, EventListener, Mutex, Ordering,
@@ -78,6 +83,8 @@ pub(crate) struct IoCounters {
     pub(crate) bytes_read: AtomicU64,
     /// Times the writer yielded before writing, waiting for frames it was told to expect.
     pub(crate) coalesce_yields: AtomicU64,
+    /// Flushes made by a producer's task while the writer task was parked.
+    pub(crate) direct_writes: AtomicU64,
     /// Times a producer waited for room in the queue.
     pub(crate) queue_full_waits: AtomicU64,
     /// Times the client's deadline timer woke from a sleep.
@@ -131,8 +138,18 @@ impl Budget {
     }
 }
 
-#[derive(Debug)]
-struct Queue {
+/// The writer's side that a producer can write through while the writer task is parked with
+/// nothing of its own (the writer's `Wire`), without naming the transport.
+pub(crate) trait WriteNow: std::marker::Send + Sync {
+    /// Writes what `queue` holds from the calling task if the writer task is parked with
+    /// nothing of its own: `true` if everything taken was written (the writer task may stay
+    /// parked), `false` if it declined, or left something for the writer task (then the
+    /// queue is kicked, and the caller wakes the writer task).
+    fn write_now(&self, queue: &Queue) -> bool;
+}
+
+/// The state shared by a connection's producers and its writer.
+pub(crate) struct Queue {
     state: Mutex<State>,
     /// Bytes queued before producers wait.
     limit: usize,
@@ -150,6 +167,23 @@ struct Queue {
     /// the writer yields a few times while this is above zero. A hint: it may be stale.
     expected: AtomicUsize,
     counters: IoCounters,
+    /// The algorithm frames are compressed with, once the peers agreed on one.
+    compression: OnceLock<Compression>,
+    /// The writer's wire, once its task runs; weak, so that a queue outliving the task does
+    /// not keep the transport's write half.
+    wire: OnceLock<Weak<dyn WriteNow>>,
+    /// A producer left part of its write for the writer task (set before it wakes the task).
+    kicked: AtomicBool,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("limit", &self.limit)
+            .field("holds", &self.holds)
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -195,6 +229,17 @@ impl Future for Send<'_> {
 #[derive(Debug)]
 pub(crate) struct Hold<'a> {
     queue: &'a Queue,
+    /// Released with [`release`](Hold::release)`(true)`.
+    now: bool,
+}
+
+impl Hold<'_> {
+    /// Ends the hold; with `now` (no other frame is on its way), what the hold kept queued
+    /// is written from this task if the writer task is parked with nothing of its own (as
+    /// [`Outbox::send_now`]).
+    pub(crate) fn release(mut self, now: bool) {
+        self.now = now;
+    }
 }
 
 /// A queue of up to `limit` bytes (and within `budget`, shared with other connections, if
@@ -210,6 +255,9 @@ pub(crate) fn outbox(limit: usize, budget: Option<Arc<Budget>>) -> (Outbox, Inbo
         holds: AtomicUsize::new(0),
         expected: AtomicUsize::new(0),
         counters: IoCounters::default(),
+        compression: OnceLock::new(),
+        wire: OnceLock::new(),
+        kicked: AtomicBool::new(false),
     });
     (
         Outbox {
@@ -229,13 +277,26 @@ impl Outbox {
     /// The first attempt is made at once, not on the first poll: a message that fits (the
     /// common case) is queued before the future exists, which then holds only the outcome.
     pub(crate) fn send(&self, message: Outgoing) -> Send<'_> {
+        self.send_with(message, false)
+    }
+
+    /// [`send`](Self::send) from a producer that knows no other frame is on its way (a lone
+    /// call's request, the reply to the only call running): if the writer task is parked with
+    /// nothing of its own, the message is written from this task, and the writer task is not
+    /// woken. One task hop less per call when calls come one at a time; with several
+    /// producers at work, each would write alone, so they use `send` and the writer batches.
+    pub(crate) fn send_now(&self, message: Outgoing) -> Send<'_> {
+        self.send_with(message, true)
+    }
+
+    fn send_with(&self, message: Outgoing, now: bool) -> Send<'_> {
         let mut slot = Some(message);
-        match self.push(&mut slot, false) {
+        match self.push(&mut slot, false, now) {
             Ok(sent) => Send::Done(sent),
             // Over a limit: the rare path, which waits for room, goes in a box.
             Err(_) => Send::Waiting(Box::pin(async move {
                 loop {
-                    match self.attempt_or_listen(|| self.push(&mut slot, false)) {
+                    match self.attempt_or_listen(|| self.push(&mut slot, false, false)) {
                         Ok(sent) => return sent,
                         Err(listener) => listener.await,
                     }
@@ -261,7 +322,7 @@ impl Outbox {
     /// there is room for the next one.
     fn push_all(&self, messages: &mut Vec<Outgoing>) -> Result<bool, &Event> {
         let mut stopped = None;
-        let taken = {
+        let (taken, queued) = {
             let mut state = self.queue.state.lock();
             if state.closed {
                 drop(state);
@@ -284,10 +345,10 @@ impl Outbox {
                 budget.used.fetch_add(added, Ordering::AcqRel);
             }
             state.items.extend(messages.drain(..taken));
-            taken
+            (taken, state.bytes)
         };
         if taken > 0 {
-            self.queue.ring();
+            self.queue.pushed(queued, false);
         }
         stopped.map_or(Ok(true), Err)
     }
@@ -301,7 +362,7 @@ impl Outbox {
     ) -> Option<bool> {
         let mut message = Some(message);
         loop {
-            match self.attempt_or_listen(|| self.push(&mut message, false)) {
+            match self.attempt_or_listen(|| self.push(&mut message, false, false)) {
                 Ok(sent) => return Some(sent),
                 Err(listener) => {
                     if !crate::sync::wait_until(listener, deadline) {
@@ -314,13 +375,13 @@ impl Outbox {
 
     /// Queues `message` unless the queue is over its limit or the writer is gone.
     pub(crate) fn try_send(&self, message: Outgoing) -> bool {
-        self.push(&mut Some(message), false).unwrap_or(false)
+        self.push(&mut Some(message), false, false).unwrap_or(false)
     }
 
     /// Queues `message` whatever the queue holds (a connection's last words: `GoAway`,
     /// `Close`); `false` once the writer is gone.
     pub(crate) fn force_send(&self, message: Outgoing) -> bool {
-        self.push(&mut Some(message), true).unwrap_or(false)
+        self.push(&mut Some(message), true, false).unwrap_or(false)
     }
 
     /// Runs `push` (a push of one message or of several); if a limit stopped it, returns a
@@ -342,6 +403,9 @@ impl Outbox {
                 Err(again) if std::ptr::eq(again, full) => {
                     let waits = &self.queue.counters.queue_full_waits;
                     waits.fetch_add(1, Ordering::Relaxed);
+                    // A hold may have kept the writer parked: it must take what is queued
+                    // for room to come.
+                    self.queue.ring(false);
                     return Err(listener);
                 }
                 Err(other) => full = other,
@@ -358,14 +422,15 @@ impl Outbox {
             }
             state.control.push(header);
         }
-        self.queue.ring();
+        self.queue.ring(false);
     }
 
     /// Pushes the message out of `slot`: `Ok(true)` queued, `Ok(false)` the writer is gone (or
     /// `slot` was empty), `Err` over a limit: the event that says when there is room (the
-    /// message stays in `slot`).
-    fn push(&self, slot: &mut Option<Outgoing>, force: bool) -> Result<bool, &Event> {
-        {
+    /// message stays in `slot`). With `now`, writes from this task if it can
+    /// ([`send_now`](Self::send_now)).
+    fn push(&self, slot: &mut Option<Outgoing>, force: bool, now: bool) -> Result<bool, &Event> {
+        let queued = {
             let mut state = self.queue.state.lock();
             if state.closed {
                 return Ok(false);
@@ -385,8 +450,9 @@ impl Outbox {
                 budget.used.fetch_add(weight, Ordering::AcqRel);
             }
             state.items.push_back(message);
-        }
-        self.queue.ring();
+            state.bytes
+        };
+        self.queue.pushed(queued, now);
         Ok(true)
     }
 
@@ -410,7 +476,15 @@ impl Outbox {
     /// is about to push several frames (a reader dispatching what one read brought).
     pub(crate) fn hold(&self) -> Hold<'_> {
         self.queue.holds.fetch_add(1, Ordering::SeqCst);
-        Hold { queue: &self.queue }
+        Hold {
+            queue: &self.queue,
+            now: false,
+        }
+    }
+
+    /// Sets the algorithm frames are compressed with from now on; the first one set stays.
+    pub(crate) fn compress_with(&self, compression: Compression) {
+        let _ = self.queue.compression.set(compression);
     }
 
     /// Tells the writer that about `n` tasks are about to be woken and will each push a frame
@@ -433,34 +507,160 @@ impl Outbox {
     pub(crate) fn counters(&self) -> &IoCounters {
         &self.queue.counters
     }
+
+    /// The algorithm frames are compressed with, if the peers agreed on one.
+    pub(crate) fn compression(&self) -> Option<Compression> {
+        self.queue.compression.get().copied()
+    }
 }
 
 impl Queue {
-    /// Wakes the writer if it parked.
-    fn ring(&self) {
+    /// Rings after a push that left `queued` bytes in the queue: not while a producer holds
+    /// the batch (its release rings), unless the queue holds a batch's worth already.
+    #[inline]
+    fn pushed(&self, queued: usize, now: bool) {
+        if queued < MAX_BATCH_BYTES && self.holds.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        self.ring(now);
+    }
+
+    /// Wakes the writer if it parked; with `now`, first tries to write what is queued from
+    /// this task instead, which leaves the writer parked if all of it was written.
+    #[inline]
+    fn ring(&self, now: bool) {
         // Pairs with the swap in `Inbox::park`. Both are read-modify-writes of `parked`, so
         // they are ordered: if the writer's comes first, this one sees `true` and wakes it;
         // if this one comes first, the writer's acquires it, and with it the push just made,
         // which the writer's second look then finds. (A relaxed store and load fenced on both
         // sides would do as well on paper, at the same cost, but no model checker can show it.)
-        if self.parked.swap(false, Ordering::AcqRel) {
+        if self.parked.swap(false, Ordering::AcqRel) && !(now && self.write_now()) {
             self.waker.wake();
         }
+    }
+
+    /// Writes what is queued through the writer's wire, from this task, after `ring` took the
+    /// writer's wake-up: `true` if all of it was written and the writer parked again.
+    #[inline(never)]
+    fn write_now(&self) -> bool {
+        // Nothing asks for a bigger batch: no hold, no woken caller about to queue.
+        if self.holds.load(Ordering::SeqCst) > 0 || self.expected.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let Some(wire) = self.wire.get().and_then(Weak::upgrade) else {
+            return false;
+        };
+        if !wire.write_now(self) {
+            return false;
+        }
+        // The writer still parks: ring it again if more came since (as `Inbox::park` does).
+        self.parked.swap(true, Ordering::AcqRel);
+        let more = {
+            let state = self.state.lock();
+            !state.items.is_empty() || !state.control.is_empty()
+        };
+        if more && self.parked.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+        true
+    }
+
+    /// Moves what is queued into `batch` for a write from a producer's task, in the order the
+    /// writer task would: control frames first, then the queue, taken whole with one lock
+    /// (into `scratch`, an empty deque the caller keeps, so nothing is allocated). A `Close`
+    /// and what follows it go back to the front of the queue: closing is the writer task's.
+    pub(crate) fn drain_into(&self, batch: &mut WriteBatch, scratch: &mut VecDeque<Outgoing>) {
+        let compression = self.compression.get();
+        let taken = {
+            let mut state = self.state.lock();
+            while let Some(header) = state.control.pop() {
+                batch.push(&header, Bytes::new());
+            }
+            mem::swap(&mut state.items, scratch);
+            mem::take(&mut state.bytes)
+        };
+        if let Some(budget) = &self.budget {
+            budget.uncount(taken);
+        }
+        let mut put_back = 0;
+        while let Some(message) = scratch.pop_front() {
+            if matches!(message, Outgoing::Close) {
+                put_back = self.put_back(message, scratch);
+                break;
+            }
+            pack(batch, message, compression, &self.counters);
+        }
+        if taken > put_back {
+            self.space.notify(usize::MAX);
+            if let Some(budget) = &self.budget {
+                budget.wake(taken - put_back);
+            }
+        }
+    }
+
+    /// Puts `close` and the messages after it back in front of the queue; returns their
+    /// bytes.
+    #[cold]
+    fn put_back(&self, close: Outgoing, rest: &mut VecDeque<Outgoing>) -> usize {
+        let bytes: usize = close.weight() + rest.iter().map(Outgoing::weight).sum::<usize>();
+        let mut state = self.state.lock();
+        for message in rest.drain(..).rev() {
+            state.items.push_front(message);
+        }
+        state.items.push_front(close);
+        state.bytes += bytes;
+        if let Some(budget) = &self.budget {
+            budget.used.fetch_add(bytes, Ordering::AcqRel);
+        }
+        bytes
+    }
+
+    /// Tells the writer task that a producer left part of a write for it.
+    pub(crate) fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+    }
+
+    /// The connection's counters.
+    pub(crate) fn counters(&self) -> &IoCounters {
+        &self.counters
     }
 }
 
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
         if self.queue.holds.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.queue.ring();
+            self.queue.ring(self.now);
         }
     }
 }
 
 impl Inbox {
-    /// Whether messages are waiting (taken or queued).
+    /// Whether messages are waiting (taken or queued), or a producer left part of a write.
     fn has_work(&self, state: &State) -> bool {
-        !self.taken.is_empty() || !state.items.is_empty() || !state.control.is_empty()
+        !self.taken.is_empty()
+            || !state.items.is_empty()
+            || !state.control.is_empty()
+            || self.queue.kicked.load(Ordering::Acquire)
+    }
+
+    /// Lets producers write through `wire` while the writer task is parked.
+    pub(crate) fn attach(&self, wire: Weak<dyn WriteNow>) {
+        let _ = self.queue.wire.set(wire);
+    }
+
+    /// Whether messages taken from the queue wait for the next batch.
+    pub(crate) fn has_taken(&self) -> bool {
+        !self.taken.is_empty()
+    }
+
+    /// Clears a producer's kick: the writer task is awake and looks at the batch.
+    pub(crate) fn take_kick(&self) {
+        self.queue.kicked.store(false, Ordering::Relaxed);
+    }
+
+    /// The algorithm frames are compressed with, if any.
+    pub(crate) fn compression(&self) -> Option<&Compression> {
+        self.queue.compression.get()
     }
 
     /// Parks until `ready` holds, checking it again after announcing the park so that no

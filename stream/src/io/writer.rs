@@ -1,21 +1,29 @@
 //! The writer task: takes everything queued, encodes it into one batch, and writes it with as
-//! few (vectored) syscalls as the transport allows.
+//! few (vectored) syscalls as the transport allows; and the write from a producer's own task
+//! while the writer task is parked with nothing of its own ([`Wire`]).
 
 use std::{
+    collections::VecDeque,
     future::poll_fn,
     io,
-    pin::Pin,
+    mem::size_of,
     sync::{
         atomic::{AtomicU64, Ordering},
-        OnceLock,
+        Arc, Weak,
     },
+    task::{Context, Poll, Waker},
 };
 
 use futures_lite::FutureExt;
 
-use super::{batch::WriteBatch, Inbox, Outgoing, Quiet, Stop, WRITER};
+use super::{
+    batch::{Flushed, WriteBatch},
+    outbox::{Queue, WriteNow},
+    Inbox, Outgoing, Quiet, Stop, WRITER,
+};
 use crate::{
     compress::{compress, Compression},
+    sync::Mutex,
     transport::TransportWrite,
 };
 
@@ -42,37 +50,84 @@ const MAX_COALESCE_YIELDS: usize = 16;
 /// ([`Outbox::callers_woken`]). On a multi-thread runtime the writer is otherwise run the moment the
 /// first of many producers wakes it, and writes one frame per syscall.
 ///
+/// While it is parked with nothing of its own, a producer that knows no other frame is coming
+/// writes from its own task instead of waking it ([`Outbox::send_now`], [`Wire`]): one task
+/// hop less for a lone call.
+///
 /// Returns `Ok` when told to stop, when the queue closes, or after writing an
-/// [`Outgoing::Close`] (then the write half is closed and `stop` is set).
+/// [`Outgoing::Close`] (then the write half is closed and `stop` is set). The transport's
+/// write half is dropped before it returns.
+///
+/// [`Outbox::hold`]: super::Outbox::hold
+/// [`Outbox::callers_woken`]: super::Outbox::callers_woken
+/// [`Outbox::send_now`]: super::Outbox::send_now
 pub(crate) async fn write_loop<W: TransportWrite>(
     mut rx: Inbox,
-    mut w: W,
+    w: W,
     stop: &Stop,
     quiet: &Quiet,
     watch: Option<WriteWatch<'_>>,
-    compression: &OnceLock<Compression>,
 ) -> io::Result<()> {
-    let mut batch = WriteBatch::for_writer::<W>();
+    let wire = Arc::new(Wire {
+        lane: Mutex::new(Lane {
+            w: Some(w),
+            batch: WriteBatch::for_writer::<W>(),
+            scratch: VecDeque::new(),
+            idle: false,
+            failed: None,
+        }),
+    });
+    rx.attach(Arc::downgrade(&wire) as Weak<dyn WriteNow>);
+    let result = drive(&mut rx, &wire, stop, quiet, watch).await;
+    // The write half ends with the task, whoever still holds the wire.
+    let w = wire.lane.lock().w.take();
+    drop(w);
+    result
+}
+
+/// The writer task's loop (see [`write_loop`]).
+async fn drive<W: TransportWrite>(
+    rx: &mut Inbox,
+    wire: &Wire<W>,
+    stop: &Stop,
+    quiet: &Quiet,
+    watch: Option<WriteWatch<'_>>,
+) -> io::Result<()> {
     let mut closing = false;
     while !closing {
-        if quiet.take(WRITER) {
-            let held = batch.release() + rx.release();
-            rx.counters().write_buffered.store(held, Ordering::Relaxed);
-        }
-        if stop
-            .guard(WRITER, rx.ready().or(quiet.wait(WRITER)))
-            .await
-            .is_none()
+        let parks = {
+            let mut lane = wire.lane.lock();
+            if quiet.take(WRITER) {
+                let held = lane.release() + rx.release();
+                rx.counters().write_buffered.store(held, Ordering::Relaxed);
+            }
+            // Nothing of its own to write: producers may write while it is parked.
+            lane.idle = lane.batch.is_empty() && !rx.has_taken();
+            lane.idle
+        };
+        if parks
+            && stop
+                .guard(WRITER, rx.ready().or(quiet.wait(WRITER)))
+                .await
+                .is_none()
         {
             return Ok(());
         }
-        closing = fill(&mut rx, &mut batch, compression.get());
-        if batch.is_empty() {
-            // Woken to release buffers, or only a `Close` was queued.
-            continue;
+        {
+            let mut lane = wire.lane.lock();
+            lane.idle = false;
+            rx.take_kick();
+            if let Some(error) = lane.failed.take() {
+                return Err(error);
+            }
+            closing = fill(rx, &mut lane.batch);
+            if lane.batch.is_empty() {
+                // Woken to release buffers, or only a `Close` was queued.
+                continue;
+            }
         }
         let mut yields = 0;
-        while !closing && !batch.is_full() {
+        while !closing && !wire.lane.lock().batch.is_full() {
             if rx.is_held() {
                 if stop.guard(WRITER, rx.unheld()).await.is_none() {
                     return Ok(());
@@ -83,7 +138,7 @@ pub(crate) async fn write_loop<W: TransportWrite>(
             } else {
                 break;
             }
-            closing = fill(&mut rx, &mut batch, compression.get());
+            closing = fill(rx, &mut wire.lane.lock().batch);
         }
         rx.counters()
             .coalesce_yields
@@ -93,60 +148,191 @@ pub(crate) async fn write_loop<W: TransportWrite>(
                 .flush_started
                 .store(watch.clock.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        let (frames, bytes) = (batch.frames(), batch.len() as u64);
-        let writes = match stop.guard(WRITER, batch.flush(&mut w)).await {
+        let flushed = poll_fn(|cx| wire.poll_flush(cx));
+        let flushed = match stop.guard(WRITER, flushed).await {
             None => return Ok(()),
             Some(result) => result?,
         };
-        let counters = rx.counters();
-        counters.frames_written.fetch_add(frames, Ordering::Relaxed);
-        counters.bytes_written.fetch_add(bytes, Ordering::Relaxed);
-        counters.writes.fetch_add(writes, Ordering::Relaxed);
-        counters
-            .write_buffered
-            .store(batch.held_bytes() + rx.held_bytes(), Ordering::Relaxed);
+        record(rx.counters(), flushed);
+        let held = wire.lane.lock().held_bytes() + rx.held_bytes();
+        rx.counters().write_buffered.store(held, Ordering::Relaxed);
         if let Some(watch) = watch {
             watch.flush_started.store(0, Ordering::Relaxed);
         }
     }
-    let _ = stop
-        .guard(WRITER, poll_fn(|cx| Pin::new(&mut w).poll_close(cx)))
-        .await;
+    let closed = poll_fn(|cx| {
+        let mut lane = wire.lane.lock();
+        match lane.w.as_mut() {
+            Some(w) => std::pin::Pin::new(w).poll_close(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    });
+    let _ = stop.guard(WRITER, closed).await;
     stop.stop();
     Ok(())
 }
 
+/// Adds a completed flush to the counters.
+fn record(counters: &super::IoCounters, flushed: Flushed) {
+    counters
+        .frames_written
+        .fetch_add(flushed.frames, Ordering::Relaxed);
+    counters
+        .bytes_written
+        .fetch_add(flushed.bytes, Ordering::Relaxed);
+    counters.writes.fetch_add(flushed.writes, Ordering::Relaxed);
+}
+
 /// Moves queued messages into `batch` until it is full; `true` if a `Close` was taken.
-fn fill(rx: &mut Inbox, batch: &mut WriteBatch, compression: Option<&Compression>) -> bool {
+fn fill(rx: &mut Inbox, batch: &mut WriteBatch) -> bool {
     while !batch.is_full() {
         match rx.try_recv() {
             None => return false,
-            Some(Outgoing::Frame(header, body)) => {
-                let packed = compression.and_then(|c| compress(c, &header, &[&body]));
-                match packed {
-                    Some((header, body)) => {
-                        rx.counters()
-                            .frames_compressed
-                            .fetch_add(1, Ordering::Relaxed);
-                        batch.push(&header, body);
-                    }
-                    None => batch.push(&header, body),
-                }
-            }
-            Some(Outgoing::Parts(header, parts)) => {
-                let [first, second, third] = &*parts;
-                match compression.and_then(|c| compress(c, &header, &[first, second, third])) {
-                    Some((header, body)) => {
-                        rx.counters()
-                            .frames_compressed
-                            .fetch_add(1, Ordering::Relaxed);
-                        batch.push(&header, body);
-                    }
-                    None => batch.push_parts(&header, *parts),
-                }
-            }
             Some(Outgoing::Close) => return true,
+            Some(message) => pack(batch, message, rx.compression(), rx.counters()),
         }
     }
     false
+}
+
+/// Encodes a frame message into `batch`, compressed if the connection compresses and the
+/// frame gains by it. A `Close` carries nothing to encode.
+#[inline(always)]
+pub(super) fn pack(
+    batch: &mut WriteBatch,
+    message: Outgoing,
+    compression: Option<&Compression>,
+    counters: &super::IoCounters,
+) {
+    match message {
+        Outgoing::Frame(header, body) => {
+            match compression.and_then(|c| compress(c, &header, &[&body])) {
+                Some((header, body)) => {
+                    counters.frames_compressed.fetch_add(1, Ordering::Relaxed);
+                    batch.push(&header, body);
+                }
+                None => batch.push(&header, body),
+            }
+        }
+        Outgoing::Parts(header, parts) => {
+            let [first, second, third] = &*parts;
+            match compression.and_then(|c| compress(c, &header, &[first, second, third])) {
+                Some((header, body)) => {
+                    counters.frames_compressed.fetch_add(1, Ordering::Relaxed);
+                    batch.push(&header, body);
+                }
+                None => batch.push_parts(&header, *parts),
+            }
+        }
+        Outgoing::Close => {}
+    }
+}
+
+/// A connection's write half and the batch being written, shared by the writer task with the
+/// producers that write from their own tasks while it is parked.
+///
+/// The writer task takes the lock for each step (fill, one poll of the flush), never across an
+/// await; a producer only tries it, and writes only while the writer task is parked with
+/// nothing of its own (`idle`) and the batch is empty, so every frame still leaves in the order
+/// it was queued. What a producer cannot write at once stays in the batch for the writer task,
+/// which it wakes.
+pub(crate) struct Wire<W> {
+    lane: Mutex<Lane<W>>,
+}
+
+struct Lane<W> {
+    /// The transport's write half; `None` once the writer task ended.
+    w: Option<W>,
+    batch: WriteBatch,
+    /// An empty deque that a producer's write swaps with the queue's.
+    scratch: VecDeque<Outgoing>,
+    /// The writer task is parked with nothing of its own: a producer may write.
+    idle: bool,
+    /// A producer's write failed: the writer task ends the connection with it.
+    failed: Option<io::Error>,
+}
+
+impl<W> Lane<W> {
+    /// Bytes of memory the batch and the scratch deque hold.
+    fn held_bytes(&self) -> usize {
+        held_bytes(&self.batch, &self.scratch)
+    }
+
+    /// Gives back the batch's and the scratch deque's memory if they are empty; returns the
+    /// bytes still held.
+    fn release(&mut self) -> usize {
+        if self.scratch.is_empty() {
+            self.scratch = VecDeque::new();
+        }
+        self.batch.release();
+        self.held_bytes()
+    }
+}
+
+/// Bytes of memory `batch` and `scratch` hold.
+fn held_bytes(batch: &WriteBatch, scratch: &VecDeque<Outgoing>) -> usize {
+    batch.held_bytes() + scratch.capacity() * size_of::<Outgoing>()
+}
+
+impl<W: TransportWrite> Wire<W> {
+    /// One poll of the writer task's flush of the batch.
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<Flushed>> {
+        let mut lane = self.lane.lock();
+        let Lane { w, batch, .. } = &mut *lane;
+        match w.as_mut() {
+            Some(w) => batch.poll_flush(cx, w),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl<W: TransportWrite> WriteNow for Wire<W> {
+    fn write_now(&self, queue: &Queue) -> bool {
+        let Some(mut lane) = self.lane.try_lock() else {
+            return false;
+        };
+        if !lane.idle || !lane.batch.is_empty() {
+            return false;
+        }
+        let Lane {
+            w: Some(w),
+            batch,
+            scratch,
+            failed,
+            idle,
+        } = &mut *lane
+        else {
+            return false;
+        };
+        let held = held_bytes(batch, scratch);
+        queue.drain_into(batch, scratch);
+        if batch.is_empty() {
+            return true;
+        }
+        // The batch's memory is the writer's: what it grew by is counted with it.
+        let grown = held_bytes(batch, scratch).saturating_sub(held);
+        let counters = queue.counters();
+        counters.write_buffered.fetch_add(grown, Ordering::Relaxed);
+        // The writer task's waker is not at hand: what cannot be written at once is left to
+        // the writer task, which polls again with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        match batch.poll_flush(&mut cx, w) {
+            Poll::Ready(Ok(flushed)) => {
+                record(counters, flushed);
+                counters.direct_writes.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Poll::Ready(Err(error)) => *failed = Some(error),
+            Poll::Pending => {}
+        }
+        *idle = false;
+        queue.kick();
+        false
+    }
+}
+
+impl<W> std::fmt::Debug for Wire<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wire")
+    }
 }

@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc,
     },
     time::Duration,
 };
@@ -19,8 +19,7 @@ use parking_lot::Mutex;
 
 use super::{handler::Cancel, read::ReadTask, Dispatch, Shared};
 use crate::{
-    body,
-    compress::{self, Compression},
+    body, compress,
     error::ErrorCode,
     frame::{FrameHeader, FrameKind},
     hello::Hello,
@@ -72,8 +71,6 @@ pub(crate) struct ConnState {
     pub(super) alive: Mutex<KeepAlive>,
     /// The client's address, as call spans show it.
     pub(super) peer: Peer,
-    /// What this side compresses its replies with, once the client's hello is read.
-    pub(super) compression: OnceLock<Compression>,
     /// When the connection was accepted.
     pub(super) opened: std::time::Instant,
 }
@@ -293,7 +290,6 @@ pub(super) fn start<R, D, Rd, Wr>(
         flush_started: AtomicU64::new(0),
         alive: Mutex::new(keepalive(config, now)),
         peer,
-        compression: OnceLock::new(),
         opened: std::time::Instant::now(),
     });
     let key = {
@@ -354,9 +350,8 @@ async fn write_task<W: TransportWrite>(
             clock: &shared.clock,
             flush_started: &conn.flush_started,
         };
-        let compression = &conn.compression;
         let (stop, quiet) = (&conn.stop, &conn.quiet);
-        if let Err(e) = write_loop(rx, writer, stop, quiet, Some(watch), compression).await {
+        if let Err(e) = write_loop(rx, writer, stop, quiet, Some(watch)).await {
             tracing::debug!(error = %e, "connection write failed");
         }
     }

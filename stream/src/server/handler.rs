@@ -125,10 +125,13 @@ pub(super) fn spawn<R, F>(
             None => Err(ErrorCode::CANCELLED),
         });
         if let Some(result) = result {
-            let _ = conn
-                .out
-                .send(reply(&header, result, peer_max_frame_len))
-                .await;
+            let reply = reply(&header, result, peer_max_frame_len);
+            // The only call running: no other reply is on its way to batch this one with.
+            let _ = match conn.in_flight.load(Ordering::Relaxed) {
+                1 => conn.out.send_now(reply),
+                _ => conn.out.send(reply),
+            }
+            .await;
         }
         if conn.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             conn.close_if_idle();

@@ -140,7 +140,7 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
                 self.peer_max_frame_len = hello.max_frame_len;
                 let config = self.shared.config.compression.as_ref();
                 if let Some(compression) = compress::negotiate(config, hello.features) {
-                    let _ = conn.compression.set(compression);
+                    conn.out.compress_with(compression);
                 }
             }
             Err(e) => {
@@ -195,7 +195,9 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             if !self.hand_over().await {
                 return false;
             }
-            drop(hold);
+            // With no handler still running, no other reply is on its way: if the writer is
+            // parked, these are written from this task.
+            hold.release(conn.in_flight() == 0);
             // A peer that keeps the socket full (a flood of tiny frames) would otherwise keep
             // this task running, since its reads never wait: on an executor without
             // cooperative budgeting (smol) the other connections on this thread would wait.
