@@ -61,6 +61,12 @@ pub(crate) struct Flushed {
 }
 
 impl WriteBatch {
+    /// Frames pushed since the last completed flush.
+    #[cfg(flumen_loom)]
+    pub(crate) fn frames(&self) -> u64 {
+        self.frames
+    }
+
     /// An empty batch for writer `W`; its buffer is allocated by the first frame and grows
     /// with traffic.
     pub(crate) fn for_writer<W: TransportWrite>() -> Self {
@@ -87,8 +93,11 @@ impl WriteBatch {
             + self.whole.capacity() * std::mem::size_of::<Frame>()
     }
 
+    /// Whether nothing is left to do: every frame pushed was written and the transport
+    /// flushed. (After the bytes are written, a flush that returned `Pending` still counts:
+    /// a TLS writer can hold the last records until then.)
     pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len == 0 && self.frames == 0
     }
 
     /// Whether the batch should be flushed before taking more frames.
@@ -211,7 +220,7 @@ impl WriteBatch {
         cx: &mut Context<'_>,
         w: &mut W,
     ) -> Poll<io::Result<()>> {
-        while !self.is_empty() {
+        while self.len > 0 {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = self.slices(&mut slices);
             let written = ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n]))?;
@@ -301,7 +310,7 @@ mod tests {
 
     fn drain(batch: &mut WriteBatch, step: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        while !batch.is_empty() {
+        while batch.len > 0 {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = batch.slices(&mut slices);
             let mut take = step;

@@ -516,10 +516,11 @@ impl Outbox {
 
 impl Queue {
     /// Rings after a push that left `queued` bytes in the queue: not while a producer holds
-    /// the batch (its release rings), unless the queue holds a batch's worth already.
+    /// the batch (its release rings), unless the queue holds a batch's worth already, or half
+    /// its limit (so that producers do not wait for room the writer was not asked to make).
     #[inline]
     fn pushed(&self, queued: usize, now: bool) {
-        if queued < MAX_BATCH_BYTES && self.holds.load(Ordering::SeqCst) > 0 {
+        if queued < MAX_BATCH_BYTES.min(self.limit / 2) && self.holds.load(Ordering::SeqCst) > 0 {
             return;
         }
         self.ring(now);
@@ -567,52 +568,40 @@ impl Queue {
 
     /// Moves what is queued into `batch` for a write from a producer's task, in the order the
     /// writer task would: control frames first, then the queue, taken whole with one lock
-    /// (into `scratch`, an empty deque the caller keeps, so nothing is allocated). A `Close`
-    /// and what follows it go back to the front of the queue: closing is the writer task's.
-    pub(crate) fn drain_into(&self, batch: &mut WriteBatch, scratch: &mut VecDeque<Outgoing>) {
-        let compression = self.compression.get();
+    /// (into `scratch`, an empty deque the caller keeps, so nothing is allocated). `false`,
+    /// and nothing taken, if a `Close` is queued: closing is the writer task's.
+    pub(crate) fn drain_into(
+        &self,
+        batch: &mut WriteBatch,
+        scratch: &mut VecDeque<Outgoing>,
+    ) -> bool {
         let taken = {
             let mut state = self.state.lock();
+            if state.items.iter().any(|m| matches!(m, Outgoing::Close)) {
+                return false;
+            }
             while let Some(header) = state.control.pop() {
                 batch.push(&header, Bytes::new());
             }
             mem::swap(&mut state.items, scratch);
-            mem::take(&mut state.bytes)
-        };
-        if let Some(budget) = &self.budget {
-            budget.uncount(taken);
-        }
-        let mut put_back = 0;
-        while let Some(message) = scratch.pop_front() {
-            if matches!(message, Outgoing::Close) {
-                put_back = self.put_back(message, scratch);
-                break;
+            let taken = mem::take(&mut state.bytes);
+            // Off the budget under the same lock, as `Inbox::try_recv` does.
+            if let Some(budget) = &self.budget {
+                budget.uncount(taken);
             }
+            taken
+        };
+        let compression = self.compression.get();
+        for message in scratch.drain(..) {
             pack(batch, message, compression, &self.counters);
         }
-        if taken > put_back {
+        if taken > 0 {
             self.space.notify(usize::MAX);
             if let Some(budget) = &self.budget {
-                budget.wake(taken - put_back);
+                budget.wake(taken);
             }
         }
-    }
-
-    /// Puts `close` and the messages after it back in front of the queue; returns their
-    /// bytes.
-    #[cold]
-    fn put_back(&self, close: Outgoing, rest: &mut VecDeque<Outgoing>) -> usize {
-        let bytes: usize = close.weight() + rest.iter().map(Outgoing::weight).sum::<usize>();
-        let mut state = self.state.lock();
-        for message in rest.drain(..).rev() {
-            state.items.push_front(message);
-        }
-        state.items.push_front(close);
-        state.bytes += bytes;
-        if let Some(budget) = &self.budget {
-            budget.used.fetch_add(bytes, Ordering::AcqRel);
-        }
-        bytes
+        true
     }
 
     /// Tells the writer task that a producer left part of a write for it.
@@ -938,6 +927,113 @@ mod tests {
                 assert_eq!(rx.try_recv().map(seq_of), Some(1));
                 holder.join().unwrap();
             });
+        }
+
+        /// A stand-in for the writer's wire: counts what a producer writes while the writer
+        /// is parked with nothing of its own; with `stall`, takes it and leaves it for the
+        /// writer task instead (a write that could not finish).
+        #[derive(Default)]
+        struct FakeWire {
+            lane: Mutex<FakeLane>,
+            /// Notified when producers wrote the last frame: the writer task has nothing to
+            /// be woken for then.
+            finished: Event,
+        }
+
+        #[derive(Default)]
+        struct FakeLane {
+            idle: bool,
+            stall: bool,
+            batch: WriteBatch,
+            scratch: VecDeque<Outgoing>,
+            /// Frames written, by producers or by the writer task.
+            written: u64,
+            want: u64,
+        }
+
+        impl WriteNow for FakeWire {
+            fn write_now(&self, queue: &Queue) -> bool {
+                let Some(mut lane) = self.lane.try_lock() else {
+                    return false;
+                };
+                if !lane.idle || !lane.batch.is_empty() {
+                    return false;
+                }
+                let FakeLane { batch, scratch, .. } = &mut *lane;
+                if !queue.drain_into(batch, scratch) {
+                    return false;
+                }
+                if lane.stall && !lane.batch.is_empty() {
+                    lane.idle = false;
+                    queue.kick();
+                    return false;
+                }
+                lane.written += std::mem::take(&mut lane.batch).frames();
+                if lane.written == lane.want {
+                    self.finished.notify(usize::MAX);
+                }
+                true
+            }
+        }
+
+        /// The writer task's loop over a `FakeWire`, until `want` frames were written.
+        fn write_all_of(rx: &mut Inbox, wire: &FakeWire) {
+            loop {
+                let finished = wire.finished.listen();
+                {
+                    let mut lane = wire.lane.lock();
+                    lane.written += std::mem::take(&mut lane.batch).frames();
+                    if lane.written == lane.want {
+                        return;
+                    }
+                    lane.idle = !rx.has_taken();
+                }
+                block_on(futures_lite::FutureExt::or(rx.ready(), finished));
+                let mut lane = wire.lane.lock();
+                lane.idle = false;
+                rx.take_kick();
+                lane.written += std::mem::take(&mut lane.batch).frames();
+                while rx.try_recv().is_some() {
+                    lane.written += 1;
+                }
+            }
+        }
+
+        /// Producers that write from their own task while the writer is parked, beside one
+        /// that queues: every frame is written, by one or the other, and a writer parked
+        /// while frames wait in the queue is always woken (loom reports a deadlock if not).
+        fn direct_model(stall: bool) {
+            loom::model(move || {
+                let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+                let wire = std::sync::Arc::new(FakeWire::default());
+                {
+                    let mut lane = wire.lane.lock();
+                    lane.stall = stall;
+                    lane.want = 3;
+                }
+                rx.attach(std::sync::Arc::downgrade(&wire) as Weak<dyn WriteNow>);
+                let other = out.clone();
+                let lone = thread::spawn(move || {
+                    for seq in 1..=2 {
+                        assert!(matches!(out.send_now(frame(seq, 8)), Send::Done(true)));
+                    }
+                });
+                let queueing = thread::spawn(move || assert!(other.try_send(frame(3, 8))));
+                write_all_of(&mut rx, &wire);
+                lone.join().unwrap();
+                queueing.join().unwrap();
+                assert_eq!(wire.lane.lock().written, 3);
+            });
+        }
+
+        #[test]
+        fn loom_frames_written_from_a_producer_task_or_by_the_writer_are_all_written() {
+            direct_model(false);
+        }
+
+        #[test]
+        fn loom_a_producer_write_left_unfinished_is_finished_by_the_writer() {
+            direct_model(true);
         }
     }
 

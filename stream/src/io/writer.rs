@@ -305,7 +305,9 @@ impl<W: TransportWrite> WriteNow for Wire<W> {
             return false;
         };
         let held = held_bytes(batch, scratch);
-        queue.drain_into(batch, scratch);
+        if !queue.drain_into(batch, scratch) {
+            return false;
+        }
         if batch.is_empty() {
             return true;
         }
@@ -334,5 +336,161 @@ impl<W: TransportWrite> WriteNow for Wire<W> {
 impl<W> std::fmt::Debug for Wire<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Wire")
+    }
+}
+
+#[cfg(all(test, not(flumen_loom)))]
+mod tests {
+    use std::{pin::Pin, sync::Arc};
+
+    use bytes::Bytes;
+    use futures_lite::future::{block_on, yield_now, zip};
+    use futures_io::AsyncWrite;
+
+    use super::*;
+    use crate::{
+        frame::{FrameHeader, FrameKind, HEADER_LEN},
+        io::{outbox, Outbox, Sending, DEFAULT_MAX_QUEUED_BYTES},
+    };
+
+    /// What a [`Sink`] was given.
+    #[derive(Debug, Default)]
+    struct Written {
+        bytes: usize,
+        /// Flushes to answer `Pending` (without waking anyone, as a socket whose room comes
+        /// back wakes only the waker it was polled with) before answering `Ready`.
+        stalls: usize,
+        flushes: usize,
+    }
+
+    /// A write half that takes every byte at once and flushes as `Written::stalls` says.
+    struct Sink(Arc<parking_lot::Mutex<Written>>);
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.lock().bytes += buf.len();
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let mut written = self.0.lock();
+            if written.stalls > 0 {
+                written.stalls -= 1;
+                return Poll::Pending;
+            }
+            written.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl TransportWrite for Sink {}
+
+    fn request(seq: u64) -> Outgoing {
+        Outgoing::frame(
+            FrameHeader::new(FrameKind::Request, seq),
+            Bytes::from_static(&[7; 32]),
+        )
+    }
+
+    /// A waker that counts its wakes.
+    struct Counted {
+        waker: Waker,
+        wakes: Arc<AtomicU64>,
+    }
+
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+            self.waker.wake_by_ref();
+        }
+    }
+
+    /// Runs a writer task beside `producer` (first polled once the writer parked), then
+    /// stops it. The producer is given the queue, what the sink was given and how many times
+    /// the writer task was woken.
+    fn beside_writer(
+        stalls: usize,
+        producer: impl AsyncFnOnce(&Outbox, &parking_lot::Mutex<Written>, &AtomicU64),
+    ) {
+        let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+        let written = Arc::new(parking_lot::Mutex::new(Written {
+            stalls,
+            ..Written::default()
+        }));
+        let (stop, quiet) = (Stop::default(), Quiet::default());
+        let wakes = Arc::new(AtomicU64::new(0));
+        let mut writer = Box::pin(write_loop(rx, Sink(written.clone()), &stop, &quiet, None));
+        let writer = poll_fn(|cx| {
+            let waker = Waker::from(Arc::new(Counted {
+                waker: cx.waker().clone(),
+                wakes: wakes.clone(),
+            }));
+            writer.as_mut().poll(&mut Context::from_waker(&waker))
+        });
+        let producer = async {
+            producer(&out, &written, &wakes).await;
+            stop.stop();
+        };
+        let (result, ()) = block_on(zip(writer, producer));
+        result.unwrap();
+    }
+
+    /// Lets the writer task run if it was woken.
+    async fn settle() {
+        for _ in 0..3 {
+            yield_now().await;
+        }
+    }
+
+    #[test]
+    fn a_lone_frame_is_written_from_its_producer_task_without_waking_the_writer() {
+        beside_writer(0, async |out, written, wakes| {
+            assert!(matches!(out.send_now(request(1)), Sending::Done(true)));
+            let counters = out.counters();
+            assert_eq!(counters.direct_writes.load(Ordering::Relaxed), 1);
+            assert_eq!(counters.frames_written.load(Ordering::Relaxed), 1);
+            assert_eq!(
+                counters.bytes_written.load(Ordering::Relaxed),
+                (HEADER_LEN + 32) as u64
+            );
+            assert_eq!(written.lock().bytes, HEADER_LEN + 32);
+            settle().await;
+            assert_eq!(
+                wakes.load(Ordering::Relaxed),
+                0,
+                "the writer task was woken for a frame written from its producer's task"
+            );
+            // `send` wakes the writer task, which writes the frame.
+            assert!(matches!(out.send(request(2)), Sending::Done(true)));
+            settle().await;
+            assert_eq!(wakes.load(Ordering::Relaxed), 1);
+            assert_eq!(counters.frames_written.load(Ordering::Relaxed), 2);
+            assert_eq!(counters.direct_writes.load(Ordering::Relaxed), 1);
+        });
+    }
+
+    /// A TLS writer takes every byte and can still answer `Pending` to the flush: the
+    /// producer leaves that flush to the writer task, which must finish it although the
+    /// batch holds no byte any more.
+    #[test]
+    fn a_direct_write_whose_flush_waits_is_finished_by_the_writer() {
+        beside_writer(1, async |out, written, _| {
+            assert!(matches!(out.send_now(request(1)), Sending::Done(true)));
+            assert_eq!(written.lock().flushes, 0, "the flush waits");
+            let counters = out.counters();
+            assert_eq!(counters.direct_writes.load(Ordering::Relaxed), 0);
+            settle().await;
+            assert_eq!(written.lock().flushes, 1, "the writer task finished the flush");
+            assert_eq!(written.lock().bytes, HEADER_LEN + 32);
+            assert_eq!(counters.frames_written.load(Ordering::Relaxed), 1);
+        });
     }
 }

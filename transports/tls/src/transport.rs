@@ -5,9 +5,12 @@
 //! stream is split again for the core's reader and writer tasks behind one short lock: each
 //! poll holds it only while rustls moves bytes between its buffers and the socket.
 //!
-//! After the handshake only the reader reads and only the writer writes, so each half's waker
-//! stays with its own task. (A TLS 1.3 key update makes the reader answer through the inner
-//! writer; rustls starts one only after billions of records.)
+//! After the handshake only the reader half reads and only the writer half writes. The writer
+//! half is polled by the core's writer task, or, while that task is parked, once by a task that
+//! queued a frame (a lone call's caller, the server's reader) with a no-op waker: whatever that
+//! poll cannot finish, its flush included, is left to the writer task, which polls again with
+//! its own waker. (A TLS 1.3 key update makes the reader answer through the inner writer;
+//! rustls starts one only after billions of records.)
 
 use std::{
     fmt,
