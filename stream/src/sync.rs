@@ -75,8 +75,8 @@ mod loom_shim {
         pub(crate) fn try_lock(&self) -> Option<loom::sync::MutexGuard<'_, T>> {
             match self.0.try_lock() {
                 Ok(guard) => Some(guard),
-                Err(loom::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-                Err(loom::sync::TryLockError::WouldBlock) => None,
+                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
             }
         }
     }
