@@ -344,8 +344,8 @@ mod tests {
     use std::{pin::Pin, sync::Arc};
 
     use bytes::Bytes;
-    use futures_lite::future::{block_on, yield_now, zip};
     use futures_io::AsyncWrite;
+    use futures_lite::future::{block_on, yield_now, zip};
 
     use super::*;
     use crate::{
@@ -354,16 +354,29 @@ mod tests {
     };
 
     /// What a [`Sink`] was given.
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     struct Written {
         bytes: usize,
+        /// Bytes it takes before answering `Pending` to writes (a full socket).
+        room: usize,
         /// Flushes to answer `Pending` (without waking anyone, as a socket whose room comes
         /// back wakes only the waker it was polled with) before answering `Ready`.
         stalls: usize,
         flushes: usize,
     }
 
-    /// A write half that takes every byte at once and flushes as `Written::stalls` says.
+    impl Default for Written {
+        fn default() -> Self {
+            Self {
+                bytes: 0,
+                room: usize::MAX,
+                stalls: 0,
+                flushes: 0,
+            }
+        }
+    }
+
+    /// A write half that takes bytes while it has room and flushes as `Written::stalls` says.
     struct Sink(Arc<parking_lot::Mutex<Written>>);
 
     impl AsyncWrite for Sink {
@@ -372,8 +385,14 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.0.lock().bytes += buf.len();
-            Poll::Ready(Ok(buf.len()))
+            let mut written = self.0.lock();
+            let n = buf.len().min(written.room);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            written.room -= n;
+            written.bytes += n;
+            Poll::Ready(Ok(n))
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -488,9 +507,40 @@ mod tests {
             let counters = out.counters();
             assert_eq!(counters.direct_writes.load(Ordering::Relaxed), 0);
             settle().await;
-            assert_eq!(written.lock().flushes, 1, "the writer task finished the flush");
+            assert_eq!(
+                written.lock().flushes,
+                1,
+                "the writer task finished the flush"
+            );
             assert_eq!(written.lock().bytes, HEADER_LEN + 32);
             assert_eq!(counters.frames_written.load(Ordering::Relaxed), 1);
+        });
+    }
+
+    /// A full socket takes part of a frame written from its producer's task: the writer task
+    /// writes the rest once there is room.
+    #[test]
+    fn a_direct_write_cut_short_is_finished_by_the_writer() {
+        beside_writer(0, async |out, written, _| {
+            written.lock().room = 10;
+            assert!(matches!(out.send_now(request(1)), Sending::Done(true)));
+            assert_eq!(written.lock().bytes, 10);
+            let counters = out.counters();
+            assert_eq!(counters.direct_writes.load(Ordering::Relaxed), 0);
+            // Room again (a socket would wake the task that last polled it: the writer task
+            // polls it again when woken by the producer).
+            written.lock().room = usize::MAX;
+            settle().await;
+            assert_eq!(
+                written.lock().bytes,
+                HEADER_LEN + 32,
+                "the writer task wrote the rest"
+            );
+            assert_eq!(counters.frames_written.load(Ordering::Relaxed), 1);
+            assert_eq!(
+                counters.bytes_written.load(Ordering::Relaxed),
+                (HEADER_LEN + 32) as u64
+            );
         });
     }
 }
