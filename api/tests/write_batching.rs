@@ -10,8 +10,8 @@ use common::{
     connect, eventually, run_smol_with, run_tokio_with, serve, Echo, Env, SmolEnv, TokioEnv,
 };
 use flumen::{
-    stream::{Bytes, ConnectionStats},
-    ClientConfig, ServerConfig,
+    stream::{Bytes, ConnectionStats, Dispatch, Reply, Request},
+    ClientConfig, ServerConfig, Status,
 };
 
 /// Calls in flight, as in the benchmark's headline row.
@@ -137,8 +137,11 @@ fn smol_four_threads_batch_writes() {
 /// never yields waiting for more (nothing is expected), so coalescing adds no latency here;
 /// and the writer tasks are not even woken: the caller writes its request, the server's
 /// reader its reply.
-async fn one_at_a_time<E: Env>(env: E) -> (ConnectionStats, ConnectionStats) {
-    let server = serve(&env, Echo, ServerConfig::default()).await;
+async fn one_at_a_time<E: Env, D: Dispatch>(
+    env: E,
+    dispatch: D,
+) -> (ConnectionStats, ConnectionStats) {
+    let server = serve(&env, dispatch, ServerConfig::default()).await;
     let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     for i in 0..CALLS_EACH {
         let body = Bytes::from(vec![i as u8; 32]);
@@ -178,7 +181,7 @@ fn check_one_at_a_time(setup: &str, (client, server): (ConnectionStats, Connecti
 fn one_call_in_flight_is_written_at_once_on_tokio() {
     let (report, result) = std::sync::mpsc::channel();
     run_tokio_with(Some(2), |env: TokioEnv| async move {
-        report.send(one_at_a_time(env).await).unwrap();
+        report.send(one_at_a_time(env, Echo).await).unwrap();
     });
     check_one_at_a_time("tokio multi-thread, 2 workers", result.recv().unwrap());
 }
@@ -187,7 +190,44 @@ fn one_call_in_flight_is_written_at_once_on_tokio() {
 fn one_call_in_flight_is_written_at_once_on_smol() {
     let (report, result) = std::sync::mpsc::channel();
     run_smol_with(2, |env: SmolEnv| async move {
-        report.send(one_at_a_time(env).await).unwrap();
+        report.send(one_at_a_time(env, Echo).await).unwrap();
     });
     check_one_at_a_time("smol, 2 threads", result.recv().unwrap());
+}
+
+/// Echoes after yielding once, so that every call runs in a task of its own.
+struct YieldingEcho;
+
+impl Dispatch for YieldingEcho {
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Status>> + Send>>;
+
+    fn dispatch(&self, request: Request) -> Self::Future {
+        Box::pin(async move {
+            smol::future::yield_now().await;
+            Ok(request.into_body().into())
+        })
+    }
+}
+
+/// The reply of the only handler running is written from the handler's own task.
+#[test]
+fn the_only_running_handler_writes_its_reply_on_tokio() {
+    let (report, result) = std::sync::mpsc::channel();
+    run_tokio_with(Some(2), |env: TokioEnv| async move {
+        report.send(one_at_a_time(env, YieldingEcho).await).unwrap();
+    });
+    check_one_at_a_time(
+        "tokio multi-thread, 2 workers, handler tasks",
+        result.recv().unwrap(),
+    );
+}
+
+#[test]
+fn the_only_running_handler_writes_its_reply_on_smol() {
+    let (report, result) = std::sync::mpsc::channel();
+    run_smol_with(2, |env: SmolEnv| async move {
+        report.send(one_at_a_time(env, YieldingEcho).await).unwrap();
+    });
+    check_one_at_a_time("smol, 2 threads, handler tasks", result.recv().unwrap());
 }

@@ -195,12 +195,13 @@ impl<R: Runtime, D: Dispatch> ReadTask<R, D> {
             if !self.hand_over().await {
                 return false;
             }
-            // One request read and no handler still running: no other reply is on its way,
-            // so if the writer is parked, this one is written from this task. With more, the
+            // One request read, and at most its own handler still running: no other reply
+            // is on its way, so if the writer is parked, what is queued (the reply, or that
+            // handler's if it came under the hold) is written from this task. With more, the
             // client keeps several calls in flight: the writer task writes, beside this one
             // reading (on a multi-thread runtime) and with the next read's replies (on one
             // thread).
-            hold.release(frames == 1 && conn.in_flight() == 0);
+            hold.release(frames == 1 && conn.in_flight() <= 1);
             // A peer that keeps the socket full (a flood of tiny frames) would otherwise keep
             // this task running, since its reads never wait: on an executor without
             // cooperative budgeting (smol) the other connections on this thread would wait.
