@@ -231,3 +231,45 @@ fn the_only_running_handler_writes_its_reply_on_smol() {
     });
     check_one_at_a_time("smol, 2 threads, handler tasks", result.recv().unwrap());
 }
+
+/// A blocking caller with the only call in flight writes its request from its own thread.
+async fn one_blocking_call_at_a_time<E: Env>(env: E) -> (ConnectionStats, ConnectionStats) {
+    let server = serve(&env, Echo, ServerConfig::default()).await;
+    let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
+    let (done, finished) = smol::channel::bounded(1);
+    let caller = client.clone();
+    std::thread::spawn(move || {
+        for i in 0..CALLS_EACH {
+            let body = Bytes::from(vec![i as u8; 32]);
+            assert_eq!(caller.raw().call_blocking(1, body.clone()).unwrap(), body);
+        }
+        done.send_blocking(()).unwrap();
+    });
+    finished.recv().await.unwrap();
+    eventually(&env, "the last request counted", || {
+        client.raw().stats().frames_written >= CALLS_EACH as u64
+    })
+    .await;
+    (client.raw().stats(), server.stats().io)
+}
+
+#[test]
+fn a_lone_blocking_call_is_written_by_its_thread_on_tokio() {
+    let (report, result) = std::sync::mpsc::channel();
+    run_tokio_with(Some(2), |env: TokioEnv| async move {
+        report.send(one_blocking_call_at_a_time(env).await).unwrap();
+    });
+    check_one_at_a_time(
+        "tokio multi-thread, 2 workers, blocking caller",
+        result.recv().unwrap(),
+    );
+}
+
+#[test]
+fn a_lone_blocking_call_is_written_by_its_thread_on_smol() {
+    let (report, result) = std::sync::mpsc::channel();
+    run_smol_with(2, |env: SmolEnv| async move {
+        report.send(one_blocking_call_at_a_time(env).await).unwrap();
+    });
+    check_one_at_a_time("smol, 2 threads, blocking caller", result.recv().unwrap());
+}

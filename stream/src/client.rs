@@ -421,7 +421,7 @@ impl Client {
         let deadline = timeout.map(|t| (conn.clock.deadline(t), t));
         let expires = timeout.map(|t| (Instant::now() + t, t));
         // Every wait below ends at the deadline, whether or not a task of the connection runs.
-        let (slot, seq) = conn.start_blocking(deadline, expires)?;
+        let (slot, seq, alone) = conn.start_blocking(deadline, expires)?;
         let mut guard = SlotGuard::begun(conn, slot);
         let request = conn.request(
             method,
@@ -431,7 +431,10 @@ impl Client {
             (head, tail),
             options.metadata.as_ref(),
         );
-        let sent = conn.out.send_blocking(request, expires.map(|(at, _)| at));
+        // The only call in flight: written from this thread if the writer task is parked.
+        let sent = conn
+            .out
+            .send_blocking(request, expires.map(|(at, _)| at), alone);
         let waited = match sent {
             Some(_) => conn.wait_outcome(slot, expires),
             None => Err(CallError::Timeout(timeout.unwrap_or_default())),
@@ -602,17 +605,18 @@ impl Conn {
         }
     }
 
-    /// [`start`](Self::start) for a thread without a runtime.
+    /// [`start`](Self::start) for a thread without a runtime; also says whether the call is
+    /// the only one in flight.
     /// Waits no longer than `expires` (the instant, and the timeout to fail with).
     fn start_blocking(
         &self,
         deadline: Option<(u64, Duration)>,
         expires: Option<(Instant, Duration)>,
-    ) -> Result<(u32, u64), CallError> {
+    ) -> Result<(u32, u64, bool), CallError> {
         let mut waiting = Waiting::new(self);
         loop {
             match self.try_start(&mut waiting.counted, deadline, None)? {
-                Ok((slot, seq, _)) => return Ok((slot, seq)),
+                Ok(started) => return Ok(started),
                 Err(listener) => {
                     if !crate::sync::wait_until(listener, expires.map(|(at, _)| at)) {
                         let timeout = expires.map_or(Duration::ZERO, |(_, t)| t);

@@ -355,14 +355,16 @@ impl Outbox {
 
     /// [`send`](Self::send) for a thread without a runtime, blocking while the queue is full,
     /// until `deadline` if there is one: `None` if it came first (the message not queued).
+    /// With `now`, as [`send_now`](Self::send_now): written from this thread if it can be.
     pub(crate) fn send_blocking(
         &self,
         message: Outgoing,
         deadline: Option<std::time::Instant>,
+        now: bool,
     ) -> Option<bool> {
         let mut message = Some(message);
         loop {
-            match self.attempt_or_listen(|| self.push(&mut message, false, false)) {
+            match self.attempt_or_listen(|| self.push(&mut message, false, now)) {
                 Ok(sent) => return Some(sent),
                 Err(listener) => {
                     if !crate::sync::wait_until(listener, deadline) {
