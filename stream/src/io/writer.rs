@@ -154,8 +154,13 @@ async fn drive<W: TransportWrite>(
             Some(result) => result?,
         };
         record(rx.counters(), flushed);
-        let held = wire.lane.lock().held_bytes() + rx.held_bytes();
-        rx.counters().write_buffered.store(held, Ordering::Relaxed);
+        {
+            // Under the lane's lock, which a producer's write holds while it counts what the
+            // batch grew by: neither count is lost to the other.
+            let lane = wire.lane.lock();
+            let held = lane.held_bytes() + rx.held_bytes();
+            rx.counters().write_buffered.store(held, Ordering::Relaxed);
+        }
         if let Some(watch) = watch {
             watch.flush_started.store(0, Ordering::Relaxed);
         }
