@@ -55,11 +55,13 @@ async fn load<E: Env>(env: E) -> (ConnectionStats, ConnectionStats) {
 fn check(setup: &str, (client, server): (ConnectionStats, ConnectionStats)) {
     let calls = (IN_FLIGHT * CALLS_EACH) as u64;
     println!(
-        "{setup}: client {:.1} frames/write ({} writes), server {:.1} frames/write ({} writes)",
+        "{setup}: client {:.1} frames/write ({} writes, {} direct), server {:.1} frames/write ({} writes, {} direct)",
         client.frames_per_write(),
         client.writes,
+        client.direct_writes,
         server.frames_per_write(),
-        server.writes
+        server.writes,
+        server.direct_writes
     );
     // Every request and every reply went through the counters.
     assert_eq!(client.frames_read, calls, "{setup}: replies read");

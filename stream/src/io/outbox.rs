@@ -1004,7 +1004,7 @@ mod tests {
         /// Producers that write from their own task while the writer is parked, beside one
         /// that queues: every frame is written, by one or the other, and a writer parked
         /// while frames wait in the queue is always woken (loom reports a deadlock if not).
-        fn direct_model(stall: bool) {
+        fn direct_model(stall: bool, control: bool) {
             loom::model(move || {
                 let (out, mut rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
                 let wire = std::sync::Arc::new(FakeWire::default());
@@ -1020,7 +1020,11 @@ mod tests {
                         assert!(matches!(out.send_now(frame(seq, 8)), Send::Done(true)));
                     }
                 });
-                let queueing = thread::spawn(move || assert!(other.try_send(frame(3, 8))));
+                let queueing = thread::spawn(move || match control {
+                    // Stream credit, which goes in front of the queue.
+                    true => other.send_control(FrameHeader::new(FrameKind::Credit, 3)),
+                    false => assert!(other.try_send(frame(3, 8))),
+                });
                 write_all_of(&mut rx, &wire);
                 lone.join().unwrap();
                 queueing.join().unwrap();
@@ -1030,13 +1034,69 @@ mod tests {
 
         #[test]
         fn loom_frames_written_from_a_producer_task_or_by_the_writer_are_all_written() {
-            direct_model(false);
+            direct_model(false, false);
+        }
+
+        #[test]
+        fn loom_credit_queued_beside_a_producer_write_is_written() {
+            direct_model(false, true);
         }
 
         #[test]
         fn loom_a_producer_write_left_unfinished_is_finished_by_the_writer() {
-            direct_model(true);
+            direct_model(true, false);
         }
+    }
+
+    /// A waker that counts its wakes.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Parks the writer side of `rx` (nothing queued) with a waker that counts its wakes.
+    fn park(rx: &mut Inbox) -> Arc<Wakes> {
+        let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut ready = std::pin::pin!(rx.ready());
+        let polled = ready.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(polled.is_pending());
+        wakes
+    }
+
+    /// Frames pushed under a hold wait for its release, unless they fill half the queue (or a
+    /// batch's worth): then the writer is woken to take them, and a producer that must wait
+    /// for room always wakes it first, since nobody else would.
+    #[test]
+    fn pushes_under_a_hold_wake_the_writer_only_when_it_must_make_room() {
+        let (out, mut rx) = outbox(1000, None);
+        let wakes = park(&mut rx);
+        let hold = out.hold();
+        assert!(out.try_send(frame(0, 300)));
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            0,
+            "under the hold, below half"
+        );
+        assert!(out.try_send(frame(1, 300)));
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "half the queue: woken");
+        drop(hold);
+
+        let (out, mut rx) = outbox(1000, None);
+        let wakes = park(&mut rx);
+        let _hold = out.hold();
+        assert!(out.try_send(frame(0, 400)));
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+        let waited = out.send_blocking(frame(1, 700), Some(std::time::Instant::now()), false);
+        assert_eq!(waited, None, "no room before the deadline");
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            1,
+            "a producer waiting for room woke the writer"
+        );
     }
 
     #[test]

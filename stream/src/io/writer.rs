@@ -355,7 +355,7 @@ mod tests {
     use super::*;
     use crate::{
         frame::{FrameHeader, FrameKind, HEADER_LEN},
-        io::{outbox, Outbox, Sending, DEFAULT_MAX_QUEUED_BYTES},
+        io::{outbox, Budget, Outbox, Sending, DEFAULT_MAX_QUEUED_BYTES},
     };
 
     /// What a [`Sink`] was given.
@@ -444,7 +444,9 @@ mod tests {
         stalls: usize,
         producer: impl AsyncFnOnce(&Outbox, &parking_lot::Mutex<Written>, &AtomicU64),
     ) {
-        let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, None);
+        // A server's budget over all its connections: what is written comes off it.
+        let budget = Arc::new(Budget::new(DEFAULT_MAX_QUEUED_BYTES));
+        let (out, rx) = outbox(DEFAULT_MAX_QUEUED_BYTES, Some(budget.clone()));
         let written = Arc::new(parking_lot::Mutex::new(Written {
             stalls,
             ..Written::default()
@@ -461,6 +463,7 @@ mod tests {
         });
         let producer = async {
             producer(&out, &written, &wakes).await;
+            assert_eq!(budget.used(), 0, "written bytes are off the budget");
             stop.stop();
         };
         let (result, ()) = block_on(zip(writer, producer));
