@@ -23,7 +23,12 @@ const MIN_FRAMES_PER_WRITE: f64 = 8.0;
 
 /// Runs 64 callers in a loop and returns the client's and the server's counters.
 async fn load<E: Env>(env: E) -> (ConnectionStats, ConnectionStats) {
-    let server = serve(&env, Echo, ServerConfig::default()).await;
+    load_with(env, Echo).await
+}
+
+/// [`load`] against `dispatch`.
+async fn load_with<E: Env, D: Dispatch>(env: E, dispatch: D) -> (ConnectionStats, ConnectionStats) {
+    let server = serve(&env, dispatch, ServerConfig::default()).await;
     let client = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
     let (done, finished) = smol::channel::bounded::<()>(IN_FLIGHT);
     for task in 0..IN_FLIGHT {
@@ -72,6 +77,15 @@ fn check(setup: &str, (client, server): (ConnectionStats, ConnectionStats)) {
             "{setup}: {side} wrote {:.2} frames per write ({} frames, {} writes)",
             stats.frames_per_write(),
             stats.frames_written,
+            stats.writes
+        );
+        // With calls in flight the writer task writes most batches: a producer writes its
+        // own frames only when it finds itself alone (the last calls, or a read that brought
+        // one request, which a loaded multi-thread runtime makes common on the server).
+        assert!(
+            stats.direct_writes * 4 <= stats.writes * 3,
+            "{setup}: {side} made {} of its {} writes from producers' tasks at {IN_FLIGHT} in flight",
+            stats.direct_writes,
             stats.writes
         );
     }
@@ -274,4 +288,48 @@ fn a_lone_blocking_call_is_written_by_its_thread_on_smol() {
         report.send(one_blocking_call_at_a_time(env).await).unwrap();
     });
     check_one_at_a_time("smol, 2 threads, blocking caller", result.recv().unwrap());
+}
+
+/// Handlers in tasks of their own, 64 calls in flight: a handler writes its reply from its
+/// own task only when it is the only call running, so nearly all replies go through the
+/// writer task. (Frames per write are not asserted here: on a multi-thread tokio runtime
+/// nothing holds a batch for replies from handler tasks, and the writer, run at once by the
+/// first handler that wakes it, writes about two a time.)
+fn check_handler_tasks(setup: &str, (client, server): (ConnectionStats, ConnectionStats)) {
+    let calls = (IN_FLIGHT * CALLS_EACH) as u64;
+    println!(
+        "{setup}: client {} direct writes, server {} direct writes, {:.1} frames/write",
+        client.direct_writes,
+        server.direct_writes,
+        server.frames_per_write()
+    );
+    assert_eq!(client.frames_read, calls, "{setup}: replies read");
+    for (side, stats) in [("client", client), ("server", server)] {
+        assert!(
+            stats.direct_writes <= calls / 20,
+            "{setup}: {side} wrote {} times from producers' tasks at {IN_FLIGHT} in flight",
+            stats.direct_writes
+        );
+    }
+}
+
+#[test]
+fn handler_tasks_leave_their_replies_to_the_writer_on_tokio() {
+    let (report, result) = std::sync::mpsc::channel();
+    run_tokio_with(Some(2), |env: TokioEnv| async move {
+        report.send(load_with(env, YieldingEcho).await).unwrap();
+    });
+    check_handler_tasks(
+        "tokio multi-thread, 2 workers, handler tasks",
+        result.recv().unwrap(),
+    );
+}
+
+#[test]
+fn handler_tasks_leave_their_replies_to_the_writer_on_smol() {
+    let (report, result) = std::sync::mpsc::channel();
+    run_smol_with(2, |env: SmolEnv| async move {
+        report.send(load_with(env, YieldingEcho).await).unwrap();
+    });
+    check_handler_tasks("smol, 2 threads, handler tasks", result.recv().unwrap());
 }
