@@ -114,6 +114,32 @@ fn smol(threads: usize) {
     );
 }
 
+/// Runs `test` on a multi-thread tokio runtime with two workers; returns its counters.
+fn on_tokio<Fut>(test: impl FnOnce(TokioEnv) -> Fut) -> (ConnectionStats, ConnectionStats)
+where
+    Fut: std::future::Future<Output = (ConnectionStats, ConnectionStats)> + Send + 'static,
+{
+    let (report, result) = std::sync::mpsc::channel();
+    run_tokio_with(Some(2), |env: TokioEnv| {
+        let run = test(env);
+        async move { report.send(run.await).unwrap() }
+    });
+    result.recv().unwrap()
+}
+
+/// Runs `test` on smol with two executor threads; returns its counters.
+fn on_smol<Fut>(test: impl FnOnce(SmolEnv) -> Fut) -> (ConnectionStats, ConnectionStats)
+where
+    Fut: std::future::Future<Output = (ConnectionStats, ConnectionStats)> + Send + 'static,
+{
+    let (report, result) = std::sync::mpsc::channel();
+    run_smol_with(2, |env: SmolEnv| {
+        let run = test(env);
+        async move { report.send(run.await).unwrap() }
+    });
+    result.recv().unwrap()
+}
+
 #[test]
 fn tokio_current_thread_batches_writes() {
     tokio(None);
@@ -195,20 +221,15 @@ fn check_one_at_a_time(setup: &str, (client, server): (ConnectionStats, Connecti
 
 #[test]
 fn one_call_in_flight_is_written_at_once_on_tokio() {
-    let (report, result) = std::sync::mpsc::channel();
-    run_tokio_with(Some(2), |env: TokioEnv| async move {
-        report.send(one_at_a_time(env, Echo).await).unwrap();
-    });
-    check_one_at_a_time("tokio multi-thread, 2 workers", result.recv().unwrap());
+    check_one_at_a_time(
+        "tokio multi-thread, 2 workers",
+        on_tokio(|env| one_at_a_time(env, Echo)),
+    );
 }
 
 #[test]
 fn one_call_in_flight_is_written_at_once_on_smol() {
-    let (report, result) = std::sync::mpsc::channel();
-    run_smol_with(2, |env: SmolEnv| async move {
-        report.send(one_at_a_time(env, Echo).await).unwrap();
-    });
-    check_one_at_a_time("smol, 2 threads", result.recv().unwrap());
+    check_one_at_a_time("smol, 2 threads", on_smol(|env| one_at_a_time(env, Echo)));
 }
 
 /// Echoes after yielding once, so that every call runs in a task of its own.
@@ -229,23 +250,18 @@ impl Dispatch for YieldingEcho {
 /// The reply of the only handler running is written from the handler's own task.
 #[test]
 fn the_only_running_handler_writes_its_reply_on_tokio() {
-    let (report, result) = std::sync::mpsc::channel();
-    run_tokio_with(Some(2), |env: TokioEnv| async move {
-        report.send(one_at_a_time(env, YieldingEcho).await).unwrap();
-    });
     check_one_at_a_time(
         "tokio multi-thread, 2 workers, handler tasks",
-        result.recv().unwrap(),
+        on_tokio(|env| one_at_a_time(env, YieldingEcho)),
     );
 }
 
 #[test]
 fn the_only_running_handler_writes_its_reply_on_smol() {
-    let (report, result) = std::sync::mpsc::channel();
-    run_smol_with(2, |env: SmolEnv| async move {
-        report.send(one_at_a_time(env, YieldingEcho).await).unwrap();
-    });
-    check_one_at_a_time("smol, 2 threads, handler tasks", result.recv().unwrap());
+    check_one_at_a_time(
+        "smol, 2 threads, handler tasks",
+        on_smol(|env| one_at_a_time(env, YieldingEcho)),
+    );
 }
 
 /// A blocking caller with the only call in flight writes its request from its own thread.
@@ -271,23 +287,18 @@ async fn one_blocking_call_at_a_time<E: Env>(env: E) -> (ConnectionStats, Connec
 
 #[test]
 fn a_lone_blocking_call_is_written_by_its_thread_on_tokio() {
-    let (report, result) = std::sync::mpsc::channel();
-    run_tokio_with(Some(2), |env: TokioEnv| async move {
-        report.send(one_blocking_call_at_a_time(env).await).unwrap();
-    });
     check_one_at_a_time(
         "tokio multi-thread, 2 workers, blocking caller",
-        result.recv().unwrap(),
+        on_tokio(one_blocking_call_at_a_time),
     );
 }
 
 #[test]
 fn a_lone_blocking_call_is_written_by_its_thread_on_smol() {
-    let (report, result) = std::sync::mpsc::channel();
-    run_smol_with(2, |env: SmolEnv| async move {
-        report.send(one_blocking_call_at_a_time(env).await).unwrap();
-    });
-    check_one_at_a_time("smol, 2 threads, blocking caller", result.recv().unwrap());
+    check_one_at_a_time(
+        "smol, 2 threads, blocking caller",
+        on_smol(one_blocking_call_at_a_time),
+    );
 }
 
 /// Handlers in tasks of their own, 64 calls in flight: a handler writes its reply from its
@@ -315,21 +326,16 @@ fn check_handler_tasks(setup: &str, (client, server): (ConnectionStats, Connecti
 
 #[test]
 fn handler_tasks_leave_their_replies_to_the_writer_on_tokio() {
-    let (report, result) = std::sync::mpsc::channel();
-    run_tokio_with(Some(2), |env: TokioEnv| async move {
-        report.send(load_with(env, YieldingEcho).await).unwrap();
-    });
     check_handler_tasks(
         "tokio multi-thread, 2 workers, handler tasks",
-        result.recv().unwrap(),
+        on_tokio(|env| load_with(env, YieldingEcho)),
     );
 }
 
 #[test]
 fn handler_tasks_leave_their_replies_to_the_writer_on_smol() {
-    let (report, result) = std::sync::mpsc::channel();
-    run_smol_with(2, |env: SmolEnv| async move {
-        report.send(load_with(env, YieldingEcho).await).unwrap();
-    });
-    check_handler_tasks("smol, 2 threads, handler tasks", result.recv().unwrap());
+    check_handler_tasks(
+        "smol, 2 threads, handler tasks",
+        on_smol(|env| load_with(env, YieldingEcho)),
+    );
 }
