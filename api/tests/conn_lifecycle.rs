@@ -35,6 +35,7 @@ e2e!(
     client_timer_wakes_for_a_sooner_deadline,
     a_request_crossing_the_drain_is_answered_not_lost,
     a_ping_round_trips_until_the_connection_ends,
+    a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped,
 );
 
 /// Spawns `calls` calls of `method` and returns a channel of their results.
@@ -463,4 +464,86 @@ async fn a_ping_round_trips_until_the_connection_ends<E: Env>(env: E) {
     })
     .await;
     assert!(client.raw().ping().await.is_err());
+}
+
+/// A listener whose connections finish their handshake only once `gate` closes: a peer caught
+/// between its accept and its first frame when the server stops.
+struct Held<L> {
+    inner: L,
+    gate: smol::channel::Receiver<()>,
+}
+
+type Halves<L> = (<L as Listener>::Reader, <L as Listener>::Writer);
+
+impl<L: Listener> Listener for Held<L> {
+    type Addr = L::Addr;
+    type Reader = L::Reader;
+    type Writer = L::Writer;
+    type Connecting =
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Halves<L>>> + Send>>;
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Connecting, Self::Addr)> {
+        let (connecting, addr) = self.inner.accept().await?;
+        let gate = self.gate.clone();
+        let held: Self::Connecting = Box::pin(async move {
+            let halves = connecting.await?;
+            let _ = gate.recv().await; // closed: go on
+            Ok(halves)
+        });
+        Ok((held, addr))
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A graceful shutdown that begins while a peer is being accepted (a restart's old process,
+/// which shares its listener with the new one) serves that peer like the others: its hello,
+/// then `GoAway`. Its connect succeeds and its calls are refused unrun, so a balanced client
+/// goes elsewhere at once; a connection dropped before its hello would fail the connect, and
+/// the balancer would fail calls while it backs off.
+async fn a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped<E: Env>(env: E) {
+    let (open, gate) = smol::channel::bounded::<()>(1);
+    let listener = env.transport().bind(&env.addr()).await.unwrap();
+    let server = flumen::Server::new(common::Echo)
+        .serve(
+            &env.rt(),
+            Held {
+                inner: listener,
+                gate,
+            },
+        )
+        .unwrap();
+    let (rt, transport, addr) = (env.rt(), env.transport(), server.local_addr().clone());
+    let (done, connected) = smol::channel::bounded(1);
+    env.spawn(async move {
+        let client = flumen::Client::connect(&rt, &transport, &addr).await;
+        let _ = done.send(client).await;
+    });
+    eventually(&env, "the peer accepted", || server.stats().accepted == 1).await;
+    let started = Instant::now();
+    let mut shutdown = std::pin::pin!(server.shutdown(Duration::from_secs(30)));
+    // Its first poll stops accepting and starts the drain; then the handshake finishes.
+    assert!(futures_lite::future::poll_once(shutdown.as_mut())
+        .await
+        .is_none());
+    drop(open);
+    let client = connected
+        .recv()
+        .await
+        .unwrap()
+        .expect("connected, not dropped");
+    // The client, told GoAway with no call running, leaves: the drain ends well before the
+    // grace.
+    shutdown.await;
+    // A bound, not a timing: far below the grace.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drained by its client"
+    );
+    assert_eq!(server.stats().active, 0);
+    assert_eq!(server.stats().handshake_failures, 0);
+    let refused = client.call::<_, u32>("echo", &1u32).await.unwrap_err();
+    assert!(refused.is_not_sent(), "{refused}");
 }

@@ -320,7 +320,9 @@ impl<A> ServerHandle<A> {
 
     /// Stops gracefully: stops accepting, tells every peer `GoAway` (their new calls fail
     /// without running), lets calls in flight finish for up to `grace`, then closes whatever
-    /// is left. Resolves when every connection is closed (its tasks ended). Joined servers
+    /// is left. A peer whose connection was being accepted (its transport handshake under
+    /// way) is served too, and told `GoAway` after its hello. Resolves when every connection
+    /// is closed (its tasks ended). Joined servers
     /// drain together, under one deadline, timed on the first one's runtime (which must
     /// still run).
     pub async fn shutdown(&self, grace: Duration) {
@@ -347,11 +349,14 @@ impl<A> ServerHandle<A> {
         }
     }
 
-    /// Whether no connection is open on any of the servers.
+    /// Whether no connection is open on any of the servers, nor being accepted. A handshake
+    /// is counted until its connection is in the table, so reading the count first leaves no
+    /// moment where a connection is in neither.
     fn is_closed(&self) -> bool {
-        self.parts
-            .iter()
-            .all(|part| part.shared.conns.lock().is_empty())
+        self.parts.iter().all(|part| {
+            let shared = &part.shared;
+            shared.handshakes.load(Ordering::SeqCst) == 0 && shared.conns.lock().is_empty()
+        })
     }
 
     /// Stops at once: closes the listener and every connection; calls in flight are lost and

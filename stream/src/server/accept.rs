@@ -59,14 +59,16 @@ pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
         let mut connecting = Box::pin(connecting);
         // Transports without a handshake (TCP) are ready now: no task, no timer.
         let ready = futures_lite::future::poll_once(connecting.as_mut()).await;
-        if ready.is_some() {
-            shared.handshakes.fetch_sub(1, Ordering::SeqCst);
-        }
         match ready {
             Some(Ok((reader, writer))) => {
-                conn::start(&rt, &shared, &dispatch, Peer::of(&peer), reader, writer)
+                conn::start(&rt, &shared, &dispatch, Peer::of(&peer), reader, writer);
+                // Only now: see `ServerHandle::is_closed`.
+                shared.handshakes.fetch_sub(1, Ordering::SeqCst);
             }
-            Some(Err(e)) => shared.handshake_failed(&e),
+            Some(Err(e)) => {
+                shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+                shared.handshake_failed(&e);
+            }
             None => {
                 crate::runtime::spawn_task(
                     &rt,
@@ -84,6 +86,7 @@ pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
 }
 
 /// Finishes one transport handshake within the handshake timeout, then serves the connection.
+/// A graceful shutdown lets it finish (the connection is then told `GoAway`); an abort ends it.
 async fn handshake<R, D, Rd, Wr>(
     rt: R,
     shared: Arc<Shared>,
@@ -104,19 +107,16 @@ async fn handshake<R, D, Rd, Wr>(
             "transport handshake timed out",
         ))
     };
-    let stopped = async {
-        shared.accepting.ended().await;
+    let aborted = async {
+        shared.halted.ended().await;
         Err(io::Error::other("server stopped"))
     };
-    let outcome = connecting.or(timeout).or(stopped).await;
-    shared.handshakes.fetch_sub(1, Ordering::SeqCst);
-    match outcome {
-        Ok((reader, writer)) if !shared.accepting.is_stopped() => {
-            conn::start(&rt, &shared, &dispatch, peer, reader, writer);
-        }
-        Ok(_) => {}
+    match connecting.or(timeout).or(aborted).await {
+        Ok((reader, writer)) => conn::start(&rt, &shared, &dispatch, peer, reader, writer),
         Err(e) => shared.handshake_failed(&e),
     }
+    // Only once the connection is in the table: see `ServerHandle::is_closed`.
+    shared.handshakes.fetch_sub(1, Ordering::SeqCst);
 }
 
 pub(super) async fn watchdog<R: Runtime>(rt: R, shared: Arc<Shared>) {

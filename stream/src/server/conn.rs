@@ -281,7 +281,8 @@ pub(super) fn start<R, D, Rd, Wr>(
         admitted: AtomicUsize::new(0),
         running: Mutex::new(HashMap::new()),
         streams: Mutex::new(HashMap::new()),
-        draining: Signal::new(shared.draining.load(Ordering::SeqCst)),
+        // Set by `drain` below if the server drains, so that the GoAway is queued.
+        draining: Signal::new(false),
         peer_leaving: AtomicBool::new(false),
         drained_since: AtomicU64::new(0),
         closing: AtomicBool::new(false),
@@ -310,11 +311,17 @@ pub(super) fn start<R, D, Rd, Wr>(
         key,
     });
     // A stop that came while this connection was being accepted did not see it in the
-    // table (`abort` and `shutdown` stop accepting before they look at the table, under the
-    // same lock as the insert above): it is closed before its hello, and leaves the table.
-    if shared.accepting.is_stopped() {
+    // table: `abort` and `shutdown` set their flags before they look at the table, under the
+    // same lock as the insert above. After an abort the connection is closed before its
+    // hello, and leaves the table. A graceful shutdown serves it like the connections it
+    // found: its hello, then `GoAway`, so that its client connected and goes elsewhere for
+    // its calls, instead of seeing its connection fail (a reset) and backing off.
+    if shared.halted.is_stopped() {
         conn.stop.stop();
         return;
+    }
+    if shared.draining.load(Ordering::SeqCst) {
+        conn.drain();
     }
     crate::runtime::spawn_task(
         rt,
