@@ -36,6 +36,7 @@ e2e!(
     a_request_crossing_the_drain_is_answered_not_lost,
     a_ping_round_trips_until_the_connection_ends,
     a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped,
+    an_abort_ends_the_handshakes_under_way,
 );
 
 /// Spawns `calls` calls of `method` and returns a channel of their results.
@@ -548,5 +549,43 @@ async fn a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped<E: Env>(e
     assert!(took < Duration::from_secs(10), "drained by its client");
     assert_eq!(server.stats().active, 0);
     let refused = client.call::<_, u32>("echo", &1u32).await.unwrap_err();
-    assert!(refused.is_not_sent(), "{refused}");
+    // Refused for the drain: not a connection closed without a word.
+    let drained = matches!(
+        &refused,
+        flumen::Error::Call(CallError::NotSent(ConnectionError::GoAway { code, .. }))
+            if *code == ErrorCode::NO_ERROR
+    );
+    assert!(drained, "{refused}");
+}
+
+/// An abort, unlike a graceful shutdown, ends the handshakes under way at once: their peers'
+/// connects fail, and the abort does not wait for the handshake timeout.
+async fn an_abort_ends_the_handshakes_under_way<E: Env>(env: E) {
+    let (open, gate) = smol::channel::bounded::<()>(1);
+    let inner = env.transport().bind(&env.addr()).await.unwrap();
+    let held = Held {
+        inner,
+        gate,
+        knocks: Arc::default(),
+    };
+    let config = ServerConfig::default().handshake_timeout(Duration::from_secs(600));
+    let server = flumen::Server::new(common::Echo)
+        .config(config)
+        .serve(&env.rt(), held)
+        .unwrap();
+    let (rt, transport, addr) = (env.rt(), env.transport(), server.local_addr().clone());
+    let (done, connected) = smol::channel::bounded(1);
+    env.spawn(async move {
+        let client = flumen::Client::connect(&rt, &transport, &addr).await;
+        let _ = done.send(client).await;
+    });
+    eventually(&env, "the peer accepted", || server.stats().accepted == 1).await;
+    server.abort();
+    eventually(&env, "the handshake ended", || {
+        server.stats().handshake_failures == 1
+    })
+    .await;
+    let refused = connected.recv().await.unwrap();
+    assert!(refused.is_err(), "connected to an aborted server");
+    drop(open);
 }

@@ -131,6 +131,7 @@ impl<D: Dispatch> Server<D> {
             clock: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             handshakes: AtomicUsize::new(0),
+            accept_loop_live: AtomicBool::new(true),
             counters: Counters::default(),
             closed_io: Mutex::default(),
             queued: Arc::new(Budget::new(total_queued)),
@@ -138,7 +139,12 @@ impl<D: Dispatch> Server<D> {
         });
         crate::runtime::spawn_task(
             rt,
-            accept::accept_loop(rt.clone(), shared.clone(), listener, self.dispatch),
+            accept::accept_loop(
+                rt.clone(),
+                accept::AcceptLoop(shared.clone()),
+                listener,
+                self.dispatch,
+            ),
         );
         crate::runtime::spawn_task(rt, accept::watchdog(rt.clone(), shared.clone()));
         crate::live::register_server(&local_addr, &shared);
@@ -320,11 +326,11 @@ impl<A> ServerHandle<A> {
 
     /// Stops gracefully: stops accepting, tells every peer `GoAway` (their new calls fail
     /// without running), lets calls in flight finish for up to `grace`, then closes whatever
-    /// is left. A peer whose connection was being accepted (its transport handshake under
-    /// way) is served too, and told `GoAway` after its hello. Resolves when every connection
-    /// is closed (its tasks ended). Joined servers
-    /// drain together, under one deadline, timed on the first one's runtime (which must
-    /// still run).
+    /// is left. A peer it was accepting as it stopped is served and drained too: its transport
+    /// handshake goes on (within `ServerConfig::handshake_timeout` and `grace`), then its
+    /// hello and a `GoAway`. Resolves when every connection is closed (its tasks ended) and
+    /// no handshake is under way. Joined servers drain together, under one deadline, timed on
+    /// the first one's runtime (which must still run).
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         for part in &self.parts {
@@ -349,13 +355,15 @@ impl<A> ServerHandle<A> {
         }
     }
 
-    /// Whether no connection is open on any of the servers, nor being accepted. A handshake
-    /// is counted until its connection is in the table, so reading the count first leaves no
-    /// moment where a connection is in neither.
+    /// Whether no connection is open on any of the servers, nor being accepted. A peer is
+    /// held by the accept loop until it is counted in `handshakes`, and counted there until its
+    /// connection is in the table; reading them in that order, the loop first, misses none.
     fn is_closed(&self) -> bool {
         self.parts.iter().all(|part| {
             let shared = &part.shared;
-            shared.handshakes.load(Ordering::SeqCst) == 0 && shared.conns.lock().is_empty()
+            !shared.accept_loop_live.load(Ordering::SeqCst)
+                && shared.handshakes.load(Ordering::SeqCst) == 0
+                && shared.conns.lock().is_empty()
         })
     }
 
@@ -394,15 +402,19 @@ pub(crate) struct Shared {
     on_drain: Box<dyn Fn() + Send + Sync>,
     config: ServerConfig,
     conns: Mutex<Slab<Arc<ConnState>>>,
-    /// Ends the accept loop.
+    /// Ends the accept loop: set by `shutdown` and by `abort`.
     accepting: Stop,
-    /// Ends the watchdog.
+    /// Set by `abort` only: ends the watchdog, handshakes under way and lingering closes, and
+    /// tells a connection accepted as the server stopped to close rather than drain.
     halted: Stop,
     /// The watchdog's coarse clock: periods since start, from 1.
     clock: AtomicU64,
     draining: AtomicBool,
-    /// Transport handshakes in progress.
+    /// Peers accepted and not yet in `conns` (their transport handshake under way), within
+    /// `max_handshakes`; `shutdown` waits for them.
     handshakes: AtomicUsize,
+    /// The accept loop has not ended: it may hold a peer it took and has not counted yet.
+    accept_loop_live: AtomicBool,
     counters: Counters,
     /// I/O counters of the connections that have closed.
     closed_io: Mutex<ConnectionStats>,

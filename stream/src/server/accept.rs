@@ -19,13 +19,19 @@ use crate::{
     transport::Listener,
 };
 
+/// Accepts until the server stops, then ends (dropping `live`, which `shutdown` waits for).
 pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
     rt: R,
-    shared: Arc<Shared>,
+    live: AcceptLoop,
     mut listener: L,
     dispatch: Arc<D>,
 ) {
-    loop {
+    let shared = &live.0;
+    // Looked at before each accept: the guard below polls `accept` before the stop, and a
+    // listener that always has a peer ready (one shared with a restart's new process, under
+    // a storm of connects) would otherwise keep it accepting. A peer taken in that last poll
+    // is served and drained (`conn::start`).
+    while !shared.accepting.is_stopped() {
         let accepted = match shared.accepting.guard(READER, listener.accept()).await {
             None => return,
             Some(accepted) => accepted,
@@ -50,38 +56,60 @@ pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
         Shared::count(&shared.counters.accepted);
         tracing::debug!(?peer, "accepted connection");
         // The handshake slot is taken before any handshake work (even its first step).
-        if shared.handshakes.fetch_add(1, Ordering::SeqCst) >= shared.config.max_handshakes {
-            shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+        let Some(slot) = HandshakeSlot::take(shared) else {
             Shared::count(&shared.counters.refused);
             tracing::debug!(?peer, "dropped at the handshake limit");
             continue;
-        }
+        };
         let mut connecting = Box::pin(connecting);
         // Transports without a handshake (TCP) are ready now: no task, no timer.
-        let ready = futures_lite::future::poll_once(connecting.as_mut()).await;
-        match ready {
+        match futures_lite::future::poll_once(connecting.as_mut()).await {
             Some(Ok((reader, writer))) => {
-                conn::start(&rt, &shared, &dispatch, Peer::of(&peer), reader, writer);
-                // Only now: see `ServerHandle::is_closed`.
-                shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+                conn::start(&rt, shared, &dispatch, Peer::of(&peer), reader, writer);
             }
-            Some(Err(e)) => {
-                shared.handshakes.fetch_sub(1, Ordering::SeqCst);
-                shared.handshake_failed(&e);
-            }
+            Some(Err(e)) => shared.handshake_failed(&e),
             None => {
-                crate::runtime::spawn_task(
-                    &rt,
-                    handshake(
-                        rt.clone(),
-                        shared.clone(),
-                        dispatch.clone(),
-                        Peer::of(&peer),
-                        connecting,
-                    ),
+                let task = handshake(
+                    rt.clone(),
+                    slot,
+                    dispatch.clone(),
+                    Peer::of(&peer),
+                    connecting,
                 );
+                crate::runtime::spawn_task(&rt, task);
             }
         }
+    }
+}
+
+/// The accept loop's hold on its server: while it lives, the loop may have a peer in hand
+/// that is in no count yet, so a shutdown is not over. Dropped when the loop ends, or with its
+/// task if the runtime drops it (even unpolled).
+pub(super) struct AcceptLoop(pub(super) Arc<Shared>);
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        self.0.accept_loop_live.store(false, Ordering::SeqCst);
+    }
+}
+
+/// One unit of [`Shared::handshakes`], from the accept until the connection is in the table
+/// (or failed): given back when dropped, so that a handshake task dropped with its runtime,
+/// or one that panics, gives it back too.
+struct HandshakeSlot(Arc<Shared>);
+
+impl HandshakeSlot {
+    /// A slot, or `None` at [`ServerConfig::max_handshakes`](super::ServerConfig).
+    fn take(shared: &Arc<Shared>) -> Option<Self> {
+        let taken = shared.handshakes.fetch_add(1, Ordering::SeqCst);
+        let slot = Self(shared.clone());
+        (taken < shared.config.max_handshakes).then_some(slot)
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -89,7 +117,7 @@ pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
 /// A graceful shutdown lets it finish (the connection is then told `GoAway`); an abort ends it.
 async fn handshake<R, D, Rd, Wr>(
     rt: R,
-    shared: Arc<Shared>,
+    slot: HandshakeSlot,
     dispatch: Arc<D>,
     peer: Peer,
     connecting: Pin<Box<impl Future<Output = io::Result<(Rd, Wr)>>>>,
@@ -99,6 +127,7 @@ async fn handshake<R, D, Rd, Wr>(
     Rd: crate::transport::TransportRead,
     Wr: crate::TransportWrite,
 {
+    let shared = &slot.0;
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let timeout = async {
         rt.sleep_until(deadline).await;
@@ -112,11 +141,11 @@ async fn handshake<R, D, Rd, Wr>(
         Err(io::Error::other("server stopped"))
     };
     match connecting.or(timeout).or(aborted).await {
-        Ok((reader, writer)) => conn::start(&rt, &shared, &dispatch, peer, reader, writer),
+        Ok((reader, writer)) => conn::start(&rt, shared, &dispatch, peer, reader, writer),
         Err(e) => shared.handshake_failed(&e),
     }
-    // Only once the connection is in the table: see `ServerHandle::is_closed`.
-    shared.handshakes.fetch_sub(1, Ordering::SeqCst);
+    // The slot goes back only now, the connection in the table: see `ServerHandle::is_closed`.
+    drop(slot);
 }
 
 pub(super) async fn watchdog<R: Runtime>(rt: R, shared: Arc<Shared>) {
