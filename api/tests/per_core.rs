@@ -490,3 +490,103 @@ fn dropped_smol_cores_close_their_listeners() {
         dropped_cores_close_their_listeners(Cores::smol(CORES).unwrap(), spread);
     }
 }
+
+/// A runtime that holds what is spawned on it until [`Deferred::release`]: a server whose
+/// accept loop has not run yet.
+#[derive(Clone)]
+struct Deferred {
+    rt: TokioRuntime,
+    held: Arc<parking_lot::Mutex<Option<Vec<Task>>>>,
+}
+
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Deferred {
+    fn new(rt: TokioRuntime) -> Self {
+        Self {
+            rt,
+            held: Arc::new(parking_lot::Mutex::new(Some(Vec::new()))),
+        }
+    }
+
+    /// Spawns what was held, and from now on spawns at once.
+    fn release(&self) {
+        let held = self.held.lock().take().unwrap_or_default();
+        held.into_iter().for_each(|task| self.rt.spawn(task));
+    }
+}
+
+impl Runtime for Deferred {
+    type Sleep = <TokioRuntime as Runtime>::Sleep;
+
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
+        match &mut *self.held.lock() {
+            Some(held) => held.push(Box::pin(future)),
+            None => self.rt.spawn(future),
+        }
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        self.rt.sleep_until(deadline)
+    }
+}
+
+/// Peers already handed to a runtime when its server stops gracefully are served and
+/// drained (their hello, then `GoAway`), not closed unanswered with the share: the accept
+/// loop, first run after the stop, takes what its queue holds.
+#[test]
+fn peers_queued_for_a_runtime_are_drained_not_dropped_by_a_shutdown() {
+    use flumen::stream::{frame::FrameKind, hello::Hello};
+    use flumen::ErrorCode;
+
+    const PEERS: usize = 3;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let rt = TokioRuntime::current();
+        let listener = flumen::tcp::std_listener(&SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut shares = TokioTcp::default()
+            .hand_out(listener, std::slice::from_ref(&rt))
+            .unwrap();
+        let share = shares.pop().unwrap();
+        let mut peers = Vec::new();
+        for _ in 0..PEERS {
+            peers.push(
+                flumen_peer::connect(&TokioTcp::default(), &addr)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while share.waiting() < PEERS {
+            assert!(Instant::now() < deadline, "never queued: {share:?}");
+            rt.sleep_until(Instant::now() + Duration::from_millis(5))
+                .await;
+        }
+        let deferred = Deferred::new(rt.clone());
+        let (_release, held) = smol::channel::bounded(1);
+        let server = Server::new(router(held, None))
+            .serve(&deferred, share)
+            .unwrap();
+        let mut shutdown = std::pin::pin!(server.shutdown(Duration::from_secs(30)));
+        let first = futures_lite::future::poll_once(shutdown.as_mut()).await;
+        assert!(first.is_none(), "the accept loop has not run");
+        deferred.release();
+        for (i, peer) in peers.iter_mut().enumerate() {
+            peer.send_hello(Hello::new(1 << 20, 64)).await.unwrap();
+            let hello = peer.read_hello().await;
+            assert!(hello.is_ok(), "peer {i} got no hello: {hello:?}");
+            let frame = peer.next_frame().await.unwrap().expect("a GoAway");
+            assert_eq!(frame.header.kind, FrameKind::GoAway, "peer {i}");
+            assert_eq!(frame.header.aux, ErrorCode::NO_ERROR.as_u32(), "peer {i}");
+        }
+        drop(peers);
+        shutdown.await;
+        assert_eq!(server.stats().accepted, PEERS as u64);
+        assert_eq!(server.stats().active, 0);
+    });
+}

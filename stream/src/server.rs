@@ -344,31 +344,34 @@ impl<A> ServerHandle<A> {
             conns.iter().for_each(|conn| conn.drain());
         }
         let sleep = &self.parts[0].sleep;
-        while !self.is_closed() && Instant::now() < deadline {
+        while !self.is_closed(true) && Instant::now() < deadline {
             let step = (Instant::now() + Duration::from_millis(5)).min(deadline);
             sleep(step).await;
         }
         self.abort();
-        // Aborted connections end at once: their tasks only have to notice.
-        while !self.is_closed() {
+        // Aborted connections end at once: their tasks only have to notice. A peer an accept
+        // loop takes from now on is closed before its hello; the loop is not waited for (its
+        // runtime may no longer run it).
+        while !self.is_closed(false) {
             sleep(Instant::now() + Duration::from_millis(1)).await;
         }
     }
 
-    /// Whether no connection is open on any of the servers, nor being accepted. A peer is
-    /// held by the accept loop until it is counted in `handshakes`, and counted there until its
-    /// connection is in the table; reading them in that order, the loop first, misses none.
-    fn is_closed(&self) -> bool {
+    /// Whether no connection is open on any of the servers, nor being accepted: with
+    /// `accept_loops`, the accept loops ended too. A peer is held by the accept loop until it
+    /// is counted in `handshakes`, and counted there until its connection is in the table;
+    /// reading them in that order, the loop first, misses none.
+    fn is_closed(&self, accept_loops: bool) -> bool {
         self.parts.iter().all(|part| {
             let shared = &part.shared;
-            !shared.accept_loop_live.load(Ordering::SeqCst)
+            !(accept_loops && shared.accept_loop_live.load(Ordering::SeqCst))
                 && shared.handshakes.load(Ordering::SeqCst) == 0
                 && shared.conns.lock().is_empty()
         })
     }
 
-    /// Stops at once: closes the listener and every connection; calls in flight are lost and
-    /// their callers see a connection error.
+    /// Stops at once: closes every connection, and the listener once its accept loop next
+    /// runs; calls in flight are lost and their callers see a connection error.
     pub fn abort(&self) {
         for part in &self.parts {
             let shared = &part.shared;
@@ -410,8 +413,8 @@ pub(crate) struct Shared {
     /// The watchdog's coarse clock: periods since start, from 1.
     clock: AtomicU64,
     draining: AtomicBool,
-    /// Peers accepted and not yet in `conns` (their transport handshake under way), within
-    /// `max_handshakes`; `shutdown` waits for them.
+    /// Peers accepted and not yet in `conns` (their transport handshake under way); one past
+    /// `max_handshakes` for a moment when a peer is refused. `shutdown` waits for them.
     handshakes: AtomicUsize,
     /// The accept loop has not ended: it may hold a peer it took and has not counted yet.
     accept_loop_live: AtomicBool,

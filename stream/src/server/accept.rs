@@ -6,6 +6,7 @@ use std::{
     io,
     pin::Pin,
     sync::{atomic::Ordering, Arc},
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -27,64 +28,81 @@ pub(super) async fn accept_loop<R: Runtime, L: Listener, D: Dispatch>(
     dispatch: Arc<D>,
 ) {
     let shared = &live.0;
+    let admit = |accepted| admit::<R, L, D>(&rt, shared, &dispatch, accepted);
     // Looked at before each accept: the guard below polls `accept` before the stop, and a
     // listener that always has a peer ready (one shared with a restart's new process, under
-    // a storm of connects) would otherwise keep it accepting. A peer taken in that last poll
-    // is served and drained (`conn::start`).
+    // a storm of connects) would otherwise keep it accepting.
     while !shared.accepting.is_stopped() {
-        let accepted = match shared.accepting.guard(READER, listener.accept()).await {
-            None => return,
-            Some(accepted) => accepted,
-        };
-        let (connecting, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
+        match shared.accepting.guard(READER, listener.accept()).await {
+            None => break,
+            Some(Ok(accepted)) => admit(accepted),
+            Some(Err(e)) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 let later = Instant::now() + Duration::from_millis(10);
-                if shared
-                    .accepting
-                    .guard(READER, rt.sleep_until(later))
-                    .await
-                    .is_none()
-                {
-                    return;
+                let sleep = rt.sleep_until(later);
+                if shared.accepting.guard(READER, sleep).await.is_none() {
+                    break;
                 }
-                continue;
             }
-        };
-        Shared::count(&shared.counters.accepted);
-        tracing::debug!(?peer, "accepted connection");
-        // The handshake slot is taken before any handshake work (even its first step).
-        let Some(slot) = HandshakeSlot::take(shared) else {
-            Shared::count(&shared.counters.refused);
-            tracing::debug!(?peer, "dropped at the handshake limit");
-            continue;
-        };
-        let mut connecting = Box::pin(connecting);
-        // Transports without a handshake (TCP) are ready now: no task, no timer.
-        match futures_lite::future::poll_once(connecting.as_mut()).await {
-            Some(Ok((reader, writer))) => {
-                conn::start(&rt, shared, &dispatch, Peer::of(&peer), reader, writer);
-            }
-            Some(Err(e)) => shared.handshake_failed(&e),
-            None => {
-                let task = handshake(
-                    rt.clone(),
-                    slot,
-                    dispatch.clone(),
-                    Peer::of(&peer),
-                    connecting,
-                );
-                crate::runtime::spawn_task(&rt, task);
-            }
+        }
+    }
+    if shared.halted.is_stopped() {
+        return;
+    }
+    // A graceful stop: peers the transport has already accepted (queued for this runtime by a
+    // hand-out acceptor, say) would be closed unanswered with the listener. They are served
+    // and drained (`conn::start`), as many as are ready now, within `max_handshakes`.
+    for _ in 0..shared.config.max_handshakes {
+        match futures_lite::future::poll_once(listener.accept()).await {
+            Some(Ok(accepted)) => admit(accepted),
+            Some(Err(_)) | None => break,
+        }
+    }
+}
+
+/// Counts a peer `accept` returned and starts it: at once if its transport has no handshake,
+/// in a task of its own under the handshake timeout otherwise.
+fn admit<R: Runtime, L: Listener, D: Dispatch>(
+    rt: &R,
+    shared: &Arc<Shared>,
+    dispatch: &Arc<D>,
+    (connecting, peer): (L::Connecting, L::Addr),
+) {
+    Shared::count(&shared.counters.accepted);
+    tracing::debug!(?peer, "accepted connection");
+    // The handshake slot is taken before any handshake work (even its first step).
+    let Some(slot) = HandshakeSlot::take(shared) else {
+        Shared::count(&shared.counters.refused);
+        tracing::debug!(?peer, "dropped at the handshake limit");
+        return;
+    };
+    let mut connecting = Box::pin(connecting);
+    // Transports without a handshake (TCP) are ready now: no task, no timer.
+    let mut cx = Context::from_waker(Waker::noop());
+    match connecting.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok((reader, writer))) => {
+            conn::start(rt, shared, dispatch, Peer::of(&peer), reader, writer);
+        }
+        Poll::Ready(Err(e)) => shared.handshake_failed(&e),
+        Poll::Pending => {
+            let task = handshake(
+                rt.clone(),
+                slot,
+                dispatch.clone(),
+                Peer::of(&peer),
+                connecting,
+            );
+            crate::runtime::spawn_task(rt, task);
         }
     }
 }
 
 /// The accept loop's hold on its server: while it lives, the loop may have a peer in hand
-/// that is in no count yet, so a shutdown is not over. Dropped when the loop ends, or with its
-/// task if the runtime drops it (even unpolled).
+/// that is in no count yet, so a graceful shutdown is not over. Dropped when the loop ends, or
+/// with its task if the runtime drops it (even unpolled). A runtime that keeps its tasks but
+/// no longer runs them (a smol executor nobody runs) keeps it: the shutdown then waits out
+/// its grace, as it does for connections on that runtime.
 pub(super) struct AcceptLoop(pub(super) Arc<Shared>);
 
 impl Drop for AcceptLoop {
