@@ -532,12 +532,17 @@ async fn a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped<E: Env>(e
     // Its first poll stops accepting and starts the drain.
     let first = futures_lite::future::poll_once(shutdown.as_mut()).await;
     assert!(first.is_none());
-    // The handshake's task runs again, with the drain under way, and goes on.
+    // The handshake's task runs again, with the drain under way, and goes on; the shutdown,
+    // polled meanwhile, waits for it.
     open.send(()).await.unwrap();
-    eventually(&env, "the handshake polled in the drain", || {
+    let knocked = eventually(&env, "the handshake polled in the drain", || {
         knocks.load(Ordering::SeqCst) == 1 || server.stats().handshake_failures > 0
-    })
-    .await;
+    });
+    let resolved = async {
+        shutdown.as_mut().await;
+        panic!("the shutdown ended with a handshake under way");
+    };
+    knocked.or(resolved).await;
     assert_eq!(server.stats().handshake_failures, 0, "the drain ended it");
     drop(open); // the handshake finishes
     let client = connected.recv().await.unwrap();
@@ -587,5 +592,7 @@ async fn an_abort_ends_the_handshakes_under_way<E: Env>(env: E) {
     .await;
     let refused = connected.recv().await.unwrap();
     assert!(refused.is_err(), "connected to an aborted server");
+    // Nothing is left counted: a shutdown now has nothing to wait for.
+    server.shutdown(Duration::ZERO).await;
     drop(open);
 }
