@@ -314,8 +314,8 @@ pub(super) fn start<R, D, Rd, Wr>(
     // table: `abort` and `shutdown` set their flags before they look at the table, under the
     // same lock as the insert above. After an abort the connection is closed before its
     // hello, and leaves the table. A graceful shutdown serves it like the connections it
-    // found: its hello, then `GoAway`, so that its client connected and goes elsewhere for
-    // its calls, instead of seeing its connection fail (a reset) and backing off.
+    // found: its hello, then `GoAway`, so that its client connects and takes its calls
+    // elsewhere, instead of seeing its connect fail (a reset) and backing off.
     if shared.halted.is_stopped() {
         conn.stop.stop();
         return;
