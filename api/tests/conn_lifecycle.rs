@@ -503,12 +503,17 @@ impl<L: Listener> Listener for Held<L> {
     }
 }
 
-/// A graceful shutdown that begins while a peer is being accepted (a restart's old process,
-/// which shares its listener with the new one) serves that peer like the others: its hello,
-/// then `GoAway`. Its connect succeeds and its calls are refused unrun, so a balanced client
-/// goes elsewhere at once; a connection dropped before its hello would fail the connect, and
-/// the balancer would fail calls while it backs off.
-async fn a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped<E: Env>(env: E) {
+/// A server on a [`Held`] listener with `config`, and a client connecting to it, its peer
+/// accepted and its handshake held: messages on `open` wake the handshake (counted in
+/// `knocks`), dropping `open` lets it finish, and `connected` gives the connect's outcome.
+struct HeldPeer<A> {
+    server: flumen::ServerHandle<A>,
+    open: smol::channel::Sender<()>,
+    knocks: Arc<AtomicUsize>,
+    connected: smol::channel::Receiver<Result<flumen::Client, flumen::ConnectError>>,
+}
+
+async fn held_peer<E: Env>(env: &E, config: ServerConfig) -> HeldPeer<common::Addr<E>> {
     let (open, gate) = smol::channel::bounded::<()>(1);
     let knocks = Arc::new(AtomicUsize::new(0));
     let inner = env.transport().bind(&env.addr()).await.unwrap();
@@ -518,6 +523,7 @@ async fn a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped<E: Env>(e
         knocks: knocks.clone(),
     };
     let server = flumen::Server::new(common::Echo)
+        .config(config)
         .serve(&env.rt(), held)
         .unwrap();
     let (rt, transport, addr) = (env.rt(), env.transport(), server.local_addr().clone());
@@ -526,7 +532,27 @@ async fn a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped<E: Env>(e
         let client = flumen::Client::connect(&rt, &transport, &addr).await;
         let _ = done.send(client).await;
     });
-    eventually(&env, "the peer accepted", || server.stats().accepted == 1).await;
+    eventually(env, "the peer accepted", || server.stats().accepted == 1).await;
+    HeldPeer {
+        server,
+        open,
+        knocks,
+        connected,
+    }
+}
+
+/// A graceful shutdown that begins while a peer is being accepted (a restart's old process,
+/// which shares its listener with the new one) serves that peer like the others: its hello,
+/// then `GoAway`. Its connect succeeds and its calls are refused unrun, so a balanced client
+/// goes elsewhere at once; a connection dropped before its hello would fail the connect, and
+/// the balancer would fail calls while it backs off.
+async fn a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped<E: Env>(env: E) {
+    let HeldPeer {
+        server,
+        open,
+        knocks,
+        connected,
+    } = held_peer(&env, ServerConfig::default()).await;
     let started = Instant::now();
     let mut shutdown = std::pin::pin!(server.shutdown(Duration::from_secs(30)));
     // Its first poll stops accepting and starts the drain.
@@ -566,25 +592,13 @@ async fn a_peer_accepted_as_shutdown_begins_is_told_goaway_not_dropped<E: Env>(e
 /// An abort, unlike a graceful shutdown, ends the handshakes under way at once: their peers'
 /// connects fail, and the abort does not wait for the handshake timeout.
 async fn an_abort_ends_the_handshakes_under_way<E: Env>(env: E) {
-    let (open, gate) = smol::channel::bounded::<()>(1);
-    let inner = env.transport().bind(&env.addr()).await.unwrap();
-    let held = Held {
-        inner,
-        gate,
-        knocks: Arc::default(),
-    };
     let config = ServerConfig::default().handshake_timeout(Duration::from_secs(600));
-    let server = flumen::Server::new(common::Echo)
-        .config(config)
-        .serve(&env.rt(), held)
-        .unwrap();
-    let (rt, transport, addr) = (env.rt(), env.transport(), server.local_addr().clone());
-    let (done, connected) = smol::channel::bounded(1);
-    env.spawn(async move {
-        let client = flumen::Client::connect(&rt, &transport, &addr).await;
-        let _ = done.send(client).await;
-    });
-    eventually(&env, "the peer accepted", || server.stats().accepted == 1).await;
+    let HeldPeer {
+        server,
+        open,
+        connected,
+        ..
+    } = held_peer(&env, config).await;
     server.abort();
     eventually(&env, "the handshake ended", || {
         server.stats().handshake_failures == 1
