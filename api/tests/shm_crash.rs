@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -76,6 +76,7 @@ fn child() {
                     .bind(&rt, &TokioShm::default(), &path)
                     .await
                     .unwrap();
+                common::announce_listening();
                 std::future::pending::<()>().await;
                 drop(server);
             }
@@ -106,22 +107,12 @@ fn method(name: &str) -> u32 {
     flumen::MethodId::from_name(name).as_u32()
 }
 
-fn spawn_child(role: &str, path: &Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+fn child_command(role: &str, path: &Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(ROLE, format!("{role} {}", path.display()))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits (at most 10 s) for `cond`, polling every 5 ms.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        .env(ROLE, format!("{role} {}", path.display()));
+    command
 }
 
 /// Files the shared-memory listener of process `pid` left in `/dev/shm` (or the temporary
@@ -148,8 +139,7 @@ async fn server_dies<T: Transport<Addr = PathBuf> + Default>(
     rt: impl flumen::stream::Runtime,
     path: PathBuf,
 ) {
-    let mut child = spawn_child("server", &path);
-    wait_for("the child's socket", || path.exists());
+    let mut child = common::spawn_listening(&mut child_command("server", &path));
     let client = Client::connect_with(
         &rt,
         &T::default(),
@@ -216,7 +206,10 @@ async fn client_dies<T: Transport<Addr = PathBuf> + Default>(
         .bind(&rt, &T::default(), &path)
         .await
         .unwrap();
-    let mut child = spawn_child("client", &path);
+    let mut child = child_command("client", &path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     while running.load(Ordering::SeqCst) < HANGING {
         rt.sleep_until(Instant::now() + Duration::from_millis(5))
             .await;

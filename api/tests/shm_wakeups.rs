@@ -11,6 +11,8 @@
 //! These tests do not reproduce that timing on this machine (they pass with the old wake-up
 //! too); the benchmark does, and `wake_peer` now writes to the socket directly.
 
+mod common;
+
 use std::{sync::mpsc, time::Duration};
 
 use flumen::{
@@ -93,6 +95,7 @@ fn child() {
     let transport = TokioShm::new(ShmConfig::default().spin_checks(SPIN));
     current_thread().block_on(async move {
         let mut listener = transport.bind(&path.into()).await.unwrap();
+        common::announce_listening();
         let (connecting, _) = listener.accept().await.unwrap();
         let (mut reader, mut writer) = connecting.await.unwrap();
         let mut frame = [0u8; 44];
@@ -110,20 +113,11 @@ fn an_echo_across_processes_with_long_spins_completes_every_round() {
     let dir = std::env::temp_dir().join(format!("flumen-wakeups-raw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("echo.sock");
-    let mut server = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(CHILD, &path)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the echo server never bound"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut server = common::spawn_listening(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+            .env(CHILD, &path),
+    );
     let transport = TokioShm::new(ShmConfig::default().spin_checks(SPIN));
     let failed = current_thread().block_on(async move {
         let (mut reader, mut writer) = transport.connect(&path).await.unwrap();

@@ -272,6 +272,46 @@ impl MakeTransport for InProc {
     }
 }
 
+/// The line a child process prints once it listens; see [`spawn_listening`].
+pub const LISTENING: &str = "flumen-test-child-listening";
+
+/// Tells the parent that started this process with [`spawn_listening`] that it listens.
+pub fn announce_listening() {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{LISTENING}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Starts `command` (a child that calls [`announce_listening`]) with its stdout piped, and
+/// waits at most 10 s for the announcement. A Unix socket's file is no such sign: `bind`
+/// makes it before `listen`, and a connect in between is refused.
+pub fn spawn_listening(command: &mut std::process::Command) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (listening, announced) = std::sync::mpsc::channel();
+    // Reads to the end, so that the child never blocks on a full pipe. libtest may print
+    // `test child ... ` on the same line before the test's own output.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.ends_with(LISTENING) {
+                let _ = listening.send(());
+            }
+        }
+    });
+    if announced.recv_timeout(Duration::from_secs(10)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the child process never said it was listening");
+    }
+    child
+}
+
 /// A socket path no other test uses (the listener removes its file when dropped). The
 /// process id alone is not enough: a file left by an earlier process with the same id (one
 /// that crashed, or a server a test leaked) would make the bind fail with `AddrInUse`, so the
