@@ -157,11 +157,13 @@ async fn shutdown_grace_expires<E: Env>(env: E) {
 
 async fn idle_connection_is_closed_but_busy_one_is_not<E: Env>(env: E) {
     let gauge = Arc::new(Gauge::default());
-    let config = ServerConfig::default().idle_timeout(Duration::from_millis(100));
+    // Long enough that a stall of the loaded machine between the connect and the call does
+    // not make the busy connection idle.
+    let config = ServerConfig::default().idle_timeout(Duration::from_millis(250));
     let server = serve(&env, router(&env, gauge), config).await;
     // A call that runs longer than the idle timeout keeps its connection open.
     let busy = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
-    let got: u64 = busy.call("sleep_echo", &(400u64, 5u64)).await.unwrap();
+    let got: u64 = busy.call("sleep_echo", &(1_000u64, 5u64)).await.unwrap();
     assert_eq!(got, 5);
     // A quiet one is closed, and its client learns why.
     let idle = connect(&env, server.local_addr().clone(), ClientConfig::default()).await;

@@ -56,6 +56,14 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Replaces the endpoint file whole, as `FileWatch` asks: a file rewritten in place can be
+/// read empty (an empty set) between its truncation and its write.
+fn replace(path: &std::path::Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
 /// Endpoints from a file that is rewritten while calls run.
 async fn a_watched_file_feeds_the_balancer<E: Env>(env: E, name: &str) {
     let (a, b) = (
@@ -63,13 +71,16 @@ async fn a_watched_file_feeds_the_balancer<E: Env>(env: E, name: &str) {
         serve(&env, 1, common::loopback()).await,
     );
     let path = scratch(name);
-    std::fs::write(&path, format!("# the fleet\n{}\n", a.local_addr())).unwrap();
+    replace(&path, &format!("# the fleet\n{}\n", a.local_addr()));
     let watch = FileWatch::new(&env.rt(), &path).interval(Duration::from_millis(20));
     let client = Client::balanced(&env.rt(), env.transport(), watch);
     assert!(!any_reaches(&client, 1).await);
-    std::fs::write(&path, format!("{}\n{} 3\n", a.local_addr(), b.local_addr())).unwrap();
+    replace(
+        &path,
+        &format!("{}\n{} 3\n", a.local_addr(), b.local_addr()),
+    );
     reaches(&client, 1).await;
-    std::fs::write(&path, format!("{}\n", b.local_addr())).unwrap();
+    replace(&path, &format!("{}\n", b.local_addr()));
     eventually(&env, "server 0 out of the set", || {
         client.balancer().unwrap().stats().endpoints.len() == 1
     })

@@ -31,9 +31,8 @@ const SPIN: u32 = 2_000;
 
 #[test]
 fn one_call_at_a_time_with_long_spins_completes_every_call() {
-    let dir = std::env::temp_dir().join(format!("flumen-wakeups-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("echo.sock");
+    // No other process's, not even a crashed one's with this process's id.
+    let path = common::socket_path();
     let transport = TokioShm::new(ShmConfig::default().spin_checks(SPIN));
     let (bound, ready) = mpsc::channel();
     let (stop, stopped) = mpsc::channel::<()>();
@@ -76,7 +75,6 @@ fn one_call_at_a_time_with_long_spins_completes_every_call() {
     });
     let _ = stop.send(());
     server.join().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     if let Some((i, e)) = failed {
         panic!("call {i} of {CALLS} failed (a lost wake-up leaves it waiting): {e}");
     }
@@ -110,17 +108,17 @@ fn child() {
 /// one task per side writes and reads its halves in turn.
 #[test]
 fn an_echo_across_processes_with_long_spins_completes_every_round() {
-    let dir = std::env::temp_dir().join(format!("flumen-wakeups-raw-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("echo.sock");
+    // No other process's, not even a crashed one's with this process's id.
+    let path = common::socket_path();
     let mut server = common::spawn_listening(
         std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "child", "--nocapture", "--test-threads=1"])
             .env(CHILD, &path),
     );
     let transport = TokioShm::new(ShmConfig::default().spin_checks(SPIN));
+    let connect_to = path.clone();
     let failed = current_thread().block_on(async move {
-        let (mut reader, mut writer) = transport.connect(&path).await.unwrap();
+        let (mut reader, mut writer) = transport.connect(&connect_to).await.unwrap();
         for i in 0..CALLS {
             let mut frame = [0u8; 44];
             frame[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -139,7 +137,8 @@ fn an_echo_across_processes_with_long_spins_completes_every_round() {
     });
     let _ = server.kill();
     let _ = server.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    // The killed child could not remove its socket's file.
+    let _ = std::fs::remove_file(&path);
     if let Some((i, e)) = failed {
         panic!("echo {i} of {CALLS} failed (a lost wake-up leaves it waiting): {e}");
     }

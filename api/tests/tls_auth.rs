@@ -203,7 +203,8 @@ where
         .transport()
         .secure(None, Some(ca.server_tls(&["localhost"]).unwrap()));
     let server = Server::new(router())
-        .config(ServerConfig::default().handshake_timeout(Duration::from_millis(200)))
+        // Long enough for the good client's handshake on a loaded machine (a debug build).
+        .config(ServerConfig::default().handshake_timeout(Duration::from_secs(1)))
         .bind(&env.rt(), &transport, &loopback())
         .await
         .unwrap();
@@ -233,7 +234,8 @@ where
         .secure(None, Some(ca.server_tls(&["localhost"]).unwrap()));
     let config = ServerConfig::default()
         .max_handshakes(1)
-        .handshake_timeout(Duration::from_millis(300));
+        // Long enough that the next connect lands while the silent peer holds the slot.
+        .handshake_timeout(Duration::from_secs(2));
     let server = Server::new(router())
         .config(config)
         .bind(&env.rt(), &transport, &loopback())

@@ -182,13 +182,53 @@ impl<A: Clone + Send + 'static> Discover<A> for Watch<A> {
 
 /// Endpoints from a file, one per line (`address` or `address weight`; `#` starts a comment),
 /// re-read when it changes. The file a deployment tool rewrites, or a mounted config map.
+///
+/// Replace the file whole (write another, then rename it over this one): a file rewritten in
+/// place can be read half-written, and an empty file is an empty set.
 #[derive(Debug)]
 pub struct FileWatch<R> {
     rt: R,
     path: PathBuf,
     interval: Duration,
-    last: Option<(Option<SystemTime>, Vec<u8>)>,
+    last: Option<Seen>,
 }
+
+/// What a [`FileWatch`] last read.
+#[derive(Debug)]
+struct Seen {
+    key: FileKey,
+    bytes: Vec<u8>,
+    /// Whether the file was older than [`MTIME_GRAIN`] when read: only then does an unchanged
+    /// key mean unchanged contents. A file rewritten within its modification time's tick, to
+    /// the same length, keeps its key.
+    settled: bool,
+}
+
+/// What tells one version of a file from another without reading it.
+#[derive(Debug, PartialEq, Eq)]
+struct FileKey {
+    modified: Option<SystemTime>,
+    len: u64,
+    /// The inode where there is one: a file renamed over the path is another file.
+    #[cfg(unix)]
+    ino: u64,
+}
+
+impl FileKey {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            #[cfg(unix)]
+            ino: std::os::unix::fs::MetadataExt::ino(meta),
+        }
+    }
+}
+
+/// The coarsest modification-time granularity of a common file system (FAT's 2 s; ext4 and
+/// tmpfs tick with the kernel's coarse clock, HFS+ by the second): a file modified less than
+/// this before it is read may change again without its key changing, so it is read again.
+const MTIME_GRAIN: Duration = Duration::from_secs(2);
 
 /// Default [`FileWatch`] polling interval.
 pub const DEFAULT_FILE_INTERVAL: Duration = Duration::from_secs(1);
@@ -212,29 +252,41 @@ impl<R: Runtime> FileWatch<R> {
         self.interval = interval.max(Duration::from_millis(1));
         self
     }
+}
 
+impl<R> FileWatch<R> {
     /// The file's contents if they changed since the last read (a missing or unreadable file
-    /// keeps the last set).
+    /// keeps the last set). The file is read only when its key changed, or when it was
+    /// modified so recently at the last read that its key may hide a change.
     fn read_changed(&mut self) -> Option<Vec<u8>> {
         let meta = std::fs::metadata(&self.path).ok()?;
         if meta.len() > MAX_FILE_LEN {
             return None;
         }
-        let modified = meta.modified().ok();
+        let key = FileKey::of(&meta);
         if self
             .last
             .as_ref()
-            .is_some_and(|(at, _)| at.is_some() && *at == modified)
+            .is_some_and(|seen| seen.settled && seen.key == key)
         {
             return None;
         }
+        // Taken before the read: a change after it leaves the file younger than this says.
+        let settled = key.modified.is_some_and(|modified| {
+            SystemTime::now()
+                .duration_since(modified)
+                .is_ok_and(|age| age >= MTIME_GRAIN)
+        });
         let bytes = std::fs::read(&self.path).ok()?;
-        if self.last.as_ref().is_some_and(|(_, last)| *last == bytes) {
-            self.last = Some((modified, bytes));
-            return None;
-        }
-        self.last = Some((modified, bytes.clone()));
-        Some(bytes)
+        let changed = self.last.as_ref().is_none_or(|seen| seen.bytes != bytes);
+        let seen = Seen {
+            key,
+            bytes,
+            settled,
+        };
+        let changed = changed.then(|| seen.bytes.clone());
+        self.last = Some(seen);
+        changed
     }
 }
 
@@ -303,5 +355,46 @@ mod tests {
             drop(updater);
             assert_eq!(watch.next().await, None);
         });
+    }
+
+    /// A file watched at `path` (its runtime unused: `read_changed` alone is driven).
+    fn watch(path: &std::path::Path) -> FileWatch<()> {
+        FileWatch {
+            rt: (),
+            path: path.to_owned(),
+            interval: DEFAULT_FILE_INTERVAL,
+            last: None,
+        }
+    }
+
+    /// Rewrites `path` in place with `text`, its modification time set to `at`.
+    fn rewrite(path: &std::path::Path, text: &str, at: SystemTime) {
+        std::fs::write(path, text).unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(at).unwrap();
+    }
+
+    #[test]
+    fn a_file_rewritten_within_one_mtime_tick_to_the_same_length_is_read_again() {
+        let path = std::env::temp_dir().join(format!("flumen-watch-{}", std::process::id()));
+        let mut watch = watch(&path);
+        // Modified just now: the same key may still hide a change.
+        let now = SystemTime::now();
+        rewrite(&path, "10.0.0.1:7000\n", now);
+        assert_eq!(watch.read_changed().unwrap(), b"10.0.0.1:7000\n");
+        assert_eq!(watch.read_changed(), None, "unchanged contents reported");
+        rewrite(&path, "10.0.0.2:7000\n", now);
+        assert_eq!(watch.read_changed().unwrap(), b"10.0.0.2:7000\n");
+        // Modified long ago: an unchanged key means unchanged contents, and the file is not
+        // read (so a same-length rewrite dated back is not seen; nothing does that).
+        let then = now - Duration::from_secs(60);
+        rewrite(&path, "10.0.0.3:7000\n", then);
+        assert_eq!(watch.read_changed().unwrap(), b"10.0.0.3:7000\n");
+        rewrite(&path, "10.0.0.4:7000\n", then);
+        assert_eq!(watch.read_changed(), None, "a settled file was read again");
+        // Any change of key is read: a longer file dated back still.
+        rewrite(&path, "10.0.0.5:70000\n", then);
+        assert_eq!(watch.read_changed().unwrap(), b"10.0.0.5:70000\n");
+        let _ = std::fs::remove_file(&path);
     }
 }
