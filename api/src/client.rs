@@ -388,7 +388,7 @@ impl<C: Codec> Client<C> {
         self.codec.encode(request).map_err(Error::Encode)
     }
 
-    pub(crate) fn decode<Resp: DeserializeOwned>(&self, reply: &[u8]) -> Result<Resp, Error> {
-        self.codec.decode(reply).map_err(Error::Decode)
+    pub(crate) fn decode<Resp: DeserializeOwned>(&self, reply: &Bytes) -> Result<Resp, Error> {
+        self.codec.decode_body(reply).map_err(Error::Decode)
     }
 }

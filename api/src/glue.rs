@@ -54,7 +54,9 @@ fn arguments<A: DeserializeOwned, C: Codec>(
     request: &Request,
     codec: &C,
 ) -> Result<(A, CallContext), Status> {
-    let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
+    let args = codec
+        .decode_body::<A>(request.body())
+        .map_err(bad_request)?;
     Ok((args, CallContext::from_request(request)))
 }
 
@@ -92,7 +94,7 @@ where
 {
     let codec = router.codec().clone();
     router.try_route_raw(name, move |request: Request| {
-        let args = codec.decode::<A>(request.body()).map_err(bad_request);
+        let args = codec.decode_body::<A>(request.body()).map_err(bad_request);
         let context = CallContext::from_request(&request);
         let codec = codec.clone();
         let call = args.map(|args| handler(service.clone(), context, args));
@@ -229,7 +231,9 @@ where
     router.try_route_raw(name, move |request: Request| {
         let codec = codec.clone();
         let started = (|| {
-            let args = codec.decode::<A>(request.body()).map_err(bad_request)?;
+            let args = codec
+                .decode_body::<A>(request.body())
+                .map_err(bad_request)?;
             let items = stream_parts(&request, &codec)?;
             let context = CallContext::from_request(&request);
             Ok(handler(service.clone(), context, args, items))
@@ -259,7 +263,7 @@ where
     {
         Ok(reply) => client
             .codec()
-            .decode(&reply)
+            .decode_body(&reply)
             .map_err(|e| Error::Decode(e).into()),
         Err(e) => Err(rpc_error(client.codec(), e)),
     }
@@ -283,7 +287,7 @@ where
     match client.call_blocking_parts(method, (body, Bytes::new()), options, route) {
         Ok(reply) => client
             .codec()
-            .decode(&reply)
+            .decode_body(&reply)
             .map_err(|e| Error::Decode(e).into()),
         Err(e) => Err(rpc_error(client.codec(), e)),
     }
@@ -379,7 +383,7 @@ where
     let reply = async move {
         match replies.response().await {
             Ok(body) => codec
-                .decode(&body)
+                .decode_body(&body)
                 .map_err(|e| RpcError::Rpc(Error::Decode(e))),
             Err(e) => Err(rpc_error(codec, e)),
         }
@@ -469,7 +473,7 @@ where
             false => Ok((body, Attachment::default())),
         };
         let call = parts.and_then(|(message, attachment)| {
-            let args = codec.decode::<A>(&message).map_err(bad_request)?;
+            let args = codec.decode_body::<A>(&message).map_err(bad_request)?;
             Ok(handler(service.clone(), context, args, attachment))
         });
         let codec = codec.clone();
@@ -514,7 +518,9 @@ pub fn decode_reply<T: DeserializeOwned, E, C: Codec>(
     codec: &C,
     body: Bytes,
 ) -> Result<T, RpcError<E>> {
-    codec.decode(&body).map_err(|e| Error::Decode(e).into())
+    codec
+        .decode_body(&body)
+        .map_err(|e| Error::Decode(e).into())
 }
 
 /// Decodes a reply laid out with an attachment.
@@ -524,7 +530,7 @@ pub fn detach_reply<T: DeserializeOwned, E, C: Codec>(
 ) -> Result<WithAttachment<T>, RpcError<E>> {
     let (message, attachment) = detach(body).map_err(Error::Decode)?;
     Ok(WithAttachment {
-        value: codec.decode(&message).map_err(Error::Decode)?,
+        value: codec.decode_body(&message).map_err(Error::Decode)?,
         attachment,
     })
 }

@@ -70,7 +70,7 @@ pub use flumen_codec::Json;
 pub use flumen_codec::Postcard;
 #[cfg(feature = "bincode")]
 pub use flumen_codec::{Bincode, BINCODE_MAX_ALLOC};
-pub use flumen_codec::{Codec, CodecError, MsgPack};
+pub use flumen_codec::{Blob, Codec, CodecError, MsgPack, BLOB_SHARE_MIN};
 /// The multiplexed core, for raw calls and custom [`Dispatch`] implementations.
 pub use flumen_stream as stream;
 pub use flumen_stream::compress;

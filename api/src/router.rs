@@ -227,7 +227,7 @@ impl<C: Codec> Router<C> {
             let (codec, handler) = (codec.clone(), handler.clone());
             async move {
                 let decoded: Req = codec
-                    .decode(request.body())
+                    .decode_body(request.body())
                     .map_err(|e| Status::new(ErrorCode::BAD_REQUEST, e.to_string()))?;
                 let reply = handler(decoded).await?;
                 codec

@@ -260,7 +260,7 @@ pub struct Streaming<T> {
     decode: Decoder<T>,
 }
 
-type Decoder<T> = std::sync::Arc<dyn Fn(&[u8]) -> Result<T, CodecError> + Send + Sync>;
+type Decoder<T> = std::sync::Arc<dyn Fn(&Bytes) -> Result<T, CodecError> + Send + Sync>;
 
 impl<T> fmt::Debug for Streaming<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -275,7 +275,7 @@ impl<T: DeserializeOwned> Streaming<T> {
     pub fn new<C: Codec>(items: RequestStream, codec: C) -> Self {
         Self {
             items,
-            decode: std::sync::Arc::new(move |body| codec.decode(body)),
+            decode: std::sync::Arc::new(move |body| codec.decode_body(body)),
         }
     }
 }
@@ -379,7 +379,7 @@ impl<T: DeserializeOwned, E: DeserializeOwned, C: Codec> Stream for ReplyItems<T
             }
             Some(Ok(body)) => Some(
                 this.codec
-                    .decode(&body)
+                    .decode_body(&body)
                     .map_err(|e| RpcError::Rpc(Error::Decode(e))),
             ),
             Some(Err(e)) => {
@@ -396,7 +396,7 @@ pub(crate) fn rpc_error<E: DeserializeOwned, C: Codec>(
     error: flumen_stream::CallError,
 ) -> RpcError<E> {
     match error {
-        flumen_stream::CallError::Application(body) => match codec.decode(&body) {
+        flumen_stream::CallError::Application(body) => match codec.decode_body(&body) {
             Ok(e) => RpcError::Method(e),
             Err(e) => RpcError::Rpc(Error::Decode(e)),
         },

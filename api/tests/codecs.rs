@@ -1,13 +1,19 @@
 //! The generated client and server over every codec (MessagePack, JSON, postcard, CBOR,
 //! bincode), on tokio and smol: unary calls with structs, enums, options and byte strings, a
-//! method's own error type, and streams in both directions.
+//! method's own error type, and streams in both directions. Also: every typed decode lends
+//! its body, so that a large `Blob` shares the frame it came in.
 
 mod common;
 
 use common::{run_smol, run_tokio, Env, SmolEnv, TokioEnv};
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+
 use flumen::{
-    Bincode, Cbor, Client, ClientConfig, Codec, Json, MsgPack, Postcard, Router, RpcError, Server,
-    ServerConfig, Stream, Streaming,
+    Bincode, Blob, Bytes, Cbor, Client, ClientConfig, Codec, CodecError, Json, MsgPack, Postcard,
+    Router, RpcError, Server, ServerConfig, Status, Stream, Streaming, BLOB_SHARE_MIN,
 };
 use futures_lite::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -25,6 +31,8 @@ pub struct Item {
     pub note: Option<String>,
     #[serde(with = "serde_bytes")]
     pub blob: Vec<u8>,
+    /// Large enough to share its body for every fifth id.
+    pub big: Blob,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
@@ -61,6 +69,10 @@ fn item(id: u64) -> Item {
         },
         note: (id % 3 == 0).then(|| "third".to_string()),
         blob: (0..(id % 200) as u8).collect(),
+        big: match id % 5 {
+            0 => vec![id as u8; BLOB_SHARE_MIN + id as usize].into(),
+            _ => Blob::default(),
+        },
     }
 }
 
@@ -156,6 +168,82 @@ async fn every_call_shape<E: Env, C: Codec>(env: E, codec: C) {
         stamped.iter().map(|i| i.id).collect::<Vec<_>>(),
         (0..10).collect::<Vec<_>>()
     );
+}
+
+/// MessagePack, counting the decodes that were lent their body and those that were not.
+#[derive(Clone, Default)]
+struct Probe {
+    lent: Arc<AtomicUsize>,
+    unlent: Arc<AtomicUsize>,
+}
+
+impl Codec for Probe {
+    fn encode<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, CodecError> {
+        MsgPack::default().encode(value)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, CodecError> {
+        self.unlent.fetch_add(1, Ordering::SeqCst);
+        MsgPack::default().decode(body)
+    }
+
+    fn decode_body<T: serde::de::DeserializeOwned>(&self, body: &Bytes) -> Result<T, CodecError> {
+        self.lent.fetch_add(1, Ordering::SeqCst);
+        MsgPack::default().decode_body(body)
+    }
+}
+
+/// Every call shape of the generated client and server decodes through `decode_body`.
+async fn every_typed_decode_lends_its_body<E: Env>(env: E) {
+    let probe = Probe::default();
+    every_call_shape(env, probe.clone()).await;
+    assert!(probe.lent.load(Ordering::SeqCst) > 100);
+    assert_eq!(
+        probe.unlent.load(Ordering::SeqCst),
+        0,
+        "a typed decode was not lent its body"
+    );
+}
+
+/// A typed handler's large `Blob` is the request's bytes, not a copy (the request still holds
+/// the body, so a shared `Blob` is not the only reference to its buffer); a small one is a
+/// copy.
+async fn a_large_blob_shares_the_request<E: Env>(env: E) {
+    let router = Router::new().route("unique", |blob: Blob| async move {
+        Ok::<_, Status>((blob.len(), blob.is_unique()))
+    });
+    let server = Server::new(router)
+        .bind(&env.rt(), &env.transport(), &env.addr())
+        .await
+        .unwrap();
+    let client = common::connect(&env, server.local_addr().clone(), ClientConfig::default()).await;
+    for (len, unique) in [(BLOB_SHARE_MIN, false), (64 * 1024, false), (100, true)] {
+        let got: (usize, bool) = client
+            .call("unique", &Blob::from(vec![1u8; len]))
+            .await
+            .unwrap();
+        assert_eq!(got, (len, unique), "a Blob of {len} bytes");
+    }
+}
+
+#[test]
+fn every_typed_decode_lends_its_body_tokio() {
+    run_tokio(every_typed_decode_lends_its_body::<TokioEnv>);
+}
+
+#[test]
+fn every_typed_decode_lends_its_body_smol() {
+    run_smol(every_typed_decode_lends_its_body::<SmolEnv>);
+}
+
+#[test]
+fn a_large_blob_shares_the_request_tokio() {
+    run_tokio(a_large_blob_shares_the_request::<TokioEnv>);
+}
+
+#[test]
+fn a_large_blob_shares_the_request_smol() {
+    run_smol(a_large_blob_shares_the_request::<SmolEnv>);
 }
 
 macro_rules! codecs {

@@ -790,9 +790,11 @@ impl Drop for ServerProcess {
 fn system_arg(system: System) -> &'static str {
     match system {
         System::Pipe => "pipe",
-        System::Flumen | System::FlumenRaw | System::FlumenBalanced | System::FlumenBalanced4 => {
-            "flumen"
-        }
+        System::Flumen
+        | System::FlumenRaw
+        | System::FlumenBlob
+        | System::FlumenBalanced
+        | System::FlumenBalanced4 => "flumen",
         System::Tarpc => "tarpc",
         System::Tonic => "tonic",
         System::Razor => "razor",

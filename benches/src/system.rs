@@ -16,7 +16,7 @@ use flumen::{
     stream::{ConnectionStats, Listener, Transport},
     tcp::{SmolTcp, TokioTcp},
     unix::{SmolUnix, TokioUnix},
-    Bytes, Client, ClientConfig, MethodId, Router, Server, ServerConfig, Status,
+    Blob, Bytes, Client, ClientConfig, MethodId, Router, Server, ServerConfig, Status,
 };
 use flumen_quic::QuicTransport;
 use serde_bytes::ByteBuf;
@@ -36,6 +36,9 @@ pub(crate) enum System {
     Flumen,
     /// Flumen, raw `Bytes` calls (no codec), same server as `flumen`.
     FlumenRaw,
+    /// Flumen, typed calls with a `Blob` (MessagePack byte string, decoded without a copy),
+    /// same server as `flumen`.
+    FlumenBlob,
     /// Flumen, typed calls through a balanced client over the one server (the balancer's
     /// cost), `--connections` per endpoint.
     FlumenBalanced,
@@ -57,6 +60,7 @@ impl System {
             Self::Pipe => "pipe",
             Self::Flumen => "flumen",
             Self::FlumenRaw => "flumen-raw",
+            Self::FlumenBlob => "flumen-blob",
             Self::FlumenBalanced => "flumen-balanced",
             Self::FlumenBalanced4 => "flumen-balanced-4",
             Self::Tarpc => "tarpc",
@@ -69,7 +73,9 @@ impl System {
     /// `flumen`'s).
     pub(crate) fn server(self) -> Self {
         match self {
-            Self::FlumenRaw | Self::FlumenBalanced | Self::FlumenBalanced4 => Self::Flumen,
+            Self::FlumenRaw | Self::FlumenBlob | Self::FlumenBalanced | Self::FlumenBalanced4 => {
+                Self::Flumen
+            }
             other => other,
         }
     }
@@ -271,10 +277,15 @@ impl Spawner {
 
 pub(crate) const ECHO: MethodId = MethodId::from_name("echo");
 pub(crate) const ECHO_RAW: MethodId = MethodId::from_name("echo_raw");
+pub(crate) const ECHO_BLOB: MethodId = MethodId::from_name("echo_blob");
 
 pub(crate) fn router() -> Router {
     Router::new()
         .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
+        .route(
+            "echo_blob",
+            |body: Blob| async move { Ok::<_, Status>(body) },
+        )
         .route_raw("echo_raw", |request| async move {
             Ok(flumen::Request::into_body(request))
         })
@@ -298,7 +309,7 @@ pub(crate) async fn serve(
             )
             .await)
         }
-        (System::Flumen | System::FlumenRaw, _) => {
+        (System::Flumen | System::FlumenRaw | System::FlumenBlob, _) => {
             with_transport!(net, &spawner, |rt, transport| serve_flumen(
                 rt, transport, addr, bound
             )
@@ -437,8 +448,7 @@ pub(crate) async fn load(
                 .map(|tallies| (tallies, Some(pipe::stats())))
             })
         }
-        System::Flumen | System::FlumenRaw => {
-            let raw = system == System::FlumenRaw;
+        System::Flumen | System::FlumenRaw | System::FlumenBlob => {
             let config = ClientConfig::default().max_in_flight(load.in_flight);
             let mut clients = Vec::new();
             for _ in 0..load.connections {
@@ -460,27 +470,34 @@ pub(crate) async fn load(
             let stats_of = clients.clone();
             let body: Vec<u8> = (0..load.payload).map(|i| i as u8).collect();
             let (typed, bytes) = (ByteBuf::from(body.clone()), Bytes::from(body));
+            let blob = Blob::from(bytes.clone());
             let mut tasks: Vec<BoxFuture<Tally>> = Vec::new();
             for client in clients {
                 for _ in 0..load.in_flight {
                     let (client, typed, bytes) = (client.clone(), typed.clone(), bytes.clone());
+                    let blob = blob.clone();
                     let tally = Tally::new(progress.clone());
                     tasks.push(Box::pin(async move {
-                        if raw {
-                            call_loop!(window, tally, {
+                        match system {
+                            System::FlumenRaw => call_loop!(window, tally, {
                                 client
                                     .raw()
                                     .call(ECHO_RAW.as_u32(), bytes.clone())
                                     .await
                                     .is_ok_and(|r| r == bytes)
-                            })
-                        } else {
-                            call_loop!(window, tally, {
+                            }),
+                            System::FlumenBlob => call_loop!(window, tally, {
+                                client
+                                    .call::<_, Blob>(ECHO_BLOB, &blob)
+                                    .await
+                                    .is_ok_and(|r| r == blob)
+                            }),
+                            _ => call_loop!(window, tally, {
                                 client
                                     .call::<_, ByteBuf>(ECHO, &typed)
                                     .await
                                     .is_ok_and(|r| r == typed)
-                            })
+                            }),
                         }
                     }));
                 }

@@ -4,11 +4,13 @@
 //! default) is the default implementation. Behind features: `Json` (serde_json), `Postcard`,
 //! `Cbor` (ciborium) and `Bincode` (bincode 2). Each bounds what a decode of untrusted bytes
 //! may cost (nesting, declared lengths). A raw [`bytes::Bytes`] body needs no codec at all:
-//! `Dispatch` implementations and raw client calls pass it through untouched.
+//! `Dispatch` implementations and raw client calls pass it through untouched. Within a typed
+//! message, a [`Blob`] is bytes that decode without a copy.
 #![warn(missing_docs)]
 
 #[cfg(feature = "bincode")]
 mod bincode;
+mod blob;
 #[cfg(feature = "cbor")]
 mod cbor;
 #[cfg(feature = "json")]
@@ -26,6 +28,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 #[cfg(feature = "bincode")]
 pub use crate::bincode::{Bincode, BINCODE_MAX_ALLOC};
+pub use crate::blob::{Blob, BLOB_SHARE_MIN};
 #[cfg(feature = "cbor")]
 pub use crate::cbor::Cbor;
 #[cfg(feature = "json")]
@@ -59,6 +62,22 @@ pub trait Codec: Clone + Send + Sync + 'static {
     ///
     /// If `body` is not a valid encoding of `T` or nests deeper than the codec allows.
     fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, CodecError>;
+
+    /// Decodes a value from `body`, a body as received, as [`decode`](Self::decode) does;
+    /// the [`Blob`]s in it share `body`'s buffer where the format reads byte strings in place.
+    /// Flumen's typed clients and servers decode through this.
+    ///
+    /// The default lends `body` to the `Blob`s, which then ask the deserializer for bytes to
+    /// borrow (`deserialize_bytes`). A codec whose deserializer cannot give byte strings of
+    /// any length that way (ciborium's reads at most 4 KiB so) overrides this with
+    /// [`decode`](Self::decode): its `Blob`s are then copies.
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Self::decode).
+    fn decode_body<T: DeserializeOwned>(&self, body: &Bytes) -> Result<T, CodecError> {
+        blob::lending(body, || self.decode(body))
+    }
 
     /// The format's short name: `"msgpack"`, `"json"`, `"cbor"`, `"postcard"` or `"bincode"`
     /// for the codecs of this crate, `"custom"` unless an implementation says otherwise.

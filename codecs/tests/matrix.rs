@@ -2,7 +2,9 @@
 //! panic, and bodies that lie (deep nesting, lengths past the end) fail without costing more
 //! than they are long.
 
-use flumen_codec::{Bincode, Cbor, Codec, CodecError, Json, MsgPack, Postcard};
+use flumen_codec::{
+    Bincode, Blob, Cbor, Codec, CodecError, Json, MsgPack, Postcard, BLOB_SHARE_MIN,
+};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -85,7 +87,7 @@ fn lying_count(codec: &str, body: &[u8]) -> Option<Vec<u8>> {
 }
 
 macro_rules! matrix {
-    ($($name:ident: $codec:expr,)*) => {$(
+    ($($name:ident: $codec:expr, blobs shared: $shares:expr,)*) => {$(
         mod $name {
             use super::*;
 
@@ -113,6 +115,32 @@ macro_rules! matrix {
                 }
             }
 
+            /// A `Blob` round-trips; decoded through `decode_body`, a large one is a slice of
+            /// the body where the format reads byte strings in place; it reads and writes
+            /// what `serde_bytes` does.
+            #[test]
+            fn blobs_round_trip_and_large_ones_share_the_body() {
+                let codec = $codec;
+                for len in [0, 100, BLOB_SHARE_MIN - 1, BLOB_SHARE_MIN, 64 * 1024] {
+                    let blob = Blob::from((0..len).map(|i| i as u8).collect::<Vec<_>>());
+                    let body = codec.encode(&(7u32, blob.clone())).unwrap();
+                    let within = |blob: &Blob| body.as_ptr_range().contains(&blob.as_ptr());
+                    let (n, decoded): (u32, Blob) = codec.decode_body(&body).unwrap();
+                    assert_eq!((n, &decoded), (7, &blob), "{len} bytes");
+                    let shared = $shares && len >= BLOB_SHARE_MIN;
+                    assert_eq!(within(&decoded), shared, "{len} bytes shared");
+                    // Without the body lent, a copy.
+                    let (_, copied): (u32, Blob) = codec.decode(&body).unwrap();
+                    assert_eq!(copied, blob);
+                    assert!(!within(&copied), "{len} bytes shared, unlent");
+                    // The wire format of `serde_bytes`, both ways.
+                    let (_, read): (u32, serde_bytes::ByteBuf) = codec.decode(&body).unwrap();
+                    assert_eq!(&read[..], &blob[..]);
+                    let written = codec.encode(&(7u32, serde_bytes::ByteBuf::from(blob.to_vec()))).unwrap();
+                    assert_eq!(written, body);
+                }
+            }
+
             #[test]
             fn a_count_past_the_end_is_an_error() {
                 let codec = $codec;
@@ -128,11 +156,11 @@ macro_rules! matrix {
 }
 
 matrix! {
-    msgpack: MsgPack::default(),
-    json: Json,
-    postcard: Postcard,
-    cbor: Cbor::default(),
-    bincode: Bincode,
+    msgpack: MsgPack::default(), blobs shared: true,
+    json: Json, blobs shared: false,
+    postcard: Postcard, blobs shared: true,
+    cbor: Cbor::default(), blobs shared: false,
+    bincode: Bincode, blobs shared: true,
 }
 
 /// Any nesting of lists: decoding it recurses as deep as the body nests.
