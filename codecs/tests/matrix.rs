@@ -103,6 +103,9 @@ macro_rules! matrix {
                 fn garbage_is_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
                     let _ = $codec.decode::<Record>(&bytes);
                     let _ = $codec.decode::<Vec<String>>(&bytes);
+                    // Long enough to be lent to its Blobs.
+                    let long: Vec<u8> = bytes.iter().copied().cycle().take(4 * BLOB_SHARE_MIN).collect();
+                    let _ = $codec.decode_body::<(u32, Blob)>(&long.into());
                 }
 
                 #[test]
