@@ -22,10 +22,10 @@ thread_local! {
     static LENT: RefCell<Option<Bytes>> = const { RefCell::new(None) };
 }
 
-/// Runs `decode` with `body` lent to the [`Blob`]s it decodes.
+/// Runs `decode` with `body` lent to the [`Blob`]s it decodes (a body shorter than
+/// [`BLOB_SHARE_MIN`] is not lent: no Blob in it could share it).
 pub(crate) fn lending<T>(body: &Bytes, decode: impl FnOnce() -> T) -> T {
     if body.len() < BLOB_SHARE_MIN {
-        // No Blob in it can be large enough to share.
         return decode();
     }
     /// Puts back what was lent before (a decode inside a decode), even if `decode` panics.

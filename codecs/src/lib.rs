@@ -76,6 +76,10 @@ pub trait Codec: Clone + Send + Sync + 'static {
     ///
     /// As [`decode`](Self::decode).
     fn decode_body<T: DeserializeOwned>(&self, body: &Bytes) -> Result<T, CodecError> {
+        if body.len() < BLOB_SHARE_MIN {
+            // No Blob in it can be large enough to share: nothing to lend.
+            return self.decode(body);
+        }
         blob::lending(body, || self.decode(body))
     }
 
