@@ -4,7 +4,7 @@
 //! allocation of its own: the buffer is replaced once it has less than `SCRATCH_MIN` bytes
 //! left, by one of `SCRATCH_CHUNK` bytes (or what a larger body needs).
 
-use std::{cell::RefCell, error::Error as StdError, io::Write};
+use std::{cell::RefCell, error::Error as StdError, io, io::Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -28,7 +28,7 @@ where
         if scratch.capacity() < SCRATCH_MIN {
             scratch.reserve(SCRATCH_CHUNK);
         }
-        let mut out = (&mut *scratch).writer();
+        let mut out = Grow(scratch);
         match write(&mut out) {
             Ok(()) => Ok(scratch.split().freeze()),
             Err(e) => {
@@ -37,4 +37,80 @@ where
             }
         }
     })
+}
+
+/// Writes into the scratch buffer. When a write does not fit, what the body has so far moves
+/// to a new buffer with room for it: growing the old one in place (`realloc`) would copy its
+/// whole capacity, written or not (32 KiB for each body over what was left).
+struct Grow<'a>(&'a mut BytesMut);
+
+impl Grow<'_> {
+    /// Moves the body so far to a buffer with room for `more` bytes after it: at least double
+    /// what is written, so that many small writes grow it in amortised linear time.
+    #[cold]
+    fn grow(&mut self, more: usize) {
+        let scratch = &mut *self.0;
+        let capacity = (scratch.len() + more)
+            .max(2 * scratch.len())
+            .max(SCRATCH_CHUNK);
+        let mut grown = BytesMut::with_capacity(capacity);
+        grown.extend_from_slice(scratch);
+        *scratch = grown;
+    }
+}
+
+impl Write for Grow<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.0.capacity() - self.0.len() < bytes.len() {
+            self.grow(bytes.len());
+        }
+        self.0.put_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_large_and_small_come_out_whole() {
+        let large = vec![9u8; 3 * SCRATCH_CHUNK];
+        for (i, len) in [
+            10,
+            SCRATCH_CHUNK - 5,
+            3 * SCRATCH_CHUNK,
+            7,
+            2 * SCRATCH_CHUNK + 1,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let body = encode(|out| -> io::Result<()> {
+                out.write_all(&[i as u8])?;
+                out.write_all(&large[..len])
+            })
+            .unwrap();
+            assert_eq!(body.len(), len + 1);
+            assert_eq!(body[0], i as u8);
+            assert!(body[1..].iter().all(|&b| b == 9));
+        }
+        // Many small writes past the chunk.
+        let body = encode(|out| -> io::Result<()> {
+            (0..3 * SCRATCH_CHUNK).try_for_each(|i| out.write_all(&[i as u8]))
+        })
+        .unwrap();
+        assert!(body.iter().enumerate().all(|(i, &b)| b == i as u8));
+    }
 }

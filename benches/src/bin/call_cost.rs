@@ -5,26 +5,28 @@
 //! callgrind's `--separate-threads=yes` then counts each side apart.
 //!
 //! ```sh
-//! cargo run --release -p flumen-bench --bin call-cost -- raw|typed CALLS [IN_FLIGHT] [PAYLOAD]
+//! cargo run --release -p flumen-bench --bin call-cost -- raw|typed|blob CALLS [IN_FLIGHT] [PAYLOAD]
 //! ```
 //!
 //! `raw` calls carry `Bytes` bodies without a codec; `typed` ones a MessagePack byte string
-//! each way. 64 calls in flight of 32 bytes by default, over the in-process transport (frames
+//! each way (a `ByteBuf`, copied out of the frame), `blob` ones the same as a `Blob`
+//! (decoded as a slice of the frame). 64 calls in flight of 32 bytes by default, over the in-process transport (frames
 //! handed over whole: what is counted is Flumen's work, not a socket's).
 
 use flumen::{
     inproc::{InProc, InProcAddr},
     rt::TokioRuntime,
-    Bytes, Client, ClientConfig, MethodId, Request, Router, Server, Status,
+    Blob, Bytes, Client, ClientConfig, MethodId, Request, Router, Server, Status,
 };
 use serde_bytes::ByteBuf;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| usage());
-    let raw = match mode.as_str() {
-        "raw" => true,
-        "typed" => false,
+    let path = match mode.as_str() {
+        "raw" => Path::Raw,
+        "typed" => Path::Typed,
+        "blob" => Path::Blob,
         _ => usage(),
     };
     let mut number = |default: usize| {
@@ -38,17 +40,25 @@ fn main() {
     if calls == 0 {
         usage();
     }
-    let made = run(raw, calls, in_flight, payload);
+    let made = run(path, calls, in_flight, payload);
     println!("{made} {mode} calls, {in_flight} in flight, {payload} B");
 }
 
 fn usage() -> ! {
-    eprintln!("usage: call-cost raw|typed CALLS [IN_FLIGHT] [PAYLOAD]");
+    eprintln!("usage: call-cost raw|typed|blob CALLS [IN_FLIGHT] [PAYLOAD]");
     std::process::exit(2);
 }
 
+/// What the calls carry.
+#[derive(Clone, Copy)]
+enum Path {
+    Raw,
+    Typed,
+    Blob,
+}
+
 /// Makes `calls` echo calls, `in_flight` at a time; returns how many were made.
-fn run(raw: bool, calls: usize, in_flight: usize, payload: usize) -> usize {
+fn run(path: Path, calls: usize, in_flight: usize, payload: usize) -> usize {
     let addr = InProcAddr::new(format!("call-cost-{}", std::process::id()));
     let (bound, is_bound) = std::sync::mpsc::channel();
     let (stop, stopped) = smol::channel::bounded::<()>(1);
@@ -60,6 +70,7 @@ fn run(raw: bool, calls: usize, in_flight: usize, payload: usize) -> usize {
                 let rt = TokioRuntime::current();
                 let router = Router::new()
                     .route("echo", |body: ByteBuf| async move { Ok::<_, Status>(body) })
+                    .route("blob", |body: Blob| async move { Ok::<_, Status>(body) })
                     .route_raw(
                         "raw",
                         |request: Request| async move { Ok(request.into_body()) },
@@ -86,7 +97,7 @@ fn run(raw: bool, calls: usize, in_flight: usize, payload: usize) -> usize {
                 let client = client.clone();
                 // Caller `i` makes the calls `i`, `i + in_flight`, ...
                 let mine = (caller..calls).step_by(in_flight).count();
-                tokio::spawn(async move { echo(&client, raw, payload, mine).await })
+                tokio::spawn(async move { echo(&client, path, payload, mine).await })
             })
             .collect();
         let mut made = 0;
@@ -101,17 +112,25 @@ fn run(raw: bool, calls: usize, in_flight: usize, payload: usize) -> usize {
 }
 
 /// Makes `calls` echo calls of `payload` bytes one after another; returns how many.
-async fn echo(client: &Client, raw: bool, payload: usize, calls: usize) -> usize {
+async fn echo(client: &Client, path: Path, payload: usize, calls: usize) -> usize {
     let raw_method = MethodId::from_name("raw").as_u32();
     let body = ByteBuf::from(vec![7u8; payload]);
     let raw_body = Bytes::from(vec![7u8; payload]);
+    let blob = Blob::from(raw_body.clone());
     for _ in 0..calls {
-        let len = if raw {
-            let reply = client.raw().call(raw_method, raw_body.clone()).await;
-            reply.expect("a raw echo").len()
-        } else {
-            let reply: ByteBuf = client.call("echo", &body).await.expect("an echo");
-            reply.len()
+        let len = match path {
+            Path::Raw => {
+                let reply = client.raw().call(raw_method, raw_body.clone()).await;
+                reply.expect("a raw echo").len()
+            }
+            Path::Typed => {
+                let reply: ByteBuf = client.call("echo", &body).await.expect("an echo");
+                reply.len()
+            }
+            Path::Blob => {
+                let reply: Blob = client.call("blob", &blob).await.expect("a Blob echo");
+                reply.len()
+            }
         };
         assert_eq!(len, payload);
     }
