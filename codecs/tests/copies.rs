@@ -65,7 +65,10 @@ fn bulk_bytes_cost_the_heap_no_copy_it_can_avoid() {
         // Encoding: a buffer for the body and the header that shares it out, no realloc of the
         // chunk it outgrew.
         let (body, allocations, reallocations) = counted(|| codec.encode(&blob).unwrap());
-        assert_eq!(reallocations, 0, "round {round}: the encode buffer was reallocated");
+        assert_eq!(
+            reallocations, 0,
+            "round {round}: the encode buffer was reallocated"
+        );
         assert_eq!(allocations, 2, "round {round}: allocations encoding 64 KiB");
         // Decoding through `decode_body`: the Blob is the body's bytes.
         let (decoded, allocations, _) = counted(|| codec.decode_body::<Blob>(&body).unwrap());
@@ -74,6 +77,9 @@ fn bulk_bytes_cost_the_heap_no_copy_it_can_avoid() {
         // A `ByteBuf` is a copy: the one allocation a shared Blob saves.
         let (copied, allocations, _) = counted(|| codec.decode_body::<ByteBuf>(&body).unwrap());
         assert_eq!(&copied[..], &blob[..]);
-        assert_eq!(allocations, 1, "round {round}: allocations decoding a ByteBuf");
+        assert_eq!(
+            allocations, 1,
+            "round {round}: allocations decoding a ByteBuf"
+        );
     }
 }
