@@ -9,9 +9,15 @@ use std::time::Duration;
 use common::{loopback, run_smol, run_tokio, Env};
 use flumen::{quic::QuicTransport, tls::DevCa, Client, Router, Server, Status};
 
+/// QUIC's idle timeout on both sides: long against a stall of the loaded machine, which a
+/// keep-alive must outlast.
+const IDLE: Duration = Duration::from_secs(1);
+/// The keep-alive's period, when there is one.
+const KEEP_ALIVE: Duration = Duration::from_millis(200);
+
 fn transports(base: QuicTransport, keep_alive: Option<Duration>) -> (QuicTransport, QuicTransport) {
     let ca = DevCa::new().unwrap();
-    let idle = Duration::from_millis(300);
+    let idle = IDLE;
     let server = base
         .clone()
         .idle_timeout(idle)
@@ -26,7 +32,7 @@ fn transports(base: QuicTransport, keep_alive: Option<Duration>) -> (QuicTranspo
     (server, client)
 }
 
-async fn idle_for_a_second<E: Env>(
+async fn idle_for_three_seconds<E: Env>(
     env: &E,
     base: QuicTransport,
     keep_alive: Option<Duration>,
@@ -45,19 +51,14 @@ async fn idle_for_a_second<E: Env>(
         .unwrap();
     let first: String = client.call("ping", &()).await?;
     assert_eq!(first, "pong");
-    env.sleep(Duration::from_secs(1)).await;
+    env.sleep(3 * IDLE).await;
     client.call("ping", &()).await
 }
 
 #[test]
 fn keep_alive_outlives_the_idle_timeout_tokio() {
     run_tokio(|env: common::TokioQuicEnv| async move {
-        let reply = idle_for_a_second(
-            &env,
-            QuicTransport::tokio(),
-            Some(Duration::from_millis(100)),
-        )
-        .await;
+        let reply = idle_for_three_seconds(&env, QuicTransport::tokio(), Some(KEEP_ALIVE)).await;
         assert_eq!(reply.unwrap(), "pong");
     });
 }
@@ -65,7 +66,7 @@ fn keep_alive_outlives_the_idle_timeout_tokio() {
 #[test]
 fn without_keep_alive_the_idle_connection_dies_tokio() {
     run_tokio(|env: common::TokioQuicEnv| async move {
-        let err = idle_for_a_second(&env, QuicTransport::tokio(), None)
+        let err = idle_for_three_seconds(&env, QuicTransport::tokio(), None)
             .await
             .unwrap_err();
         assert!(err.is_connection(), "{err}");
@@ -76,7 +77,7 @@ fn without_keep_alive_the_idle_connection_dies_tokio() {
 fn keep_alive_outlives_the_idle_timeout_smol() {
     run_smol(|env: common::SmolQuicEnv| async move {
         let base = QuicTransport::smol_on(env.rt());
-        let reply = idle_for_a_second(&env, base, Some(Duration::from_millis(100))).await;
+        let reply = idle_for_three_seconds(&env, base, Some(KEEP_ALIVE)).await;
         assert_eq!(reply.unwrap(), "pong");
     });
 }
@@ -85,7 +86,7 @@ fn keep_alive_outlives_the_idle_timeout_smol() {
 fn without_keep_alive_the_idle_connection_dies_smol() {
     run_smol(|env: common::SmolQuicEnv| async move {
         let base = QuicTransport::smol_on(env.rt());
-        let err = idle_for_a_second(&env, base, None).await.unwrap_err();
+        let err = idle_for_three_seconds(&env, base, None).await.unwrap_err();
         assert!(err.is_connection(), "{err}");
     });
 }
