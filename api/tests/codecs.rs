@@ -12,8 +12,9 @@ use std::sync::{
 };
 
 use flumen::{
-    Bincode, Blob, Bytes, Cbor, Client, ClientConfig, Codec, CodecError, Json, MsgPack, Postcard,
-    Router, RpcError, Server, ServerConfig, Status, Stream, Streaming, BLOB_SHARE_MIN,
+    Attachment, Bincode, Blob, Bytes, Cbor, Client, ClientConfig, Codec, CodecError, Json, MsgPack,
+    Postcard, Router, RpcError, Server, ServerConfig, Status, Stream, Streaming, WithAttachment,
+    BLOB_SHARE_MIN,
 };
 use futures_lite::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,10 @@ pub trait Store {
     async fn total(&self, items: Streaming<Item>) -> u64;
     /// Each item back, with its note set.
     async fn stamp(&self, items: Streaming<Item>) -> impl futures_lite::Stream<Item = Item>;
+    /// The item's id and the attachment's length.
+    async fn weigh(&self, item: Item, data: Attachment) -> (u64, u64);
+    /// Item `id`, with `id` bytes beside it.
+    async fn fetch(&self, id: u64) -> WithAttachment<Item>;
 }
 
 struct Shelf;
@@ -99,6 +104,14 @@ impl Store for Shelf {
         items
             .fold(0, |sum, item| sum + item.map_or(0, |item| item.id))
             .await
+    }
+
+    async fn weigh(&self, item: Item, data: Attachment) -> (u64, u64) {
+        (item.id, data.len() as u64)
+    }
+
+    async fn fetch(&self, id: u64) -> WithAttachment<Item> {
+        WithAttachment::new(item(id), Bytes::from(vec![1u8; id as usize]))
     }
 
     async fn stamp(&self, items: Streaming<Item>) -> impl Stream<Item = Item> {
@@ -168,6 +181,14 @@ async fn every_call_shape<E: Env, C: Codec>(env: E, codec: C) {
         stamped.iter().map(|i| i.id).collect::<Vec<_>>(),
         (0..10).collect::<Vec<_>>()
     );
+    let data = Attachment::from(Bytes::from(vec![2u8; 300]));
+    assert_eq!(store.weigh(item(5), data).await.unwrap(), (5, 300));
+    let fetched = store.fetch(10).await.unwrap();
+    assert_eq!((&fetched.value, fetched.attachment.len()), (&item(10), 10));
+    // From a plain thread.
+    let blocking = store.clone();
+    let put = smol::unblock(move || blocking.put_blocking(item(3))).await;
+    assert_eq!(put.unwrap().id, 6);
 }
 
 /// MessagePack, counting the decodes that were lent their body and those that were not.

@@ -14,8 +14,15 @@ use serde::{
 };
 
 /// The smallest [`Blob`] that shares the body it was decoded from; a smaller one is copied.
-/// A shared `Blob` keeps the body's whole buffer alive, so a few bytes are not worth it.
-pub const BLOB_SHARE_MIN: usize = 1024;
+/// A shared `Blob` keeps the buffer its body is in alive: Flumen's core cuts bodies under
+/// 16 KiB out of a connection's read buffer (up to 128 KiB, other frames' bytes included),
+/// and gives larger ones a buffer of their own. Copying a smaller `Blob` costs little.
+pub const BLOB_SHARE_MIN: usize = 16 * 1024;
+
+/// A [`Blob`] shares its body only if it is at least this fraction of it (1 / 8), so that a
+/// `Blob` never pins more than eight times its own size: a small `Blob` in a large message is
+/// copied.
+const BLOB_SHARE_FRACTION: usize = 8;
 
 thread_local! {
     /// The body being decoded on this thread, lent by `lending`.
@@ -26,30 +33,48 @@ thread_local! {
 /// [`BLOB_SHARE_MIN`] is not lent: no Blob in it could share it).
 pub(crate) fn lending<T>(body: &Bytes, decode: impl FnOnce() -> T) -> T {
     if body.len() < BLOB_SHARE_MIN {
+        return without_lending(decode);
+    }
+    lend(Some(body.clone()), decode)
+}
+
+/// Runs `decode` with no body lent to [`Blob`]s, which then ask the deserializer for an owned
+/// buffer (`deserialize_byte_buf`), as every deserializer can give. A codec that does not lend
+/// ([`Codec::decode_body`](crate::Codec::decode_body)) decodes within this, so that it does
+/// not see another codec's body lent when it runs inside that codec's decode (a
+/// `Deserialize` that decodes a body of its own).
+pub fn without_lending<T>(decode: impl FnOnce() -> T) -> T {
+    if LENT.with_borrow(Option::is_none) {
         return decode();
     }
-    /// Puts back what was lent before (a decode inside a decode), even if `decode` panics.
+    lend(None, decode)
+}
+
+/// Runs `decode` with `body` lent, then puts back what was lent before (a decode inside a
+/// decode), even if `decode` panics.
+fn lend<T>(body: Option<Bytes>, decode: impl FnOnce() -> T) -> T {
     struct Restore(Option<Bytes>);
     impl Drop for Restore {
         fn drop(&mut self) {
             LENT.with_borrow_mut(|lent| *lent = self.0.take());
         }
     }
-    let _restore = Restore(LENT.with_borrow_mut(|lent| lent.replace(body.clone())));
+    let _restore = Restore(LENT.with_borrow_mut(|lent| std::mem::replace(lent, body)));
     decode()
 }
 
-/// `bytes` as a slice of the lent body if it is one (and large enough to share), else a copy.
+/// `bytes` as a slice of the lent body if it is one, and large enough to share (see
+/// [`BLOB_SHARE_MIN`] and [`BLOB_SHARE_FRACTION`]); else a copy.
 fn share_or_copy(bytes: &[u8]) -> Bytes {
     if bytes.len() >= BLOB_SHARE_MIN {
-        let shared = LENT.with_borrow(|lent| {
-            let body = lent.as_ref()?;
+        // Taken out of the cell first: nothing below runs while it is borrowed.
+        let body = LENT.with_borrow(Clone::clone);
+        if let Some(body) = body.filter(|body| bytes.len() * BLOB_SHARE_FRACTION >= body.len()) {
             let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
             let at = bytes.as_ptr() as usize;
-            (at >= start && at + bytes.len() <= end).then(|| body.slice_ref(bytes))
-        });
-        if let Some(shared) = shared {
-            return shared;
+            if at >= start && at + bytes.len() <= end {
+                return body.slice_ref(bytes);
+            }
         }
     }
     Bytes::copy_from_slice(bytes)
@@ -59,23 +84,24 @@ fn share_or_copy(bytes: &[u8]) -> Bytes {
 /// the codec reads byte strings in place ([`MsgPack`](crate::MsgPack), `Postcard`, `Bincode`)
 /// and the body came through
 /// [`Codec::decode_body`](crate::Codec::decode_body), as Flumen's typed clients and servers
-/// decode, a `Blob` of [`BLOB_SHARE_MIN`] bytes or more is a slice of the frame it arrived
-/// in. Otherwise (CBOR and JSON, which copy, or a smaller `Blob`) it is a copy.
+/// decode, a `Blob` of [`BLOB_SHARE_MIN`] bytes or more, and at least an eighth of its body, is
+/// a slice of the frame it arrived in. Otherwise it is a copy: with CBOR, with JSON's arrays
+/// of numbers (a JSON string is shared), or for a smaller `Blob`.
 ///
 /// On the wire it is a byte string, as `serde_bytes::ByteBuf` is (JSON: an array of numbers),
 /// so a `Blob` on one side reads a `ByteBuf` or a `#[serde(with = "serde_bytes")] Vec<u8>` on
 /// the other. Encoding copies it into the body, once.
 ///
-/// A shared `Blob` keeps the buffer of the frame it came in alive: to keep a few bytes of a
-/// large body for long, copy them (`Bytes::copy_from_slice`).
+/// A shared `Blob` keeps the buffer of the frame it came in alive, at most eight times its own
+/// size: to keep a `Blob` for long when memory is tight, copy it (`Bytes::copy_from_slice`).
 ///
 /// ```
 /// use flumen_codec::{Blob, Codec, MsgPack};
 ///
 /// let codec = MsgPack::default();
-/// let body = codec.encode(&Blob::from(vec![7u8; 4096])).unwrap();
+/// let body = codec.encode(&Blob::from(vec![7u8; 64 * 1024])).unwrap();
 /// let blob: Blob = codec.decode_body(&body).unwrap();
-/// assert_eq!(blob.len(), 4096);
+/// assert_eq!(blob.len(), 64 * 1024);
 /// // The same memory as the body's (after its few bytes of header).
 /// assert!(body.as_ptr_range().contains(&blob.as_ptr()));
 /// ```
@@ -212,6 +238,12 @@ mod tests {
     #[test]
     fn only_a_large_slice_of_the_lent_body_is_shared() {
         let (lent, other) = (body(4 * BLOB_SHARE_MIN), body(4 * BLOB_SHARE_MIN));
+        let huge = body(BLOB_SHARE_FRACTION * BLOB_SHARE_MIN + 1);
+        lending(&huge, || {
+            // Less than an eighth of its body: a copy, not a pin on the whole.
+            assert!(!within(&huge, &share_or_copy(&huge[..BLOB_SHARE_MIN])));
+            assert!(within(&huge, &share_or_copy(&huge[..BLOB_SHARE_MIN + 1])));
+        });
         lending(&lent, || {
             let shared = share_or_copy(&lent[10..10 + BLOB_SHARE_MIN]);
             assert!(within(&lent, &shared));
@@ -238,6 +270,9 @@ mod tests {
             lending(&inner, || {
                 assert!(within(&inner, &share_or_copy(&inner[..BLOB_SHARE_MIN])));
             });
+            assert!(within(&outer, &share_or_copy(&outer[..BLOB_SHARE_MIN])));
+            // A codec that does not lend decodes with nothing lent, then gives the outer back.
+            without_lending(|| LENT.with_borrow(|lent| assert!(lent.is_none())));
             assert!(within(&outer, &share_or_copy(&outer[..BLOB_SHARE_MIN])));
             // Given back when the inner decode panics, too.
             let panicked = std::panic::catch_unwind(|| lending(&inner, || panic!("bad body")));

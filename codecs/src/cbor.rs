@@ -47,12 +47,16 @@ impl Codec for Cbor {
     }
 
     fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, CodecError> {
-        ciborium::de::from_reader_with_recursion_limit(body, self.max_depth)
-            .map_err(|e| CodecError::Decode(e.to_string().into()))
+        // Never lent, even inside another codec's lent decode: ciborium reads byte strings to
+        // lend only into its 4 KiB scratch buffer (and copies them anyway), so its `Blob`s must
+        // ask for owned buffers.
+        crate::without_lending(|| {
+            ciborium::de::from_reader_with_recursion_limit(body, self.max_depth)
+                .map_err(|e| CodecError::Decode(e.to_string().into()))
+        })
     }
 
-    /// Not lent: ciborium reads byte strings to lend only into its 4 KiB scratch buffer, and
-    /// copies them anyway.
+    /// [`decode`](Codec::decode): nothing lent (see there).
     fn decode_body<T: DeserializeOwned>(&self, body: &Bytes) -> Result<T, CodecError> {
         self.decode(body)
     }

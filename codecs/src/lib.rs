@@ -28,7 +28,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 #[cfg(feature = "bincode")]
 pub use crate::bincode::{Bincode, BINCODE_MAX_ALLOC};
-pub use crate::blob::{Blob, BLOB_SHARE_MIN};
+pub use crate::blob::{without_lending, Blob, BLOB_SHARE_MIN};
 #[cfg(feature = "cbor")]
 pub use crate::cbor::Cbor;
 #[cfg(feature = "json")]
@@ -70,7 +70,9 @@ pub trait Codec: Clone + Send + Sync + 'static {
     /// The default lends `body` to the `Blob`s, which then ask the deserializer for bytes to
     /// borrow (`deserialize_bytes`). A codec whose deserializer cannot give byte strings of
     /// any length that way (ciborium's reads at most 4 KiB so) overrides this with
-    /// [`decode`](Self::decode): its `Blob`s are then copies.
+    /// [`decode`](Self::decode), its `Blob`s then copies, and decodes within
+    /// [`without_lending`], so that it does not see another codec's body lent when it runs
+    /// inside that codec's decode (as `Cbor` does).
     ///
     /// # Errors
     ///

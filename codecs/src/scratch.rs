@@ -2,7 +2,8 @@
 //!
 //! Bodies are encoded into a per-thread buffer and split off it, so a small body costs no
 //! allocation of its own: the buffer is replaced once it has less than `SCRATCH_MIN` bytes
-//! left, by one of `SCRATCH_CHUNK` bytes (or what a larger body needs).
+//! left, by one of `SCRATCH_CHUNK` bytes (or what a larger body needs). Space left over from a
+//! large body (more than `SCRATCH_KEEP`) is let go rather than kept for the small ones.
 
 use std::{cell::RefCell, error::Error as StdError, io, io::Write};
 
@@ -12,6 +13,9 @@ use crate::CodecError;
 
 const SCRATCH_CHUNK: usize = 32 * 1024;
 const SCRATCH_MIN: usize = 1024;
+/// The most spare capacity kept after a body: more would hold a large body's buffer alive
+/// under every small body cut from it.
+const SCRATCH_KEEP: usize = 4 * SCRATCH_CHUNK;
 
 thread_local! {
     static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -25,16 +29,19 @@ where
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
     SCRATCH.with_borrow_mut(|scratch| {
-        if scratch.capacity() < SCRATCH_MIN {
-            scratch.reserve(SCRATCH_CHUNK);
+        // The old chunk back if nothing holds it any more, else a new one: never a realloc.
+        if scratch.capacity() < SCRATCH_MIN && !scratch.try_reclaim(SCRATCH_CHUNK) {
+            *scratch = BytesMut::with_capacity(SCRATCH_CHUNK);
         }
         let mut out = Grow(scratch);
-        match write(&mut out) {
-            Ok(()) => Ok(scratch.split().freeze()),
-            Err(e) => {
-                scratch.clear();
-                Err(CodecError::Encode(e.into()))
-            }
+        let written = write(&mut out);
+        let body = scratch.split().freeze();
+        if scratch.capacity() > SCRATCH_KEEP {
+            *scratch = BytesMut::new();
+        }
+        match written {
+            Ok(()) => Ok(body),
+            Err(e) => Err(CodecError::Encode(e.into())),
         }
     })
 }
@@ -50,6 +57,11 @@ impl Grow<'_> {
     #[cold]
     fn grow(&mut self, more: usize) {
         let scratch = &mut *self.0;
+        // Its own buffer, if nothing else holds it and it is large enough: the body so far
+        // moves to its front.
+        if scratch.try_reclaim(more) {
+            return;
+        }
         let capacity = (scratch.len() + more)
             .max(2 * scratch.len())
             .max(SCRATCH_CHUNK);
@@ -112,5 +124,18 @@ mod tests {
         })
         .unwrap();
         assert!(body.iter().enumerate().all(|(i, &b)| b == i as u8));
+        // A failed encode leaves nothing behind.
+        let failed = encode(|out| {
+            out.write_all(b"half")?;
+            Err(io::Error::other("unencodable"))
+        });
+        assert!(matches!(failed, Err(CodecError::Encode(_))));
+        assert_eq!(&encode(|out| out.write_all(b"next")).unwrap()[..], b"next");
+    }
+
+    #[test]
+    fn a_large_body_leaves_no_large_buffer_behind() {
+        drop(encode(|out| out.write_all(&vec![1u8; 3 * SCRATCH_KEEP])).unwrap());
+        SCRATCH.with_borrow(|scratch| assert!(scratch.capacity() <= SCRATCH_KEEP));
     }
 }

@@ -191,3 +191,29 @@ fn self_describing_codecs_stop_at_their_nesting_limit() {
         assert!(decodes(codec, &nested(codec, 50)), "{codec} at depth 50");
     }
 }
+
+/// A CBOR body carried inside a MessagePack one, decoded by the outer value's `Deserialize`:
+/// the CBOR decode runs inside MessagePack's lent decode.
+#[derive(Debug)]
+struct CborInside(Blob);
+
+impl<'de> Deserialize<'de> for CborInside {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let inner = serde_bytes::ByteBuf::deserialize(deserializer)?;
+        Cbor::default()
+            .decode(&inner)
+            .map(CborInside)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[test]
+fn a_codec_that_does_not_lend_reads_large_blobs_inside_one_that_does() {
+    let blob = Blob::from(vec![4u8; 64 * 1024]);
+    let cbor = Cbor::default().encode(&blob).unwrap();
+    let body = MsgPack::default()
+        .encode(&serde_bytes::Bytes::new(&cbor))
+        .unwrap();
+    let CborInside(decoded) = MsgPack::default().decode_body(&body).unwrap();
+    assert_eq!(decoded, blob);
+}
