@@ -29,12 +29,9 @@ thread_local! {
     static LENT: RefCell<Option<Bytes>> = const { RefCell::new(None) };
 }
 
-/// Runs `decode` with `body` lent to the [`Blob`]s it decodes (a body shorter than
-/// [`BLOB_SHARE_MIN`] is not lent: no Blob in it could share it).
+/// Runs `decode` with `body` lent to the [`Blob`]s it decodes. `Codec::decode_body` lends
+/// only bodies of [`BLOB_SHARE_MIN`] bytes or more: no Blob in a shorter one could share it.
 pub(crate) fn lending<T>(body: &Bytes, decode: impl FnOnce() -> T) -> T {
-    if body.len() < BLOB_SHARE_MIN {
-        return without_lending(decode);
-    }
     lend(Some(body.clone()), decode)
 }
 
@@ -257,10 +254,33 @@ mod tests {
         assert!(!within(&lent, &share_or_copy(&lent[..BLOB_SHARE_MIN])));
     }
 
+    /// Whether a body was lent while it was decoded.
+    #[cfg(feature = "msgpack")]
+    struct SawLent(bool);
+
+    #[cfg(feature = "msgpack")]
+    impl<'de> Deserialize<'de> for SawLent {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            serde_bytes::ByteBuf::deserialize(deserializer)?;
+            Ok(Self(LENT.with_borrow(Option::is_some)))
+        }
+    }
+
+    #[cfg(feature = "msgpack")]
     #[test]
-    fn a_small_body_is_not_lent() {
-        let small = body(BLOB_SHARE_MIN - 1);
-        lending(&small, || LENT.with_borrow(|lent| assert!(lent.is_none())));
+    fn only_a_body_large_enough_to_share_is_lent() {
+        use crate::{Codec, MsgPack};
+        let codec = MsgPack::default();
+        for (len, lent) in [
+            (100, false),
+            (BLOB_SHARE_MIN - 8, false),
+            (BLOB_SHARE_MIN, true),
+        ] {
+            let body = codec.encode(&Blob::from(vec![1u8; len])).unwrap();
+            let SawLent(saw) = codec.decode_body(&body).unwrap();
+            assert_eq!(saw, lent, "a body of {} bytes", body.len());
+        }
+        assert!(LENT.with_borrow(Option::is_none), "a lent body stayed lent");
     }
 
     #[test]
