@@ -1,5 +1,6 @@
 //! [`Runtime`](flumen_stream::Runtime) implementations: `TokioRuntime` behind the `tokio`
-//! feature and `SmolRuntime` behind the `smol` feature; [`net`], each runtime's sockets (TCP,
+//! feature and `SmolRuntime` behind the `smol` feature, with [`Workers`], a smol executor on several threads that keeps
+//! woken tasks local; [`net`], each runtime's sockets (TCP,
 //! Unix, UDP) behind one trait, over which the socket transports and cluster membership are
 //! written once; [`Cores`], a single-threaded runtime per core; and [`io`], the connection
 //! halves the socket transports share.
@@ -15,6 +16,8 @@ pub mod net;
 mod smol;
 #[cfg(feature = "tokio")]
 mod tokio;
+#[cfg(feature = "smol")]
+mod workers;
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub use crate::cores::Cores;
@@ -23,3 +26,5 @@ pub use crate::net::{Datagrams, Net};
 pub use crate::smol::SmolRuntime;
 #[cfg(feature = "tokio")]
 pub use crate::tokio::TokioRuntime;
+#[cfg(feature = "smol")]
+pub use crate::workers::{WorkerStats, Workers, LOCAL_QUEUE, RUN_BUDGET};

@@ -40,6 +40,8 @@ enum Exec {
     /// An executor its thread keeps alive ([`Cores`](crate::Cores)): the tasks, which hold
     /// runtimes, do not keep it (and so themselves) alive once the thread ends.
     Borrowed(Weak<Executor<'static>>),
+    /// [`Workers`](crate::Workers)' threads.
+    Workers(crate::workers::Spawner),
 }
 
 impl SmolRuntime {
@@ -56,6 +58,13 @@ impl SmolRuntime {
     pub(crate) fn borrowed(executor: &Arc<Executor<'static>>) -> Self {
         Self {
             executor: Exec::Borrowed(Arc::downgrade(executor)),
+        }
+    }
+
+    /// Spawns on `workers` (what [`Workers::runtime`](crate::Workers::runtime) returns).
+    pub(crate) fn workers(workers: crate::workers::Spawner) -> Self {
+        Self {
+            executor: Exec::Workers(workers),
         }
     }
 
@@ -91,6 +100,7 @@ impl Runtime for SmolRuntime {
                     executor.spawn(future).detach();
                 }
             }
+            Exec::Workers(workers) => workers.spawn(future),
             Exec::Global => smol::spawn(future).detach(),
         }
     }
