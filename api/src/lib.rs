@@ -213,7 +213,8 @@ pub use flumen_macros::service;
 /// [`RpcError::Method`] and the second as a remote code.
 pub mod errors {}
 
-/// Runtimes: `TokioRuntime` (feature `tokio`) and `SmolRuntime` (feature `smol`).
+/// Runtimes: `TokioRuntime` (feature `tokio`) and `SmolRuntime` (feature `smol`), with
+/// `Workers` (feature `smol`), a smol executor on several threads that keeps woken tasks local.
 pub mod rt {
     #[cfg(any(feature = "tokio", feature = "smol"))]
     pub use flumen_rt::*;

@@ -401,7 +401,7 @@ fn net(
         Wire::Quic => {
             let base = match runtime {
                 Rt::Tokio => flumen_quic::QuicTransport::tokio(),
-                Rt::Smol => flumen_quic::QuicTransport::smol(),
+                Rt::Smol | Rt::SmolW => flumen_quic::QuicTransport::smol(),
             };
             let transport = match side(ca, serving)? {
                 Side::Server(server) => base.server(server),
@@ -493,7 +493,7 @@ fn scaling(
         "{:<22} {:>6} {:>11} {:>14} {:>16} {:>9}",
         "server", "cores", "calls/s", "calls/s/core", "server us/call", "p99 us"
     );
-    let flavors: [(&str, System, Rt, Option<Spread>); 6] = [
+    let flavors: [(&str, System, Rt, Option<Spread>); 7] = [
         ("pipe, tokio", System::Pipe, Rt::Tokio, None),
         ("tokio multi-thread", System::Flumen, Rt::Tokio, None),
         (
@@ -509,6 +509,7 @@ fn scaling(
             Some(Spread::HandOut),
         ),
         ("smol N threads", System::Flumen, Rt::Smol, None),
+        ("smol N workers", System::Flumen, Rt::SmolW, None),
         (
             "smol per core",
             System::Flumen,

@@ -203,6 +203,8 @@ macro_rules! with_transport {
 pub(crate) enum Rt {
     Tokio,
     Smol,
+    /// smol's reactor with `flumen_rt::Workers` for executor (woken tasks stay local).
+    SmolW,
 }
 
 impl Rt {
@@ -210,12 +212,14 @@ impl Rt {
         match self {
             Self::Tokio => "tokio",
             Self::Smol => "smol",
+            Self::SmolW => "smol-w",
         }
     }
 
     /// Runs `make(rt)` to completion. With `threads` 0, on one runtime thread: a current-thread
     /// tokio runtime, or a smol executor driven by this thread. Otherwise on a multi-thread
-    /// tokio runtime with `threads` workers, or a smol executor driven by `threads` threads.
+    /// tokio runtime with `threads` workers, or a smol executor driven by `threads` threads, or
+    /// `threads` `flumen_rt::Workers` (smol-w: 1 for 0) with the future on this thread.
     pub(crate) fn block_on<T: Send + 'static>(
         self,
         threads: usize,
@@ -252,6 +256,10 @@ impl Rt {
                 drop(stop);
                 helpers.into_iter().for_each(|h| drop(h.join()));
                 result
+            }
+            Self::SmolW => {
+                let workers = flumen::rt::Workers::new(threads).expect("worker threads");
+                smol::block_on(make(Spawner::Smol(workers.runtime())))
             }
         }
     }
@@ -359,7 +367,7 @@ pub(crate) fn serve_flumen_per_core(
     }
     match runtime {
         Rt::Tokio => start(flumen::per_core::Cores::tokio(cores)?, addr, spread),
-        Rt::Smol => start(flumen::per_core::Cores::smol(cores)?, addr, spread),
+        Rt::Smol | Rt::SmolW => start(flumen::per_core::Cores::smol(cores)?, addr, spread),
     }
 }
 

@@ -369,8 +369,7 @@ impl Shared {
     /// Wakes a sleeping worker to look for work, unless one is already looking or none sleeps.
     fn wake_idle(&self) {
         fence(Ordering::SeqCst);
-        if self.searching.load(Ordering::SeqCst) != 0 || self.sleeping.load(Ordering::SeqCst) == 0
-        {
+        if self.searching.load(Ordering::SeqCst) != 0 || self.sleeping.load(Ordering::SeqCst) == 0 {
             return;
         }
         let mut sleepers = self.sleepers.lock();

@@ -100,7 +100,10 @@ fn tasks_woken_by_a_worker_stay_on_it() {
     finished.recv_timeout(LIMIT).expect("the rounds finished");
     let woken = workers.stats().woken_workers;
     // The two spawns from this thread may each wake a worker; the rounds wake none.
-    assert!(woken <= 4, "{woken} wake-ups of a sleeping worker for {ROUNDS} rounds");
+    assert!(
+        woken <= 4,
+        "{woken} wake-ups of a sleeping worker for {ROUNDS} rounds"
+    );
 }
 
 #[test]
@@ -120,7 +123,11 @@ fn a_panicking_task_leaves_its_worker_running() {
     finished
         .recv_timeout(LIMIT)
         .expect("the worker ran the next task");
-    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the panicked task was dropped");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the panicked task was dropped"
+    );
 }
 
 #[test]
@@ -156,14 +163,22 @@ fn a_stop_drops_every_waiting_task_and_what_is_spawned_later() {
     }
     assert_eq!(dropped.load(Ordering::SeqCst), 0);
     drop(workers);
-    assert_eq!(dropped.load(Ordering::SeqCst), 3, "every waiting task dropped");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        3,
+        "every waiting task dropped"
+    );
     let polled = Arc::new(AtomicUsize::new(0));
     let (guard, flag) = (Dropped(dropped.clone()), polled.clone());
     rt.spawn(async move {
         let _guard = guard;
         flag.fetch_add(1, Ordering::SeqCst);
     });
-    assert_eq!(dropped.load(Ordering::SeqCst), 4, "spawned after the stop: dropped");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        4,
+        "spawned after the stop: dropped"
+    );
     assert_eq!(polled.load(Ordering::SeqCst), 0, "and never run");
 }
 

@@ -475,9 +475,31 @@ where
     }
 }
 
+/// Runs `test` on this thread, its tasks on two `flumen::rt::Workers`.
+pub fn run_smol_workers<T, F, Fut>(test: F)
+where
+    T: Clone + MakeTransport,
+    F: FnOnce(With<SmolRuntime, T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let workers = flumen::rt::Workers::new(2).unwrap();
+    let env = With {
+        rt: workers.runtime(),
+        transport: T::make(QuicTransport::smol_on(workers.runtime())),
+    };
+    let limit = env.sleep(TEST_LIMIT);
+    let test = test(env);
+    smol::block_on(test.or(async move {
+        limit.await;
+        panic!("test did not finish within {TEST_LIMIT:?}");
+    }));
+    drop(workers);
+}
+
 /// `e2e!` for tests that need IP addresses (balancing, discovery, chaos through TLS): on tokio
 /// (a two-worker multi-thread runtime) and on smol (two executor threads), over TCP, over
-/// TLS-TCP (mutual TLS) and over QUIC; and over TCP on a current-thread tokio runtime.
+/// TLS-TCP (mutual TLS) and over QUIC; over TCP on a current-thread tokio runtime; and over
+/// TCP on smol with two `flumen::rt::Workers` for executor.
 #[macro_export]
 macro_rules! e2e_ip {
     ($($name:ident),* $(,)?) => {
@@ -489,6 +511,9 @@ macro_rules! e2e_ip {
         }
         mod smol_tcp {
             $(#[test] fn $name() { $crate::common::run_smol(super::$name::<$crate::common::SmolEnv>) })*
+        }
+        mod smol_workers_tcp {
+            $(#[test] fn $name() { $crate::common::run_smol_workers(super::$name::<$crate::common::SmolEnv>) })*
         }
         mod tokio_quic {
             $(#[test] fn $name() { $crate::common::run_tokio(super::$name::<$crate::common::TokioQuicEnv>) })*
