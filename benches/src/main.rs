@@ -151,8 +151,8 @@ enum Cmd {
         duration: f64,
     },
     /// How a server's calls/s grow with its cores: many client connections against Flumen
-    /// servers on 1, 2, ... cores (tokio multi-thread, a tokio server per core, smol on N
-    /// threads, a smol server per core) and pipe on a multi-thread tokio runtime; calls/s, per
+    /// servers on 1, 2, ... cores (tokio multi-thread, a tokio server per core, smol's executor
+    /// on N threads, N `flumen_rt::Workers`, a smol server per core) and pipe on a multi-thread tokio runtime; calls/s, per
     /// server core, and the server's CPU per call. TCP only.
     Scaling {
         /// Server cores (runtime threads) to run, each a row per flavor.
