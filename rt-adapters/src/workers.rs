@@ -17,7 +17,7 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll, Waker},
@@ -50,7 +50,13 @@ const SHARED_EVERY: u32 = 61;
 /// [`runtime`](Self::runtime) is a [`SmolRuntime`](crate::SmolRuntime) spawning on them.
 ///
 /// Dropping it stops the threads and drops every task not yet finished, including those
-/// waiting on a socket or a timer; what is spawned afterwards is dropped unrun.
+/// waiting on a socket or a timer; what is spawned afterwards is dropped unrun. Dropped by one
+/// of its own tasks, it stops the workers without waiting for them: the last to end drops
+/// the tasks left.
+///
+/// A task that blocks its thread (on a lock, a channel's blocking receive, a long
+/// computation) holds back the task it woke last, which waits in that worker's slot: as in
+/// any async executor, blocking work belongs on a thread of its own (`smol::unblock`).
 ///
 /// # Examples
 ///
@@ -74,12 +80,12 @@ struct Shared {
     /// Tasks spawned or woken off the workers, and what overflows a local queue.
     injector: ConcurrentQueue<Runnable>,
     workers: Box<[Worker]>,
-    /// Workers asleep, the last to fall asleep last (its cache is the warmest).
-    sleepers: Mutex<Vec<usize>>,
+    sleepers: Mutex<Sleepers>,
     /// How many workers are asleep; read without the lock.
     sleeping: AtomicUsize,
     /// Workers woken to look for work that have not yet found any nor gone back to sleep.
-    /// While one is looking, no other is woken: it takes the work, or wakes the next.
+    /// While one is looking, no other is woken: it takes the work, or wakes the next. Raised
+    /// only under the `sleepers` lock.
     searching: AtomicUsize,
     /// Every unfinished task's waker, sharded per worker, so that a stop can drop the tasks
     /// that wait on something.
@@ -87,20 +93,33 @@ struct Shared {
     /// Picks a shard of `active` for tasks spawned off the workers.
     next_shard: AtomicUsize,
     stopped: AtomicBool,
+    /// Worker threads still in their loop; the last to leave drops the tasks left.
+    running: AtomicUsize,
     counters: Counters,
+}
+
+/// The workers that may be asleep, each listed at most once.
+struct Sleepers {
+    /// The last to fall asleep last (its cache is the warmest). An entry may be stale (the
+    /// worker woke by itself); `state` tells.
+    list: Vec<usize>,
+    listed: Box<[bool]>,
 }
 
 /// One worker's part of [`Shared`].
 struct Worker {
     /// Its local queue; other workers steal from it.
     local: ConcurrentQueue<Runnable>,
-    /// Whether it is asleep (in `sleepers`, or about to be).
-    asleep: AtomicBool,
-    /// Set by whoever woke it to look for work.
-    searching: AtomicBool,
-    /// Wakes its thread: async-io's `block_on` waker, set while asleep.
+    /// `AWAKE`, `ASLEEP`, or `SEARCHING` (woken to look for work; the worker has not yet
+    /// seen it). One atomic, so that a wake and the worker's own return cannot disagree.
+    state: AtomicU8,
+    /// Wakes its thread: async-io's `block_on` waker, set before it sleeps.
     waker: Mutex<Option<Waker>>,
 }
+
+const AWAKE: u8 = 0;
+const ASLEEP: u8 = 1;
+const SEARCHING: u8 = 2;
 
 #[derive(Default)]
 struct Counters {
@@ -115,8 +134,8 @@ struct Counters {
 pub struct WorkerStats {
     /// Tasks spawned.
     pub spawned: u64,
-    /// Times a worker asleep was woken from another thread because there was work for it
-    /// (each one a futex call or a write to the reactor's notifier).
+    /// Times a worker asleep was woken to look for work (each one a futex call or a write to
+    /// the reactor's notifier).
     pub woken_workers: u64,
     /// Batches of tasks an idle worker took from a busy one's queue.
     pub stolen: u64,
@@ -148,17 +167,20 @@ impl Workers {
             workers: (0..n)
                 .map(|_| Worker {
                     local: ConcurrentQueue::bounded(LOCAL_QUEUE),
-                    asleep: AtomicBool::new(false),
-                    searching: AtomicBool::new(false),
+                    state: AtomicU8::new(AWAKE),
                     waker: Mutex::new(None),
                 })
                 .collect(),
-            sleepers: Mutex::new(Vec::with_capacity(n)),
+            sleepers: Mutex::new(Sleepers {
+                list: Vec::with_capacity(n),
+                listed: vec![false; n].into(),
+            }),
             sleeping: AtomicUsize::new(0),
             searching: AtomicUsize::new(0),
             active: (0..n).map(|_| Mutex::new(Slab::new())).collect(),
             next_shard: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
             counters: Counters::default(),
         });
         let mut workers = Self {
@@ -167,21 +189,24 @@ impl Workers {
         };
         for index in 0..n {
             let shared = workers.shared.clone();
+            workers.shared.running.fetch_add(1, Ordering::SeqCst);
             let thread = thread::Builder::new()
                 .name(format!("flumen-worker-{index}"))
-                .spawn(move || run(shared, index))?;
-            workers.threads.push(thread);
+                .spawn(move || run(shared, index));
+            match thread {
+                Ok(thread) => workers.threads.push(thread),
+                Err(e) => {
+                    workers.shared.running.fetch_sub(1, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
         }
         Ok(workers)
     }
 
     /// A runtime spawning on these workers.
     pub fn runtime(&self) -> crate::SmolRuntime {
-        crate::SmolRuntime::workers(self.spawner())
-    }
-
-    pub(crate) fn spawner(&self) -> Spawner {
-        Spawner(self.shared.clone())
+        crate::SmolRuntime::workers(Spawner(self.shared.clone()))
     }
 
     /// How many worker threads there are.
@@ -219,34 +244,21 @@ impl Drop for Workers {
         let shared = &self.shared;
         shared.stopped.store(true, Ordering::SeqCst);
         for worker in shared.workers.iter() {
-            if let Some(waker) = worker.waker.lock().take() {
+            let waker = worker.waker.lock().take();
+            if let Some(waker) = waker {
                 waker.wake();
             }
+        }
+        if shared.is_current() {
+            // One of its own tasks: this thread is a worker, which cannot wait for itself.
+            // The last worker to leave its loop drops the tasks left.
+            return;
         }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-        // Every task left is queued or waits on something: woken, the latter are queued
-        // too, and dropping the queued ones drops their futures (which may wake others).
-        // Until no task is left (each takes itself out of `active` when dropped).
-        loop {
-            let mut wakers = Vec::new();
-            for shard in shared.active.iter() {
-                wakers.extend(shard.lock().iter().map(|(_, waker)| waker.clone()));
-            }
-            if wakers.is_empty() {
-                break;
-            }
-            wakers.into_iter().for_each(Waker::wake);
-            while let Ok(runnable) = shared.injector.pop() {
-                drop(runnable);
-            }
-            for worker in shared.workers.iter() {
-                while let Ok(runnable) = worker.local.pop() {
-                    drop(runnable);
-                }
-            }
-        }
+        // The last worker has dropped every task; a stop with no thread started has not.
+        shared.drop_tasks();
     }
 }
 
@@ -261,24 +273,19 @@ impl Spawner {
         F: Future<Output = ()> + Send + 'static,
     {
         let shared = &self.0;
-        if shared.stopped.load(Ordering::Acquire) {
+        let here = shared.current_index();
+        let shard = here.unwrap_or_else(|| {
+            shared.next_shard.fetch_add(1, Ordering::Relaxed) % shared.active.len()
+        });
+        let mut active = shared.active[shard].lock();
+        // Checked under the lock that the stop's sweep takes after it sets `stopped`: a
+        // task added here is either refused or seen by the sweep.
+        if shared.stopped.load(Ordering::SeqCst) {
+            drop(active);
+            drop(future);
             return;
         }
         shared.counters.spawned.fetch_add(1, Ordering::Relaxed);
-        let shard = CURRENT
-            .try_with(|current| match current.try_borrow() {
-                Ok(current) => current
-                    .as_ref()
-                    .filter(|c| Arc::ptr_eq(&c.shared, shared))
-                    .map(|c| c.index),
-                Err(_) => None,
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| {
-                shared.next_shard.fetch_add(1, Ordering::Relaxed) % shared.active.len()
-            });
-        let mut active = shared.active[shard].lock();
         let entry = active.vacant_entry();
         let key = entry.key();
         let guard = Finished {
@@ -300,7 +307,9 @@ impl Spawner {
         entry.insert(runnable.waker());
         drop(active);
         task.detach();
-        runnable.schedule();
+        // Behind the tasks already queued, where an idle worker can take it: a task that
+        // spawns another and waits for it must not hold it in its own slot.
+        shared.push(here, runnable);
     }
 }
 
@@ -313,13 +322,31 @@ struct Finished {
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        self.shared.active[self.shard].lock().try_remove(self.key);
+        let waker = self.shared.active[self.shard].lock().try_remove(self.key);
+        // Dropped once the lock is released.
+        drop(waker);
     }
 }
 
 impl Shared {
-    /// Queues a woken task: on this worker if it is one of ours (in its slot, unless the task
-    /// woke itself), on the shared queue otherwise.
+    /// The index of the worker this thread runs, if it runs one of these workers.
+    fn current_index(&self) -> Option<usize> {
+        CURRENT
+            .try_with(|current| {
+                let current = current.try_borrow().ok()?;
+                let current = current.as_ref()?;
+                std::ptr::eq(Arc::as_ptr(&current.shared), self).then_some(current.index)
+            })
+            .ok()
+            .flatten()
+    }
+
+    fn is_current(&self) -> bool {
+        self.current_index().is_some()
+    }
+
+    /// Queues a woken task: in this worker's slot if it is one of ours (a task that woke
+    /// itself goes behind the others), on the shared queue otherwise.
     fn schedule(&self, runnable: Runnable, info: ScheduleInfo) {
         if self.stopped.load(Ordering::Acquire) {
             // The stop drops it. Not here: a waker may be woken under a lock that dropping
@@ -327,91 +354,131 @@ impl Shared {
             let _ = self.injector.push(runnable);
             return;
         }
+        if info.woken_while_running {
+            return self.push(self.current_index(), runnable);
+        }
         let mut pending = Some(runnable);
-        let here = CURRENT
+        let slotted = CURRENT
             .try_with(|current| {
                 let mut current = current.try_borrow_mut().ok()?;
                 let current = current
                     .as_mut()
                     .filter(|c| std::ptr::eq(Arc::as_ptr(&c.shared), self))?;
-                let runnable = pending.take()?;
-                Some(if info.woken_while_running {
-                    // A task that yields goes behind the others.
-                    (current.index, Some(runnable), false)
-                } else {
-                    (current.index, current.lifo.replace(runnable), true)
-                })
+                let displaced = current.lifo.replace(pending.take()?);
+                Some((current.index, displaced))
             })
             .ok()
             .flatten();
-        match here {
-            Some((index, displaced, slotted)) => {
+        match slotted {
+            Some((index, displaced)) => {
                 if let Some(runnable) = displaced {
-                    if let Err(full) = self.workers[index].local.push(runnable) {
-                        let _ = self.injector.push(full.into_inner());
-                    }
-                    self.wake_idle();
+                    self.push(Some(index), runnable);
                 }
-                if slotted && self.workers[index].asleep.load(Ordering::SeqCst) {
-                    // Woken by I/O that this worker's thread processes while it sleeps.
-                    self.wake_worker(index, false);
+                // Woken by I/O that this worker's thread processes while its loop sleeps.
+                if self.workers[index]
+                    .state
+                    .compare_exchange(ASLEEP, AWAKE, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    self.sleeping.fetch_sub(1, Ordering::SeqCst);
+                    let waker = self.workers[index].waker.lock().clone();
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
                 }
             }
             None => {
                 if let Some(runnable) = pending {
-                    let _ = self.injector.push(runnable);
-                    self.wake_idle();
+                    self.push(None, runnable);
                 }
             }
+        }
+    }
+
+    /// Queues `runnable` on worker `here`'s queue (the shared one when `None` or full), and
+    /// wakes an idle worker for it.
+    fn push(&self, here: Option<usize>, runnable: Runnable) {
+        self.enqueue(here, runnable);
+        self.wake_idle();
+    }
+
+    /// Queues `runnable` on worker `here`'s queue (the shared one when `None` or full).
+    fn enqueue(&self, here: Option<usize>, runnable: Runnable) {
+        let runnable = match here {
+            Some(index) => match self.workers[index].local.push(runnable) {
+                Ok(()) => None,
+                Err(full) => Some(full.into_inner()),
+            },
+            None => Some(runnable),
+        };
+        if let Some(runnable) = runnable {
+            let _ = self.injector.push(runnable);
         }
     }
 
     /// Wakes a sleeping worker to look for work, unless one is already looking or none sleeps.
     fn wake_idle(&self) {
+        // Against `Run::sleep`: either it sees the task just queued, or this sees it asleep.
         fence(Ordering::SeqCst);
-        if self.searching.load(Ordering::SeqCst) != 0 || self.sleeping.load(Ordering::SeqCst) == 0 {
+        if self.searching.load(Ordering::SeqCst) != 0 || self.sleeping.load(Ordering::SeqCst) == 0
+        {
             return;
         }
-        let mut sleepers = self.sleepers.lock();
-        if self.searching.load(Ordering::SeqCst) != 0 {
-            return;
-        }
-        while let Some(index) = sleepers.pop() {
-            if self.workers[index].asleep.load(Ordering::SeqCst) {
-                drop(sleepers);
-                self.wake_worker(index, true);
+        let waker = {
+            let mut sleepers = self.sleepers.lock();
+            if self.searching.load(Ordering::SeqCst) != 0 {
                 return;
             }
-        }
-    }
-
-    /// Wakes worker `index` if it is asleep; `search`: to look for work (counted in
-    /// `searching` until it finds some or sleeps again).
-    fn wake_worker(&self, index: usize, search: bool) {
-        let worker = &self.workers[index];
-        if search {
-            // Counted before it can be seen awake, so that no other is woken meanwhile.
-            self.searching.fetch_add(1, Ordering::SeqCst);
-        }
-        if !worker.asleep.swap(false, Ordering::SeqCst) {
-            if search {
-                self.searching.fetch_sub(1, Ordering::SeqCst);
+            let mut woken = None;
+            while let Some(index) = sleepers.list.pop() {
+                sleepers.listed[index] = false;
+                let worker = &self.workers[index];
+                if worker
+                    .state
+                    .compare_exchange(ASLEEP, SEARCHING, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    self.sleeping.fetch_sub(1, Ordering::SeqCst);
+                    self.searching.fetch_add(1, Ordering::SeqCst);
+                    woken = worker.waker.lock().clone();
+                    break;
+                }
             }
-            return;
-        }
-        self.sleeping.fetch_sub(1, Ordering::SeqCst);
-        if search {
-            worker.searching.store(true, Ordering::SeqCst);
+            woken
+        };
+        if let Some(waker) = waker {
             self.counters.woken_workers.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(waker) = worker.waker.lock().clone() {
             waker.wake();
         }
     }
 
-    /// Whether any queue holds a task (a worker's own slot aside).
+    /// Whether any queue holds a task (the workers' slots aside).
     fn has_work(&self) -> bool {
         !self.injector.is_empty() || self.workers.iter().any(|w| !w.local.is_empty())
+    }
+
+    /// Drops every task left once the workers have left their loops: the waiting ones are
+    /// woken (which queues them) and the queued ones dropped, which drops their futures
+    /// (which may wake others), until no task is left.
+    fn drop_tasks(&self) {
+        loop {
+            let mut wakers = Vec::new();
+            for shard in self.active.iter() {
+                wakers.extend(shard.lock().iter().map(|(_, waker)| waker.clone()));
+            }
+            if wakers.is_empty() {
+                return;
+            }
+            wakers.into_iter().for_each(Waker::wake);
+            while let Ok(runnable) = self.injector.pop() {
+                drop(runnable);
+            }
+            for worker in self.workers.iter() {
+                while let Ok(runnable) = worker.local.pop() {
+                    drop(runnable);
+                }
+            }
+        }
     }
 }
 
@@ -426,21 +493,27 @@ fn run(shared: Arc<Shared>, index: usize) {
         });
     });
     async_io::block_on(Run {
-        shared,
+        shared: shared.clone(),
         index,
+        searching: false,
         ticks: 0,
         lifo_runs: 0,
         rng: fastrand::Rng::new(),
     });
-    // Its slot's task, if any, is dropped here (or by the stop's sweep of `active`).
+    // Its slot's task, if any, is dropped here, off the thread's state.
     let current = CURRENT.with(|current| current.borrow_mut().take());
     drop(current);
+    if shared.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.drop_tasks();
+    }
 }
 
 /// A worker's loop, as a future.
 struct Run {
     shared: Arc<Shared>,
     index: usize,
+    /// Woken to look for work, and has not yet found any.
+    searching: bool,
     ticks: u32,
     lifo_runs: u32,
     rng: fastrand::Rng,
@@ -464,17 +537,18 @@ impl Run {
                 self.lifo_runs += 1;
                 return Some(runnable);
             }
-            // Its turn is over: behind the others.
-            if let Err(full) = own.push(runnable) {
-                let _ = shared.injector.push(full.into_inner());
-            }
+            // Its turn is over: behind the others, on this worker (which goes on running its
+            // queue; no other is woken for it, as in tokio).
+            shared.enqueue(Some(self.index), runnable);
         }
         self.lifo_runs = 0;
         if let Ok(runnable) = own.pop() {
             return Some(runnable);
         }
         if let Ok(runnable) = shared.injector.pop() {
-            steal(&shared.injector, own, &shared.injector);
+            if steal(&shared.injector, own, &shared.injector) {
+                shared.wake_idle();
+            }
             return Some(runnable);
         }
         let n = shared.workers.len();
@@ -493,23 +567,36 @@ impl Run {
         None
     }
 
-    /// This worker found work: if it was woken to look for some, it has stopped looking, and
-    /// if it was the last one looking, another is woken for what may be left.
-    fn found(&self) {
+    /// Takes in how this worker was woken: to look for work, or by itself.
+    fn woke(&mut self) {
         let shared = &*self.shared;
-        if shared.workers[self.index]
-            .searching
-            .swap(false, Ordering::SeqCst)
-            && shared.searching.fetch_sub(1, Ordering::SeqCst) == 1
-            && shared.has_work()
+        match shared.workers[self.index]
+            .state
+            .swap(AWAKE, Ordering::SeqCst)
         {
-            shared.wake_idle();
+            SEARCHING => self.searching = true,
+            ASLEEP => {
+                // Not by `wake_idle`: its entry in `sleepers` is stale now.
+                shared.sleeping.fetch_sub(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+
+    /// This worker found work: it stops looking, and if it was the last one looking,
+    /// another is woken for what may be left.
+    fn found(&mut self) {
+        if std::mem::take(&mut self.searching) {
+            let shared = &*self.shared;
+            if shared.searching.fetch_sub(1, Ordering::SeqCst) == 1 && shared.has_work() {
+                shared.wake_idle();
+            }
         }
     }
 
     /// Goes to sleep until `waker` is woken; false if work turned up meanwhile (it stays
-    /// awake).
-    fn sleep(&self, waker: &Waker) -> bool {
+    /// awake, and looks for it as a searcher would).
+    fn sleep(&mut self, waker: &Waker) -> bool {
         let shared = &*self.shared;
         let worker = &shared.workers[self.index];
         {
@@ -518,13 +605,21 @@ impl Run {
                 *slot = Some(waker.clone());
             }
         }
-        if worker.searching.swap(false, Ordering::SeqCst) {
+        let was_searching = std::mem::take(&mut self.searching);
+        if was_searching {
             shared.searching.fetch_sub(1, Ordering::SeqCst);
         }
-        worker.asleep.store(true, Ordering::SeqCst);
-        shared.sleeping.fetch_add(1, Ordering::SeqCst);
-        shared.sleepers.lock().push(self.index);
-        // Whoever queued a task before seeing this worker asleep is seen here.
+        {
+            let mut sleepers = shared.sleepers.lock();
+            shared.sleeping.fetch_add(1, Ordering::SeqCst);
+            worker.state.store(ASLEEP, Ordering::SeqCst);
+            if !sleepers.listed[self.index] {
+                sleepers.listed[self.index] = true;
+                sleepers.list.push(self.index);
+            }
+            debug_assert!(sleepers.list.len() <= shared.workers.len());
+        }
+        // Against `wake_idle`: either it sees this worker asleep, or this sees its task.
         fence(Ordering::SeqCst);
         let lifo = CURRENT.with(|current| {
             current
@@ -532,24 +627,18 @@ impl Run {
                 .as_ref()
                 .is_some_and(|current| current.lifo.is_some())
         });
-        if lifo || shared.has_work() || shared.stopped.load(Ordering::SeqCst) {
-            self.wake_self();
+        let work = lifo || shared.has_work() || shared.stopped.load(Ordering::SeqCst);
+        if work {
+            self.woke();
+            if was_searching && !self.searching {
+                // It gave up looking an instant too soon: it looks again, so that finding
+                // the work wakes the next worker as a searcher's would.
+                self.shared.searching.fetch_add(1, Ordering::SeqCst);
+                self.searching = true;
+            }
             return false;
         }
         true
-    }
-
-    /// Marks this worker awake if it was asleep (it was woken by its own I/O, not by a
-    /// `wake_worker`).
-    fn wake_self(&self) {
-        let shared = &*self.shared;
-        if shared.workers[self.index]
-            .asleep
-            .swap(false, Ordering::SeqCst)
-        {
-            shared.sleeping.fetch_sub(1, Ordering::SeqCst);
-            shared.sleepers.lock().retain(|&i| i != self.index);
-        }
     }
 }
 
@@ -557,9 +646,10 @@ impl Future for Run {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.wake_self();
+        self.woke();
         loop {
             if self.shared.stopped.load(Ordering::Acquire) {
+                self.found();
                 return Poll::Ready(());
             }
             let mut ran = 0;
@@ -584,20 +674,23 @@ impl Future for Run {
 }
 
 /// Moves half of `from`'s tasks (rounded up) to `to`, as far as `to` has room; a task that
-/// finds no room after all goes to `spill`.
+/// finds no room after all goes to `spill`. Whether any moved.
 fn steal(
     from: &ConcurrentQueue<Runnable>,
     to: &ConcurrentQueue<Runnable>,
     spill: &ConcurrentQueue<Runnable>,
-) {
+) -> bool {
     let room = to.capacity().unwrap_or(usize::MAX) - to.len();
     let count = from.len().div_ceil(2).min(room);
+    let mut moved = false;
     for _ in 0..count {
         let Ok(runnable) = from.pop() else { break };
+        moved = true;
         if let Err(full) = to.push(runnable) {
             // Only its owner (this thread) pushes to it, and room was counted: not expected.
             let _ = spill.push(full.into_inner());
             break;
         }
     }
+    moved
 }

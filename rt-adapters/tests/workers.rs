@@ -1,6 +1,7 @@
 //! `Workers`, the smol executor that keeps woken tasks local: every task runs, whoever spawns
-//! or wakes it; tasks that need each other run side by side; two tasks waking each other stay
-//! on one thread; a panic costs only its task; a stop drops every task still waiting.
+//! or wakes it, also when every worker was asleep; tasks that need each other run side by
+//! side; two tasks waking each other stay on one thread; a panic costs only its task; a stop
+//! (from outside or from one of its tasks) drops every task still waiting or queued.
 #![cfg(feature = "smol")]
 
 use std::{
@@ -19,6 +20,15 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 /// Counts its drops.
 struct Dropped(Arc<AtomicUsize>);
+
+/// Says when it is dropped.
+struct Told(mpsc::Sender<()>);
+
+impl Drop for Told {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
 
 impl Drop for Dropped {
     fn drop(&mut self) {
@@ -209,4 +219,93 @@ fn sockets_and_timers_work_on_the_workers() {
         let _ = done.send(reply);
     });
     assert_eq!(&finished.recv_timeout(LIMIT).unwrap(), b"ping");
+}
+
+#[test]
+fn no_wake_up_is_lost_while_the_workers_sleep() {
+    // Each round starts with every worker asleep (the last one finished): a lost wake-up
+    // leaves the round's task queued and the round times out.
+    for n in [1, 2, 4] {
+        let workers = Workers::new(n).unwrap();
+        let rt = workers.runtime();
+        let (done, finished) = mpsc::channel::<u32>();
+        // Spawned from outside.
+        for round in 0..3_000 {
+            let done = done.clone();
+            rt.spawn(async move {
+                let _ = done.send(round);
+            });
+            assert_eq!(finished.recv_timeout(LIMIT), Ok(round), "{n} workers, spawned");
+        }
+        // Woken from outside.
+        let (poke, poked) = smol::channel::bounded::<u32>(1);
+        let echo = done.clone();
+        rt.spawn(async move {
+            while let Ok(round) = poked.recv().await {
+                let _ = echo.send(round);
+            }
+        });
+        for round in 0..3_000 {
+            smol::block_on(poke.send(round)).unwrap();
+            assert_eq!(finished.recv_timeout(LIMIT), Ok(round), "{n} workers, woken");
+        }
+        // Spawned by a task, which waits for it.
+        for round in 0..3_000 {
+            let (inner, done) = (rt.clone(), done.clone());
+            rt.spawn(async move {
+                let (child_done, child_finished) = smol::channel::bounded::<()>(1);
+                inner.spawn(async move {
+                    let _ = child_done.send(()).await;
+                });
+                let _ = child_finished.recv().await;
+                let _ = done.send(round);
+            });
+            assert_eq!(finished.recv_timeout(LIMIT), Ok(round), "{n} workers, child");
+        }
+    }
+}
+
+#[test]
+fn a_task_spawned_by_a_task_that_then_blocks_runs_on_another_worker() {
+    // The spawner blocks its thread until the spawned task has run: it must not wait in the
+    // spawner's own slot or queue out of the idle worker's reach.
+    let workers = Workers::new(2).unwrap();
+    let rt = workers.runtime();
+    let (done, finished) = mpsc::channel();
+    let inner = rt.clone();
+    rt.spawn(async move {
+        let (ran, has_run) = mpsc::channel();
+        inner.spawn(async move {
+            let _ = ran.send(());
+        });
+        let _ = done.send(has_run.recv_timeout(LIMIT).is_ok());
+    });
+    assert!(finished.recv_timeout(2 * LIMIT).unwrap(), "the spawned task ran");
+}
+
+#[test]
+fn a_stop_from_inside_a_task_drops_every_task_left() {
+    // One worker: its task queues 300 tasks (more than a local queue holds), then drops the
+    // workers. Whether or not they ran, all 301 are dropped once the worker has left.
+    let workers = Workers::new(1).unwrap();
+    let rt = workers.runtime();
+    let (dropped, told) = mpsc::channel();
+    let inner = rt.clone();
+    let parent = Told(dropped.clone());
+    rt.spawn(async move {
+        let _parent = parent;
+        for _ in 0..300 {
+            let child = Told(dropped.clone());
+            inner.spawn(async move {
+                let _child = child;
+                std::future::pending::<()>().await;
+            });
+        }
+        drop(workers);
+    });
+    for i in 0..301 {
+        told
+            .recv_timeout(LIMIT)
+            .unwrap_or_else(|_| panic!("only {i} of 301 tasks dropped"));
+    }
 }
