@@ -420,8 +420,7 @@ impl Shared {
     fn wake_idle(&self) {
         // Against `Run::sleep`: either it sees the task just queued, or this sees it asleep.
         fence(Ordering::SeqCst);
-        if self.searching.load(Ordering::SeqCst) != 0 || self.sleeping.load(Ordering::SeqCst) == 0
-        {
+        if self.searching.load(Ordering::SeqCst) != 0 || self.sleeping.load(Ordering::SeqCst) == 0 {
             return;
         }
         let waker = {

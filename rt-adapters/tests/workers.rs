@@ -235,7 +235,11 @@ fn no_wake_up_is_lost_while_the_workers_sleep() {
             rt.spawn(async move {
                 let _ = done.send(round);
             });
-            assert_eq!(finished.recv_timeout(LIMIT), Ok(round), "{n} workers, spawned");
+            assert_eq!(
+                finished.recv_timeout(LIMIT),
+                Ok(round),
+                "{n} workers, spawned"
+            );
         }
         // Woken from outside.
         let (poke, poked) = smol::channel::bounded::<u32>(1);
@@ -247,7 +251,11 @@ fn no_wake_up_is_lost_while_the_workers_sleep() {
         });
         for round in 0..3_000 {
             smol::block_on(poke.send(round)).unwrap();
-            assert_eq!(finished.recv_timeout(LIMIT), Ok(round), "{n} workers, woken");
+            assert_eq!(
+                finished.recv_timeout(LIMIT),
+                Ok(round),
+                "{n} workers, woken"
+            );
         }
         // Spawned by a task, which waits for it.
         for round in 0..3_000 {
@@ -260,7 +268,11 @@ fn no_wake_up_is_lost_while_the_workers_sleep() {
                 let _ = child_finished.recv().await;
                 let _ = done.send(round);
             });
-            assert_eq!(finished.recv_timeout(LIMIT), Ok(round), "{n} workers, child");
+            assert_eq!(
+                finished.recv_timeout(LIMIT),
+                Ok(round),
+                "{n} workers, child"
+            );
         }
     }
 }
@@ -280,7 +292,10 @@ fn a_task_spawned_by_a_task_that_then_blocks_runs_on_another_worker() {
         });
         let _ = done.send(has_run.recv_timeout(LIMIT).is_ok());
     });
-    assert!(finished.recv_timeout(2 * LIMIT).unwrap(), "the spawned task ran");
+    assert!(
+        finished.recv_timeout(2 * LIMIT).unwrap(),
+        "the spawned task ran"
+    );
 }
 
 #[test]
@@ -304,8 +319,7 @@ fn a_stop_from_inside_a_task_drops_every_task_left() {
         drop(workers);
     });
     for i in 0..301 {
-        told
-            .recv_timeout(LIMIT)
+        told.recv_timeout(LIMIT)
             .unwrap_or_else(|_| panic!("only {i} of 301 tasks dropped"));
     }
 }
